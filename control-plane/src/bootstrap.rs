@@ -1,0 +1,171 @@
+//! The Envoy bootstrap that points an Envoy at this control plane over ADS.
+//!
+//! Only the xDS cluster and the admin interface are static; everything else arrives over one
+//! ADS stream, which is what lets the server order updates (xDS protocol, "Aggregated
+//! Discovery Service").
+
+use std::fmt::Write as _;
+
+/// Which ADS variant Envoy should speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdsVariant {
+    /// State of the World: every response carries the whole set of a type.
+    Sotw,
+    /// Incremental: only changed and removed resources are sent.
+    Delta,
+}
+
+/// What a bootstrap needs to know.
+#[derive(Clone, Debug)]
+pub struct BootstrapOptions {
+    pub node_id: String,
+    pub cluster: String,
+    /// The control plane's ADS address, `host:port`; a DNS name is resolved by Envoy.
+    pub xds_addr: String,
+    /// Envoy's admin interface, `host:port`. Loopback by default: it can stop Envoy.
+    pub admin_addr: String,
+    pub variant: XdsVariant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("invalid address \"{0}\": expected HOST:PORT")]
+    Address(String),
+    #[error("invalid node id \"{0}\": use letters, digits, '.', '_' and '-'")]
+    NodeId(String),
+}
+
+/// Renders the bootstrap YAML.
+pub fn render(options: &BootstrapOptions) -> Result<String, BootstrapError> {
+    let (xds_host, xds_port) = split_host_port(&options.xds_addr)?;
+    let (admin_host, admin_port) = split_host_port(&options.admin_addr)?;
+    for id in [&options.node_id, &options.cluster] {
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(BootstrapError::NodeId(id.clone()));
+        }
+    }
+    let discovery = if xds_host.parse::<std::net::IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
+    let api_type = match options.variant {
+        XdsVariant::Sotw => "GRPC",
+        XdsVariant::Delta => "DELTA_GRPC",
+    };
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r#"# Envoy bootstrap for Tollgate: made by `tollgate-control-plane bootstrap`.
+node:
+  id: {node_id}
+  cluster: {cluster}
+admin:
+  address:
+    socket_address: {{address: "{admin_host}", port_value: {admin_port}}}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+      - envoy_grpc: {{cluster_name: tollgate_xds}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+    - name: tollgate_xds
+      type: {discovery}
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            # Keepalive pings notice a control plane that vanished without closing.
+            http2_protocol_options:
+              connection_keepalive: {{interval: 15s, timeout: 5s}}
+      load_assignment:
+        cluster_name: tollgate_xds
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: {{address: "{xds_host}", port_value: {xds_port}}}
+"#,
+        node_id = options.node_id,
+        cluster = options.cluster,
+    );
+    Ok(out)
+}
+
+fn split_host_port(addr: &str) -> Result<(String, u16), BootstrapError> {
+    let bad = || BootstrapError::Address(addr.to_string());
+    if let Ok(socket) = addr.parse::<std::net::SocketAddr>() {
+        return Ok((socket.ip().to_string(), socket.port()));
+    }
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse::<u16>().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    if host_ok {
+        Ok((host.to_string(), port))
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> BootstrapOptions {
+        BootstrapOptions {
+            node_id: "edge-1".into(),
+            cluster: "tollgate".into(),
+            xds_addr: "127.0.0.1:18000".into(),
+            admin_addr: "127.0.0.1:9901".into(),
+            variant: XdsVariant::Sotw,
+        }
+    }
+
+    #[test]
+    fn ip_control_plane_is_a_static_cluster() {
+        let yaml = render(&options()).expect("renders");
+        assert!(yaml.contains("id: edge-1"));
+        assert!(yaml.contains("type: STATIC"));
+        assert!(yaml.contains("api_type: GRPC"));
+        assert!(yaml.contains(r#"socket_address: {address: "127.0.0.1", port_value: 18000}"#));
+    }
+
+    #[test]
+    fn named_control_plane_is_resolved_by_envoy() {
+        let yaml = render(&BootstrapOptions {
+            xds_addr: "control-plane:18000".into(),
+            variant: XdsVariant::Delta,
+            ..options()
+        })
+        .expect("renders");
+        assert!(yaml.contains("type: STRICT_DNS"));
+        assert!(yaml.contains("api_type: DELTA_GRPC"));
+    }
+
+    #[test]
+    fn bad_addresses_and_ids_are_refused() {
+        let bad_addr = BootstrapOptions {
+            xds_addr: "nowhere".into(),
+            ..options()
+        };
+        assert!(matches!(render(&bad_addr), Err(BootstrapError::Address(_))));
+        let bad_id = BootstrapOptions {
+            node_id: "a\nb: c".into(),
+            ..options()
+        };
+        assert!(matches!(render(&bad_id), Err(BootstrapError::NodeId(_))));
+    }
+}

@@ -1,0 +1,61 @@
+//! Command-line interface: `serve`, `validate`, `bootstrap`. Every flag can also come from a
+//! `TOLLGATE_…` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::bootstrap::XdsVariant;
+
+#[derive(Debug, Parser)]
+#[command(name = "tollgate-control-plane", version, about = "Serves routes.yaml to Envoy over ADS")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve routes.yaml over ADS, reloading it whenever it changes.
+    Serve(ServeArgs),
+    /// Check a routes.yaml; print every error as FILE:LINE:COL: message.
+    Validate {
+        /// The routes.yaml to check.
+        file: PathBuf,
+    },
+    /// Print an Envoy bootstrap that connects Envoy to this control plane.
+    Bootstrap(BootstrapArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The routes.yaml to serve.
+    #[arg(long, env = "TOLLGATE_ROUTES")]
+    pub routes: PathBuf,
+    /// Where Envoys connect for ADS.
+    #[arg(long, env = "TOLLGATE_XDS_ADDR", default_value = "127.0.0.1:18000")]
+    pub xds_addr: SocketAddr,
+    /// The control plane's HTTP endpoints: /healthz, /readyz, /metrics, /status.
+    #[arg(long, env = "TOLLGATE_ADMIN_ADDR", default_value = "127.0.0.1:18001")]
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BootstrapArgs {
+    /// The Envoy node id; /status reports each node under it.
+    #[arg(long, env = "TOLLGATE_NODE_ID")]
+    pub node_id: String,
+    /// The Envoy node cluster (a label for a group of Envoys).
+    #[arg(long, env = "TOLLGATE_NODE_CLUSTER", default_value = "tollgate")]
+    pub node_cluster: String,
+    /// The control plane's ADS address, HOST:PORT.
+    #[arg(long, env = "TOLLGATE_XDS_ADDR", default_value = "127.0.0.1:18000")]
+    pub xds_addr: String,
+    /// Envoy's own admin interface, HOST:PORT; keep it on loopback.
+    #[arg(long, env = "TOLLGATE_ENVOY_ADMIN_ADDR", default_value = "127.0.0.1:9901")]
+    pub admin_addr: String,
+    /// The ADS variant Envoy speaks.
+    #[arg(long, env = "TOLLGATE_XDS_VARIANT", value_enum, default_value = "sotw")]
+    pub xds_variant: XdsVariant,
+}

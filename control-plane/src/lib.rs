@@ -1,0 +1,16 @@
+//! Tollgate's control plane: routes.yaml in, Envoy configuration out over ADS.
+//!
+//! `translate` turns a validated config into a [`snapshot::Snapshot`] (pure); `snapshot`
+//! holds the current one; `xds` speaks the ADS protocol against it; `reload` and `watch`
+//! bring file edits in; `admin` reports; `bootstrap` tells Envoy where to connect.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod bootstrap;
+pub mod cli;
+pub mod reload;
+pub mod serve;
+pub mod snapshot;
+pub mod translate;
+pub mod watch;
+pub mod xds;

@@ -1,0 +1,94 @@
+//! `serve`: load the config, bind the sockets, run the xDS server, the admin endpoints and
+//! the file watcher until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::admin::{self, AdminState};
+use crate::reload::{ReloadError, Reloader};
+use crate::snapshot::SnapshotCache;
+use crate::xds::{self, AdsServer, NodeRegistry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The routes file is unusable at start; nothing has been bound.
+    #[error("{0}")]
+    Config(#[from] ReloadError),
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Watch(#[from] crate::watch::WatchError),
+    #[error("xds server failed: {0}")]
+    Xds(String),
+    #[error("admin server failed: {0}")]
+    Admin(std::io::Error),
+}
+
+pub struct ServeOptions {
+    pub routes: PathBuf,
+    pub xds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+/// Runs the control plane until `shutdown` resolves.
+pub async fn run(
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let cache = Arc::new(SnapshotCache::new());
+    let reloader = Arc::new(Reloader::new(&options.routes, cache.clone()));
+    // Validate before binding anything: a bad file fails fast and listens nowhere.
+    reloader.reload()?;
+    if let Some(snapshot) = cache.current() {
+        info!(version = %snapshot.version(), file = %options.routes.display(), "routes.yaml loaded");
+    }
+
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { what, addr, source })
+    };
+    let xds_listener = bind("xds", options.xds_addr).await?;
+    let admin_listener = bind("admin", options.admin_addr).await?;
+    info!(xds = %options.xds_addr, admin = %options.admin_addr, "listening");
+
+    // One signal fans out to every task.
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+
+    let nodes = Arc::new(NodeRegistry::new());
+    let ads = AdsServer::new(cache.clone(), nodes.clone());
+    let admin_state = AdminState {
+        reloader: reloader.clone(),
+        cache,
+        nodes,
+    };
+    let (xds, admin, watch) = tokio::join!(
+        xds::serve(xds_listener, ads, until_stopped()),
+        admin::serve(admin_listener, admin_state, until_stopped()),
+        crate::watch::run(reloader, until_stopped()),
+    );
+    xds.map_err(|e| ServeError::Xds(e.to_string()))?;
+    admin.map_err(ServeError::Admin)?;
+    watch?;
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! Versioned, content-hashed sets of Envoy resources, and the cache that hands the current
+//! one to every xDS stream.
+//!
+//! As in go-control-plane, translation builds an immutable [`Snapshot`] and the xDS server only
+//! ever reads one; it never knows where resources came from. Every version is a hash of
+//! content, so rebuilding an unchanged routes.yaml yields equal versions and pushes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+/// The xDS type URLs Tollgate serves, in make-before-break order (xDS protocol,
+/// "Eventual consistency considerations": CDS, EDS, LDS, RDS).
+pub mod type_url {
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+    /// Every served type, in the order updates must reach Envoy.
+    pub const ORDERED: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+}
+
+/// One named resource with the hash of its encoded bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    pub name: String,
+    /// Hex SHA-256 of `body.value`: the per-resource version used by Delta xDS.
+    pub version: String,
+    pub body: Any,
+}
+
+impl Resource {
+    pub fn new(name: impl Into<String>, type_url: &str, message: &impl Message) -> Self {
+        let value = message.encode_to_vec();
+        let version = hex::encode(Sha256::digest(&value));
+        Resource {
+            name: name.into(),
+            version,
+            body: Any {
+                type_url: type_url.to_string(),
+                value,
+            },
+        }
+    }
+}
+
+/// The resources of one type, by name, and the version of that set.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResourceSet {
+    /// Hash over every (name, resource version) pair: the SotW `version_info` of this type.
+    pub version: String,
+    pub resources: BTreeMap<String, Resource>,
+}
+
+/// An immutable, complete configuration for Envoy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    version: String,
+    sets: BTreeMap<&'static str, ResourceSet>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from resources grouped by type URL; types absent are served empty.
+    pub fn new(resources: impl IntoIterator<Item = (&'static str, Resource)>) -> Self {
+        let mut sets: BTreeMap<&'static str, ResourceSet> = type_url::ORDERED
+            .iter()
+            .map(|t| (*t, ResourceSet::default()))
+            .collect();
+        for (type_url, resource) in resources {
+            sets.entry(type_url)
+                .or_default()
+                .resources
+                .insert(resource.name.clone(), resource);
+        }
+        let mut whole = Sha256::new();
+        for (type_url, set) in sets.iter_mut() {
+            let mut hasher = Sha256::new();
+            for (name, resource) in &set.resources {
+                hasher.update(name.as_bytes());
+                hasher.update([0]);
+                hasher.update(resource.version.as_bytes());
+                hasher.update([0]);
+            }
+            set.version = short_hash(hasher);
+            whole.update(type_url.as_bytes());
+            whole.update(set.version.as_bytes());
+        }
+        Snapshot {
+            version: short_hash(whole),
+            sets,
+        }
+    }
+
+    /// The version of the whole snapshot: changes when any resource changes.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The resources of one type; an empty set for a type this snapshot does not serve.
+    pub fn resources(&self, type_url: &str) -> &ResourceSet {
+        static EMPTY: std::sync::OnceLock<ResourceSet> = std::sync::OnceLock::new();
+        self.sets
+            .get(type_url)
+            .unwrap_or_else(|| EMPTY.get_or_init(ResourceSet::default))
+    }
+}
+
+fn short_hash(hasher: Sha256) -> String {
+    hex::encode(&hasher.finalize()[..8])
+}
+
+/// Holds the current snapshot; every xDS stream subscribes to it.
+///
+/// One snapshot serves every node: Tollgate's config has no per-node variation, and listeners
+/// are selected per client type inside the one config.
+#[derive(Debug)]
+pub struct SnapshotCache {
+    current: watch::Sender<Option<Arc<Snapshot>>>,
+}
+
+impl Default for SnapshotCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SnapshotCache {
+    pub fn new() -> Self {
+        SnapshotCache {
+            current: watch::channel(None).0,
+        }
+    }
+
+    /// Installs `snapshot`; returns false (and wakes nobody) when its version is already current.
+    pub fn set(&self, snapshot: Snapshot) -> bool {
+        self.current.send_if_modified(|current| {
+            if current.as_ref().map(|s| s.version()) == Some(snapshot.version()) {
+                return false;
+            }
+            *current = Some(Arc::new(snapshot));
+            true
+        })
+    }
+
+    /// The snapshot being served, if one has been set.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.current.borrow().clone()
+    }
+
+    /// A receiver that sees every later snapshot; `None` until the first valid config loads.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.current.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    fn cluster(name: &str) -> (&'static str, Resource) {
+        let c = Cluster {
+            name: name.into(),
+            ..Default::default()
+        };
+        (type_url::CLUSTER, Resource::new(name, type_url::CLUSTER, &c))
+    }
+
+    #[test]
+    fn equal_content_gives_equal_versions() {
+        let a = Snapshot::new([cluster("a"), cluster("b")]);
+        let b = Snapshot::new([cluster("b"), cluster("a")]);
+        assert_eq!(a.version(), b.version());
+        assert_ne!(a.version(), Snapshot::new([cluster("a")]).version());
+    }
+
+    #[test]
+    fn unchanged_types_keep_their_version() {
+        let a = Snapshot::new([cluster("a")]);
+        let b = Snapshot::new([cluster("b")]);
+        assert_eq!(
+            a.resources(type_url::LISTENER).version,
+            b.resources(type_url::LISTENER).version
+        );
+        assert_ne!(
+            a.resources(type_url::CLUSTER).version,
+            b.resources(type_url::CLUSTER).version
+        );
+    }
+
+    #[test]
+    fn setting_the_same_snapshot_twice_wakes_nobody() {
+        let cache = SnapshotCache::new();
+        assert!(cache.set(Snapshot::new([cluster("a")])));
+        assert!(!cache.set(Snapshot::new([cluster("a")])));
+        assert!(cache.set(Snapshot::new([cluster("b")])));
+    }
+}

@@ -1,0 +1,86 @@
+//! One RouteConfiguration per listener: the routes served there, in file order.
+
+use envoy_types::pb::envoy::config::route::v3::{
+    header_matcher::HeaderMatchSpecifier, route::Action, route_action::ClusterSpecifier,
+    route_match::PathSpecifier, HeaderMatcher, Route as EnvoyRoute, RouteAction,
+    RouteConfiguration, RouteMatch as EnvoyRouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    string_matcher::MatchPattern, RegexMatcher, StringMatcher,
+};
+use tollgate_routes::{PathMatch, Route, RouteMatch};
+
+use super::proto_duration;
+
+pub(super) fn route_configuration<'a>(
+    listener: &str,
+    routes: impl Iterator<Item = &'a Route>,
+) -> RouteConfiguration {
+    RouteConfiguration {
+        name: listener.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: listener.to_string(),
+            domains: vec!["*".into()],
+            routes: routes.map(route).collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn route(route: &Route) -> EnvoyRoute {
+    let action = RouteAction {
+        cluster_specifier: Some(ClusterSpecifier::Cluster(route.service.clone())),
+        prefix_rewrite: route.rewrite_prefix.clone().unwrap_or_default(),
+        timeout: route.timeout.map(proto_duration),
+        ..Default::default()
+    };
+    EnvoyRoute {
+        name: route.name.clone(),
+        r#match: Some(route_match(&route.matcher)),
+        action: Some(Action::Route(action)),
+        ..Default::default()
+    }
+}
+
+fn route_match(matcher: &RouteMatch) -> EnvoyRouteMatch {
+    let path_specifier = match &matcher.path {
+        PathMatch::Prefix(prefix) => PathSpecifier::Prefix(prefix.clone()),
+        PathMatch::Exact(path) => PathSpecifier::Path(path.clone()),
+        PathMatch::Regex(regex) => PathSpecifier::SafeRegex(regex_matcher(regex.clone())),
+    };
+    let mut headers: Vec<HeaderMatcher> = matcher
+        .headers
+        .iter()
+        .map(|(name, value)| header(name, MatchPattern::Exact(value.clone())))
+        .collect();
+    if !matcher.methods.is_empty() {
+        // Method names are validated tokens, so the alternation needs no escaping.
+        let methods = format!("^(?:{})$", matcher.methods.join("|"));
+        headers.push(header(":method", MatchPattern::SafeRegex(regex_matcher(methods))));
+    }
+    EnvoyRouteMatch {
+        path_specifier: Some(path_specifier),
+        headers,
+        ..Default::default()
+    }
+}
+
+fn header(name: &str, pattern: MatchPattern) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_string(),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+            match_pattern: Some(pattern),
+            ignore_case: false,
+        })),
+        ..Default::default()
+    }
+}
+
+/// Envoy's safe_regex is RE2 and must match the whole value, as validation assumed.
+fn regex_matcher(regex: String) -> RegexMatcher {
+    RegexMatcher {
+        regex,
+        engine_type: None,
+    }
+}

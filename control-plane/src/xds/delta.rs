@@ -1,0 +1,346 @@
+//! Incremental ADS (`DeltaAggregatedResources`): responses carry only the resources that changed
+//! and the names of those removed, judged against what this stream's client is known to hold.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
+};
+use tracing::{debug, info, warn};
+
+use crate::snapshot::{Resource, Snapshot};
+
+use super::nodes::{StreamRecords, TypeRecord};
+use super::sequencing::{
+    announced_version, find_resource, Answer, InFlight, NonceSource, RetainedClusters, WILDCARD,
+};
+use super::served::ServedType;
+use super::stream::TransportVariant;
+
+/// Which resources of a type the client tracks.
+#[derive(Debug, Default)]
+struct Subscription {
+    wildcard: bool,
+    names: BTreeSet<String>,
+}
+
+impl Subscription {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    /// `None` until the client first asks for this type on this stream.
+    subscription: Option<Subscription>,
+    /// Resource name → version the client holds, as far as this stream knows: seeded from
+    /// `initial_resource_versions` on a reconnect, updated as responses are pushed.
+    client_versions: BTreeMap<String, String>,
+    /// Names the client just subscribed to: they must be answered even if the client seems to
+    /// hold them already (xDS protocol, "Subscribing to Resources"), or announced as absent.
+    must_answer: BTreeSet<String>,
+    /// Nonce of the latest response of this type; only an answer carrying it is an ACK/NACK.
+    latest_nonce: Option<String>,
+    /// `system_version_info` of the latest response.
+    latest_version: String,
+    answer: Answer,
+    record: TypeRecord,
+}
+
+/// What the client lacks for one type.
+#[derive(Debug, Default)]
+struct Diff<'a> {
+    updated: Vec<&'a Resource>,
+    removed: Vec<String>,
+}
+
+impl Diff<'_> {
+    fn is_empty(&self) -> bool {
+        self.updated.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Compares what the client holds with what `target` (plus retained clusters) offers for the
+/// names it tracks; `None` when the client never asked for the type.
+fn diff<'a>(
+    target: &'a Snapshot,
+    retained: Option<&'a RetainedClusters>,
+    served: ServedType,
+    state: &TypeState,
+) -> Option<Diff<'a>> {
+    let subscription = state.subscription.as_ref()?;
+    let mut candidates: BTreeSet<&str> = subscription.names.iter().map(String::as_str).collect();
+    if subscription.wildcard {
+        candidates.extend(target.resources(served.url()).resources.keys().map(String::as_str));
+        if let (ServedType::Cluster, Some(retained)) = (served, retained) {
+            candidates.extend(retained.names().map(String::as_str));
+        }
+    }
+    candidates.extend(state.client_versions.keys().map(String::as_str));
+    candidates.extend(state.must_answer.iter().map(String::as_str));
+
+    let mut diff = Diff::default();
+    for name in candidates {
+        let must_answer = state.must_answer.contains(name);
+        match find_resource(target, retained, served, name) {
+            Some(resource) => {
+                let held = state.client_versions.get(name);
+                if must_answer || held != Some(&resource.version) {
+                    diff.updated.push(resource);
+                }
+            }
+            // Deleted resources are named in `removed_resources` (xDS protocol, "Deleting
+            // Resources"), as are subscribed names that do not exist.
+            None if must_answer || state.client_versions.contains_key(name) => {
+                diff.removed.push(name.to_string());
+            }
+            None => {}
+        }
+    }
+    Some(diff)
+}
+
+/// One incremental ADS stream.
+#[derive(Debug, Default)]
+pub(crate) struct DeltaStream {
+    target: Option<Arc<Snapshot>>,
+    retained: RetainedClusters,
+    types: [TypeState; 4],
+    in_flight: Option<InFlight>,
+    nonces: NonceSource,
+    /// Empty answers owed to requests for types Tollgate does not serve.
+    unserved_replies: VecDeque<DeltaDiscoveryResponse>,
+}
+
+impl DeltaStream {
+    /// Drops the stale clusters once every later type of the new snapshot is delivered and
+    /// ACKed, so their `removed_resources` goes out last (xDS protocol, "Eventual consistency
+    /// considerations").
+    fn release_retained_when_settled(&mut self) {
+        let Some(target) = self.target.as_deref() else {
+            return;
+        };
+        if self.retained.is_empty() {
+            return;
+        }
+        for served in ServedType::ALL {
+            let state = &self.types[served.index()];
+            let Some(diff) = diff(target, Some(&self.retained), served, state) else {
+                continue;
+            };
+            let settled = diff.is_empty()
+                && match served {
+                    ServedType::Cluster => true,
+                    // A NACK keeps the node on listeners and routes that may still use the
+                    // stale clusters, so they stay until a newer snapshot.
+                    _ => matches!(state.answer, Answer::NothingSent | Answer::Acked),
+                };
+            if !settled {
+                return;
+            }
+        }
+        self.retained.clear();
+    }
+
+    fn record_answer(&mut self, served: ServedType, request: &DeltaDiscoveryRequest, node: &str) {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|in_flight| in_flight.served == served)
+        {
+            self.in_flight = None;
+        }
+        let state = &mut self.types[served.index()];
+        let version = state.latest_version.clone();
+        let short = served.short_name();
+        match &request.error_detail {
+            // The client keeps what it had; `client_versions` already counts the rejected
+            // versions as sent, so they are not pushed again until they change.
+            Some(error) => {
+                warn!(node = %node, type = short, version = %version, error = %error.message, "nacked");
+                state.answer = Answer::Nacked;
+                state.record.nack = Some(error.message.clone());
+                state.record.nack_version = Some(version);
+            }
+            None => {
+                info!(node = %node, type = short, version = %version, "acked");
+                state.answer = Answer::Acked;
+                state.record.acked_version = Some(version);
+                state.record.nack = None;
+                state.record.nack_version = None;
+            }
+        }
+    }
+}
+
+impl TransportVariant for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn on_request(&mut self, request: DeltaDiscoveryRequest, node: &str) {
+        let Some(served) = ServedType::from_url(&request.type_url) else {
+            if request.response_nonce.is_empty() {
+                debug!(node = %node, type_url = %request.type_url, "request for unserved type");
+                let nonce = self.nonces.next_nonce();
+                self.unserved_replies.push_back(DeltaDiscoveryResponse {
+                    type_url: request.type_url,
+                    nonce,
+                    ..Default::default()
+                });
+            }
+            return;
+        };
+        let state = &mut self.types[served.index()];
+        let first = state.subscription.is_none();
+        let subscription = state.subscription.get_or_insert_with(|| Subscription {
+            // Legacy wildcard: a first LDS/CDS request naming nothing wants everything (xDS
+            // protocol, "How the client specifies what resources to return").
+            wildcard: served.allows_wildcard() && request.resource_names_subscribe.is_empty(),
+            names: BTreeSet::new(),
+        });
+        if first {
+            // xDS protocol, "Incremental xDS": a reconnecting client lists what it holds, so
+            // that unchanged resources are not sent again.
+            state.client_versions = request.initial_resource_versions.into_iter().collect();
+        }
+        for name in request.resource_names_subscribe {
+            if name == WILDCARD {
+                subscription.wildcard = true;
+                continue;
+            }
+            if !(first && state.client_versions.contains_key(&name)) {
+                state.must_answer.insert(name.clone());
+            }
+            subscription.names.insert(name);
+        }
+        for name in &request.resource_names_unsubscribe {
+            if name == WILDCARD {
+                subscription.wildcard = false;
+            } else {
+                subscription.names.remove(name);
+            }
+        }
+        // The client forgets what it no longer tracks; nothing needs removing for those.
+        state.client_versions.retain(|name, _| subscription.wants(name));
+        state.must_answer.retain(|name| subscription.wants(name));
+        state.record.subscribed = true;
+
+        let nonce = request.response_nonce.as_str();
+        if nonce.is_empty() {
+            return;
+        }
+        if state.latest_nonce.as_deref() == Some(nonce) {
+            self.record_answer(served, &request, node);
+        } else {
+            // A stale answer is not an ACK/NACK (xDS protocol, "Resource updates"); its
+            // subscription changes were still applied above because, unlike SotW, incremental
+            // requests are deltas the client will not repeat.
+            debug!(node = %node, type = served.short_name(), nonce = %nonce, "stale nonce");
+        }
+    }
+
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) {
+        let previous = self.target.replace(Arc::clone(&snapshot));
+        let held = &self.types[ServedType::Cluster.index()].client_versions;
+        self.retained
+            .on_new_snapshot(held.keys(), previous.as_deref(), &snapshot);
+    }
+
+    fn next_response(&mut self, node: &str) -> Option<DeltaDiscoveryResponse> {
+        if let Some(reply) = self.unserved_replies.pop_front() {
+            return Some(reply);
+        }
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let target = Arc::clone(self.target.as_ref()?);
+        self.release_retained_when_settled();
+        for served in ServedType::ALL {
+            let state = &self.types[served.index()];
+            let Some(diff) = diff(&target, Some(&self.retained), served, state) else {
+                continue;
+            };
+            if diff.is_empty() {
+                continue;
+            }
+            let version = announced_version(&target, Some(&self.retained), served);
+            let resources: Vec<DeltaResource> = diff
+                .updated
+                .iter()
+                .map(|resource| DeltaResource {
+                    name: resource.name.clone(),
+                    version: resource.version.clone(),
+                    resource: Some(resource.body.clone()),
+                    ..Default::default()
+                })
+                .collect();
+            let removed = diff.removed;
+            let nonce = self.nonces.next_nonce();
+
+            let state = &mut self.types[served.index()];
+            for resource in &resources {
+                state
+                    .client_versions
+                    .insert(resource.name.clone(), resource.version.clone());
+            }
+            for name in &removed {
+                state.client_versions.remove(name);
+            }
+            state.must_answer.clear();
+            state.latest_nonce = Some(nonce.clone());
+            state.latest_version = version.clone();
+            state.answer = Answer::Pending;
+            self.in_flight = Some(InFlight {
+                served,
+                nonce: nonce.clone(),
+            });
+            debug!(
+                node = %node,
+                type = served.short_name(),
+                version = %version,
+                nonce = %nonce,
+                resources = resources.len(),
+                removed = removed.len(),
+                "pushing"
+            );
+            return Some(DeltaDiscoveryResponse {
+                system_version_info: version,
+                resources,
+                type_url: served.url().to_string(),
+                removed_resources: removed,
+                nonce,
+                ..Default::default()
+            });
+        }
+        None
+    }
+
+    fn records(&self) -> StreamRecords {
+        ServedType::ALL
+            .into_iter()
+            .map(|served| {
+                let state = &self.types[served.index()];
+                let mut record = state.record.clone();
+                // In sync when nothing is left to send against the snapshot without stale
+                // clusters and the last push (if any) was accepted.
+                if let Some(target) = self.target.as_deref() {
+                    let accepted = matches!(state.answer, Answer::NothingSent | Answer::Acked);
+                    let nothing_left =
+                        diff(target, None, served, state).is_some_and(|diff| diff.is_empty());
+                    if accepted && nothing_left {
+                        record.acked_version =
+                            Some(target.resources(served.url()).version.clone());
+                    }
+                }
+                (served.short_name(), record)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,324 @@
+//! Which Envoy nodes are connected and what each has accepted, for the admin status page.
+//!
+//! Every xDS stream publishes its per-type ACK/NACK state here under the node id it learnt from
+//! its first request (xDS protocol, "Basic Protocol Overview": only the first request on a stream
+//! is guaranteed to carry the node). Several streams may share one node id (a reconnect racing
+//! the old stream, or two Envoys configured alike), so state is kept per stream and summarised
+//! per node.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::snapshot::Snapshot;
+
+use super::served::ServedType;
+
+/// What one node has done with each resource type, judged against the snapshot being served.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStatus {
+    pub id: String,
+    /// A stream for this node is open now.
+    pub connected: bool,
+    /// Every type the node subscribed to has ACKed the current snapshot's content, including the
+    /// final CDS that drops clusters kept for make-before-break.
+    pub in_sync: bool,
+    /// Keyed by short type name: "cluster", "endpoint", "listener", "route".
+    pub types: BTreeMap<String, TypeStatus>,
+}
+
+/// ACK/NACK state of one resource type on one node.
+#[derive(Clone, Debug, Serialize)]
+pub struct TypeStatus {
+    /// The version the node holds and has accepted.
+    pub acked_version: Option<String>,
+    /// `error_detail.message` of the last NACK; cleared by a later ACK.
+    pub nack: Option<String>,
+    /// The version that was rejected by that NACK.
+    pub nack_version: Option<String>,
+}
+
+/// The state a stream reports for one type.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct TypeRecord {
+    /// The client has asked for this type on the stream.
+    pub subscribed: bool,
+    pub acked_version: Option<String>,
+    pub nack: Option<String>,
+    pub nack_version: Option<String>,
+}
+
+/// Per-type records of one stream, keyed by short type name.
+pub(crate) type StreamRecords = BTreeMap<&'static str, TypeRecord>;
+
+#[derive(Debug, Default)]
+struct NodeEntry {
+    /// Open streams by stream id; ids grow, so the last entry is the newest stream.
+    open: BTreeMap<u64, StreamRecords>,
+    /// What the most recently closed stream last reported, shown while none is open.
+    last_closed: Option<StreamRecords>,
+}
+
+/// Every node seen on any stream since start-up.
+#[derive(Debug)]
+pub struct NodeRegistry {
+    nodes: Mutex<BTreeMap<String, NodeEntry>>,
+    next_stream: AtomicU64,
+    /// Bumped on every change, so waiters (tests, status pages) need not poll.
+    changes: watch::Sender<u64>,
+}
+
+impl Default for NodeRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeRegistry {
+    pub fn new() -> Self {
+        NodeRegistry {
+            nodes: Mutex::new(BTreeMap::new()),
+            next_stream: AtomicU64::new(0),
+            changes: watch::channel(0).0,
+        }
+    }
+
+    /// Status of every node, judged against `current` (the snapshot being served).
+    pub fn statuses(&self, current: Option<&Snapshot>) -> Vec<NodeStatus> {
+        self.lock()
+            .iter()
+            .map(|(id, entry)| {
+                let connected = !entry.open.is_empty();
+                let shown = entry.open.values().next_back().or(entry.last_closed.as_ref());
+                let in_sync = if connected {
+                    entry.open.values().all(|records| in_sync(records, current))
+                } else {
+                    shown.is_some_and(|records| in_sync(records, current))
+                };
+                let types = shown
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, record)| record.subscribed)
+                    .map(|(short, record)| {
+                        let status = TypeStatus {
+                            acked_version: record.acked_version.clone(),
+                            nack: record.nack.clone(),
+                            nack_version: record.nack_version.clone(),
+                        };
+                        (short.to_string(), status)
+                    })
+                    .collect();
+                NodeStatus {
+                    id: id.clone(),
+                    connected,
+                    in_sync,
+                    types,
+                }
+            })
+            .collect()
+    }
+
+    /// A receiver woken whenever any node's state changes.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn open_stream(self: &Arc<Self>, node: &str) -> StreamRegistration {
+        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        self.lock()
+            .entry(node.to_string())
+            .or_default()
+            .open
+            .insert(stream, StreamRecords::new());
+        self.bump();
+        StreamRegistration {
+            registry: Arc::clone(self),
+            node: node.to_string(),
+            stream,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, NodeEntry>> {
+        // A panic elsewhere while holding the lock leaves plain data behind; status is still
+        // worth serving.
+        self.nodes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+}
+
+/// A node is in sync when it subscribed to something and every subscribed type holds the
+/// version `current` serves.
+fn in_sync(records: &StreamRecords, current: Option<&Snapshot>) -> bool {
+    let Some(current) = current else {
+        return false;
+    };
+    let mut subscribed = records.iter().filter(|(_, r)| r.subscribed).peekable();
+    subscribed.peek().is_some()
+        && subscribed.all(|(short, record)| {
+            let Some(served) = ServedType::from_short_name(short) else {
+                return true;
+            };
+            record.acked_version.as_deref() == Some(current.resources(served.url()).version.as_str())
+        })
+}
+
+/// One open stream's place in the registry; removing it on drop marks the stream closed.
+#[derive(Debug)]
+struct StreamRegistration {
+    registry: Arc<NodeRegistry>,
+    node: String,
+    stream: u64,
+}
+
+impl StreamRegistration {
+    fn publish(&self, records: &StreamRecords) {
+        let mut nodes = self.registry.lock();
+        let Some(current) = nodes
+            .get_mut(&self.node)
+            .and_then(|entry| entry.open.get_mut(&self.stream))
+        else {
+            return;
+        };
+        if current != records {
+            current.clone_from(records);
+            drop(nodes);
+            self.registry.bump();
+        }
+    }
+}
+
+impl Drop for StreamRegistration {
+    fn drop(&mut self) {
+        let mut nodes = self.registry.lock();
+        if let Some(entry) = nodes.get_mut(&self.node) {
+            if let Some(records) = entry.open.remove(&self.stream) {
+                entry.last_closed = Some(records);
+            }
+        }
+        drop(nodes);
+        self.registry.bump();
+    }
+}
+
+/// The node behind one stream, known once a request names it.
+#[derive(Debug, Default)]
+pub(crate) struct StreamNode {
+    registration: Option<StreamRegistration>,
+}
+
+impl StreamNode {
+    /// Registers the stream under the first node id a request carries; later ids are ignored
+    /// (xDS protocol: the node identifier is identical whenever it is repeated on a stream).
+    pub fn observe(&mut self, registry: &Arc<NodeRegistry>, node: Option<&Node>) {
+        if self.registration.is_some() {
+            return;
+        }
+        if let Some(node) = node.filter(|node| !node.id.is_empty()) {
+            self.registration = Some(registry.open_stream(&node.id));
+        }
+    }
+
+    /// The node id for logs; "unknown" until a request names it.
+    pub fn id(&self) -> &str {
+        self.registration
+            .as_ref()
+            .map_or("unknown", |registration| registration.node.as_str())
+    }
+
+    pub fn publish(&self, records: &StreamRecords) {
+        if let Some(registration) = &self.registration {
+            registration.publish(records);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{type_url, Resource};
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    fn one_cluster_snapshot() -> Snapshot {
+        let cluster = Cluster {
+            name: "a".into(),
+            ..Default::default()
+        };
+        Snapshot::new([(
+            type_url::CLUSTER,
+            Resource::new("a", type_url::CLUSTER, &cluster),
+        )])
+    }
+
+    fn acked(version: &str) -> TypeRecord {
+        TypeRecord {
+            subscribed: true,
+            acked_version: Some(version.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn node_is_in_sync_only_when_every_subscribed_type_acked_the_current_versions() {
+        let registry = Arc::new(NodeRegistry::new());
+        let snapshot = one_cluster_snapshot();
+        let mut stream = StreamNode::default();
+        stream.observe(&registry, Some(&node("edge-1")));
+
+        let cluster_version = snapshot.resources(type_url::CLUSTER).version.clone();
+        let mut records = StreamRecords::new();
+        records.insert("cluster", acked(&cluster_version));
+        records.insert("listener", acked("old"));
+        stream.publish(&records);
+        assert!(!registry.statuses(Some(&snapshot))[0].in_sync);
+
+        let listener_version = snapshot.resources(type_url::LISTENER).version.clone();
+        records.insert("listener", acked(&listener_version));
+        // Unsubscribed types do not count.
+        records.insert("route", TypeRecord::default());
+        stream.publish(&records);
+        let status = &registry.statuses(Some(&snapshot))[0];
+        assert!(status.in_sync);
+        assert_eq!(status.types.len(), 2);
+        assert!(!registry.statuses(None)[0].in_sync);
+    }
+
+    #[test]
+    fn closed_stream_leaves_node_disconnected_with_its_last_state() {
+        let registry = Arc::new(NodeRegistry::new());
+        let mut stream = StreamNode::default();
+        stream.observe(&registry, Some(&node("edge-1")));
+        let mut records = StreamRecords::new();
+        records.insert("cluster", acked("v1"));
+        stream.publish(&records);
+        assert!(registry.statuses(None)[0].connected);
+
+        drop(stream);
+        let status = &registry.statuses(None)[0];
+        assert!(!status.connected);
+        assert_eq!(status.types["cluster"].acked_version.as_deref(), Some("v1"));
+    }
+
+    #[test]
+    fn stream_without_node_id_is_not_listed() {
+        let registry = Arc::new(NodeRegistry::new());
+        let mut stream = StreamNode::default();
+        stream.observe(&registry, None);
+        stream.observe(&registry, Some(&node("")));
+        assert_eq!(stream.id(), "unknown");
+        assert!(registry.statuses(None).is_empty());
+    }
+}

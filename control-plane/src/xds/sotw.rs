@@ -1,0 +1,366 @@
+//! State-of-the-World ADS (`StreamAggregatedResources`): every response carries the complete
+//! set of requested resources of one type at one version.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tracing::{debug, info, warn};
+
+use crate::snapshot::Snapshot;
+
+use super::nodes::{StreamRecords, TypeRecord};
+use super::sequencing::{
+    announced_version, find_resource, Answer, InFlight, NonceSource, RetainedClusters, WILDCARD,
+};
+use super::served::ServedType;
+use super::stream::TransportVariant;
+
+/// Which resources of a type the client asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Subscription {
+    Wildcard,
+    Named(BTreeSet<String>),
+}
+
+impl Subscription {
+    fn from_request(served: ServedType, names: &[String]) -> Self {
+        // Envoy always subscribes to LDS and CDS with no names (wildcard); "*" asks for
+        // wildcard explicitly (xDS protocol, "How the client specifies what resources to
+        // return").
+        if names.iter().any(|name| name == WILDCARD) || (names.is_empty() && served.allows_wildcard())
+        {
+            Subscription::Wildcard
+        } else {
+            Subscription::Named(names.iter().cloned().collect())
+        }
+    }
+}
+
+/// What one response holds, for deciding whether another one is due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Content {
+    /// The subscription it answers: a changed subscription must be answered even if the
+    /// resources are the same (xDS protocol, "How the client specifies what resources to
+    /// return"; Envoy keeps clusters warming until it has an EDS answer).
+    subscription: Subscription,
+    /// Resource name → resource version.
+    resources: BTreeMap<String, String>,
+}
+
+/// A response that is due for one type.
+struct Desired {
+    content: Content,
+    version: String,
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    /// `None` until the client first asks for this type on this stream.
+    subscription: Option<Subscription>,
+    /// `version_info` of the first request on this stream: a reconnecting client names what it
+    /// already holds.
+    reconnect_version: Option<String>,
+    /// Nonce of the latest response of this type; requests carrying an older one are stale.
+    latest_nonce: Option<String>,
+    /// Content and version of the latest response (or of what the client announced holding).
+    sent: Option<(Content, String)>,
+    answer: Answer,
+    record: TypeRecord,
+}
+
+/// One SotW ADS stream.
+#[derive(Debug, Default)]
+pub(crate) struct SotwStream {
+    target: Option<Arc<Snapshot>>,
+    retained: RetainedClusters,
+    types: [TypeState; 4],
+    in_flight: Option<InFlight>,
+    nonces: NonceSource,
+    /// Empty answers owed to requests for types Tollgate does not serve.
+    unserved_replies: VecDeque<DiscoveryResponse>,
+}
+
+impl SotwStream {
+    fn state(&self, served: ServedType) -> &TypeState {
+        &self.types[served.index()]
+    }
+
+    fn state_mut(&mut self, served: ServedType) -> &mut TypeState {
+        &mut self.types[served.index()]
+    }
+
+    /// The response the client should have for `served`, or `None` when it asked for nothing
+    /// (no request yet, or an empty list of names) or no snapshot exists yet.
+    fn desired(&self, served: ServedType, retained: Option<&RetainedClusters>) -> Option<Desired> {
+        let target = self.target.as_deref()?;
+        let subscription = self.state(served).subscription.as_ref()?;
+        let resources: BTreeMap<String, String> = match subscription {
+            Subscription::Wildcard => {
+                let set = &target.resources(served.url()).resources;
+                let retained_names = match served {
+                    ServedType::Cluster => retained.map(|r| r.names().collect::<Vec<_>>()),
+                    _ => None,
+                };
+                set.keys()
+                    .chain(retained_names.into_iter().flatten())
+                    .filter_map(|name| find_resource(target, retained, served, name))
+                    .map(|resource| (resource.name.clone(), resource.version.clone()))
+                    .collect()
+            }
+            // An empty list of names means "no longer interested"; Envoy does not ACK an empty
+            // answer to it, so none is sent.
+            Subscription::Named(names) if names.is_empty() => return None,
+            Subscription::Named(names) => names
+                .iter()
+                .filter_map(|name| find_resource(target, retained, served, name))
+                .map(|resource| (resource.name.clone(), resource.version.clone()))
+                .collect(),
+        };
+        Some(Desired {
+            content: Content {
+                subscription: subscription.clone(),
+                resources,
+            },
+            version: announced_version(target, retained, served),
+        })
+    }
+
+    /// A reconnecting client that already holds the current version needs no resend (xDS
+    /// protocol, "Basic Protocol Overview": the server sends what changed since the version the
+    /// client indicated).
+    fn accept_reconnect_versions(&mut self) {
+        for served in ServedType::ALL {
+            let Some(announced) = self.state_mut(served).reconnect_version.take() else {
+                continue;
+            };
+            let Some(desired) = self.desired(served, Some(&self.retained)) else {
+                continue;
+            };
+            let state = self.state_mut(served);
+            if state.sent.is_none() && desired.version == announced {
+                state.sent = Some((desired.content, desired.version.clone()));
+                state.answer = Answer::Acked;
+                state.record.acked_version = Some(desired.version);
+            }
+        }
+    }
+
+    /// Drops the stale clusters once every later type of the new snapshot is ACKed, so the
+    /// final CDS without them goes out last (xDS protocol, "Eventual consistency
+    /// considerations": stale CDS clusters can then be removed).
+    fn release_retained_when_settled(&mut self) {
+        if self.retained.is_empty() {
+            return;
+        }
+        for served in ServedType::ALL {
+            let Some(desired) = self.desired(served, Some(&self.retained)) else {
+                continue;
+            };
+            let state = self.state(served);
+            let delivered = state
+                .sent
+                .as_ref()
+                .is_some_and(|(content, _)| *content == desired.content);
+            let settled = match served {
+                // The CDS that still carries the stale clusters only has to be out.
+                ServedType::Cluster => delivered,
+                // A NACK keeps the node on listeners and routes that may still use the stale
+                // clusters, so they stay until a newer snapshot.
+                _ => delivered && state.answer == Answer::Acked,
+            };
+            if !settled {
+                return;
+            }
+        }
+        self.retained.clear();
+    }
+
+    fn respond(&mut self, served: ServedType, desired: Desired) -> DiscoveryResponse {
+        let nonce = self.nonces.next_nonce();
+        let target = self.target.as_deref();
+        let retained = Some(&self.retained);
+        let resources = desired
+            .content
+            .resources
+            .keys()
+            .filter_map(|name| target.and_then(|t| find_resource(t, retained, served, name)))
+            .map(|resource| resource.body.clone())
+            .collect();
+        let response = DiscoveryResponse {
+            version_info: desired.version.clone(),
+            resources,
+            type_url: served.url().to_string(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        let state = self.state_mut(served);
+        state.latest_nonce = Some(nonce.clone());
+        state.sent = Some((desired.content, desired.version));
+        state.answer = Answer::Pending;
+        self.in_flight = Some(InFlight { served, nonce });
+        response
+    }
+
+    fn record_answer(&mut self, served: ServedType, request: &DiscoveryRequest, node: &str) {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|in_flight| in_flight.served == served)
+        {
+            self.in_flight = None;
+        }
+        let state = self.state_mut(served);
+        let sent_version = state
+            .sent
+            .as_ref()
+            .map(|(_, version)| version.clone())
+            .unwrap_or_default();
+        let short = served.short_name();
+        match &request.error_detail {
+            // xDS protocol, "ACK and NACK semantics summary": only a NACK has error_detail.
+            Some(error) => {
+                warn!(node = %node, type = short, version = %sent_version, error = %error.message, "nacked");
+                state.answer = Answer::Nacked;
+                state.record.nack = Some(error.message.clone());
+                state.record.nack_version = Some(sent_version);
+            }
+            None => {
+                info!(node = %node, type = short, version = %sent_version, "acked");
+                state.answer = Answer::Acked;
+                state.record.acked_version = Some(sent_version);
+                state.record.nack = None;
+                state.record.nack_version = None;
+            }
+        }
+    }
+}
+
+impl TransportVariant for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn on_request(&mut self, request: DiscoveryRequest, node: &str) {
+        let Some(served) = ServedType::from_url(&request.type_url) else {
+            // Answer an unserved type once, empty, so the client does not wait on it; its ACK
+            // (which carries a nonce) is not answered again.
+            if request.response_nonce.is_empty() {
+                debug!(node = %node, type_url = %request.type_url, "request for unserved type");
+                let nonce = self.nonces.next_nonce();
+                self.unserved_replies.push_back(DiscoveryResponse {
+                    type_url: request.type_url,
+                    nonce,
+                    ..Default::default()
+                });
+            }
+            return;
+        };
+        let state = self.state_mut(served);
+        match (&state.latest_nonce, request.response_nonce.as_str()) {
+            // First request of this type on the stream (or one racing our first response).
+            (_, "") => {
+                if state.sent.is_none() && !request.version_info.is_empty() {
+                    state.reconnect_version = Some(request.version_info.clone());
+                }
+            }
+            // A nonce from an earlier stream: nothing here to ACK; treat as a first request.
+            (None, _) => {}
+            (Some(latest), nonce) if latest != nonce => {
+                // xDS protocol, "Resource updates": a request carrying a nonce older than the
+                // latest response is stale and must not be answered; the client re-sends its
+                // subscription with the ACK/NACK of the latest response.
+                debug!(node = %node, type = served.short_name(), nonce = %nonce, "ignoring stale request");
+                return;
+            }
+            (Some(_), _) => self.record_answer(served, &request, node),
+        }
+        let state = self.state_mut(served);
+        state.subscription = Some(Subscription::from_request(served, &request.resource_names));
+        state.record.subscribed = true;
+    }
+
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) {
+        let previous = self.target.replace(Arc::clone(&snapshot));
+        let held = self
+            .state(ServedType::Cluster)
+            .sent
+            .as_ref()
+            .map(|(content, _)| content.resources.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        self.retained
+            .on_new_snapshot(&held, previous.as_deref(), &snapshot);
+    }
+
+    fn next_response(&mut self, node: &str) -> Option<DiscoveryResponse> {
+        if let Some(reply) = self.unserved_replies.pop_front() {
+            return Some(reply);
+        }
+        if self.in_flight.is_some() || self.target.is_none() {
+            return None;
+        }
+        self.accept_reconnect_versions();
+        self.release_retained_when_settled();
+        for served in ServedType::ALL {
+            let Some(desired) = self.desired(served, Some(&self.retained)) else {
+                continue;
+            };
+            // "When to send an update": only when the resources (or the subscription) changed.
+            // This also keeps a NACKed response from being re-sent: it stays the latest sent
+            // content until a newer snapshot changes what is desired.
+            if self
+                .state(served)
+                .sent
+                .as_ref()
+                .is_some_and(|(content, _)| *content == desired.content)
+            {
+                continue;
+            }
+            let response = self.respond(served, desired);
+            debug!(
+                node = %node,
+                type = served.short_name(),
+                version = %response.version_info,
+                nonce = %response.nonce,
+                resources = response.resources.len(),
+                "pushing"
+            );
+            return Some(response);
+        }
+        None
+    }
+
+    fn records(&self) -> StreamRecords {
+        ServedType::ALL
+            .into_iter()
+            .map(|served| {
+                let state = self.state(served);
+                let mut record = state.record.clone();
+                // The node holds the current content when its last answer was an ACK of what
+                // the snapshot (without stale clusters) requires; for named types the set
+                // version can move on without the requested resources changing.
+                if self.in_flight.is_none() && state.answer == Answer::Acked {
+                    if let Some(desired) = self.desired(served, None) {
+                        let current = state
+                            .sent
+                            .as_ref()
+                            .is_some_and(|(content, _)| *content == desired.content);
+                        if current {
+                            record.acked_version = Some(desired.version);
+                        }
+                    }
+                }
+                if state.subscription == Some(Subscription::Named(BTreeSet::new())) {
+                    if let Some(target) = &self.target {
+                        record.acked_version = Some(target.resources(served.url()).version.clone());
+                    }
+                }
+                (served.short_name(), record)
+            })
+            .collect()
+    }
+}

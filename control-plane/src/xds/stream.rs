@@ -1,0 +1,96 @@
+//! The event loop of one ADS stream, shared by the SotW and incremental variants: requests and
+//! new snapshots go in, at most one response at a time comes out.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+use tracing::debug;
+
+use crate::snapshot::Snapshot;
+
+use super::nodes::{NodeRegistry, StreamNode, StreamRecords};
+
+/// One of the two xDS transport variants (xDS protocol, "Variants of the xDS Transport
+/// Protocol"), as the state of a single stream.
+pub(crate) trait TransportVariant: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+
+    /// The node named by a request, if any.
+    fn node(request: &Self::Request) -> Option<&Node>;
+
+    /// Takes in a request: subscription change, ACK, NACK, or a stale message to ignore.
+    fn on_request(&mut self, request: Self::Request, node: &str);
+
+    /// Makes `snapshot` the one the client should converge to.
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>);
+
+    /// The next response to push, if one is due and nothing is awaiting an answer.
+    fn next_response(&mut self, node: &str) -> Option<Self::Response>;
+
+    /// Per-type state for the node registry.
+    fn records(&self) -> StreamRecords;
+}
+
+/// Everything a stream task needs besides its variant state.
+pub(crate) struct StreamContext<V: TransportVariant> {
+    pub requests: Streaming<V::Request>,
+    pub responses: mpsc::Sender<Result<V::Response, Status>>,
+    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub registry: Arc<NodeRegistry>,
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// Serves one stream until the client goes away, the stream breaks or the server stops. Errors
+/// end this stream only; the client reconnects and starts a new one.
+pub(crate) async fn run<V: TransportVariant>(mut variant: V, context: StreamContext<V>) {
+    let StreamContext {
+        mut requests,
+        responses,
+        mut snapshots,
+        registry,
+        mut stopping,
+    } = context;
+    let mut node = StreamNode::default();
+    // Requests that arrive before the first valid configuration are held: the variant answers
+    // nothing until it has a snapshot.
+    if let Some(snapshot) = snapshots.borrow_and_update().clone() {
+        variant.on_snapshot(snapshot);
+    }
+    loop {
+        tokio::select! {
+            message = requests.message() => match message {
+                Ok(Some(request)) => {
+                    node.observe(&registry, V::node(&request));
+                    variant.on_request(request, node.id());
+                }
+                Ok(None) => {
+                    debug!(node = %node.id(), "xds stream closed by client");
+                    break;
+                }
+                Err(status) => {
+                    debug!(node = %node.id(), error = %status, "xds stream broken");
+                    break;
+                }
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if let Some(snapshot) = snapshots.borrow_and_update().clone() {
+                    variant.on_snapshot(snapshot);
+                }
+            }
+            _ = stopping.wait_for(|stopping| *stopping) => break,
+        }
+        while let Some(response) = variant.next_response(node.id()) {
+            if responses.send(Ok(response)).await.is_err() {
+                debug!(node = %node.id(), "xds stream receiver gone");
+                return;
+            }
+        }
+        node.publish(&variant.records());
+    }
+}

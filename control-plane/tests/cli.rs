@@ -1,0 +1,98 @@
+//! The binary's contract: `validate` exit codes and messages, `bootstrap` output, and a
+//! `serve` that refuses a bad file before it listens.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate-control-plane");
+
+fn repo_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+#[test]
+fn validate_accepts_the_example() {
+    let out = Command::new(BIN)
+        .args(["validate"])
+        .arg(repo_file("examples/routes.yaml"))
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn validate_rejects_with_every_error_located() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nlisteners: [{name: a, address: 127.0.0.1:1}]\nservices: {}\nroutes:\n  - {name: r, match: {prefix: /}, service: ghost}\n  - {name: q, match: {regex: '('}, service: ghost}\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let prefix = file.display().to_string();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!("{prefix}:5:"))
+            && lines[0].contains("unknown service \"ghost\""),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{prefix}:6:")) && lines[1].contains("invalid regex"),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("{prefix}:6:")) && lines[2].contains("unknown service"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn checked_in_bootstrap_is_the_default_output() {
+    let out = Command::new(BIN)
+        .args(["bootstrap", "--node-id", "tollgate"])
+        .env_remove("TOLLGATE_XDS_ADDR")
+        .env_remove("TOLLGATE_ENVOY_ADMIN_ADDR")
+        .env_remove("TOLLGATE_XDS_VARIANT")
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let checked_in = std::fs::read_to_string(repo_file("envoy/bootstrap.yaml")).expect("read");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        checked_in,
+        "envoy/bootstrap.yaml is stale: regenerate it with `tollgate-control-plane bootstrap --node-id tollgate > envoy/bootstrap.yaml`"
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_file_with_ex_usage_before_listening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(&file, "version: 1\nlisteners: 3\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["serve", "--routes"])
+        .arg(&file)
+        .args(["--xds-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("routes.yaml:2:"));
+}

@@ -1,0 +1,79 @@
+//! The validated configuration: plain data that translation can trust without re-checking.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A whole, valid routes.yaml.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutesConfig {
+    pub listeners: Vec<Listener>,
+    /// By name; names are unique.
+    pub services: BTreeMap<String, Service>,
+    /// In file order, which is match order.
+    pub routes: Vec<Route>,
+}
+
+impl RoutesConfig {
+    /// The routes served on `listener`, in match order.
+    pub fn routes_on<'a>(&'a self, listener: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
+        self.routes
+            .iter()
+            .filter(move |r| r.listener.as_deref().is_none_or(|l| l == listener))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub connect_timeout: Duration,
+}
+
+/// An upstream address: an IP literal or a DNS name, and a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// True when `host` is an IP literal, so no DNS resolution is needed.
+    pub fn is_ip(&self) -> bool {
+        self.host.parse::<std::net::IpAddr>().is_ok()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    pub name: String,
+    /// The one listener this route is served on; `None` means every listener.
+    pub listener: Option<String>,
+    pub matcher: RouteMatch,
+    pub service: String,
+    pub rewrite_prefix: Option<String>,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    /// Upper-case method names; empty means any method.
+    pub methods: Vec<String>,
+    /// Lower-case header names to exact values.
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    /// A regex that must match the whole path (RE2 syntax, as Envoy evaluates it).
+    Regex(String),
+}

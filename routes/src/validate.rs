@@ -1,0 +1,377 @@
+//! Semantic checks over a [`Document`]: every problem is collected, none stops the others.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+
+use crate::config::{Endpoint, Listener, PathMatch, Route, RouteMatch, RoutesConfig, Service};
+use crate::document::{Document, MatchDoc, RouteDoc, ServiceDoc};
+use crate::duration;
+use crate::error::{ConfigError, ConfigErrors};
+
+/// The default upstream connect timeout, Envoy's own default for clusters.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+pub(crate) fn validate(file: &str, doc: Document) -> Result<RoutesConfig, ConfigErrors> {
+    let mut errors = Errors {
+        file,
+        found: Vec::new(),
+    };
+    if doc.version.value != 1 {
+        errors.at(
+            &doc.version,
+            format!("unsupported version {}: expected 1", doc.version.value),
+        );
+    }
+    let listeners = listeners(&doc, &mut errors);
+    let services: BTreeMap<String, Service> = doc
+        .services
+        .iter()
+        .filter_map(|(name, service)| self::service(name, service, &mut errors))
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    let routes = routes(&doc, &mut errors);
+
+    if errors.found.is_empty() {
+        Ok(RoutesConfig {
+            listeners,
+            services,
+            routes,
+        })
+    } else {
+        errors.found.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(errors.found))
+    }
+}
+
+struct Errors<'f> {
+    file: &'f str,
+    found: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn at<T>(&mut self, node: &Spanned<T>, message: String) {
+        self.found.push(ConfigError {
+            file: self.file.to_string(),
+            line: node.referenced.line(),
+            column: node.referenced.column(),
+            message,
+        });
+    }
+}
+
+fn listeners(doc: &Document, errors: &mut Errors) -> Vec<Listener> {
+    let mut names = HashMap::new();
+    let mut addresses: Vec<(SocketAddr, &str)> = Vec::new();
+    let mut valid = Vec::new();
+    for listener in &doc.listeners {
+        check_name(&listener.name, "listener", errors);
+        if names.insert(listener.name.value.as_str(), ()).is_some() {
+            errors.at(
+                &listener.name,
+                format!("duplicate listener name \"{}\"", listener.name.value),
+            );
+        }
+        let address = match listener.address.value.parse::<SocketAddr>() {
+            Ok(address) => address,
+            Err(_) => {
+                errors.at(
+                    &listener.address,
+                    format!(
+                        "invalid listener address \"{}\": expected IP:PORT, e.g. 0.0.0.0:8080",
+                        listener.address.value
+                    ),
+                );
+                continue;
+            }
+        };
+        // A wildcard address takes the port on every interface, so it clashes with any
+        // other listener on that port, as bind(2) would.
+        if let Some((_, other)) = addresses.iter().find(|(a, _)| {
+            a.port() == address.port()
+                && (a.ip() == address.ip()
+                    || a.ip().is_unspecified()
+                    || address.ip().is_unspecified())
+        }) {
+            errors.at(
+                &listener.address,
+                format!(
+                    "listener \"{}\" address {} overlaps listener \"{}\"",
+                    listener.name.value, address, other
+                ),
+            );
+        }
+        addresses.push((address, &listener.name.value));
+        valid.push(Listener {
+            name: listener.name.value.clone(),
+            address,
+        });
+    }
+    valid
+}
+
+fn service(name: &str, doc: &ServiceDoc, errors: &mut Errors) -> Option<Service> {
+    let before = errors.found.len();
+    if !is_valid_name(name) {
+        errors.at(
+            &doc.endpoints,
+            format!("invalid service name \"{name}\": use letters, digits, '.', '_' and '-'"),
+        );
+    }
+    if doc.endpoints.value.is_empty() {
+        errors.at(
+            &doc.endpoints,
+            format!("service \"{name}\" has no endpoints"),
+        );
+    }
+    let endpoints: Vec<Endpoint> = doc
+        .endpoints
+        .value
+        .iter()
+        .filter_map(|e| match parse_endpoint(&e.value) {
+            Some(endpoint) => Some(endpoint),
+            None => {
+                errors.at(
+                    e,
+                    format!(
+                        "invalid endpoint \"{}\" in service \"{name}\": expected HOST:PORT",
+                        e.value
+                    ),
+                );
+                None
+            }
+        })
+        .collect();
+    let connect_timeout =
+        positive_duration(doc.connect_timeout.as_ref(), errors).unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    (errors.found.len() == before).then(|| Service {
+        name: name.to_string(),
+        endpoints,
+        connect_timeout,
+    })
+}
+
+fn routes(doc: &Document, errors: &mut Errors) -> Vec<Route> {
+    let mut names = HashMap::new();
+    let mut valid = Vec::new();
+    for route in &doc.routes {
+        check_name(&route.name, "route", errors);
+        if names.insert(route.name.value.as_str(), ()).is_some() {
+            errors.at(
+                &route.name,
+                format!("duplicate route name \"{}\"", route.name.value),
+            );
+        }
+        if let Some(route) = self::route(doc, route, errors) {
+            valid.push(route);
+        }
+    }
+    valid
+}
+
+fn route(doc: &Document, route: &RouteDoc, errors: &mut Errors) -> Option<Route> {
+    let before = errors.found.len();
+    let name = &route.name.value;
+    if let Some(listener) = &route.listener {
+        if !doc.listeners.iter().any(|l| l.name.value == listener.value) {
+            errors.at(
+                listener,
+                format!(
+                    "unknown listener \"{}\" in route \"{name}\"",
+                    listener.value
+                ),
+            );
+        }
+    }
+    if !doc.services.contains_key(&route.service.value) {
+        errors.at(
+            &route.service,
+            format!(
+                "unknown service \"{}\" in route \"{name}\"",
+                route.service.value
+            ),
+        );
+    }
+    let matcher = route_match(name, &route.matcher, errors);
+    if let Some(rewrite) = &route.rewrite_prefix {
+        if !rewrite.value.starts_with('/') {
+            errors.at(
+                rewrite,
+                format!("rewrite_prefix \"{}\" must start with '/'", rewrite.value),
+            );
+        }
+        if matches!(
+            matcher,
+            Some(RouteMatch {
+                path: PathMatch::Regex(_),
+                ..
+            })
+        ) {
+            errors.at(
+                rewrite,
+                format!("route \"{name}\": rewrite_prefix needs a prefix or path match, not regex"),
+            );
+        }
+    }
+    let timeout = positive_duration(route.timeout.as_ref(), errors);
+    let matcher = matcher?;
+    (errors.found.len() == before).then(|| Route {
+        name: name.clone(),
+        listener: route.listener.as_ref().map(|l| l.value.clone()),
+        matcher,
+        service: route.service.value.clone(),
+        rewrite_prefix: route.rewrite_prefix.as_ref().map(|r| r.value.clone()),
+        timeout,
+    })
+}
+
+fn route_match(route: &str, doc: &Spanned<MatchDoc>, errors: &mut Errors) -> Option<RouteMatch> {
+    let m = &doc.value;
+    let path = match (&m.prefix, &m.path, &m.regex) {
+        (Some(prefix), None, None) => {
+            absolute_path(prefix, "prefix", errors).then(|| PathMatch::Prefix(prefix.value.clone()))
+        }
+        (None, Some(path), None) => {
+            absolute_path(path, "path", errors).then(|| PathMatch::Exact(path.value.clone()))
+        }
+        (None, None, Some(regex)) => match regex::Regex::new(&format!("^(?:{})$", regex.value)) {
+            Ok(_) => Some(PathMatch::Regex(regex.value.clone())),
+            Err(e) => {
+                let reason = e.to_string();
+                let reason = reason.lines().last().unwrap_or(&reason).trim().to_string();
+                errors.at(
+                    regex,
+                    format!("invalid regex \"{}\": {reason}", regex.value),
+                );
+                None
+            }
+        },
+        _ => {
+            errors.at(
+                doc,
+                format!("route \"{route}\": match needs exactly one of prefix, path or regex"),
+            );
+            None
+        }
+    };
+    let mut methods = Vec::new();
+    for method in &m.methods {
+        let upper = method.value.to_ascii_uppercase();
+        if METHODS.contains(&upper.as_str()) {
+            methods.push(upper);
+        } else {
+            errors.at(method, format!("unknown HTTP method \"{}\"", method.value));
+        }
+    }
+    let mut headers = BTreeMap::new();
+    for (name, value) in &m.headers {
+        if !is_header_name(name) {
+            errors.at(value, format!("invalid header name \"{name}\""));
+        } else if name.starts_with(':') {
+            errors.at(
+                value,
+                format!(
+                    "header \"{name}\": match pseudo-headers with prefix, path, regex or methods"
+                ),
+            );
+        }
+        headers.insert(name.to_ascii_lowercase(), value.value.clone());
+    }
+    Some(RouteMatch {
+        path: path?,
+        methods,
+        headers,
+    })
+}
+
+fn absolute_path(node: &Spanned<String>, field: &str, errors: &mut Errors) -> bool {
+    let ok = node.value.starts_with('/');
+    if !ok {
+        errors.at(
+            node,
+            format!("{field} \"{}\" must start with '/'", node.value),
+        );
+    }
+    ok
+}
+
+fn positive_duration(node: Option<&Spanned<String>>, errors: &mut Errors) -> Option<Duration> {
+    let node = node?;
+    match duration::parse(&node.value) {
+        Ok(d) if d.is_zero() => {
+            errors.at(
+                node,
+                format!("duration \"{}\" must be greater than zero", node.value),
+            );
+            None
+        }
+        Ok(d) => Some(d),
+        Err(message) => {
+            errors.at(node, message);
+            None
+        }
+    }
+}
+
+fn check_name(node: &Spanned<String>, kind: &str, errors: &mut Errors) {
+    if !is_valid_name(&node.value) {
+        errors.at(
+            node,
+            format!(
+                "invalid {kind} name \"{}\": use letters, digits, '.', '_' and '-'",
+                node.value
+            ),
+        );
+    }
+}
+
+/// Names become Envoy resource names and stat prefixes, so keep them to a safe alphabet.
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// RFC 9110 §5.1 field names are tokens.
+fn is_header_name(name: &str) -> bool {
+    let token = name.strip_prefix(':').unwrap_or(name);
+    !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn parse_endpoint(text: &str) -> Option<Endpoint> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(Endpoint {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    // RFC 1123 host names: labels of letters, digits and hyphens.
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    valid_host.then(|| Endpoint {
+        host: host.to_string(),
+        port,
+    })
+}

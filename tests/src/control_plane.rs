@@ -1,0 +1,341 @@
+//! The Tollgate control plane under test, as a guarded process.
+//!
+//! `ControlPlane::new().routes(yaml).start()` writes routes.yaml into a fresh temporary
+//! directory and runs `tollgate-control-plane serve` on reserved loopback ports, returning
+//! once `/healthz` answers. The running control plane can then be fed edits in each of the
+//! ways files change in production: rewritten in place, replaced by rename (editors, config
+//! management), or swapped as a Kubernetes ConfigMap volume (a `..data` symlink to a
+//! timestamped directory, replaced atomically by renaming a new symlink over it).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+
+use crate::{binaries, http, ports, process::Process};
+
+/// The control plane should answer `/healthz` well within this on a busy 2-core machine.
+const START_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How routes.yaml is laid out on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `config/routes.yaml` is a regular file.
+    File,
+    /// `config/routes.yaml -> ..data/routes.yaml`, `..data -> ..<timestamp>`, as the kubelet
+    /// projects a ConfigMap volume.
+    ConfigMap,
+}
+
+/// How an edit reaches routes.yaml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStyle {
+    /// Truncate and rewrite the same inode.
+    InPlace,
+    /// Write a sibling temporary file, then rename it over routes.yaml.
+    Rename,
+    /// Swap the ConfigMap `..data` symlink to a new timestamped directory.
+    ConfigMapSwap,
+}
+
+/// Builder for a control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    routes: String,
+    layout: Layout,
+}
+
+impl Default for ControlPlane {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ControlPlane {
+    pub fn new() -> Self {
+        Self {
+            routes: "version: 1\nlisteners: []\nservices: {}\nroutes: []\n".to_owned(),
+            layout: Layout::File,
+        }
+    }
+
+    /// The initial routes.yaml text.
+    pub fn routes(mut self, yaml: impl Into<String>) -> Self {
+        self.routes = yaml.into();
+        self
+    }
+
+    /// Lay routes.yaml out as a mounted Kubernetes ConfigMap (see [`WriteStyle::ConfigMapSwap`]).
+    pub fn configmap(mut self) -> Self {
+        self.layout = Layout::ConfigMap;
+        self
+    }
+
+    /// Writes the routes file, starts `tollgate-control-plane serve` and waits for `/healthz`.
+    pub async fn start(self) -> RunningControlPlane {
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-cp-")
+            .tempdir()
+            .expect("create a temporary directory for the control plane");
+        let config_dir = dir.path().join("config");
+        std::fs::create_dir(&config_dir).expect("create the config directory");
+        let mut cp = RunningControlPlane {
+            routes_path: config_dir.join("routes.yaml"),
+            config_dir,
+            xds_addr: ports::reserve_addr(),
+            admin_addr: ports::reserve_addr(),
+            layout: self.layout,
+            generation: 0,
+            process: None,
+            killed: None,
+            dir,
+        };
+        match self.layout {
+            Layout::File => cp.write_in_place(&self.routes),
+            Layout::ConfigMap => {
+                cp.write_configmap(&self.routes);
+                std::os::unix::fs::symlink("..data/routes.yaml", &cp.routes_path)
+                    .expect("create the routes.yaml -> ..data/routes.yaml symlink");
+            }
+        }
+        cp.spawn().await;
+        cp
+    }
+}
+
+/// A running control plane; dropping it kills the process and removes its files.
+#[derive(Debug)]
+pub struct RunningControlPlane {
+    // Field order matters for Drop: the process dies before its directory is removed.
+    process: Option<Process>,
+    killed: Option<Process>,
+    dir: tempfile::TempDir,
+    config_dir: PathBuf,
+    routes_path: PathBuf,
+    xds_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    layout: Layout,
+    generation: u32,
+}
+
+impl RunningControlPlane {
+    /// The path given to `serve --routes` (a symlink in ConfigMap layout).
+    pub fn routes_path(&self) -> &Path {
+        &self.routes_path
+    }
+
+    pub fn xds_addr(&self) -> SocketAddr {
+        self.xds_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Writes new routes.yaml text in `style`.
+    pub fn write(&mut self, style: WriteStyle, yaml: &str) {
+        match style {
+            WriteStyle::InPlace => self.write_in_place(yaml),
+            WriteStyle::Rename => self.write_by_rename(yaml),
+            WriteStyle::ConfigMapSwap => self.write_configmap(yaml),
+        }
+    }
+
+    /// Truncates routes.yaml and writes `yaml` into the same inode.
+    pub fn write_in_place(&mut self, yaml: &str) {
+        std::fs::write(&self.routes_path, yaml)
+            .unwrap_or_else(|e| panic!("write {}: {e}", self.routes_path.display()));
+    }
+
+    /// Writes `yaml` to a temporary file in the same directory and renames it over routes.yaml.
+    pub fn write_by_rename(&mut self, yaml: &str) {
+        assert_eq!(
+            self.layout,
+            Layout::File,
+            "renaming over routes.yaml would replace the ConfigMap symlink"
+        );
+        let temporary = self.config_dir.join(".routes.yaml.tmp");
+        std::fs::write(&temporary, yaml)
+            .unwrap_or_else(|e| panic!("write {}: {e}", temporary.display()));
+        std::fs::rename(&temporary, &self.routes_path)
+            .unwrap_or_else(|e| panic!("rename over {}: {e}", self.routes_path.display()));
+    }
+
+    /// Publishes `yaml` the way the kubelet updates a ConfigMap volume: a new timestamped
+    /// directory, a `..data_tmp` symlink to it renamed atomically over `..data`, then the old
+    /// directory removed.
+    pub fn write_configmap(&mut self, yaml: &str) {
+        assert_eq!(
+            self.layout,
+            Layout::ConfigMap,
+            "start the control plane with .configmap() to use ConfigMap swaps"
+        );
+        self.generation += 1;
+        let data = self.config_dir.join("..data");
+        let previous = std::fs::read_link(&data).ok();
+        let unix_secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let name = format!(
+            "..{}_{unix_secs}.{:09}",
+            civil_date(unix_secs),
+            self.generation
+        );
+        let target = self.config_dir.join(&name);
+        std::fs::create_dir(&target).expect("create the timestamped ConfigMap directory");
+        std::fs::write(target.join("routes.yaml"), yaml).expect("write the ConfigMap routes.yaml");
+        let data_tmp = self.config_dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &data_tmp).expect("create the ..data_tmp symlink");
+        std::fs::rename(&data_tmp, &data).expect("rename ..data_tmp over ..data");
+        if let Some(previous) = previous {
+            std::fs::remove_dir_all(self.config_dir.join(previous))
+                .expect("remove the previous ConfigMap directory");
+        }
+    }
+
+    /// `GET /status` as JSON.
+    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let response = self.admin_get("/status").await?;
+        response.expect_status(200)?;
+        response.json()
+    }
+
+    /// The `/status` entry for node `id`, if the control plane knows it.
+    pub async fn node_status(&self, id: &str) -> anyhow::Result<serde_json::Value> {
+        let status = self.status().await?;
+        status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|node| node["id"] == id))
+            .cloned()
+            .with_context(|| format!("node {id:?} not in /status: {status}"))
+    }
+
+    /// `GET /metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let response = self.admin_get("/metrics").await?;
+        response.expect_status(200)?;
+        Ok(response.text())
+    }
+
+    /// The value of the Prometheus sample whose name-and-labels is exactly `series`, e.g.
+    /// `tollgate_config_reloads_total{result="error"}`; `None` if absent.
+    pub async fn metric(&self, series: &str) -> anyhow::Result<Option<f64>> {
+        let text = self.metrics().await?;
+        Ok(text.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.trim();
+            value.split_whitespace().next()?.parse().ok()
+        }))
+    }
+
+    /// Sends `GET path` to the admin server.
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<http::Response> {
+        http::get(self.admin_addr.port(), path).await
+    }
+
+    /// Kills the control plane (SIGKILL); Envoys keep serving what they last received.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+            // Kept so that its logs are still printed if the test fails before a restart
+            // (a restarted process appends to the same log files and prints them itself).
+            self.killed = Some(process);
+        }
+    }
+
+    /// Kills the control plane and starts it again on the same ports and routes file.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// The guard of the running process, e.g. to read its logs.
+    pub fn process(&self) -> Option<&Process> {
+        self.process.as_ref()
+    }
+
+    async fn spawn(&mut self) {
+        let mut command = Command::new(binaries::tollgate("tollgate-control-plane"));
+        command
+            .arg("serve")
+            .arg("--routes")
+            .arg(&self.routes_path)
+            .args(["--xds-addr", &self.xds_addr.to_string()])
+            .args(["--admin-addr", &self.admin_addr.to_string()])
+            .env(
+                "TOLLGATE_LOG",
+                std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .env("TOLLGATE_LOG_FORMAT", "plain");
+        let process = Process::spawn("control-plane", command, self.dir.path())
+            .expect("spawn tollgate-control-plane serve");
+        self.process = Some(process);
+        self.killed = None;
+        self.wait_until_healthy().await;
+    }
+
+    async fn wait_until_healthy(&mut self) {
+        let deadline = Instant::now() + START_PATIENCE;
+        loop {
+            let process = self.process.as_mut().expect("a spawned control plane");
+            if let Err(exited) = process.ensure_running() {
+                panic!("control plane did not start: {exited:#}");
+            }
+            let last = match self.admin_get("/healthz").await {
+                Ok(response) if response.status == 200 => return,
+                Ok(response) => format!("/healthz answered {}", response.status),
+                Err(error) => format!("{error:#}"),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "control plane /healthz not answering after {START_PATIENCE:?}: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs `tollgate-control-plane validate` on `yaml` (written to a file named routes.yaml).
+pub fn validate(yaml: &str) -> Validation {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, yaml).expect("write routes.yaml");
+    let output = Command::new(binaries::tollgate("tollgate-control-plane"))
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .expect("run tollgate-control-plane validate");
+    Validation {
+        code: output.status.code(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The outcome of `tollgate-control-plane validate`.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    /// The exit code, `None` if killed by a signal.
+    pub code: Option<i32>,
+    pub stderr: String,
+}
+
+/// `YYYY_MM_DD` for a Unix time, as in the kubelet's `..2026_01_02_03_04_05.…` names
+/// (Howard Hinnant's days-to-civil algorithm).
+fn civil_date(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}_{month:02}_{day:02}")
+}

@@ -1,0 +1,29 @@
+//! Conformance harness for Tollgate: drives the real control plane and a real Envoy over
+//! loopback sockets against in-process upstreams, so each test reads like the scenario it
+//! checks (`ControlPlane::new().routes(yaml).start()`, `Envoy::new().control_plane(&cp).start()`,
+//! `Upstream::new("a").spawn()`, then plain HTTP through the gateway).
+//!
+//! Every spawned process is owned by a [`Process`] guard that kills it on drop, so a failing
+//! or panicking test never leaves Envoy or the control plane behind; on failure the guard
+//! prints the tail of the process's logs. Readiness is always polled ([`eventually`]), never
+//! slept for, and nothing here asserts on timing.
+#![forbid(unsafe_code)]
+
+pub mod binaries;
+pub mod control_plane;
+pub mod envoy;
+pub mod eventually;
+pub mod http;
+pub mod ports;
+pub mod process;
+pub mod traffic;
+pub mod upstream;
+
+pub use control_plane::{ControlPlane, RunningControlPlane, WriteStyle};
+pub use envoy::{Envoy, RunningEnvoy, XdsVariant};
+pub use eventually::{eventually, eventually_within, DEFAULT_PATIENCE};
+pub use http::{get, request, Response};
+pub use ports::reserve_port;
+pub use process::Process;
+pub use traffic::{traffic, Traffic, TrafficReport};
+pub use upstream::{Upstream, UpstreamHandle};

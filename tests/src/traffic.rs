@@ -1,0 +1,118 @@
+//! A steady stream of requests through the gateway, recording every failure.
+//!
+//! Used to show that something (a control-plane restart, a reload) happens without a single
+//! request failing: the stream runs in the background while the test does its thing, then
+//! the test stops it and inspects the failures. The stream is paced and bounded so that it
+//! cannot starve the processes under test on a small machine nor run forever.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::http;
+
+/// Pause between requests: enough traffic to cover every moment of a restart, little enough
+/// load to leave the 2 cores to Envoy and the control plane.
+const PACE: Duration = Duration::from_millis(10);
+
+/// An upper bound so a stream whose test forgot to stop it (or is stuck) still ends.
+const MAX_REQUESTS: usize = 20_000;
+
+/// Starts sending `GET path` to `127.0.0.1:port`, expecting a 200 from upstream `upstream`.
+pub fn traffic(port: u16, path: &str, upstream: &str) -> Traffic {
+    let shared = Arc::new(Shared::default());
+    let task = tokio::spawn(run(
+        port,
+        path.to_owned(),
+        upstream.to_owned(),
+        shared.clone(),
+    ));
+    Traffic {
+        shared,
+        task: Some(task),
+    }
+}
+
+/// A running stream of requests; see [`traffic`]. Dropping it stops the stream.
+#[derive(Debug)]
+pub struct Traffic {
+    shared: Arc<Shared>,
+    task: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    stop: AtomicBool,
+    sent: AtomicUsize,
+    failures: Mutex<Vec<String>>,
+}
+
+/// What a stopped stream saw.
+#[derive(Debug, Clone)]
+pub struct TrafficReport {
+    pub sent: usize,
+    /// One line per failed request: its number and what went wrong.
+    pub failures: Vec<String>,
+    /// Whether the stream ended by reaching its bound rather than being stopped.
+    pub hit_bound: bool,
+}
+
+impl Traffic {
+    /// Requests completed so far (successful or not).
+    pub fn sent(&self) -> usize {
+        self.shared.sent.load(Ordering::SeqCst)
+    }
+
+    /// Stops the stream after the request in flight and reports.
+    pub async fn stop(mut self) -> TrafficReport {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let task = self.task.take().expect("a stream is stopped once");
+        let hit_bound = task.is_finished();
+        if let Err(error) = task.await {
+            panic!("traffic loop failed: {error}");
+        }
+        let failures = self
+            .shared
+            .failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        TrafficReport {
+            sent: self.sent(),
+            failures,
+            hit_bound,
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn run(port: u16, path: String, upstream: String, shared: Arc<Shared>) {
+    let mut pace = tokio::time::interval(PACE);
+    for number in 1..=MAX_REQUESTS {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        pace.tick().await;
+        let outcome = match http::get(port, &path).await {
+            Ok(response) => response.expect_upstream(&upstream).map(|_| ()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = outcome {
+            shared
+                .failures
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(format!("request {number}: {error:#}"));
+        }
+        shared.sent.fetch_add(1, Ordering::SeqCst);
+    }
+}
