@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::policy::{AuthProvider, RateLimitRule, RouteAuth, Sidecars};
+
 /// A whole, valid routes.yaml.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoutesConfig {
@@ -12,6 +14,9 @@ pub struct RoutesConfig {
     pub services: BTreeMap<String, Service>,
     /// In file order, which is match order.
     pub routes: Vec<Route>,
+    /// JWT issuers, by name.
+    pub auth_providers: BTreeMap<String, AuthProvider>,
+    pub sidecars: Sidecars,
 }
 
 impl RoutesConfig {
@@ -59,6 +64,10 @@ pub struct Route {
     pub service: String,
     pub rewrite_prefix: Option<String>,
     pub timeout: Option<Duration>,
+    /// `None`: a public route.
+    pub auth: Option<RouteAuth>,
+    /// Every rule applies; a request over any one is refused.
+    pub rate_limits: Vec<RateLimitRule>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -18,6 +18,9 @@ pub(crate) struct Document {
     pub services: BTreeMap<String, ServiceDoc>,
     #[serde(default)]
     pub routes: Vec<RouteDoc>,
+    #[serde(default)]
+    pub auth_providers: BTreeMap<String, Spanned<AuthProviderDoc>>,
+    pub sidecars: Option<SidecarsDoc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +47,82 @@ pub(crate) struct RouteDoc {
     pub service: Spanned<String>,
     pub rewrite_prefix: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
+    pub auth: Option<Spanned<RouteAuthDoc>>,
+    #[serde(default)]
+    pub rate_limit: Vec<Spanned<RateLimitDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteAuthDoc {
+    pub provider: Spanned<String>,
+    #[serde(default)]
+    pub scopes: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimitDoc {
+    pub name: Option<Spanned<String>>,
+    pub by: Spanned<String>,
+    pub header: Option<Spanned<String>>,
+    pub requests: Option<Spanned<u64>>,
+    pub per: Option<Spanned<String>>,
+    pub burst: Option<Spanned<u64>>,
+    pub algorithm: Option<Spanned<String>>,
+    pub tier_header: Option<Spanned<String>>,
+    pub tiers: Option<BTreeMap<String, Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthProviderDoc {
+    pub issuer: Spanned<String>,
+    pub audiences: Option<Spanned<Vec<Spanned<String>>>>,
+    pub jwks_uri: Option<Spanned<String>>,
+    pub jwks_file: Option<Spanned<String>>,
+    pub shared_secret_file: Option<Spanned<String>>,
+    pub shared_secret_env: Option<Spanned<String>>,
+    pub algorithms: Option<Vec<Spanned<String>>>,
+    pub clock_skew: Option<Spanned<String>>,
+    pub consumer_claim: Option<Spanned<String>>,
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, Spanned<String>>,
+    pub token: Option<Spanned<TokenDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenDoc {
+    pub header: Option<Spanned<String>>,
+    pub query: Option<Spanned<String>>,
+    pub cookie: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SidecarsDoc {
+    pub ext_authz: Option<Spanned<ExtAuthzDoc>>,
+    pub rate_limit: Option<Spanned<RateLimitSidecarDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExtAuthzDoc {
+    pub address: Spanned<String>,
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub failure_mode_allow: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimitSidecarDoc {
+    pub address: Spanned<String>,
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub failure_mode_deny: bool,
+    pub domain: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,7 @@ mod config;
 mod document;
 pub mod duration;
 mod error;
+pub mod policy;
 mod validate;
 
 pub use config::{Endpoint, Listener, PathMatch, Route, RouteMatch, RoutesConfig, Service};

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
+mod policy;
+
 use crate::config::{Endpoint, Listener, PathMatch, Route, RouteMatch, RoutesConfig, Service};
 use crate::document::{Document, MatchDoc, RouteDoc, ServiceDoc};
 use crate::duration;
@@ -36,6 +38,8 @@ pub(crate) fn validate(file: &str, doc: Document) -> Result<RoutesConfig, Config
         .filter_map(|(name, service)| self::service(name, service, &mut errors))
         .map(|s| (s.name.clone(), s))
         .collect();
+    let auth_providers = policy::auth_providers(&doc, &mut errors);
+    let sidecars = policy::sidecars(&doc, &mut errors);
     let routes = routes(&doc, &mut errors);
 
     if errors.found.is_empty() {
@@ -43,6 +47,8 @@ pub(crate) fn validate(file: &str, doc: Document) -> Result<RoutesConfig, Config
             listeners,
             services,
             routes,
+            auth_providers,
+            sidecars,
         })
     } else {
         errors.found.sort_by_key(|e| (e.line, e.column));
@@ -50,13 +56,13 @@ pub(crate) fn validate(file: &str, doc: Document) -> Result<RoutesConfig, Config
     }
 }
 
-struct Errors<'f> {
+pub(crate) struct Errors<'f> {
     file: &'f str,
     found: Vec<ConfigError>,
 }
 
 impl Errors<'_> {
-    fn at<T>(&mut self, node: &Spanned<T>, message: String) {
+    pub(crate) fn at<T>(&mut self, node: &Spanned<T>, message: String) {
         self.found.push(ConfigError {
             file: self.file.to_string(),
             line: node.referenced.line(),
@@ -220,6 +226,11 @@ fn route(doc: &Document, route: &RouteDoc, errors: &mut Errors) -> Option<Route>
         }
     }
     let timeout = positive_duration(route.timeout.as_ref(), errors);
+    let auth = route
+        .auth
+        .as_ref()
+        .and_then(|a| policy::route_auth(doc, name, a, errors));
+    let rate_limits = policy::rate_limits(doc, route, errors);
     let matcher = matcher?;
     (errors.found.len() == before).then(|| Route {
         name: name.clone(),
@@ -228,6 +239,8 @@ fn route(doc: &Document, route: &RouteDoc, errors: &mut Errors) -> Option<Route>
         service: route.service.value.clone(),
         rewrite_prefix: route.rewrite_prefix.as_ref().map(|r| r.value.clone()),
         timeout,
+        auth,
+        rate_limits,
     })
 }
 
@@ -301,7 +314,10 @@ fn absolute_path(node: &Spanned<String>, field: &str, errors: &mut Errors) -> bo
     ok
 }
 
-fn positive_duration(node: Option<&Spanned<String>>, errors: &mut Errors) -> Option<Duration> {
+pub(crate) fn positive_duration(
+    node: Option<&Spanned<String>>,
+    errors: &mut Errors,
+) -> Option<Duration> {
     let node = node?;
     match duration::parse(&node.value) {
         Ok(d) if d.is_zero() => {
@@ -319,7 +335,7 @@ fn positive_duration(node: Option<&Spanned<String>>, errors: &mut Errors) -> Opt
     }
 }
 
-fn check_name(node: &Spanned<String>, kind: &str, errors: &mut Errors) {
+pub(crate) fn check_name(node: &Spanned<String>, kind: &str, errors: &mut Errors) {
     if !is_valid_name(&node.value) {
         errors.at(
             node,
@@ -332,7 +348,7 @@ fn check_name(node: &Spanned<String>, kind: &str, errors: &mut Errors) {
 }
 
 /// Names become Envoy resource names and stat prefixes, so keep them to a safe alphabet.
-fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name
@@ -341,7 +357,7 @@ fn is_valid_name(name: &str) -> bool {
 }
 
 /// RFC 9110 §5.1 field names are tokens.
-fn is_header_name(name: &str) -> bool {
+pub(crate) fn is_header_name(name: &str) -> bool {
     let token = name.strip_prefix(':').unwrap_or(name);
     !token.is_empty()
         && token
@@ -349,7 +365,7 @@ fn is_header_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn parse_endpoint(text: &str) -> Option<Endpoint> {
+pub(crate) fn parse_endpoint(text: &str) -> Option<Endpoint> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Some(Endpoint {
             host: addr.ip().to_string(),

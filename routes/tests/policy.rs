@@ -1,0 +1,259 @@
+//! The policy sections of routes.yaml: auth providers, route auth, rate limits, sidecars.
+
+use std::time::Duration;
+
+use tollgate_routes::parse;
+use tollgate_routes::policy::{
+    Algorithm, KeySource, LimitAlgorithm, LimitKey, LimitQuota, Per, Quota, TokenSource,
+};
+
+const GOOD: &str = "\
+version: 1
+listeners: [{name: public, address: 0.0.0.0:8080}]
+services: {invoices: {endpoints: [\"127.0.0.1:3000\"]}}
+auth_providers:
+  main:
+    issuer: https://id.example.com
+    audiences: [invoices-api]
+    jwks_uri: https://id.example.com/.well-known/jwks.json
+    algorithms: [RS256, ES256]
+    clock_skew: 30s
+    consumer_claim: sub
+    forward_claims: {tier: x-consumer-tier, email: X-User-Email}
+  partners:
+    issuer: partners
+    audiences: [gateway]
+    shared_secret_env: PARTNER_SECRET
+    token: {cookie: session}
+routes:
+  - name: invoices
+    match: {prefix: /api/v1/invoices}
+    service: invoices
+    auth: {provider: main, scopes: [\"invoices:read\"]}
+    rate_limit:
+      - {by: consumer, requests: 1000, per: minute}
+      - {by: client_ip, requests: 20, per: second, burst: 40}
+      - {by: header, header: x-api-key, requests: 100, per: minute, algorithm: fixed}
+      - by: consumer
+        tier_header: x-consumer-tier
+        tiers: {free: 100/minute, premium: 1000/minute, internal: 5000/minute}
+  - name: public
+    match: {prefix: /}
+    service: invoices
+sidecars:
+  ext_authz: {address: 127.0.0.1:9191, timeout: 200ms, failure_mode_allow: false}
+  rate_limit: {address: 127.0.0.1:8081, timeout: 50ms, failure_mode_deny: false, domain: tollgate}
+";
+
+fn errors(text: &str) -> Vec<String> {
+    match parse("routes.yaml", text) {
+        Ok(_) => panic!("expected errors, the config was accepted"),
+        Err(errors) => errors
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
+            .collect(),
+    }
+}
+
+fn assert_error(text: &str, at: &str, contains: &str) {
+    let errors = errors(text);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with(at) && e.contains(contains)),
+        "no error at {at} containing {contains:?}; got {errors:#?}"
+    );
+}
+
+#[test]
+fn the_issue_example_parses_into_policies() {
+    let config = parse("routes.yaml", GOOD).expect("valid");
+    let main = &config.auth_providers["main"];
+    assert_eq!(main.algorithms, [Algorithm::RS256, Algorithm::ES256]);
+    assert_eq!(main.clock_skew, Duration::from_secs(30));
+    assert_eq!(main.forward_claims["email"], "x-user-email");
+    assert!(matches!(main.keys, KeySource::JwksUri(_)));
+    assert_eq!(
+        main.token,
+        TokenSource::BearerHeader("authorization".into())
+    );
+    let partners = &config.auth_providers["partners"];
+    assert_eq!(
+        partners.algorithms,
+        [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]
+    );
+    assert_eq!(partners.token, TokenSource::Cookie("session".into()));
+    assert_eq!(
+        partners.clock_skew,
+        Duration::from_secs(60),
+        "Envoy's default skew"
+    );
+
+    let route = &config.routes[0];
+    assert_eq!(
+        route.auth.as_ref().map(|a| a.scopes.clone()),
+        Some(vec!["invoices:read".into()])
+    );
+    let ids: Vec<_> = route.rate_limits.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "consumer",
+            "client_ip",
+            "header.x-api-key",
+            "consumer.tiered.x-consumer-tier"
+        ]
+    );
+    assert_eq!(route.rate_limits[0].algorithm, LimitAlgorithm::Sliding);
+    assert_eq!(route.rate_limits[1].algorithm, LimitAlgorithm::TokenBucket);
+    assert_eq!(route.rate_limits[1].burst, Some(40));
+    assert_eq!(route.rate_limits[2].algorithm, LimitAlgorithm::Fixed);
+    assert_eq!(
+        route.rate_limits[2].key,
+        LimitKey::Header("x-api-key".into())
+    );
+    let LimitQuota::Tiered { header, tiers } = &route.rate_limits[3].quota else {
+        panic!("tiered quota expected")
+    };
+    assert_eq!(header, "x-consumer-tier");
+    assert_eq!(
+        tiers["premium"],
+        Quota {
+            requests: 1000,
+            per: Per::Minute
+        }
+    );
+    assert!(config.routes[1].auth.is_none());
+    let sidecars = &config.sidecars;
+    assert_eq!(
+        sidecars.ext_authz.as_ref().map(|s| s.timeout),
+        Some(Duration::from_millis(200))
+    );
+    assert_eq!(
+        sidecars.rate_limit.as_ref().map(|s| s.domain.as_str()),
+        Some("tollgate")
+    );
+}
+
+#[test]
+fn hmac_algorithm_on_a_public_key_provider_is_rejected() {
+    assert_error(
+        &GOOD.replace("[RS256, ES256]", "[RS256, HS256]"),
+        "9:25:",
+        "HS256 needs shared_secret",
+    );
+}
+
+#[test]
+fn unknown_algorithm_is_rejected() {
+    assert_error(
+        &GOOD.replace("[RS256, ES256]", "[RS256, none]"),
+        "9:25:",
+        "unknown algorithm \"none\"",
+    );
+}
+
+#[test]
+fn provider_without_audiences_is_rejected() {
+    assert_error(
+        &GOOD.replace("    audiences: [gateway]\n", ""),
+        "14:5:",
+        "needs audiences",
+    );
+}
+
+#[test]
+fn provider_with_two_key_sources_is_rejected() {
+    let text = GOOD.replace(
+        "    shared_secret_env: PARTNER_SECRET\n",
+        "    shared_secret_env: PARTNER_SECRET\n    jwks_file: keys.json\n",
+    );
+    assert_error(&text, "16:24:", "give only one of");
+}
+
+#[test]
+fn forwarding_a_claim_into_a_reserved_header_is_rejected() {
+    assert_error(
+        &GOOD.replace("X-User-Email", "Authorization"),
+        "12:52:",
+        "reserved",
+    );
+}
+
+#[test]
+fn route_naming_an_unknown_provider_is_rejected() {
+    assert_error(
+        &GOOD.replace("provider: main", "provider: mian"),
+        "22:22:",
+        "unknown auth provider \"mian\"",
+    );
+}
+
+#[test]
+fn auth_without_ext_authz_sidecar_is_rejected() {
+    let text = GOOD.replace(
+        "  ext_authz: {address: 127.0.0.1:9191, timeout: 200ms, failure_mode_allow: false}\n",
+        "",
+    );
+    assert_error(&text, "22:11:", "sidecars.ext_authz is not configured");
+}
+
+#[test]
+fn rate_limit_without_sidecar_is_rejected() {
+    let text = GOOD.replace("  rate_limit: {address: 127.0.0.1:8081, timeout: 50ms, failure_mode_deny: false, domain: tollgate}\n", "");
+    assert_error(&text, "24:9:", "sidecars.rate_limit is not configured");
+}
+
+#[test]
+fn consumer_limit_on_a_public_route_is_rejected() {
+    let text = GOOD.replace(
+        "    match: {prefix: /}\n    service: invoices\n",
+        "    match: {prefix: /}\n    service: invoices\n    rate_limit: [{by: consumer, requests: 5, per: second}]\n",
+    );
+    assert_error(&text, "33:23:", "needs auth on the route");
+}
+
+#[test]
+fn bad_tier_quota_is_rejected() {
+    assert_error(
+        &GOOD.replace("premium: 1000/minute", "premium: 1000/fortnight"),
+        "29:44:",
+        "invalid quota",
+    );
+}
+
+#[test]
+fn burst_with_fixed_window_is_rejected() {
+    assert_error(
+        &GOOD.replace("burst: 40}", "burst: 40, algorithm: fixed}"),
+        "25:59:",
+        "burst needs algorithm token_bucket",
+    );
+}
+
+#[test]
+fn two_rules_with_one_id_are_rejected() {
+    let text = GOOD.replace(
+        "      - {by: client_ip, requests: 20, per: second, burst: 40}\n",
+        "      - {by: client_ip, requests: 20, per: second, burst: 40}\n      - {by: client_ip, requests: 900, per: hour}\n",
+    );
+    assert_error(&text, "26:9:", "two rate limits with id \"client_ip\"");
+}
+
+#[test]
+fn quota_needs_requests_and_per_or_tiers() {
+    assert_error(
+        &GOOD.replace("requests: 1000, per: minute}", "requests: 1000}"),
+        "24:9:",
+        "needs either",
+    );
+}
+
+#[test]
+fn unknown_limit_key_is_rejected() {
+    assert_error(
+        &GOOD.replace("{by: client_ip,", "{by: ip,"),
+        "25:14:",
+        "unknown rate limit key \"ip\"",
+    );
+}
