@@ -56,7 +56,11 @@ async fn ready(State(state): State<AdminState>) -> Response {
     if state.cache.current().is_some() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no valid configuration loaded\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no valid configuration loaded\n",
+        )
+            .into_response()
     }
 }
 
@@ -106,7 +110,11 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         &[(String::new(), status.last_reload.at_unix_ms / 1000)],
     );
     let connected = status.nodes.iter().filter(|n| n.connected).count() as u64;
-    let in_sync = status.nodes.iter().filter(|n| n.connected && n.in_sync).count() as u64;
+    let in_sync = status
+        .nodes
+        .iter()
+        .filter(|n| n.connected && n.in_sync)
+        .count() as u64;
     metric(
         "tollgate_xds_connected_nodes",
         "gauge",
@@ -124,7 +132,10 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .iter()
         .map(|n| {
             let nacking = n.types.values().any(|t| t.nack.is_some());
-            (format!("{{node=\"{}\"}}", escape_label(&n.id)), u64::from(nacking))
+            (
+                format!("{{node=\"{}\"}}", escape_label(&n.id)),
+                u64::from(nacking),
+            )
         })
         .collect();
     metric(
@@ -134,7 +145,10 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         &rejecting,
     );
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
         .into_response()

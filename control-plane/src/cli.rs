@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use crate::bootstrap::XdsVariant;
 
 #[derive(Debug, Parser)]
-#[command(name = "tollgate-control-plane", version, about = "Serves routes.yaml to Envoy over ADS")]
+#[command(
+    name = "tollgate-control-plane",
+    version,
+    about = "Serves routes.yaml to Envoy over ADS"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -53,7 +57,11 @@ pub struct BootstrapArgs {
     #[arg(long, env = "TOLLGATE_XDS_ADDR", default_value = "127.0.0.1:18000")]
     pub xds_addr: String,
     /// Envoy's own admin interface, HOST:PORT; keep it on loopback.
-    #[arg(long, env = "TOLLGATE_ENVOY_ADMIN_ADDR", default_value = "127.0.0.1:9901")]
+    #[arg(
+        long,
+        env = "TOLLGATE_ENVOY_ADMIN_ADDR",
+        default_value = "127.0.0.1:9901"
+    )]
     pub admin_addr: String,
     /// The ADS variant Envoy speaks.
     #[arg(long, env = "TOLLGATE_XDS_VARIANT", value_enum, default_value = "sotw")]

@@ -75,9 +75,10 @@ impl Reloader {
         &self.path
     }
 
-    /// Re-reads the file; returns whether a new snapshot was installed. Bytes identical to
-    /// the last attempt are skipped, whatever that attempt's outcome was.
-    pub fn reload(&self) -> Result<bool, ReloadError> {
+    /// Re-reads the file; returns the version of the snapshot it installed, or `None` when
+    /// nothing changed. Bytes identical to the last attempt are skipped, whatever that
+    /// attempt's outcome was.
+    pub fn reload(&self) -> Result<Option<String>, ReloadError> {
         // Reading by path each time re-resolves symlinks, which is what makes a ConfigMap's
         // swap of its `..data` link visible.
         let text = std::fs::read_to_string(&self.path).map_err(|source| ReloadError::Read {
@@ -86,16 +87,24 @@ impl Reloader {
         });
         let digest: Option<[u8; 32]> = text.as_ref().ok().map(|t| Sha256::digest(t).into());
         if digest.is_some() && self.last_attempt().content == digest {
-            return Ok(false);
+            return Ok(None);
         }
         let outcome = text.and_then(|text| {
             tollgate_routes::parse(&self.path.display().to_string(), &text)
                 .map_err(ReloadError::Invalid)
         });
-        let result = outcome.map(|config| self.cache.set(translate(&config)));
+        let result = outcome.map(|config| {
+            let snapshot = translate(&config);
+            let version = snapshot.version().to_string();
+            self.cache.set(snapshot).then_some(version)
+        });
         let status = ReloadStatus {
             ok: result.is_ok(),
-            errors: result.as_ref().err().map(ReloadError::lines).unwrap_or_default(),
+            errors: result
+                .as_ref()
+                .err()
+                .map(ReloadError::lines)
+                .unwrap_or_default(),
             at_unix_ms: unix_ms(SystemTime::now()),
         };
         match &result {
@@ -148,7 +157,7 @@ mod tests {
         std::fs::write(&path, GOOD).expect("write");
         let cache = Arc::new(SnapshotCache::new());
         let reloader = Reloader::new(&path, cache.clone());
-        assert!(reloader.reload().expect("good config loads"));
+        assert!(reloader.reload().expect("good config loads").is_some());
         let good_version = cache.current().expect("snapshot").version().to_string();
 
         std::fs::write(&path, GOOD.replace("service: s", "service: nope")).expect("write");
@@ -156,7 +165,10 @@ mod tests {
         assert_eq!(cache.current().expect("snapshot").version(), good_version);
         let status = reloader.status();
         assert!(!status.ok);
-        assert!(status.errors[0].ends_with(":4:48: unknown service \"nope\" in route \"r\""), "{error}");
+        assert!(
+            status.errors[0].ends_with(":4:49: unknown service \"nope\" in route \"r\""),
+            "{error}"
+        );
         assert_eq!(reloader.counts(), (1, 1));
     }
 
@@ -166,8 +178,8 @@ mod tests {
         let path = dir.path().join("routes.yaml");
         std::fs::write(&path, GOOD).expect("write");
         let reloader = Reloader::new(&path, Arc::new(SnapshotCache::new()));
-        assert!(reloader.reload().expect("loads"));
-        assert!(!reloader.reload().expect("same bytes"));
+        assert!(reloader.reload().expect("loads").is_some());
+        assert!(reloader.reload().expect("same bytes").is_none());
         assert_eq!(reloader.counts(), (1, 0));
     }
 

@@ -27,7 +27,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Watch(#[from] crate::watch::WatchError),
+    Watch(#[from] tollgate_runtime::file_watch::WatchError),
     #[error("xds server failed: {0}")]
     Xds(String),
     #[error("admin server failed: {0}")]

@@ -168,7 +168,10 @@ mod tests {
             name: name.into(),
             ..Default::default()
         };
-        (type_url::CLUSTER, Resource::new(name, type_url::CLUSTER, &c))
+        (
+            type_url::CLUSTER,
+            Resource::new(name, type_url::CLUSTER, &c),
+        )
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Plumbing every Tollgate binary shares: logging set up the same way, the same shutdown
-//! signals, and the same exit codes.
+//! signals and exit codes, config-file change notifications, and the health and metrics
+//! HTTP endpoints.
 #![forbid(unsafe_code)]
 
 pub mod exit;
+pub mod file_watch;
+pub mod http;
 pub mod logging;
 pub mod shutdown;

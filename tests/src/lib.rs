@@ -7,6 +7,11 @@
 //! or panicking test never leaves Envoy or the control plane behind; on failure the guard
 //! prints the tail of the process's logs. Readiness is always polled ([`eventually`]), never
 //! slept for, and nothing here asserts on timing.
+//!
+//! Environment: `ENVOY_BIN` (default `.venv/bin/envoy`), `TOLLGATE_BIN_DIR` (default: the
+//! cargo target directory of the test executable; `cargo build --bins` first),
+//! `TOLLGATE_LOG` (control-plane log filter, default `info`), `TOLLGATE_ENVOY_LOG_LEVEL`
+//! (default `warning`), `TOLLGATE_TEST_SHOW_LOGS` (print process logs even when tests pass).
 #![forbid(unsafe_code)]
 
 pub mod binaries;
@@ -16,14 +21,16 @@ pub mod eventually;
 pub mod http;
 pub mod ports;
 pub mod process;
+pub mod routes_yaml;
 pub mod traffic;
 pub mod upstream;
 
-pub use control_plane::{ControlPlane, RunningControlPlane, WriteStyle};
+pub use control_plane::{validate, ControlPlane, RunningControlPlane, Validation, WriteStyle};
 pub use envoy::{Envoy, RunningEnvoy, XdsVariant};
 pub use eventually::{eventually, eventually_within, DEFAULT_PATIENCE};
 pub use http::{get, request, Response};
 pub use ports::reserve_port;
 pub use process::Process;
+pub use routes_yaml::RoutesYaml;
 pub use traffic::{traffic, Traffic, TrafficReport};
 pub use upstream::{Upstream, UpstreamHandle};

@@ -65,15 +65,12 @@ impl Process {
         self.child.try_wait().ok().flatten()
     }
 
-    /// Fails with the log tails if the process has exited.
+    /// Fails if the process has exited (its logs are printed when the failing test drops
+    /// the guard).
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         match self.exit_status() {
             None => Ok(()),
-            Some(status) => anyhow::bail!(
-                "{} exited with {status}\n{}",
-                self.name,
-                self.log_tails(TAIL_LINES)
-            ),
+            Some(status) => anyhow::bail!("{} exited with {status}", self.name),
         }
     }
 

@@ -32,7 +32,8 @@ pub(super) fn cluster(service: &Service) -> Cluster {
         ..Default::default()
     };
     if uses_eds(service) {
-        cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+        cluster.cluster_discovery_type =
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
         cluster.eds_cluster_config = Some(EdsClusterConfig {
             eds_config: Some(ads_config_source()),
             service_name: String::new(),

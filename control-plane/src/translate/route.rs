@@ -57,7 +57,10 @@ fn route_match(matcher: &RouteMatch) -> EnvoyRouteMatch {
     if !matcher.methods.is_empty() {
         // Method names are validated tokens, so the alternation needs no escaping.
         let methods = format!("^(?:{})$", matcher.methods.join("|"));
-        headers.push(header(":method", MatchPattern::SafeRegex(regex_matcher(methods))));
+        headers.push(header(
+            ":method",
+            MatchPattern::SafeRegex(regex_matcher(methods)),
+        ));
     }
     EnvoyRouteMatch {
         path_specifier: Some(path_specifier),

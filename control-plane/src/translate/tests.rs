@@ -61,16 +61,23 @@ fn ip_services_become_eds_clusters_with_their_endpoints() {
 fn dns_services_become_strict_dns_clusters_without_eds() {
     let snapshot = snapshot();
     let cluster: Cluster = decode(&snapshot, type_url::CLUSTER, "legacy");
-    assert_eq!(cluster.cluster_discovery_type, Some(ClusterDiscoveryType::Type(1)));
+    assert_eq!(
+        cluster.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(1))
+    );
     assert!(cluster.load_assignment.is_some());
-    assert!(!snapshot.resources(type_url::ENDPOINT).resources.contains_key("legacy"));
+    assert!(!snapshot
+        .resources(type_url::ENDPOINT)
+        .resources
+        .contains_key("legacy"));
 }
 
 #[test]
 fn each_listener_gets_its_own_route_configuration_over_rds() {
     let snapshot = snapshot();
     let listener: Listener = decode(&snapshot, type_url::LISTENER, "mobile");
-    let Some(filter::ConfigType::TypedConfig(any)) = &listener.filter_chains[0].filters[0].config_type
+    let Some(filter::ConfigType::TypedConfig(any)) =
+        &listener.filter_chains[0].filters[0].config_type
     else {
         panic!("typed config expected")
     };
@@ -80,7 +87,11 @@ fn each_listener_gets_its_own_route_configuration_over_rds() {
     };
     assert_eq!(rds.route_config_name, "mobile");
     let mobile: RouteConfiguration = decode(&snapshot, type_url::ROUTE, "mobile");
-    let names: Vec<_> = mobile.virtual_hosts[0].routes.iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<_> = mobile.virtual_hosts[0]
+        .routes
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
     assert_eq!(names, ["by-id"], "the public-only route is not on mobile");
 }
 
@@ -97,12 +108,16 @@ fn route_matches_rewrite_and_timeout_are_carried_over() {
         .headers
         .iter()
         .map(|h| match &h.header_match_specifier {
-            Some(HeaderMatchSpecifier::StringMatch(m)) => (h.name.as_str(), m.match_pattern.clone()),
+            Some(HeaderMatchSpecifier::StringMatch(m)) => {
+                (h.name.as_str(), m.match_pattern.clone())
+            }
             other => panic!("unexpected {other:?}"),
         })
         .collect();
     assert!(matches!(&patterns[0], ("x-tenant", Some(MatchPattern::Exact(v))) if v == "acme"));
-    assert!(matches!(&patterns[1], (":method", Some(MatchPattern::SafeRegex(r))) if r.regex == "^(?:GET|POST)$"));
+    assert!(
+        matches!(&patterns[1], (":method", Some(MatchPattern::SafeRegex(r))) if r.regex == "^(?:GET|POST)$")
+    );
     let Some(Action::Route(action)) = &route.action else {
         panic!("route action expected")
     };

@@ -8,13 +8,15 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
 };
+use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tracing::{debug, info, warn};
 
 use crate::snapshot::{Resource, Snapshot};
 
 use super::nodes::{StreamRecords, TypeRecord};
 use super::sequencing::{
-    announced_version, find_resource, Answer, InFlight, NonceSource, RetainedClusters, WILDCARD,
+    announced_version, find_resource, retained_names, Answer, NonceSource, RetainedResources,
+    WILDCARD,
 };
 use super::served::ServedType;
 use super::stream::TransportVariant;
@@ -63,21 +65,25 @@ impl Diff<'_> {
     }
 }
 
-/// Compares what the client holds with what `target` (plus retained clusters) offers for the
+/// Compares what the client holds with what `target` (plus retained resources) offers for the
 /// names it tracks; `None` when the client never asked for the type.
 fn diff<'a>(
     target: &'a Snapshot,
-    retained: Option<&'a RetainedClusters>,
+    retained: Option<&'a RetainedResources>,
     served: ServedType,
     state: &TypeState,
 ) -> Option<Diff<'a>> {
     let subscription = state.subscription.as_ref()?;
     let mut candidates: BTreeSet<&str> = subscription.names.iter().map(String::as_str).collect();
     if subscription.wildcard {
-        candidates.extend(target.resources(served.url()).resources.keys().map(String::as_str));
-        if let (ServedType::Cluster, Some(retained)) = (served, retained) {
-            candidates.extend(retained.names().map(String::as_str));
-        }
+        candidates.extend(
+            target
+                .resources(served.url())
+                .resources
+                .keys()
+                .map(String::as_str),
+        );
+        candidates.extend(retained_names(retained, served).map(String::as_str));
     }
     candidates.extend(state.client_versions.keys().map(String::as_str));
     candidates.extend(state.must_answer.iter().map(String::as_str));
@@ -107,18 +113,22 @@ fn diff<'a>(
 #[derive(Debug, Default)]
 pub(crate) struct DeltaStream {
     target: Option<Arc<Snapshot>>,
-    retained: RetainedClusters,
+    retained: RetainedResources,
     types: [TypeState; 4],
-    in_flight: Option<InFlight>,
+    /// The type whose response awaits an ACK/NACK. Only one response is outstanding at a
+    /// time: Envoy applies and answers each before the next type is pushed, which is what makes
+    /// the order CDS → EDS → LDS → RDS hold on the client (xDS protocol, "Aggregated Discovery
+    /// Service").
+    in_flight: Option<ServedType>,
     nonces: NonceSource,
     /// Empty answers owed to requests for types Tollgate does not serve.
     unserved_replies: VecDeque<DeltaDiscoveryResponse>,
 }
 
 impl DeltaStream {
-    /// Drops the stale clusters once every later type of the new snapshot is delivered and
-    /// ACKed, so their `removed_resources` goes out last (xDS protocol, "Eventual consistency
-    /// considerations").
+    /// Drops the stale clusters and endpoints once every later type of the new snapshot is
+    /// delivered and ACKed, so their `removed_resources` go out last (xDS protocol, "Eventual
+    /// consistency considerations").
     fn release_retained_when_settled(&mut self) {
         let Some(target) = self.target.as_deref() else {
             return;
@@ -145,18 +155,19 @@ impl DeltaStream {
         self.retained.clear();
     }
 
-    fn record_answer(&mut self, served: ServedType, request: &DeltaDiscoveryRequest, node: &str) {
-        if self
-            .in_flight
-            .as_ref()
-            .is_some_and(|in_flight| in_flight.served == served)
-        {
+    fn record_answer(&mut self, served: ServedType, error: Option<&RpcStatus>, node: &str) {
+        if self.in_flight == Some(served) {
             self.in_flight = None;
         }
         let state = &mut self.types[served.index()];
+        // Only the first answer to a response counts; later requests repeating its nonce only
+        // change the subscription.
+        if state.answer != Answer::Pending {
+            return;
+        }
         let version = state.latest_version.clone();
         let short = served.short_name();
-        match &request.error_detail {
+        match error {
             // The client keeps what it had; `client_versions` already counts the rejected
             // versions as sent, so they are not pushed again until they change.
             Some(error) => {
@@ -228,7 +239,9 @@ impl TransportVariant for DeltaStream {
             }
         }
         // The client forgets what it no longer tracks; nothing needs removing for those.
-        state.client_versions.retain(|name, _| subscription.wants(name));
+        state
+            .client_versions
+            .retain(|name, _| subscription.wants(name));
         state.must_answer.retain(|name| subscription.wants(name));
         state.record.subscribed = true;
 
@@ -237,7 +250,7 @@ impl TransportVariant for DeltaStream {
             return;
         }
         if state.latest_nonce.as_deref() == Some(nonce) {
-            self.record_answer(served, &request, node);
+            self.record_answer(served, request.error_detail.as_ref(), node);
         } else {
             // A stale answer is not an ACK/NACK (xDS protocol, "Resource updates"); its
             // subscription changes were still applied above because, unlike SotW, incremental
@@ -248,9 +261,11 @@ impl TransportVariant for DeltaStream {
 
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) {
         let previous = self.target.replace(Arc::clone(&snapshot));
-        let held = &self.types[ServedType::Cluster.index()].client_versions;
-        self.retained
-            .on_new_snapshot(held.keys(), previous.as_deref(), &snapshot);
+        for served in [ServedType::Cluster, ServedType::Endpoint] {
+            let held = self.types[served.index()].client_versions.keys();
+            self.retained
+                .on_new_snapshot(served, held, previous.as_deref(), &snapshot);
+        }
     }
 
     fn next_response(&mut self, node: &str) -> Option<DeltaDiscoveryResponse> {
@@ -297,10 +312,7 @@ impl TransportVariant for DeltaStream {
             state.latest_nonce = Some(nonce.clone());
             state.latest_version = version.clone();
             state.answer = Answer::Pending;
-            self.in_flight = Some(InFlight {
-                served,
-                nonce: nonce.clone(),
-            });
+            self.in_flight = Some(served);
             debug!(
                 node = %node,
                 type = served.short_name(),
@@ -335,8 +347,7 @@ impl TransportVariant for DeltaStream {
                     let nothing_left =
                         diff(target, None, served, state).is_some_and(|diff| diff.is_empty());
                     if accepted && nothing_left {
-                        record.acked_version =
-                            Some(target.resources(served.url()).version.clone());
+                        record.acked_version = Some(target.resources(served.url()).version.clone());
                     }
                 }
                 (served.short_name(), record)

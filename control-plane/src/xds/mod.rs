@@ -121,9 +121,10 @@ pub async fn serve(
     server: AdsServer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), XdsError> {
-    let address = listener
-        .local_addr()
-        .map_or_else(|_| "an unknown address".to_string(), |a: SocketAddr| a.to_string());
+    let address = listener.local_addr().map_or_else(
+        |_| "an unknown address".to_string(),
+        |a: SocketAddr| a.to_string(),
+    );
     let stopping = Arc::clone(&server.stopping);
     let shutdown = async move {
         shutdown.await;

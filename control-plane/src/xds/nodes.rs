@@ -93,7 +93,11 @@ impl NodeRegistry {
             .iter()
             .map(|(id, entry)| {
                 let connected = !entry.open.is_empty();
-                let shown = entry.open.values().next_back().or(entry.last_closed.as_ref());
+                let shown = entry
+                    .open
+                    .values()
+                    .next_back()
+                    .or(entry.last_closed.as_ref());
                 let in_sync = if connected {
                     entry.open.values().all(|records| in_sync(records, current))
                 } else {
@@ -123,6 +127,7 @@ impl NodeRegistry {
     }
 
     /// A receiver woken whenever any node's state changes.
+    #[cfg(test)]
     pub(crate) fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -165,7 +170,8 @@ fn in_sync(records: &StreamRecords, current: Option<&Snapshot>) -> bool {
             let Some(served) = ServedType::from_short_name(short) else {
                 return true;
             };
-            record.acked_version.as_deref() == Some(current.resources(served.url()).version.as_str())
+            record.acked_version.as_deref()
+                == Some(current.resources(served.url()).version.as_str())
         })
 }
 

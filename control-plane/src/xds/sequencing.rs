@@ -1,5 +1,5 @@
 //! Bookkeeping both xDS variants share: nonces, the answer to a pushed response, and the stale
-//! clusters kept alive while a new snapshot rolls out (make-before-break).
+//! clusters and endpoints kept alive while a new snapshot rolls out (make-before-break).
 
 use std::collections::BTreeMap;
 
@@ -39,87 +39,79 @@ pub(crate) enum Answer {
     Nacked,
 }
 
-/// The response a stream is waiting on. Only one is outstanding at a time: Envoy applies and
-/// ACKs each response before the next type is pushed, which is what makes the order
-/// CDS → EDS → LDS → RDS hold on the client (xDS protocol, "Aggregated Discovery Service").
-#[derive(Debug)]
-pub(crate) struct InFlight {
-    pub served: ServedType,
-    pub nonce: String,
-}
-
-/// Clusters the client still holds but the newest snapshot dropped.
+/// Clusters and endpoint assignments the client still holds but the newest snapshot dropped.
 ///
-/// xDS protocol, "Eventual consistency considerations": stale clusters may only be removed after
-/// the listeners and routes that stopped referring to them are in place, so they are still
-/// served until EDS, LDS and RDS of the new snapshot were ACKed.
+/// xDS protocol, "Eventual consistency considerations": stale CDS clusters and their EDS
+/// endpoints may only be removed after the listeners and routes that stopped referring to them
+/// are in place, so they are still served until EDS, LDS and RDS of the new snapshot were ACKed.
 #[derive(Debug, Default)]
-pub(crate) struct RetainedClusters {
-    resources: BTreeMap<String, Resource>,
+pub(crate) struct RetainedResources {
+    clusters: BTreeMap<String, Resource>,
+    endpoints: BTreeMap<String, Resource>,
 }
 
-impl RetainedClusters {
-    /// Recomputes the stale set when `next` replaces `previous`: every cluster in `held` (what
-    /// the client has or is being sent) that `next` lacks is kept, with the newest body known.
+impl RetainedResources {
+    /// Recomputes the stale set of `served` when `next` replaces `previous`: everything in
+    /// `held` (what the client has or is being sent) that `next` lacks is kept, with the newest
+    /// body known.
     pub fn on_new_snapshot<'a>(
         &mut self,
+        served: ServedType,
         held: impl IntoIterator<Item = &'a String>,
         previous: Option<&Snapshot>,
         next: &Snapshot,
     ) {
-        let next_clusters = &next.resources(ServedType::Cluster.url()).resources;
-        let previous_clusters = previous.map(|p| &p.resources(ServedType::Cluster.url()).resources);
+        let Some(retained) = self.map_mut(served) else {
+            return;
+        };
+        let next_set = &next.resources(served.url()).resources;
+        let previous_set = previous.map(|p| &p.resources(served.url()).resources);
         let mut kept = BTreeMap::new();
         for name in held {
-            if next_clusters.contains_key(name) {
+            if next_set.contains_key(name) {
                 continue;
             }
-            let body = previous_clusters
-                .and_then(|clusters| clusters.get(name))
-                .or_else(|| self.resources.get(name));
+            let body = previous_set
+                .and_then(|set| set.get(name))
+                .or_else(|| retained.get(name));
             if let Some(body) = body {
                 kept.insert(name.clone(), body.clone());
             }
         }
-        self.resources = kept;
+        *retained = kept;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.resources.is_empty()
+        self.clusters.is_empty() && self.endpoints.is_empty()
     }
 
     pub fn clear(&mut self) {
-        self.resources.clear();
+        self.clusters.clear();
+        self.endpoints.clear();
     }
 
-    pub fn get(&self, name: &str) -> Option<&Resource> {
-        self.resources.get(name)
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &String> {
-        self.resources.keys()
-    }
-
-    /// The CDS version announced while stale clusters are still served: distinct from the
-    /// snapshot's own CDS version, so an ACK of it never counts as being in sync.
-    pub fn version_with(&self, snapshot_version: &str) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(snapshot_version.as_bytes());
-        for (name, resource) in &self.resources {
-            hasher.update([0]);
-            hasher.update(name.as_bytes());
-            hasher.update([0]);
-            hasher.update(resource.version.as_bytes());
+    /// The retained resources of one type (only clusters and endpoints are ever retained).
+    pub fn of(&self, served: ServedType) -> Option<&BTreeMap<String, Resource>> {
+        match served {
+            ServedType::Cluster => Some(&self.clusters),
+            ServedType::Endpoint => Some(&self.endpoints),
+            ServedType::Listener | ServedType::Route => None,
         }
-        let digest = hasher.finalize();
-        format!("{snapshot_version}+{}", hex::encode(&digest[..4]))
+    }
+
+    fn map_mut(&mut self, served: ServedType) -> Option<&mut BTreeMap<String, Resource>> {
+        match served {
+            ServedType::Cluster => Some(&mut self.clusters),
+            ServedType::Endpoint => Some(&mut self.endpoints),
+            ServedType::Listener | ServedType::Route => None,
+        }
     }
 }
 
-/// Looks a resource up in the target snapshot, then among retained clusters.
+/// Looks a resource up in the target snapshot, then among retained ones.
 pub(crate) fn find_resource<'a>(
     target: &'a Snapshot,
-    retained: Option<&'a RetainedClusters>,
+    retained: Option<&'a RetainedResources>,
     served: ServedType,
     name: &str,
 ) -> Option<&'a Resource> {
@@ -127,26 +119,48 @@ pub(crate) fn find_resource<'a>(
         .resources(served.url())
         .resources
         .get(name)
-        .or_else(|| match served {
-            ServedType::Cluster => retained.and_then(|r| r.get(name)),
-            _ => None,
+        .or_else(|| {
+            retained
+                .and_then(|r| r.of(served))
+                .and_then(|set| set.get(name))
         })
 }
 
-/// The version a type is announced at: the snapshot's, or a distinct one while stale clusters
-/// are still included.
+/// Names of the retained resources of `served`.
+pub(crate) fn retained_names<'a>(
+    retained: Option<&'a RetainedResources>,
+    served: ServedType,
+) -> impl Iterator<Item = &'a String> {
+    retained
+        .and_then(|r| r.of(served))
+        .into_iter()
+        .flat_map(|set| set.keys())
+}
+
+/// The version a type is announced at: the snapshot's, or a distinct one while stale resources
+/// are still included, so an ACK of that never counts as holding the snapshot's version.
 pub(crate) fn announced_version(
     target: &Snapshot,
-    retained: Option<&RetainedClusters>,
+    retained: Option<&RetainedResources>,
     served: ServedType,
 ) -> String {
     let version = &target.resources(served.url()).version;
-    match retained {
-        Some(retained) if served == ServedType::Cluster && !retained.is_empty() => {
-            retained.version_with(version)
-        }
-        _ => version.clone(),
+    let Some(set) = retained
+        .and_then(|r| r.of(served))
+        .filter(|set| !set.is_empty())
+    else {
+        return version.clone();
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(version.as_bytes());
+    for (name, resource) in set {
+        hasher.update([0]);
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(resource.version.as_bytes());
     }
+    let digest = hasher.finalize();
+    format!("{version}+{}", hex::encode(&digest[..4]))
 }
 
 #[cfg(test)]
@@ -173,9 +187,12 @@ mod tests {
         let old = clusters(&["a", "b"]);
         let new = clusters(&["a"]);
         let held = ["a".to_string(), "b".to_string()];
-        let mut retained = RetainedClusters::default();
-        retained.on_new_snapshot(&held, Some(&old), &new);
-        assert_eq!(retained.names().collect::<Vec<_>>(), ["b"]);
+        let mut retained = RetainedResources::default();
+        retained.on_new_snapshot(ServedType::Cluster, &held, Some(&old), &new);
+        assert_eq!(
+            retained_names(Some(&retained), ServedType::Cluster).collect::<Vec<_>>(),
+            ["b"]
+        );
         assert!(find_resource(&new, Some(&retained), ServedType::Cluster, "b").is_some());
         assert_ne!(
             announced_version(&new, Some(&retained), ServedType::Cluster),
@@ -183,7 +200,7 @@ mod tests {
         );
 
         // A cluster that comes back is served from the snapshot again, not retained.
-        retained.on_new_snapshot(&held, Some(&new), &old);
+        retained.on_new_snapshot(ServedType::Cluster, &held, Some(&new), &old);
         assert!(retained.is_empty());
     }
 

@@ -65,7 +65,10 @@ mod tests {
     fn served_types_follow_the_snapshot_order() {
         for served in ServedType::ALL {
             assert_eq!(ServedType::from_url(served.url()), Some(served));
-            assert_eq!(ServedType::from_short_name(served.short_name()), Some(served));
+            assert_eq!(
+                ServedType::from_short_name(served.short_name()),
+                Some(served)
+            );
         }
         assert_eq!(ServedType::from_url("type.googleapis.com/unknown"), None);
     }

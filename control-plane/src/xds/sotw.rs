@@ -12,7 +12,8 @@ use crate::snapshot::Snapshot;
 
 use super::nodes::{StreamRecords, TypeRecord};
 use super::sequencing::{
-    announced_version, find_resource, Answer, InFlight, NonceSource, RetainedClusters, WILDCARD,
+    announced_version, find_resource, Answer, NonceSource, retained_names, RetainedResources,
+    WILDCARD,
 };
 use super::served::ServedType;
 use super::stream::TransportVariant;
@@ -38,21 +39,54 @@ impl Subscription {
     }
 }
 
-/// What one response holds, for deciding whether another one is due.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Content {
-    /// The subscription it answers: a changed subscription must be answered even if the
-    /// resources are the same (xDS protocol, "How the client specifies what resources to
-    /// return"; Envoy keeps clusters warming until it has an EDS answer).
-    subscription: Subscription,
-    /// Resource name → resource version.
-    resources: BTreeMap<String, String>,
+/// Resource name → resource version.
+type Versions = BTreeMap<String, String>;
+
+/// What the client holds of one type, by this stream's account.
+#[derive(Clone, Debug)]
+struct Held {
+    /// The subscription answered so far: names added to it must be answered even if nothing
+    /// changed (xDS protocol, "How the client specifies what resources to return"; Envoy keeps
+    /// a cluster warming until EDS answers for it).
+    answered: Subscription,
+    resources: Versions,
+    /// `version_info` of the response that brought them.
+    version: String,
 }
 
-/// A response that is due for one type.
+/// The response the client should have for one type.
 struct Desired {
-    content: Content,
+    subscription: Subscription,
+    resources: Versions,
     version: String,
+}
+
+impl Desired {
+    /// Whether a response is due for a client holding `held`. For LDS/CDS every response is
+    /// the whole set, so any difference counts; for EDS/RDS a resource left out of a response
+    /// is not removed on the client (xDS protocol, "Deleting Resources"), so only new or
+    /// changed resources and newly requested names do.
+    fn is_due(&self, held: Option<&Held>) -> bool {
+        let Some(held) = held else {
+            return true;
+        };
+        match &self.subscription {
+            Subscription::Wildcard => {
+                held.answered != Subscription::Wildcard || held.resources != self.resources
+            }
+            Subscription::Named(names) => {
+                let newly_requested = match &held.answered {
+                    Subscription::Wildcard => false,
+                    Subscription::Named(answered) => !names.is_subset(answered),
+                };
+                newly_requested
+                    || self
+                        .resources
+                        .iter()
+                        .any(|(name, version)| held.resources.get(name) != Some(version))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -64,8 +98,8 @@ struct TypeState {
     reconnect_version: Option<String>,
     /// Nonce of the latest response of this type; requests carrying an older one are stale.
     latest_nonce: Option<String>,
-    /// Content and version of the latest response (or of what the client announced holding).
-    sent: Option<(Content, String)>,
+    /// Set by the latest response (or by what a reconnecting client announced holding).
+    held: Option<Held>,
     answer: Answer,
     record: TypeRecord,
 }
@@ -74,9 +108,13 @@ struct TypeState {
 #[derive(Debug, Default)]
 pub(crate) struct SotwStream {
     target: Option<Arc<Snapshot>>,
-    retained: RetainedClusters,
+    retained: RetainedResources,
     types: [TypeState; 4],
-    in_flight: Option<InFlight>,
+    /// The type whose response awaits an ACK/NACK. Only one response is outstanding at a
+    /// time: Envoy applies and answers each before the next type is pushed, which is what makes
+    /// the order CDS → EDS → LDS → RDS hold on the client (xDS protocol, "Aggregated Discovery
+    /// Service").
+    in_flight: Option<ServedType>,
     nonces: NonceSource,
     /// Empty answers owed to requests for types Tollgate does not serve.
     unserved_replies: VecDeque<DiscoveryResponse>,
@@ -93,18 +131,14 @@ impl SotwStream {
 
     /// The response the client should have for `served`, or `None` when it asked for nothing
     /// (no request yet, or an empty list of names) or no snapshot exists yet.
-    fn desired(&self, served: ServedType, retained: Option<&RetainedClusters>) -> Option<Desired> {
+    fn desired(&self, served: ServedType, retained: Option<&RetainedResources>) -> Option<Desired> {
         let target = self.target.as_deref()?;
         let subscription = self.state(served).subscription.as_ref()?;
-        let resources: BTreeMap<String, String> = match subscription {
+        let resources: Versions = match subscription {
             Subscription::Wildcard => {
                 let set = &target.resources(served.url()).resources;
-                let retained_names = match served {
-                    ServedType::Cluster => retained.map(|r| r.names().collect::<Vec<_>>()),
-                    _ => None,
-                };
                 set.keys()
-                    .chain(retained_names.into_iter().flatten())
+                    .chain(retained_names(retained, served))
                     .filter_map(|name| find_resource(target, retained, served, name))
                     .map(|resource| (resource.name.clone(), resource.version.clone()))
                     .collect()
@@ -119,10 +153,8 @@ impl SotwStream {
                 .collect(),
         };
         Some(Desired {
-            content: Content {
-                subscription: subscription.clone(),
-                resources,
-            },
+            subscription: subscription.clone(),
+            resources,
             version: announced_version(target, retained, served),
         })
     }
@@ -139,17 +171,21 @@ impl SotwStream {
                 continue;
             };
             let state = self.state_mut(served);
-            if state.sent.is_none() && desired.version == announced {
-                state.sent = Some((desired.content, desired.version.clone()));
+            if state.held.is_none() && desired.version == announced {
+                state.held = Some(Held {
+                    answered: desired.subscription,
+                    resources: desired.resources,
+                    version: desired.version.clone(),
+                });
                 state.answer = Answer::Acked;
                 state.record.acked_version = Some(desired.version);
             }
         }
     }
 
-    /// Drops the stale clusters once every later type of the new snapshot is ACKed, so the
-    /// final CDS without them goes out last (xDS protocol, "Eventual consistency
-    /// considerations": stale CDS clusters can then be removed).
+    /// Drops the stale clusters and endpoints once every later type of the new snapshot is
+    /// ACKed, so the final CDS without them goes out last (xDS protocol, "Eventual consistency
+    /// considerations": stale CDS clusters and related EDS endpoints can then be removed).
     fn release_retained_when_settled(&mut self) {
         if self.retained.is_empty() {
             return;
@@ -159,13 +195,11 @@ impl SotwStream {
                 continue;
             };
             let state = self.state(served);
-            let delivered = state
-                .sent
-                .as_ref()
-                .is_some_and(|(content, _)| *content == desired.content);
+            let delivered = !desired.is_due(state.held.as_ref());
             let settled = match served {
                 // The CDS that still carries the stale clusters only has to be out.
                 ServedType::Cluster => delivered,
+                // The NACK of an EDS answer keeps the old endpoints; nothing to wait for.
                 // A NACK keeps the node on listeners and routes that may still use the stale
                 // clusters, so they stay until a newer snapshot.
                 _ => delivered && state.answer == Answer::Acked,
@@ -182,7 +216,6 @@ impl SotwStream {
         let target = self.target.as_deref();
         let retained = Some(&self.retained);
         let resources = desired
-            .content
             .resources
             .keys()
             .filter_map(|name| target.and_then(|t| find_resource(t, retained, served, name)))
@@ -197,25 +230,30 @@ impl SotwStream {
         };
         let state = self.state_mut(served);
         state.latest_nonce = Some(nonce.clone());
-        state.sent = Some((desired.content, desired.version));
+        state.held = Some(Held {
+            answered: desired.subscription,
+            resources: desired.resources,
+            version: desired.version,
+        });
         state.answer = Answer::Pending;
-        self.in_flight = Some(InFlight { served, nonce });
+        self.in_flight = Some(served);
         response
     }
 
     fn record_answer(&mut self, served: ServedType, request: &DiscoveryRequest, node: &str) {
-        if self
-            .in_flight
-            .as_ref()
-            .is_some_and(|in_flight| in_flight.served == served)
-        {
+        if self.in_flight == Some(served) {
             self.in_flight = None;
         }
         let state = self.state_mut(served);
+        // Only the first answer to a response counts; Envoy repeats the nonce on later
+        // requests that only change the subscription.
+        if state.answer != Answer::Pending {
+            return;
+        }
         let sent_version = state
-            .sent
+            .held
             .as_ref()
-            .map(|(_, version)| version.clone())
+            .map(|held| held.version.clone())
             .unwrap_or_default();
         let short = served.short_name();
         match &request.error_detail {
@@ -264,7 +302,7 @@ impl TransportVariant for SotwStream {
         match (&state.latest_nonce, request.response_nonce.as_str()) {
             // First request of this type on the stream (or one racing our first response).
             (_, "") => {
-                if state.sent.is_none() && !request.version_info.is_empty() {
+                if state.held.is_none() && !request.version_info.is_empty() {
                     state.reconnect_version = Some(request.version_info.clone());
                 }
             }
@@ -280,20 +318,34 @@ impl TransportVariant for SotwStream {
             (Some(_), _) => self.record_answer(served, &request, node),
         }
         let state = self.state_mut(served);
-        state.subscription = Some(Subscription::from_request(served, &request.resource_names));
+        let subscription = Subscription::from_request(served, &request.resource_names);
+        if let (Some(held), Subscription::Named(names)) = (&mut state.held, &subscription) {
+            // The client forgets resources it no longer asks for; asking again later must be
+            // answered again.
+            held.resources.retain(|name, _| names.contains(name));
+            if let Subscription::Named(answered) = &mut held.answered {
+                answered.retain(|name| names.contains(name));
+            }
+        }
+        state.subscription = Some(subscription);
         state.record.subscribed = true;
     }
 
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) {
         let previous = self.target.replace(Arc::clone(&snapshot));
-        let held = self
-            .state(ServedType::Cluster)
-            .sent
-            .as_ref()
-            .map(|(content, _)| content.resources.keys().cloned().collect::<Vec<_>>())
-            .unwrap_or_default();
-        self.retained
-            .on_new_snapshot(&held, previous.as_deref(), &snapshot);
+        for served in [ServedType::Cluster, ServedType::Endpoint] {
+            // What the client holds of this type: everything in the latest response.
+            let held = self.types[served.index()]
+                .held
+                .as_ref()
+                .map(|held| held.resources.keys());
+            self.retained.on_new_snapshot(
+                served,
+                held.into_iter().flatten(),
+                previous.as_deref(),
+                &snapshot,
+            );
+        }
     }
 
     fn next_response(&mut self, node: &str) -> Option<DiscoveryResponse> {
@@ -310,14 +362,10 @@ impl TransportVariant for SotwStream {
                 continue;
             };
             // "When to send an update": only when the resources (or the subscription) changed.
-            // This also keeps a NACKed response from being re-sent: it stays the latest sent
-            // content until a newer snapshot changes what is desired.
-            if self
-                .state(served)
-                .sent
-                .as_ref()
-                .is_some_and(|(content, _)| *content == desired.content)
-            {
+            // This also keeps a NACKed response from being re-sent (go-control-plane #46,
+            // #962): it stays what the client holds by our account until a newer snapshot
+            // changes what is desired.
+            if !desired.is_due(self.state(served).held.as_ref()) {
                 continue;
             }
             let response = self.respond(served, desired);
@@ -343,13 +391,9 @@ impl TransportVariant for SotwStream {
                 // The node holds the current content when its last answer was an ACK of what
                 // the snapshot (without stale clusters) requires; for named types the set
                 // version can move on without the requested resources changing.
-                if self.in_flight.is_none() && state.answer == Answer::Acked {
+                if state.answer == Answer::Acked {
                     if let Some(desired) = self.desired(served, None) {
-                        let current = state
-                            .sent
-                            .as_ref()
-                            .is_some_and(|(content, _)| *content == desired.content);
-                        if current {
+                        if !desired.is_due(state.held.as_ref()) {
                             record.acked_version = Some(desired.version);
                         }
                     }

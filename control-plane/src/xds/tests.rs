@@ -1,0 +1,872 @@
+//! The ADS server driven over real gRPC on 127.0.0.1 by a tonic client that plays Envoy.
+//!
+//! No test sleeps: each waits for a response or a registry change, with a generous timeout only
+//! as a failure guard. "Nothing was sent" is shown by what the *next* response is.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use super::{serve, AdsServer, NodeRegistry, NodeStatus};
+use crate::snapshot::{type_url, Resource, Snapshot, SnapshotCache};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// Builds a snapshot from `kind:name=tag` words: kinds `c` (cluster), `e` (endpoints), `l`
+/// (listener), `r` (route); a different tag gives the resource different content.
+fn snapshot(spec: &str) -> Snapshot {
+    Snapshot::new(spec.split_whitespace().map(|word| {
+        let (kind, rest) = word.split_once(':').expect("kind:name=tag");
+        let (name, tag) = rest.split_once('=').expect("kind:name=tag");
+        let tag: u32 = tag.parse().expect("numeric tag");
+        match kind {
+            "c" => {
+                let cluster = Cluster {
+                    name: name.into(),
+                    alt_stat_name: format!("tag{tag}"),
+                    ..Default::default()
+                };
+                (
+                    type_url::CLUSTER,
+                    Resource::new(name, type_url::CLUSTER, &cluster),
+                )
+            }
+            "e" => {
+                let assignment = ClusterLoadAssignment {
+                    cluster_name: name.into(),
+                    endpoints: vec![LocalityLbEndpoints {
+                        priority: tag,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                (
+                    type_url::ENDPOINT,
+                    Resource::new(name, type_url::ENDPOINT, &assignment),
+                )
+            }
+            "l" => {
+                let listener = Listener {
+                    name: name.into(),
+                    stat_prefix: format!("tag{tag}"),
+                    ..Default::default()
+                };
+                (
+                    type_url::LISTENER,
+                    Resource::new(name, type_url::LISTENER, &listener),
+                )
+            }
+            "r" => {
+                let route = RouteConfiguration {
+                    name: name.into(),
+                    request_headers_to_remove: vec![format!("tag{tag}")],
+                    ..Default::default()
+                };
+                (
+                    type_url::ROUTE,
+                    Resource::new(name, type_url::ROUTE, &route),
+                )
+            }
+            other => panic!("unknown kind {other}"),
+        }
+    }))
+}
+
+/// A type Tollgate does not serve.
+const UNSERVED: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+const BASE: &str = "c:a=1 c:b=1 e:a=1 e:b=1 l:main=1 r:main=1";
+
+/// The name inside an encoded resource.
+fn resource_name(any: &Any) -> String {
+    let bytes = any.value.as_slice();
+    match any.type_url.as_str() {
+        type_url::CLUSTER => Cluster::decode(bytes).expect("cluster").name,
+        type_url::ENDPOINT => {
+            ClusterLoadAssignment::decode(bytes)
+                .expect("assignment")
+                .cluster_name
+        }
+        type_url::LISTENER => Listener::decode(bytes).expect("listener").name,
+        type_url::ROUTE => RouteConfiguration::decode(bytes).expect("route").name,
+        other => panic!("unexpected type {other}"),
+    }
+}
+
+fn names(response: &DiscoveryResponse) -> Vec<String> {
+    response.resources.iter().map(resource_name).collect()
+}
+
+fn short(type_url: &str) -> &'static str {
+    match type_url {
+        type_url::CLUSTER => "cluster",
+        type_url::ENDPOINT => "endpoint",
+        type_url::LISTENER => "listener",
+        type_url::ROUTE => "route",
+        _ => "unserved",
+    }
+}
+
+fn version(snapshot: &Snapshot, type_url: &str) -> String {
+    snapshot.resources(type_url).version.clone()
+}
+
+/// A running server on an ephemeral port; stops when dropped.
+struct Server {
+    cache: Arc<SnapshotCache>,
+    nodes: Arc<NodeRegistry>,
+    address: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let cache = Arc::new(SnapshotCache::new());
+        let nodes = Arc::new(NodeRegistry::new());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = AdsServer::new(Arc::clone(&cache), Arc::clone(&nodes));
+        tokio::spawn(serve(listener, server, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            cache,
+            nodes,
+            address,
+            _stop: stop,
+        }
+    }
+
+    fn publish(&self, spec: &str) -> Snapshot {
+        let snapshot = snapshot(spec);
+        assert!(self.cache.set(snapshot.clone()), "snapshot must be new");
+        snapshot
+    }
+
+    async fn client(&self) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+        within(
+            "connection",
+            AggregatedDiscoveryServiceClient::connect(format!("http://{}", self.address)),
+        )
+        .await
+        .expect("connect")
+    }
+
+    async fn sotw(&self, node: &str) -> SotwEnvoy {
+        let (requests, outgoing) = mpsc::channel(16);
+        let responses = within(
+            "sotw stream",
+            self.client()
+                .await
+                .stream_aggregated_resources(ReceiverStream::new(outgoing)),
+        )
+        .await
+        .expect("open sotw stream")
+        .into_inner();
+        SotwEnvoy {
+            node: Some(node.to_string()),
+            requests,
+            responses,
+        }
+    }
+
+    async fn delta(&self, node: &str) -> DeltaEnvoy {
+        let (requests, outgoing) = mpsc::channel(16);
+        let responses = within(
+            "delta stream",
+            self.client()
+                .await
+                .delta_aggregated_resources(ReceiverStream::new(outgoing)),
+        )
+        .await
+        .expect("open delta stream")
+        .into_inner();
+        DeltaEnvoy {
+            node: Some(node.to_string()),
+            requests,
+            responses,
+        }
+    }
+
+    /// Waits until the registry satisfies `condition` against the cache's current snapshot.
+    async fn status_until(&self, condition: impl Fn(&[NodeStatus]) -> bool) -> Vec<NodeStatus> {
+        let mut changes = self.nodes.changes();
+        within("node status", async {
+            loop {
+                let current = self.cache.current();
+                let statuses = self.nodes.statuses(current.as_deref());
+                if condition(&statuses) {
+                    return statuses;
+                }
+                changes.changed().await.expect("registry alive");
+            }
+        })
+        .await
+    }
+}
+
+/// Plays an Envoy speaking SotW ADS; the node is sent on the first request only, as Envoy does.
+struct SotwEnvoy {
+    node: Option<String>,
+    requests: mpsc::Sender<DiscoveryRequest>,
+    responses: Streaming<DiscoveryResponse>,
+}
+
+impl SotwEnvoy {
+    async fn send(&mut self, mut request: DiscoveryRequest) {
+        request.node = self.node.take().map(|id| Node {
+            id,
+            ..Default::default()
+        });
+        self.requests.send(request).await.expect("stream open");
+    }
+
+    async fn subscribe(&mut self, type_url: &str, names: &[&str]) {
+        self.send(DiscoveryRequest {
+            type_url: type_url.into(),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn ack(&mut self, response: &DiscoveryResponse, names: &[&str]) {
+        self.send(DiscoveryRequest {
+            version_info: response.version_info.clone(),
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn nack(&mut self, response: &DiscoveryResponse, held_version: &str, error: &str) {
+        self.send(DiscoveryRequest {
+            version_info: held_version.into(),
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: error.into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// Returns once the server has processed every request sent so far, and asserts that it
+    /// pushed nothing meanwhile: requests are handled in order, and a request for an unserved
+    /// type is answered at once.
+    async fn barrier(&mut self) {
+        self.subscribe(UNSERVED, &[]).await;
+        let response = self.recv().await;
+        assert_eq!(
+            response.type_url, UNSERVED,
+            "unexpected push before the barrier"
+        );
+    }
+
+    async fn recv(&mut self) -> DiscoveryResponse {
+        within("sotw response", self.responses.message())
+            .await
+            .expect("stream healthy")
+            .expect("stream open")
+    }
+
+    /// Subscribes like Envoy to `BASE` (CDS and LDS wildcard, EDS a+b, RDS main), ACKing each
+    /// response; returns the responses.
+    async fn sync_base(&mut self) -> Vec<DiscoveryResponse> {
+        self.subscribe(type_url::CLUSTER, &[]).await;
+        self.subscribe(type_url::ENDPOINT, &["a", "b"]).await;
+        self.subscribe(type_url::LISTENER, &[]).await;
+        self.subscribe(type_url::ROUTE, &["main"]).await;
+        let mut responses = Vec::new();
+        for _ in 0..4 {
+            let response = self.recv().await;
+            self.ack(&response, &base_names(&response.type_url)).await;
+            responses.push(response);
+        }
+        responses
+    }
+}
+
+/// The names Envoy subscribes to for `BASE`.
+fn base_names(type_url: &str) -> Vec<&'static str> {
+    match type_url {
+        type_url::ENDPOINT => vec!["a", "b"],
+        type_url::ROUTE => vec!["main"],
+        _ => vec![],
+    }
+}
+
+/// Plays an Envoy speaking incremental ADS.
+struct DeltaEnvoy {
+    node: Option<String>,
+    requests: mpsc::Sender<DeltaDiscoveryRequest>,
+    responses: Streaming<DeltaDiscoveryResponse>,
+}
+
+impl DeltaEnvoy {
+    async fn send(&mut self, mut request: DeltaDiscoveryRequest) {
+        request.node = self.node.take().map(|id| Node {
+            id,
+            ..Default::default()
+        });
+        self.requests.send(request).await.expect("stream open");
+    }
+
+    async fn subscribe(&mut self, type_url: &str, names: &[&str]) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: type_url.into(),
+            resource_names_subscribe: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn ack(&mut self, response: &DeltaDiscoveryResponse) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn recv(&mut self) -> DeltaDiscoveryResponse {
+        within("delta response", self.responses.message())
+            .await
+            .expect("stream healthy")
+            .expect("stream open")
+    }
+}
+
+fn delta_names(response: &DeltaDiscoveryResponse) -> Vec<&str> {
+    response.resources.iter().map(|r| r.name.as_str()).collect()
+}
+
+fn node_status<'a>(statuses: &'a [NodeStatus], id: &str) -> Option<&'a NodeStatus> {
+    statuses.iter().find(|status| status.id == id)
+}
+
+#[tokio::test]
+async fn initial_sotw_subscribe_gets_all_four_types_in_order() {
+    let server = Server::start().await;
+    let base = server.publish(BASE);
+    let mut envoy = server.sotw("edge-1").await;
+
+    let responses = envoy.sync_base().await;
+
+    let types: Vec<_> = responses.iter().map(|r| short(&r.type_url)).collect();
+    assert_eq!(types, ["cluster", "endpoint", "listener", "route"]);
+    assert_eq!(names(&responses[0]), ["a", "b"]);
+    assert_eq!(names(&responses[1]), ["a", "b"]);
+    assert_eq!(names(&responses[2]), ["main"]);
+    assert_eq!(names(&responses[3]), ["main"]);
+    for response in &responses {
+        assert_eq!(response.version_info, version(&base, &response.type_url));
+    }
+    let mut nonces: Vec<_> = responses.iter().map(|r| r.nonce.clone()).collect();
+    nonces.dedup();
+    assert_eq!(nonces.len(), 4, "every response has a fresh nonce");
+}
+
+#[tokio::test]
+async fn requests_before_the_first_snapshot_are_answered_once_it_arrives() {
+    let server = Server::start().await;
+    let mut envoy = server.sotw("edge-1").await;
+    envoy.subscribe(type_url::CLUSTER, &[]).await;
+    // The registry learning the node proves the request was processed before any snapshot.
+    server
+        .status_until(|statuses| {
+            node_status(statuses, "edge-1").is_some_and(|s| s.types.contains_key("cluster"))
+        })
+        .await;
+
+    let base = server.publish(BASE);
+
+    let response = envoy.recv().await;
+    assert_eq!(response.version_info, version(&base, type_url::CLUSTER));
+}
+
+#[tokio::test]
+async fn new_snapshot_pushes_only_changed_types_in_make_before_break_order() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.sotw("edge-1").await;
+    envoy.sync_base().await;
+
+    // Clusters, listeners and routes change; endpoints do not.
+    let next = server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=2 r:main=2");
+    let mut pushed = Vec::new();
+    for _ in 0..3 {
+        let response = envoy.recv().await;
+        assert_eq!(response.version_info, version(&next, &response.type_url));
+        envoy.ack(&response, &base_names(&response.type_url)).await;
+        pushed.push(short(&response.type_url));
+    }
+    assert_eq!(pushed, ["cluster", "listener", "route"]);
+
+    // Nothing else was pending: the next push is for the next change.
+    envoy.barrier().await;
+    server.publish("c:a=2 c:b=1 e:a=3 e:b=1 l:main=2 r:main=2");
+    assert_eq!(short(&envoy.recv().await.type_url), "endpoint");
+}
+
+#[tokio::test]
+async fn request_with_stale_nonce_is_ignored() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.sotw("edge-1").await;
+    let initial = envoy.sync_base().await;
+    let old_endpoint_nonce = initial[1].nonce.clone();
+
+    server.publish("c:a=1 c:b=1 e:a=2 e:b=1 l:main=1 r:main=1");
+    let endpoints = envoy.recv().await;
+    envoy.ack(&endpoints, &["a", "b"]).await;
+    // A request answering an older response would add a name to the subscription and
+    // deserve an answer if it were not stale.
+    envoy
+        .send(DiscoveryRequest {
+            version_info: initial[1].version_info.clone(),
+            type_url: type_url::ENDPOINT.into(),
+            response_nonce: old_endpoint_nonce,
+            resource_names: vec!["a".into(), "b".into(), "new".into()],
+            ..Default::default()
+        })
+        .await;
+    envoy.barrier().await;
+
+    server.publish("c:a=1 c:b=1 e:a=2 e:b=1 l:main=3 r:main=1");
+    assert_eq!(short(&envoy.recv().await.type_url), "listener");
+}
+
+#[tokio::test]
+async fn nack_is_recorded_and_the_rejected_version_is_not_resent() {
+    let server = Server::start().await;
+    let base = server.publish(BASE);
+    let mut envoy = server.sotw("edge-1").await;
+    envoy.sync_base().await;
+
+    let rejected = server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=1 r:main=1");
+    let clusters = envoy.recv().await;
+    let base_clusters = version(&base, type_url::CLUSTER);
+    envoy
+        .nack(&clusters, &base_clusters, "cluster a: bad config")
+        .await;
+
+    let rejected_clusters = version(&rejected, type_url::CLUSTER);
+    let statuses = server
+        .status_until(|statuses| {
+            node_status(statuses, "edge-1").is_some_and(|s| s.types["cluster"].nack.is_some())
+        })
+        .await;
+    let status = node_status(&statuses, "edge-1").expect("node listed");
+    let cluster = &status.types["cluster"];
+    assert_eq!(cluster.nack.as_deref(), Some("cluster a: bad config"));
+    assert_eq!(
+        cluster.nack_version.as_deref(),
+        Some(rejected_clusters.as_str())
+    );
+    assert_eq!(
+        cluster.acked_version.as_deref(),
+        Some(base_clusters.as_str())
+    );
+    assert!(!status.in_sync);
+
+    // A snapshot that leaves the rejected clusters as they are does not re-send them.
+    envoy.barrier().await;
+    server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=2 r:main=1");
+    let listeners = envoy.recv().await;
+    assert_eq!(short(&listeners.type_url), "listener");
+    envoy.ack(&listeners, &[]).await;
+
+    // A newer cluster version is delivered, and its ACK clears the NACK.
+    let fixed = server.publish("c:a=3 c:b=1 e:a=1 e:b=1 l:main=2 r:main=1");
+    let clusters = envoy.recv().await;
+    assert_eq!(clusters.version_info, version(&fixed, type_url::CLUSTER));
+    envoy.ack(&clusters, &[]).await;
+    let statuses = server
+        .status_until(|statuses| node_status(statuses, "edge-1").is_some_and(|s| s.in_sync))
+        .await;
+    assert_eq!(
+        node_status(&statuses, "edge-1").expect("node").types["cluster"].nack,
+        None
+    );
+}
+
+#[tokio::test]
+async fn removed_cluster_leaves_in_a_final_cds_after_endpoints_listeners_and_routes() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.sotw("edge-1").await;
+    let initial = envoy.sync_base().await;
+    let acked_endpoints = &initial[1];
+
+    // Cluster b is replaced by c; the route moves over to c.
+    let next = server.publish("c:a=1 c:c=1 e:a=1 e:c=1 l:main=1 r:main=2");
+
+    let clusters = envoy.recv().await;
+    assert_eq!(short(&clusters.type_url), "cluster");
+    assert_eq!(
+        names(&clusters),
+        ["a", "b", "c"],
+        "stale b kept while c is added"
+    );
+    assert_ne!(clusters.version_info, version(&next, type_url::CLUSTER));
+    // As Envoy does, ask for the endpoints of the new cluster before ACKing CDS (it pauses
+    // EDS while applying CDS and flushes the request when done).
+    envoy.ack(acked_endpoints, &["a", "b", "c"]).await;
+    envoy.ack(&clusters, &[]).await;
+
+    let endpoints = envoy.recv().await;
+    assert_eq!(short(&endpoints.type_url), "endpoint");
+    assert_eq!(names(&endpoints), ["a", "b", "c"]);
+    envoy.ack(&endpoints, &["a", "b", "c"]).await;
+
+    let routes = envoy.recv().await;
+    assert_eq!(short(&routes.type_url), "route");
+    assert!(
+        !server.nodes.statuses(Some(&next))[0].in_sync,
+        "not in sync while the stale cluster remains"
+    );
+    envoy.ack(&routes, &["main"]).await;
+
+    let final_clusters = envoy.recv().await;
+    assert_eq!(short(&final_clusters.type_url), "cluster");
+    assert_eq!(names(&final_clusters), ["a", "c"]);
+    assert_eq!(
+        final_clusters.version_info,
+        version(&next, type_url::CLUSTER)
+    );
+    // Envoy drops cluster b and with it the endpoints of b: a shrinking subscription needs no
+    // answer.
+    envoy.ack(&endpoints, &["a", "c"]).await;
+    envoy.ack(&final_clusters, &[]).await;
+    envoy.barrier().await;
+
+    server
+        .status_until(|statuses| node_status(statuses, "edge-1").is_some_and(|s| s.in_sync))
+        .await;
+    server.publish("c:a=1 c:c=1 e:a=1 e:c=1 l:main=2 r:main=2");
+    assert_eq!(short(&envoy.recv().await.type_url), "listener");
+}
+
+#[tokio::test]
+async fn changed_endpoint_subscription_is_answered_even_when_content_is_unchanged() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.sotw("edge-1").await;
+    envoy.subscribe(type_url::ENDPOINT, &["a"]).await;
+    let first = envoy.recv().await;
+    assert_eq!(names(&first), ["a"]);
+    // Envoy warms a new cluster b and asks again; it needs an answer to finish warming.
+    envoy.ack(&first, &["a", "b"]).await;
+    let second = envoy.recv().await;
+    assert_eq!(names(&second), ["a", "b"]);
+    assert_eq!(second.version_info, first.version_info);
+}
+
+#[tokio::test]
+async fn reconnect_announcing_the_current_version_gets_no_resend() {
+    let server = Server::start().await;
+    let base = server.publish(BASE);
+    let mut envoy = server.sotw("edge-1").await;
+    envoy
+        .send(DiscoveryRequest {
+            version_info: version(&base, type_url::CLUSTER),
+            type_url: type_url::CLUSTER.into(),
+            ..Default::default()
+        })
+        .await;
+    envoy
+        .send(DiscoveryRequest {
+            version_info: "older".into(),
+            type_url: type_url::LISTENER.into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(short(&envoy.recv().await.type_url), "listener");
+}
+
+#[tokio::test]
+async fn unserved_type_gets_an_empty_answer() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.sotw("edge-1").await;
+    envoy.subscribe(UNSERVED, &["cert"]).await;
+    let response = envoy.recv().await;
+    assert_eq!(response.type_url, UNSERVED);
+    assert!(response.resources.is_empty());
+    // The stream keeps serving.
+    envoy.subscribe(type_url::CLUSTER, &[]).await;
+    assert_eq!(short(&envoy.recv().await.type_url), "cluster");
+}
+
+#[tokio::test]
+async fn two_streams_both_receive_a_new_snapshot() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut first = server.sotw("edge-1").await;
+    let mut second = server.delta("edge-2").await;
+    first.subscribe(type_url::CLUSTER, &[]).await;
+    second.subscribe(type_url::CLUSTER, &[]).await;
+    let response = first.recv().await;
+    first.ack(&response, &[]).await;
+    let response = second.recv().await;
+    second.ack(&response).await;
+
+    let next = server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=1 r:main=1");
+
+    let sotw = first.recv().await;
+    assert_eq!(sotw.version_info, version(&next, type_url::CLUSTER));
+    let delta = second.recv().await;
+    assert_eq!(delta_names(&delta), ["a"]);
+    first.ack(&sotw, &[]).await;
+    second.ack(&delta).await;
+    let statuses = server
+        .status_until(|statuses| statuses.len() == 2 && statuses.iter().all(|s| s.in_sync))
+        .await;
+    assert!(statuses.iter().all(|s| s.connected));
+}
+
+#[tokio::test]
+async fn in_sync_needs_every_subscribed_type_acked_and_survives_unrelated_changes() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.sotw("edge-1").await;
+    envoy.subscribe(type_url::CLUSTER, &[]).await;
+    envoy.subscribe(type_url::LISTENER, &[]).await;
+    let clusters = envoy.recv().await;
+    envoy.ack(&clusters, &[]).await;
+    let listeners = envoy.recv().await;
+    let statuses = server
+        .status_until(|statuses| {
+            node_status(statuses, "edge-1")
+                .is_some_and(|s| s.types["cluster"].acked_version.is_some())
+        })
+        .await;
+    assert!(!statuses[0].in_sync, "listeners are not ACKed yet");
+
+    envoy.ack(&listeners, &[]).await;
+    server
+        .status_until(|statuses| node_status(statuses, "edge-1").is_some_and(|s| s.in_sync))
+        .await;
+
+    // Endpoints that change without touching what the node asked for keep it in sync.
+    let mut endpoints = server.sotw("edge-2").await;
+    endpoints.subscribe(type_url::ENDPOINT, &["a"]).await;
+    let response = endpoints.recv().await;
+    endpoints.ack(&response, &["a"]).await;
+    server.publish("c:a=1 c:b=1 e:a=1 e:b=2 l:main=1 r:main=1");
+    server
+        .status_until(|statuses| {
+            node_status(statuses, "edge-2").is_some_and(|s| s.in_sync)
+                && node_status(statuses, "edge-1").is_some_and(|s| s.in_sync)
+        })
+        .await;
+
+    drop(envoy);
+    let statuses = server
+        .status_until(|statuses| node_status(statuses, "edge-1").is_some_and(|s| !s.connected))
+        .await;
+    assert_eq!(
+        node_status(&statuses, "edge-1")
+            .expect("node kept")
+            .types
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn delta_initial_subscribe_gets_every_resource_with_its_version() {
+    let server = Server::start().await;
+    let base = server.publish(BASE);
+    let mut envoy = server.delta("edge-1").await;
+    envoy.subscribe(type_url::CLUSTER, &[]).await;
+    envoy.subscribe(type_url::ENDPOINT, &["a", "b"]).await;
+    envoy.subscribe(type_url::LISTENER, &[]).await;
+    envoy.subscribe(type_url::ROUTE, &["main"]).await;
+
+    let mut types = Vec::new();
+    for _ in 0..4 {
+        let response = envoy.recv().await;
+        let set = base.resources(&response.type_url);
+        assert_eq!(response.system_version_info, set.version);
+        assert_eq!(response.resources.len(), set.resources.len());
+        for resource in &response.resources {
+            assert_eq!(resource.version, set.resources[&resource.name].version);
+        }
+        envoy.ack(&response).await;
+        types.push(short(&response.type_url));
+    }
+    assert_eq!(types, ["cluster", "endpoint", "listener", "route"]);
+    server
+        .status_until(|statuses| node_status(statuses, "edge-1").is_some_and(|s| s.in_sync))
+        .await;
+}
+
+#[tokio::test]
+async fn delta_update_sends_only_the_changed_resources() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.delta("edge-1").await;
+    envoy.subscribe(type_url::CLUSTER, &[]).await;
+    envoy.subscribe(type_url::ENDPOINT, &["a", "b"]).await;
+    for _ in 0..2 {
+        let response = envoy.recv().await;
+        envoy.ack(&response).await;
+    }
+
+    server.publish("c:a=1 c:b=2 e:a=1 e:b=1 l:main=1 r:main=1");
+    let clusters = envoy.recv().await;
+    assert_eq!(short(&clusters.type_url), "cluster");
+    assert_eq!(delta_names(&clusters), ["b"]);
+    assert!(clusters.removed_resources.is_empty());
+    envoy.ack(&clusters).await;
+
+    server.publish("c:a=1 c:b=2 e:a=2 e:b=1 l:main=1 r:main=1");
+    let endpoints = envoy.recv().await;
+    assert_eq!(delta_names(&endpoints), ["a"]);
+}
+
+#[tokio::test]
+async fn delta_reconnect_with_known_versions_gets_only_what_changed() {
+    let server = Server::start().await;
+    let base = server.publish(BASE);
+    let mut envoy = server.delta("edge-1").await;
+    let mut held: std::collections::HashMap<String, String> = base
+        .resources(type_url::CLUSTER)
+        .resources
+        .values()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    held.insert("gone".into(), "v0".into());
+    envoy
+        .send(DeltaDiscoveryRequest {
+            type_url: type_url::CLUSTER.into(),
+            initial_resource_versions: held,
+            ..Default::default()
+        })
+        .await;
+    let clusters = envoy.recv().await;
+    assert!(clusters.resources.is_empty());
+    assert_eq!(clusters.removed_resources, ["gone"]);
+}
+
+#[tokio::test]
+async fn delta_removal_of_clusters_and_endpoints_comes_after_routes() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.delta("edge-1").await;
+    envoy.subscribe(type_url::CLUSTER, &[]).await;
+    envoy.subscribe(type_url::ENDPOINT, &["a", "b"]).await;
+    envoy.subscribe(type_url::LISTENER, &[]).await;
+    envoy.subscribe(type_url::ROUTE, &["main"]).await;
+    for _ in 0..4 {
+        let response = envoy.recv().await;
+        envoy.ack(&response).await;
+    }
+
+    server.publish("c:a=1 c:c=1 e:a=1 e:c=1 l:main=1 r:main=2");
+    let clusters = envoy.recv().await;
+    assert_eq!(delta_names(&clusters), ["c"]);
+    assert!(clusters.removed_resources.is_empty(), "b stays for now");
+    // Envoy subscribes to the new cluster's endpoints before it ACKs CDS.
+    envoy.subscribe(type_url::ENDPOINT, &["c"]).await;
+    envoy.ack(&clusters).await;
+    let endpoints = envoy.recv().await;
+    assert_eq!(delta_names(&endpoints), ["c"]);
+    assert!(
+        endpoints.removed_resources.is_empty(),
+        "endpoints of b stay for now"
+    );
+    envoy.ack(&endpoints).await;
+    let routes = envoy.recv().await;
+    assert_eq!(short(&routes.type_url), "route");
+    envoy.ack(&routes).await;
+
+    let final_clusters = envoy.recv().await;
+    assert_eq!(short(&final_clusters.type_url), "cluster");
+    assert!(final_clusters.resources.is_empty());
+    assert_eq!(final_clusters.removed_resources, ["b"]);
+    envoy.ack(&final_clusters).await;
+    let final_endpoints = envoy.recv().await;
+    assert_eq!(final_endpoints.removed_resources, ["b"]);
+    envoy.ack(&final_endpoints).await;
+    server
+        .status_until(|statuses| node_status(statuses, "edge-1").is_some_and(|s| s.in_sync))
+        .await;
+}
+
+#[tokio::test]
+async fn delta_nack_is_recorded_and_not_resent() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.delta("edge-1").await;
+    envoy.subscribe(type_url::CLUSTER, &[]).await;
+    envoy.subscribe(type_url::LISTENER, &[]).await;
+    for _ in 0..2 {
+        let response = envoy.recv().await;
+        envoy.ack(&response).await;
+    }
+
+    server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=1 r:main=1");
+    let clusters = envoy.recv().await;
+    envoy
+        .send(DeltaDiscoveryRequest {
+            type_url: type_url::CLUSTER.into(),
+            response_nonce: clusters.nonce.clone(),
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: "bad cluster".into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        })
+        .await;
+    server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=2 r:main=1");
+    let next = envoy.recv().await;
+    assert_eq!(
+        short(&next.type_url),
+        "listener",
+        "rejected cluster a not resent"
+    );
+    let statuses = server
+        .status_until(|statuses| {
+            node_status(statuses, "edge-1").is_some_and(|s| s.types["cluster"].nack.is_some())
+        })
+        .await;
+    let cluster = &node_status(&statuses, "edge-1").expect("node").types["cluster"];
+    assert_eq!(cluster.nack.as_deref(), Some("bad cluster"));
+    assert!(!statuses[0].in_sync);
+}

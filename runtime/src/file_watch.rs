@@ -1,0 +1,99 @@
+//! Change notifications for one configuration file, however it is replaced.
+//!
+//! Editors and deployers replace files in different ways: an in-place write, a write to a
+//! temporary file renamed over the original (vim and most tools), and a Kubernetes ConfigMap,
+//! which swaps a `..data` symlink inside the mounted directory. A watch on the file itself
+//! loses track after the first rename, so the parent directory is watched instead (as
+//! Limitador does) and the caller re-reads the file by path on every notification.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+/// Events closer together than this are one edit: a rename-style save emits several.
+const DEBOUNCE: Duration = Duration::from_millis(15);
+/// A safety net for events the kernel dropped (inotify queue overflow, network mounts).
+const POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch {path}: {source}")]
+pub struct WatchError {
+    path: String,
+    source: notify::Error,
+}
+
+/// A stream of "the file may have changed" notifications; dropping it stops watching.
+#[derive(Debug)]
+pub struct FileChanges {
+    _watcher: RecommendedWatcher,
+    events: mpsc::UnboundedReceiver<()>,
+    poll: tokio::time::Interval,
+}
+
+impl FileChanges {
+    /// Starts watching the directory that holds `file`.
+    pub fn watch(file: &Path) -> Result<Self, WatchError> {
+        let dir = match file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let (sender, events) = mpsc::unbounded_channel();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                // The receiver only goes away when watching stops.
+                let _ = sender.send(());
+            }
+        })
+        .and_then(|mut watcher| {
+            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+            Ok(watcher)
+        })
+        .map_err(|source| WatchError {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        poll.reset();
+        Ok(FileChanges {
+            _watcher: watcher,
+            events,
+            poll,
+        })
+    }
+
+    /// Resolves after the next burst of events has settled, or at the next safety poll.
+    pub async fn changed(&mut self) {
+        tokio::select! {
+            _ = self.poll.tick() => {}
+            event = self.events.recv() => {
+                if event.is_none() {
+                    // The watcher thread died; fall back to polling alone.
+                    self.poll.tick().await;
+                    return;
+                }
+                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, self.events.recv()).await {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_rename_over_the_file_is_noticed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("routes.yaml");
+        std::fs::write(&file, "a").expect("write");
+        let mut changes = FileChanges::watch(&file).expect("watch");
+        let temp = dir.path().join(".routes.yaml.tmp");
+        std::fs::write(&temp, "b").expect("write");
+        std::fs::rename(&temp, &file).expect("rename");
+        tokio::time::timeout(Duration::from_secs(5), changes.changed())
+            .await
+            .expect("a change within the poll interval");
+    }
+}

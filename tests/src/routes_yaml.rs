@@ -1,0 +1,69 @@
+//! A builder for simple routes.yaml documents, for tests about *changes* to the routes
+//! rather than about the format itself (those spell their YAML out literally).
+
+use std::fmt;
+
+use crate::upstream::UpstreamHandle;
+
+/// routes.yaml v1 with listeners, single-upstream services and prefix routes, in order.
+#[derive(Debug, Clone, Default)]
+pub struct RoutesYaml {
+    listeners: Vec<(String, u16)>,
+    services: Vec<(String, String)>,
+    routes: Vec<(String, String, String)>,
+}
+
+impl RoutesYaml {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A listener `name` on `127.0.0.1:port`.
+    pub fn listener(mut self, name: &str, port: u16) -> Self {
+        self.listeners.push((name.to_owned(), port));
+        self
+    }
+
+    /// A service `name` whose only endpoint is `upstream`.
+    pub fn service(mut self, name: &str, upstream: &UpstreamHandle) -> Self {
+        self.services.push((name.to_owned(), upstream.endpoint()));
+        self
+    }
+
+    /// A route `name` sending paths under `prefix` to `service`.
+    pub fn route(mut self, name: &str, prefix: &str, service: &str) -> Self {
+        self.routes
+            .push((name.to_owned(), prefix.to_owned(), service.to_owned()));
+        self
+    }
+}
+
+impl fmt::Display for RoutesYaml {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "version: 1")?;
+        writeln!(f, "listeners:")?;
+        for (name, port) in &self.listeners {
+            writeln!(f, "  - name: {name}\n    address: 127.0.0.1:{port}")?;
+        }
+        if self.services.is_empty() {
+            writeln!(f, "services: {{}}")?;
+        } else {
+            writeln!(f, "services:")?;
+        }
+        for (name, endpoint) in &self.services {
+            writeln!(f, "  {name}:\n    endpoints: [\"{endpoint}\"]")?;
+        }
+        if self.routes.is_empty() {
+            writeln!(f, "routes: []")?;
+        } else {
+            writeln!(f, "routes:")?;
+        }
+        for (name, prefix, service) in &self.routes {
+            writeln!(
+                f,
+                "  - name: {name}\n    match:\n      prefix: {prefix}\n    service: {service}"
+            )?;
+        }
+        Ok(())
+    }
+}

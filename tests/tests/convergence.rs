@@ -1,0 +1,238 @@
+//! Convergence of Envoys on the control plane's state: two Envoys follow the same edit and
+//! are reported in sync, an Envoy speaking Delta ADS follows edits like a SotW one, and a
+//! control-plane restart under traffic costs no request and leaves Envoy following edits.
+
+use tollgate_conformance::{
+    eventually, get, reserve_port, traffic, ControlPlane, Envoy, RoutesYaml, RunningControlPlane,
+    RunningEnvoy, Upstream, XdsVariant,
+};
+
+/// The resource types every node is served.
+const TYPES: [&str; 4] = ["cluster", "listener", "route", "endpoint"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_envoys_converge_on_an_edit_and_are_reported_in_sync() {
+    let a = Upstream::new("a").spawn().await;
+    let b = Upstream::new("b").spawn().await;
+    // Both Envoys get the same listener; Envoy binds listeners with SO_REUSEPORT on Linux,
+    // so both can hold the port and the kernel spreads connections across them.
+    let port = reserve_port();
+    let base = RoutesYaml::new()
+        .listener("public", port)
+        .service("svc-a", &a)
+        .service("svc-b", &b)
+        .route("a", "/a", "svc-a");
+    let mut cp = ControlPlane::new().routes(base.to_string()).start().await;
+    let envoys = [
+        Envoy::new()
+            .node_id("node-a")
+            .control_plane(&cp)
+            .start()
+            .await,
+        Envoy::new()
+            .node_id("node-b")
+            .control_plane(&cp)
+            .start()
+            .await,
+    ];
+    eventually("the initial route is served", async || {
+        get(port, "/a").await?.expect_upstream("a")?;
+        Ok(())
+    })
+    .await;
+    let before = eventually("both nodes in sync before the edit", async || {
+        nodes_in_sync(&cp, &["node-a", "node-b"]).await
+    })
+    .await;
+
+    cp.write_by_rename(
+        &base
+            .clone()
+            .route("converged", "/converged", "svc-b")
+            .to_string(),
+    );
+
+    for envoy in &envoys {
+        eventually(
+            &format!("{} has the new route in its config", envoy.node_id()),
+            async || has_in_config(envoy, "/converged").await,
+        )
+        .await;
+    }
+    eventually(
+        "every connection, whichever Envoy takes it, routes the edit",
+        async || {
+            for _ in 0..10 {
+                get(port, "/converged/1").await?.expect_upstream("b")?;
+            }
+            Ok(())
+        },
+    )
+    .await;
+    let after = eventually("both nodes in sync after the edit", async || {
+        let version = nodes_in_sync(&cp, &["node-a", "node-b"]).await?;
+        anyhow::ensure!(
+            version != before,
+            "/status version still {version} after the edit"
+        );
+        Ok(version)
+    })
+    .await;
+    assert_ne!(after, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_xds_envoy_follows_edits() {
+    let a = Upstream::new("a").spawn().await;
+    let b = Upstream::new("b").spawn().await;
+    let port = reserve_port();
+    let base = RoutesYaml::new()
+        .listener("public", port)
+        .service("svc-a", &a);
+    let mut cp = ControlPlane::new()
+        .routes(base.clone().route("a", "/a", "svc-a").to_string())
+        .start()
+        .await;
+    let _envoy = Envoy::new()
+        .node_id("delta-node")
+        .xds_variant(XdsVariant::Delta)
+        .control_plane(&cp)
+        .start()
+        .await;
+    eventually("the initial route is served over Delta ADS", async || {
+        get(port, "/a").await?.expect_upstream("a")?;
+        Ok(())
+    })
+    .await;
+
+    cp.write_by_rename(
+        &base
+            .clone()
+            .service("svc-b", &b)
+            .route("a", "/a", "svc-a")
+            .route("b", "/b", "svc-b")
+            .to_string(),
+    );
+    eventually("an added route and service arrive as a delta", async || {
+        get(port, "/b").await?.expect_upstream("b")?;
+        Ok(())
+    })
+    .await;
+
+    // Removing the service and its route must reach Envoy as removals.
+    cp.write_by_rename(&base.clone().route("a", "/a", "svc-a").to_string());
+    eventually("a removed route is gone", async || {
+        get(port, "/b").await?.expect_status(404)?;
+        Ok(())
+    })
+    .await;
+    get(port, "/a").await.unwrap().expect_upstream("a").unwrap();
+    eventually("the delta node is in sync", async || {
+        nodes_in_sync(&cp, &["delta-node"]).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_restart_under_traffic_loses_no_request() {
+    let a = Upstream::new("a").spawn().await;
+    let b = Upstream::new("b").spawn().await;
+    let port = reserve_port();
+    let base = RoutesYaml::new()
+        .listener("public", port)
+        .service("svc-a", &a)
+        .service("svc-b", &b)
+        .route("a", "/a", "svc-a");
+    let mut cp = ControlPlane::new().routes(base.to_string()).start().await;
+    let envoy = Envoy::new()
+        .node_id("node-a")
+        .control_plane(&cp)
+        .start()
+        .await;
+    eventually("the route is served", async || {
+        get(port, "/a").await?.expect_upstream("a")?;
+        Ok(())
+    })
+    .await;
+
+    let load = traffic(port, "/a", "a");
+    wait_for_more_requests(&load, 20, "before the restart").await;
+
+    cp.kill();
+    wait_for_more_requests(&load, 50, "while the control plane is down").await;
+
+    cp.restart().await;
+    eventually("Envoy reconnects and is in sync again", async || {
+        nodes_in_sync(&cp, &[envoy.node_id()]).await
+    })
+    .await;
+    wait_for_more_requests(&load, 50, "after the restart").await;
+
+    // The restarted control plane still drives Envoy.
+    cp.write_by_rename(&base.clone().route("b", "/b", "svc-b").to_string());
+    eventually("an edit after the restart is served", async || {
+        get(port, "/b").await?.expect_upstream("b")?;
+        Ok(())
+    })
+    .await;
+
+    let report = load.stop().await;
+    assert!(
+        !report.hit_bound,
+        "the traffic ran out before the test finished"
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} requests failed across the restart:\n{}",
+        report.failures.len(),
+        report.sent,
+        report.failures.join("\n")
+    );
+}
+
+async fn wait_for_more_requests(load: &tollgate_conformance::Traffic, more: usize, when: &str) {
+    let target = load.sent() + more;
+    eventually(&format!("{more} requests sent {when}"), async || {
+        let sent = load.sent();
+        anyhow::ensure!(sent >= target, "{sent} of {target} sent");
+        Ok(())
+    })
+    .await;
+}
+
+/// Succeeds with the snapshot version once every node in `ids` is connected, in sync and
+/// has no NACK outstanding for any type, according to `/status`.
+async fn nodes_in_sync(
+    cp: &RunningControlPlane,
+    ids: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    let status = cp.status().await?;
+    anyhow::ensure!(
+        status["version"].is_string(),
+        "no snapshot version: {status}"
+    );
+    for id in ids {
+        let node = status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|node| node["id"] == *id))
+            .ok_or_else(|| anyhow::anyhow!("node {id} not in /status: {status}"))?;
+        anyhow::ensure!(node["connected"] == true, "node {id} not connected: {node}");
+        anyhow::ensure!(node["in_sync"] == true, "node {id} not in sync: {node}");
+        for kind in TYPES {
+            let state = &node["types"][kind];
+            anyhow::ensure!(state.is_object(), "node {id} has no {kind} state: {node}");
+            anyhow::ensure!(state["nack"].is_null(), "node {id} NACKed {kind}: {node}");
+        }
+    }
+    Ok(status["version"].clone())
+}
+
+/// Succeeds once `needle` appears in Envoy's `/config_dump`.
+async fn has_in_config(envoy: &RunningEnvoy, needle: &str) -> anyhow::Result<()> {
+    let dump = envoy.config_dump().await?.to_string();
+    anyhow::ensure!(
+        dump.contains(needle),
+        "{needle:?} not in the config dump yet"
+    );
+    Ok(())
+}
