@@ -223,3 +223,11 @@ fn errors_display_as_file_line_col() {
         "{rendered}"
     );
 }
+
+#[test]
+fn service_names_in_tollgates_own_namespace_are_rejected() {
+    let text = GOOD
+        .replace("  invoice-service:\n", "  tollgate_xds:\n")
+        .replace("service: invoice-service", "service: tollgate_xds");
+    assert_one_error(&text, "9:16:", "reserved");
+}

@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
     Cluster,
 };
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use envoy_types::pb::envoy::config::core::v3::{
     address, socket_address::PortSpecifier, Address, SocketAddress,
 };
@@ -16,9 +17,44 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint,
     LocalityLbEndpoints,
 };
-use tollgate_routes::Service;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options::{
+        explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
+    },
+    HttpProtocolOptions,
+};
+use tollgate_routes::{Endpoint, Service};
 
-use super::{ads_config_source, proto_duration};
+use super::{ads_config_source, any, proto_duration};
+
+/// How long Envoy waits to connect to a sidecar; its call timeouts bound the rest.
+const SIDECAR_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A cluster for a gRPC sidecar (ext-authz, rate limit): HTTP/2 to one address.
+pub(super) fn sidecar(name: &str, address: &Endpoint) -> (Cluster, Option<ClusterLoadAssignment>) {
+    let service = Service {
+        name: name.to_string(),
+        endpoints: vec![address.clone()],
+        connect_timeout: SIDECAR_CONNECT_TIMEOUT,
+    };
+    let mut cluster = cluster(&service);
+    let http2 = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    cluster.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+        any(&http2),
+    );
+    let assignment = uses_eds(&service).then(|| load_assignment(&service));
+    (cluster, assignment)
+}
 
 pub(super) fn uses_eds(service: &Service) -> bool {
     service.endpoints.iter().all(|e| e.is_ip())

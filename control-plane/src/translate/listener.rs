@@ -1,6 +1,10 @@
 //! One Envoy listener per routes.yaml listener, each an HTTP connection manager whose routes
 //! arrive over RDS under the listener's own name.
 
+use envoy_types::pb::envoy::config::common::mutation_rules::v3::{
+    header_mutation::Action as MutationAction, HeaderMutation as MutationRule,
+};
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::core::v3::{
     address, socket_address::PortSpecifier, Address, SocketAddress,
 };
@@ -9,12 +13,56 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
+use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3::HeaderMutation;
+use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::BoolValue;
 use tollgate_routes::Listener as ListenerConfig;
 
-use super::{ads_config_source, any};
+use super::{ads_config_source, any, auth, rate_limit};
 
-pub(super) fn listener(config: &ListenerConfig) -> Listener {
+fn http_filter(name: &str, config: Any) -> HttpFilter {
+    HttpFilter {
+        name: name.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    }
+}
+
+fn strip_headers(headers: &[String]) -> TypedExtensionConfig {
+    let mutations = headers
+        .iter()
+        .map(|h| MutationRule {
+            action: Some(MutationAction::Remove(h.clone())),
+        })
+        .collect();
+    TypedExtensionConfig {
+        name: "tollgate.strip_identity_headers".into(),
+        typed_config: Some(any(&HeaderMutation { mutations })),
+    }
+}
+
+/// The HTTP filters one listener runs, decided from the routes it serves.
+pub(super) struct ListenerFilters {
+    /// Request headers no client may send: the identity ext-authz vouches for.
+    pub strip_headers: Vec<String>,
+    /// The ext_authz filter config, when a route on this listener requires auth.
+    pub ext_authz: Option<Any>,
+    /// The ratelimit filter config, when a route on this listener has rate limits.
+    pub rate_limit: Option<Any>,
+}
+
+pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Listener {
+    let mut http_filters: Vec<HttpFilter> = [
+        (auth::FILTER_NAME, filters.ext_authz.as_ref()),
+        (rate_limit::FILTER_NAME, filters.rate_limit.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(name, config)| config.map(|c| http_filter(name, c.clone())))
+    .collect();
+    http_filters.push(http_filter(
+        "envoy.filters.http.router",
+        any(&Router::default()),
+    ));
     let manager = HttpConnectionManager {
         stat_prefix: config.name.clone(),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
@@ -24,13 +72,11 @@ pub(super) fn listener(config: &ListenerConfig) -> Listener {
         // The gateway is the edge: trust the peer address, not a client-supplied
         // x-forwarded-for, when deciding who the client is.
         use_remote_address: Some(BoolValue { value: true }),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(
-                any(&Router::default()),
-            )),
-            ..Default::default()
-        }],
+        // Before routing and before ext_authz: a client-sent x-consumer-id (or any
+        // header ext-authz fills from a claim) must never reach an upstream or a rate
+        // limit, on public routes too.
+        early_header_mutation_extensions: vec![strip_headers(&filters.strip_headers)],
+        http_filters,
         ..Default::default()
     };
     Listener {

@@ -1,11 +1,16 @@
 //! Translation: a validated [`RoutesConfig`] in, a [`Snapshot`] of Envoy resources out.
 //!
-//! Pure functions over data, one module per resource kind. Nothing here reads files, clocks
-//! or sockets, so every push is reproducible and its version is a hash of its content.
+//! Pure functions over data, one module per resource kind or filter. Nothing here reads
+//! files, clocks or sockets, so every push is reproducible and its version is a hash of its
+//! content.
 
+mod auth;
 mod cluster;
 mod listener;
+mod rate_limit;
 mod route;
+
+use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, AggregatedConfigSource, ApiVersion, ConfigSource,
@@ -14,42 +19,83 @@ use envoy_types::pb::google::protobuf::{Any, Duration as ProtoDuration};
 use prost::Name;
 use tollgate_routes::RoutesConfig;
 
+pub use auth::CONSUMER_HEADER;
+
 use crate::snapshot::{type_url, Resource, Snapshot};
 
 /// Builds the complete Envoy configuration for `config`.
 pub fn translate(config: &RoutesConfig) -> Snapshot {
-    let clusters = config.services.values().map(|service| {
-        let cluster = cluster::cluster(service);
-        (
-            type_url::CLUSTER,
-            Resource::new(&service.name, type_url::CLUSTER, &cluster),
-        )
-    });
-    let endpoints = config
-        .services
-        .values()
-        .filter(|service| cluster::uses_eds(service))
-        .map(|service| {
-            let assignment = cluster::load_assignment(service);
-            (
+    let mut resources: Vec<(&'static str, Resource)> = Vec::new();
+    let mut add_cluster = |cluster: envoy_types::pb::envoy::config::cluster::v3::Cluster,
+                           assignment: Option<_>| {
+        if let Some(assignment) = assignment {
+            resources.push((
                 type_url::ENDPOINT,
-                Resource::new(&service.name, type_url::ENDPOINT, &assignment),
-            )
-        });
-    let listeners = config.listeners.iter().map(|l| {
-        (
+                Resource::new(&cluster.name, type_url::ENDPOINT, &assignment),
+            ));
+        }
+        resources.push((
+            type_url::CLUSTER,
+            Resource::new(&cluster.name, type_url::CLUSTER, &cluster),
+        ));
+    };
+    for service in config.services.values() {
+        let assignment = cluster::uses_eds(service).then(|| cluster::load_assignment(service));
+        add_cluster(cluster::cluster(service), assignment);
+    }
+    if let Some(sidecar) = &config.sidecars.ext_authz {
+        let (c, a) = cluster::sidecar(auth::CLUSTER, &sidecar.address);
+        add_cluster(c, a);
+    }
+    if let Some(sidecar) = &config.sidecars.rate_limit {
+        let (c, a) = cluster::sidecar(rate_limit::CLUSTER, &sidecar.address);
+        add_cluster(c, a);
+    }
+
+    let strip_headers = identity_headers(config);
+    for l in &config.listeners {
+        let ext_authz = config
+            .sidecars
+            .ext_authz
+            .as_ref()
+            .filter(|_| config.routes_on(&l.name).any(|r| r.auth.is_some()));
+        let rate_limit = config
+            .sidecars
+            .rate_limit
+            .as_ref()
+            .filter(|_| config.routes_on(&l.name).any(|r| !r.rate_limits.is_empty()));
+        let filters = listener::ListenerFilters {
+            strip_headers: strip_headers.clone(),
+            ext_authz: ext_authz.map(auth::filter),
+            rate_limit: rate_limit.map(rate_limit::filter),
+        };
+        resources.push((
             type_url::LISTENER,
-            Resource::new(&l.name, type_url::LISTENER, &listener::listener(l)),
-        )
-    });
-    let routes = config.listeners.iter().map(|l| {
-        let route_config = route::route_configuration(&l.name, config.routes_on(&l.name));
-        (
+            Resource::new(
+                &l.name,
+                type_url::LISTENER,
+                &listener::listener(l, &filters),
+            ),
+        ));
+        let routes =
+            route::route_configuration(&l.name, config.routes_on(&l.name), ext_authz.is_some());
+        resources.push((
             type_url::ROUTE,
-            Resource::new(&l.name, type_url::ROUTE, &route_config),
-        )
-    });
-    Snapshot::new(clusters.chain(endpoints).chain(listeners).chain(routes))
+            Resource::new(&l.name, type_url::ROUTE, &routes),
+        ));
+    }
+    Snapshot::new(resources)
+}
+
+/// Every header ext-authz may set: the consumer id and every forwarded claim's header.
+fn identity_headers(config: &RoutesConfig) -> Vec<String> {
+    let mut headers: BTreeSet<String> = config
+        .auth_providers
+        .values()
+        .flat_map(|p| p.forward_claims.values().cloned())
+        .collect();
+    headers.insert(CONSUMER_HEADER.to_string());
+    headers.into_iter().collect()
 }
 
 /// Packs a message into an `Any` with its canonical type URL.

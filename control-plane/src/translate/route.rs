@@ -10,35 +10,49 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use tollgate_routes::{PathMatch, Route, RouteMatch};
 
-use super::proto_duration;
+use std::collections::HashMap;
+
+use super::{auth, proto_duration, rate_limit};
 
 pub(super) fn route_configuration<'a>(
     listener: &str,
     routes: impl Iterator<Item = &'a Route>,
+    ext_authz: bool,
 ) -> RouteConfiguration {
     RouteConfiguration {
         name: listener.to_string(),
         virtual_hosts: vec![VirtualHost {
             name: listener.to_string(),
             domains: vec!["*".into()],
-            routes: routes.map(route).collect(),
+            routes: routes.map(|r| route(r, ext_authz)).collect(),
             ..Default::default()
         }],
         ..Default::default()
     }
 }
 
-fn route(route: &Route) -> EnvoyRoute {
+/// `ext_authz`: the listener runs the ext_authz filter, so every route says whether it
+/// applies (a route without a per-route setting would be checked with no provider).
+fn route(route: &Route, ext_authz: bool) -> EnvoyRoute {
     let action = RouteAction {
         cluster_specifier: Some(ClusterSpecifier::Cluster(route.service.clone())),
         prefix_rewrite: route.rewrite_prefix.clone().unwrap_or_default(),
         timeout: route.timeout.map(proto_duration),
+        rate_limits: rate_limit::route_rate_limits(&route.name, &route.rate_limits),
         ..Default::default()
     };
+    let mut typed_per_filter_config = HashMap::new();
+    if ext_authz {
+        typed_per_filter_config.insert(
+            auth::FILTER_NAME.to_string(),
+            auth::per_route(route.auth.as_ref()),
+        );
+    }
     EnvoyRoute {
         name: route.name.clone(),
         r#match: Some(route_match(&route.matcher)),
         action: Some(Action::Route(action)),
+        typed_per_filter_config,
         ..Default::default()
     }
 }

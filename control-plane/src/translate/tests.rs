@@ -129,3 +129,170 @@ fn route_matches_rewrite_and_timeout_are_carried_over() {
 fn translating_the_same_config_twice_gives_the_same_version() {
     assert_eq!(snapshot().version(), snapshot().version());
 }
+
+const PROTECTED: &str = "\
+version: 1
+listeners:
+  - {name: public, address: 0.0.0.0:8080}
+  - {name: internal, address: 127.0.0.1:8081}
+services:
+  invoices: {endpoints: [\"127.0.0.1:3000\"]}
+auth_providers:
+  main:
+    issuer: https://id.example.com
+    audiences: [api]
+    jwks_file: jwks.json
+    forward_claims: {tier: x-consumer-tier}
+routes:
+  - name: secured
+    listener: public
+    match: {prefix: /api}
+    service: invoices
+    auth: {provider: main, scopes: [read, write]}
+    rate_limit:
+      - {by: consumer, requests: 10, per: second}
+      - {by: consumer, tier_header: x-consumer-tier, tiers: {free: 1/second}}
+  - name: open
+    match: {prefix: /}
+    service: invoices
+sidecars:
+  ext_authz: {address: 127.0.0.1:9191}
+  rate_limit: {address: 127.0.0.1:8082, domain: edge}
+";
+
+fn protected() -> Snapshot {
+    translate(&tollgate_routes::parse("routes.yaml", PROTECTED).expect("valid"))
+}
+
+fn manager(snapshot: &Snapshot, listener: &str) -> HttpConnectionManager {
+    let listener: Listener = decode(snapshot, type_url::LISTENER, listener);
+    let Some(filter::ConfigType::TypedConfig(any)) =
+        &listener.filter_chains[0].filters[0].config_type
+    else {
+        panic!("typed config expected")
+    };
+    HttpConnectionManager::decode(any.value.as_slice()).expect("hcm")
+}
+
+#[test]
+fn sidecars_get_http2_clusters() {
+    let snapshot = protected();
+    for name in ["tollgate_ext_authz", "tollgate_ratelimit"] {
+        let cluster: Cluster = decode(&snapshot, type_url::CLUSTER, name);
+        assert!(
+            cluster
+                .typed_extension_protocol_options
+                .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+            "{name} speaks HTTP/2"
+        );
+    }
+}
+
+#[test]
+fn filters_run_only_on_listeners_whose_routes_need_them() {
+    let snapshot = protected();
+    let names = |l| {
+        manager(&snapshot, l)
+            .http_filters
+            .iter()
+            .map(|f| f.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names("public"),
+        [
+            "envoy.filters.http.ext_authz",
+            "envoy.filters.http.ratelimit",
+            "envoy.filters.http.router"
+        ]
+    );
+    assert_eq!(names("internal"), ["envoy.filters.http.router"]);
+}
+
+#[test]
+fn identity_headers_are_stripped_on_every_listener() {
+    use envoy_types::pb::envoy::config::common::mutation_rules::v3::header_mutation::Action as MutationAction;
+    use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3::HeaderMutation;
+    let snapshot = protected();
+    for listener in ["public", "internal"] {
+        let hcm = manager(&snapshot, listener);
+        let config = hcm.early_header_mutation_extensions[0]
+            .typed_config
+            .as_ref()
+            .expect("config");
+        let mutation = HeaderMutation::decode(config.value.as_slice()).expect("decodes");
+        let removed: Vec<_> = mutation
+            .mutations
+            .iter()
+            .filter_map(|m| match &m.action {
+                Some(MutationAction::Remove(h)) => Some(h.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(removed, ["x-consumer-id", "x-consumer-tier"], "{listener}");
+    }
+}
+
+#[test]
+fn protected_routes_carry_provider_and_scopes_and_public_routes_skip_the_check() {
+    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
+        ext_authz_per_route::Override, ExtAuthzPerRoute,
+    };
+    let routes: RouteConfiguration = decode(&protected(), type_url::ROUTE, "public");
+    let per_route = |i: usize| {
+        let any = &routes.virtual_hosts[0].routes[i].typed_per_filter_config
+            ["envoy.filters.http.ext_authz"];
+        ExtAuthzPerRoute::decode(any.value.as_slice())
+            .expect("decodes")
+            .r#override
+    };
+    let Some(Override::CheckSettings(settings)) = per_route(0) else {
+        panic!("check settings expected")
+    };
+    assert_eq!(settings.context_extensions["provider"], "main");
+    assert_eq!(settings.context_extensions["scopes"], "read write");
+    assert_eq!(per_route(1), Some(Override::Disabled(true)));
+}
+
+#[test]
+fn each_rate_limit_rule_becomes_one_descriptor_named_like_the_service_expects() {
+    use envoy_types::pb::envoy::config::route::v3::rate_limit::action::ActionSpecifier;
+    let routes: RouteConfiguration = decode(&protected(), type_url::ROUTE, "public");
+    let Some(Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
+        panic!("route action expected")
+    };
+    let described: Vec<Vec<String>> = action
+        .rate_limits
+        .iter()
+        .map(|limit| {
+            limit
+                .actions
+                .iter()
+                .map(|a| match &a.action_specifier {
+                    Some(ActionSpecifier::GenericKey(g)) => {
+                        format!("{}={}", g.descriptor_key, g.descriptor_value)
+                    }
+                    Some(ActionSpecifier::RequestHeaders(h)) => format!(
+                        "{}<-{}{}",
+                        h.descriptor_key,
+                        h.header_name,
+                        if h.skip_if_absent { "?" } else { "" }
+                    ),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        described,
+        [
+            vec!["route=secured", "rule=consumer", "consumer<-x-consumer-id"],
+            vec![
+                "route=secured",
+                "rule=consumer.tiered.x-consumer-tier",
+                "consumer<-x-consumer-id",
+                "tier<-x-consumer-tier?"
+            ],
+        ]
+    );
+}

@@ -16,6 +16,8 @@ use crate::error::{ConfigError, ConfigErrors};
 /// The default upstream connect timeout, Envoy's own default for clusters.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+const RESERVED_PREFIX: &str = "tollgate_";
+
 const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
@@ -128,6 +130,13 @@ fn service(name: &str, doc: &ServiceDoc, errors: &mut Errors) -> Option<Service>
         errors.at(
             &doc.endpoints,
             format!("invalid service name \"{name}\": use letters, digits, '.', '_' and '-'"),
+        );
+    }
+    // Envoy clusters Tollgate adds itself (the xDS connection, the sidecars) use this prefix.
+    if name.starts_with(RESERVED_PREFIX) {
+        errors.at(
+            &doc.endpoints,
+            format!("service name \"{name}\" is reserved: names starting with \"{RESERVED_PREFIX}\" are Tollgate's own"),
         );
     }
     if doc.endpoints.value.is_empty() {

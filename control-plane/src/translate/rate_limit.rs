@@ -1,0 +1,91 @@
+//! Rate limits on Envoy's side: the `ratelimit` HTTP filter pointed at tollgate-ratelimit,
+//! and one route-level rate limit per routes.yaml rule.
+//!
+//! Each rule becomes one descriptor, `("route", name), ("rule", id), <key>[, ("tier", t)]`;
+//! tollgate-ratelimit derives its limits from the same routes.yaml by the same names, so
+//! the two cannot disagree on what a descriptor means.
+
+use envoy_types::pb::envoy::config::core::v3::ApiVersion;
+use envoy_types::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig;
+use envoy_types::pb::envoy::config::route::v3::{
+    rate_limit::{
+        action::{ActionSpecifier, GenericKey, RemoteAddress, RequestHeaders},
+        Action,
+    },
+    RateLimit as RouteRateLimit,
+};
+use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3::{
+    rate_limit::XRateLimitHeadersRfcVersion, RateLimit,
+};
+use envoy_types::pb::google::protobuf::Any;
+use tollgate_routes::policy::{LimitKey, LimitQuota, RateLimitRule, RateLimitSidecar};
+
+use super::auth::{grpc_service, CONSUMER_HEADER};
+use super::{any, proto_duration};
+
+pub(super) const FILTER_NAME: &str = "envoy.filters.http.ratelimit";
+pub(super) const CLUSTER: &str = "tollgate_ratelimit";
+
+pub(super) fn filter(sidecar: &RateLimitSidecar) -> Any {
+    any(&RateLimit {
+        domain: sidecar.domain.clone(),
+        timeout: Some(proto_duration(sidecar.timeout)),
+        failure_mode_deny: sidecar.failure_mode_deny,
+        rate_limit_service: Some(RateLimitServiceConfig {
+            grpc_service: Some(grpc_service(CLUSTER, sidecar.timeout)),
+            transport_api_version: ApiVersion::V3 as i32,
+        }),
+        enable_x_ratelimit_headers: XRateLimitHeadersRfcVersion::DraftVersion03 as i32,
+        enable_retry_after_header: true,
+        ..Default::default()
+    })
+}
+
+/// The route-level rate limits for `route`'s rules.
+pub(super) fn route_rate_limits(route: &str, rules: &[RateLimitRule]) -> Vec<RouteRateLimit> {
+    rules
+        .iter()
+        .map(|rule| {
+            let mut actions = vec![
+                generic_key("route", route),
+                generic_key("rule", &rule.id),
+                match &rule.key {
+                    LimitKey::Consumer => request_header(CONSUMER_HEADER, "consumer", false),
+                    LimitKey::ClientIp => action(ActionSpecifier::RemoteAddress(RemoteAddress {})),
+                    LimitKey::Header(header) => request_header(header, "header", false),
+                },
+            ];
+            if let LimitQuota::Tiered { header, .. } = &rule.quota {
+                // A missing tier must still be limited (by the strictest tier, in the
+                // service), so its absence may not drop the whole descriptor.
+                actions.push(request_header(header, "tier", true));
+            }
+            RouteRateLimit {
+                actions,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+fn generic_key(key: &str, value: &str) -> Action {
+    action(ActionSpecifier::GenericKey(GenericKey {
+        descriptor_key: key.to_string(),
+        descriptor_value: value.to_string(),
+        ..Default::default()
+    }))
+}
+
+fn request_header(header: &str, key: &str, skip_if_absent: bool) -> Action {
+    action(ActionSpecifier::RequestHeaders(RequestHeaders {
+        header_name: header.to_string(),
+        descriptor_key: key.to_string(),
+        skip_if_absent,
+    }))
+}
+
+fn action(specifier: ActionSpecifier) -> Action {
+    Action {
+        action_specifier: Some(specifier),
+    }
+}
