@@ -127,10 +127,10 @@ pub(crate) fn find_resource<'a>(
 }
 
 /// Names of the retained resources of `served`.
-pub(crate) fn retained_names<'a>(
-    retained: Option<&'a RetainedResources>,
+pub(crate) fn retained_names(
+    retained: Option<&RetainedResources>,
     served: ServedType,
-) -> impl Iterator<Item = &'a String> {
+) -> impl Iterator<Item = &String> {
     retained
         .and_then(|r| r.of(served))
         .into_iter()

@@ -12,7 +12,7 @@ use crate::snapshot::Snapshot;
 
 use super::nodes::{StreamRecords, TypeRecord};
 use super::sequencing::{
-    announced_version, find_resource, Answer, NonceSource, retained_names, RetainedResources,
+    announced_version, find_resource, retained_names, Answer, NonceSource, RetainedResources,
     WILDCARD,
 };
 use super::served::ServedType;
@@ -30,7 +30,8 @@ impl Subscription {
         // Envoy always subscribes to LDS and CDS with no names (wildcard); "*" asks for
         // wildcard explicitly (xDS protocol, "How the client specifies what resources to
         // return").
-        if names.iter().any(|name| name == WILDCARD) || (names.is_empty() && served.allows_wildcard())
+        if names.iter().any(|name| name == WILDCARD)
+            || (names.is_empty() && served.allows_wildcard())
         {
             Subscription::Wildcard
         } else {
@@ -199,7 +200,6 @@ impl SotwStream {
             let settled = match served {
                 // The CDS that still carries the stale clusters only has to be out.
                 ServedType::Cluster => delivered,
-                // The NACK of an EDS answer keeps the old endpoints; nothing to wait for.
                 // A NACK keeps the node on listeners and routes that may still use the stale
                 // clusters, so they stay until a newer snapshot.
                 _ => delivered && state.answer == Answer::Acked,
@@ -300,14 +300,13 @@ impl TransportVariant for SotwStream {
         };
         let state = self.state_mut(served);
         match (&state.latest_nonce, request.response_nonce.as_str()) {
-            // First request of this type on the stream (or one racing our first response).
-            (_, "") => {
+            // A first request of this type on the stream, one racing our first response, or one
+            // carrying a nonce from an earlier stream: nothing here to ACK.
+            (_, "") | (None, _) => {
                 if state.held.is_none() && !request.version_info.is_empty() {
                     state.reconnect_version = Some(request.version_info.clone());
                 }
             }
-            // A nonce from an earlier stream: nothing here to ACK; treat as a first request.
-            (None, _) => {}
             (Some(latest), nonce) if latest != nonce => {
                 // xDS protocol, "Resource updates": a request carrying a nonce older than the
                 // latest response is stale and must not be answered; the client re-sends its

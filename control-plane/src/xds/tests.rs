@@ -141,7 +141,8 @@ struct Server {
     cache: Arc<SnapshotCache>,
     nodes: Arc<NodeRegistry>,
     address: SocketAddr,
-    _stop: oneshot::Sender<()>,
+    stop: Option<oneshot::Sender<()>>,
+    serving: tokio::task::JoinHandle<Result<(), super::XdsError>>,
 }
 
 impl Server {
@@ -152,14 +153,15 @@ impl Server {
         let address = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel::<()>();
         let server = AdsServer::new(Arc::clone(&cache), Arc::clone(&nodes));
-        tokio::spawn(serve(listener, server, async {
+        let serving = tokio::spawn(serve(listener, server, async {
             let _ = stopped.await;
         }));
         Server {
             cache,
             nodes,
             address,
-            _stop: stop,
+            stop: Some(stop),
+            serving,
         }
     }
 
@@ -359,6 +361,42 @@ impl DeltaEnvoy {
             ..Default::default()
         })
         .await;
+    }
+
+    /// As [`SotwEnvoy::barrier`].
+    async fn barrier(&mut self) {
+        self.subscribe(UNSERVED, &[]).await;
+        let response = self.recv().await;
+        assert_eq!(
+            response.type_url, UNSERVED,
+            "unexpected push before the barrier"
+        );
+    }
+
+    async fn nack(&mut self, response: &DeltaDiscoveryResponse, error: &str) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: error.into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// Subscribes like Envoy to `BASE`, ACKing each response.
+    async fn sync_base(&mut self) {
+        self.subscribe(type_url::CLUSTER, &[]).await;
+        self.subscribe(type_url::ENDPOINT, &["a", "b"]).await;
+        self.subscribe(type_url::LISTENER, &[]).await;
+        self.subscribe(type_url::ROUTE, &["main"]).await;
+        for _ in 0..4 {
+            let response = self.recv().await;
+            self.ack(&response).await;
+        }
     }
 
     async fn recv(&mut self) -> DeltaDiscoveryResponse {
@@ -842,18 +880,8 @@ async fn delta_nack_is_recorded_and_not_resent() {
 
     server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=1 r:main=1");
     let clusters = envoy.recv().await;
-    envoy
-        .send(DeltaDiscoveryRequest {
-            type_url: type_url::CLUSTER.into(),
-            response_nonce: clusters.nonce.clone(),
-            error_detail: Some(RpcStatus {
-                code: 3,
-                message: "bad cluster".into(),
-                details: vec![],
-            }),
-            ..Default::default()
-        })
-        .await;
+    envoy.nack(&clusters, "bad cluster").await;
+    envoy.barrier().await;
     server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=2 r:main=1");
     let next = envoy.recv().await;
     assert_eq!(
@@ -869,4 +897,88 @@ async fn delta_nack_is_recorded_and_not_resent() {
     let cluster = &node_status(&statuses, "edge-1").expect("node").types["cluster"];
     assert_eq!(cluster.nack.as_deref(), Some("bad cluster"));
     assert!(!statuses[0].in_sync);
+}
+
+#[tokio::test]
+async fn delta_nacked_routes_keep_the_stale_cluster_until_a_newer_snapshot_is_acked() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.delta("edge-1").await;
+    envoy.sync_base().await;
+
+    server.publish("c:a=1 c:c=1 e:a=1 e:c=1 l:main=1 r:main=2");
+    let clusters = envoy.recv().await;
+    envoy.subscribe(type_url::ENDPOINT, &["c"]).await;
+    envoy.ack(&clusters).await;
+    let endpoints = envoy.recv().await;
+    envoy.ack(&endpoints).await;
+    let routes = envoy.recv().await;
+    assert_eq!(short(&routes.type_url), "route");
+    envoy.nack(&routes, "route main: unknown cluster").await;
+    // The old routes may still send traffic to b: it is not removed.
+    envoy.barrier().await;
+
+    server.publish("c:a=1 c:c=1 e:a=1 e:c=1 l:main=1 r:main=3");
+    let routes = envoy.recv().await;
+    assert_eq!(short(&routes.type_url), "route");
+    envoy.ack(&routes).await;
+    let final_clusters = envoy.recv().await;
+    assert_eq!(final_clusters.removed_resources, ["b"]);
+}
+
+#[tokio::test]
+async fn delta_answer_with_a_stale_nonce_is_not_an_ack_but_keeps_its_subscription_change() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.delta("edge-1").await;
+    envoy.sync_base().await;
+
+    server.publish("c:a=1 c:b=1 e:a=2 e:b=1 l:main=1 r:main=1");
+    let older = envoy.recv().await;
+    envoy.ack(&older).await;
+    server.publish("c:a=1 c:b=1 e:a=3 e:b=1 l:main=1 r:main=1");
+    let latest = envoy.recv().await;
+    assert_eq!(short(&latest.type_url), "endpoint");
+
+    // Answering the older EDS response again is stale, so `latest` stays unanswered and
+    // nothing more is pushed; its subscription change still counts.
+    envoy
+        .send(DeltaDiscoveryRequest {
+            type_url: type_url::ENDPOINT.into(),
+            response_nonce: older.nonce.clone(),
+            resource_names_subscribe: vec!["missing".into()],
+            ..Default::default()
+        })
+        .await;
+    envoy.barrier().await;
+
+    envoy.ack(&latest).await;
+    let endpoints = envoy.recv().await;
+    assert!(endpoints.resources.is_empty());
+    assert_eq!(
+        endpoints.removed_resources,
+        ["missing"],
+        "absent resource announced"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_and_returns() {
+    let mut server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.sotw("edge-1").await;
+    envoy.subscribe(type_url::CLUSTER, &[]).await;
+    envoy.recv().await;
+
+    if let Some(stop) = server.stop.take() {
+        let _ = stop.send(());
+    }
+
+    let served = within("server shutdown", &mut server.serving).await;
+    assert!(
+        matches!(served, Ok(Ok(()))),
+        "serve returns cleanly: {served:?}"
+    );
+    let end = within("stream end", envoy.responses.message()).await;
+    assert!(matches!(end, Ok(None) | Err(_)), "stream ended: {end:?}");
 }
