@@ -79,6 +79,17 @@ impl Reloader {
     /// nothing changed. Bytes identical to the last attempt are skipped, whatever that
     /// attempt's outcome was.
     pub fn reload(&self) -> Result<Option<String>, ReloadError> {
+        self.attempt(true)
+    }
+
+    /// Like [`Reloader::reload`], but a file that does not parse is neither reported nor
+    /// counted: it may be half-written. Used at the first event of a burst, so an atomic
+    /// rename is served at once while an in-place write gets its verdict once it settles.
+    pub fn reload_if_complete(&self) -> Option<String> {
+        self.attempt(false).ok().flatten()
+    }
+
+    fn attempt(&self, report_errors: bool) -> Result<Option<String>, ReloadError> {
         // Reading by path each time re-resolves symlinks, which is what makes a ConfigMap's
         // swap of its `..data` link visible.
         let text = std::fs::read_to_string(&self.path).map_err(|source| ReloadError::Read {
@@ -98,6 +109,9 @@ impl Reloader {
             let version = snapshot.version().to_string();
             self.cache.set(snapshot).then_some(version)
         });
+        if result.is_err() && !report_errors {
+            return result;
+        }
         let status = ReloadStatus {
             ok: result.is_ok(),
             errors: result
@@ -181,6 +195,24 @@ mod tests {
         assert!(reloader.reload().expect("loads").is_some());
         assert!(reloader.reload().expect("same bytes").is_none());
         assert_eq!(reloader.counts(), (1, 0));
+    }
+
+    #[test]
+    fn a_half_written_file_is_not_reported_until_its_verdict_is_asked_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, GOOD).expect("write");
+        let reloader = Reloader::new(&path, Arc::new(SnapshotCache::new()));
+        assert!(reloader.reload().expect("loads").is_some());
+        std::fs::write(&path, &GOOD[..40]).expect("write");
+        assert_eq!(reloader.reload_if_complete(), None);
+        assert!(
+            reloader.status().ok,
+            "a quiet attempt leaves the status alone"
+        );
+        assert_eq!(reloader.counts(), (1, 0));
+        assert!(reloader.reload().is_err(), "the settled attempt reports");
+        assert_eq!(reloader.counts(), (1, 1));
     }
 
     #[test]

@@ -17,21 +17,40 @@ pub async fn run(
     info!(file = %reloader.path().display(), "watching routes.yaml for changes");
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let burst = tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            _ = changes.changed() => {}
+            burst = changes.started() => burst,
+        };
+        if burst {
+            // Leading edge: an atomic rename is complete already, so serve it now rather
+            // than after the quiet period.
+            if let Some(Some(version)) = off_runtime(&reloader, Reloader::reload_if_complete).await
+            {
+                info!(%version, "routes.yaml reloaded");
+            }
+            changes.settled().await;
         }
-        let reloader = reloader.clone();
-        // Parsing and translating a large file is CPU work; keep it off the async workers.
-        match tokio::task::spawn_blocking(move || reloader.reload()).await {
-            Ok(Ok(Some(version))) => info!(%version, "routes.yaml reloaded"),
-            Ok(Ok(None)) => {}
-            Ok(Err(error)) => {
+        // Trailing edge: the verdict on whatever the burst left (identical bytes cost nothing).
+        match off_runtime(&reloader, Reloader::reload).await {
+            Some(Ok(Some(version))) => info!(%version, "routes.yaml reloaded"),
+            Some(Ok(None)) => {}
+            Some(Err(error)) => {
                 for line in error.lines() {
                     warn!(error = %line, "routes.yaml rejected; still serving the last good config");
                 }
             }
-            Err(join) => warn!(error = %join, "reload task failed"),
+            None => warn!("reload task panicked; still serving the last good config"),
         }
     }
+}
+
+/// Parsing and translating a large file is CPU work; keep it off the async workers.
+async fn off_runtime<T: Send + 'static>(
+    reloader: &Arc<Reloader>,
+    work: impl FnOnce(&Reloader) -> T + Send + 'static,
+) -> Option<T> {
+    let reloader = reloader.clone();
+    tokio::task::spawn_blocking(move || work(&reloader))
+        .await
+        .ok()
 }

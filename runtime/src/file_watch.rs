@@ -65,17 +65,31 @@ impl FileChanges {
 
     /// Resolves after the next burst of events has settled, or at the next safety poll.
     pub async fn changed(&mut self) {
+        if self.started().await {
+            self.settled().await;
+        }
+    }
+
+    /// Resolves at the first event of the next burst (true) or at the next safety poll
+    /// (false). A caller that acts now should act again after [`FileChanges::settled`]:
+    /// the burst may not be over.
+    pub async fn started(&mut self) -> bool {
         tokio::select! {
-            _ = self.poll.tick() => {}
+            _ = self.poll.tick() => false,
             event = self.events.recv() => {
                 if event.is_none() {
                     // The watcher thread died; fall back to polling alone.
                     self.poll.tick().await;
-                    return;
+                    return false;
                 }
-                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, self.events.recv()).await {}
+                true
             }
         }
+    }
+
+    /// Resolves once no event has arrived for a short quiet period.
+    pub async fn settled(&mut self) {
+        while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, self.events.recv()).await {}
     }
 }
 

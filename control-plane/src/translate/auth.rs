@@ -6,8 +6,6 @@
 //! Envoy's configuration, never from the client, so ext-authz needs no route table of its
 //! own and can never disagree with Envoy about which rules apply.
 
-use std::collections::HashMap;
-
 use envoy_types::pb::envoy::config::core::v3::{
     grpc_service::{EnvoyGrpc, TargetSpecifier},
     ApiVersion, GrpcService,
@@ -19,7 +17,7 @@ use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 use envoy_types::pb::google::protobuf::Any;
 use tollgate_routes::policy::{ExtAuthzSidecar, RouteAuth};
 
-use super::{any, proto_duration};
+use super::{any, proto_duration, stable_map};
 
 pub(super) const FILTER_NAME: &str = "envoy.filters.http.ext_authz";
 pub(super) const CLUSTER: &str = "tollgate_ext_authz";
@@ -49,7 +47,7 @@ pub(super) fn per_route(auth: Option<&RouteAuth>) -> Any {
     let r#override = match auth {
         None => Override::Disabled(true),
         Some(auth) => Override::CheckSettings(CheckSettings {
-            context_extensions: HashMap::from([
+            context_extensions: stable_map([
                 ("provider".to_string(), auth.provider.clone()),
                 ("scopes".to_string(), auth.scopes.join(" ")),
             ]),

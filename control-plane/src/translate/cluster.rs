@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 };
 use tollgate_routes::{Endpoint, Service};
 
-use super::{ads_config_source, any, proto_duration};
+use super::{ads_config_source, any, proto_duration, stable_map};
 
 /// How long Envoy waits to connect to a sidecar; its call timeouts bound the rest.
 const SIDECAR_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -48,10 +48,10 @@ pub(super) fn sidecar(name: &str, address: &Endpoint) -> (Cluster, Option<Cluste
         )),
         ..Default::default()
     };
-    cluster.typed_extension_protocol_options.insert(
+    cluster.typed_extension_protocol_options = stable_map([(
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
         any(&http2),
-    );
+    )]);
     let assignment = uses_eds(&service).then(|| load_assignment(&service));
     (cluster, assignment)
 }

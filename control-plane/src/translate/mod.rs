@@ -98,6 +98,30 @@ fn identity_headers(config: &RoutesConfig) -> Vec<String> {
     headers.into_iter().collect()
 }
 
+/// A protobuf map with a deterministic encoding.
+///
+/// Protobuf maps are `HashMap`s, and prost encodes them in iteration order, which differs
+/// between maps with different hashers: without this, an unchanged config would hash to a
+/// new version on every translation and be pushed again. Maps built from one shared hasher
+/// with the same insertions iterate alike. (Only within this process: versions of
+/// resources with maps differ between control-plane processes, which costs a no-op re-apply
+/// on reconnect, nothing more.)
+fn stable_map<K: Eq + std::hash::Hash + Ord, V>(
+    entries: impl IntoIterator<Item = (K, V)>,
+) -> std::collections::HashMap<K, V> {
+    static HASHER: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mut sorted: Vec<(K, V)> = entries.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut map = std::collections::HashMap::with_hasher(
+        HASHER
+            .get_or_init(std::collections::hash_map::RandomState::new)
+            .clone(),
+    );
+    map.extend(sorted);
+    map
+}
+
 /// Packs a message into an `Any` with its canonical type URL.
 fn any<M: Name>(message: &M) -> Any {
     Any {

@@ -10,9 +10,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use tollgate_routes::{PathMatch, Route, RouteMatch};
 
-use std::collections::HashMap;
-
-use super::{auth, proto_duration, rate_limit};
+use super::{auth, proto_duration, rate_limit, stable_map};
 
 pub(super) fn route_configuration<'a>(
     listener: &str,
@@ -41,13 +39,16 @@ fn route(route: &Route, ext_authz: bool) -> EnvoyRoute {
         rate_limits: rate_limit::route_rate_limits(&route.name, &route.rate_limits),
         ..Default::default()
     };
-    let mut typed_per_filter_config = HashMap::new();
-    if ext_authz {
-        typed_per_filter_config.insert(
-            auth::FILTER_NAME.to_string(),
-            auth::per_route(route.auth.as_ref()),
-        );
-    }
+    let typed_per_filter_config = stable_map(
+        ext_authz
+            .then(|| {
+                (
+                    auth::FILTER_NAME.to_string(),
+                    auth::per_route(route.auth.as_ref()),
+                )
+            })
+            .into_iter(),
+    );
     EnvoyRoute {
         name: route.name.clone(),
         r#match: Some(route_match(&route.matcher)),

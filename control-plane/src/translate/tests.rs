@@ -296,3 +296,11 @@ fn each_rate_limit_rule_becomes_one_descriptor_named_like_the_service_expects() 
         ]
     );
 }
+
+#[test]
+fn resources_with_maps_hash_the_same_every_time() {
+    // Protobuf maps are HashMaps, encoded in iteration order; versions must not depend on it.
+    let versions: std::collections::HashSet<String> =
+        (0..20).map(|_| protected().version().to_string()).collect();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+}
