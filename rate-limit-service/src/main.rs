@@ -1,7 +1,29 @@
-//! Placeholder binary: the service arrives with its own issue.
+//! `tollgate-ratelimit`: wiring only; the work lives in the library.
 #![forbid(unsafe_code)]
 
+use clap::Parser;
+use tollgate_ratelimit::server::{self, ServeError};
+use tollgate_ratelimit::settings::Settings;
+use tollgate_runtime::{exit, logging, shutdown};
+
 fn main() {
-    eprintln!("not implemented yet");
-    std::process::exit(1);
+    let settings = Settings::parse();
+    logging::init();
+    if let Err(error) = run(settings) {
+        eprintln!("error: {error}");
+        let bad_config = error
+            .downcast_ref::<ServeError>()
+            .is_some_and(ServeError::is_bad_config);
+        std::process::exit(if bad_config {
+            exit::BAD_CONFIG
+        } else {
+            exit::FAILURE
+        });
+    }
+}
+
+fn run(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(server::run(settings, shutdown::signal()))?;
+    Ok(())
 }

@@ -17,6 +17,7 @@ pub struct RoutesConfig {
     /// JWT issuers, by name.
     pub auth_providers: BTreeMap<String, AuthProvider>,
     pub sidecars: Sidecars,
+    pub observability: Observability,
 }
 
 impl RoutesConfig {
@@ -32,6 +33,34 @@ impl RoutesConfig {
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
+    /// Answered by the gateway itself (no upstream hop); `None` when disabled.
+    pub health_path: Option<String>,
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// What to do with `%2F`, `%5C` (encoded `/` and `\\`) in a path. Left alone they let a
+/// path dodge a route (and its auth) that the upstream would decode to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// 400: the safe default for an API.
+    Reject,
+    /// Decode them and redirect the client to the decoded path.
+    Redirect,
+    /// Pass them through undecoded (only for upstreams that never decode them).
+    Keep,
+}
+
+/// Request logging and tracing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observability {
+    /// Where JSON access log lines go; `None` when disabled.
+    pub access_log: Option<AccessLogSink>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLogSink {
+    Stdout,
+    File(std::path::PathBuf),
 }
 
 #[derive(Clone, Debug, PartialEq)]

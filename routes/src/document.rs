@@ -21,6 +21,25 @@ pub(crate) struct Document {
     #[serde(default)]
     pub auth_providers: BTreeMap<String, Spanned<AuthProviderDoc>>,
     pub sidecars: Option<SidecarsDoc>,
+    pub observability: Option<ObservabilityDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ObservabilityDoc {
+    pub access_log: Option<Spanned<AccessLogDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccessLogDoc {
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    pub path: Option<Spanned<String>>,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -28,6 +47,8 @@ pub(crate) struct Document {
 pub(crate) struct ListenerDoc {
     pub name: Spanned<String>,
     pub address: Spanned<String>,
+    pub health_path: Option<Spanned<String>>,
+    pub escaped_slashes: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -75,10 +75,7 @@ impl ControlPlane {
 
     /// Writes the routes file, starts `tollgate-control-plane serve` and waits for `/healthz`.
     pub async fn start(self) -> RunningControlPlane {
-        let dir = tempfile::Builder::new()
-            .prefix("tollgate-cp-")
-            .tempdir()
-            .expect("create a temporary directory for the control plane");
+        let dir = crate::process::scratch_dir("tollgate-cp-");
         let config_dir = dir.path().join("config");
         std::fs::create_dir(&config_dir).expect("create the config directory");
         let mut cp = RunningControlPlane {
@@ -178,11 +175,8 @@ impl RunningControlPlane {
         let unix_secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let name = format!(
-            "..{}_{unix_secs}.{:09}",
-            civil_date(unix_secs),
-            self.generation
-        );
+        // The generation stands in for the kubelet's nanoseconds: unique and increasing.
+        let name = format!("..{}.{:09}", kubelet_timestamp(unix_secs), self.generation);
         let target = self.config_dir.join(&name);
         std::fs::create_dir(&target).expect("create the timestamped ConfigMap directory");
         std::fs::write(target.join("routes.yaml"), yaml).expect("write the ConfigMap routes.yaml");
@@ -320,9 +314,10 @@ pub struct Validation {
     pub stderr: String,
 }
 
-/// `YYYY_MM_DD` for a Unix time, as in the kubelet's `..2026_01_02_03_04_05.…` names
-/// (Howard Hinnant's days-to-civil algorithm).
-fn civil_date(unix_secs: u64) -> String {
+/// `YYYY_MM_DD_HH_MM_SS` for a Unix time, as in the kubelet's `..2026_01_02_03_04_05.…`
+/// directory names (Howard Hinnant's days-to-civil algorithm).
+fn kubelet_timestamp(unix_secs: u64) -> String {
+    let secs_of_day = unix_secs % 86_400;
     let days = (unix_secs / 86_400) as i64 + 719_468;
     let era = days.div_euclid(146_097);
     let day_of_era = days.rem_euclid(146_097);
@@ -337,5 +332,24 @@ fn civil_date(unix_secs: u64) -> String {
         month_index - 9
     };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!("{year:04}_{month:02}_{day:02}")
+    format!(
+        "{year:04}_{month:02}_{day:02}_{:02}_{:02}_{:02}",
+        secs_of_day / 3600,
+        secs_of_day / 60 % 60,
+        secs_of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kubelet_timestamp;
+
+    #[test]
+    fn kubelet_timestamp_formats_a_unix_time_like_the_kubelet() {
+        // 2026-11-24T01:07:04Z
+        assert_eq!(kubelet_timestamp(1_795_482_424), "2026_11_24_01_07_04");
+        assert_eq!(kubelet_timestamp(0), "1970_01_01_00_00_00");
+        // A leap day.
+        assert_eq!(kubelet_timestamp(951_782_400), "2000_02_29_00_00_00");
+    }
 }

@@ -95,10 +95,7 @@ impl Envoy {
                 NEXT.fetch_add(1, Ordering::Relaxed)
             )
         });
-        let dir = tempfile::Builder::new()
-            .prefix("tollgate-envoy-")
-            .tempdir()
-            .expect("create a temporary directory for Envoy");
+        let dir = crate::process::scratch_dir("tollgate-envoy-");
         let bootstrap = match self
             .bootstrap
             .expect("call .control_plane(&cp) or .static_bootstrap(yaml)")
@@ -210,14 +207,28 @@ impl RunningEnvoy {
         response.json()
     }
 
-    /// The value of counter or gauge `name` from `/stats`, `None` if absent.
-    pub async fn stat(&self, name: &str) -> anyhow::Result<Option<u64>> {
-        let response = self.admin_get(&format!("/stats?filter=^{name}$")).await?;
+    /// Counters and gauges from `/stats` whose names match the RE2 `filter`, as (name, value).
+    pub async fn stats(&self, filter: &str) -> anyhow::Result<Vec<(String, u64)>> {
+        let response = self.admin_get(&format!("/stats?filter={filter}")).await?;
         response.expect_status(200)?;
-        Ok(response.text().lines().find_map(|line| {
-            let (stat, value) = line.split_once(": ")?;
-            (stat == name).then(|| value.trim().parse().ok())?
-        }))
+        Ok(response
+            .text()
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                Some((name.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// The xDS subscriptions that gave up waiting for the control plane's first answer
+    /// (Envoy's `initial_fetch_timeout`, 15s by default), as (stat, count). A control plane
+    /// that answers every subscription leaves this empty; one that, say, withholds a new
+    /// cluster's endpoints until the cluster is ACKed (Envoy only ACKs it once warmed) makes
+    /// Envoy wait out the timeout before a new service can be routed to.
+    pub async fn initial_fetch_timeouts(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let stats = self.stats("init_fetch_timeout").await?;
+        Ok(stats.into_iter().filter(|(_, count)| *count > 0).collect())
     }
 
     async fn wait_until_live(&mut self) {

@@ -5,7 +5,6 @@
 //! is generous because the machine running the suite is small and busy; a test never fails
 //! because something was slow, only because it never happened.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// How long [`eventually`] keeps retrying.
@@ -29,24 +28,25 @@ pub async fn eventually_within<T, F>(patience: Duration, what: &str, mut attempt
 where
     F: AsyncFnMut() -> anyhow::Result<T>,
 {
-    let deadline = Instant::now() + patience;
+    let started = Instant::now();
+    let deadline = started + patience;
     let mut attempts = 0u32;
     loop {
         attempts += 1;
         match attempt().await {
-            Ok(value) => return value,
+            Ok(value) => {
+                // Not an assertion: a hint, shown with a failing test's output, of where
+                // a slow test spends its time.
+                eprintln!(
+                    "{what}: ok after {:?} ({attempts} attempts)",
+                    started.elapsed()
+                );
+                return value;
+            }
             Err(error) if Instant::now() >= deadline => {
                 panic!("{what}: still failing after {patience:?} ({attempts} attempts); last error: {error:#}")
             }
             Err(_) => tokio::time::sleep(RETRY_INTERVAL).await,
         }
-    }
-}
-
-/// Runs `future` with the default patience, panicking with `what` if it does not finish.
-pub async fn within_patience<T>(what: &str, future: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(DEFAULT_PATIENCE, future).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: did not finish within {DEFAULT_PATIENCE:?}"),
     }
 }

@@ -8,10 +8,14 @@
 //! prints the tail of the process's logs. Readiness is always polled ([`eventually`]), never
 //! slept for, and nothing here asserts on timing.
 //!
-//! Environment: `ENVOY_BIN` (default `.venv/bin/envoy`), `TOLLGATE_BIN_DIR` (default: the
-//! cargo target directory of the test executable; `cargo build --bins` first),
-//! `TOLLGATE_LOG` (control-plane log filter, default `info`), `TOLLGATE_ENVOY_LOG_LEVEL`
-//! (default `warning`), `TOLLGATE_TEST_SHOW_LOGS` (print process logs even when tests pass).
+//! Environment:
+//! - `ENVOY_BIN`: the Envoy binary (default `.venv/bin/envoy`);
+//! - `TOLLGATE_BIN_DIR`: where `tollgate-control-plane` is (default: the cargo target directory
+//!   of the test executable; `cargo build --bins` first, as `make test` does);
+//! - `TOLLGATE_LOG`: the control plane's log filter (default `info`);
+//! - `TOLLGATE_ENVOY_LOG_LEVEL`: Envoy's `-l` (default `warning`);
+//! - `TOLLGATE_TEST_SHOW_LOGS`: print process logs even when tests pass;
+//! - `TOLLGATE_TEST_KEEP_DIRS`: keep each process's directory, with its full logs.
 #![forbid(unsafe_code)]
 
 pub mod binaries;

@@ -116,6 +116,20 @@ impl Drop for Process {
     }
 }
 
+/// A fresh temporary directory for one process's files and logs. It is removed on drop
+/// unless `TOLLGATE_TEST_KEEP_DIRS` is set, for reading full logs after a run.
+pub fn scratch_dir(prefix: &str) -> tempfile::TempDir {
+    let mut dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap_or_else(|e| panic!("create a temporary directory {prefix}*: {e}"));
+    if std::env::var_os("TOLLGATE_TEST_KEEP_DIRS").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("keeping {}", dir.path().display());
+    }
+    dir
+}
+
 fn open_log(path: &Path) -> anyhow::Result<File> {
     OpenOptions::new()
         .create(true)

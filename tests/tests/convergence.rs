@@ -1,6 +1,7 @@
 //! Convergence of Envoys on the control plane's state: two Envoys follow the same edit and
-//! are reported in sync, an Envoy speaking Delta ADS follows edits like a SotW one, and a
-//! control-plane restart under traffic costs no request and leaves Envoy following edits.
+//! are reported in sync, an Envoy speaking Delta ADS follows edits like a SotW one, a
+//! configuration Envoy refuses is reported (and never half-applied), and a control-plane
+//! restart under traffic costs no request and leaves Envoy following edits.
 
 use tollgate_conformance::{
     eventually, get, reserve_port, traffic, ControlPlane, Envoy, RoutesYaml, RunningControlPlane,
@@ -93,7 +94,7 @@ async fn delta_xds_envoy_follows_edits() {
         .routes(base.clone().route("a", "/a", "svc-a").to_string())
         .start()
         .await;
-    let _envoy = Envoy::new()
+    let envoy = Envoy::new()
         .node_id("delta-node")
         .xds_variant(XdsVariant::Delta)
         .control_plane(&cp)
@@ -118,6 +119,11 @@ async fn delta_xds_envoy_follows_edits() {
         Ok(())
     })
     .await;
+    let timeouts = envoy.initial_fetch_timeouts().await.unwrap();
+    assert!(
+        timeouts.is_empty(),
+        "Envoy gave up waiting for the control plane's first answer to: {timeouts:?}"
+    );
 
     // Removing the service and its route must reach Envoy as removals.
     cp.write_by_rename(&base.clone().route("a", "/a", "svc-a").to_string());
@@ -235,4 +241,100 @@ async fn has_in_config(envoy: &RunningEnvoy, needle: &str) -> anyhow::Result<()>
         "{needle:?} not in the config dump yet"
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_envoy_rejects_is_reported_and_the_old_routes_keep_serving() {
+    let a = Upstream::new("a").spawn().await;
+    let port = reserve_port();
+    let base = RoutesYaml::new()
+        .listener("public", port)
+        .service("svc-a", &a)
+        .route("a", "/a", "svc-a");
+    let mut cp = ControlPlane::new().routes(base.to_string()).start().await;
+    let envoy = Envoy::new()
+        .node_id("node-a")
+        .control_plane(&cp)
+        .start()
+        .await;
+    eventually("the initial route is served", async || {
+        get(port, "/a").await?.expect_upstream("a")?;
+        Ok(())
+    })
+    .await;
+    eventually("node in sync before the edit", async || {
+        nodes_in_sync(&cp, &["node-a"]).await
+    })
+    .await;
+
+    // A valid regex (Rust's regex crate and RE2 both parse it) whose RE2 program is larger
+    // than Envoy's default limit of 100, so Envoy refuses the route configuration unless the
+    // control plane catches it first.
+    let picky = "/(alpha|bravo|charlie|delta|echo|foxtrot|golf|hotel|india|juliet)/[0-9]{1,20}/(kilo|lima|mike|november|oscar|papa)";
+    let yaml = format!(
+        "{base}  - name: picky\n    match:\n      regex: \"{picky}\"\n    service: svc-a\n  - name: extra\n    match:\n      prefix: /extra\n    service: svc-a\n"
+    );
+    cp.write_by_rename(&yaml);
+
+    let outcome = eventually("the rejection shows in /status", async || {
+        let status = cp.status().await?;
+        if status["last_reload"]["ok"] == false {
+            return Ok(format!(
+                "refused by the control plane: {}",
+                status["last_reload"]
+            ));
+        }
+        let node = cp.node_status("node-a").await?;
+        for kind in TYPES {
+            if !node["types"][kind]["nack"].is_null() {
+                anyhow::ensure!(
+                    node["in_sync"] == false,
+                    "node with a NACKed {kind} reported in sync: {node}"
+                );
+                anyhow::ensure!(
+                    !node["types"][kind]["nack_version"].is_null(),
+                    "NACK without the version it rejected: {node}"
+                );
+                return Ok(format!("NACKed by Envoy: {node}"));
+            }
+        }
+        anyhow::bail!("neither a failed reload nor a NACK yet: {status}")
+    })
+    .await;
+    eprintln!("{outcome}");
+    get(port, "/a")
+        .await
+        .unwrap()
+        .expect_upstream("a")
+        .expect("the routes Envoy had keep serving");
+    get(port, "/extra")
+        .await
+        .unwrap()
+        .expect_status(404)
+        .expect("the rejected configuration is not partly applied");
+
+    // A fixed file is taken by Envoy and clears the NACK.
+    cp.write_by_rename(&yaml.replace(picky, "/(alpha|bravo)/[0-9]+"));
+    eventually("the fixed configuration is served", async || {
+        get(port, "/alpha/42").await?.expect_upstream("a")?;
+        get(port, "/extra").await?.expect_upstream("a")?;
+        Ok(())
+    })
+    .await;
+    eventually("node in sync again, without a NACK", async || {
+        nodes_in_sync(&cp, &["node-a"]).await
+    })
+    .await;
+    let rejected: u64 = envoy
+        .stats("update_rejected")
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        rejected <= 2,
+        "Envoy rejected {rejected} updates: a NACKed version must not be re-sent in a loop \
+         (go-control-plane #46, #962)"
+    );
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tollgate_conformance::{
-    eventually, eventually_within, get, request, reserve_port, Envoy, Upstream,
+    eventually, eventually_within, get, request, reserve_port, Envoy, Process, Upstream,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,5 +138,25 @@ static_resources:
     assert!(
         get(admin_port, "/ready").await.is_err(),
         "envoy admin still answers after the guard dropped"
+    );
+}
+
+#[test]
+fn a_process_dies_with_its_guard_when_the_test_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pid = None;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut command = std::process::Command::new("sleep");
+        command.arg("600");
+        let process = Process::spawn("sleeper", command, dir.path()).unwrap();
+        pid = Some(process.pid());
+        panic!("the test fails while the process runs");
+    }));
+
+    assert!(outcome.is_err());
+    let pid = pid.expect("the process was spawned");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "sleep (pid {pid}) survived a panicking test"
     );
 }

@@ -4,8 +4,8 @@
 //! column; fixing the file recovers.
 
 use tollgate_conformance::{
-    eventually, get, reserve_port, ControlPlane, Envoy, RoutesYaml, Upstream, UpstreamHandle,
-    WriteStyle,
+    eventually, get, reserve_port, ControlPlane, Envoy, RoutesYaml, RunningEnvoy, Upstream,
+    UpstreamHandle, WriteStyle,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +38,7 @@ async fn envoy_follows_add_change_remove(style: WriteStyle) {
         cp = cp.configmap();
     }
     let mut cp = cp.start().await;
-    let _envoy = Envoy::new().control_plane(&cp).start().await;
+    let envoy = Envoy::new().control_plane(&cp).start().await;
     eventually("the initial route is served", async || {
         get(port, "/a").await?.expect_upstream("a")?;
         Ok(())
@@ -61,6 +61,7 @@ async fn envoy_follows_add_change_remove(style: WriteStyle) {
         Ok(())
     })
     .await;
+    assert_every_subscription_answered(&envoy).await;
     get(port, "/a").await.unwrap().expect_upstream("a").unwrap();
 
     // Change the route to a service that replaces the old one.
@@ -81,6 +82,7 @@ async fn envoy_follows_add_change_remove(style: WriteStyle) {
         },
     )
     .await;
+    assert_every_subscription_answered(&envoy).await;
     get(port, "/a").await.unwrap().expect_upstream("a").unwrap();
 
     // Remove the route.
@@ -92,6 +94,75 @@ async fn envoy_follows_add_change_remove(style: WriteStyle) {
     .await;
     get(port, "/a").await.unwrap().expect_upstream("a").unwrap();
     assert_one_reload_per_edit_at_least(&cp, 3).await;
+}
+
+/// Convergence must come from the control plane answering Envoy, not from Envoy giving up
+/// on an unanswered subscription and carrying on (which also converges, 15s later).
+async fn assert_every_subscription_answered(envoy: &RunningEnvoy) {
+    let timeouts = envoy.initial_fetch_timeouts().await.unwrap();
+    assert!(
+        timeouts.is_empty(),
+        "Envoy {} gave up waiting for the control plane's first answer to: {timeouts:?}",
+        envoy.node_id()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_added_and_removed_by_an_edit_follow() {
+    let a = Upstream::new("a").spawn().await;
+    let public = reserve_port();
+    let internal = reserve_port();
+    let one_listener = RoutesYaml::new()
+        .listener("public", public)
+        .service("svc-a", &a)
+        .route("a", "/a", "svc-a");
+    let two_listeners = RoutesYaml::new()
+        .listener("public", public)
+        .listener("internal", internal)
+        .service("svc-a", &a)
+        .route("a", "/a", "svc-a");
+    let mut cp = ControlPlane::new()
+        .routes(one_listener.to_string())
+        .start()
+        .await;
+    let envoy = Envoy::new().control_plane(&cp).start().await;
+    eventually("the first listener serves", async || {
+        get(public, "/a").await?.expect_upstream("a")?;
+        Ok(())
+    })
+    .await;
+    assert!(
+        get(internal, "/a").await.is_err(),
+        "nothing listens on the second port yet"
+    );
+
+    cp.write_by_rename(&two_listeners.to_string());
+    eventually("the added listener serves", async || {
+        get(internal, "/a").await?.expect_upstream("a")?;
+        Ok(())
+    })
+    .await;
+    assert_every_subscription_answered(&envoy).await;
+    get(public, "/a")
+        .await
+        .unwrap()
+        .expect_upstream("a")
+        .unwrap();
+
+    cp.write_by_rename(&one_listener.to_string());
+    eventually("the removed listener stops serving", async || {
+        anyhow::ensure!(
+            get(internal, "/a").await.is_err(),
+            "the removed listener still accepts connections"
+        );
+        Ok(())
+    })
+    .await;
+    get(public, "/a")
+        .await
+        .unwrap()
+        .expect_upstream("a")
+        .unwrap();
 }
 
 async fn assert_one_reload_per_edit_at_least(

@@ -39,16 +39,12 @@ fn route(route: &Route, ext_authz: bool) -> EnvoyRoute {
         rate_limits: rate_limit::route_rate_limits(&route.name, &route.rate_limits),
         ..Default::default()
     };
-    let typed_per_filter_config = stable_map(
-        ext_authz
-            .then(|| {
-                (
-                    auth::FILTER_NAME.to_string(),
-                    auth::per_route(route.auth.as_ref()),
-                )
-            })
-            .into_iter(),
-    );
+    let typed_per_filter_config = stable_map(ext_authz.then(|| {
+        (
+            auth::FILTER_NAME.to_string(),
+            auth::per_route(route.auth.as_ref()),
+        )
+    }));
     EnvoyRoute {
         name: route.name.clone(),
         r#match: Some(route_match(&route.matcher)),

@@ -15,8 +15,8 @@ use crate::snapshot::{Resource, Snapshot};
 
 use super::nodes::{StreamRecords, TypeRecord};
 use super::sequencing::{
-    announced_version, find_resource, retained_names, Answer, NonceSource, RetainedResources,
-    WILDCARD,
+    announced_version, find_resource, retained_names, Answer, InFlight, NonceSource,
+    RetainedResources, WILDCARD,
 };
 use super::served::ServedType;
 use super::stream::TransportVariant;
@@ -119,7 +119,7 @@ pub(crate) struct DeltaStream {
     /// time: Envoy applies and answers each before the next type is pushed, which is what makes
     /// the order CDS → EDS → LDS → RDS hold on the client (xDS protocol, "Aggregated Discovery
     /// Service").
-    in_flight: Option<ServedType>,
+    in_flight: InFlight,
     nonces: NonceSource,
     /// Empty answers owed to requests for types Tollgate does not serve.
     unserved_replies: VecDeque<DeltaDiscoveryResponse>,
@@ -156,9 +156,7 @@ impl DeltaStream {
     }
 
     fn record_answer(&mut self, served: ServedType, error: Option<&RpcStatus>, node: &str) {
-        if self.in_flight == Some(served) {
-            self.in_flight = None;
-        }
+        self.in_flight.answered(served);
         let state = &mut self.types[served.index()];
         // Only the first answer to a response counts; later requests repeating its nonce only
         // change the subscription.
@@ -272,12 +270,12 @@ impl TransportVariant for DeltaStream {
         if let Some(reply) = self.unserved_replies.pop_front() {
             return Some(reply);
         }
-        if self.in_flight.is_some() {
-            return None;
-        }
         let target = Arc::clone(self.target.as_ref()?);
         self.release_retained_when_settled();
         for served in ServedType::ALL {
+            if !self.in_flight.may_push(served) {
+                continue;
+            }
             let state = &self.types[served.index()];
             let Some(diff) = diff(&target, Some(&self.retained), served, state) else {
                 continue;
@@ -312,7 +310,7 @@ impl TransportVariant for DeltaStream {
             state.latest_nonce = Some(nonce.clone());
             state.latest_version = version.clone();
             state.answer = Answer::Pending;
-            self.in_flight = Some(served);
+            self.in_flight.push(served);
             debug!(
                 node = %node,
                 type = served.short_name(),

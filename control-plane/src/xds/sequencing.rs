@@ -27,6 +27,42 @@ impl NonceSource {
     }
 }
 
+/// The pushes on one stream that await an ACK/NACK.
+///
+/// Envoy applies each response before answering it, so holding back the next type until the
+/// previous one is answered is what makes CDS → EDS → LDS → RDS hold on the client (xDS
+/// protocol, "Aggregated Discovery Service"). One exception: Envoy does not answer a CDS
+/// response until every new cluster has warmed, and a cluster warms only when its EDS answer
+/// arrives (xDS protocol, "Eventual consistency considerations"; Envoy keeps such a cluster
+/// warming until then). So endpoints may pass an unanswered CDS push, or the CDS ACK would
+/// wait out Envoy's initial fetch timeout (15 s).
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    pending: [bool; 4],
+}
+
+impl InFlight {
+    pub fn push(&mut self, served: ServedType) {
+        self.pending[served.index()] = true;
+    }
+
+    pub fn answered(&mut self, served: ServedType) {
+        self.pending[served.index()] = false;
+    }
+
+    /// Whether a response of `served` may go out now.
+    pub fn may_push(&self, served: ServedType) -> bool {
+        ServedType::ALL
+            .into_iter()
+            .take_while(|earlier| *earlier != served)
+            .all(|earlier| {
+                !self.pending[earlier.index()]
+                    || (earlier == ServedType::Cluster && served == ServedType::Endpoint)
+            })
+            && !self.pending[served.index()]
+    }
+}
+
 /// What the client made of the latest response of one type.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum Answer {
@@ -208,5 +244,40 @@ mod tests {
     fn nonces_are_never_repeated_on_a_stream() {
         let mut nonces = NonceSource::default();
         assert_ne!(nonces.next_nonce(), nonces.next_nonce());
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_may_pass_an_unanswered_cluster_push_but_nothing_else_may() {
+        let mut in_flight = InFlight::default();
+        in_flight.push(ServedType::Cluster);
+        assert!(in_flight.may_push(ServedType::Endpoint));
+        assert!(!in_flight.may_push(ServedType::Cluster));
+        assert!(!in_flight.may_push(ServedType::Listener));
+        assert!(!in_flight.may_push(ServedType::Route));
+        in_flight.push(ServedType::Endpoint);
+        assert!(!in_flight.may_push(ServedType::Endpoint));
+        in_flight.answered(ServedType::Cluster);
+        assert!(
+            !in_flight.may_push(ServedType::Listener),
+            "EDS still unanswered"
+        );
+        in_flight.answered(ServedType::Endpoint);
+        assert!(in_flight.may_push(ServedType::Listener));
+    }
+
+    #[test]
+    fn a_later_type_never_passes_an_earlier_unanswered_one() {
+        let mut in_flight = InFlight::default();
+        in_flight.push(ServedType::Listener);
+        assert!(
+            in_flight.may_push(ServedType::Cluster),
+            "earlier types are not held back"
+        );
+        assert!(!in_flight.may_push(ServedType::Route));
     }
 }

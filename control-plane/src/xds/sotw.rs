@@ -12,8 +12,8 @@ use crate::snapshot::Snapshot;
 
 use super::nodes::{StreamRecords, TypeRecord};
 use super::sequencing::{
-    announced_version, find_resource, retained_names, Answer, NonceSource, RetainedResources,
-    WILDCARD,
+    announced_version, find_resource, retained_names, Answer, InFlight, NonceSource,
+    RetainedResources, WILDCARD,
 };
 use super::served::ServedType;
 use super::stream::TransportVariant;
@@ -111,11 +111,8 @@ pub(crate) struct SotwStream {
     target: Option<Arc<Snapshot>>,
     retained: RetainedResources,
     types: [TypeState; 4],
-    /// The type whose response awaits an ACK/NACK. Only one response is outstanding at a
-    /// time: Envoy applies and answers each before the next type is pushed, which is what makes
-    /// the order CDS → EDS → LDS → RDS hold on the client (xDS protocol, "Aggregated Discovery
-    /// Service").
-    in_flight: Option<ServedType>,
+    /// Pushes awaiting an ACK/NACK; see [`InFlight`] for the ordering it enforces.
+    in_flight: InFlight,
     nonces: NonceSource,
     /// Empty answers owed to requests for types Tollgate does not serve.
     unserved_replies: VecDeque<DiscoveryResponse>,
@@ -236,14 +233,12 @@ impl SotwStream {
             version: desired.version,
         });
         state.answer = Answer::Pending;
-        self.in_flight = Some(served);
+        self.in_flight.push(served);
         response
     }
 
     fn record_answer(&mut self, served: ServedType, request: &DiscoveryRequest, node: &str) {
-        if self.in_flight == Some(served) {
-            self.in_flight = None;
-        }
+        self.in_flight.answered(served);
         let state = self.state_mut(served);
         // Only the first answer to a response counts; Envoy repeats the nonce on later
         // requests that only change the subscription.
@@ -351,12 +346,13 @@ impl TransportVariant for SotwStream {
         if let Some(reply) = self.unserved_replies.pop_front() {
             return Some(reply);
         }
-        if self.in_flight.is_some() || self.target.is_none() {
-            return None;
-        }
+        self.target.as_ref()?;
         self.accept_reconnect_versions();
         self.release_retained_when_settled();
         for served in ServedType::ALL {
+            if !self.in_flight.may_push(served) {
+                continue;
+            }
             let Some(desired) = self.desired(served, Some(&self.retained)) else {
                 continue;
             };

@@ -8,7 +8,10 @@ use serde_saphyr::Spanned;
 
 mod policy;
 
-use crate::config::{Endpoint, Listener, PathMatch, Route, RouteMatch, RoutesConfig, Service};
+use crate::config::{
+    AccessLogSink, Endpoint, EscapedSlashes, Listener, Observability, PathMatch, Route, RouteMatch,
+    RoutesConfig, Service,
+};
 use crate::document::{Document, MatchDoc, RouteDoc, ServiceDoc};
 use crate::duration;
 use crate::error::{ConfigError, ConfigErrors};
@@ -17,6 +20,7 @@ use crate::error::{ConfigError, ConfigErrors};
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 const RESERVED_PREFIX: &str = "tollgate_";
+const DEFAULT_HEALTH_PATH: &str = "/health";
 
 const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
@@ -43,6 +47,7 @@ pub(crate) fn validate(file: &str, doc: Document) -> Result<RoutesConfig, Config
     let auth_providers = policy::auth_providers(&doc, &mut errors);
     let sidecars = policy::sidecars(&doc, &mut errors);
     let routes = routes(&doc, &mut errors);
+    let observability = observability(&doc, &mut errors);
 
     if errors.found.is_empty() {
         Ok(RoutesConfig {
@@ -51,6 +56,7 @@ pub(crate) fn validate(file: &str, doc: Document) -> Result<RoutesConfig, Config
             routes,
             auth_providers,
             sidecars,
+            observability,
         })
     } else {
         errors.found.sort_by_key(|e| (e.line, e.column));
@@ -116,12 +122,57 @@ fn listeners(doc: &Document, errors: &mut Errors) -> Vec<Listener> {
             );
         }
         addresses.push((address, &listener.name.value));
+        let health_path = match &listener.health_path {
+            None => Some(DEFAULT_HEALTH_PATH.to_string()),
+            Some(path) if path.value.is_empty() => None,
+            Some(path) => absolute_path(path, "health_path", errors).then(|| path.value.clone()),
+        };
+        let escaped_slashes = match listener.escaped_slashes.as_ref() {
+            None => EscapedSlashes::Reject,
+            Some(node) => match node.value.as_str() {
+                "reject" => EscapedSlashes::Reject,
+                "redirect" => EscapedSlashes::Redirect,
+                "keep" => EscapedSlashes::Keep,
+                other => {
+                    errors.at(
+                        node,
+                        format!("unknown escaped_slashes \"{other}\": expected reject, redirect or keep"),
+                    );
+                    EscapedSlashes::Reject
+                }
+            },
+        };
         valid.push(Listener {
             name: listener.name.value.clone(),
             address,
+            health_path,
+            escaped_slashes,
         });
     }
     valid
+}
+
+fn observability(doc: &Document, errors: &mut Errors) -> Observability {
+    let access_log = match doc
+        .observability
+        .as_ref()
+        .and_then(|o| o.access_log.as_ref())
+    {
+        None => Some(AccessLogSink::Stdout),
+        Some(log) if !log.value.enabled => None,
+        Some(log) => match &log.value.path {
+            None => Some(AccessLogSink::Stdout),
+            Some(path) if path.value == "/dev/stdout" || path.value == "-" => {
+                Some(AccessLogSink::Stdout)
+            }
+            Some(path) if path.value.is_empty() => {
+                errors.at(path, "access_log path is empty".to_string());
+                None
+            }
+            Some(path) => Some(AccessLogSink::File(path.value.clone().into())),
+        },
+    };
+    Observability { access_log }
 }
 
 fn service(name: &str, doc: &ServiceDoc, errors: &mut Errors) -> Option<Service> {

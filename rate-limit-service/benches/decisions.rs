@@ -1,0 +1,227 @@
+//! Decisions per second and latency of ShouldRateLimit against a real Redis, beside
+//! `redis-benchmark -t incr -P 16` on the same Redis as the reference.
+//!
+//! `cargo bench -p tollgate-ratelimit --bench decisions`. Starts its own redis-server on an
+//! ephemeral port and one in-process service; a closed loop of concurrent gRPC calls runs
+//! for ~3 s per case, then an open loop at half the measured rate gives the latency
+//! of a service that is not saturated. Bounded well under a minute.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use support::{clock_now, descriptor, instance, request, RedisServer};
+use tollgate_ratelimit::limits::dropin;
+
+const CONFIG: &str = r#"
+domain: bench
+descriptors:
+  - key: a
+    rate_limit: {unit: second, requests_per_unit: 4294967295}
+  - key: b
+    rate_limit: {unit: minute, requests_per_unit: 4294967295}
+  - key: c
+    rate_limit: {unit: hour, requests_per_unit: 4294967295}
+"#;
+
+const CASE_LENGTH: Duration = Duration::from_secs(3);
+const CONCURRENCY: usize = 32;
+/// Distinct descriptor values, as distinct clients would send.
+const CLIENTS: usize = 1_000;
+
+struct Run {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+fn requests(descriptors: usize) -> Vec<RateLimitRequest> {
+    (0..CLIENTS)
+        .map(|i| {
+            let value = format!("client-{i}");
+            let all = ["a", "b", "c"]
+                .iter()
+                .take(descriptors)
+                .map(|k| descriptor(&[(k, &value)]))
+                .collect();
+            request("bench", all)
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+fn summarize(mut latencies: Vec<Duration>, errors: usize, elapsed: Duration) -> Run {
+    latencies.sort_unstable();
+    Run {
+        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        errors,
+    }
+}
+
+/// As many calls as `CONCURRENCY` callers can make.
+async fn closed_loop(client: &support::Instance, requests: Arc<Vec<RateLimitRequest>>) -> Run {
+    let started = Instant::now();
+    let callers = (0..CONCURRENCY).map(|c| {
+        let client = client.client.clone();
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut i = c;
+            while started.elapsed() < CASE_LENGTH {
+                let r = &requests[i % requests.len()];
+                i += CONCURRENCY;
+                let sent = Instant::now();
+                match support::call(&client, r).await {
+                    Ok(response) if response.overall_code == Code::Ok as i32 => {
+                        latencies.push(sent.elapsed())
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        })
+    });
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for caller in futures::future::join_all(callers).await {
+        let (l, e) = caller.unwrap_or_default();
+        latencies.extend(l);
+        errors += e;
+    }
+    summarize(latencies, errors, started.elapsed())
+}
+
+/// Calls sent at a steady `rate`, whatever the answers' pace.
+async fn open_loop(
+    client: &support::Instance,
+    requests: Arc<Vec<RateLimitRequest>>,
+    rate: f64,
+) -> Run {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    let mut i = 0;
+    while started.elapsed() < CASE_LENGTH {
+        ticks.tick().await;
+        let client = client.client.clone();
+        let requests = requests.clone();
+        calls.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let ok = support::call(&client, &requests[i % requests.len()])
+                .await
+                .is_ok_and(|r| r.overall_code == Code::Ok as i32);
+            ok.then(|| sent.elapsed())
+        }));
+        i += 1;
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for call in futures::future::join_all(calls).await {
+        match call {
+            Ok(Some(latency)) => latencies.push(latency),
+            _ => errors += 1,
+        }
+    }
+    summarize(latencies, errors, started.elapsed())
+}
+
+fn redis_benchmark(port: u16) -> String {
+    let output = std::process::Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "incr",
+            "-P",
+            "16",
+            "-q",
+            "-n",
+            "1000000",
+        ])
+        .output();
+    match output {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .split('\r')
+            .rfind(|l| l.contains("requests per second"))
+            .unwrap_or("no result")
+            .trim()
+            .to_string(),
+        Err(e) => format!("redis-benchmark did not run: {e}"),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1_000.0)
+}
+
+fn main() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("no runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let redis = RedisServer::start();
+    let tree = match dropin::parse(&[dropin::SourceFile {
+        name: "bench.yaml".into(),
+        text: CONFIG.into(),
+    }]) {
+        Ok(tree) => tree,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let mut rows = Vec::new();
+    runtime.block_on(async {
+        let service = instance(&redis, tree, clock_now(), Duration::from_millis(40)).await;
+        for descriptors in [1, 3] {
+            let requests = Arc::new(requests(descriptors));
+            let full = closed_loop(&service, requests.clone()).await;
+            let half = open_loop(&service, requests, full.rate / 2.0).await;
+            rows.push((descriptors, full, half));
+        }
+    });
+    let reference = redis_benchmark(redis.port);
+
+    println!();
+    println!("ShouldRateLimit over gRPC, one service instance, Redis on loopback, {CONCURRENCY} concurrent callers, {}s per run", CASE_LENGTH.as_secs());
+    println!();
+    println!("| descriptors | decisions/s | p50 | p99 | half load: rate | p50 | p99 | errors |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (descriptors, full, half) in &rows {
+        println!(
+            "| {descriptors} | {:.0} | {} | {} | {:.0}/s | {} | {} | {} |",
+            full.rate,
+            ms(full.p50),
+            ms(full.p99),
+            half.rate,
+            ms(half.p50),
+            ms(half.p99),
+            full.errors + half.errors
+        );
+    }
+    println!();
+    println!("Reference, same Redis: `redis-benchmark -t incr -P 16 -q`: {reference}");
+}

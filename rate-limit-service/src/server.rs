@@ -1,0 +1,391 @@
+//! Running the service: read and validate the limits, connect the store, bind the sockets,
+//! serve gRPC (ShouldRateLimit and gRPC health) and HTTP (metrics, health), reload the
+//! limits when their files change, and stop on the shutdown signal.
+//!
+//! Configuration is read and validated before any socket is bound, so a bad file fails the
+//! start. Reloads are all-or-nothing: the new files are parsed completely and swapped in
+//! only when valid; otherwise the old limits stay and the errors are logged.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tollgate_runtime::http::{self, Readiness};
+
+use crate::algorithm::{Clock, SystemClock};
+use crate::limits::dropin::{self, DropInErrors, SourceFile};
+use crate::limits::{routes, DescriptorTree};
+use crate::metrics::Metrics;
+use crate::service::{CurrentLimits, LimitSet, RateLimiter};
+use crate::settings::{LimitsSource, Settings};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::{Store, StoreError};
+use tollgate_runtime::file_watch::FileChanges;
+
+/// How often readiness is re-checked while the store is failing.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why the limits could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Routes(#[from] tollgate_routes::ConfigErrors),
+    #[error(transparent)]
+    DropIn(#[from] DropInErrors),
+    #[error("no *.yaml or *.yml file in {0}")]
+    NoFiles(String),
+}
+
+/// Why the service could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] LoadError),
+    #[error("no limits: give --routes or --config")]
+    NoLimits,
+    #[error("invalid redis settings: {0}")]
+    Redis(StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+impl ServeError {
+    /// True when the user must fix a flag or a file (exit status 64).
+    pub fn is_bad_config(&self) -> bool {
+        matches!(
+            self,
+            ServeError::Config(_) | ServeError::NoLimits | ServeError::Redis(_)
+        )
+    }
+}
+
+/// Reads and validates the limits from their files.
+pub fn load(source: &LimitsSource) -> Result<DescriptorTree, LoadError> {
+    match source {
+        LimitsSource::Routes(path) => {
+            let text = read(path)?;
+            let config = tollgate_routes::parse(&path.display().to_string(), &text)?;
+            Ok(routes::build(&config))
+        }
+        LimitsSource::DropIn(path) => {
+            let files = if path.is_dir() {
+                let mut paths: Vec<PathBuf> = std::fs::read_dir(path)
+                    .map_err(|source| LoadError::Read {
+                        path: path.display().to_string(),
+                        source,
+                    })?
+                    .filter_map(|entry| entry.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.is_file()
+                            && matches!(
+                                p.extension().and_then(|e| e.to_str()),
+                                Some("yaml" | "yml")
+                            )
+                    })
+                    .collect();
+                if paths.is_empty() {
+                    return Err(LoadError::NoFiles(path.display().to_string()));
+                }
+                // File order decides nothing (domains must differ) but keeps messages stable.
+                paths.sort();
+                paths
+            } else {
+                vec![path.clone()]
+            };
+            let files = files
+                .iter()
+                .map(|p| {
+                    Ok(SourceFile {
+                        name: p.display().to_string(),
+                        text: read(p)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, LoadError>>()?;
+            Ok(dropin::parse(&files)?)
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Runs the service as configured until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let source = settings.limits_source().ok_or(ServeError::NoLimits)?;
+    let tree = load(&source)?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    metrics.config_load(true);
+    log_loaded(&source, &tree);
+    let limits = CurrentLimits::new(LimitSet::new(tree, &metrics));
+    let redis = settings
+        .redis_target()
+        .map(|target| RedisStore::connect(&target, settings.redis_timeout))
+        .transpose()
+        .map_err(ServeError::Redis)?;
+
+    let grpc = bind(settings.grpc_addr).await?;
+    let http = bind(settings.metrics_addr).await?;
+    tracing::info!(
+        grpc = %settings.grpc_addr,
+        metrics = %settings.metrics_addr,
+        store = if redis.is_some() { "redis" } else { "memory" },
+        "serving"
+    );
+
+    let readiness = Readiness::default();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let http_server = tokio::spawn(http::serve(
+        http,
+        http::router(Arc::new(registry), readiness.clone()),
+        wait(),
+    ));
+    let reloads = tokio::spawn(reload_on_change(
+        source,
+        limits.clone(),
+        metrics.clone(),
+        wait(),
+    ));
+    let served = async {
+        match redis {
+            Some(store) => {
+                let store = Arc::new(store.count_local_hits(metrics.local_cache_hits.clone()));
+                serve_with_health(grpc, store, SystemClock, limits, metrics, readiness, wait())
+                    .await
+            }
+            None => {
+                let store = Arc::new(MemoryStore::new());
+                serve_with_health(grpc, store, SystemClock, limits, metrics, readiness, wait())
+                    .await
+            }
+        }
+    };
+    tokio::pin!(served);
+    let result = tokio::select! {
+        result = &mut served => result,
+        () = shutdown => {
+            let _ = stop.send(true);
+            served.await
+        }
+    };
+    let _ = stop.send(true);
+    reloads.abort();
+    if let Ok(Err(e)) = http_server.await {
+        return Err(ServeError::Http(e));
+    }
+    result
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves ShouldRateLimit and gRPC health on `listener`, keeping health and `/readyz` in
+/// step with the store, until `shutdown`.
+pub async fn serve_with_health<S: Store, C: Clock>(
+    listener: TcpListener,
+    store: Arc<S>,
+    clock: C,
+    limits: CurrentLimits,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let limiter = RateLimiter::new(limits, store.clone(), clock, metrics);
+    let watch = tokio::spawn(async move {
+        let mut ready = None;
+        loop {
+            let now_ready = store.is_ready() || store.probe().await.is_ok();
+            if ready != Some(now_ready) {
+                readiness.set(now_ready);
+                let status = if now_ready {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tracing::warn!("the store does not answer: not ready");
+                    tonic_health::ServingStatus::NotServing
+                };
+                health.set_service_status("", status).await;
+                health
+                    .set_service_status("envoy.service.ratelimit.v3.RateLimitService", status)
+                    .await;
+                if now_ready && ready.is_some() {
+                    tracing::info!("the store answers again: ready");
+                }
+                ready = Some(now_ready);
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    });
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(RateLimitServiceServer::new(limiter))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await;
+    watch.abort();
+    Ok(result?)
+}
+
+/// Serves ShouldRateLimit alone on `listener` until `shutdown`: what tests and benchmarks
+/// start in-process.
+pub async fn serve<S: Store, C: Clock>(
+    listener: TcpListener,
+    limiter: RateLimiter<S, C>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(RateLimitServiceServer::new(limiter))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+}
+
+/// Watches the limits' files and swaps in every valid new version.
+async fn reload_on_change(
+    source: LimitsSource,
+    limits: CurrentLimits,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()>,
+) {
+    let watched = match &source {
+        LimitsSource::Routes(path) | LimitsSource::DropIn(path) => path,
+    };
+    let mut changes = match FileChanges::watch(watched) {
+        Ok(changes) => changes,
+        Err(error) => {
+            tracing::error!(%error, "limits will not be reloaded");
+            return;
+        }
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = changes.changed() => {}
+        }
+        reload(&source, &limits, &metrics);
+    }
+}
+
+/// One reload attempt: all or nothing.
+pub fn reload(source: &LimitsSource, limits: &CurrentLimits, metrics: &Metrics) {
+    match load(source) {
+        Ok(tree) => {
+            if limits.get().tree() == &tree {
+                return;
+            }
+            metrics.config_load(true);
+            log_loaded(source, &tree);
+            limits.replace(LimitSet::new(tree, metrics));
+        }
+        Err(error) => {
+            metrics.config_load(false);
+            tracing::error!(%error, "new limits rejected, keeping the previous ones");
+        }
+    }
+}
+
+fn log_loaded(source: &LimitsSource, tree: &DescriptorTree) {
+    let (mode, path) = match source {
+        LimitsSource::Routes(p) => ("routes", p),
+        LimitsSource::DropIn(p) => ("drop-in", p),
+    };
+    let domains: Vec<&str> = tree.domains().collect();
+    tracing::info!(mode, path = %path.display(), ?domains, limits = tree.limits().len(), "limits loaded");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n";
+
+    fn requests_for_k(limits: &CurrentLimits) -> Option<u64> {
+        limits
+            .get()
+            .tree()
+            .find("d", &[("k", "v")])
+            .and_then(|m| m.limit.rate.map(|(r, _)| r.requests))
+    }
+
+    #[test]
+    fn a_bad_file_keeps_the_previous_limits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("d.yaml");
+        std::fs::write(&file, GOOD).expect("write");
+        let source = LimitsSource::DropIn(file.clone());
+        let metrics = Metrics::unregistered();
+        let limits = CurrentLimits::new(LimitSet::new(load(&source).expect("valid"), &metrics));
+        std::fs::write(&file, GOOD.replace("second", "fortnight")).expect("write");
+        reload(&source, &limits, &metrics);
+        assert_eq!(requests_for_k(&limits), Some(1));
+        std::fs::write(
+            &file,
+            GOOD.replace("requests_per_unit: 1", "requests_per_unit: 7"),
+        )
+        .expect("write");
+        reload(&source, &limits, &metrics);
+        assert_eq!(requests_for_k(&limits), Some(7));
+    }
+
+    #[test]
+    fn a_directory_loads_every_yaml_file_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("d.yaml"), GOOD).expect("write");
+        std::fs::write(
+            dir.path().join("e.yml"),
+            GOOD.replace("domain: d", "domain: e"),
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("notes.txt"), "not yaml: [").expect("write");
+        let tree = load(&LimitsSource::DropIn(dir.path().to_path_buf())).expect("valid");
+        let mut domains: Vec<&str> = tree.domains().collect();
+        domains.sort_unstable();
+        assert_eq!(domains, vec!["d", "e"]);
+    }
+
+    #[test]
+    fn an_empty_directory_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let error = load(&LimitsSource::DropIn(dir.path().to_path_buf())).expect_err("no files");
+        assert!(matches!(error, LoadError::NoFiles(_)));
+    }
+}

@@ -1,0 +1,604 @@
+//! `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`: descriptors in, one
+//! status per descriptor and an overall code out.
+//!
+//! Each descriptor is matched against the current [`LimitSet`] and judged on its own;
+//! the answer is OVER_LIMIT when any non-shadow limit is over (or, for `quota_mode`
+//! limits, when all of them are), as envoyproxy/ratelimit answers. Every limited
+//! descriptor's status carries `current_limit`, `limit_remaining` and
+//! `duration_until_reset`, from which Envoy writes the `x-ratelimit-*` headers; an
+//! OVER_LIMIT answer also carries `retry-after` in `response_headers_to_add`.
+//!
+//! Failures are values until the tonic boundary, where they are mapped once: a store that
+//! cannot answer is `UNAVAILABLE`, so that Envoy's `failure_mode_deny` decides.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit as PbUnit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use tonic::{Request, Response, Status};
+
+use crate::algorithm::{seconds_rounded_up, Clock, Decision};
+use crate::limits::{detailed_stats_key, DescriptorTree, Limit, Unit};
+use crate::metrics::{LimitStats, Metrics};
+use crate::store::{Check, Store, StoreError};
+
+/// A configuration ready to serve: the tree and each limit's counters.
+#[derive(Debug, Default)]
+pub struct LimitSet {
+    tree: DescriptorTree,
+    stats: Vec<LimitStats>,
+}
+
+impl LimitSet {
+    pub fn new(tree: DescriptorTree, metrics: &Metrics) -> Self {
+        let stats = tree
+            .limits()
+            .iter()
+            .map(|l| metrics.limit_stats(&l.domain, &l.stats_key))
+            .collect();
+        LimitSet { tree, stats }
+    }
+
+    pub fn tree(&self) -> &DescriptorTree {
+        &self.tree
+    }
+}
+
+/// The configuration in force, swapped whole on reload; requests keep the one they began
+/// with.
+#[derive(Clone, Debug, Default)]
+pub struct CurrentLimits(Arc<RwLock<Arc<LimitSet>>>);
+
+impl CurrentLimits {
+    pub fn new(limits: LimitSet) -> Self {
+        CurrentLimits(Arc::new(RwLock::new(Arc::new(limits))))
+    }
+
+    pub fn get(&self) -> Arc<LimitSet> {
+        // The lock only guards a pointer swap; a poisoned one still holds a whole set.
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn replace(&self, limits: LimitSet) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(limits);
+    }
+}
+
+/// Why a request got no decision.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Status {
+        match error {
+            ServiceError::InvalidRequest(_) => Status::invalid_argument(error.to_string()),
+            // UNAVAILABLE, not UNKNOWN: Envoy then applies failure_mode_deny (Limitador's
+            // envoy_rls/server.rs makes the same choice).
+            ServiceError::Store(_) => Status::unavailable(error.to_string()),
+        }
+    }
+}
+
+/// The rate limit service: limits, a store and a clock, all given to it.
+pub struct RateLimiter<S, C> {
+    limits: CurrentLimits,
+    store: Arc<S>,
+    clock: C,
+    metrics: Metrics,
+}
+
+/// One descriptor's plan before the store is asked.
+struct Planned<'a> {
+    limit: &'a Limit,
+    counter_key: String,
+    hits: u64,
+    stats: Option<LimitStats>,
+}
+
+impl<S: Store, C: Clock> RateLimiter<S, C> {
+    pub fn new(limits: CurrentLimits, store: Arc<S>, clock: C, metrics: Metrics) -> Self {
+        RateLimiter {
+            limits,
+            store,
+            clock,
+            metrics,
+        }
+    }
+
+    /// Decides one request.
+    pub async fn decide(
+        &self,
+        request: &RateLimitRequest,
+    ) -> Result<RateLimitResponse, ServiceError> {
+        if request.domain.is_empty() {
+            return Err(ServiceError::InvalidRequest(
+                "rate limit domain must not be empty",
+            ));
+        }
+        if request.descriptors.is_empty() {
+            return Err(ServiceError::InvalidRequest(
+                "rate limit descriptor list must not be empty",
+            ));
+        }
+        let limits = self.limits.get();
+        let now_us = self.clock.now_us();
+        let domain = request.domain.as_str();
+
+        let mut planned: Vec<Option<Planned<'_>>> = Vec::with_capacity(request.descriptors.len());
+        let mut entries: Vec<(&str, &str)> = Vec::new();
+        for descriptor in &request.descriptors {
+            entries.clear();
+            entries.extend(
+                descriptor
+                    .entries
+                    .iter()
+                    .map(|e| (e.key.as_str(), e.value.as_str())),
+            );
+            let Some(found) = limits.tree.find(domain, &entries) else {
+                tracing::debug!(domain, descriptor = ?entries, "no limit for descriptor");
+                planned.push(None);
+                continue;
+            };
+            let hits = match (&descriptor.hits_addend, descriptor.is_negative_hits) {
+                // Refunds are not supported: count nothing rather than the opposite.
+                (_, true) => 0,
+                (Some(h), false) => h.value,
+                (None, false) => u64::from(request.hits_addend.max(1)),
+            };
+            let stats = found.limit.detailed_metric.then(|| {
+                self.metrics
+                    .limit_stats(domain, &detailed_stats_key(domain, &entries))
+            });
+            planned.push(Some(Planned {
+                limit: found.limit,
+                counter_key: found.counter_key,
+                hits,
+                stats,
+            }));
+        }
+
+        // A limit named in another matched limit's `replaces` does not apply.
+        if planned
+            .iter()
+            .flatten()
+            .any(|p| !p.limit.replaces.is_empty())
+        {
+            let replaced: HashSet<&str> = planned
+                .iter()
+                .flatten()
+                .flat_map(|p| p.limit.replaces.iter().map(String::as_str))
+                .collect();
+            for slot in planned.iter_mut() {
+                if slot
+                    .as_ref()
+                    .and_then(|p| p.limit.name.as_deref())
+                    .is_some_and(|name| replaced.contains(name))
+                {
+                    *slot = None;
+                }
+            }
+        }
+
+        let checks: Vec<Check<'_>> = planned
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                p.limit.rate.as_ref().map(|(_, policy)| Check {
+                    key: &p.counter_key,
+                    policy,
+                    hits: p.hits,
+                })
+            })
+            .collect();
+        let decisions = if checks.is_empty() {
+            Vec::new()
+        } else {
+            self.store.check(&checks, now_us).await?
+        };
+
+        let mut decisions = decisions.into_iter();
+        let mut statuses = Vec::with_capacity(planned.len());
+        let mut over = false;
+        let (mut quota_total, mut quota_over) = (0, 0);
+        let mut retry_after: Option<Duration> = None;
+        for slot in &planned {
+            let Some(plan) = slot else {
+                statuses.push(DescriptorStatus {
+                    code: Code::Ok as i32,
+                    ..DescriptorStatus::default()
+                });
+                continue;
+            };
+            let stats = plan.stats.as_ref().unwrap_or(&limits.stats[plan.limit.id]);
+            let Some((rate, _)) = &plan.limit.rate else {
+                statuses.push(DescriptorStatus {
+                    code: Code::Ok as i32,
+                    limit_remaining: u32::MAX,
+                    ..DescriptorStatus::default()
+                });
+                continue;
+            };
+            let Some(decision) = decisions.next() else {
+                return Err(StoreError::BadReply("fewer decisions than checks".into()).into());
+            };
+            stats.hits.inc_by(plan.hits);
+            let mut code = Code::Ok;
+            if !decision.allowed {
+                stats.over_limit.inc_by(plan.hits);
+                if plan.limit.shadow_mode {
+                    stats.shadow_mode.inc_by(plan.hits);
+                } else {
+                    code = Code::OverLimit;
+                    if plan.limit.quota_mode {
+                        quota_over += 1;
+                    } else {
+                        over = true;
+                    }
+                    let wait = decision.retry_after.unwrap_or(rate.unit.duration());
+                    retry_after = retry_after.max(Some(wait));
+                }
+            } else if decision.is_near_limit() {
+                stats.near_limit.inc_by(plan.hits);
+            }
+            if plan.limit.quota_mode && !plan.limit.shadow_mode {
+                quota_total += 1;
+            }
+            statuses.push(status(
+                code,
+                plan.limit,
+                rate.requests,
+                rate.unit,
+                &decision,
+            ));
+        }
+
+        let over = over || (quota_total > 0 && quota_total == quota_over);
+        let mut response = RateLimitResponse {
+            overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
+            statuses,
+            ..RateLimitResponse::default()
+        };
+        if over {
+            let seconds = retry_after.map_or(1, |d| seconds_rounded_up(d).max(1));
+            response.response_headers_to_add.push(HeaderValue {
+                key: "retry-after".to_string(),
+                value: seconds.to_string(),
+                ..HeaderValue::default()
+            });
+        }
+        Ok(response)
+    }
+}
+
+fn status(
+    code: Code,
+    limit: &Limit,
+    requests: u64,
+    unit: Unit,
+    decision: &Decision,
+) -> DescriptorStatus {
+    DescriptorStatus {
+        code: code as i32,
+        current_limit: Some(RateLimit {
+            name: limit.name.clone().unwrap_or_default(),
+            requests_per_unit: u32::try_from(requests).unwrap_or(u32::MAX),
+            unit: pb_unit(unit) as i32,
+        }),
+        limit_remaining: u32::try_from(decision.remaining).unwrap_or(u32::MAX),
+        duration_until_reset: Some(pb_duration(decision.reset)),
+        ..DescriptorStatus::default()
+    }
+}
+
+fn pb_unit(unit: Unit) -> PbUnit {
+    match unit {
+        Unit::Second => PbUnit::Second,
+        Unit::Minute => PbUnit::Minute,
+        Unit::Hour => PbUnit::Hour,
+        Unit::Day => PbUnit::Day,
+        Unit::Week => PbUnit::Week,
+        Unit::Month => PbUnit::Month,
+        Unit::Year => PbUnit::Year,
+    }
+}
+
+/// Whole seconds, rounded up: Envoy's `x-ratelimit-reset` is whole seconds, and a reset
+/// announced early invites a retry that is refused.
+fn pb_duration(d: Duration) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(seconds_rounded_up(d)).unwrap_or(i64::MAX),
+        nanos: 0,
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store, C: Clock> RateLimitService for RateLimiter<S, C> {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let started = Instant::now();
+        let result = self.decide(request.get_ref()).await;
+        self.metrics
+            .decision_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(response) => Ok(Response::new(response)),
+            Err(error) => {
+                if let ServiceError::Store(e) = &error {
+                    self.metrics.redis_error(e.kind());
+                    tracing::warn!(error = %e, "no decision: the store failed");
+                }
+                Err(error.into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::google::protobuf::UInt64Value;
+
+    use super::*;
+    use crate::algorithm::ManualClock;
+    use crate::limits::dropin::{parse, SourceFile};
+    use crate::store::memory::MemoryStore;
+
+    /// 2023-11-14 22:13:20 UTC, 20 s into a minute.
+    const T0: u64 = 1_700_000_000_000_000;
+
+    const CONFIG: &str = r#"
+domain: d
+descriptors:
+  - key: user
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: general
+    rate_limit: {unit: minute, requests_per_unit: 1, name: general}
+  - key: specific
+    rate_limit:
+      unit: minute
+      requests_per_unit: 5
+      name: specific
+      replaces: [{name: general}]
+  - key: shadow
+    shadow_mode: true
+    rate_limit: {unit: second, requests_per_unit: 1}
+  - key: free
+    rate_limit: {unlimited: true}
+  - key: quota_a
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: quota_b
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+"#;
+
+    fn limiter() -> RateLimiter<MemoryStore, ManualClock> {
+        let tree = parse(&[SourceFile {
+            name: "c.yaml".into(),
+            text: CONFIG.into(),
+        }])
+        .expect("valid");
+        let metrics = Metrics::unregistered();
+        RateLimiter::new(
+            CurrentLimits::new(LimitSet::new(tree, &metrics)),
+            Arc::new(MemoryStore::new()),
+            ManualClock::at(T0),
+            metrics,
+        )
+    }
+
+    fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: entries
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            ..RateLimitDescriptor::default()
+        }
+    }
+
+    fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+        RateLimitRequest {
+            domain: "d".into(),
+            descriptors,
+            hits_addend: 0,
+        }
+    }
+
+    async fn code(limiter: &RateLimiter<MemoryStore, ManualClock>, r: &RateLimitRequest) -> Code {
+        let response = limiter.decide(r).await.expect("a decision");
+        Code::try_from(response.overall_code).expect("a known code")
+    }
+
+    #[tokio::test]
+    async fn statuses_carry_limit_remaining_and_reset() {
+        let limiter = limiter();
+        let response = limiter
+            .decide(&request(vec![descriptor(&[("user", "u1")])]))
+            .await
+            .expect("a decision");
+        let status = &response.statuses[0];
+        assert_eq!(status.limit_remaining, 1);
+        let limit = status.current_limit.as_ref().expect("current_limit");
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit),
+            (2, PbUnit::Minute as i32)
+        );
+        assert_eq!(
+            status.duration_until_reset.as_ref().map(|d| d.seconds),
+            Some(40)
+        );
+        assert!(response.response_headers_to_add.is_empty());
+    }
+
+    #[tokio::test]
+    async fn over_limit_adds_retry_after() {
+        let limiter = limiter();
+        let r = request(vec![descriptor(&[("user", "u1")])]);
+        assert_eq!(code(&limiter, &r).await, Code::Ok);
+        assert_eq!(code(&limiter, &r).await, Code::Ok);
+        let response = limiter.decide(&r).await.expect("a decision");
+        assert_eq!(response.overall_code, Code::OverLimit as i32);
+        let header = &response.response_headers_to_add[0];
+        assert_eq!(
+            (header.key.as_str(), header.value.as_str()),
+            ("retry-after", "40")
+        );
+    }
+
+    #[tokio::test]
+    async fn request_hits_addend_counts_several_and_descriptor_hits_addend_overrides_it() {
+        let limiter = limiter();
+        let mut r = request(vec![descriptor(&[("user", "u1")])]);
+        r.hits_addend = 2;
+        assert_eq!(code(&limiter, &r).await, Code::Ok);
+        // A query: hits_addend 0 on the descriptor counts nothing.
+        let mut query = descriptor(&[("user", "u1")]);
+        query.hits_addend = Some(UInt64Value { value: 0 });
+        let q = request(vec![query]);
+        let response = limiter.decide(&q).await.expect("a decision");
+        assert_eq!(response.overall_code, Code::Ok as i32);
+        assert_eq!(response.statuses[0].limit_remaining, 0);
+        assert_eq!(
+            code(&limiter, &request(vec![descriptor(&[("user", "u1")])])).await,
+            Code::OverLimit
+        );
+    }
+
+    #[tokio::test]
+    async fn one_descriptor_over_makes_the_request_over_and_others_are_judged_alone() {
+        let limiter = limiter();
+        let r = request(vec![
+            descriptor(&[("user", "a")]),
+            descriptor(&[("general", "x")]),
+        ]);
+        assert_eq!(code(&limiter, &r).await, Code::Ok);
+        let response = limiter.decide(&r).await.expect("a decision");
+        assert_eq!(response.overall_code, Code::OverLimit as i32);
+        assert_eq!(response.statuses[0].code, Code::Ok as i32);
+        assert_eq!(response.statuses[1].code, Code::OverLimit as i32);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_limit_does_not_apply() {
+        let limiter = limiter();
+        let r = request(vec![
+            descriptor(&[("general", "x")]),
+            descriptor(&[("specific", "y")]),
+        ]);
+        for _ in 0..5 {
+            assert_eq!(
+                code(&limiter, &r).await,
+                Code::Ok,
+                "general (1/min) is replaced"
+            );
+        }
+        assert_eq!(
+            code(&limiter, &r).await,
+            Code::OverLimit,
+            "specific (5/min) applies"
+        );
+    }
+
+    #[tokio::test]
+    async fn shadow_mode_counts_but_answers_ok() {
+        let limiter = limiter();
+        let r = request(vec![descriptor(&[("shadow", "s")])]);
+        assert_eq!(code(&limiter, &r).await, Code::Ok);
+        let response = limiter.decide(&r).await.expect("a decision");
+        assert_eq!(response.overall_code, Code::Ok as i32);
+        assert_eq!(response.statuses[0].limit_remaining, 0);
+    }
+
+    #[tokio::test]
+    async fn unlimited_and_unknown_descriptors_are_ok() {
+        let limiter = limiter();
+        let r = request(vec![
+            descriptor(&[("free", "f")]),
+            descriptor(&[("nothing", "n")]),
+        ]);
+        let response = limiter.decide(&r).await.expect("a decision");
+        assert_eq!(response.overall_code, Code::Ok as i32);
+        assert_eq!(response.statuses[0].limit_remaining, u32::MAX);
+        assert_eq!(response.statuses[1].current_limit, None);
+    }
+
+    #[tokio::test]
+    async fn quota_mode_is_over_only_when_every_quota_is() {
+        let limiter = limiter();
+        let r = request(vec![
+            descriptor(&[("quota_a", "x")]),
+            descriptor(&[("quota_b", "x")]),
+        ]);
+        assert_eq!(code(&limiter, &r).await, Code::Ok);
+        assert_eq!(code(&limiter, &r).await, Code::Ok, "quota_b still has room");
+        assert_eq!(code(&limiter, &r).await, Code::OverLimit);
+    }
+
+    #[tokio::test]
+    async fn an_empty_domain_or_descriptor_list_is_invalid() {
+        let limiter = limiter();
+        let mut r = request(vec![descriptor(&[("user", "u")])]);
+        r.domain.clear();
+        assert!(matches!(
+            limiter.decide(&r).await,
+            Err(ServiceError::InvalidRequest(_))
+        ));
+        let r = request(vec![]);
+        let status = Status::from(limiter.decide(&r).await.expect_err("invalid"));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn a_reload_swaps_limits_for_later_requests() {
+        let limiter = limiter();
+        let r = request(vec![descriptor(&[("other", "o")])]);
+        assert_eq!(
+            limiter.decide(&r).await.expect("ok").statuses[0].current_limit,
+            None
+        );
+        let tree = parse(&[SourceFile {
+            name: "c.yaml".into(),
+            text: "domain: d\ndescriptors:\n  - key: other\n    rate_limit: {unit: hour, requests_per_unit: 9}\n".into(),
+        }])
+        .expect("valid");
+        limiter
+            .limits
+            .replace(LimitSet::new(tree, &limiter.metrics));
+        let response = limiter.decide(&r).await.expect("ok");
+        assert_eq!(response.statuses[0].limit_remaining, 8);
+    }
+
+    #[test]
+    fn a_store_failure_is_unavailable() {
+        let status = Status::from(ServiceError::Store(StoreError::Timeout(
+            Duration::from_millis(40),
+        )));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+}

@@ -1,0 +1,147 @@
+//! Flags, each also read from a `TOLLGATE_…` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::store::redis::RedisTarget;
+
+/// Envoy waits 50 ms for the service by default (routes.yaml's `sidecars.rate_limit.timeout`);
+/// a Redis call must give up before that so the answer is our UNAVAILABLE, under Envoy's
+/// `failure_mode_deny`, and not Envoy's own timeout.
+pub const DEFAULT_REDIS_TIMEOUT: &str = "40ms";
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "tollgate-ratelimit",
+    version,
+    about = "Envoy's global rate limit service, backed by Redis"
+)]
+pub struct Settings {
+    /// Where Envoy calls ShouldRateLimit (and gRPC health).
+    #[arg(
+        long,
+        env = "TOLLGATE_RATELIMIT_GRPC_ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub grpc_addr: SocketAddr,
+    /// Integrated mode: the limits of this routes.yaml, reloaded when it changes.
+    #[arg(
+        long,
+        env = "TOLLGATE_ROUTES",
+        conflicts_with = "config",
+        required_unless_present = "config"
+    )]
+    pub routes: Option<PathBuf>,
+    /// Drop-in mode: an envoyproxy/ratelimit config file, or a directory of them (every
+    /// *.yaml and *.yml, one domain each), reloaded when they change.
+    #[arg(long, env = "TOLLGATE_RATELIMIT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Redis holding the counters, redis://HOST:PORT[/DB]; without it (or a cluster),
+    /// counters live in this process's memory.
+    #[arg(long, env = "TOLLGATE_REDIS_URL", conflicts_with = "redis_cluster_url")]
+    pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes, comma-separated redis:// URLs.
+    #[arg(long, env = "TOLLGATE_REDIS_CLUSTER_URL", value_delimiter = ',')]
+    pub redis_cluster_url: Vec<String>,
+    /// Longest wait for Redis per request (e.g. 40ms, 1s); past it the answer is UNAVAILABLE.
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_TIMEOUT",
+        default_value = DEFAULT_REDIS_TIMEOUT,
+        value_parser = parse_timeout
+    )]
+    pub redis_timeout: Duration,
+    /// HTTP /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "TOLLGATE_RATELIMIT_METRICS_ADDR",
+        default_value = "127.0.0.1:9102"
+    )]
+    pub metrics_addr: SocketAddr,
+}
+
+/// Where the limits come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitsSource {
+    Routes(PathBuf),
+    DropIn(PathBuf),
+}
+
+impl Settings {
+    pub fn limits_source(&self) -> Option<LimitsSource> {
+        match (&self.routes, &self.config) {
+            (Some(routes), _) => Some(LimitsSource::Routes(routes.clone())),
+            (None, Some(config)) => Some(LimitsSource::DropIn(config.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// `None`: in-memory counters.
+    pub fn redis_target(&self) -> Option<RedisTarget> {
+        if let Some(url) = &self.redis_url {
+            return Some(RedisTarget::Single(url.clone()));
+        }
+        let nodes: Vec<String> = self
+            .redis_cluster_url
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        (!nodes.is_empty()).then_some(RedisTarget::Cluster(nodes))
+    }
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = tollgate_routes::duration::parse(text)?;
+    if timeout.is_zero() {
+        return Err("the timeout must be positive".to_string());
+    }
+    Ok(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_with_defaults() {
+        let s = Settings::try_parse_from(["tollgate-ratelimit", "--routes", "routes.yaml"])
+            .expect("parses");
+        assert_eq!(s.redis_timeout, Duration::from_millis(40));
+        assert_eq!(s.redis_target(), None);
+        assert_eq!(
+            s.limits_source(),
+            Some(LimitsSource::Routes("routes.yaml".into()))
+        );
+    }
+
+    #[test]
+    fn a_cluster_is_a_comma_list() {
+        let s = Settings::try_parse_from([
+            "tollgate-ratelimit",
+            "--config",
+            "conf.d",
+            "--redis-cluster-url",
+            "redis://a:7000,redis://b:7001",
+            "--redis-timeout",
+            "100ms",
+        ])
+        .expect("parses");
+        assert_eq!(
+            s.redis_target(),
+            Some(RedisTarget::Cluster(vec![
+                "redis://a:7000".into(),
+                "redis://b:7001".into()
+            ]))
+        );
+    }
+
+    #[test]
+    fn routes_and_config_exclude_each_other_and_one_is_required() {
+        assert!(Settings::try_parse_from(["t", "--routes", "a", "--config", "b"]).is_err());
+        assert!(Settings::try_parse_from(["t"]).is_err());
+    }
+}

@@ -1,0 +1,354 @@
+//! Counters in Redis, shared by every instance of the service.
+//!
+//! One multiplexed connection (a `ConnectionManager`, or a cluster connection for Redis
+//! Cluster) carries every request: the checks of concurrent requests are written back to
+//! back and pipelined by the connection. A fixed window is `INCRBY` + `EXPIRE` in one round
+//! trip, as envoyproxy/ratelimit does; sliding windows and token buckets run a Lua script
+//! (`scripts/*.lua`), loaded with `SCRIPT LOAD` and called by `EVALSHA`. A Redis that lost
+//! its script cache (a restart, `SCRIPT FLUSH`) answers `NOSCRIPT`; that call is then made
+//! with `EVAL`, which runs the script and caches it again, so the next `EVALSHA` succeeds
+//! on whichever node the key lives.
+//!
+//! Every batch is bounded by the configured timeout; a Redis that is down or slow yields a
+//! [`StoreError`], never a wait on a client default. The connection reconnects by itself in
+//! the background when Redis comes back.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
+use tokio::sync::OnceCell;
+
+use super::over_limit::OverLimitCache;
+use super::{storage_key, Check, Store, StoreError};
+use crate::algorithm::{Decision, Policy, SlidingCounts, SLIDING_BUCKETS};
+
+const SLIDING_WINDOW_LUA: &str = include_str!("scripts/sliding_window.lua");
+const TOKEN_BUCKET_LUA: &str = include_str!("scripts/token_bucket.lua");
+
+/// Where Redis is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://host:port[/db]`
+    Single(String),
+    /// Seed nodes of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
+/// A Lua script and its SHA1, what `EVALSHA` names it by.
+#[derive(Debug)]
+struct LoadedScript {
+    body: &'static str,
+    sha: String,
+}
+
+impl LoadedScript {
+    fn new(body: &'static str) -> Self {
+        LoadedScript {
+            body,
+            sha: redis::Script::new(body).get_hash().to_string(),
+        }
+    }
+}
+
+/// The connection requests go out on; cloning it is cheap and shares the socket.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Source {
+    Single(ConnectionManager),
+    /// Filled by a background task once a node answers; the cluster connection then
+    /// follows topology changes and reconnects by itself.
+    Cluster(Arc<OnceCell<ClusterConnection>>),
+}
+
+/// The Redis store.
+pub struct RedisStore {
+    source: Source,
+    sliding: LoadedScript,
+    bucket: LoadedScript,
+    over_limit: OverLimitCache,
+    timeout: Duration,
+    ready: Arc<AtomicBool>,
+    script_reloads: AtomicU64,
+    local_hits: Option<prometheus_client::metrics::counter::Counter>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Sets up the connection without waiting for Redis: a Redis that is down at start-up
+    /// makes checks fail (and `/readyz` say so) until it comes up. Must run inside a Tokio
+    /// runtime. Fails only for a malformed URL.
+    pub fn connect(target: &RedisTarget, timeout: Duration) -> Result<Self, StoreError> {
+        let ready = Arc::new(AtomicBool::new(false));
+        let source = match target {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(Duration::from_secs(1))
+                    .set_number_of_retries(4);
+                Source::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+            }
+            RedisTarget::Cluster(nodes) => {
+                let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .build()?;
+                let cell = Arc::new(OnceCell::new());
+                tokio::spawn(connect_cluster(client, cell.clone()));
+                Source::Cluster(cell)
+            }
+        };
+        let store = RedisStore {
+            source,
+            sliding: LoadedScript::new(SLIDING_WINDOW_LUA),
+            bucket: LoadedScript::new(TOKEN_BUCKET_LUA),
+            over_limit: OverLimitCache::new(),
+            timeout,
+            ready,
+            script_reloads: AtomicU64::new(0),
+            local_hits: None,
+        };
+        Ok(store)
+    }
+
+    /// Loads both scripts (`SCRIPT LOAD`) so that the first checks find them; also tells
+    /// whether Redis answers. Bounded by the timeout.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection()?;
+        let load = async {
+            for script in [&self.sliding, &self.bucket] {
+                let sha: String = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(script.body)
+                    .query_async(&mut connection)
+                    .await?;
+                if sha != script.sha {
+                    return Err(StoreError::BadReply(format!(
+                        "SCRIPT LOAD returned sha {sha}, expected {}",
+                        script.sha
+                    )));
+                }
+            }
+            Ok(())
+        };
+        let result = self.bounded(load).await;
+        self.ready.store(result.is_ok(), Ordering::Release);
+        result
+    }
+
+    /// Counts denials answered from the local over-limit cache in `counter`.
+    pub fn count_local_hits(
+        mut self,
+        counter: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.local_hits = Some(counter);
+        self
+    }
+
+    /// How many times a script was missing from Redis's cache and sent again.
+    pub fn script_reloads(&self) -> u64 {
+        self.script_reloads.load(Ordering::Relaxed)
+    }
+
+    fn connection(&self) -> Result<Connection, StoreError> {
+        match &self.source {
+            Source::Single(manager) => Ok(Connection::Single(manager.clone())),
+            Source::Cluster(cell) => cell
+                .get()
+                .cloned()
+                .map(Connection::Cluster)
+                .ok_or_else(|| StoreError::NotConnected("no cluster node answered yet".into())),
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn check_one(&self, check: &Check<'_>, now_us: u64) -> Result<Decision, StoreError> {
+        let key = storage_key(check, now_us);
+        if let Some(denied) = self.over_limit.lookup(&key, check.hits, now_us) {
+            if let Some(counter) = &self.local_hits {
+                counter.inc();
+            }
+            return Ok(denied);
+        }
+        let mut connection = self.connection()?;
+        let decision = match check.policy {
+            Policy::Fixed(window) => {
+                let (count,): (u64,) = redis::pipe()
+                    .cmd("INCRBY")
+                    .arg(&key)
+                    .arg(check.hits)
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(window.window.as_secs().max(1))
+                    .ignore()
+                    .query_async(&mut connection)
+                    .await?;
+                window.decide(count, now_us)
+            }
+            Policy::Sliding(window) => {
+                let current = now_us / window.bucket_us();
+                let first = current.saturating_sub(SLIDING_BUCKETS);
+                let ttl_ms = (window.window_us() + window.bucket_us()).div_ceil(1_000);
+                let args = [current, first, window.limit, check.hits, ttl_ms];
+                let reply: Vec<u64> = self
+                    .eval(&self.sliding, &mut connection, &key, &args)
+                    .await?;
+                if !reply.len().is_multiple_of(2) {
+                    return Err(StoreError::BadReply(format!(
+                        "{} numbers from the sliding window script",
+                        reply.len()
+                    )));
+                }
+                let mut buckets: Vec<(u64, u64)> =
+                    reply.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+                buckets.sort_unstable();
+                window.decide(&mut SlidingCounts { buckets }, now_us, check.hits)
+            }
+            Policy::TokenBucket(bucket) => {
+                let emission = bucket.emission_us();
+                let args = [
+                    now_us,
+                    emission,
+                    bucket.burst.saturating_mul(emission),
+                    check.hits,
+                ];
+                let reply: String = self
+                    .eval(&self.bucket, &mut connection, &key, &args)
+                    .await?;
+                let tat = reply.parse::<u64>().map_err(|_| {
+                    StoreError::BadReply(format!("{reply:?} from the token bucket script"))
+                })?;
+                bucket.decide(Some(tat), now_us, check.hits).0
+            }
+        };
+        self.over_limit
+            .remember(&key, check.policy, &decision, now_us);
+        Ok(decision)
+    }
+
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &LoadedScript,
+        connection: &mut Connection,
+        key: &str,
+        args: &[u64],
+    ) -> Result<T, StoreError> {
+        let reply = redis::cmd("EVALSHA")
+            .arg(&script.sha)
+            .arg(1)
+            .arg(key)
+            .arg(args)
+            .query_async(connection)
+            .await;
+        match reply {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script_reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(sha = %script.sha, "redis lost the script (restart or flush), sending it again");
+                Ok(redis::cmd("EVAL")
+                    .arg(script.body)
+                    .arg(1)
+                    .arg(key)
+                    .arg(args)
+                    .query_async(connection)
+                    .await?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+async fn connect_cluster(
+    client: redis::cluster::ClusterClient,
+    cell: Arc<OnceCell<ClusterConnection>>,
+) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match client.get_async_connection().await {
+            Ok(connection) => {
+                let _ = cell.set(connection);
+                tracing::info!("connected to the redis cluster");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "cannot reach the redis cluster");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+impl Store for RedisStore {
+    async fn check<'a>(
+        &'a self,
+        checks: &'a [Check<'a>],
+        now_us: u64,
+    ) -> Result<Vec<Decision>, StoreError> {
+        let all = futures::future::try_join_all(checks.iter().map(|c| self.check_one(c, now_us)));
+        let result = self.bounded(all).await;
+        self.ready.store(result.is_ok(), Ordering::Release);
+        result
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn probe(&self) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        self.load_scripts()
+    }
+}
