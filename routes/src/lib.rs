@@ -13,7 +13,10 @@ mod error;
 pub mod policy;
 mod validate;
 
-pub use config::{Endpoint, Listener, PathMatch, Route, RouteMatch, RoutesConfig, Service};
+pub use config::{
+    AccessLogSink, Endpoint, EscapedSlashes, Listener, Observability, PathMatch, Route, RouteMatch,
+    RoutesConfig, Service,
+};
 pub use error::{ConfigError, ConfigErrors};
 
 /// Parses and validates routes.yaml text; `file` is the name errors are reported against.

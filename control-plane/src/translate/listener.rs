@@ -16,9 +16,19 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3::HeaderMutation;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::BoolValue;
-use tollgate_routes::Listener as ListenerConfig;
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::PathWithEscapedSlashesAction;
+use tollgate_routes::{EscapedSlashes, Listener as ListenerConfig};
 
-use super::{ads_config_source, any, auth, rate_limit};
+use super::{ads_config_source, any, auth, local_reply, rate_limit};
+
+fn escaped_slashes_action(escaped: EscapedSlashes) -> PathWithEscapedSlashesAction {
+    match escaped {
+        EscapedSlashes::Reject => PathWithEscapedSlashesAction::RejectRequest,
+        EscapedSlashes::Redirect => PathWithEscapedSlashesAction::UnescapeAndRedirect,
+        EscapedSlashes::Keep => PathWithEscapedSlashesAction::KeepUnchanged,
+    }
+}
 
 fn http_filter(name: &str, config: Any) -> HttpFilter {
     HttpFilter {
@@ -49,6 +59,7 @@ pub(super) struct ListenerFilters {
     pub ext_authz: Option<Any>,
     /// The ratelimit filter config, when a route on this listener has rate limits.
     pub rate_limit: Option<Any>,
+    pub access_log: Option<AccessLog>,
 }
 
 pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Listener {
@@ -72,6 +83,17 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
         // The gateway is the edge: trust the peer address, not a client-supplied
         // x-forwarded-for, when deciding who the client is.
         use_remote_address: Some(BoolValue { value: true }),
+        // Correlation ids: keep the client's, make one otherwise, and echo it back.
+        generate_request_id: Some(BoolValue { value: true }),
+        preserve_external_request_id: true,
+        always_set_request_id_in_response: true,
+        // A path must not reach a route by a spelling that dodges the route's auth rule
+        // (`/a/../b`, `//b`, `%2F`): normalise per RFC 3986 §6 before routing.
+        normalize_path: Some(BoolValue { value: true }),
+        merge_slashes: true,
+        path_with_escaped_slashes_action: escaped_slashes_action(config.escaped_slashes) as i32,
+        local_reply_config: Some(local_reply::local_reply_config()),
+        access_log: filters.access_log.iter().cloned().collect(),
         // Before routing and before ext_authz: a client-sent x-consumer-id (or any
         // header ext-authz fills from a claim) must never reach an upstream or a rate
         // limit, on public routes too.

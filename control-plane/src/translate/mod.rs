@@ -4,9 +4,12 @@
 //! files, clocks or sockets, so every push is reproducible and its version is a hash of its
 //! content.
 
+mod access_log;
 mod auth;
 mod cluster;
+mod json_format;
 mod listener;
+mod local_reply;
 mod rate_limit;
 mod route;
 
@@ -68,6 +71,11 @@ pub fn translate(config: &RoutesConfig) -> Snapshot {
             strip_headers: strip_headers.clone(),
             ext_authz: ext_authz.map(auth::filter),
             rate_limit: rate_limit.map(rate_limit::filter),
+            access_log: config
+                .observability
+                .access_log
+                .as_ref()
+                .map(access_log::access_log),
         };
         resources.push((
             type_url::LISTENER,
@@ -77,8 +85,7 @@ pub fn translate(config: &RoutesConfig) -> Snapshot {
                 &listener::listener(l, &filters),
             ),
         ));
-        let routes =
-            route::route_configuration(&l.name, config.routes_on(&l.name), ext_authz.is_some());
+        let routes = route::route_configuration(l, config.routes_on(&l.name), ext_authz.is_some());
         resources.push((
             type_url::ROUTE,
             Resource::new(&l.name, type_url::ROUTE, &routes),

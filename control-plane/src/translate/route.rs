@@ -2,29 +2,58 @@
 
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, route::Action, route_action::ClusterSpecifier,
-    route_match::PathSpecifier, HeaderMatcher, Route as EnvoyRoute, RouteAction,
-    RouteConfiguration, RouteMatch as EnvoyRouteMatch, VirtualHost,
+    route_match::PathSpecifier, DirectResponseAction, HeaderMatcher, Route as EnvoyRoute,
+    RouteAction, RouteConfiguration, RouteMatch as EnvoyRouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatcher, StringMatcher,
 };
-use tollgate_routes::{PathMatch, Route, RouteMatch};
+use tollgate_routes::{Listener, PathMatch, Route, RouteMatch};
 
+use super::json_format::json_format;
 use super::{auth, proto_duration, rate_limit, stable_map};
 
 pub(super) fn route_configuration<'a>(
-    listener: &str,
+    listener: &Listener,
     routes: impl Iterator<Item = &'a Route>,
     ext_authz: bool,
 ) -> RouteConfiguration {
+    let health = listener
+        .health_path
+        .as_deref()
+        .map(|path| health_route(path, ext_authz));
     RouteConfiguration {
-        name: listener.to_string(),
+        name: listener.name.clone(),
         virtual_hosts: vec![VirtualHost {
-            name: listener.to_string(),
+            name: listener.name.clone(),
             domains: vec!["*".into()],
-            routes: routes.map(|r| route(r, ext_authz)).collect(),
+            routes: health
+                .into_iter()
+                .chain(routes.map(|r| route(r, ext_authz)))
+                .collect(),
             ..Default::default()
         }],
+        ..Default::default()
+    }
+}
+
+/// The gateway's own liveness answer: first, so no user route can shadow it, and direct,
+/// so it says the gateway is up without depending on any upstream.
+fn health_route(path: &str, ext_authz: bool) -> EnvoyRoute {
+    EnvoyRoute {
+        name: "tollgate_health".into(),
+        r#match: Some(EnvoyRouteMatch {
+            path_specifier: Some(PathSpecifier::Path(path.to_string())),
+            ..Default::default()
+        }),
+        action: Some(Action::DirectResponse(DirectResponseAction {
+            status: 200,
+            body: None,
+            body_format: Some(json_format(&[("status", "ok")])),
+        })),
+        typed_per_filter_config: stable_map(
+            ext_authz.then(|| (auth::FILTER_NAME.to_string(), auth::per_route(None))),
+        ),
         ..Default::default()
     }
 }

@@ -38,6 +38,17 @@ fn snapshot() -> Snapshot {
     translate(&tollgate_routes::parse("routes.yaml", CONFIG).expect("valid"))
 }
 
+fn route_named<'a>(
+    config: &'a RouteConfiguration,
+    name: &str,
+) -> &'a envoy_types::pb::envoy::config::route::v3::Route {
+    config.virtual_hosts[0]
+        .routes
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no route {name}"))
+}
+
 fn decode<M: Message + Default>(snapshot: &Snapshot, type_url: &str, name: &str) -> M {
     let resource = &snapshot.resources(type_url).resources[name];
     M::decode(resource.body.value.as_slice()).expect("decodes")
@@ -92,13 +103,17 @@ fn each_listener_gets_its_own_route_configuration_over_rds() {
         .iter()
         .map(|r| r.name.as_str())
         .collect();
-    assert_eq!(names, ["by-id"], "the public-only route is not on mobile");
+    assert_eq!(
+        names,
+        ["tollgate_health", "by-id"],
+        "the public-only route is not on mobile"
+    );
 }
 
 #[test]
 fn route_matches_rewrite_and_timeout_are_carried_over() {
     let public: RouteConfiguration = decode(&snapshot(), type_url::ROUTE, "public");
-    let route = &public.virtual_hosts[0].routes[0];
+    let route = route_named(&public, "list");
     let matcher = route.r#match.as_ref().expect("match");
     assert_eq!(
         matcher.path_specifier,
@@ -239,26 +254,31 @@ fn protected_routes_carry_provider_and_scopes_and_public_routes_skip_the_check()
         ext_authz_per_route::Override, ExtAuthzPerRoute,
     };
     let routes: RouteConfiguration = decode(&protected(), type_url::ROUTE, "public");
-    let per_route = |i: usize| {
-        let any = &routes.virtual_hosts[0].routes[i].typed_per_filter_config
-            ["envoy.filters.http.ext_authz"];
+    let per_route = |name: &str| {
+        let any =
+            &route_named(&routes, name).typed_per_filter_config["envoy.filters.http.ext_authz"];
         ExtAuthzPerRoute::decode(any.value.as_slice())
             .expect("decodes")
             .r#override
     };
-    let Some(Override::CheckSettings(settings)) = per_route(0) else {
+    let Some(Override::CheckSettings(settings)) = per_route("secured") else {
         panic!("check settings expected")
     };
     assert_eq!(settings.context_extensions["provider"], "main");
     assert_eq!(settings.context_extensions["scopes"], "read write");
-    assert_eq!(per_route(1), Some(Override::Disabled(true)));
+    assert_eq!(per_route("open"), Some(Override::Disabled(true)));
+    assert_eq!(
+        per_route("tollgate_health"),
+        Some(Override::Disabled(true)),
+        "the health answer needs no token"
+    );
 }
 
 #[test]
 fn each_rate_limit_rule_becomes_one_descriptor_named_like_the_service_expects() {
     use envoy_types::pb::envoy::config::route::v3::rate_limit::action::ActionSpecifier;
     let routes: RouteConfiguration = decode(&protected(), type_url::ROUTE, "public");
-    let Some(Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
+    let Some(Action::Route(action)) = &route_named(&routes, "secured").action else {
         panic!("route action expected")
     };
     let described: Vec<Vec<String>> = action
@@ -303,4 +323,36 @@ fn resources_with_maps_hash_the_same_every_time() {
     let versions: std::collections::HashSet<String> =
         (0..20).map(|_| protected().version().to_string()).collect();
     assert_eq!(versions.len(), 1, "{versions:?}");
+}
+
+#[test]
+fn each_listener_answers_health_itself_before_any_user_route() {
+    let public: RouteConfiguration = decode(&snapshot(), type_url::ROUTE, "public");
+    let first = &public.virtual_hosts[0].routes[0];
+    assert_eq!(
+        first
+            .r#match
+            .as_ref()
+            .and_then(|m| m.path_specifier.clone()),
+        Some(PathSpecifier::Path("/health".into()))
+    );
+    assert!(matches!(&first.action, Some(Action::DirectResponse(d)) if d.status == 200));
+}
+
+#[test]
+fn listeners_normalise_paths_keep_request_ids_and_log_json() {
+    let hcm = manager(&snapshot(), "public");
+    assert_eq!(hcm.normalize_path.map(|b| b.value), Some(true));
+    assert!(hcm.merge_slashes);
+    assert_eq!(
+        hcm.path_with_escaped_slashes_action, 2,
+        "REJECT_REQUEST by default"
+    );
+    assert!(hcm.preserve_external_request_id && hcm.always_set_request_id_in_response);
+    assert_eq!(hcm.access_log.len(), 1);
+    assert!(!hcm
+        .local_reply_config
+        .expect("local replies")
+        .mappers
+        .is_empty());
 }

@@ -1,0 +1,62 @@
+//! Every reply Envoy makes itself gets a small JSON body and a JSON content type, as an API's
+//! clients expect: `{"error":"service unavailable","request_id":"…"}`.
+//!
+//! Only the statuses Envoy itself produces are mapped. 401 and 403 are deliberately absent:
+//! ext-authz already answers those with a JSON body and `WWW-Authenticate`, which a
+//! catch-all body format would overwrite.
+
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    access_log_filter::FilterSpecifier, comparison_filter::Op, AccessLogFilter, ComparisonFilter,
+    StatusCodeFilter,
+};
+use envoy_types::pb::envoy::config::core::v3::RuntimeUInt32;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    LocalReplyConfig, ResponseMapper,
+};
+
+use super::json_format::json_format;
+
+/// Status → the error text the client sees.
+const ERRORS: [(u32, &str); 9] = [
+    (400, "bad request"),
+    (404, "no route matches this request"),
+    (408, "request timeout"),
+    (413, "payload too large"),
+    (429, "too many requests"),
+    (431, "request headers too large"),
+    (502, "bad gateway"),
+    (503, "service unavailable"),
+    (504, "upstream timeout"),
+];
+
+pub(super) fn local_reply_config() -> LocalReplyConfig {
+    LocalReplyConfig {
+        mappers: ERRORS
+            .iter()
+            .map(|(status, error)| ResponseMapper {
+                filter: Some(status_is(*status)),
+                body_format_override: Some(json_format(&[
+                    ("error", error),
+                    ("request_id", "%REQ(X-REQUEST-ID)%"),
+                ])),
+                ..Default::default()
+            })
+            .collect(),
+        body_format: None,
+    }
+}
+
+fn status_is(status: u32) -> AccessLogFilter {
+    AccessLogFilter {
+        filter_specifier: Some(FilterSpecifier::StatusCodeFilter(StatusCodeFilter {
+            comparison: Some(ComparisonFilter {
+                op: Op::Eq as i32,
+                value: Some(RuntimeUInt32 {
+                    default_value: status,
+                    // A runtime key is required; nobody sets this one.
+                    runtime_key: format!("tollgate.local_reply.status_{status}"),
+                }),
+            }),
+        })),
+    }
+}
