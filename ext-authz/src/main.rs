@@ -1,7 +1,39 @@
-//! Placeholder binary: the service arrives with its own issue.
+//! `tollgate-ext-authz`: wiring only; the work lives in the library.
 #![forbid(unsafe_code)]
 
+use clap::Parser;
+use tollgate_ext_authz::cli::Cli;
+use tollgate_ext_authz::server::{self, StartError};
+use tollgate_runtime::{exit, logging, shutdown};
+
 fn main() {
-    eprintln!("not implemented yet");
-    std::process::exit(1);
+    let cli = Cli::parse();
+    logging::init();
+    tollgate_ext_authz::install_crypto();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime
+                .block_on(server::run(
+                    cli.options(),
+                    cli.grpc_addr,
+                    cli.metrics_addr,
+                    shutdown::signal(),
+                ))
+                .map_err(anyhow::Error::from)
+        });
+    let code = match result {
+        Ok(()) => 0,
+        Err(error) => match error.downcast_ref::<StartError>() {
+            Some(StartError::Config(config)) => {
+                eprintln!("{config}");
+                exit::BAD_CONFIG
+            }
+            _ => {
+                eprintln!("error: {error:#}");
+                exit::FAILURE
+            }
+        },
+    };
+    std::process::exit(code);
 }

@@ -1,0 +1,268 @@
+//! `cargo bench -p tollgate-ext-authz --bench check`: Check calls per second and latency
+//! over real gRPC (client and server in one process, sharing the machine's cores), for a
+//! cached token and for fresh RS256 and ES256 tokens (each call a distinct, pre-minted
+//! token), plus the single-core verify rate of the pure verifier, to set beside
+//! `openssl speed rsa2048 ecdsap256`. Bounded to well under a minute.
+
+#[path = "../src/testkeys.rs"]
+mod testkeys;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use serde_json::json;
+use testkeys::{claims, jwks, TestKey};
+use tollgate_ext_authz::jwks::KeySet;
+use tollgate_ext_authz::server::{App, Options};
+use tollgate_routes::policy::{Algorithm, AuthProvider, KeySource, TokenSource};
+
+const CASE_TIME: Duration = Duration::from_secs(2);
+const CONCURRENCY: usize = 16;
+const RSA_TOKENS: usize = 12_000;
+const EC_TOKENS: usize = 30_000;
+
+fn request(provider: &str, token: &str) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/api".into(),
+                    headers: HashMap::from([("authorization".into(), format!("Bearer {token}"))]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: HashMap::from([
+                ("route".into(), "bench".into()),
+                ("provider".into(), provider.into()),
+                ("scopes".into(), "profile".into()),
+            ]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Mints `count` distinct tokens (distinct `jti`) on every core.
+fn mint(key: &Arc<TestKey>, count: usize) -> Arc<Vec<String>> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per = count.div_ceil(threads);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let key = Arc::clone(key);
+            std::thread::spawn(move || {
+                let mut c = claims();
+                (t * per..((t + 1) * per).min(count))
+                    .map(|i| {
+                        c["jti"] = json!(i);
+                        key.mint(&c)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    Arc::new(
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("minting thread"))
+            .collect(),
+    )
+}
+
+struct Outcome {
+    calls: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+/// Runs `CONCURRENCY` callers for `CASE_TIME` or until the tokens run out.
+async fn run_case(
+    client: &AuthorizationClient<tonic::transport::Channel>,
+    provider: &'static str,
+    tokens: Arc<Vec<String>>,
+    reuse: bool,
+) -> Outcome {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + CASE_TIME;
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (mut client, tokens, next) =
+                (client.clone(), Arc::clone(&tokens), Arc::clone(&next));
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let token = if reuse {
+                        &tokens[0]
+                    } else if let Some(token) = tokens.get(i) {
+                        token
+                    } else {
+                        break;
+                    };
+                    let call = Instant::now();
+                    let response = client.check(request(provider, token)).await;
+                    latencies.push(call.elapsed());
+                    match response.map(|r| r.into_inner().http_response) {
+                        Ok(Some(HttpResponse::OkResponse(_))) => {}
+                        other => panic!("bench check was not allowed: {other:?}"),
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await.expect("worker"));
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Outcome {
+        calls: latencies.len(),
+        elapsed,
+        latencies,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// Verifications per second of the pure verifier on one core (no cache, no gRPC).
+fn verify_rate(key: &TestKey, tokens: &[String]) -> f64 {
+    let keys = KeySet::parse_jwks(jwks(&[key]).as_bytes()).expect("jwks");
+    let provider = AuthProvider {
+        name: "bench".into(),
+        issuer: testkeys::ISSUER.into(),
+        audiences: vec![testkeys::AUDIENCE.into()],
+        keys: KeySource::JwksFile("unused".into()),
+        algorithms: vec![Algorithm::RS256, Algorithm::ES256],
+        clock_skew: Duration::from_secs(60),
+        consumer_claim: "sub".into(),
+        forward_claims: Default::default(),
+        token: TokenSource::BearerHeader("authorization".into()),
+    };
+    let now = testkeys::now();
+    let started = Instant::now();
+    let mut count = 0usize;
+    while started.elapsed() < Duration::from_millis(700) {
+        let token = &tokens[count % tokens.len()];
+        let verified = tollgate_ext_authz::verify::verify(token, &keys, &provider, now);
+        assert!(verified.is_ok(), "{verified:?}");
+        count += 1;
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    tollgate_ext_authz::install_crypto();
+    let total = Instant::now();
+    let rsa = Arc::new(TestKey::rsa("rsa", 0));
+    let ec = Arc::new(TestKey::p256("ec"));
+    let rsa_tokens = mint(&rsa, RSA_TOKENS);
+    let ec_tokens = mint(&ec, EC_TOKENS);
+    eprintln!(
+        "minted {} RS256 and {} ES256 tokens in {:.1?}",
+        rsa_tokens.len(),
+        ec_tokens.len(),
+        total.elapsed()
+    );
+
+    let rsa_rate = verify_rate(&rsa, &rsa_tokens[..1000]);
+    let ec_rate = verify_rate(&ec, &ec_tokens[..1000]);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("rsa.json"), jwks(&[&rsa])).expect("write");
+    std::fs::write(dir.path().join("ec.json"), jwks(&[&ec])).expect("write");
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        "version: 1\nauth_providers:\n  rsa: {issuer: https://id.example.com, audiences: [tollgate], jwks_file: rsa.json}\n  ec: {issuer: https://id.example.com, audiences: [tollgate], jwks_file: ec.json}\n",
+    )
+    .expect("write");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rows = runtime.block_on(async {
+        let app = App::load(Options {
+            routes,
+            realm: "bench".into(),
+            // Large enough that no fresh token evicts another during a case.
+            token_cache_size: 100_000,
+            jwks_refresh_interval: Duration::from_secs(300),
+            jwks_cooldown: Duration::from_secs(30),
+        })
+        .await
+        .expect("config");
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = grpc.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.serve(grpc, http, async move {
+            let _ = stopped.await;
+        }));
+        let client = AuthorizationClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        // Warm the cached case's one token, and the connection.
+        let warm = Arc::new(vec![ec_tokens[ec_tokens.len() - 1].clone()]);
+        let _ = run_case(&client, "ec", Arc::clone(&warm), true).await;
+        let rows = vec![
+            (
+                "cached token (ES256)",
+                run_case(&client, "ec", warm, true).await,
+            ),
+            (
+                "uncached RS256",
+                run_case(&client, "rsa", rsa_tokens, false).await,
+            ),
+            (
+                "uncached ES256",
+                run_case(&client, "ec", ec_tokens, false).await,
+            ),
+        ];
+        let _ = stop.send(());
+        rows
+    });
+
+    println!("| case | checks | checks/s | p50 | p99 |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, outcome) in &rows {
+        println!(
+            "| {name} | {} | {:.0} | {:.2} ms | {:.2} ms |",
+            outcome.calls,
+            outcome.calls as f64 / outcome.elapsed.as_secs_f64(),
+            percentile(&outcome.latencies, 0.50).as_secs_f64() * 1e3,
+            percentile(&outcome.latencies, 0.99).as_secs_f64() * 1e3,
+        );
+    }
+    println!();
+    println!(
+        "gRPC over loopback, {CONCURRENCY} concurrent calls, client and server sharing {} cores.",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("| verify (pure, 1 core) | per second |");
+    println!("|---|---:|");
+    println!("| RS256 (RSA 2048) | {rsa_rate:.0} |");
+    println!("| ES256 (P-256) | {ec_rate:.0} |");
+    println!();
+    println!("Compare with `openssl speed -seconds 3 rsa2048 ecdsap256` (verify/s columns).");
+    eprintln!("bench took {:.1?}", total.elapsed());
+}

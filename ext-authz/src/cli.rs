@@ -1,0 +1,69 @@
+//! Command-line flags; each can also come from a `TOLLGATE_…` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::server::Options;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate-ext-authz",
+    version,
+    about = "Validates JWTs for Envoy's external authorization API"
+)]
+pub struct Cli {
+    /// Where Envoy calls envoy.service.auth.v3.Authorization/Check (and grpc.health.v1).
+    #[arg(long, env = "TOLLGATE_GRPC_ADDR", default_value = "127.0.0.1:9191")]
+    pub grpc_addr: SocketAddr,
+    /// The routes.yaml whose auth_providers are served; reloaded when it changes.
+    #[arg(long, env = "TOLLGATE_ROUTES")]
+    pub routes: PathBuf,
+    /// /metrics, /healthz and /readyz.
+    #[arg(long, env = "TOLLGATE_METRICS_ADDR", default_value = "127.0.0.1:9192")]
+    pub metrics_addr: SocketAddr,
+    /// The realm in WWW-Authenticate challenges (RFC 6750 §3).
+    #[arg(long, env = "TOLLGATE_REALM", default_value = "tollgate", value_parser = parse_realm)]
+    pub realm: String,
+    /// Verified tokens kept so a reused token skips the signature check; 0 disables.
+    #[arg(long, env = "TOLLGATE_TOKEN_CACHE_SIZE", default_value_t = 10_000)]
+    pub token_cache_size: usize,
+    /// How often a remote JWKS is refetched.
+    #[arg(long, env = "TOLLGATE_JWKS_REFRESH_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub jwks_refresh_interval: Duration,
+    /// The least time between two fetches triggered by unknown key ids, per provider.
+    #[arg(long, env = "TOLLGATE_JWKS_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
+    pub jwks_cooldown: Duration,
+}
+
+impl Cli {
+    pub fn options(&self) -> Options {
+        Options {
+            routes: self.routes.clone(),
+            realm: self.realm.clone(),
+            token_cache_size: self.token_cache_size,
+            jwks_refresh_interval: self.jwks_refresh_interval,
+            jwks_cooldown: self.jwks_cooldown,
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    tollgate_routes::duration::parse(text)
+}
+
+/// The realm is sent inside a quoted string: no quotes, backslashes or controls.
+fn parse_realm(text: &str) -> Result<String, String> {
+    if text
+        .chars()
+        .all(|c| c == ' ' || (c.is_ascii_graphic() && c != '"' && c != '\\'))
+    {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "realm \"{text}\" may hold only printable ASCII without '\"' or '\\'"
+        ))
+    }
+}

@@ -1,0 +1,280 @@
+//! Finding the token in the request Envoy describes: a `Bearer` header (RFC 6750 §2.1),
+//! a query parameter (§2.3) or a cookie, as the provider's `token` setting says. Pure.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+use tollgate_routes::policy::TokenSource;
+
+/// The request as Envoy sent it: header names are lower-case.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestView<'a> {
+    pub headers: &'a HashMap<String, String>,
+    /// Used instead of `headers` when Envoy's `encode_raw_headers` is on.
+    pub header_map: Option<&'a HeaderMap>,
+    /// The request target: path and query string, undecoded.
+    pub path: &'a str,
+}
+
+/// The outcome of looking for the token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found<'a> {
+    Token(Cow<'a, str>),
+    /// No credentials of the provider's kind (RFC 6750 §3.1: answer without an error code).
+    Missing,
+    /// More than one token (RFC 6750 §2: a client MUST NOT use more than one method or
+    /// repeat one); refusing is safer than guessing which one the upstream will read.
+    Ambiguous,
+}
+
+impl<'a> RequestView<'a> {
+    /// A header's value; repeated raw headers are joined with "," as Envoy joins them in
+    /// `headers`.
+    pub fn header(&self, name: &str) -> Option<Cow<'a, str>> {
+        if let Some(value) = self.headers.get(name) {
+            return Some(Cow::Borrowed(value.as_str()));
+        }
+        let map = self.header_map?;
+        let mut values = map
+            .headers
+            .iter()
+            .filter(|h| h.key.eq_ignore_ascii_case(name))
+            .map(|h| {
+                if h.raw_value.is_empty() {
+                    Cow::Borrowed(h.value.as_str())
+                } else {
+                    String::from_utf8_lossy(&h.raw_value)
+                }
+            });
+        let first = values.next()?;
+        match values.next() {
+            None => Some(first),
+            Some(second) => {
+                let mut joined = format!("{first},{second}");
+                for more in values {
+                    joined.push(',');
+                    joined.push_str(&more);
+                }
+                Some(Cow::Owned(joined))
+            }
+        }
+    }
+}
+
+/// Finds the token where `source` says it is.
+pub fn find_token<'a>(source: &TokenSource, request: &RequestView<'a>) -> Found<'a> {
+    match source {
+        TokenSource::BearerHeader(name) => match request.header(name) {
+            None => Found::Missing,
+            Some(Cow::Borrowed(value)) => bearer(value)
+                .map(|t| Found::Token(Cow::Borrowed(t)))
+                .unwrap_or(Found::Missing),
+            Some(Cow::Owned(value)) => bearer(&value)
+                .map(|t| Found::Token(Cow::Owned(t.to_string())))
+                .unwrap_or(Found::Missing),
+        },
+        TokenSource::Query(name) => {
+            let query = request
+                .path
+                .split_once('?')
+                .map(|(_, q)| q.split('#').next().unwrap_or(q))
+                .unwrap_or("");
+            single(
+                query
+                    .split('&')
+                    .filter_map(|pair| pair.split_once('='))
+                    .filter(|(key, _)| percent_decode(key) == name.as_str())
+                    .map(|(_, value)| percent_decode(value)),
+            )
+        }
+        TokenSource::Cookie(name) => {
+            let Some(cookies) = request.header("cookie") else {
+                return Found::Missing;
+            };
+            single(
+                cookies
+                    .split(';')
+                    .filter_map(|pair| pair.trim().split_once('='))
+                    .filter(|(key, _)| key.trim() == name)
+                    .map(|(_, value)| {
+                        // RFC 6265 §4.1.1: a cookie value may be wrapped in double quotes.
+                        let value = value.trim();
+                        let value = value
+                            .strip_prefix('"')
+                            .and_then(|v| v.strip_suffix('"'))
+                            .unwrap_or(value);
+                        Cow::Owned(value.to_string())
+                    }),
+            )
+        }
+    }
+}
+
+/// `Bearer <token>`: the scheme is case-insensitive (RFC 9110 §11.1); other schemes are
+/// not this provider's credentials.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+fn single<'a>(mut values: impl Iterator<Item = Cow<'a, str>>) -> Found<'a> {
+    match (values.next(), values.next()) {
+        (None, _) => Found::Missing,
+        (Some(value), None) if value.is_empty() => Found::Missing,
+        (Some(value), None) => Found::Token(value),
+        (Some(_), Some(_)) => Found::Ambiguous,
+    }
+}
+
+/// RFC 3986 §2.1 percent-decoding; invalid escapes are kept as they are.
+fn percent_decode(text: &str) -> Cow<'_, str> {
+    if !text.contains('%') {
+        return Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+
+    use super::*;
+
+    fn view<'a>(headers: &'a HashMap<String, String>, path: &'a str) -> RequestView<'a> {
+        RequestView {
+            headers,
+            header_map: None,
+            path,
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn bearer_source() -> TokenSource {
+        TokenSource::BearerHeader("authorization".into())
+    }
+
+    #[test]
+    fn bearer_token_is_taken_from_authorization() {
+        let h = headers(&[("authorization", "Bearer abc.def.ghi")]);
+        assert_eq!(
+            find_token(&bearer_source(), &view(&h, "/")),
+            Found::Token("abc.def.ghi".into())
+        );
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let h = headers(&[("authorization", "bEaReR   abc")]);
+        assert_eq!(
+            find_token(&bearer_source(), &view(&h, "/")),
+            Found::Token("abc".into())
+        );
+    }
+
+    #[test]
+    fn another_scheme_counts_as_no_token() {
+        let h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(find_token(&bearer_source(), &view(&h, "/")), Found::Missing);
+        let h = headers(&[("authorization", "Bearer")]);
+        assert_eq!(find_token(&bearer_source(), &view(&h, "/")), Found::Missing);
+    }
+
+    #[test]
+    fn a_custom_header_still_needs_bearer() {
+        let source = TokenSource::BearerHeader("x-token".into());
+        let h = headers(&[("x-token", "Bearer t1"), ("authorization", "Bearer t2")]);
+        assert_eq!(
+            find_token(&source, &view(&h, "/")),
+            Found::Token("t1".into())
+        );
+    }
+
+    #[test]
+    fn raw_header_map_is_used_when_headers_is_empty() {
+        let h = HashMap::new();
+        let map = HeaderMap {
+            headers: vec![HeaderValue {
+                key: "authorization".into(),
+                value: String::new(),
+                raw_value: b"Bearer raw".to_vec(),
+            }],
+        };
+        let request = RequestView {
+            headers: &h,
+            header_map: Some(&map),
+            path: "/",
+        };
+        assert_eq!(
+            find_token(&bearer_source(), &request),
+            Found::Token("raw".into())
+        );
+    }
+
+    #[test]
+    fn query_parameter_token_is_decoded() {
+        let source = TokenSource::Query("access_token".into());
+        let h = HashMap::new();
+        assert_eq!(
+            find_token(&source, &view(&h, "/x?a=1&access_token=ab%2Ecd.ef#frag")),
+            Found::Token("ab.cd.ef".into())
+        );
+        assert_eq!(find_token(&source, &view(&h, "/x?a=1")), Found::Missing);
+        assert_eq!(find_token(&source, &view(&h, "/x")), Found::Missing);
+    }
+
+    #[test]
+    fn a_repeated_query_token_is_ambiguous() {
+        let source = TokenSource::Query("access_token".into());
+        let h = HashMap::new();
+        assert_eq!(
+            find_token(&source, &view(&h, "/?access_token=a&access_token=b")),
+            Found::Ambiguous
+        );
+    }
+
+    #[test]
+    fn cookie_token_is_found_among_others() {
+        let source = TokenSource::Cookie("session".into());
+        let h = headers(&[("cookie", "theme=dark; session=\"t.o.k\"; lang=en")]);
+        assert_eq!(
+            find_token(&source, &view(&h, "/")),
+            Found::Token("t.o.k".into())
+        );
+        let h = headers(&[("cookie", "theme=dark")]);
+        assert_eq!(find_token(&source, &view(&h, "/")), Found::Missing);
+    }
+
+    #[test]
+    fn truncated_percent_escapes_do_not_panic() {
+        for text in ["%", "%4", "a%", "%zz", "%e2%82"] {
+            let _ = percent_decode(text);
+        }
+        assert_eq!(percent_decode("%41%"), "A%");
+    }
+}

@@ -1,0 +1,36 @@
+//! Tollgate's ext-authz service: it answers Envoy's `envoy.service.auth.v3.Authorization`
+//! checks by validating JWTs against the auth providers of routes.yaml.
+//!
+//! The pieces: [`jwks`] keeps each provider's keys (local file or remote JWKS, with
+//! rotation and a refetch cooldown), [`verify`] checks a token purely (token, keys, policy,
+//! time in; claims or a typed rejection out), [`cache`] remembers verified tokens,
+//! [`providers`] holds the live table built from routes.yaml, [`extract`] finds the token
+//! in a request, [`service`] decides a `CheckRequest` and [`response`] renders the
+//! `CheckResponse`, [`server`] runs it all with health and metrics.
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod cli;
+pub mod extract;
+pub mod jwks;
+pub mod metrics;
+pub mod providers;
+pub mod reload;
+pub mod response;
+pub mod server;
+pub mod service;
+pub mod verify;
+
+#[cfg(test)]
+mod testkeys;
+
+/// Selects aws-lc-rs as jsonwebtoken's crypto backend. jsonwebtoken 11 picks a backend from
+/// cargo features and panics at the first verification if feature unification ever turns
+/// on a second one, so the choice is made explicitly once at start-up. Calling it again is
+/// harmless.
+pub fn install_crypto() {
+    // Err means a provider is already installed, which is the goal.
+    let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+        &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+    );
+}

@@ -1,0 +1,174 @@
+//! Running the service: configuration is loaded and validated first, then the gRPC port
+//! (Authorization and grpc.health.v1) and the metrics port serve until shutdown, while
+//! routes.yaml is watched for changes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tollgate_runtime::file_watch::{FileChanges, WatchError};
+use tollgate_runtime::http::{self, Readiness};
+
+use crate::cache::TokenCache;
+use crate::jwks::HttpClient;
+use crate::metrics::Metrics;
+use crate::providers::{ProviderSettings, Providers};
+use crate::reload::{self, LoadError};
+use crate::service::{self, AuthService};
+
+/// Everything `serve` needs besides sockets, as the command line gives it.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub routes: PathBuf,
+    pub realm: String,
+    pub token_cache_size: usize,
+    pub jwks_refresh_interval: Duration,
+    pub jwks_cooldown: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration the user must fix (exit 64).
+    #[error(transparent)]
+    Config(#[from] LoadError),
+    #[error("cannot watch routes.yaml: {0}")]
+    Watch(#[from] WatchError),
+    #[error("cannot set up TLS for JWKS fetches: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("metrics server failed: {0}")]
+    Metrics(std::io::Error),
+}
+
+/// A loaded, validated service, not yet listening.
+pub struct App {
+    options: Options,
+    pub service: AuthService,
+    pub metrics: Arc<Metrics>,
+    pub providers: Arc<Providers>,
+    registry: Arc<Registry>,
+    settings: ProviderSettings,
+    routes_hash: [u8; 32],
+}
+
+impl App {
+    /// Reads routes.yaml and loads every provider's keys (remote ones start fetching).
+    pub async fn load(options: Options) -> Result<App, StartError> {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let base_dir = match options.routes.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let settings = ProviderSettings {
+            base_dir,
+            client: HttpClient::new()?,
+            refresh_interval: options.jwks_refresh_interval,
+            cooldown: options.jwks_cooldown,
+            metrics: Arc::clone(&metrics),
+        };
+        let (table, routes_hash) = reload::load(&options.routes, None, &settings).await?;
+        tracing::info!(file = %options.routes.display(), providers = table.len(), "routes.yaml loaded");
+        let providers = Arc::new(Providers::new(table));
+        let service = AuthService::new(
+            Arc::clone(&providers),
+            Arc::new(TokenCache::new(options.token_cache_size)),
+            Arc::clone(&metrics),
+            &options.realm,
+            service::system_clock,
+        );
+        Ok(App {
+            options,
+            service,
+            metrics,
+            providers,
+            registry: Arc::new(registry),
+            settings,
+            routes_hash,
+        })
+    }
+
+    /// Serves on already-bound listeners until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        grpc: TcpListener,
+        metrics: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+
+        let changes = FileChanges::watch(&self.options.routes)?;
+        let watcher = tokio::spawn(reload::watch(
+            self.options.routes.clone(),
+            changes,
+            Arc::clone(&self.providers),
+            self.settings.clone(),
+            self.routes_hash,
+        ));
+
+        let readiness = Readiness::default();
+        let router = http::router(Arc::clone(&self.registry), readiness.clone());
+        let metrics_server = tokio::spawn(http::serve(metrics, router, signal(stopped.clone())));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let grpc_addr = grpc.local_addr().ok();
+        let providers = Arc::clone(&self.providers);
+        tokio::spawn(async move {
+            providers.load().wait_loaded().await;
+            health
+                .set_serving::<AuthorizationServer<AuthService>>()
+                .await;
+            readiness.set(true);
+            tracing::info!(addr = ?grpc_addr, "ready");
+        });
+        let result = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(AuthorizationServer::new(self.service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), signal(stopped))
+            .await;
+        watcher.abort();
+        result?;
+        match metrics_server.await {
+            Ok(Ok(())) | Err(_) => Ok(()),
+            Ok(Err(error)) => Err(StartError::Metrics(error)),
+        }
+    }
+}
+
+/// Loads, binds and serves: the whole life of the process.
+pub async fn run(
+    options: Options,
+    grpc_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let app = App::load(options).await?;
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let grpc = bind(grpc_addr).await?;
+    let metrics = bind(metrics_addr).await?;
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, "listening");
+    app.serve(grpc, metrics, shutdown).await
+}

@@ -1,0 +1,288 @@
+//! Test support: fresh signing keys, their JWKS, and tokens minted by hand so tests can
+//! also build the malformed and hostile ones. Shared by unit tests, integration tests and
+//! the bench (included with `#[path]`), never compiled into the service.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::{KeySize, PublicKeyComponents};
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
+    ECDSA_P384_SHA384_FIXED_SIGNING, RSA_PKCS1_SHA256, RSA_PSS_SHA256,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Value};
+
+pub fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+enum Signer {
+    Rsa(&'static RsaKeyPair),
+    Ec(EcdsaKeyPair),
+    Ed(Ed25519KeyPair),
+    Hmac(Vec<u8>),
+}
+
+/// A signing key with its `kid`, default `alg` and public JWK.
+pub struct TestKey {
+    pub kid: String,
+    pub alg: &'static str,
+    signer: Signer,
+    pub jwk: Value,
+}
+
+/// RSA key generation is slow in a debug build; a few keys are made once per process.
+fn rsa_pair(slot: usize) -> &'static RsaKeyPair {
+    static PAIRS: [OnceLock<RsaKeyPair>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    PAIRS[slot % 3].get_or_init(|| RsaKeyPair::generate(KeySize::Rsa2048).expect("rsa keygen"))
+}
+
+impl TestKey {
+    /// RSA 2048; `slot` picks one of three process-wide keys.
+    pub fn rsa(kid: &str, slot: usize) -> TestKey {
+        let pair = rsa_pair(slot);
+        let public = PublicKeyComponents::<Vec<u8>>::from(pair.public_key());
+        TestKey {
+            kid: kid.into(),
+            alg: "RS256",
+            jwk: json!({"kty": "RSA", "kid": kid, "use": "sig", "n": b64(&public.n), "e": b64(&public.e)}),
+            signer: Signer::Rsa(pair),
+        }
+    }
+
+    pub fn p256(kid: &str) -> TestKey {
+        TestKey::ec(kid, "ES256")
+    }
+
+    pub fn p384(kid: &str) -> TestKey {
+        TestKey::ec(kid, "ES384")
+    }
+
+    fn ec(kid: &str, alg: &'static str) -> TestKey {
+        let (signing, crv, size) = if alg == "ES256" {
+            (&ECDSA_P256_SHA256_FIXED_SIGNING, "P-256", 32)
+        } else {
+            (&ECDSA_P384_SHA384_FIXED_SIGNING, "P-384", 48)
+        };
+        let pair = EcdsaKeyPair::generate(signing).expect("ec keygen");
+        let point = pair.public_key().as_ref().to_vec();
+        let (x, y) = point[1..].split_at(size);
+        TestKey {
+            kid: kid.into(),
+            alg,
+            jwk: json!({"kty": "EC", "kid": kid, "crv": crv, "x": b64(x), "y": b64(y)}),
+            signer: Signer::Ec(pair),
+        }
+    }
+
+    pub fn ed25519(kid: &str) -> TestKey {
+        let pair = Ed25519KeyPair::generate().expect("ed25519 keygen");
+        let x = pair.public_key().as_ref().to_vec();
+        TestKey {
+            kid: kid.into(),
+            alg: "EdDSA",
+            jwk: json!({"kty": "OKP", "kid": kid, "crv": "Ed25519", "x": b64(&x)}),
+            signer: Signer::Ed(pair),
+        }
+    }
+
+    pub fn hmac(secret: &[u8]) -> TestKey {
+        TestKey {
+            kid: "secret".into(),
+            alg: "HS256",
+            jwk: Value::Null,
+            signer: Signer::Hmac(secret.to_vec()),
+        }
+    }
+
+    /// The DER SubjectPublicKeyInfo of an RSA key: what an attacker would use as an HMAC
+    /// secret in the algorithm-confusion attack.
+    pub fn rsa_public_der(slot: usize) -> Vec<u8> {
+        rsa_pair(slot)
+            .public_key()
+            .as_der()
+            .expect("public der")
+            .as_ref()
+            .to_vec()
+    }
+
+    /// Signs `header.payload` with this key using `alg` (the key's own unless overridden).
+    pub fn sign(&self, alg: &str, input: &[u8]) -> Vec<u8> {
+        let rng = SystemRandom::new();
+        match &self.signer {
+            Signer::Rsa(pair) => {
+                let encoding: &'static dyn aws_lc_rs::signature::RsaEncoding = match alg {
+                    "PS256" => &RSA_PSS_SHA256,
+                    _ => &RSA_PKCS1_SHA256,
+                };
+                let mut sig = vec![0; pair.public_modulus_len()];
+                pair.sign(encoding, &rng, input, &mut sig)
+                    .expect("rsa sign");
+                sig
+            }
+            Signer::Ec(pair) => pair.sign(&rng, input).expect("ec sign").as_ref().to_vec(),
+            Signer::Ed(pair) => pair.sign(input).as_ref().to_vec(),
+            Signer::Hmac(secret) => hmac(alg, secret, input),
+        }
+    }
+
+    /// A token with this key's alg and kid and the given claims.
+    pub fn mint(&self, claims: &Value) -> String {
+        self.mint_with(
+            &json!({"alg": self.alg, "kid": self.kid, "typ": "JWT"}),
+            claims,
+        )
+    }
+
+    /// A token with an arbitrary header, signed with the header's `alg`.
+    pub fn mint_with(&self, header: &Value, claims: &Value) -> String {
+        let alg = header["alg"].as_str().unwrap_or(self.alg).to_string();
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = self.sign(&alg, input.as_bytes());
+        format!("{input}.{}", b64(&sig))
+    }
+}
+
+pub fn hmac(alg: &str, secret: &[u8], input: &[u8]) -> Vec<u8> {
+    let algorithm = match alg {
+        "HS384" => aws_lc_rs::hmac::HMAC_SHA384,
+        "HS512" => aws_lc_rs::hmac::HMAC_SHA512,
+        _ => aws_lc_rs::hmac::HMAC_SHA256,
+    };
+    let key = aws_lc_rs::hmac::Key::new(algorithm, secret);
+    aws_lc_rs::hmac::sign(&key, input).as_ref().to_vec()
+}
+
+/// A JWKS document holding these keys' public halves.
+pub fn jwks(keys: &[&TestKey]) -> String {
+    json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}).to_string()
+}
+
+pub const ISSUER: &str = "https://id.example.com";
+pub const AUDIENCE: &str = "tollgate";
+
+/// Claims that pass the default test provider, valid for an hour.
+pub fn claims() -> Value {
+    let now = now();
+    json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "user-42",
+        "iat": now,
+        "exp": now + 3600,
+        "scope": "invoices:read profile",
+    })
+}
+
+/// A tiny JWKS endpoint: serves `body` with `status`, counts requests, and can hold every
+/// answer until released (to test that concurrent callers share one fetch).
+pub mod server {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    #[derive(Default)]
+    struct State {
+        status: u16,
+        body: String,
+    }
+
+    #[derive(Clone)]
+    pub struct JwksServer {
+        pub addr: SocketAddr,
+        state: Arc<Mutex<State>>,
+        hits: Arc<AtomicUsize>,
+        task: Arc<tokio::task::JoinHandle<()>>,
+    }
+
+    impl JwksServer {
+        pub async fn start(body: String) -> JwksServer {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let state = Arc::new(Mutex::new(State { status: 200, body }));
+            let hits = Arc::new(AtomicUsize::new(0));
+            let (s, h) = (Arc::clone(&state), Arc::clone(&hits));
+            let task = tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (s, h) = (Arc::clone(&s), Arc::clone(&h));
+                    tokio::spawn(async move {
+                        let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                            h.fetch_add(1, Ordering::SeqCst);
+                            let (status, body) = {
+                                let st = s.lock().expect("state");
+                                (st.status, st.body.clone())
+                            };
+                            async move {
+                                Ok::<_, Infallible>(
+                                    Response::builder()
+                                        .status(status)
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from(body)))
+                                        .expect("response"),
+                                )
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+            JwksServer {
+                addr,
+                state,
+                hits,
+                task: Arc::new(task),
+            }
+        }
+
+        pub fn uri(&self) -> String {
+            format!("http://{}/.well-known/jwks.json", self.addr)
+        }
+
+        pub fn hits(&self) -> usize {
+            self.hits.load(Ordering::SeqCst)
+        }
+
+        pub fn set(&self, status: u16, body: String) {
+            let mut st = self.state.lock().expect("state");
+            st.status = status;
+            st.body = body;
+        }
+    }
+
+    impl Drop for JwksServer {
+        fn drop(&mut self) {
+            if Arc::strong_count(&self.task) == 1 {
+                self.task.abort();
+            }
+        }
+    }
+}

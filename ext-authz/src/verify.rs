@@ -1,0 +1,315 @@
+//! Token verification, pure: token text, a key set, the provider's policy and the time in;
+//! the verified claims this service needs, or a typed [`Rejection`], out. No I/O, no clock.
+//!
+//! The order follows RFC 8725 (JWT best current practice): bound the size before any
+//! work, decode only the header before the signature is checked, choose the algorithm from
+//! the provider's allow-list and the key's type (never from the token alone: §3.1), and
+//! read the claims only once the signature holds. `jku`, `x5u` and `jwk` header
+//! parameters are never followed (§3.10): keys come from routes.yaml only.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tollgate_routes::policy::{Algorithm, AuthProvider};
+
+use crate::jwks::{KeyLookup, KeySet};
+
+/// Larger tokens are refused before any decoding or cryptography. 8 KiB is Envoy's
+/// default limit for a single header name and value pair's neighbourhood and far above
+/// any real access token.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Why a token was refused. The `Display` text is sent to the client as
+/// `error_description`, so it never contains anything taken from the token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the token is larger than 8 KiB")]
+    TooLarge,
+    #[error("the token is not a well-formed JWT")]
+    Malformed(&'static str),
+    #[error("the token's signing algorithm is not supported")]
+    UnsupportedAlgorithm,
+    #[error("the token's signing algorithm is not allowed")]
+    AlgorithmNotAllowed,
+    /// RFC 7515 §4.1.11: a `crit` extension this service does not implement makes the
+    /// token invalid. None is implemented.
+    #[error("the token requires an unsupported critical header extension")]
+    CriticalHeader,
+    #[error("the token's signing key is unknown")]
+    UnknownKey { kid: Option<String> },
+    #[error("the token's signing algorithm does not match its key")]
+    KeyMismatch,
+    #[error("the token names no key and several could verify it")]
+    AmbiguousKey,
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    #[error("the token has no expiry (exp)")]
+    MissingExpiry,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued in the future")]
+    IssuedInFuture,
+    #[error("the token's issuer is not accepted")]
+    WrongIssuer,
+    #[error("the token is not meant for this audience")]
+    WrongAudience,
+}
+
+impl Rejection {
+    /// A short label for metrics and logs.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Rejection::TooLarge => "too_large",
+            Rejection::Malformed(_) => "malformed",
+            Rejection::UnsupportedAlgorithm | Rejection::AlgorithmNotAllowed => "algorithm",
+            Rejection::CriticalHeader => "crit",
+            Rejection::UnknownKey { .. } => "unknown_kid",
+            Rejection::KeyMismatch | Rejection::AmbiguousKey => "key_mismatch",
+            Rejection::BadSignature => "signature",
+            Rejection::MissingExpiry | Rejection::Expired => "expired",
+            Rejection::NotYetValid | Rejection::IssuedInFuture => "not_yet_valid",
+            Rejection::WrongIssuer => "issuer",
+            Rejection::WrongAudience => "audience",
+        }
+    }
+}
+
+/// What a verified token tells the gateway, computed once and cached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifiedToken {
+    /// `exp`, in seconds since the epoch: the cache never serves the token past it.
+    pub expires_at: f64,
+    /// From `scope` (RFC 8693 §4.2, space-separated) and `scp` (string or array).
+    pub scopes: Vec<String>,
+    /// The `consumer_claim` value, for `x-consumer-id`.
+    pub consumer: Option<String>,
+    /// `forward_claims` headers with their values, in configuration order.
+    pub claim_headers: Vec<(String, String)>,
+    /// `forward_claims` headers the token had no usable value for: removed upstream so a
+    /// client cannot supply its own.
+    pub absent_headers: Vec<String>,
+}
+
+impl VerifiedToken {
+    /// The required scopes the token lacks.
+    pub fn missing_scopes<'a>(&self, required: &[&'a str]) -> Vec<&'a str> {
+        required
+            .iter()
+            .filter(|want| !self.scopes.iter().any(|have| have == *want))
+            .copied()
+            .collect()
+    }
+}
+
+/// The JOSE header members this service reads (RFC 7515 §4.1).
+#[derive(Deserialize)]
+struct Header {
+    alg: Option<String>,
+    kid: Option<String>,
+    crit: Option<Value>,
+}
+
+/// Verifies `token` against `keys` under `provider`'s rules at time `now` (seconds since
+/// the epoch).
+pub fn verify(
+    token: &str,
+    keys: &KeySet,
+    provider: &AuthProvider,
+    now: u64,
+) -> Result<VerifiedToken, Rejection> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(Rejection::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        // Five parts would be JWE (RFC 7516), which this service does not accept either.
+        return Err(Rejection::Malformed("expected three dot-separated parts"));
+    };
+    let header_json = decode_part(header_b64, "header is not base64url")?;
+    let header: Header = serde_json::from_slice(&header_json)
+        .map_err(|_| Rejection::Malformed("header is not a JSON object"))?;
+    let alg_name = header
+        .alg
+        .ok_or(Rejection::Malformed("header has no alg"))?;
+    // `none` (RFC 7518 §3.6) is not in the list, so unsecured tokens stop here.
+    let alg = Algorithm::parse(&alg_name).ok_or(Rejection::UnsupportedAlgorithm)?;
+    if !provider.algorithms.contains(&alg) {
+        return Err(Rejection::AlgorithmNotAllowed);
+    }
+    if header.crit.is_some() {
+        return Err(Rejection::CriticalHeader);
+    }
+    let key = match keys.find(header.kid.as_deref(), alg) {
+        KeyLookup::Found(key) => key,
+        KeyLookup::Unknown => return Err(Rejection::UnknownKey { kid: header.kid }),
+        KeyLookup::WrongType => return Err(Rejection::KeyMismatch),
+        KeyLookup::Ambiguous => return Err(Rejection::AmbiguousKey),
+    };
+    // The signing input is the first two parts exactly as sent (RFC 7515 §5.2 step 8).
+    let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
+    let signed = jsonwebtoken::crypto::verify(
+        signature_b64,
+        signing_input.as_bytes(),
+        &key.decoding,
+        jwt_algorithm(alg),
+    )
+    .map_err(|_| Rejection::Malformed("signature is not base64url"))?;
+    if !signed {
+        return Err(Rejection::BadSignature);
+    }
+
+    let payload = decode_part(payload_b64, "payload is not base64url")?;
+    let claims: Map<String, Value> = serde_json::from_slice(&payload)
+        .map_err(|_| Rejection::Malformed("payload is not a JSON object"))?;
+    check_claims(&claims, provider, now)?;
+    Ok(extract(&claims, provider))
+}
+
+fn decode_part(part: &str, problem: &'static str) -> Result<Vec<u8>, Rejection> {
+    // RFC 7515 §2: base64url without padding; the engine also refuses non-canonical
+    // trailing bits, so one token has one encoding.
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| Rejection::Malformed(problem))
+}
+
+fn jwt_algorithm(alg: Algorithm) -> jsonwebtoken::Algorithm {
+    use jsonwebtoken::Algorithm as J;
+    match alg {
+        Algorithm::RS256 => J::RS256,
+        Algorithm::RS384 => J::RS384,
+        Algorithm::RS512 => J::RS512,
+        Algorithm::PS256 => J::PS256,
+        Algorithm::PS384 => J::PS384,
+        Algorithm::PS512 => J::PS512,
+        Algorithm::ES256 => J::ES256,
+        Algorithm::ES384 => J::ES384,
+        Algorithm::EdDSA => J::EdDSA,
+        Algorithm::HS256 => J::HS256,
+        Algorithm::HS384 => J::HS384,
+        Algorithm::HS512 => J::HS512,
+    }
+}
+
+/// RFC 7519 §4.1: the registered claims, with the provider's clock skew as leeway.
+fn check_claims(
+    claims: &Map<String, Value>,
+    provider: &AuthProvider,
+    now: u64,
+) -> Result<(), Rejection> {
+    let now = now as f64;
+    let skew = provider.clock_skew.as_secs_f64();
+    // §4.1.4: the current time MUST be before exp. A token without one would be valid
+    // forever, so it is refused (RFC 8725 §3.10 leaves this to the application).
+    let exp = numeric_date(claims, "exp")?.ok_or(Rejection::MissingExpiry)?;
+    if now >= exp + skew {
+        return Err(Rejection::Expired);
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf")? {
+        if now + skew < nbf {
+            return Err(Rejection::NotYetValid);
+        }
+    }
+    if let Some(iat) = numeric_date(claims, "iat")? {
+        if iat > now + skew {
+            return Err(Rejection::IssuedInFuture);
+        }
+    }
+    match claims.get("iss") {
+        Some(Value::String(iss)) if *iss == provider.issuer => {}
+        _ => return Err(Rejection::WrongIssuer),
+    }
+    // §4.1.3: `aud` is a string or an array of strings; one match is enough.
+    let accepted = |aud: &str| provider.audiences.iter().any(|a| a == aud);
+    let audience_ok = match claims.get("aud") {
+        Some(Value::String(aud)) => accepted(aud),
+        Some(Value::Array(list)) => list.iter().any(|a| a.as_str().is_some_and(accepted)),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err(Rejection::WrongAudience);
+    }
+    Ok(())
+}
+
+/// A NumericDate (RFC 7519 §2): a JSON number of seconds, possibly fractional.
+fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, Rejection> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|v| v.is_finite())
+            .map(Some)
+            .ok_or(Rejection::Malformed("a date claim is not a number")),
+        Some(_) => Err(Rejection::Malformed("a date claim is not a number")),
+    }
+}
+
+fn extract(claims: &Map<String, Value>, provider: &AuthProvider) -> VerifiedToken {
+    let mut scopes = Vec::new();
+    for name in ["scope", "scp"] {
+        match claims.get(name) {
+            Some(Value::String(list)) => {
+                scopes.extend(list.split_ascii_whitespace().map(str::to_string))
+            }
+            Some(Value::Array(list)) => {
+                scopes.extend(list.iter().filter_map(Value::as_str).map(str::to_string))
+            }
+            _ => {}
+        }
+    }
+    let mut claim_headers = Vec::new();
+    let mut absent_headers = Vec::new();
+    for (claim, header) in &provider.forward_claims {
+        match claims.get(claim).and_then(header_value) {
+            Some(value) => claim_headers.push((header.clone(), value)),
+            None => absent_headers.push(header.clone()),
+        }
+    }
+    VerifiedToken {
+        expires_at: claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0),
+        scopes,
+        consumer: claims.get(&provider.consumer_claim).and_then(scalar_value),
+        claim_headers,
+        absent_headers,
+    }
+}
+
+/// A header value for a claim: strings, numbers and booleans as text; an array of those
+/// joined with "," (the list syntax of RFC 9110 §5.6.1, so upstreams can split it).
+/// Objects, nested arrays and values that are not valid header text are not forwarded.
+fn header_value(value: &Value) -> Option<String> {
+    match value {
+        Value::Array(items) => {
+            let parts: Option<Vec<String>> = items.iter().map(scalar_value).collect();
+            parts
+                .map(|p| p.join(","))
+                .filter(|joined| is_header_text(joined))
+        }
+        other => scalar_value(other),
+    }
+}
+
+fn scalar_value(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    is_header_text(&text).then_some(text)
+}
+
+/// RFC 9110 §5.5: field values exclude CR, LF and NUL (the header-injection characters)
+/// and other controls; a claim carrying them is not forwarded.
+fn is_header_text(text: &str) -> bool {
+    !text.is_empty() && text.chars().all(|c| c == '\t' || !c.is_control())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,422 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+use tollgate_routes::policy::{Algorithm, AuthProvider, KeySource, TokenSource};
+
+use super::*;
+use crate::jwks::KeySet;
+use crate::testkeys::{self, b64, claims, now, TestKey, AUDIENCE, ISSUER};
+
+fn provider(algorithms: &[Algorithm]) -> AuthProvider {
+    AuthProvider {
+        name: "main".into(),
+        issuer: ISSUER.into(),
+        audiences: vec![AUDIENCE.into(), "other".into()],
+        keys: KeySource::JwksFile("jwks.json".into()),
+        algorithms: algorithms.to_vec(),
+        clock_skew: Duration::from_secs(60),
+        consumer_claim: "sub".into(),
+        forward_claims: BTreeMap::from([
+            ("tier".to_string(), "x-tier".to_string()),
+            ("groups".to_string(), "x-groups".to_string()),
+            ("email".to_string(), "x-email".to_string()),
+        ]),
+        token: TokenSource::BearerHeader("authorization".into()),
+    }
+}
+
+fn public_provider() -> AuthProvider {
+    provider(
+        &Algorithm::ALL
+            .into_iter()
+            .filter(|a| !a.is_symmetric())
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn keyset(keys: &[&TestKey]) -> KeySet {
+    KeySet::parse_jwks(testkeys::jwks(keys).as_bytes()).expect("jwks")
+}
+
+fn check(key: &TestKey, token: &str) -> Result<VerifiedToken, Rejection> {
+    verify(token, &keyset(&[key]), &public_provider(), now())
+}
+
+fn with_claims(key: &TestKey, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut c = claims();
+    edit(&mut c);
+    key.mint(&c)
+}
+
+#[test]
+fn valid_rs256_token_passes() {
+    let key = TestKey::rsa("r1", 0);
+    let verified = check(&key, &key.mint(&claims())).expect("valid");
+    assert_eq!(verified.consumer.as_deref(), Some("user-42"));
+    assert_eq!(verified.scopes, vec!["invoices:read", "profile"]);
+}
+
+#[test]
+fn valid_ps256_token_passes() {
+    let key = TestKey::rsa("r1", 0);
+    let token = key.mint_with(&json!({"alg": "PS256", "kid": "r1"}), &claims());
+    assert!(check(&key, &token).is_ok());
+}
+
+#[test]
+fn valid_es256_token_passes() {
+    let key = TestKey::p256("e1");
+    assert!(check(&key, &key.mint(&claims())).is_ok());
+}
+
+#[test]
+fn valid_es384_token_passes() {
+    let key = TestKey::p384("e3");
+    assert!(check(&key, &key.mint(&claims())).is_ok());
+}
+
+#[test]
+fn valid_eddsa_token_passes() {
+    let key = TestKey::ed25519("d1");
+    assert!(check(&key, &key.mint(&claims())).is_ok());
+}
+
+#[test]
+fn valid_hs256_token_passes_with_the_shared_secret() {
+    let secret = [7u8; 32];
+    let key = TestKey::hmac(&secret);
+    let keys = KeySet::from_secret(&secret).expect("secret");
+    let token = key.mint(&claims());
+    let verified = verify(&token, &keys, &provider(&[Algorithm::HS256]), now());
+    assert!(verified.is_ok(), "{verified:?}");
+}
+
+#[test]
+fn expired_token_is_rejected() {
+    let key = TestKey::p256("e1");
+    let token = with_claims(&key, |c| c["exp"] = json!(now() - 120));
+    assert_eq!(check(&key, &token), Err(Rejection::Expired));
+}
+
+#[test]
+fn token_expired_within_the_clock_skew_is_still_accepted() {
+    let key = TestKey::p256("e1");
+    let token = with_claims(&key, |c| c["exp"] = json!(now() - 30));
+    assert!(check(&key, &token).is_ok());
+}
+
+#[test]
+fn not_yet_valid_token_is_rejected() {
+    let key = TestKey::p256("e1");
+    let token = with_claims(&key, |c| c["nbf"] = json!(now() + 600));
+    assert_eq!(check(&key, &token), Err(Rejection::NotYetValid));
+}
+
+#[test]
+fn token_issued_in_the_future_beyond_skew_is_rejected() {
+    let key = TestKey::p256("e1");
+    let token = with_claims(&key, |c| c["iat"] = json!(now() + 600));
+    assert_eq!(check(&key, &token), Err(Rejection::IssuedInFuture));
+}
+
+#[test]
+fn wrong_issuer_is_rejected() {
+    let key = TestKey::p256("e1");
+    let token = with_claims(&key, |c| c["iss"] = json!("https://evil.example.com"));
+    assert_eq!(check(&key, &token), Err(Rejection::WrongIssuer));
+}
+
+#[test]
+fn wrong_audience_is_rejected() {
+    let key = TestKey::p256("e1");
+    let token = with_claims(&key, |c| c["aud"] = json!("someone-else"));
+    assert_eq!(check(&key, &token), Err(Rejection::WrongAudience));
+}
+
+#[test]
+fn missing_audience_is_rejected() {
+    let key = TestKey::p256("e1");
+    let token = with_claims(&key, |c| {
+        c.as_object_mut().map(|o| o.remove("aud"));
+    });
+    assert_eq!(check(&key, &token), Err(Rejection::WrongAudience));
+}
+
+#[test]
+fn audience_array_with_one_configured_audience_passes() {
+    let key = TestKey::p256("e1");
+    let token = with_claims(&key, |c| c["aud"] = json!(["a", "other", 7]));
+    assert!(check(&key, &token).is_ok());
+}
+
+#[test]
+fn unknown_kid_is_reported_with_the_kid() {
+    let key = TestKey::p256("e1");
+    let stranger = TestKey::p256("e2");
+    let token = stranger.mint(&claims());
+    assert_eq!(
+        check(&key, &token),
+        Err(Rejection::UnknownKey {
+            kid: Some("e2".into())
+        })
+    );
+}
+
+#[test]
+fn tampered_payload_is_rejected() {
+    let key = TestKey::rsa("r1", 0);
+    let token = key.mint(&claims());
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut forged = claims();
+    forged["sub"] = json!("admin");
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(forged.to_string().as_bytes()),
+        parts[2]
+    );
+    assert_eq!(check(&key, &tampered), Err(Rejection::BadSignature));
+}
+
+#[test]
+fn tampered_signature_is_rejected() {
+    let key = TestKey::p256("e1");
+    let token = key.mint(&claims());
+    let (input, sig) = token.rsplit_once('.').expect("three parts");
+    let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .expect("sig");
+    bytes[10] ^= 0x01;
+    let tampered = format!("{input}.{}", b64(&bytes));
+    assert_eq!(check(&key, &tampered), Err(Rejection::BadSignature));
+}
+
+#[test]
+fn alg_none_is_rejected() {
+    let key = TestKey::p256("e1");
+    let header = b64(json!({"alg": "none", "kid": "e1"}).to_string().as_bytes());
+    let payload = b64(claims().to_string().as_bytes());
+    let token = format!("{header}.{payload}.");
+    assert_eq!(check(&key, &token), Err(Rejection::UnsupportedAlgorithm));
+}
+
+#[test]
+fn hs256_signed_with_the_rsa_public_key_is_rejected() {
+    // The algorithm-confusion attack (RFC 8725 §2.1): the attacker knows the public key and
+    // uses its bytes as an HMAC secret.
+    let key = TestKey::rsa("r1", 0);
+    let forger = TestKey::hmac(&TestKey::rsa_public_der(0));
+    let token = forger.mint_with(&json!({"alg": "HS256", "kid": "r1"}), &claims());
+    assert_eq!(check(&key, &token), Err(Rejection::AlgorithmNotAllowed));
+    // Even a provider wrongly allowing HS256 refuses: the key is not a secret.
+    let mut lax = public_provider();
+    lax.algorithms.push(Algorithm::HS256);
+    assert_eq!(
+        verify(&token, &keyset(&[&key]), &lax, now()),
+        Err(Rejection::KeyMismatch)
+    );
+}
+
+#[test]
+fn missing_exp_is_rejected() {
+    let key = TestKey::p256("e1");
+    let token = with_claims(&key, |c| {
+        c.as_object_mut().map(|o| o.remove("exp"));
+    });
+    assert_eq!(check(&key, &token), Err(Rejection::MissingExpiry));
+}
+
+#[test]
+fn non_numeric_exp_is_malformed() {
+    let key = TestKey::p256("e1");
+    let token = with_claims(&key, |c| c["exp"] = json!("tomorrow"));
+    assert!(matches!(check(&key, &token), Err(Rejection::Malformed(_))));
+}
+
+#[test]
+fn missing_scope_is_reported_by_the_scope_check() {
+    let key = TestKey::p256("e1");
+    let verified = check(&key, &key.mint(&claims())).expect("valid");
+    assert_eq!(
+        verified.missing_scopes(&["invoices:read", "invoices:write"]),
+        vec!["invoices:write"]
+    );
+    assert!(verified.missing_scopes(&["profile"]).is_empty());
+}
+
+#[test]
+fn scp_array_counts_as_scopes() {
+    let key = TestKey::p256("e1");
+    let token = with_claims(&key, |c| {
+        c.as_object_mut().map(|o| o.remove("scope"));
+        c["scp"] = json!(["a", "b"]);
+    });
+    let verified = check(&key, &token).expect("valid");
+    assert!(verified.missing_scopes(&["a", "b"]).is_empty());
+}
+
+#[test]
+fn malformed_base64_is_rejected_without_panic() {
+    let key = TestKey::p256("e1");
+    for token in [
+        "!!!.@@@.###",
+        "eyJ.eyJ.c2ln",
+        "e30.e30.e30",
+        "====.====.====",
+    ] {
+        assert!(
+            matches!(check(&key, token), Err(Rejection::Malformed(_))),
+            "{token}"
+        );
+    }
+}
+
+#[test]
+fn garbage_with_the_wrong_number_of_parts_is_rejected() {
+    let key = TestKey::p256("e1");
+    for token in ["", "abc", "a.b", "a.b.c.d", "a.b.c.d.e", "..", "...."] {
+        assert!(
+            matches!(check(&key, token), Err(Rejection::Malformed(_))),
+            "{token:?}"
+        );
+    }
+}
+
+#[test]
+fn three_part_garbage_in_base64_is_rejected() {
+    let key = TestKey::p256("e1");
+    let token = format!("{}.{}.{}", b64(b"not json"), b64(b"[1,2]"), b64(b"sig"));
+    assert!(matches!(check(&key, &token), Err(Rejection::Malformed(_))));
+}
+
+#[test]
+fn non_object_payload_is_rejected_after_a_valid_signature() {
+    let key = TestKey::p256("e1");
+    let token = key.mint(&json!([1, 2, 3]));
+    assert!(matches!(check(&key, &token), Err(Rejection::Malformed(_))));
+}
+
+#[test]
+fn oversized_token_is_rejected_before_decoding() {
+    let key = TestKey::p256("e1");
+    let token = format!("{}.{}.sig", "a".repeat(MAX_TOKEN_BYTES), "b");
+    assert_eq!(check(&key, &token), Err(Rejection::TooLarge));
+}
+
+#[test]
+fn crit_header_is_rejected() {
+    let key = TestKey::p256("e1");
+    let header = json!({"alg": "ES256", "kid": "e1", "crit": ["exp"], "exp": 1});
+    assert_eq!(
+        check(&key, &key.mint_with(&header, &claims())),
+        Err(Rejection::CriticalHeader)
+    );
+    let b64_ext = json!({"alg": "ES256", "kid": "e1", "crit": ["b64"], "b64": false});
+    assert_eq!(
+        check(&key, &key.mint_with(&b64_ext, &claims())),
+        Err(Rejection::CriticalHeader)
+    );
+}
+
+#[test]
+fn alg_outside_the_allow_list_is_rejected() {
+    let key = TestKey::p256("e1");
+    let token = key.mint(&claims());
+    let rsa_only = provider(&[Algorithm::RS256]);
+    assert_eq!(
+        verify(&token, &keyset(&[&key]), &rsa_only, now()),
+        Err(Rejection::AlgorithmNotAllowed)
+    );
+}
+
+#[test]
+fn alg_not_matching_the_key_type_is_rejected() {
+    // An ES256 token naming an RSA key's kid: the JWK's kty decides, not the header.
+    let rsa = TestKey::rsa("shared", 0);
+    let ec = TestKey::p256("shared");
+    let token = ec.mint(&claims());
+    assert_eq!(check(&rsa, &token), Err(Rejection::KeyMismatch));
+    // ES384 against a P-256 key is a mismatch too (crv must fit the alg).
+    let token = ec.mint_with(&json!({"alg": "ES384", "kid": "shared"}), &claims());
+    assert_eq!(check(&ec, &token), Err(Rejection::KeyMismatch));
+}
+
+#[test]
+fn jwk_alg_restricts_the_key_to_that_algorithm() {
+    let mut key = TestKey::rsa("r1", 0);
+    key.jwk["alg"] = json!("PS256");
+    let token = key.mint(&claims()); // RS256
+    assert_eq!(check(&key, &token), Err(Rejection::KeyMismatch));
+}
+
+#[test]
+fn jku_and_jwk_headers_are_ignored_not_followed() {
+    let key = TestKey::p256("e1");
+    let attacker = TestKey::p256("e1");
+    let header = json!({
+        "alg": "ES256", "kid": "e1",
+        "jku": "http://127.0.0.1:1/jwks.json",
+        "x5u": "http://127.0.0.1:1/cert.pem",
+        "jwk": attacker.jwk,
+    });
+    assert_eq!(
+        check(&key, &attacker.mint_with(&header, &claims())),
+        Err(Rejection::BadSignature)
+    );
+    assert!(check(&key, &key.mint_with(&header, &claims())).is_ok());
+}
+
+#[test]
+fn token_without_kid_uses_the_only_fitting_key() {
+    let ec = TestKey::p256("e1");
+    let rsa = TestKey::rsa("r1", 0);
+    let token = ec.mint_with(&json!({"alg": "ES256"}), &claims());
+    assert!(verify(&token, &keyset(&[&rsa, &ec]), &public_provider(), now()).is_ok());
+    let other = TestKey::p256("e2");
+    assert_eq!(
+        verify(&token, &keyset(&[&ec, &other]), &public_provider(), now()),
+        Err(Rejection::AmbiguousKey)
+    );
+}
+
+#[test]
+fn forwarded_claims_become_headers_and_absent_ones_are_listed() {
+    let key = TestKey::p256("e1");
+    let token = with_claims(&key, |c| {
+        c["tier"] = json!("gold");
+        c["groups"] = json!(["a", "b", 3, true]);
+        c["sub"] = json!(42);
+    });
+    let verified = check(&key, &token).expect("valid");
+    assert_eq!(verified.consumer.as_deref(), Some("42"));
+    assert_eq!(
+        verified.claim_headers,
+        vec![
+            ("x-groups".to_string(), "a,b,3,true".to_string()),
+            ("x-tier".to_string(), "gold".to_string()),
+        ]
+    );
+    assert_eq!(verified.absent_headers, vec!["x-email".to_string()]);
+}
+
+#[test]
+fn claims_with_control_characters_are_not_forwarded() {
+    let key = TestKey::p256("e1");
+    let token = with_claims(&key, |c| {
+        c["tier"] = json!("gold\r\nx-admin: true");
+        c["email"] = json!({"nested": true});
+    });
+    let verified = check(&key, &token).expect("valid");
+    assert!(verified.claim_headers.iter().all(|(h, _)| h == "x-groups"));
+    assert!(verified.absent_headers.contains(&"x-tier".to_string()));
+    assert!(verified.absent_headers.contains(&"x-email".to_string()));
+}
+
+#[test]
+fn rejection_text_never_contains_the_kid() {
+    let rejection = Rejection::UnknownKey {
+        kid: Some("attacker-chosen".into()),
+    };
+    assert!(!rejection.to_string().contains("attacker"));
+}
