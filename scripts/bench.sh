@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark the issues name, each beside its reference measured in the
+# same run, written to BENCHMARKS.md. This machine is small and noisy: read medians and
+# ratios, not absolute numbers. Takes a few minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN_DIR=${1:-target/release}
+EDITS=${TOLLGATE_BENCH_EDITS:-60}
+out=$(mktemp)
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Made by \`make bench\` on $(date -u +%Y-%m-%d) on $(nproc) cores ($(uname -m)), every"
+  echo "process of a benchmark and its reference on the same machine in the same run."
+  echo "The machine is shared and noisy: compare ratios within a table, not across runs."
+  echo
+  echo "## Config reload: routes.yaml write → new route answering through Envoy (issue 2)"
+  echo
+  echo "\`$BIN_DIR/reload_latency $EDITS\`: $EDITS edits per row, each written by rename, timed until"
+  echo "the new route answers. Reference: Envoy reloading the same route table from a file it"
+  echo "watches itself (\`path_config_source\` + \`watched_directory\`), no control plane."
+  echo
+  "$BIN_DIR/reload_latency" "$EDITS"
+  echo
+  echo "## JWT checks: direct gRPC Check calls (issue 3)"
+  echo
+  echo "\`cargo bench -p tollgate-ext-authz --bench check\`, then the crypto limit beside it:"
+  echo "\`openssl speed -seconds 3 rsa2048 ecdsap256\`."
+  echo
+  cargo bench -q -p tollgate-ext-authz --bench check 2>/dev/null
+  echo
+  echo '```'
+  openssl speed -seconds 3 rsa2048 ecdsap256 2>/dev/null | grep -E "^(rsa|[[:space:]]*256 bits ecdsa)|sign/s|sign *verify" || true
+  echo '```'
+  echo
+  echo "## Rate limit decisions: direct ShouldRateLimit calls against local Redis (issue 4)"
+  echo
+  echo "\`cargo bench -p tollgate-ratelimit --bench decisions\` (it runs \`redis-benchmark -t incr -P 16\`"
+  echo "against the same Redis as the reference)."
+  echo
+  cargo bench -q -p tollgate-ratelimit --bench decisions 2>/dev/null
+} | tee "$out"
+mv "$out" BENCHMARKS.md
+echo "wrote BENCHMARKS.md"
