@@ -76,6 +76,23 @@ dynamic_resources:
       - envoy_grpc: {{cluster_name: tollgate_xds}}
   cds_config: {{ads: {{}}, resource_api_version: V3}}
   lds_config: {{ads: {{}}, resource_api_version: V3}}
+layered_runtime:
+  layers:
+    - name: tollgate
+      static_layer:
+        # RE2's default limit (100) refuses ordinary route regexes such as
+        # `/v[0-9]+/items/[a-z0-9-]{{1,64}}`; routes.yaml validation bounds them instead.
+        re2.max_program_size.error_level: 10000
+        re2.max_program_size.warn_level: 5000
+    - name: admin
+      admin_layer: {{}}
+overload_manager:
+  resource_monitors:
+    # A cap on client connections, so a connection flood exhausts a limit, not the host.
+    - name: envoy.resource_monitors.global_downstream_max_connections
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+        max_active_downstream_connections: 50000
 static_resources:
   clusters:
     - name: tollgate_xds

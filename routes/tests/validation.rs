@@ -231,3 +231,23 @@ fn service_names_in_tollgates_own_namespace_are_rejected() {
         .replace("service: invoice-service", "service: tollgate_xds");
     assert_one_error(&text, "9:16:", "reserved");
 }
+
+#[test]
+fn a_route_for_exactly_the_gateways_health_path_is_rejected() {
+    let text = GOOD.replace("match: {path: /healthz}", "match: {path: /health}");
+    assert_one_error(
+        &text,
+        "22:19:",
+        "the gateway's own health path on listener \"public\", \"mobile\"",
+    );
+    let moved = text
+        .replace(
+            "    address: 0.0.0.0:8080\n",
+            "    address: 0.0.0.0:8080\n    health_path: /live\n",
+        )
+        .replace(
+            "    address: 127.0.0.1:8081\n",
+            "    address: 127.0.0.1:8081\n    health_path: \"\"\n",
+        );
+    parse("routes.yaml", &moved).expect("with the health paths moved, the route is fine");
+}

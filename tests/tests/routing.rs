@@ -70,7 +70,7 @@ services:
 routes:
   - name: health
     match:
-      path: /health
+      path: /ping
     service: health
 "#,
             health = health.endpoint(),
@@ -80,16 +80,16 @@ routes:
     let _envoy = Envoy::new().control_plane(&cp).start().await;
 
     eventually("the exact path is routed", async || {
-        get(port, "/health").await?.expect_upstream("health")?;
+        get(port, "/ping").await?.expect_upstream("health")?;
         Ok(())
     })
     .await;
-    get(port, "/health?verbose=1")
+    get(port, "/ping?verbose=1")
         .await
         .unwrap()
         .expect_upstream("health")
         .expect("the query string is not part of the path");
-    for path in ["/health/live", "/healthz", "/", "/Health"] {
+    for path in ["/ping/live", "/pingz", "/", "/Ping"] {
         get(port, path)
             .await
             .unwrap()
@@ -489,7 +489,7 @@ routes:
     service: internal
   - name: health
     match:
-      path: /health
+      path: /ping
     service: shared
 "#,
             public = public.endpoint(),
@@ -521,7 +521,7 @@ routes:
         .expect_status(404)
         .expect("a route bound to the internal listener is not served on the public one");
     for port in [public_port, internal_port] {
-        get(port, "/health")
+        get(port, "/ping")
             .await
             .unwrap()
             .expect_upstream("shared")
@@ -587,4 +587,32 @@ routes:
         received.iter().all(|&n| n > 0),
         "every endpoint should receive some of 60 requests, got {received:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regex_with_counted_repetition_is_served() {
+    // RE2's default program-size limit (100) would refuse this ordinary pattern; the
+    // bootstrap raises it so that what validation accepts, Envoy serves.
+    let items = Upstream::new("items").spawn().await;
+    let port = reserve_port();
+    let cp = ControlPlane::new()
+        .routes(format!(
+            "version: 1\nlisteners: [{{name: l, address: \"127.0.0.1:{port}\"}}]\nservices: {{items: {{endpoints: [\"{}\"]}}}}\nroutes:\n  - {{name: item, match: {{regex: '/v[0-9]+/items/[a-z0-9-]{{1,64}}/(details|history|owners)'}}, service: items}}\n",
+            items.endpoint()
+        ))
+        .start()
+        .await;
+    let _envoy = Envoy::new().control_plane(&cp).start().await;
+    eventually("the regex route is served", async || {
+        get(port, "/v2/items/abc-123/history")
+            .await?
+            .expect_upstream("items")?;
+        Ok(())
+    })
+    .await;
+    get(port, "/v2/items/abc_123/history")
+        .await
+        .expect("request")
+        .expect_status(404)
+        .expect("characters outside the class do not match");
 }

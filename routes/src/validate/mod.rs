@@ -123,9 +123,10 @@ fn listeners(doc: &Document, errors: &mut Errors) -> Vec<Listener> {
         }
         addresses.push((address, &listener.name.value));
         let health_path = match &listener.health_path {
-            None => Some(DEFAULT_HEALTH_PATH.to_string()),
-            Some(path) if path.value.is_empty() => None,
-            Some(path) => absolute_path(path, "health_path", errors).then(|| path.value.clone()),
+            Some(path) if !path.value.is_empty() && !absolute_path(path, "health_path", errors) => {
+                None
+            }
+            _ => listener_health_path(listener),
         };
         let escaped_slashes = match listener.escaped_slashes.as_ref() {
             None => EscapedSlashes::Reject,
@@ -285,6 +286,33 @@ fn route(doc: &Document, route: &RouteDoc, errors: &mut Errors) -> Option<Route>
             );
         }
     }
+    if let (Some(m), Some(path)) = (&matcher, &route.matcher.value.path) {
+        // The gateway answers its health path itself, before any route: a route for exactly
+        // that path would never see a request, so say so instead of silently shadowing it.
+        if let PathMatch::Exact(exact) = &m.path {
+            let shadowed_on: Vec<&str> = doc
+                .listeners
+                .iter()
+                .filter(|l| {
+                    route
+                        .listener
+                        .as_ref()
+                        .is_none_or(|r| r.value == l.name.value)
+                })
+                .filter(|l| listener_health_path(l).as_deref() == Some(exact.as_str()))
+                .map(|l| l.name.value.as_str())
+                .collect();
+            if !shadowed_on.is_empty() {
+                errors.at(
+                    path,
+                    format!(
+                        "route \"{name}\": {exact} is the gateway's own health path on listener \"{}\"; set that listener's health_path to another path (or \"\" to turn it off)",
+                        shadowed_on.join("\", \"")
+                    ),
+                );
+            }
+        }
+    }
     let timeout = positive_duration(route.timeout.as_ref(), errors);
     let auth = route
         .auth
@@ -372,6 +400,15 @@ fn absolute_path(node: &Spanned<String>, field: &str, errors: &mut Errors) -> bo
         );
     }
     ok
+}
+
+/// The path a listener answers health checks on: `/health` unless set, `None` when `""`.
+fn listener_health_path(listener: &crate::document::ListenerDoc) -> Option<String> {
+    match &listener.health_path {
+        None => Some(DEFAULT_HEALTH_PATH.to_string()),
+        Some(path) if path.value.is_empty() => None,
+        Some(path) => Some(path.value.clone()),
+    }
 }
 
 pub(crate) fn positive_duration(
