@@ -1,0 +1,181 @@
+//! The rate-limit sidecar under test (`tollgate-ratelimit`), as a guarded process.
+//!
+//! Its gRPC address has to be written into routes.yaml (`sidecars.rate_limit.address`)
+//! before the control plane starts, and it reads that same routes.yaml, so the builder
+//! reserves its ports first:
+//!
+//! ```ignore
+//! let rls = RateLimitService::new();
+//! let cp = ControlPlane::new().routes(yaml_naming(rls.grpc_addr())).start().await;
+//! let rls = rls.routes_file(cp.routes_path()).start().await;
+//! ```
+//!
+//! `start` returns once the process has bound its sockets and `/readyz` answers 200, i.e.
+//! once the limits are loaded and the store (memory, or the Redis given with
+//! [`RateLimitService::redis`]) answers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::redis::Redis;
+use crate::{binaries, http, ports, process::Process};
+
+/// The service starts in well under a second; this allows for a busy 2-core machine.
+const READY_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Builder for a `tollgate-ratelimit`.
+#[derive(Debug, Clone)]
+pub struct RateLimitService {
+    grpc_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    routes: Option<PathBuf>,
+    redis_url: Option<String>,
+    redis_timeout: Option<Duration>,
+}
+
+impl Default for RateLimitService {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RateLimitService {
+    /// Reserves the service's gRPC and metrics ports.
+    pub fn new() -> Self {
+        Self {
+            grpc_addr: ports::reserve_addr(),
+            metrics_addr: ports::reserve_addr(),
+            routes: None,
+            redis_url: None,
+            redis_timeout: None,
+        }
+    }
+
+    /// Where Envoy will call it: the `sidecars.rate_limit.address` of routes.yaml.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The routes.yaml whose limits it serves (`--routes`), normally the control plane's.
+    pub fn routes_file(mut self, path: &Path) -> Self {
+        self.routes = Some(path.to_path_buf());
+        self
+    }
+
+    /// Keep the counters in `redis` (`--redis-url`) instead of in memory.
+    pub fn redis(mut self, redis: &Redis) -> Self {
+        self.redis_url = Some(redis.url());
+        self
+    }
+
+    /// The longest wait for Redis per request (`--redis-timeout`).
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_timeout = Some(timeout);
+        self
+    }
+
+    /// Starts the service and waits until `/readyz` answers 200.
+    pub async fn start(self) -> RunningRateLimitService {
+        let routes = self
+            .routes
+            .expect("call .routes_file(cp.routes_path()) before .start()");
+        let dir = crate::process::scratch_dir("tollgate-ratelimit-");
+        let mut command = Command::new(binaries::tollgate("tollgate-ratelimit"));
+        command
+            .arg("--routes")
+            .arg(&routes)
+            .args(["--grpc-addr", &self.grpc_addr.to_string()])
+            .args(["--metrics-addr", &self.metrics_addr.to_string()])
+            .env(
+                "TOLLGATE_LOG",
+                std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .env("TOLLGATE_LOG_FORMAT", "plain");
+        if let Some(url) = &self.redis_url {
+            command.args(["--redis-url", url]);
+        }
+        if let Some(timeout) = self.redis_timeout {
+            command.args(["--redis-timeout", &format!("{}ms", timeout.as_millis())]);
+        }
+        let process =
+            Process::spawn("ratelimit", command, dir.path()).expect("spawn tollgate-ratelimit");
+        let mut service = RunningRateLimitService {
+            process,
+            grpc_addr: self.grpc_addr,
+            metrics_addr: self.metrics_addr,
+            _dir: dir,
+        };
+        service.wait_until_ready().await;
+        service
+    }
+}
+
+/// A running `tollgate-ratelimit`; dropping it kills the process.
+#[derive(Debug)]
+pub struct RunningRateLimitService {
+    // Field order matters for Drop: the process dies before its directory is removed.
+    process: Process,
+    grpc_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningRateLimitService {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
+    /// Whether `/readyz` answers 200 (the store answers).
+    pub async fn ready(&self) -> anyhow::Result<bool> {
+        Ok(http::get(self.metrics_addr.port(), "/readyz").await?.status == 200)
+    }
+
+    /// `GET /metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let response = http::get(self.metrics_addr.port(), "/metrics").await?;
+        response.expect_status(200)?;
+        Ok(response.text())
+    }
+
+    /// Waits for this process's own "serving" log line (both its sockets are bound: a port
+    /// another test's service took first makes it exit instead, and that other service's
+    /// `/readyz` must not pass for ours), then for `/readyz` to answer 200.
+    async fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + READY_PATIENCE;
+        let metrics_addr = self.metrics_addr.to_string();
+        loop {
+            if let Err(exited) = self.process.ensure_running() {
+                panic!("tollgate-ratelimit did not start: {exited:#}");
+            }
+            let bound = self
+                .process
+                .stderr()
+                .lines()
+                .any(|line| line.contains("serving") && line.contains(&metrics_addr));
+            let last = if bound {
+                match http::get(self.metrics_addr.port(), "/readyz").await {
+                    Ok(response) if response.status == 200 => return,
+                    Ok(response) => format!("/readyz answered {}", response.status),
+                    Err(error) => format!("{error:#}"),
+                }
+            } else {
+                "no \"serving\" log line yet".to_owned()
+            };
+            assert!(
+                Instant::now() < deadline,
+                "tollgate-ratelimit not ready after {READY_PATIENCE:?}: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

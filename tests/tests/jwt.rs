@@ -1,0 +1,655 @@
+//! JWT auth end to end (issue 3): a real Envoy, configured by the control plane, asks a real
+//! tollgate-ext-authz about every request on a protected route. Valid RS256, ES256 and EdDSA
+//! tokens reach the upstream with the identity headers set from their claims; every kind of
+//! bad token is refused with an RFC 6750 challenge before the upstream sees anything; scopes
+//! are enforced per route; a rotated JWKS file takes effect without a restart; identity
+//! headers sent by clients never reach an upstream; and a dead ext-authz fails closed.
+
+use std::net::SocketAddr;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tollgate_conformance::tokens::{self, b64, jwks, TestKey};
+use tollgate_conformance::{
+    eventually, get, request, reserve_port, ControlPlane, Envoy, ExtAuthz, Response,
+    RunningControlPlane, RunningEnvoy, RunningExtAuthz, Upstream, UpstreamHandle,
+};
+
+const ISSUER: &str = "https://id.example.com";
+const AUDIENCE: &str = "invoices-api";
+
+/// `/api/` needs `invoices:read`, `/admin/` needs `invoices:admin`, `/open/` is public.
+fn routes(port: u16, upstream: &UpstreamHandle, authz: SocketAddr) -> String {
+    format!(
+        r#"version: 1
+listeners:
+  - {{name: public, address: "127.0.0.1:{port}"}}
+services:
+  api: {{endpoints: ["{upstream}"]}}
+auth_providers:
+  main:
+    issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    jwks_file: jwks.json
+    algorithms: [RS256, ES256, EdDSA]
+    clock_skew: 30s
+    consumer_claim: sub
+    forward_claims: {{tier: x-consumer-tier}}
+routes:
+  - name: invoices
+    match: {{prefix: /api/}}
+    service: api
+    auth: {{provider: main, scopes: ["invoices:read"]}}
+  - name: admin
+    match: {{prefix: /admin/}}
+    service: api
+    auth: {{provider: main, scopes: ["invoices:admin"]}}
+  - {{name: open, match: {{prefix: /open/}}, service: api}}
+sidecars:
+  # A generous timeout: a slow answer on a loaded machine must not read as an outage.
+  ext_authz: {{address: "{authz}", timeout: 1s, failure_mode_allow: false}}
+"#,
+        upstream = upstream.endpoint(),
+    )
+}
+
+/// The keys the provider trusts at start, one per algorithm family it allows.
+struct Keys {
+    rsa: TestKey,
+    ec: TestKey,
+    ed: TestKey,
+}
+
+impl Keys {
+    fn new() -> Self {
+        Keys {
+            rsa: TestKey::rsa("rsa-1", 0),
+            ec: TestKey::p256("ec-1"),
+            ed: TestKey::ed25519("ed-1"),
+        }
+    }
+
+    fn jwks(&self) -> String {
+        jwks(&[&self.rsa, &self.ec, &self.ed])
+    }
+}
+
+/// Envoy, the control plane and ext-authz in front of one upstream.
+struct Gateway {
+    port: u16,
+    upstream: UpstreamHandle,
+    authz: RunningExtAuthz,
+    _envoy: RunningEnvoy,
+    _cp: RunningControlPlane,
+}
+
+impl Gateway {
+    /// Starts everything with `jwks` as the provider's key set and waits until `ready`, a
+    /// token that key set accepts, is let through to the upstream.
+    async fn start(jwks: &str, ready: &str) -> Self {
+        let upstream = Upstream::new("api").spawn().await;
+        let port = reserve_port();
+        let authz = ExtAuthz::new();
+        let cp = ControlPlane::new()
+            .routes(routes(port, &upstream, authz.grpc_addr()))
+            .start()
+            .await;
+        let authz = authz.routes_file(cp.routes_path()).jwks(jwks).start().await;
+        let envoy = Envoy::new().control_plane(&cp).start().await;
+        let gateway = Gateway {
+            port,
+            upstream,
+            authz,
+            _envoy: envoy,
+            _cp: cp,
+        };
+        eventually("a valid token is let through on /api/", async || {
+            gateway
+                .bearer("/api/ready", ready)
+                .await?
+                .expect_upstream("api")?;
+            Ok(())
+        })
+        .await;
+        gateway
+    }
+
+    /// `GET path` with `Authorization: Bearer token`.
+    async fn bearer(&self, path: &str, token: &str) -> anyhow::Result<Response> {
+        request(self.port)
+            .path(path)
+            .header("authorization", &format!("Bearer {token}"))
+            .send()
+            .await
+    }
+}
+
+/// Claims the provider accepts for `/api/`, valid for an hour.
+fn claims(sub: &str) -> Value {
+    let now = tokens::now();
+    json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": sub,
+        "iat": now,
+        "exp": now + 3600,
+        "scope": "invoices:read profile",
+        "tier": "gold",
+    })
+}
+
+/// `claims(sub)` changed by `edit`.
+fn claims_with(sub: &str, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Value {
+    let mut claims = claims(sub);
+    edit(claims.as_object_mut().expect("claims are a JSON object"));
+    claims
+}
+
+/// The three dot-separated parts of a compact JWS.
+fn parts(token: &str) -> [&str; 3] {
+    let parts: Vec<&str> = token.split('.').collect();
+    parts.try_into().expect("a compact JWS has three parts")
+}
+
+/// PEM text of a DER SubjectPublicKeyInfo, what libraries confused into HMAC use as secret.
+fn pem(der: &[u8]) -> String {
+    let body = STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|line| std::str::from_utf8(line).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    )
+}
+
+/// Why `response` is not the refusal RFC 6750 §3 prescribes: `status`, a `Bearer`
+/// challenge carrying `error` (or no error code at all when `error` is `None`, §3.1), and
+/// a JSON body.
+fn refusal_problem(response: &Response, status: u16, error: Option<&str>) -> Option<String> {
+    let summary = || {
+        let body: String = response.text().chars().take(300).collect();
+        format!(
+            "{} www-authenticate={:?} body={body:?}",
+            response.status,
+            response.header("www-authenticate"),
+        )
+    };
+    if response.status != status {
+        return Some(format!("expected status {status}, got {}", summary()));
+    }
+    let Some(challenge) = response.header("www-authenticate") else {
+        return Some(format!("no www-authenticate: {}", summary()));
+    };
+    if !challenge.starts_with("Bearer") {
+        return Some(format!("not a Bearer challenge: {}", summary()));
+    }
+    match error {
+        Some(error) if !challenge.contains(&format!("error=\"{error}\"")) => {
+            return Some(format!("challenge lacks error=\"{error}\": {}", summary()));
+        }
+        None if challenge.contains("error=") => {
+            return Some(format!(
+                "a request without credentials must get no error code: {}",
+                summary()
+            ));
+        }
+        _ => {}
+    }
+    if !response
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/json"))
+    {
+        return Some(format!("content-type is not JSON: {}", summary()));
+    }
+    let body = match response.json() {
+        Ok(body) => body,
+        Err(e) => return Some(format!("{e:#}")),
+    };
+    if !body["error"].is_string() || error.is_some_and(|error| body["error"] != error) {
+        return Some(format!(
+            "body error is not {:?}: {}",
+            error.unwrap_or("a string"),
+            summary()
+        ));
+    }
+    None
+}
+
+/// Panics with `what` unless `response` is the refusal described in [`refusal_problem`].
+fn assert_refused(what: &str, response: &Response, status: u16, error: Option<&str>) {
+    if let Some(problem) = refusal_problem(response, status, error) {
+        panic!("{what}: {problem}");
+    }
+}
+
+/// The value of `name` in the upstream's echo of the request it received.
+fn upstream_header(response: &Response, name: &str) -> Option<String> {
+    let echo = response.json().ok()?;
+    echo["headers"][name].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_rs256_es256_and_eddsa_tokens_reach_the_upstream_as_their_subject() {
+    let keys = Keys::new();
+    let ready = keys.rsa.mint(&claims("warm-up"));
+    let gateway = Gateway::start(&keys.jwks(), &ready).await;
+
+    for (key, tier) in [
+        (&keys.rsa, "gold"),
+        (&keys.ec, "silver"),
+        (&keys.ed, "bronze"),
+    ] {
+        let sub = format!("user-{}", key.alg.to_lowercase());
+        let token = key.mint(&claims_with(&sub, |c| {
+            c.insert("tier".into(), json!(tier));
+        }));
+        let response = gateway
+            .bearer("/api/invoices", &token)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:#}", key.alg));
+        response
+            .expect_upstream("api")
+            .unwrap_or_else(|e| panic!("{}: {e:#}", key.alg));
+        assert_eq!(
+            upstream_header(&response, "x-consumer-id").as_deref(),
+            Some(sub.as_str()),
+            "{}: the upstream is told who the consumer is",
+            key.alg
+        );
+        assert_eq!(
+            upstream_header(&response, "x-consumer-tier").as_deref(),
+            Some(tier),
+            "{}: forward_claims puts the tier claim in x-consumer-tier",
+            key.alg
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_or_missing_tokens_get_401_with_a_bearer_challenge_and_never_reach_the_upstream() {
+    let keys = Keys::new();
+    let valid = keys.rsa.mint(&claims("user-1"));
+    let gateway = Gateway::start(&keys.jwks(), &valid).await;
+    let now = tokens::now();
+    let [header, payload, signature] = parts(&valid);
+
+    let tampered_payload = {
+        let forged = claims_with("admin", |_| {});
+        format!(
+            "{header}.{}.{signature}",
+            b64(forged.to_string().as_bytes())
+        )
+    };
+    let tampered_signature = {
+        let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(signature)
+            .expect("the signature is base64url");
+        let last = bytes.last_mut().expect("a non-empty signature");
+        *last ^= 0x01;
+        format!("{header}.{payload}.{}", b64(&bytes))
+    };
+    let alg_none = format!(
+        "{}.{payload}.",
+        b64(json!({"alg": "none", "kid": "rsa-1", "typ": "JWT"})
+            .to_string()
+            .as_bytes())
+    );
+    // RFC 8725 §2.1: an HMAC "verified" with the RSA public key the attacker also knows.
+    let confused_header = json!({"alg": "HS256", "kid": "rsa-1", "typ": "JWT"});
+    let public_der = TestKey::rsa_public_der(0);
+    let hs256_der = TestKey::hmac(&public_der).mint_with(&confused_header, &claims("user-1"));
+    let hs256_pem =
+        TestKey::hmac(pem(&public_der).as_bytes()).mint_with(&confused_header, &claims("user-1"));
+    let oversized = keys.rsa.mint(&claims_with("user-1", |c| {
+        c.insert("padding".into(), json!("x".repeat(9 * 1024)));
+    }));
+    assert!(oversized.len() > 8 * 1024, "the oversized token is > 8 KiB");
+
+    let invalid = [
+        (
+            "expired",
+            keys.rsa.mint(&claims_with("user-1", |c| {
+                c.insert("iat".into(), json!(now - 7200));
+                c.insert("exp".into(), json!(now - 3600));
+            })),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            keys.ec.mint(&claims_with("user-1", |c| {
+                c.insert("nbf".into(), json!(now + 3600));
+            })),
+            "not_yet_valid",
+        ),
+        (
+            "wrong issuer",
+            keys.ed.mint(&claims_with("user-1", |c| {
+                c.insert("iss".into(), json!("https://evil.example.com"));
+            })),
+            "issuer",
+        ),
+        (
+            "wrong audience",
+            keys.rsa.mint(&claims_with("user-1", |c| {
+                c.insert("aud".into(), json!("another-api"));
+            })),
+            "audience",
+        ),
+        (
+            "unknown kid",
+            TestKey::p256("not-in-the-jwks").mint(&claims("user-1")),
+            "unknown_kid",
+        ),
+        (
+            "another key under a trusted kid",
+            TestKey::rsa("rsa-1", 1).mint(&claims("user-1")),
+            "signature",
+        ),
+        ("tampered payload", tampered_payload, "signature"),
+        ("tampered signature", tampered_signature, "signature"),
+        ("alg none", alg_none, "algorithm"),
+        (
+            "HS256 keyed with the RSA public key (DER)",
+            hs256_der,
+            "algorithm",
+        ),
+        (
+            "HS256 keyed with the RSA public key (PEM)",
+            hs256_pem,
+            "algorithm",
+        ),
+        (
+            "missing exp",
+            keys.ec.mint(&claims_with("user-1", |c| {
+                c.remove("exp");
+            })),
+            // Reported with the expired ones: either way the token has no valid lifetime.
+            "expired",
+        ),
+        (
+            "malformed base64 in the header",
+            format!("{}*{}.{payload}.{signature}", &header[..4], &header[4..]),
+            "malformed",
+        ),
+        (
+            "malformed base64 in the signature",
+            format!("{header}.{payload}.{signature}*"),
+            "malformed",
+        ),
+        ("three-part garbage", "abc.def.ghi".to_owned(), "malformed"),
+        ("oversized (> 8 KiB)", oversized, "too_large"),
+    ];
+    let mut cases: Vec<Case> = invalid
+        .into_iter()
+        .map(|(name, token, reason)| Case {
+            name,
+            authorization: Some(format!("Bearer {token}")),
+            error: Some("invalid_token"),
+            reason,
+        })
+        .collect();
+    // RFC 6750 §3.1: no credentials at all, or credentials of another scheme, get a bare
+    // challenge without an error code.
+    cases.push(Case {
+        name: "no authorization header",
+        authorization: None,
+        error: None,
+        reason: "missing_token",
+    });
+    cases.push(Case {
+        name: "basic credentials",
+        authorization: Some("Basic dXNlcjpwYXNz".to_owned()),
+        error: None,
+        reason: "missing_token",
+    });
+
+    let mut failures = Vec::new();
+    for case in &cases {
+        let problems = case.problems(&gateway).await;
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}", case.name, problems.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases were not refused as they should be:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    // The same gateway still lets a good token through: the refusals were about the tokens.
+    gateway
+        .bearer("/api/invoices", &valid)
+        .await
+        .expect("request")
+        .expect_upstream("api")
+        .expect("the valid token still passes");
+}
+
+/// One request that must be refused with 401.
+struct Case {
+    name: &'static str,
+    authorization: Option<String>,
+    /// The RFC 6750 error code in the challenge and body; `None` for no credentials.
+    error: Option<&'static str>,
+    /// ext-authz's metric label for the refusal, which proves the token was refused for the
+    /// reason this case is about and not for an accident of how it was built.
+    reason: &'static str,
+}
+
+impl Case {
+    /// Sends the request; returns everything wrong with the outcome.
+    async fn problems(&self, gateway: &Gateway) -> Vec<String> {
+        let series = format!(
+            "tollgate_ext_authz_checks_total{{result=\"denied\",reason=\"{}\"}}",
+            self.reason
+        );
+        let counted = async || -> anyhow::Result<f64> {
+            Ok(gateway.authz.metric(&series).await?.unwrap_or(0.0))
+        };
+        let mut problems = Vec::new();
+        let upstream_before = gateway.upstream.requests();
+        let denials_before = counted().await;
+        let mut builder = request(gateway.port).path("/api/invoices");
+        if let Some(value) = &self.authorization {
+            builder = builder.header("authorization", value);
+        }
+        match builder.send().await {
+            Err(e) => problems.push(format!("{e:#}")),
+            Ok(response) => problems.extend(refusal_problem(&response, 401, self.error)),
+        }
+        if gateway.upstream.requests() != upstream_before {
+            problems.push("the request reached the upstream".to_owned());
+        }
+        match (denials_before, counted().await) {
+            (Ok(before), Ok(after)) if after == before + 1.0 => {}
+            (Ok(before), Ok(after)) => problems.push(format!(
+                "ext-authz did not count one denial for reason {:?} ({before} -> {after})",
+                self.reason
+            )),
+            (Err(e), _) | (_, Err(e)) => problems.push(format!("reading metrics: {e:#}")),
+        }
+        problems
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_token_without_the_routes_scope_gets_403_insufficient_scope() {
+    let keys = Keys::new();
+    let reader = keys.rsa.mint(&claims("reader"));
+    let gateway = Gateway::start(&keys.jwks(), &reader).await;
+
+    let before = gateway.upstream.requests();
+    let response = gateway
+        .bearer("/admin/invoices", &reader)
+        .await
+        .expect("request");
+    assert_refused(
+        "invoices:read on an invoices:admin route",
+        &response,
+        403,
+        Some("insufficient_scope"),
+    );
+    assert_eq!(
+        gateway.upstream.requests(),
+        before,
+        "the refused request reached the upstream"
+    );
+
+    let admin = keys.ed.mint(&claims_with("admin", |c| {
+        c.insert("scope".into(), json!("invoices:read invoices:admin"));
+    }));
+    let response = gateway
+        .bearer("/admin/invoices", &admin)
+        .await
+        .expect("request");
+    response
+        .expect_upstream("api")
+        .expect("a token with the scope is let through");
+    assert_eq!(
+        upstream_header(&response, "x-consumer-id").as_deref(),
+        Some("admin")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_jwks_file_is_picked_up_without_a_restart() {
+    let old = TestKey::rsa("rsa-old", 0);
+    let kept = TestKey::p256("ec-kept");
+    let new = TestKey::ed25519("ed-new");
+    let old_token = old.mint(&claims("old-user"));
+    let kept_token = kept.mint(&claims("kept-user"));
+    let new_token = new.mint(&claims("new-user"));
+    let mut gateway = Gateway::start(&jwks(&[&old, &kept]), &old_token).await;
+    let pid = gateway.authz.process().expect("ext-authz runs").pid();
+
+    // Before the rotation the new key is unknown; the old token passed (and is cached).
+    assert_refused(
+        "a token from the not-yet-published key",
+        &gateway.bearer("/api/x", &new_token).await.expect("request"),
+        401,
+        Some("invalid_token"),
+    );
+
+    gateway.authz.write_jwks(&jwks(&[&kept, &new]));
+
+    eventually(
+        "the new key is trusted and the removed one is not",
+        async || {
+            gateway
+                .bearer("/api/x", &new_token)
+                .await?
+                .expect_upstream("api")?;
+            let response = gateway.bearer("/api/x", &old_token).await?;
+            if let Some(problem) = refusal_problem(&response, 401, Some("invalid_token")) {
+                anyhow::bail!("the token of the removed key: {problem}");
+            }
+            Ok(())
+        },
+    )
+    .await;
+    gateway
+        .bearer("/api/x", &kept_token)
+        .await
+        .expect("request")
+        .expect_upstream("api")
+        .expect("a key present in both sets keeps working");
+    assert_eq!(
+        gateway.authz.process().expect("ext-authz runs").pid(),
+        pid,
+        "the rotation was picked up by the running process"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_sent_by_the_client_never_reach_the_upstream() {
+    let keys = Keys::new();
+    let token = keys.rsa.mint(&claims("user-1"));
+    let gateway = Gateway::start(&keys.jwks(), &token).await;
+    let spoof = async |path: &str, token: Option<&str>| {
+        let mut builder = request(gateway.port)
+            .path(path)
+            .header("x-consumer-id", "spoofed-admin")
+            .header("x-consumer-tier", "spoofed-platinum");
+        if let Some(token) = token {
+            builder = builder.header("authorization", &format!("Bearer {token}"));
+        }
+        let response = builder.send().await.expect("request");
+        response
+            .expect_upstream("api")
+            .unwrap_or_else(|e| panic!("{path}: {e:#}"));
+        (
+            upstream_header(&response, "x-consumer-id"),
+            upstream_header(&response, "x-consumer-tier"),
+        )
+    };
+
+    assert_eq!(
+        spoof("/open/x", None).await,
+        (None, None),
+        "a public route passes no identity upstream"
+    );
+    assert_eq!(
+        spoof("/api/x", Some(&token)).await,
+        (Some("user-1".to_owned()), Some("gold".to_owned())),
+        "a protected route passes the token's identity, not the client's"
+    );
+    let no_tier = keys.ec.mint(&claims_with("user-2", |c| {
+        c.remove("tier");
+    }));
+    assert_eq!(
+        spoof("/api/x", Some(&no_tier)).await,
+        (Some("user-2".to_owned()), None),
+        "a claim the token lacks is not filled in from the client's header"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_routes_fail_closed_while_ext_authz_is_down() {
+    let keys = Keys::new();
+    let token = keys.rsa.mint(&claims("user-1"));
+    let mut gateway = Gateway::start(&keys.jwks(), &token).await;
+
+    gateway.authz.kill();
+    let before = gateway.upstream.requests();
+    let response = gateway.bearer("/api/x", &token).await.expect("request");
+    assert_eq!(
+        response.status,
+        503,
+        "a valid token cannot be checked, so it is refused: {}",
+        response.text()
+    );
+    assert!(
+        response
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{:?}",
+        response.headers
+    );
+    let body = response.json().expect("a JSON body");
+    assert_eq!(body["error"], "service unavailable", "{body}");
+    assert_eq!(
+        gateway.upstream.requests(),
+        before,
+        "nothing reaches the upstream unchecked"
+    );
+    get(gateway.port, "/open/x")
+        .await
+        .expect("request")
+        .expect_upstream("api")
+        .expect("public routes do not depend on ext-authz");
+
+    gateway.authz.restart().await;
+    eventually("the protected route recovers with ext-authz", async || {
+        gateway
+            .bearer("/api/x", &token)
+            .await?
+            .expect_upstream("api")?;
+        Ok(())
+    })
+    .await;
+}
