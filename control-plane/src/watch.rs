@@ -22,13 +22,19 @@ pub async fn run(
             burst = changes.started() => burst,
         };
         if burst {
-            // Leading edge: an atomic rename is complete already, so serve it now rather
-            // than after the quiet period.
-            if let Some(Some(version)) = off_runtime(&reloader, Reloader::reload_if_complete).await
-            {
-                info!(%version, "routes.yaml reloaded");
+            // Within a burst, try at every event: a rename-style save starts with events for
+            // its temporary file, and the rename that completes it is served the moment it
+            // lands rather than after the quiet period. Unchanged bytes cost a read and a hash.
+            loop {
+                if let Some(Some(version)) =
+                    off_runtime(&reloader, Reloader::reload_if_complete).await
+                {
+                    info!(%version, "routes.yaml reloaded");
+                }
+                if !changes.more().await {
+                    break;
+                }
             }
-            changes.settled().await;
         }
         // Trailing edge: the verdict on whatever the burst left (identical bytes cost nothing).
         match off_runtime(&reloader, Reloader::reload).await {

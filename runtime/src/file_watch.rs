@@ -94,9 +94,18 @@ impl FileChanges {
         }
     }
 
+    /// Waits a short quiet period for the burst's next event: true if one came, false once
+    /// the burst has settled.
+    pub async fn more(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(DEBOUNCE, self.events.recv()).await,
+            Ok(Some(()))
+        )
+    }
+
     /// Resolves once no event has arrived for a short quiet period.
     pub async fn settled(&mut self) {
-        while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, self.events.recv()).await {}
+        while self.more().await {}
     }
 }
 
