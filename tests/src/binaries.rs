@@ -59,3 +59,16 @@ fn target_dir_of_current_exe() -> PathBuf {
         deps.to_path_buf()
     }
 }
+
+/// A command for one of Tollgate's binaries, logging in plain text at `TOLLGATE_LOG`
+/// (default `info`) so failing tests show readable process logs.
+pub fn tollgate_command(name: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(tollgate(name));
+    command
+        .env(
+            "TOLLGATE_LOG",
+            std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )
+        .env("TOLLGATE_LOG_FORMAT", "plain");
+    command
+}

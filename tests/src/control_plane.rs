@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
@@ -250,43 +250,20 @@ impl RunningControlPlane {
     }
 
     async fn spawn(&mut self) {
-        let mut command = Command::new(binaries::tollgate("tollgate-control-plane"));
+        let mut command = binaries::tollgate_command("tollgate-control-plane");
         command
             .arg("serve")
             .arg("--routes")
             .arg(&self.routes_path)
             .args(["--xds-addr", &self.xds_addr.to_string()])
-            .args(["--admin-addr", &self.admin_addr.to_string()])
-            .env(
-                "TOLLGATE_LOG",
-                std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .env("TOLLGATE_LOG_FORMAT", "plain");
-        let process = Process::spawn("control-plane", command, self.dir.path())
+            .args(["--admin-addr", &self.admin_addr.to_string()]);
+        let mut process = Process::spawn("control-plane", command, self.dir.path())
             .expect("spawn tollgate-control-plane serve");
+        process
+            .wait_until_ok(self.admin_addr.port(), "/healthz", START_PATIENCE)
+            .await;
         self.process = Some(process);
         self.killed = None;
-        self.wait_until_healthy().await;
-    }
-
-    async fn wait_until_healthy(&mut self) {
-        let deadline = Instant::now() + START_PATIENCE;
-        loop {
-            let process = self.process.as_mut().expect("a spawned control plane");
-            if let Err(exited) = process.ensure_running() {
-                panic!("control plane did not start: {exited:#}");
-            }
-            let last = match self.admin_get("/healthz").await {
-                Ok(response) if response.status == 200 => return,
-                Ok(response) => format!("/healthz answered {}", response.status),
-                Err(error) => format!("{error:#}"),
-            };
-            assert!(
-                Instant::now() < deadline,
-                "control plane /healthz not answering after {START_PATIENCE:?}: {last}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 

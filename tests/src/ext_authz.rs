@@ -16,8 +16,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::{binaries, http, ports, process::Process};
 
@@ -180,41 +179,18 @@ impl RunningExtAuthz {
     }
 
     async fn spawn(&mut self) {
-        let mut command = Command::new(binaries::tollgate("tollgate-ext-authz"));
+        let mut command = binaries::tollgate_command("tollgate-ext-authz");
         command
             .arg("--routes")
             .arg(&self.routes)
             .args(["--grpc-addr", &self.grpc_addr.to_string()])
-            .args(["--metrics-addr", &self.metrics_addr.to_string()])
-            .env(
-                "TOLLGATE_LOG",
-                std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .env("TOLLGATE_LOG_FORMAT", "plain");
-        let process = Process::spawn("ext-authz", command, self.dir.path())
+            .args(["--metrics-addr", &self.metrics_addr.to_string()]);
+        let mut process = Process::spawn("ext-authz", command, self.dir.path())
             .expect("spawn tollgate-ext-authz");
+        process
+            .wait_until_ok(self.metrics_addr.port(), "/readyz", READY_PATIENCE)
+            .await;
         self.process = Some(process);
         self.killed = None;
-        self.wait_until_ready().await;
-    }
-
-    async fn wait_until_ready(&mut self) {
-        let deadline = Instant::now() + READY_PATIENCE;
-        loop {
-            let process = self.process.as_mut().expect("a spawned ext-authz");
-            if let Err(exited) = process.ensure_running() {
-                panic!("ext-authz did not start: {exited:#}");
-            }
-            let last = match self.metrics_get("/readyz").await {
-                Ok(response) if response.status == 200 => return,
-                Ok(response) => format!("/readyz answered {}", response.status),
-                Err(error) => format!("{error:#}"),
-            };
-            assert!(
-                Instant::now() < deadline,
-                "ext-authz /readyz not answering 200 after {READY_PATIENCE:?}: {last}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }

@@ -93,6 +93,29 @@ impl Process {
         read_lossy(&self.stdout_path)
     }
 
+    /// Polls `GET http://127.0.0.1:{port}{path}` until it answers 200. Panics with the last
+    /// answer once `patience` runs out, and at once if the process exits (a service that
+    /// failed to start must not look ready because something else answers its port).
+    pub async fn wait_until_ok(&mut self, port: u16, path: &str, patience: std::time::Duration) {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Err(exited) = self.ensure_running() {
+                panic!("{} did not start: {exited:#}", self.name);
+            }
+            let last = match crate::http::get(port, path).await {
+                Ok(response) if response.status == 200 => return,
+                Ok(response) => format!("{path} answered {}", response.status),
+                Err(error) => format!("{error:#}"),
+            };
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: {path} not answering 200 after {patience:?}: {last}",
+                self.name
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The last `lines` lines of stdout and stderr, labelled, for failure messages.
     pub fn log_tails(&self, lines: usize) -> String {
         format!(

@@ -16,8 +16,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::redis::Redis;
 use crate::{binaries, http, ports, process::Process};
@@ -82,17 +81,12 @@ impl RateLimitService {
             .routes
             .expect("call .routes_file(cp.routes_path()) before .start()");
         let dir = crate::process::scratch_dir("tollgate-ratelimit-");
-        let mut command = Command::new(binaries::tollgate("tollgate-ratelimit"));
+        let mut command = binaries::tollgate_command("tollgate-ratelimit");
         command
             .arg("--routes")
             .arg(&routes)
             .args(["--grpc-addr", &self.grpc_addr.to_string()])
-            .args(["--metrics-addr", &self.metrics_addr.to_string()])
-            .env(
-                "TOLLGATE_LOG",
-                std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .env("TOLLGATE_LOG_FORMAT", "plain");
+            .args(["--metrics-addr", &self.metrics_addr.to_string()]);
         if let Some(url) = &self.redis_url {
             command.args(["--redis-url", url]);
         }
@@ -151,31 +145,28 @@ impl RunningRateLimitService {
     /// another test's service took first makes it exit instead, and that other service's
     /// `/readyz` must not pass for ours), then for `/readyz` to answer 200.
     async fn wait_until_ready(&mut self) {
-        let deadline = Instant::now() + READY_PATIENCE;
+        self.process
+            .wait_until_ok(self.metrics_addr.port(), "/readyz", READY_PATIENCE)
+            .await;
+        // A reserved-then-released port can be taken by another run's service, whose /readyz
+        // would answer for ours: the answer counts only once our own process says it serves
+        // that address.
         let metrics_addr = self.metrics_addr.to_string();
-        loop {
-            if let Err(exited) = self.process.ensure_running() {
-                panic!("tollgate-ratelimit did not start: {exited:#}");
-            }
-            let bound = self
-                .process
-                .stderr()
-                .lines()
-                .any(|line| line.contains("serving") && line.contains(&metrics_addr));
-            let last = if bound {
-                match http::get(self.metrics_addr.port(), "/readyz").await {
-                    Ok(response) if response.status == 200 => return,
-                    Ok(response) => format!("/readyz answered {}", response.status),
-                    Err(error) => format!("{error:#}"),
-                }
-            } else {
-                "no \"serving\" log line yet".to_owned()
-            };
-            assert!(
-                Instant::now() < deadline,
-                "tollgate-ratelimit not ready after {READY_PATIENCE:?}: {last}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let process = &self.process;
+        crate::eventually_within(
+            READY_PATIENCE,
+            "tollgate-ratelimit serves its own port",
+            async || {
+                anyhow::ensure!(
+                    process
+                        .stderr()
+                        .lines()
+                        .any(|line| line.contains("serving") && line.contains(&metrics_addr)),
+                    "no \"serving {metrics_addr}\" log line"
+                );
+                Ok(())
+            },
+        )
+        .await;
     }
 }
