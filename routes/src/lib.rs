@@ -11,6 +11,8 @@ mod document;
 pub mod duration;
 mod error;
 pub mod policy;
+pub mod route_policy;
+pub mod service_policy;
 mod validate;
 
 pub use config::{

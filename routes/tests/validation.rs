@@ -79,8 +79,11 @@ fn a_complete_config_parses_into_the_model() {
 
 #[test]
 fn unknown_field_is_reported_where_it_stands() {
-    let text = GOOD.replace("    timeout: 15s\n", "    timeout: 15s\n    retries: 3\n");
-    assert_one_error(&text, "21:5:", "unknown field `retries`");
+    let text = GOOD.replace(
+        "    timeout: 15s\n",
+        "    timeout: 15s\n    retry_budget: 3\n",
+    );
+    assert_one_error(&text, "21:5:", "unknown field `retry_budget`");
 }
 
 #[test]

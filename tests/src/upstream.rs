@@ -3,12 +3,14 @@
 //! Each answers every request with a JSON echo of what it received,
 //! `{"upstream": NAME, "method": …, "path": …, "headers": {…}}`, so a test can tell which
 //! service Envoy chose and what path and headers reached it. Options: a fixed status, and a
-//! delay for chosen paths (to provoke route timeouts). Every request is counted.
+//! delay for chosen paths (to provoke route timeouts), and a health path whose status the
+//! test flips at run time ([`UpstreamHandle::set_health`]). Every request is counted, except
+//! those to the health path, so that counts show where traffic went.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +30,9 @@ pub struct Upstream {
     name: String,
     status: StatusCode,
     delays: HashMap<String, Duration>,
+    /// Path → (how many requests fail, with which status).
+    failures: HashMap<String, (usize, StatusCode)>,
+    health_path: Option<String>,
 }
 
 impl Upstream {
@@ -37,6 +42,8 @@ impl Upstream {
             name: name.to_owned(),
             status: StatusCode::OK,
             delays: HashMap::new(),
+            failures: HashMap::new(),
+            health_path: None,
         }
     }
 
@@ -52,6 +59,21 @@ impl Upstream {
         self
     }
 
+    /// Answers `path` (without query) with a status the test sets with
+    /// [`UpstreamHandle::set_health`], 200 until then, for active health checks.
+    pub fn health(mut self, path: &str) -> Self {
+        self.health_path = Some(path.to_owned());
+        self
+    }
+
+    /// Answers the first `count` requests to exactly `path` with `status`, later ones as
+    /// usual: an upstream that recovers, for retries.
+    pub fn fail_first(mut self, path: &str, count: usize, status: u16) -> Self {
+        let status = StatusCode::from_u16(status).expect("a valid HTTP status");
+        self.failures.insert(path.to_owned(), (count, status));
+        self
+    }
+
     /// Binds `127.0.0.1:0` and starts serving; the server stops when the handle is dropped.
     pub async fn spawn(self) -> UpstreamHandle {
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -61,7 +83,9 @@ impl Upstream {
         let state = Arc::new(State {
             config: self,
             requests: AtomicUsize::new(0),
+            health: AtomicU16::new(200),
             paths: Mutex::new(Vec::new()),
+            failed: Mutex::new(HashMap::new()),
         });
         let task = tokio::spawn(serve(listener, state.clone()));
         UpstreamHandle { addr, state, task }
@@ -90,6 +114,11 @@ impl UpstreamHandle {
         &self.state.config.name
     }
 
+    /// Sets the status the health path answers from now on.
+    pub fn set_health(&self, status: u16) {
+        self.state.health.store(status, Ordering::SeqCst);
+    }
+
     /// How many requests have arrived so far (counted before any delay).
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
@@ -116,7 +145,10 @@ impl Drop for UpstreamHandle {
 struct State {
     config: Upstream,
     requests: AtomicUsize,
+    health: AtomicU16,
     paths: Mutex<Vec<String>>,
+    /// Path → how many requests to it have been failed on purpose.
+    failed: Mutex<HashMap<String, usize>>,
 }
 
 async fn serve(listener: TcpListener, state: Arc<State>) {
@@ -146,6 +178,15 @@ async fn answer(
     request: hyper::Request<Incoming>,
     state: Arc<State>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    if state.config.health_path.as_deref() == Some(request.uri().path()) {
+        let status = StatusCode::from_u16(state.health.load(Ordering::SeqCst))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let response = hyper::Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::new()))
+            .expect("a response built from valid parts");
+        return Ok(response);
+    }
     state.requests.fetch_add(1, Ordering::SeqCst);
     let path = request.uri().path_and_query().map_or_else(
         || request.uri().path().to_owned(),
@@ -175,8 +216,20 @@ async fn answer(
         "path": path,
         "headers": headers,
     });
+    let mut status = state.config.status;
+    if let Some((count, failure)) = state.config.failures.get(request.uri().path()) {
+        let mut failed = state
+            .failed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let so_far = failed.entry(request.uri().path().to_owned()).or_insert(0);
+        if *so_far < *count {
+            *so_far += 1;
+            status = *failure;
+        }
+    }
     let response = hyper::Response::builder()
-        .status(state.config.status)
+        .status(status)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(echo.to_string())))
         .expect("a response built from valid parts");

@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::PathWithEscapedSlashesAction;
 use tollgate_routes::{EscapedSlashes, Listener as ListenerConfig};
 
-use super::{ads_config_source, any, auth, local_reply, rate_limit};
+use super::{ads_config_source, any, auth, body_limit, cors, local_reply, rate_limit};
 
 fn escaped_slashes_action(escaped: EscapedSlashes) -> PathWithEscapedSlashesAction {
     match escaped {
@@ -53,19 +53,28 @@ fn strip_headers(headers: &[String]) -> TypedExtensionConfig {
 
 /// The HTTP filters one listener runs, decided from the routes it serves.
 pub(super) struct ListenerFilters {
+    /// The cors filter config, when a route on this listener has a CORS policy.
+    pub cors: Option<Any>,
     /// Request headers no client may send: the identity ext-authz vouches for.
     pub strip_headers: Vec<String>,
     /// The ext_authz filter config, when a route on this listener requires auth.
     pub ext_authz: Option<Any>,
     /// The ratelimit filter config, when a route on this listener has rate limits.
     pub rate_limit: Option<Any>,
+    /// The buffer filter config, when a route on this listener limits request bodies.
+    pub body_limit: Option<Any>,
     pub access_log: Option<AccessLog>,
 }
 
 pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Listener {
+    // Order matters. CORS first, so preflights are answered before anything asks for a
+    // token. Buffering last, so a client refused by auth or a rate limit never makes the
+    // gateway hold its body in memory.
     let mut http_filters: Vec<HttpFilter> = [
+        (cors::FILTER_NAME, filters.cors.as_ref()),
         (auth::FILTER_NAME, filters.ext_authz.as_ref()),
         (rate_limit::FILTER_NAME, filters.rate_limit.as_ref()),
+        (body_limit::FILTER_NAME, filters.body_limit.as_ref()),
     ]
     .into_iter()
     .filter_map(|(name, config)| config.map(|c| http_filter(name, c.clone())))

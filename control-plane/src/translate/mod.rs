@@ -6,11 +6,15 @@
 
 mod access_log;
 mod auth;
+mod body_limit;
 mod cluster;
+mod cors;
+mod headers;
 mod json_format;
 mod listener;
 mod local_reply;
 mod rate_limit;
+mod retry;
 mod route;
 
 use std::collections::BTreeSet;
@@ -71,6 +75,14 @@ pub fn translate(config: &RoutesConfig) -> Snapshot {
             strip_headers: strip_headers.clone(),
             ext_authz: ext_authz.map(auth::filter),
             rate_limit: rate_limit.map(rate_limit::filter),
+            cors: (config.cors.is_some()
+                || config.routes_on(&l.name).any(|r| r.traffic.cors.is_some()))
+            .then(cors::filter),
+            body_limit: config
+                .routes_on(&l.name)
+                .filter_map(|r| r.traffic.max_request_bytes)
+                .max()
+                .map(body_limit::filter),
             access_log: config
                 .observability
                 .access_log
@@ -85,7 +97,13 @@ pub fn translate(config: &RoutesConfig) -> Snapshot {
                 &listener::listener(l, &filters),
             ),
         ));
-        let routes = route::route_configuration(l, config.routes_on(&l.name), ext_authz.is_some());
+        let mut routes = route::route_configuration(
+            l,
+            config.routes_on(&l.name),
+            ext_authz.is_some(),
+            config.cors.as_ref(),
+        );
+        cluster::add_hash_policies(&mut routes, &config.services);
         resources.push((
             type_url::ROUTE,
             Resource::new(&l.name, type_url::ROUTE, &routes),

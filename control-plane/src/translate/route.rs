@@ -1,36 +1,62 @@
-//! One RouteConfiguration per listener: the routes served there, in file order.
+//! One RouteConfiguration per listener: the routes served there, in file order, each with
+//! its traffic policies (retries, timeouts, rewrites, header edits, CORS, body limit).
 
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, route::Action, route_action::ClusterSpecifier,
-    route_match::PathSpecifier, DirectResponseAction, HeaderMatcher, Route as EnvoyRoute,
-    RouteAction, RouteConfiguration, RouteMatch as EnvoyRouteMatch, VirtualHost,
+    route_action::HostRewriteSpecifier, route_match::PathSpecifier, DirectResponseAction,
+    HeaderMatcher, Route as EnvoyRoute, RouteAction, RouteConfiguration,
+    RouteMatch as EnvoyRouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    string_matcher::MatchPattern, RegexMatcher, StringMatcher,
+    string_matcher::MatchPattern, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
 };
+use envoy_types::pb::google::protobuf::Any;
+use tollgate_routes::route_policy::CorsPolicy;
 use tollgate_routes::{Listener, PathMatch, Route, RouteMatch};
 
 use super::json_format::json_format;
-use super::{auth, proto_duration, rate_limit, stable_map};
+use super::{auth, body_limit, cors, headers, proto_duration, rate_limit, retry, stable_map};
 
+/// `default_cors`: the top-level `cors`, for routes without their own.
 pub(super) fn route_configuration<'a>(
     listener: &Listener,
     routes: impl Iterator<Item = &'a Route>,
     ext_authz: bool,
+    default_cors: Option<&CorsPolicy>,
 ) -> RouteConfiguration {
+    let routes: Vec<&Route> = routes.collect();
     let health = listener
         .health_path
         .as_deref()
         .map(|path| health_route(path, ext_authz));
+    // Per-filter settings on the virtual host apply to every route that has none of its
+    // own: the CORS default, and buffering off where no body limit is set.
+    let buffering = routes.iter().any(|r| r.traffic.max_request_bytes.is_some());
+    let virtual_host_filters: Vec<(String, Any)> = default_cors
+        .map(|c| (cors::FILTER_NAME.to_string(), cors::per_route(c)))
+        .into_iter()
+        .chain(buffering.then(|| {
+            (
+                body_limit::FILTER_NAME.to_string(),
+                body_limit::per_route(None),
+            )
+        }))
+        .collect();
+    let envoy_routes: Vec<EnvoyRoute> = health
+        .into_iter()
+        .chain(
+            routes
+                .iter()
+                .map(|r| route(r, ext_authz, default_cors.is_some())),
+        )
+        .collect();
     RouteConfiguration {
         name: listener.name.clone(),
         virtual_hosts: vec![VirtualHost {
             name: listener.name.clone(),
             domains: vec!["*".into()],
-            routes: health
-                .into_iter()
-                .chain(routes.map(|r| route(r, ext_authz)))
-                .collect(),
+            routes: envoy_routes,
+            typed_per_filter_config: stable_map(virtual_host_filters),
             ..Default::default()
         }],
         ..Default::default()
@@ -60,30 +86,73 @@ fn health_route(path: &str, ext_authz: bool) -> EnvoyRoute {
 
 /// `ext_authz`: the listener runs the ext_authz filter, so every route says whether it
 /// applies (a route without a per-route setting would be checked with no provider).
-fn route(route: &Route, ext_authz: bool) -> EnvoyRoute {
+/// `default_cors`: a top-level CORS policy applies to routes without their own.
+fn route(route: &Route, ext_authz: bool, default_cors: bool) -> EnvoyRoute {
+    let traffic = &route.traffic;
     let action = RouteAction {
         cluster_specifier: Some(ClusterSpecifier::Cluster(route.service.clone())),
         prefix_rewrite: route.rewrite_prefix.clone().unwrap_or_default(),
+        regex_rewrite: traffic
+            .rewrite_regex
+            .as_ref()
+            .map(|r| RegexMatchAndSubstitute {
+                pattern: Some(regex_matcher(r.pattern.clone())),
+                substitution: r.substitution.clone(),
+            }),
+        host_rewrite_specifier: traffic
+            .host_rewrite
+            .clone()
+            .map(HostRewriteSpecifier::HostRewriteLiteral),
         timeout: route.timeout.map(proto_duration),
+        idle_timeout: traffic.idle_timeout.map(proto_duration),
+        retry_policy: traffic.retries.as_ref().map(retry::retry_policy),
         rate_limits: rate_limit::route_rate_limits(&route.name, &route.rate_limits),
         ..Default::default()
     };
-    let typed_per_filter_config = stable_map(ext_authz.then(|| {
-        (
-            auth::FILTER_NAME.to_string(),
-            auth::per_route(route.auth.as_ref()),
-        )
-    }));
+    let typed_per_filter_config = stable_map(
+        ext_authz
+            .then(|| {
+                (
+                    auth::FILTER_NAME.to_string(),
+                    auth::per_route(route.auth.as_ref()),
+                )
+            })
+            .into_iter()
+            .chain(
+                traffic
+                    .cors
+                    .as_ref()
+                    .map(|c| (cors::FILTER_NAME.to_string(), cors::per_route(c))),
+            )
+            .chain(traffic.max_request_bytes.map(|bytes| {
+                (
+                    body_limit::FILTER_NAME.to_string(),
+                    body_limit::per_route(Some(bytes)),
+                )
+            })),
+    );
+    let (request_headers_to_add, request_headers_to_remove) =
+        headers::header_edits(&traffic.request_headers);
+    let (response_headers_to_add, response_headers_to_remove) =
+        headers::header_edits(&traffic.response_headers);
+    let cors = traffic.cors.is_some() || default_cors;
     EnvoyRoute {
         name: route.name.clone(),
-        r#match: Some(route_match(&route.matcher)),
+        r#match: Some(route_match(&route.matcher, cors)),
         action: Some(Action::Route(action)),
         typed_per_filter_config,
+        request_headers_to_add,
+        request_headers_to_remove,
+        response_headers_to_add,
+        response_headers_to_remove,
         ..Default::default()
     }
 }
 
-fn route_match(matcher: &RouteMatch) -> EnvoyRouteMatch {
+/// `cors`: a CORS policy applies to the route, so a preflight (always `OPTIONS`) must match
+/// it even when the route names its methods: the CORS filter finds the policy through the
+/// route the request matched.
+fn route_match(matcher: &RouteMatch, cors: bool) -> EnvoyRouteMatch {
     let path_specifier = match &matcher.path {
         PathMatch::Prefix(prefix) => PathSpecifier::Prefix(prefix.clone()),
         PathMatch::Exact(path) => PathSpecifier::Path(path.clone()),
@@ -95,8 +164,12 @@ fn route_match(matcher: &RouteMatch) -> EnvoyRouteMatch {
         .map(|(name, value)| header(name, MatchPattern::Exact(value.clone())))
         .collect();
     if !matcher.methods.is_empty() {
+        let mut methods: Vec<&str> = matcher.methods.iter().map(String::as_str).collect();
+        if cors && !methods.contains(&"OPTIONS") {
+            methods.push("OPTIONS");
+        }
         // Method names are validated tokens, so the alternation needs no escaping.
-        let methods = format!("^(?:{})$", matcher.methods.join("|"));
+        let methods = format!("^(?:{})$", methods.join("|"));
         headers.push(header(
             ":method",
             MatchPattern::SafeRegex(regex_matcher(methods)),
@@ -127,3 +200,7 @@ fn regex_matcher(regex: String) -> RegexMatcher {
         engine_type: None,
     }
 }
+
+#[cfg(test)]
+#[path = "route_policy_tests.rs"]
+mod route_policy_tests;

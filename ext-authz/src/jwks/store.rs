@@ -44,6 +44,9 @@ pub struct KeyStore {
     last_fetch: Mutex<Option<Instant>>,
     /// Held for the duration of a fetch: one fetch at a time, and waiters share its result.
     fetching: tokio::sync::Mutex<()>,
+    /// True while a fetch runs, so a check can tell "fetched recently" from "being fetched
+    /// now" (wait for it) without touching the lock.
+    fetch_in_flight: std::sync::atomic::AtomicBool,
     cooldown: Duration,
     metrics: Arc<Metrics>,
     /// Becomes true once a remote origin has tried its first fetch.
@@ -68,6 +71,7 @@ impl KeyStore {
             epoch: AtomicU64::new(next_epoch()),
             last_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            fetch_in_flight: std::sync::atomic::AtomicBool::new(false),
             cooldown,
             metrics,
         }
@@ -170,6 +174,17 @@ impl KeyStore {
         let KeyOrigin::Remote(remote) = &self.origin else {
             return false;
         };
+        // Checked before the fetch lock too: a flood of made-up kids within the cooldown
+        // is refused without any task queueing on the lock. A fetch under way is waited
+        // for instead (its keys may be the ones this token needs).
+        if self.fetched_recently()
+            && !self
+                .fetch_in_flight
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.metrics.jwks_fetch(&self.provider, "cooldown");
+            return false;
+        }
         let before = self.epoch();
         let _fetching = match self.fetching.try_lock() {
             Ok(guard) => guard,
@@ -179,13 +194,8 @@ impl KeyStore {
                 return self.epoch() != before;
             }
         };
-        let recent = self
-            .last_fetch
-            .lock()
-            .ok()
-            .and_then(|last| *last)
-            .is_some_and(|at| at.elapsed() < self.cooldown);
-        if recent {
+        // Another task may have fetched between the check above and taking the lock.
+        if self.fetched_recently() {
             self.metrics.jwks_fetch(&self.provider, "cooldown");
             return false;
         }
@@ -198,7 +208,24 @@ impl KeyStore {
         }
     }
 
+    fn fetched_recently(&self) -> bool {
+        self.last_fetch
+            .lock()
+            .ok()
+            .and_then(|last| *last)
+            .is_some_and(|at| at.elapsed() < self.cooldown)
+    }
+
     async fn fetch_locked(&self, remote: &RemoteJwks) -> Result<bool, FetchError> {
+        self.fetch_in_flight
+            .store(true, std::sync::atomic::Ordering::Release);
+        let result = self.fetch_now(remote).await;
+        self.fetch_in_flight
+            .store(false, std::sync::atomic::Ordering::Release);
+        result
+    }
+
+    async fn fetch_now(&self, remote: &RemoteJwks) -> Result<bool, FetchError> {
         if let Ok(mut last) = self.last_fetch.lock() {
             *last = Some(Instant::now());
         }

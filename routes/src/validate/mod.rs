@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 mod policy;
+mod route_policy;
+mod service_policy;
 
 use crate::config::{
     AccessLogSink, Endpoint, EscapedSlashes, Listener, Observability, PathMatch, Route, RouteMatch,
@@ -48,6 +50,7 @@ pub(crate) fn validate(file: &str, doc: Document) -> Result<RoutesConfig, Config
     let sidecars = policy::sidecars(&doc, &mut errors);
     let routes = routes(&doc, &mut errors);
     let observability = observability(&doc, &mut errors);
+    let cors = route_policy::global_cors(&doc, &mut errors);
 
     if errors.found.is_empty() {
         Ok(RoutesConfig {
@@ -57,6 +60,7 @@ pub(crate) fn validate(file: &str, doc: Document) -> Result<RoutesConfig, Config
             auth_providers,
             sidecars,
             observability,
+            cors,
         })
     } else {
         errors.found.sort_by_key(|e| (e.line, e.column));
@@ -217,10 +221,12 @@ fn service(name: &str, doc: &ServiceDoc, errors: &mut Errors) -> Option<Service>
         .collect();
     let connect_timeout =
         positive_duration(doc.connect_timeout.as_ref(), errors).unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let policy = service_policy::service_policy(name, doc, &endpoints, errors);
     (errors.found.len() == before).then(|| Service {
         name: name.to_string(),
         endpoints,
         connect_timeout,
+        policy,
     })
 }
 
@@ -319,6 +325,7 @@ fn route(doc: &Document, route: &RouteDoc, errors: &mut Errors) -> Option<Route>
         .as_ref()
         .and_then(|a| policy::route_auth(doc, name, a, errors));
     let rate_limits = policy::rate_limits(doc, route, errors);
+    let traffic = route_policy::traffic_policy(doc, route, errors);
     let matcher = matcher?;
     (errors.found.len() == before).then(|| Route {
         name: name.clone(),
@@ -329,6 +336,7 @@ fn route(doc: &Document, route: &RouteDoc, errors: &mut Errors) -> Option<Route>
         timeout,
         auth,
         rate_limits,
+        traffic,
     })
 }
 

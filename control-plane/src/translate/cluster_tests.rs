@@ -1,0 +1,284 @@
+//! Service traffic policies as Envoy cluster settings, one behaviour per test.
+
+use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+use envoy_types::pb::envoy::config::core::v3::{
+    data_source, health_check::HealthChecker, transport_socket::ConfigType,
+};
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
+    UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use prost::Message;
+use tollgate_routes::{RoutesConfig, Service};
+
+use super::{add_hash_policies, cluster};
+
+/// A config with one listener, one route per service, and `services` as the services block.
+fn config(services: &str) -> RoutesConfig {
+    let names: Vec<&str> = services
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   ") && l.trim_end().ends_with(':'))
+        .map(|l| l.trim().trim_end_matches(':'))
+        .collect();
+    let routes: String = names
+        .iter()
+        .map(|n| format!("  - {{name: {n}, match: {{prefix: /{n}}}, service: {n}}}\n"))
+        .collect();
+    let text = format!(
+        "version: 1\nlisteners:\n  - {{name: public, address: 127.0.0.1:8080}}\nservices:\n{services}routes:\n{routes}"
+    );
+    tollgate_routes::parse("routes.yaml", &text)
+        .unwrap_or_else(|e| panic!("valid config expected, got {e}:\n{text}"))
+}
+
+fn service<'a>(config: &'a RoutesConfig, name: &str) -> &'a Service {
+    &config.services[name]
+}
+
+#[test]
+fn a_service_without_policies_keeps_envoys_defaults() {
+    let config = config("  plain:\n    endpoints: [\"127.0.0.1:3000\"]\n");
+    let cluster = cluster(service(&config, "plain"));
+    assert_eq!(cluster.lb_policy, LbPolicy::RoundRobin as i32);
+    assert!(cluster.health_checks.is_empty());
+    assert_eq!(cluster.circuit_breakers, None);
+    assert_eq!(cluster.outlier_detection, None);
+    assert_eq!(
+        cluster.transport_socket, None,
+        "plaintext unless tls is set"
+    );
+}
+
+#[test]
+fn health_check_becomes_an_http_check_with_its_timings_and_thresholds() {
+    let config = config(
+        "  checked:
+    endpoints: [\"127.0.0.1:3000\"]
+    health_check: {path: /healthz, interval: 5s, timeout: 500ms, unhealthy_threshold: 4, healthy_threshold: 1}
+",
+    );
+    let cluster = cluster(service(&config, "checked"));
+    let [check] = cluster.health_checks.as_slice() else {
+        panic!("one health check expected, got {:?}", cluster.health_checks);
+    };
+    assert_eq!(check.interval.map(|d| d.seconds), Some(5));
+    assert_eq!(
+        check.no_traffic_interval, check.interval,
+        "an idle service is checked as often as a busy one"
+    );
+    assert_eq!(check.timeout.map(|d| d.nanos), Some(500_000_000));
+    assert_eq!(check.unhealthy_threshold.map(|v| v.value), Some(4));
+    assert_eq!(check.healthy_threshold.map(|v| v.value), Some(1));
+    let Some(HealthChecker::HttpHealthCheck(http)) = &check.health_checker else {
+        panic!("an HTTP health check expected");
+    };
+    assert_eq!(http.path, "/healthz");
+    assert_eq!(
+        http.expected_statuses
+            .iter()
+            .map(|r| (r.start, r.end))
+            .collect::<Vec<_>>(),
+        vec![(200, 300)],
+        "any 2xx is healthy"
+    );
+}
+
+#[test]
+fn health_check_defaults_apply_when_only_the_path_is_given() {
+    let config = config(
+        "  checked:\n    endpoints: [\"127.0.0.1:3000\"]\n    health_check: {path: /health}\n",
+    );
+    let check = &cluster(service(&config, "checked")).health_checks[0];
+    assert_eq!(check.interval.map(|d| d.seconds), Some(10));
+    assert_eq!(check.timeout.map(|d| d.seconds), Some(1));
+    assert_eq!(check.unhealthy_threshold.map(|v| v.value), Some(3));
+    assert_eq!(check.healthy_threshold.map(|v| v.value), Some(2));
+}
+
+#[test]
+fn each_load_balancing_name_selects_envoys_policy() {
+    let config = config(
+        "  rr:
+    endpoints: [\"127.0.0.1:3000\"]
+    load_balancing: round_robin
+  lr:
+    endpoints: [\"127.0.0.1:3000\"]
+    load_balancing: least_request
+  rand:
+    endpoints: [\"127.0.0.1:3000\"]
+    load_balancing: random
+  ring:
+    endpoints: [\"127.0.0.1:3000\"]
+    load_balancing: ring_hash
+    hash_on: {header: X-User-Id}
+",
+    );
+    for (name, expected) in [
+        ("rr", LbPolicy::RoundRobin),
+        ("lr", LbPolicy::LeastRequest),
+        ("rand", LbPolicy::Random),
+        ("ring", LbPolicy::RingHash),
+    ] {
+        assert_eq!(
+            cluster(service(&config, name)).lb_policy,
+            expected as i32,
+            "service {name}"
+        );
+    }
+}
+
+#[test]
+fn only_routes_to_a_ring_hash_service_hash_on_its_header() {
+    let config = config(
+        "  ring:
+    endpoints: [\"127.0.0.1:3000\"]
+    load_balancing: ring_hash
+    hash_on: {header: X-User-Id}
+  rr:
+    endpoints: [\"127.0.0.1:3001\"]
+",
+    );
+    let mut routes = super::super::route::route_configuration(
+        &config.listeners[0],
+        config.routes_on("public"),
+        false,
+        None,
+    );
+    add_hash_policies(&mut routes, &config.services);
+    let hash_of = |name: &str| {
+        let route = routes.virtual_hosts[0]
+            .routes
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no route {name}"));
+        let Some(Action::Route(action)) = &route.action else {
+            panic!("route {name} forwards");
+        };
+        action
+            .hash_policy
+            .iter()
+            .map(|p| match &p.policy_specifier {
+                Some(PolicySpecifier::Header(h)) => h.header_name.clone(),
+                other => panic!("a header hash expected, got {other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(hash_of("ring"), vec!["x-user-id".to_string()]);
+    assert!(hash_of("rr").is_empty());
+}
+
+#[test]
+fn circuit_breaker_sets_only_the_limits_written() {
+    let config = config(
+        "  guarded:
+    endpoints: [\"127.0.0.1:3000\"]
+    circuit_breaker: {max_pending_requests: 10, max_requests: 20}
+",
+    );
+    let breakers = cluster(service(&config, "guarded"))
+        .circuit_breakers
+        .expect("circuit breakers");
+    let [limits] = breakers.thresholds.as_slice() else {
+        panic!("one threshold set expected");
+    };
+    assert_eq!(limits.max_pending_requests.map(|v| v.value), Some(10));
+    assert_eq!(limits.max_requests.map(|v| v.value), Some(20));
+    assert_eq!(limits.max_connections, None, "Envoy's default stays");
+    assert_eq!(limits.max_retries, None, "Envoy's default stays");
+}
+
+#[test]
+fn outlier_detection_ejects_on_consecutive_5xx_only() {
+    let config = config(
+        "  ejecting:
+    endpoints: [\"127.0.0.1:3000\"]
+    outlier_detection: {consecutive_5xx: 2, interval: 1s, base_ejection_time: 1m, max_ejection_percent: 50}
+",
+    );
+    let outlier = cluster(service(&config, "ejecting"))
+        .outlier_detection
+        .expect("outlier detection");
+    assert_eq!(outlier.consecutive_5xx.map(|v| v.value), Some(2));
+    assert_eq!(outlier.interval.map(|d| d.seconds), Some(1));
+    assert_eq!(outlier.base_ejection_time.map(|d| d.seconds), Some(60));
+    assert_eq!(outlier.max_ejection_percent.map(|v| v.value), Some(50));
+    assert_eq!(
+        outlier.enforcing_success_rate.map(|v| v.value),
+        Some(0),
+        "success-rate ejection is not something routes.yaml asked for"
+    );
+}
+
+fn tls_context(service: &Service) -> UpstreamTlsContext {
+    let socket = cluster(service).transport_socket.expect("a TLS socket");
+    assert_eq!(socket.name, "envoy.transport_sockets.tls");
+    let Some(ConfigType::TypedConfig(any)) = socket.config_type else {
+        panic!("typed TLS config expected");
+    };
+    UpstreamTlsContext::decode(any.value.as_slice()).expect("an UpstreamTlsContext")
+}
+
+/// (trusted CA file, DNS names the certificate must carry).
+fn verification(context: &UpstreamTlsContext) -> (String, Vec<String>) {
+    let common = context.common_tls_context.as_ref().expect("common context");
+    let Some(ValidationContextType::ValidationContext(validation)) =
+        &common.validation_context_type
+    else {
+        panic!("the certificate must be validated");
+    };
+    let Some(data_source::Specifier::Filename(ca)) = validation
+        .trusted_ca
+        .as_ref()
+        .and_then(|d| d.specifier.clone())
+    else {
+        panic!("a trusted CA file expected");
+    };
+    let names = validation
+        .match_typed_subject_alt_names
+        .iter()
+        .map(|m| {
+            assert_eq!(m.san_type, SanType::Dns as i32);
+            match m.matcher.as_ref().and_then(|m| m.match_pattern.clone()) {
+                Some(MatchPattern::Exact(name)) => name,
+                other => panic!("an exact SAN match expected, got {other:?}"),
+            }
+        })
+        .collect();
+    (ca, names)
+}
+
+#[test]
+fn upstream_tls_sends_sni_and_verifies_chain_and_name() {
+    let config = config(
+        "  secure:
+    endpoints: [\"127.0.0.1:3443\"]
+    tls: {sni: invoices.internal, ca_file: /etc/tollgate/ca.pem}
+",
+    );
+    let context = tls_context(service(&config, "secure"));
+    assert_eq!(context.sni, "invoices.internal");
+    assert_eq!(
+        verification(&context),
+        (
+            "/etc/tollgate/ca.pem".to_string(),
+            vec!["invoices.internal".to_string()]
+        )
+    );
+}
+
+#[test]
+fn empty_tls_verifies_the_endpoint_name_against_the_system_cas() {
+    let config = config("  public-api:\n    endpoints: [\"api.example.com:443\"]\n    tls: {}\n");
+    let context = tls_context(service(&config, "public-api"));
+    assert_eq!(context.sni, "api.example.com");
+    assert_eq!(
+        verification(&context),
+        (
+            "/etc/ssl/certs/ca-certificates.crt".to_string(),
+            vec!["api.example.com".to_string()]
+        )
+    );
+}

@@ -1,0 +1,290 @@
+//! Checks for a service's traffic policies: health checks, load balancing, circuit breaking,
+//! outlier detection and upstream TLS. Defaults are applied here, so the validated
+//! [`ServicePolicy`] is exactly what translation hands to Envoy.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+
+use super::{absolute_path, is_header_name, positive_duration, Errors};
+use crate::config::Endpoint;
+use crate::document::{CircuitBreakerDoc, HealthCheckDoc, OutlierDetectionDoc, ServiceDoc, TlsDoc};
+use crate::service_policy::{
+    CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy, UpstreamTls,
+};
+
+/// Frequent enough to notice a dead endpoint within half a minute at the default threshold,
+/// rare enough that checks are no load on the service.
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Three failures in a row: one lost packet or slow GC pause does not take an endpoint out.
+const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+
+/// Envoy's own outlier-detection defaults.
+const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
+const DEFAULT_OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+
+/// The CA bundle of Debian, Ubuntu and Alpine (and the Envoy images built on them): Envoy
+/// has no working "system trust store" option, and verifying nothing is never a default.
+pub(crate) const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+pub(super) fn service_policy(
+    name: &str,
+    doc: &ServiceDoc,
+    endpoints: &[Endpoint],
+    errors: &mut Errors,
+) -> ServicePolicy {
+    ServicePolicy {
+        health_check: doc
+            .health_check
+            .as_ref()
+            .and_then(|h| health_check(name, h, errors)),
+        load_balancing: load_balancing(name, doc, errors),
+        circuit_breaker: doc
+            .circuit_breaker
+            .as_ref()
+            .map(|c| circuit_breaker(&c.value, errors)),
+        outlier_detection: doc
+            .outlier_detection
+            .as_ref()
+            .map(|o| outlier_detection(&o.value, errors)),
+        tls: doc
+            .tls
+            .as_ref()
+            .and_then(|t| tls(name, t, endpoints, errors)),
+    }
+}
+
+fn health_check(
+    service: &str,
+    node: &Spanned<HealthCheckDoc>,
+    errors: &mut Errors,
+) -> Option<HealthCheck> {
+    let doc = &node.value;
+    let path = match &doc.path {
+        None => {
+            errors.at(
+                node,
+                format!("service \"{service}\": health_check needs a path, e.g. /health"),
+            );
+            None
+        }
+        // Envoy writes the path into the request line as is.
+        Some(path) if path.value.bytes().any(|b| !b.is_ascii_graphic()) => {
+            errors.at(
+                path,
+                format!(
+                    "health_check path \"{}\" has spaces or characters that need escaping",
+                    path.value
+                ),
+            );
+            None
+        }
+        Some(path) => absolute_path(path, "health_check path", errors).then(|| path.value.clone()),
+    };
+    let interval =
+        positive_duration(doc.interval.as_ref(), errors).unwrap_or(DEFAULT_HEALTH_INTERVAL);
+    let timeout = positive_duration(doc.timeout.as_ref(), errors).unwrap_or(DEFAULT_HEALTH_TIMEOUT);
+    // A check still running when the next is due would overlap it; Envoy would not wait.
+    if timeout > interval {
+        let message = format!(
+            "service \"{service}\": health_check timeout {timeout:?} is longer than its interval {interval:?}"
+        );
+        match &doc.timeout {
+            Some(at) => errors.at(at, message),
+            None => errors.at(node, message),
+        }
+    }
+    let unhealthy_threshold =
+        count(doc.unhealthy_threshold.as_ref(), 1, errors).unwrap_or(DEFAULT_UNHEALTHY_THRESHOLD);
+    let healthy_threshold =
+        count(doc.healthy_threshold.as_ref(), 1, errors).unwrap_or(DEFAULT_HEALTHY_THRESHOLD);
+    Some(HealthCheck {
+        path: path?,
+        interval,
+        timeout,
+        unhealthy_threshold,
+        healthy_threshold,
+    })
+}
+
+fn load_balancing(service: &str, doc: &ServiceDoc, errors: &mut Errors) -> LoadBalancing {
+    let header = doc
+        .hash_on
+        .as_ref()
+        .and_then(|hash_on| match &hash_on.value.header {
+            None => {
+                errors.at(
+                    hash_on,
+                    format!(
+                        "service \"{service}\": hash_on needs a header, e.g. {{header: x-user-id}}"
+                    ),
+                );
+                None
+            }
+            Some(header) if !is_header_name(&header.value) => {
+                errors.at(header, format!("invalid header name \"{}\"", header.value));
+                None
+            }
+            Some(header) => Some(header.value.to_ascii_lowercase()),
+        });
+    let Some(node) = &doc.load_balancing else {
+        if let Some(hash_on) = &doc.hash_on {
+            errors.at(
+                hash_on,
+                format!(
+                    "service \"{service}\": hash_on applies only with load_balancing: ring_hash"
+                ),
+            );
+        }
+        return LoadBalancing::RoundRobin;
+    };
+    let policy = match node.value.as_str() {
+        "round_robin" => LoadBalancing::RoundRobin,
+        "least_request" => LoadBalancing::LeastRequest,
+        "random" => LoadBalancing::Random,
+        "ring_hash" => match (&doc.hash_on, header) {
+            (_, Some(header)) => return LoadBalancing::RingHash { header },
+            // The header was wrong, and that error is already reported.
+            (Some(_), None) => return LoadBalancing::RoundRobin,
+            (None, None) => {
+                // Without a hash key every request hashes alike at random: the same spread
+                // as `random`, which is never what choosing ring_hash meant.
+                errors.at(
+                    node,
+                    format!("service \"{service}\": load_balancing ring_hash needs hash_on: {{header: NAME}}"),
+                );
+                return LoadBalancing::RoundRobin;
+            }
+        },
+        other => {
+            errors.at(
+                node,
+                format!(
+                    "unknown load_balancing \"{other}\": expected round_robin, least_request, random or ring_hash"
+                ),
+            );
+            return LoadBalancing::RoundRobin;
+        }
+    };
+    if let Some(hash_on) = &doc.hash_on {
+        errors.at(
+            hash_on,
+            format!("service \"{service}\": hash_on applies only with load_balancing: ring_hash"),
+        );
+    }
+    policy
+}
+
+fn circuit_breaker(doc: &CircuitBreakerDoc, errors: &mut Errors) -> CircuitBreaker {
+    // A zero connection or request limit would refuse every request; zero retries is a
+    // meaningful "never retry concurrently".
+    CircuitBreaker {
+        max_connections: count(doc.max_connections.as_ref(), 1, errors),
+        max_pending_requests: count(doc.max_pending_requests.as_ref(), 1, errors),
+        max_requests: count(doc.max_requests.as_ref(), 1, errors),
+        max_retries: count(doc.max_retries.as_ref(), 0, errors),
+    }
+}
+
+fn outlier_detection(doc: &OutlierDetectionDoc, errors: &mut Errors) -> OutlierDetection {
+    let max_ejection_percent = match &doc.max_ejection_percent {
+        Some(node) if !(1..=100).contains(&node.value) => {
+            errors.at(
+                node,
+                format!(
+                    "max_ejection_percent {} must be between 1 and 100",
+                    node.value
+                ),
+            );
+            DEFAULT_MAX_EJECTION_PERCENT
+        }
+        Some(node) => u32::try_from(node.value).unwrap_or(DEFAULT_MAX_EJECTION_PERCENT),
+        None => DEFAULT_MAX_EJECTION_PERCENT,
+    };
+    OutlierDetection {
+        consecutive_5xx: count(doc.consecutive_5xx.as_ref(), 1, errors)
+            .unwrap_or(DEFAULT_CONSECUTIVE_5XX),
+        interval: positive_duration(doc.interval.as_ref(), errors)
+            .unwrap_or(DEFAULT_OUTLIER_INTERVAL),
+        base_ejection_time: positive_duration(doc.base_ejection_time.as_ref(), errors)
+            .unwrap_or(DEFAULT_BASE_EJECTION_TIME),
+        max_ejection_percent,
+    }
+}
+
+fn tls(
+    service: &str,
+    node: &Spanned<TlsDoc>,
+    endpoints: &[Endpoint],
+    errors: &mut Errors,
+) -> Option<UpstreamTls> {
+    let doc = &node.value;
+    let sni = match &doc.sni {
+        Some(sni) if !is_dns_name(&sni.value) => {
+            // RFC 6066 §3: SNI carries a DNS host name, never an IP literal.
+            errors.at(
+                sni,
+                format!("invalid sni \"{}\": expected a DNS name", sni.value),
+            );
+            None
+        }
+        Some(sni) => Some(sni.value.to_ascii_lowercase()),
+        None => {
+            // Verification needs a name to check the certificate against: the endpoints'
+            // own host name when they all share one, otherwise it has to be said.
+            let mut hosts = endpoints.iter().map(|e| e.host.as_str());
+            let first = hosts.next();
+            match first {
+                Some(host) if is_dns_name(host) && hosts.all(|h| h == host) => {
+                    Some(host.to_ascii_lowercase())
+                }
+                _ => {
+                    errors.at(
+                        node,
+                        format!("service \"{service}\": tls needs an sni (the name the upstream certificate is issued for) unless every endpoint is the same DNS name"),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let ca_file = match &doc.ca_file {
+        None => Some(PathBuf::from(SYSTEM_CA_FILE)),
+        // Envoy would resolve a relative path against its own working directory.
+        Some(file) => absolute_path(file, "ca_file", errors).then(|| PathBuf::from(&file.value)),
+    };
+    Some(UpstreamTls {
+        sni: sni?,
+        ca_file: ca_file?,
+    })
+}
+
+/// A count that Envoy stores as a `uint32`, at least `min`.
+fn count(node: Option<&Spanned<u64>>, min: u32, errors: &mut Errors) -> Option<u32> {
+    let node = node?;
+    match u32::try_from(node.value) {
+        Ok(n) if n >= min => Some(n),
+        _ => {
+            errors.at(
+                node,
+                format!(
+                    "{} is out of range: expected {min} to {}",
+                    node.value,
+                    u32::MAX
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// RFC 1123 host name with at least one letter in its last label, so not an IPv4 literal.
+fn is_dns_name(name: &str) -> bool {
+    name.parse::<std::net::IpAddr>().is_err()
+        && super::parse_endpoint(&format!("{name}:1")).is_some_and(|e| e.host == name)
+}

@@ -1,0 +1,255 @@
+//! Service traffic policies in routes.yaml: what is accepted with which defaults, and each
+//! mistake reported at its line and column.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tollgate_routes::parse;
+use tollgate_routes::service_policy::{
+    CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy, UpstreamTls,
+};
+
+/// A config whose only service, `svc`, has `policy` (indented four spaces) after its
+/// endpoints; its first policy line is line 5.
+fn with_policy(policy: &str) -> String {
+    format!(
+        "version: 1\nservices:\n  svc:\n    endpoints: [\"127.0.0.1:3000\", \"127.0.0.1:3001\"]\n{policy}"
+    )
+}
+
+fn policy(text: &str) -> ServicePolicy {
+    match parse("routes.yaml", &with_policy(text)) {
+        Ok(config) => config.services["svc"].policy.clone(),
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+/// Errors as `line:col: message`.
+fn errors(text: &str) -> Vec<String> {
+    match parse("routes.yaml", &with_policy(text)) {
+        Ok(_) => panic!("expected errors, the config was accepted"),
+        Err(errors) => errors
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
+            .collect(),
+    }
+}
+
+fn assert_one_error(text: &str, at: &str, contains: &str) {
+    let errors = errors(text);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with(at) && e.contains(contains)),
+        "no error at {at} containing {contains:?}; got {errors:#?}"
+    );
+}
+
+#[test]
+fn a_service_without_policies_gets_the_defaults() {
+    assert_eq!(policy(""), ServicePolicy::default());
+    assert_eq!(
+        ServicePolicy::default().load_balancing,
+        LoadBalancing::RoundRobin
+    );
+}
+
+#[test]
+fn every_field_of_the_contract_is_accepted() {
+    let policy = policy(
+        "    connect_timeout: 1s
+    health_check: {path: /health, interval: 5s, timeout: 1s, unhealthy_threshold: 3, healthy_threshold: 2}
+    load_balancing: ring_hash
+    hash_on: {header: X-User-Id}
+    circuit_breaker: {max_connections: 1000, max_pending_requests: 1000, max_requests: 1000, max_retries: 3}
+    outlier_detection: {consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50}
+    tls: {sni: invoices.internal, ca_file: /etc/ssl/ca.pem}
+",
+    );
+    assert_eq!(
+        policy,
+        ServicePolicy {
+            health_check: Some(HealthCheck {
+                path: "/health".into(),
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(1),
+                unhealthy_threshold: 3,
+                healthy_threshold: 2,
+            }),
+            load_balancing: LoadBalancing::RingHash {
+                header: "x-user-id".into()
+            },
+            circuit_breaker: Some(CircuitBreaker {
+                max_connections: Some(1000),
+                max_pending_requests: Some(1000),
+                max_requests: Some(1000),
+                max_retries: Some(3),
+            }),
+            outlier_detection: Some(OutlierDetection {
+                consecutive_5xx: 5,
+                interval: Duration::from_secs(10),
+                base_ejection_time: Duration::from_secs(30),
+                max_ejection_percent: 50,
+            }),
+            tls: Some(UpstreamTls {
+                sni: "invoices.internal".into(),
+                ca_file: PathBuf::from("/etc/ssl/ca.pem"),
+            }),
+        }
+    );
+}
+
+#[test]
+fn outlier_detection_fields_default_to_envoys() {
+    assert_eq!(
+        policy("    outlier_detection: {}\n").outlier_detection,
+        Some(OutlierDetection {
+            consecutive_5xx: 5,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 10,
+        })
+    );
+}
+
+#[test]
+fn empty_tls_on_a_dns_service_verifies_its_host_name_against_the_system_cas() {
+    let config = parse(
+        "routes.yaml",
+        "version: 1\nservices:\n  api:\n    endpoints: [\"API.example.com:443\"]\n    tls: {}\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        config.services["api"].policy.tls,
+        Some(UpstreamTls {
+            sni: "api.example.com".into(),
+            ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+        })
+    );
+}
+
+#[test]
+fn tls_to_ip_endpoints_needs_an_sni() {
+    assert_one_error("    tls: {}\n", "5:10", "tls needs an sni");
+}
+
+#[test]
+fn an_ip_address_is_not_an_sni() {
+    assert_one_error(
+        "    tls: {sni: 10.0.0.1}\n",
+        "5:16",
+        "invalid sni \"10.0.0.1\"",
+    );
+}
+
+#[test]
+fn a_relative_ca_file_is_rejected() {
+    assert_one_error(
+        "    tls: {sni: a.internal, ca_file: certs/ca.pem}\n",
+        "5:37",
+        "ca_file \"certs/ca.pem\" must start with '/'",
+    );
+}
+
+#[test]
+fn unknown_load_balancing_is_rejected_with_the_choices() {
+    assert_one_error(
+        "    load_balancing: fastest\n",
+        "5:21",
+        "unknown load_balancing \"fastest\": expected round_robin, least_request, random or ring_hash",
+    );
+}
+
+#[test]
+fn ring_hash_without_hash_on_is_rejected() {
+    assert_one_error(
+        "    load_balancing: ring_hash\n",
+        "5:21",
+        "ring_hash needs hash_on",
+    );
+}
+
+#[test]
+fn hash_on_without_ring_hash_is_rejected() {
+    assert_one_error(
+        "    load_balancing: random\n    hash_on: {header: x-user-id}\n",
+        "6:14",
+        "hash_on applies only with load_balancing: ring_hash",
+    );
+    assert_one_error(
+        "    hash_on: {header: x-user-id}\n",
+        "5:14",
+        "hash_on applies only with load_balancing: ring_hash",
+    );
+}
+
+#[test]
+fn hash_on_an_invalid_header_is_rejected() {
+    assert_one_error(
+        "    load_balancing: ring_hash\n    hash_on: {header: \"x user\"}\n",
+        "6:23",
+        "invalid header name \"x user\"",
+    );
+}
+
+#[test]
+fn health_check_needs_an_absolute_path() {
+    assert_one_error(
+        "    health_check: {interval: 5s}\n",
+        "5:19",
+        "health_check needs a path",
+    );
+    assert_one_error(
+        "    health_check: {path: health}\n",
+        "5:26",
+        "health_check path \"health\" must start with '/'",
+    );
+}
+
+#[test]
+fn health_check_timeout_longer_than_its_interval_is_rejected() {
+    assert_one_error(
+        "    health_check: {path: /health, interval: 1s, timeout: 2s}\n",
+        "5:58",
+        "health_check timeout 2s is longer than its interval 1s",
+    );
+}
+
+#[test]
+fn zero_thresholds_and_limits_are_rejected() {
+    assert_one_error(
+        "    health_check: {path: /health, unhealthy_threshold: 0}\n",
+        "5:56",
+        "0 is out of range: expected 1 to 4294967295",
+    );
+    assert_one_error(
+        "    circuit_breaker: {max_requests: 0}\n",
+        "5:37",
+        "0 is out of range",
+    );
+    assert_one_error(
+        "    circuit_breaker: {max_connections: 4294967296}\n",
+        "5:40",
+        "4294967296 is out of range",
+    );
+}
+
+#[test]
+fn zero_retries_is_a_valid_limit() {
+    let policy = policy("    circuit_breaker: {max_retries: 0}\n");
+    assert_eq!(policy.circuit_breaker.and_then(|c| c.max_retries), Some(0));
+}
+
+#[test]
+fn max_ejection_percent_over_100_is_rejected() {
+    assert_one_error(
+        "    outlier_detection: {max_ejection_percent: 150}\n",
+        "5:47",
+        "max_ejection_percent 150 must be between 1 and 100",
+    );
+}
+
+#[test]
+fn unknown_policy_fields_are_rejected() {
+    assert_one_error("    circuit_breaker: {max_conns: 10}\n", "5:", "max_conns");
+}
