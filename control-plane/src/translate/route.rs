@@ -138,6 +138,9 @@ fn route(route: &Route, ext_authz: bool, default_cors: bool) -> EnvoyRoute {
     let cors = traffic.cors.is_some() || default_cors;
     EnvoyRoute {
         name: route.name.clone(),
+        // Envoy keeps per-route request counts, status classes and latency histograms only
+        // for routes with a stat prefix (`vhost.<listener>.route.<name>.*`).
+        stat_prefix: route.name.clone(),
         r#match: Some(route_match(&route.matcher, cors)),
         action: Some(Action::Route(action)),
         typed_per_filter_config,
