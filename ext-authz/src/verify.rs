@@ -56,6 +56,9 @@ pub enum Rejection {
     WrongIssuer,
     #[error("the token is not meant for this audience")]
     WrongAudience,
+    /// The provider's `consumer_claim` is absent or not a string or number.
+    #[error("the token does not identify its consumer")]
+    MissingConsumer,
 }
 
 impl Rejection {
@@ -73,6 +76,7 @@ impl Rejection {
             Rejection::NotYetValid | Rejection::IssuedInFuture => "not_yet_valid",
             Rejection::WrongIssuer => "issuer",
             Rejection::WrongAudience => "audience",
+            Rejection::MissingConsumer => "consumer",
         }
     }
 }
@@ -167,7 +171,13 @@ pub fn verify(
     let claims: Map<String, Value> = serde_json::from_slice(&payload)
         .map_err(|_| Rejection::Malformed("payload is not a JSON object"))?;
     check_claims(&claims, provider, now)?;
-    Ok(extract(&claims, provider))
+    let token = extract(&claims, provider);
+    // A token that names no consumer cannot be attributed: accepting it would let it pass
+    // every per-consumer rate limit (no `x-consumer-id`, so Envoy sends no descriptor).
+    if token.consumer.is_none() {
+        return Err(Rejection::MissingConsumer);
+    }
+    Ok(token)
 }
 
 fn decode_part(part: &str, problem: &'static str) -> Result<Vec<u8>, Rejection> {

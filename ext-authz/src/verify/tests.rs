@@ -420,3 +420,22 @@ fn rejection_text_never_contains_the_kid() {
     };
     assert!(!rejection.to_string().contains("attacker"));
 }
+
+#[test]
+fn a_token_without_its_consumer_claim_is_rejected_so_it_cannot_escape_consumer_limits() {
+    let key = TestKey::p256("e1");
+    for consumer in [json!(null), json!({"id": "x"}), json!(["a"])] {
+        let token = with_claims(&key, |c| {
+            if consumer.is_null() {
+                c.as_object_mut().map(|o| o.remove("sub"));
+            } else {
+                c["sub"] = consumer.clone();
+            }
+        });
+        assert_eq!(
+            check(&key, &token),
+            Err(Rejection::MissingConsumer),
+            "sub = {consumer}"
+        );
+    }
+}
