@@ -1,5 +1,8 @@
 //! The policy sections of routes.yaml: auth providers, route auth, rate limits, sidecars.
 
+mod common;
+
+use common::assert_error_at;
 use std::time::Duration;
 
 use tollgate_routes::parse;
@@ -44,26 +47,6 @@ sidecars:
   ext_authz: {address: 127.0.0.1:9191, timeout: 200ms, failure_mode_allow: false}
   rate_limit: {address: 127.0.0.1:8081, timeout: 50ms, failure_mode_deny: false, domain: tollgate}
 ";
-
-fn errors(text: &str) -> Vec<String> {
-    match parse("routes.yaml", text) {
-        Ok(_) => panic!("expected errors, the config was accepted"),
-        Err(errors) => errors
-            .iter()
-            .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
-            .collect(),
-    }
-}
-
-fn assert_error(text: &str, at: &str, contains: &str) {
-    let errors = errors(text);
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.starts_with(at) && e.contains(contains)),
-        "no error at {at} containing {contains:?}; got {errors:#?}"
-    );
-}
 
 #[test]
 fn the_issue_example_parses_into_policies() {
@@ -137,7 +120,7 @@ fn the_issue_example_parses_into_policies() {
 
 #[test]
 fn hmac_algorithm_on_a_public_key_provider_is_rejected() {
-    assert_error(
+    assert_error_at(
         &GOOD.replace("[RS256, ES256]", "[RS256, HS256]"),
         "9:25:",
         "HS256 needs shared_secret",
@@ -146,7 +129,7 @@ fn hmac_algorithm_on_a_public_key_provider_is_rejected() {
 
 #[test]
 fn unknown_algorithm_is_rejected() {
-    assert_error(
+    assert_error_at(
         &GOOD.replace("[RS256, ES256]", "[RS256, none]"),
         "9:25:",
         "unknown algorithm \"none\"",
@@ -155,7 +138,7 @@ fn unknown_algorithm_is_rejected() {
 
 #[test]
 fn provider_without_audiences_is_rejected() {
-    assert_error(
+    assert_error_at(
         &GOOD.replace("    audiences: [gateway]\n", ""),
         "14:5:",
         "needs audiences",
@@ -168,12 +151,12 @@ fn provider_with_two_key_sources_is_rejected() {
         "    shared_secret_env: PARTNER_SECRET\n",
         "    shared_secret_env: PARTNER_SECRET\n    jwks_file: keys.json\n",
     );
-    assert_error(&text, "16:24:", "give only one of");
+    assert_error_at(&text, "16:24:", "give only one of");
 }
 
 #[test]
 fn forwarding_a_claim_into_a_reserved_header_is_rejected() {
-    assert_error(
+    assert_error_at(
         &GOOD.replace("X-User-Email", "Authorization"),
         "12:52:",
         "reserved",
@@ -182,7 +165,7 @@ fn forwarding_a_claim_into_a_reserved_header_is_rejected() {
 
 #[test]
 fn route_naming_an_unknown_provider_is_rejected() {
-    assert_error(
+    assert_error_at(
         &GOOD.replace("provider: main", "provider: mian"),
         "22:22:",
         "unknown auth provider \"mian\"",
@@ -195,13 +178,13 @@ fn auth_without_ext_authz_sidecar_is_rejected() {
         "  ext_authz: {address: 127.0.0.1:9191, timeout: 200ms, failure_mode_allow: false}\n",
         "",
     );
-    assert_error(&text, "22:11:", "sidecars.ext_authz is not configured");
+    assert_error_at(&text, "22:11:", "sidecars.ext_authz is not configured");
 }
 
 #[test]
 fn rate_limit_without_sidecar_is_rejected() {
     let text = GOOD.replace("  rate_limit: {address: 127.0.0.1:8081, timeout: 50ms, failure_mode_deny: false, domain: tollgate}\n", "");
-    assert_error(&text, "24:9:", "sidecars.rate_limit is not configured");
+    assert_error_at(&text, "24:9:", "sidecars.rate_limit is not configured");
 }
 
 #[test]
@@ -210,12 +193,12 @@ fn consumer_limit_on_a_public_route_is_rejected() {
         "    match: {prefix: /}\n    service: invoices\n",
         "    match: {prefix: /}\n    service: invoices\n    rate_limit: [{by: consumer, requests: 5, per: second}]\n",
     );
-    assert_error(&text, "33:23:", "needs auth on the route");
+    assert_error_at(&text, "33:23:", "needs auth on the route");
 }
 
 #[test]
 fn bad_tier_quota_is_rejected() {
-    assert_error(
+    assert_error_at(
         &GOOD.replace("premium: 1000/minute", "premium: 1000/fortnight"),
         "29:44:",
         "invalid quota",
@@ -224,7 +207,7 @@ fn bad_tier_quota_is_rejected() {
 
 #[test]
 fn burst_with_fixed_window_is_rejected() {
-    assert_error(
+    assert_error_at(
         &GOOD.replace("burst: 40}", "burst: 40, algorithm: fixed}"),
         "25:59:",
         "burst needs algorithm token_bucket",
@@ -237,12 +220,12 @@ fn two_rules_with_one_id_are_rejected() {
         "      - {by: client_ip, requests: 20, per: second, burst: 40}\n",
         "      - {by: client_ip, requests: 20, per: second, burst: 40}\n      - {by: client_ip, requests: 900, per: hour}\n",
     );
-    assert_error(&text, "26:9:", "two rate limits with id \"client_ip\"");
+    assert_error_at(&text, "26:9:", "two rate limits with id \"client_ip\"");
 }
 
 #[test]
 fn quota_needs_requests_and_per_or_tiers() {
-    assert_error(
+    assert_error_at(
         &GOOD.replace("requests: 1000, per: minute}", "requests: 1000}"),
         "24:9:",
         "needs either",
@@ -251,7 +234,7 @@ fn quota_needs_requests_and_per_or_tiers() {
 
 #[test]
 fn unknown_limit_key_is_rejected() {
-    assert_error(
+    assert_error_at(
         &GOOD.replace("{by: client_ip,", "{by: ip,"),
         "25:14:",
         "unknown rate limit key \"ip\"",

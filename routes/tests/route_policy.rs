@@ -1,6 +1,14 @@
 //! Per-route traffic policies in routes.yaml: what a valid one becomes in the model, its
 //! defaults, and every mistake reported at its line and column.
 
+mod common;
+
+use common::assert_error_at;
+
+fn assert_one_error(snippet: &str, at: &str, contains: &str) {
+    assert_error_at(&with_route_policy(snippet), at, contains)
+}
+
 use std::time::Duration;
 
 use tollgate_routes::parse;
@@ -20,26 +28,6 @@ routes:
     service: invoices
 {policy}"
     )
-}
-
-fn errors(text: &str) -> Vec<String> {
-    match parse("routes.yaml", text) {
-        Ok(_) => panic!("expected errors, the config was accepted"),
-        Err(errors) => errors
-            .iter()
-            .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
-            .collect(),
-    }
-}
-
-fn assert_one_error(policy: &str, at: &str, contains: &str) {
-    let errors = errors(&with_route_policy(policy));
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.starts_with(at) && e.contains(contains)),
-        "no error at {at} containing {contains:?}; got {errors:#?}"
-    );
 }
 
 #[test]

@@ -1,6 +1,14 @@
 //! Service traffic policies in routes.yaml: what is accepted with which defaults, and each
 //! mistake reported at its line and column.
 
+mod common;
+
+use common::assert_error_at;
+
+fn assert_one_error(snippet: &str, at: &str, contains: &str) {
+    assert_error_at(&with_policy(snippet), at, contains)
+}
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,27 +30,6 @@ fn policy(text: &str) -> ServicePolicy {
         Ok(config) => config.services["svc"].policy.clone(),
         Err(e) => panic!("expected a valid config, got:\n{e}"),
     }
-}
-
-/// Errors as `line:col: message`.
-fn errors(text: &str) -> Vec<String> {
-    match parse("routes.yaml", &with_policy(text)) {
-        Ok(_) => panic!("expected errors, the config was accepted"),
-        Err(errors) => errors
-            .iter()
-            .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
-            .collect(),
-    }
-}
-
-fn assert_one_error(text: &str, at: &str, contains: &str) {
-    let errors = errors(text);
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.starts_with(at) && e.contains(contains)),
-        "no error at {at} containing {contains:?}; got {errors:#?}"
-    );
 }
 
 #[test]

@@ -1,5 +1,8 @@
 //! One test per class of routes.yaml error, each asserting the line and column reported.
 
+mod common;
+
+use common::{assert_error_at, errors};
 use std::time::Duration;
 
 use tollgate_routes::{parse, PathMatch};
@@ -33,30 +36,6 @@ routes:
     service: invoice-service
 ";
 
-/// Errors as `line:col: message`, without the file name, for compact assertions.
-fn errors(text: &str) -> Vec<String> {
-    match parse("routes.yaml", text) {
-        Ok(_) => panic!("expected errors, the config was accepted"),
-        Err(errors) => errors
-            .iter()
-            .map(|e| {
-                assert_eq!(e.file, "routes.yaml");
-                format!("{}:{}: {}", e.line, e.column, e.message)
-            })
-            .collect(),
-    }
-}
-
-fn assert_one_error(text: &str, at: &str, contains: &str) {
-    let errors = errors(text);
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.starts_with(at) && e.contains(contains)),
-        "no error at {at} containing {contains:?}; got {errors:#?}"
-    );
-}
-
 #[test]
 fn a_complete_config_parses_into_the_model() {
     let config = parse("routes.yaml", GOOD).expect("valid config");
@@ -83,7 +62,7 @@ fn unknown_field_is_reported_where_it_stands() {
         "    timeout: 15s\n",
         "    timeout: 15s\n    retry_budget: 3\n",
     );
-    assert_one_error(&text, "21:5:", "unknown field `retry_budget`");
+    assert_error_at(&text, "21:5:", "unknown field `retry_budget`");
 }
 
 #[test]
@@ -100,7 +79,7 @@ fn yaml_syntax_error_is_located() {
 #[test]
 fn wrong_type_is_located() {
     let text = GOOD.replace("version: 1", "version: one");
-    assert_one_error(&text, "1:10:", "");
+    assert_error_at(&text, "1:10:", "");
 }
 
 #[test]
@@ -109,7 +88,7 @@ fn route_naming_a_missing_service_points_at_the_service() {
         "    service: invoice-service\n    rewrite",
         "    service: billing\n    rewrite",
     );
-    assert_one_error(
+    assert_error_at(
         &text,
         "18:14:",
         "unknown service \"billing\" in route \"invoices\"",
@@ -119,19 +98,19 @@ fn route_naming_a_missing_service_points_at_the_service() {
 #[test]
 fn route_naming_a_missing_listener_points_at_the_listener() {
     let text = GOOD.replace("listener: public", "listener: partner");
-    assert_one_error(&text, "13:15:", "unknown listener \"partner\"");
+    assert_error_at(&text, "13:15:", "unknown listener \"partner\"");
 }
 
 #[test]
 fn duplicate_route_names_are_rejected() {
     let text = GOOD.replace("- name: health", "- name: invoices");
-    assert_one_error(&text, "21:11:", "duplicate route name \"invoices\"");
+    assert_error_at(&text, "21:11:", "duplicate route name \"invoices\"");
 }
 
 #[test]
 fn duplicate_listener_names_are_rejected() {
     let text = GOOD.replace("- name: mobile", "- name: public");
-    assert_one_error(&text, "5:11:", "duplicate listener name");
+    assert_error_at(&text, "5:11:", "duplicate listener name");
 }
 
 #[test]
@@ -152,31 +131,31 @@ fn duplicate_service_keys_are_rejected() {
 #[test]
 fn bad_listener_address_is_rejected() {
     let text = GOOD.replace("127.0.0.1:8081", "localhost:99999");
-    assert_one_error(&text, "6:14:", "invalid listener address");
+    assert_error_at(&text, "6:14:", "invalid listener address");
 }
 
 #[test]
 fn two_listeners_on_one_address_are_rejected_including_wildcards() {
     let text = GOOD.replace("127.0.0.1:8081", "127.0.0.1:8080");
-    assert_one_error(&text, "6:14:", "overlaps listener \"public\"");
+    assert_error_at(&text, "6:14:", "overlaps listener \"public\"");
 }
 
 #[test]
 fn bad_endpoint_is_rejected() {
     let text = GOOD.replace("invoices.internal:3001", "invoices..internal");
-    assert_one_error(&text, "9:35:", "invalid endpoint");
+    assert_error_at(&text, "9:35:", "invalid endpoint");
 }
 
 #[test]
 fn bad_duration_is_rejected() {
     let text = GOOD.replace("timeout: 15s", "timeout: 15 seconds");
-    assert_one_error(&text, "20:14:", "invalid duration \"15 seconds\"");
+    assert_error_at(&text, "20:14:", "invalid duration \"15 seconds\"");
 }
 
 #[test]
 fn bad_regex_is_rejected() {
     let text = GOOD.replace("'/items/[0-9]+'", "'/items/[0-9+'");
-    assert_one_error(&text, "25:20:", "invalid regex");
+    assert_error_at(&text, "25:20:", "invalid regex");
 }
 
 #[test]
@@ -185,18 +164,18 @@ fn match_needs_exactly_one_path_kind() {
         "match: {path: /healthz}",
         "match: {path: /healthz, prefix: /h}",
     );
-    assert_one_error(&text, "22:12:", "exactly one of prefix, path or regex");
+    assert_error_at(&text, "22:12:", "exactly one of prefix, path or regex");
 }
 
 #[test]
 fn unknown_method_is_rejected() {
     let text = GOOD.replace("[GET, post]", "[GET, FETCH]");
-    assert_one_error(&text, "16:22:", "unknown HTTP method \"FETCH\"");
+    assert_error_at(&text, "16:22:", "unknown HTTP method \"FETCH\"");
 }
 
 #[test]
 fn unsupported_version_is_rejected() {
-    assert_one_error(
+    assert_error_at(
         &GOOD.replace("version: 1", "version: 2"),
         "1:10:",
         "unsupported version 2",
@@ -232,13 +211,13 @@ fn service_names_in_tollgates_own_namespace_are_rejected() {
     let text = GOOD
         .replace("  invoice-service:\n", "  tollgate_xds:\n")
         .replace("service: invoice-service", "service: tollgate_xds");
-    assert_one_error(&text, "9:16:", "reserved");
+    assert_error_at(&text, "9:16:", "reserved");
 }
 
 #[test]
 fn a_route_for_exactly_the_gateways_health_path_is_rejected() {
     let text = GOOD.replace("match: {path: /healthz}", "match: {path: /health}");
-    assert_one_error(
+    assert_error_at(
         &text,
         "22:19:",
         "the gateway's own health path on listener \"public\", \"mobile\"",
