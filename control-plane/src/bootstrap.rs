@@ -39,12 +39,9 @@ pub enum BootstrapError {
 pub fn render(options: &BootstrapOptions) -> Result<String, BootstrapError> {
     let (xds_host, xds_port) = split_host_port(&options.xds_addr)?;
     let (admin_host, admin_port) = split_host_port(&options.admin_addr)?;
+    // Node ids become stat prefixes and /status keys: the routes.yaml name alphabet.
     for id in [&options.node_id, &options.cluster] {
-        if id.is_empty()
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
+        if !tollgate_routes::is_valid_name(id) {
             return Err(BootstrapError::NodeId(id.clone()));
         }
     }

@@ -20,6 +20,7 @@ pub use config::{
     RoutesConfig, Service,
 };
 pub use error::{ConfigError, ConfigErrors};
+pub use validate::is_valid_name;
 
 /// Parses and validates routes.yaml text; `file` is the name errors are reported against.
 pub fn parse(file: &str, text: &str) -> Result<RoutesConfig, ConfigErrors> {

@@ -267,3 +267,41 @@ impl RunningEnvoy {
 fn read_admin_address(path: &std::path::Path) -> Option<SocketAddr> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
+
+/// A hand-written Envoy for references measured beside Tollgate: one listener on
+/// `listener_port` in front of one static cluster `bench` at `upstream`, with an HTTP
+/// connection manager whose body after `stat_prefix` is `connection_manager` (YAML lines
+/// indented by 16 spaces: the route source and the HTTP filters).
+pub fn reference_bootstrap(
+    listener_port: u16,
+    upstream: SocketAddr,
+    connection_manager: &str,
+) -> String {
+    format!(
+        r#"node: {{id: reference, cluster: reference}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  clusters:
+    - name: bench
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: bench
+        endpoints:
+          - lb_endpoints:
+              - endpoint: {{address: {{socket_address: {{address: "{ip}", port_value: {up}}}}}}}
+  listeners:
+    - name: public
+      address: {{socket_address: {{address: 127.0.0.1, port_value: {listener_port}}}}}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: public
+{connection_manager}"#,
+        ip = upstream.ip(),
+        up = upstream.port(),
+    )
+}

@@ -453,7 +453,7 @@ pub(crate) fn check_name(node: &Spanned<String>, kind: &str, errors: &mut Errors
 }
 
 /// Names become Envoy resource names and stat prefixes, so keep them to a safe alphabet.
-pub(crate) fn is_valid_name(name: &str) -> bool {
+pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name
@@ -470,17 +470,9 @@ pub(crate) fn is_header_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-pub(crate) fn parse_endpoint(text: &str) -> Option<Endpoint> {
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Some(Endpoint {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        });
-    }
-    let (host, port) = text.rsplit_once(':')?;
-    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
-    // RFC 1123 host names: labels of letters, digits and hyphens.
-    let valid_host = !host.is_empty()
+/// RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
+pub(crate) fn is_dns_name(host: &str) -> bool {
+    !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {
             !label.is_empty()
@@ -490,8 +482,19 @@ pub(crate) fn parse_endpoint(text: &str) -> Option<Endpoint> {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
+        })
+}
+
+pub(crate) fn parse_endpoint(text: &str) -> Option<Endpoint> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(Endpoint {
+            host: addr.ip().to_string(),
+            port: addr.port(),
         });
-    valid_host.then(|| Endpoint {
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    is_dns_name(host).then(|| Endpoint {
         host: host.to_string(),
         port,
     })

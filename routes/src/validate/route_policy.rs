@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::{is_header_name, positive_duration, Errors, METHODS};
+use super::{is_dns_name, is_header_name, positive_duration, Errors, METHODS};
 use crate::document::{
     BackoffDoc, CorsDoc, Document, HeaderEditsDoc, RegexRewriteDoc, RetriesDoc, RouteDoc,
 };
@@ -304,18 +304,7 @@ fn valid_host_and_port(text: &str) -> bool {
         Some((host, port)) => (host, Some(port)),
         None => (text, None),
     };
-    port.is_none_or(valid_port)
-        && !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    port.is_none_or(valid_port) && is_dns_name(host)
 }
 
 fn header_names(names: &[Spanned<String>], errors: &mut Errors) -> Vec<String> {

@@ -355,30 +355,11 @@ fn reference_bootstrap(port: u16, upstream: SocketAddr, jwks: &str) -> String {
         }
         yaml
     };
-    format!(
-        r#"node: {{id: reference, cluster: reference}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  clusters:
-    - name: bench
-      type: STATIC
-      connect_timeout: 1s
-      load_assignment:
-        cluster_name: bench
-        endpoints:
-          - lb_endpoints:
-              - endpoint: {{address: {{socket_address: {{address: "{ip}", port_value: {up}}}}}}}
-  listeners:
-    - name: public
-      address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: public
-                route_config:
+    tollgate_conformance::envoy::reference_bootstrap(
+        port,
+        upstream,
+        &format!(
+            r#"                route_config:
                   name: public
                   virtual_hosts:
                     - name: public
@@ -399,10 +380,9 @@ static_resources:
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#,
-        ip = upstream.ip(),
-        up = upstream.port(),
-        main = provider("main", ""),
-        cached = provider("cached", "jwt_cache_config: {jwt_cache_size: 100}"),
+            main = provider("main", ""),
+            cached = provider("cached", "jwt_cache_config: {jwt_cache_size: 100}"),
+        ),
     )
 }
 

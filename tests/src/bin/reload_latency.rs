@@ -164,31 +164,11 @@ fn rds_file(routes: usize, extra: Option<usize>) -> String {
 }
 
 fn file_bootstrap(port: u16, upstream: &UpstreamHandle, dir: &Path) -> String {
-    let addr = upstream.addr();
-    format!(
-        r#"node: {{id: reference, cluster: reference}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  clusters:
-    - name: bench
-      type: STATIC
-      connect_timeout: 1s
-      load_assignment:
-        cluster_name: bench
-        endpoints:
-          - lb_endpoints:
-              - endpoint: {{address: {{socket_address: {{address: "{ip}", port_value: {up}}}}}}}
-  listeners:
-    - name: public
-      address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: public
-                rds:
+    tollgate_conformance::envoy::reference_bootstrap(
+        port,
+        upstream.addr(),
+        &format!(
+            r#"                rds:
                   route_config_name: public
                   config_source:
                     resource_api_version: V3
@@ -200,9 +180,8 @@ static_resources:
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#,
-        ip = addr.ip(),
-        up = addr.port(),
-        rds = dir.join("rds.yaml").display(),
-        dir = dir.display(),
+            rds = dir.join("rds.yaml").display(),
+            dir = dir.display(),
+        ),
     )
 }
