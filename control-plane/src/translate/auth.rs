@@ -42,12 +42,14 @@ pub(super) fn filter(sidecar: &ExtAuthzSidecar) -> Any {
     })
 }
 
-/// The per-route setting: skip the check on public routes, say what to check otherwise.
-pub(super) fn per_route(auth: Option<&RouteAuth>) -> Any {
+/// The per-route setting: skip the check on public routes, say what to check otherwise
+/// (and for which route, so ext-authz's logs and denials can name it).
+pub(super) fn per_route(route: &str, auth: Option<&RouteAuth>) -> Any {
     let r#override = match auth {
         None => Override::Disabled(true),
         Some(auth) => Override::CheckSettings(CheckSettings {
             context_extensions: stable_map([
+                ("route".to_string(), route.to_string()),
                 ("provider".to_string(), auth.provider.clone()),
                 ("scopes".to_string(), auth.scopes.join(" ")),
             ]),

@@ -77,9 +77,12 @@ fn health_route(path: &str, ext_authz: bool) -> EnvoyRoute {
             body: None,
             body_format: Some(json_format(&[("status", "ok")])),
         })),
-        typed_per_filter_config: stable_map(
-            ext_authz.then(|| (auth::FILTER_NAME.to_string(), auth::per_route(None))),
-        ),
+        typed_per_filter_config: stable_map(ext_authz.then(|| {
+            (
+                auth::FILTER_NAME.to_string(),
+                auth::per_route("tollgate_health", None),
+            )
+        })),
         ..Default::default()
     }
 }
@@ -114,7 +117,7 @@ fn route(route: &Route, ext_authz: bool, default_cors: bool) -> EnvoyRoute {
             .then(|| {
                 (
                     auth::FILTER_NAME.to_string(),
-                    auth::per_route(route.auth.as_ref()),
+                    auth::per_route(&route.name, route.auth.as_ref()),
                 )
             })
             .into_iter()

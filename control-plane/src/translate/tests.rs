@@ -264,6 +264,7 @@ fn protected_routes_carry_provider_and_scopes_and_public_routes_skip_the_check()
     let Some(Override::CheckSettings(settings)) = per_route("secured") else {
         panic!("check settings expected")
     };
+    assert_eq!(settings.context_extensions["route"], "secured");
     assert_eq!(settings.context_extensions["provider"], "main");
     assert_eq!(settings.context_extensions["scopes"], "read write");
     assert_eq!(per_route("open"), Some(Override::Disabled(true)));
