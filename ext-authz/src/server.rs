@@ -11,7 +11,6 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_runtime::file_watch::{FileChanges, WatchError};
 use tollgate_runtime::http::{self, Readiness};
 
@@ -143,7 +142,12 @@ impl App {
         let result = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(AuthorizationServer::new(self.service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), signal(stopped))
+            // Without TCP_NODELAY a small response can wait for the peer's delayed ACK
+            // (40 ms on Linux): that was this service's p99.
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                signal(stopped),
+            )
             .await;
         watcher.abort();
         result?;

@@ -24,6 +24,22 @@ pub use validate::is_valid_name;
 
 /// Parses and validates routes.yaml text; `file` is the name errors are reported against.
 pub fn parse(file: &str, text: &str) -> Result<RoutesConfig, ConfigErrors> {
+    if let Some(config) = document::read_quick(text).and_then(|d| validate::validate(file, d).ok())
+    {
+        // Every test run doubles as a differential test of the two readers: a file the
+        // quick reader accepts must mean exactly what the located reader makes of it.
+        debug_assert_eq!(
+            Ok(&config),
+            parse_located(file, text).as_ref(),
+            "the quick and the located YAML readers disagree on {file}"
+        );
+        return Ok(config);
+    }
+    parse_located(file, text)
+}
+
+/// The authoritative reading: every error carries its `file:line:col`.
+fn parse_located(file: &str, text: &str) -> Result<RoutesConfig, ConfigErrors> {
     let document = document::read(file, text)?;
     validate::validate(file, document)
 }

@@ -13,8 +13,7 @@ pub struct TrafficPolicy {
     pub retries: Option<RetryPolicy>,
     /// How long a request or response stream may sit without any bytes moving.
     pub idle_timeout: Option<Duration>,
-    /// The route's own CORS policy; `None` falls back to the top-level `cors`, if any.
-    pub cors: Option<CorsPolicy>,
+    pub cors: RouteCors,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
     /// Rewrites the path by regex before forwarding (never together with `rewrite_prefix`).
@@ -90,6 +89,17 @@ impl Default for Backoff {
             max: Duration::from_millis(250),
         }
     }
+}
+
+/// Whether CORS applies to a route, and by which policy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum RouteCors {
+    /// The top-level `cors`, if there is one.
+    #[default]
+    Inherit,
+    /// None at all, whatever the top level says (`cors: {enabled: false}`).
+    Off,
+    Own(CorsPolicy),
 }
 
 /// Cross-origin resource sharing (the Fetch standard's CORS protocol), answered by the

@@ -12,7 +12,7 @@ fn assert_one_error(snippet: &str, at: &str, contains: &str) {
 use std::time::Duration;
 
 use tollgate_routes::parse;
-use tollgate_routes::route_policy::{AllowedOrigin, Backoff, RetryOn};
+use tollgate_routes::route_policy::{AllowedOrigin, Backoff, RetryOn, RouteCors};
 
 /// A route whose policy lines are appended at the end (line 9 onwards, column 5).
 fn with_route_policy(policy: &str) -> String {
@@ -59,7 +59,9 @@ fn a_full_policy_parses_into_the_model() {
         ]
     );
     assert_eq!(traffic.idle_timeout, Some(Duration::from_secs(30)));
-    let cors = traffic.cors.as_ref().expect("cors");
+    let RouteCors::Own(cors) = &traffic.cors else {
+        panic!("the route has its own cors policy: {:?}", traffic.cors);
+    };
     assert_eq!(
         cors.origins,
         [AllowedOrigin::Exact("https://app.example.com".into())],
@@ -128,6 +130,42 @@ fn top_level_cors_is_the_default_policy() {
     let cors = config.cors.expect("global cors");
     assert_eq!(cors.origins, [AllowedOrigin::Any]);
     assert!(!cors.credentials);
+}
+
+#[test]
+fn a_route_can_switch_the_top_level_cors_off_and_a_switched_off_policy_needs_no_origins() {
+    let text = format!(
+        "{}cors: {{origins: [\"*\"]}}\n",
+        with_route_policy("    cors: {enabled: false}\n")
+    );
+    let config = parse("routes.yaml", &text).expect("valid");
+    assert_eq!(config.routes[0].traffic.cors, RouteCors::Off);
+    assert!(config.cors.is_some());
+
+    let text = format!(
+        "{}cors: {{enabled: false, origins: [\"*\"]}}\n",
+        with_route_policy("")
+    );
+    let config = parse("routes.yaml", &text).expect("valid");
+    assert_eq!(
+        config.cors, None,
+        "a top-level policy switched off is no default"
+    );
+    assert_eq!(config.routes[0].traffic.cors, RouteCors::Inherit);
+}
+
+#[test]
+fn an_enabled_cors_policy_needs_origins_and_a_disabled_one_is_still_checked() {
+    assert_one_error(
+        "    cors: {methods: [GET]}\n",
+        "9:11:",
+        "cors needs origins",
+    );
+    assert_one_error(
+        "    cors: {enabled: false, origins: [\"ftp://x\"]}\n",
+        "9:",
+        "invalid cors origin",
+    );
 }
 
 #[test]

@@ -129,6 +129,33 @@ fn duplicate_service_keys_are_rejected() {
 }
 
 #[test]
+fn duplicate_keys_deep_inside_a_route_are_rejected_where_they_stand() {
+    // A map read without care keeps the last of two keys; the file must be refused instead.
+    let text = GOOD.replace(
+        "headers: {X-Tenant: acme}",
+        "headers: {X-Tenant: acme, X-Tenant: evil}",
+    );
+    assert_error_at(&text, "17:", "duplicate");
+}
+
+#[test]
+fn anchors_aliases_and_merge_keys_mean_what_they_expand_to() {
+    let shared = GOOD
+        .replace(
+            "    connect_timeout: 1s\n",
+            "    connect_timeout: &quick 1s\n  billing-service: &billing\n    endpoints: [\"127.0.0.1:3002\"]\n    connect_timeout: *quick\n  ledger-service:\n    <<: *billing\n",
+        );
+    let expanded = GOOD.replace(
+        "    connect_timeout: 1s\n",
+        "    connect_timeout: 1s\n  billing-service:\n    endpoints: [\"127.0.0.1:3002\"]\n    connect_timeout: 1s\n  ledger-service:\n    endpoints: [\"127.0.0.1:3002\"]\n    connect_timeout: 1s\n",
+    );
+    let shared = parse("routes.yaml", &shared).expect("anchors and merge keys are accepted");
+    let expanded = parse("routes.yaml", &expanded).expect("the expanded file is accepted");
+    assert_eq!(shared, expanded);
+    assert_eq!(shared.services.len(), 3);
+}
+
+#[test]
 fn bad_listener_address_is_rejected() {
     let text = GOOD.replace("127.0.0.1:8081", "localhost:99999");
     assert_error_at(&text, "6:14:", "invalid listener address");

@@ -174,6 +174,7 @@ async fn cors_preflights_are_answered_by_the_gateway_before_auth() {
     auth: {{provider: main}}
     cors: {{origins: [\"{APP}\"], methods: [GET, POST], headers: [authorization, content-type], expose_headers: [x-request-id], credentials: true, max_age: 10m}}
   - {{name: open, match: {{prefix: /open/}}, service: api}}
+  - {{name: own-cors, match: {{prefix: /own/}}, service: api, cors: {{enabled: false}}}}
 "
         ),
         &format!(
@@ -271,6 +272,33 @@ cors: {{origins: [\"*\"], methods: [GET]}}
         None,
         "not a CORS request"
     );
+
+    // A route that switches CORS off is left to its upstream: its preflight goes through
+    // and nothing the gateway adds says any origin may read the answers.
+    let before = upstream.requests();
+    let passed = request(gw.port)
+        .method("OPTIONS")
+        .path("/own/x")
+        .header("origin", "https://anyone.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    passed.expect_upstream("api").unwrap();
+    assert_eq!(passed.header("access-control-allow-origin"), None);
+    assert_eq!(
+        upstream.requests(),
+        before + 1,
+        "the preflight reached the upstream"
+    );
+    let actual = request(gw.port)
+        .path("/own/x")
+        .header("origin", "https://anyone.example")
+        .send()
+        .await
+        .unwrap();
+    actual.expect_upstream("api").unwrap();
+    assert_eq!(actual.header("access-control-allow-origin"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

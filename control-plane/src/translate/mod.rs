@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::google::protobuf::{Any, Duration as ProtoDuration};
 use prost::Name;
+use tollgate_routes::route_policy::RouteCors;
 use tollgate_routes::RoutesConfig;
 
 pub use auth::CONSUMER_HEADER;
@@ -76,7 +77,9 @@ pub fn translate(config: &RoutesConfig) -> Snapshot {
             ext_authz: ext_authz.map(auth::filter),
             rate_limit: rate_limit.map(rate_limit::filter),
             cors: (config.cors.is_some()
-                || config.routes_on(&l.name).any(|r| r.traffic.cors.is_some()))
+                || config
+                    .routes_on(&l.name)
+                    .any(|r| matches!(r.traffic.cors, RouteCors::Own(_))))
             .then(cors::filter),
             body_limit: config
                 .routes_on(&l.name)
@@ -104,6 +107,9 @@ pub fn translate(config: &RoutesConfig) -> Snapshot {
             config.cors.as_ref(),
         );
         cluster::add_hash_policies(&mut routes, &config.services);
+        if !config.observability.route_stats {
+            route::without_route_stats(&mut routes);
+        }
         resources.push((
             type_url::ROUTE,
             Resource::new(&l.name, type_url::ROUTE, &routes),

@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
 };
 use envoy_types::pb::google::protobuf::Any;
-use tollgate_routes::route_policy::CorsPolicy;
+use tollgate_routes::route_policy::{CorsPolicy, RouteCors};
 use tollgate_routes::{Listener, PathMatch, Route, RouteMatch};
 
 use super::json_format::json_format;
@@ -60,6 +60,18 @@ pub(super) fn route_configuration<'a>(
             ..Default::default()
         }],
         ..Default::default()
+    }
+}
+
+/// Drops every route's stat prefix, and with it Envoy's per-route series: each costs Envoy
+/// a stats scope that it builds anew and tears down on every route-table update.
+pub(super) fn without_route_stats(routes: &mut RouteConfiguration) {
+    for route in routes
+        .virtual_hosts
+        .iter_mut()
+        .flat_map(|v| v.routes.iter_mut())
+    {
+        route.stat_prefix.clear();
     }
 }
 
@@ -122,10 +134,13 @@ fn route(route: &Route, ext_authz: bool, default_cors: bool) -> EnvoyRoute {
             })
             .into_iter()
             .chain(
-                traffic
-                    .cors
-                    .as_ref()
-                    .map(|c| (cors::FILTER_NAME.to_string(), cors::per_route(c))),
+                match &traffic.cors {
+                    RouteCors::Own(policy) => Some(cors::per_route(policy)),
+                    // Only a default on the virtual host needs switching off.
+                    RouteCors::Off if default_cors => Some(cors::per_route_off()),
+                    RouteCors::Off | RouteCors::Inherit => None,
+                }
+                .map(|config| (cors::FILTER_NAME.to_string(), config)),
             )
             .chain(traffic.max_request_bytes.map(|bytes| {
                 (
@@ -138,7 +153,11 @@ fn route(route: &Route, ext_authz: bool, default_cors: bool) -> EnvoyRoute {
         headers::header_edits(&traffic.request_headers);
     let (response_headers_to_add, response_headers_to_remove) =
         headers::header_edits(&traffic.response_headers);
-    let cors = traffic.cors.is_some() || default_cors;
+    let cors = match traffic.cors {
+        RouteCors::Own(_) => true,
+        RouteCors::Inherit => default_cors,
+        RouteCors::Off => false,
+    };
     EnvoyRoute {
         name: route.name.clone(),
         // Envoy keeps per-route request counts, status classes and latency histograms only

@@ -357,3 +357,24 @@ fn listeners_normalise_paths_keep_request_ids_and_log_json() {
         .mappers
         .is_empty());
 }
+
+#[test]
+fn routes_keep_per_route_stats_unless_turned_off() {
+    let on = snapshot();
+    let routes: RouteConfiguration = decode(&on, type_url::ROUTE, "public");
+    assert_eq!(route_named(&routes, "list").stat_prefix, "list");
+
+    let off = translate(
+        &tollgate_routes::parse(
+            "routes.yaml",
+            &format!("{CONFIG}observability: {{route_stats: false}}\n"),
+        )
+        .expect("valid"),
+    );
+    let routes: RouteConfiguration = decode(&off, type_url::ROUTE, "public");
+    assert!(routes.virtual_hosts[0]
+        .routes
+        .iter()
+        .all(|r| r.stat_prefix.is_empty()));
+    assert_eq!(route_named(&routes, "list").name, "list");
+}

@@ -24,7 +24,12 @@ pub(crate) struct BackoffDoc {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CorsDoc {
-    pub origins: Spanned<Vec<Spanned<String>>>,
+    /// `false` on a route turns the top-level policy off there; on the top level, off
+    /// everywhere. Required `origins` only when enabled, so a policy can be switched off
+    /// without deleting it.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    pub origins: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub methods: Vec<Spanned<String>>,
     #[serde(default)]
@@ -52,4 +57,8 @@ pub(crate) struct HeaderEditsDoc {
 pub(crate) struct RegexRewriteDoc {
     pub pattern: Spanned<String>,
     pub substitution: Spanned<String>,
+}
+
+fn enabled() -> bool {
+    true
 }

@@ -177,7 +177,11 @@ fn observability(doc: &Document, errors: &mut Errors) -> Observability {
             Some(path) => Some(AccessLogSink::File(path.value.clone().into())),
         },
     };
-    Observability { access_log }
+    let route_stats = doc.observability.as_ref().is_none_or(|o| o.route_stats);
+    Observability {
+        access_log,
+        route_stats,
+    }
 }
 
 fn service(name: &str, doc: &ServiceDoc, errors: &mut Errors) -> Option<Service> {

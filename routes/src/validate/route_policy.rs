@@ -12,7 +12,7 @@ use crate::document::{
 };
 use crate::duration;
 use crate::route_policy::{
-    AllowedOrigin, Backoff, CorsPolicy, HeaderEdits, RegexRewrite, RetryOn, RetryPolicy,
+    AllowedOrigin, Backoff, CorsPolicy, HeaderEdits, RegexRewrite, RetryOn, RetryPolicy, RouteCors,
     TrafficPolicy,
 };
 
@@ -46,7 +46,10 @@ const FRAMING_HEADERS: [&str; 8] = [
 const IDENTITY_HEADER: &str = "x-consumer-id";
 
 pub(super) fn global_cors(doc: &Document, errors: &mut Errors) -> Option<CorsPolicy> {
-    doc.cors.as_ref().and_then(|c| cors(c, errors))
+    match doc.cors.as_ref().map(|c| cors(c, errors)) {
+        Some(RouteCors::Own(policy)) => Some(policy),
+        _ => None,
+    }
 }
 
 /// Everything a route says about its traffic; `rewrite_prefix` is the route's own, for the
@@ -69,7 +72,11 @@ pub(super) fn traffic_policy(
             .as_ref()
             .and_then(|r| retries(name, r, route_timeout, errors)),
         idle_timeout: positive_duration(route.idle_timeout.as_ref(), errors),
-        cors: route.cors.as_ref().and_then(|c| cors(c, errors)),
+        cors: route
+            .cors
+            .as_ref()
+            .map(|c| cors(c, errors))
+            .unwrap_or_default(),
         request_headers: route
             .request_headers
             .as_ref()
@@ -215,17 +222,32 @@ fn backoff(route: &str, node: &Spanned<BackoffDoc>, errors: &mut Errors) -> Back
     Backoff { base, max }
 }
 
-fn cors(node: &Spanned<CorsDoc>, errors: &mut Errors) -> Option<CorsPolicy> {
+/// A disabled policy's other fields are still checked: switching it back on must not
+/// uncover errors.
+fn cors(node: &Spanned<CorsDoc>, errors: &mut Errors) -> RouteCors {
     let before = errors.found.len();
     let doc = &node.value;
-    if doc.origins.value.is_empty() {
-        errors.at(
-            &doc.origins,
-            "cors.origins is empty: list the origins allowed, or \"*\"".to_string(),
-        );
-    }
+    let no_origins = Vec::new();
+    let listed = match &doc.origins {
+        Some(origins) if origins.value.is_empty() => {
+            errors.at(
+                origins,
+                "cors.origins is empty: list the origins allowed, or \"*\"".to_string(),
+            );
+            &origins.value
+        }
+        Some(origins) => &origins.value,
+        None if doc.enabled => {
+            errors.at(
+                node,
+                "cors needs origins: list the origins allowed, or \"*\"".to_string(),
+            );
+            &no_origins
+        }
+        None => &no_origins,
+    };
     let mut origins = Vec::new();
-    for origin in &doc.origins.value {
+    for origin in listed {
         if origin.value == "*" {
             // The Fetch standard ignores a wildcard on credentialed requests, so the
             // configuration could never do what it seems to say.
@@ -269,7 +291,13 @@ fn cors(node: &Spanned<CorsDoc>, errors: &mut Errors) -> Option<CorsPolicy> {
             );
         }
     }
-    (errors.found.len() == before).then_some(CorsPolicy {
+    if !doc.enabled {
+        return RouteCors::Off;
+    }
+    if errors.found.len() != before {
+        return RouteCors::Inherit;
+    }
+    RouteCors::Own(CorsPolicy {
         origins,
         methods,
         headers,

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use tollgate_conformance::{get, reserve_port, ControlPlane, Envoy, Upstream, UpstreamHandle};
 
-const ROUTE_COUNTS: [usize; 2] = [10, 1000];
+/// (routes loaded, per-route stats): the default, and at 1,000 routes also without the
+/// per-route stats that Envoy rebuilds on every route-table update.
+const CASES: [(usize, bool); 3] = [(10, true), (1000, true), (1000, false)];
 /// A new route that has not answered after this long counts as a failed edit.
 const GIVE_UP: Duration = Duration::from_secs(30);
 
@@ -25,15 +27,23 @@ async fn main() {
     let upstream = Upstream::new("bench").spawn().await;
     println!("| routes loaded | config path | edits | p50 ms | p99 ms | max ms |");
     println!("|---:|---|---:|---:|---:|---:|");
-    for routes in ROUTE_COUNTS {
-        let tollgate = tollgate_latencies(&upstream, routes, edits).await;
-        row(routes, "tollgate-control-plane → ADS", &tollgate);
-        let reference = file_watch_latencies(&upstream, routes, edits).await;
-        row(
-            routes,
-            "reference: Envoy watching its own RDS file",
-            &reference,
-        );
+    for (routes, route_stats) in CASES {
+        let tollgate = tollgate_latencies(&upstream, routes, route_stats, edits).await;
+        let path = if route_stats {
+            "tollgate-control-plane → ADS"
+        } else {
+            "tollgate-control-plane → ADS, `route_stats: false`"
+        };
+        row(routes, path, &tollgate);
+        if route_stats {
+            // The reference has no per-route stats either way: once per route count.
+            let reference = file_watch_latencies(&upstream, routes, edits).await;
+            row(
+                routes,
+                "reference: Envoy watching its own RDS file",
+                &reference,
+            );
+        }
     }
 }
 
@@ -57,10 +67,11 @@ fn routes_yaml(
     port: u16,
     upstream: &UpstreamHandle,
     routes: usize,
+    route_stats: bool,
     extra: Option<usize>,
 ) -> String {
     let mut yaml = format!(
-        "version: 1\nlisteners:\n  - {{name: public, address: 127.0.0.1:{port}}}\nservices:\n  bench: {{endpoints: [\"{}\"]}}\nroutes:\n",
+        "version: 1\nobservability: {{route_stats: {route_stats}}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:{port}}}\nservices:\n  bench: {{endpoints: [\"{}\"]}}\nroutes:\n",
         upstream.endpoint()
     );
     if let Some(i) = extra {
@@ -79,18 +90,19 @@ fn routes_yaml(
 async fn tollgate_latencies(
     upstream: &UpstreamHandle,
     routes: usize,
+    route_stats: bool,
     edits: usize,
 ) -> Vec<Duration> {
     let port = reserve_port();
     let mut cp = ControlPlane::new()
-        .routes(routes_yaml(port, upstream, routes, None))
+        .routes(routes_yaml(port, upstream, routes, route_stats, None))
         .start()
         .await;
     let _envoy = Envoy::new().control_plane(&cp).start().await;
     wait_for_route(port, "/r/0/").await;
     let mut samples = Vec::with_capacity(edits);
     for i in 0..edits {
-        let yaml = routes_yaml(port, upstream, routes, Some(i));
+        let yaml = routes_yaml(port, upstream, routes, route_stats, Some(i));
         let started = Instant::now();
         cp.write_by_rename(&yaml);
         samples.push(time_until_route(port, &format!("/new/{i}"), started).await);
