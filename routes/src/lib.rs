@@ -10,6 +10,7 @@ mod config;
 mod document;
 pub mod duration;
 mod error;
+pub mod listener_tls;
 pub mod policy;
 pub mod route_policy;
 pub mod service_policy;
@@ -20,10 +21,26 @@ pub use config::{
     RoutesConfig, Service,
 };
 pub use error::{ConfigError, ConfigErrors};
+pub use listener_tls::{FileSource, ListenerCertificates, ListenerTls, TlsVersion};
 pub use validate::is_valid_name;
 
 /// Parses and validates routes.yaml text; `file` is the name errors are reported against.
+///
+/// Files named in the text are not read: a listener's certificate and key are checked only
+/// by [`parse_with_files`], for the service that serves them.
 pub fn parse(file: &str, text: &str) -> Result<RoutesConfig, ConfigErrors> {
     let document = document::read(file, text)?;
-    validate::validate(file, document)
+    validate::validate(file, document, None).map(|(config, _)| config)
+}
+
+/// Like [`parse`], and also reads every TLS listener's certificate and key through `files`;
+/// a missing file, one that is not PEM, or a key that does not match its certificate is
+/// reported at its field like any other error.
+pub fn parse_with_files(
+    file: &str,
+    text: &str,
+    files: &dyn FileSource,
+) -> Result<(RoutesConfig, ListenerCertificates), ConfigErrors> {
+    let document = document::read(file, text)?;
+    validate::validate(file, document, Some(files))
 }
