@@ -35,7 +35,10 @@ routes:
 ";
 
 fn snapshot() -> Snapshot {
-    translate(&tollgate_routes::parse("routes.yaml", CONFIG).expect("valid"))
+    translate(
+        &tollgate_routes::parse("routes.yaml", CONFIG).expect("valid"),
+        &Default::default(),
+    )
 }
 
 fn route_named<'a>(
@@ -176,7 +179,10 @@ sidecars:
 ";
 
 fn protected() -> Snapshot {
-    translate(&tollgate_routes::parse("routes.yaml", PROTECTED).expect("valid"))
+    translate(
+        &tollgate_routes::parse("routes.yaml", PROTECTED).expect("valid"),
+        &Default::default(),
+    )
 }
 
 fn manager(snapshot: &Snapshot, listener: &str) -> HttpConnectionManager {
