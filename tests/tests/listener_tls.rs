@@ -9,7 +9,7 @@ use hyper::Version;
 use tollgate_conformance::tls::SERVER_NAME;
 use tollgate_conformance::{
     eventually, request, reserve_port, ControlPlane, Envoy, IssuedCertificate, RunningControlPlane,
-    RunningEnvoy, TestCa, TlsClient, TlsResponse, Upstream, UpstreamHandle,
+    RunningEnvoy, TestCa, TlsClient, TlsResponse, Upstream, UpstreamHandle, XdsVariant,
 };
 
 /// routes.yaml: a listener `secure` on `port` terminating TLS with `gw.pem`/`gw.key` (next to
@@ -43,6 +43,14 @@ struct TlsGateway {
 
 impl TlsGateway {
     async fn start(certificate: &IssuedCertificate, extra: &str) -> TlsGateway {
+        Self::start_over(certificate, extra, XdsVariant::Sotw).await
+    }
+
+    async fn start_over(
+        certificate: &IssuedCertificate,
+        extra: &str,
+        variant: XdsVariant,
+    ) -> TlsGateway {
         let upstream = Upstream::new("app").spawn().await;
         let port = reserve_port();
         let cp = ControlPlane::new()
@@ -51,7 +59,11 @@ impl TlsGateway {
             .file("gw.key", certificate.key_pem.clone())
             .start()
             .await;
-        let envoy = Envoy::new().control_plane(&cp).start().await;
+        let envoy = Envoy::new()
+            .xds_variant(variant)
+            .control_plane(&cp)
+            .start()
+            .await;
         TlsGateway {
             port,
             upstream,
@@ -62,7 +74,15 @@ impl TlsGateway {
 
     /// Starts a gateway serving `certificate` and waits until a client of `ca` gets it.
     async fn serving(ca: &TestCa, certificate: &IssuedCertificate) -> TlsGateway {
-        let gateway = TlsGateway::start(certificate, "").await;
+        Self::serving_over(ca, certificate, XdsVariant::Sotw).await
+    }
+
+    async fn serving_over(
+        ca: &TestCa,
+        certificate: &IssuedCertificate,
+        variant: XdsVariant,
+    ) -> TlsGateway {
+        let gateway = TlsGateway::start_over(certificate, "", variant).await;
         let answer = gateway.get_through(&ca.client(), "/warm-up").await;
         assert_eq!(answer.peer_certificate, certificate.der());
         gateway
@@ -172,9 +192,18 @@ async fn plain_http_to_the_tls_port_gets_no_routed_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_certificate_is_presented_to_new_handshakes_without_a_restart() {
+    rotate_over(XdsVariant::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_reaches_an_envoy_on_delta_xds_too() {
+    rotate_over(XdsVariant::Delta).await;
+}
+
+async fn rotate_over(variant: XdsVariant) {
     let ca = TestCa::new();
     let first = ca.issue("gateway-first");
-    let mut gateway = TlsGateway::serving(&ca, &first).await;
+    let mut gateway = TlsGateway::serving_over(&ca, &first, variant).await;
     let client = ca.client();
     let envoy_pid = gateway.envoy.process().pid();
 
