@@ -55,13 +55,8 @@ fn main() {
 
 /// Exit 0 for a valid file, 1 with every error on stderr otherwise (the contract).
 fn validate(file: &std::path::Path) -> i32 {
-    let result = std::fs::read_to_string(file)
-        .map_err(|e| format!("{}: {e}", file.display()))
-        .and_then(|text| {
-            tollgate_routes::parse(&file.display().to_string(), &text).map_err(|e| e.to_string())
-        });
-    match result {
-        Ok(config) => {
+    match tollgate_control_plane::reload::load(file) {
+        Ok((config, _)) => {
             println!(
                 "{}: ok ({} listeners, {} services, {} routes)",
                 file.display(),

@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tollgate_routes::ConfigErrors;
+use tollgate_routes::{ConfigErrors, FileSource, ListenerCertificates, RoutesConfig};
 
 use crate::snapshot::SnapshotCache;
 use crate::translate::translate;
@@ -56,8 +56,92 @@ pub struct Reloader {
 #[derive(Debug, Default)]
 struct LastAttempt {
     status: ReloadStatus,
-    /// Hash of the bytes last read, so an event that changed nothing costs no parse.
+    /// Hash of routes.yaml and of every file it named, as last read, so an event that changed
+    /// nothing costs no parse.
     content: Option<[u8; 32]>,
+    /// The files routes.yaml named (listener certificates and keys), resolved, in the order
+    /// they were read.
+    files: Vec<PathBuf>,
+}
+
+/// Reads and validates routes.yaml and the files it names, relative to its directory.
+pub fn load(path: &Path) -> Result<(RoutesConfig, ListenerCertificates), ReloadError> {
+    let text = read_routes(path)?;
+    let files = RoutesDirectory::of(path);
+    tollgate_routes::parse_with_files(&path.display().to_string(), &text, &files)
+        .map_err(ReloadError::Invalid)
+}
+
+fn read_routes(path: &Path) -> Result<String, ReloadError> {
+    std::fs::read_to_string(path).map_err(|source| ReloadError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The files a routes.yaml names, read relative to its directory (as ext-authz reads
+/// `jwks_file`), each noted with a hash of what was read.
+#[derive(Debug)]
+struct RoutesDirectory {
+    base: PathBuf,
+    read: Mutex<Vec<(PathBuf, Option<[u8; 32]>)>>,
+}
+
+impl RoutesDirectory {
+    fn of(routes: &Path) -> Self {
+        // The directory of the path as given, not of a symlink's target: a ConfigMap projects
+        // `routes.yaml` and `cert.pem` side by side as links into the same `..data`.
+        let base = match routes.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        RoutesDirectory {
+            base,
+            read: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn read_so_far(&self) -> Vec<(PathBuf, Option<[u8; 32]>)> {
+        self.read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl FileSource for RoutesDirectory {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let resolved = self.base.join(path);
+        let result = std::fs::read(&resolved);
+        self.read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((resolved.clone(), file_hash(&result)));
+        // Name the resolved path, so a relative one says where it was looked for.
+        result.map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", resolved.display())))
+    }
+}
+
+fn file_hash(read: &std::io::Result<Vec<u8>>) -> Option<[u8; 32]> {
+    read.as_ref().ok().map(|bytes| Sha256::digest(bytes).into())
+}
+
+/// One hash over routes.yaml's text and the files it named, absent ones included.
+fn fingerprint<'a>(
+    text: &str,
+    files: impl IntoIterator<Item = (&'a PathBuf, Option<[u8; 32]>)>,
+) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(Sha256::digest(text));
+    for (path, hash) in files {
+        hasher.update(path.as_os_str().as_encoded_bytes());
+        hasher.update([0]);
+        match hash {
+            Some(hash) => hasher.update(hash),
+            None => hasher.update([0]),
+        }
+    }
+    hasher.finalize().into()
 }
 
 impl Reloader {
@@ -73,6 +157,13 @@ impl Reloader {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// routes.yaml and every file the last attempt read for it: what to watch for changes.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        files.extend(self.last_attempt().files.iter().cloned());
+        files
     }
 
     /// Re-reads the file; returns the version of the snapshot it installed, or `None` when
@@ -92,20 +183,26 @@ impl Reloader {
     fn attempt(&self, report_errors: bool) -> Result<Option<String>, ReloadError> {
         // Reading by path each time re-resolves symlinks, which is what makes a ConfigMap's
         // swap of its `..data` link visible.
-        let text = std::fs::read_to_string(&self.path).map_err(|source| ReloadError::Read {
-            path: self.path.display().to_string(),
-            source,
-        });
-        let digest: Option<[u8; 32]> = text.as_ref().ok().map(|t| Sha256::digest(t).into());
-        if digest.is_some() && self.last_attempt().content == digest {
-            return Ok(None);
-        }
-        let outcome = text.and_then(|text| {
-            tollgate_routes::parse(&self.path.display().to_string(), &text)
-                .map_err(ReloadError::Invalid)
-        });
-        let result = outcome.map(|config| {
-            let snapshot = translate(&config);
+        let files = RoutesDirectory::of(&self.path);
+        let (outcome, digest) = match read_routes(&self.path) {
+            Err(error) => (Err(error), None),
+            Ok(text) => {
+                if self.unchanged(&text) {
+                    return Ok(None);
+                }
+                let outcome = tollgate_routes::parse_with_files(
+                    &self.path.display().to_string(),
+                    &text,
+                    &files,
+                )
+                .map_err(ReloadError::Invalid);
+                let read = files.read_so_far();
+                let digest = fingerprint(&text, read.iter().map(|(path, hash)| (path, *hash)));
+                (outcome, Some(digest))
+            }
+        };
+        let result = outcome.map(|(config, certificates)| {
+            let snapshot = translate(&config, &certificates);
             let version = snapshot.version().to_string();
             self.cache.set(snapshot).then_some(version)
         });
@@ -129,9 +226,23 @@ impl Reloader {
             *last = LastAttempt {
                 status,
                 content: digest,
+                files: files
+                    .read_so_far()
+                    .into_iter()
+                    .map(|(path, _)| path)
+                    .collect(),
             };
         }
         result
+    }
+
+    /// Whether routes.yaml's `text` and the files the last attempt read are what it saw.
+    fn unchanged(&self, text: &str) -> bool {
+        let last = self.last_attempt();
+        last.content.is_some_and(|content| {
+            let now = last.files.iter().map(|f| (f, file_hash(&std::fs::read(f))));
+            content == fingerprint(text, now)
+        })
     }
 
     pub fn status(&self) -> ReloadStatus {
@@ -213,6 +324,47 @@ mod tests {
         assert_eq!(reloader.counts(), (1, 0));
         assert!(reloader.reload().is_err(), "the settled attempt reports");
         assert_eq!(reloader.counts(), (1, 1));
+    }
+
+    const CERT: &[u8] = include_bytes!("../../routes/tests/fixtures/gateway.pem");
+    const KEY: &[u8] = include_bytes!("../../routes/tests/fixtures/gateway.key");
+    const OTHER_KEY: &[u8] = include_bytes!("../../routes/tests/fixtures/other.key");
+    const TLS: &str = "version: 1\nlisteners:\n  - name: l\n    address: 127.0.0.1:8443\n    tls: {cert_file: certs/gw.pem, key_file: certs/gw.key}\n";
+
+    #[test]
+    fn a_changed_certificate_file_is_a_reload_and_a_bad_one_is_refused_at_its_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("routes.yaml");
+        std::fs::create_dir(dir.path().join("certs")).expect("mkdir");
+        std::fs::write(&path, TLS).expect("write");
+        std::fs::write(dir.path().join("certs/gw.pem"), CERT).expect("write");
+        std::fs::write(dir.path().join("certs/gw.key"), KEY).expect("write");
+        let cache = Arc::new(SnapshotCache::new());
+        let reloader = Reloader::new(&path, cache.clone());
+        assert!(reloader.reload().expect("relative paths resolve").is_some());
+        assert!(reloader
+            .watched_files()
+            .contains(&dir.path().join("certs/gw.key")));
+        let good_version = cache.current().expect("snapshot").version().to_string();
+
+        // routes.yaml is untouched; only the key changes, to one of another certificate.
+        std::fs::write(dir.path().join("certs/gw.key"), OTHER_KEY).expect("write");
+        reloader.reload().expect_err("a mismatched key is refused");
+        assert_eq!(cache.current().expect("snapshot").version(), good_version);
+        let errors = reloader.status().errors;
+        assert!(
+            errors[0].ends_with(
+                ":5:46: key_file \"certs/gw.key\" does not match the certificate in cert_file"
+            ),
+            "{errors:?}"
+        );
+
+        std::fs::write(dir.path().join("certs/gw.key"), KEY).expect("write");
+        assert!(
+            reloader.reload().expect("the good pair again").is_none(),
+            "the same content is the same snapshot"
+        );
+        assert!(reloader.status().ok);
     }
 
     #[test]

@@ -14,15 +14,21 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 /// The xDS type URLs Tollgate serves, in make-before-break order (xDS protocol,
-/// "Eventual consistency considerations": CDS, EDS, LDS, RDS).
+/// "Eventual consistency considerations": CDS, EDS, LDS, RDS), then SDS.
+///
+/// Secrets come last, as in go-control-plane's response order (`pkg/cache/types/types.go`):
+/// only listeners refer to them, and a listener whose certificate has not arrived yet warms
+/// (keeping its predecessor serving) instead of failing, so nothing is lost by sending them
+/// after LDS, while a secret is only ever withdrawn after the listener that used it.
 pub mod type_url {
     pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
     pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
     pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
     /// Every served type, in the order updates must reach Envoy.
-    pub const ORDERED: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+    pub const ORDERED: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
 }
 
 /// One named resource with the hash of its encoded bytes.

@@ -1,5 +1,8 @@
 //! File events → reloads. The watching itself (directory watch, debounce, safety poll) is
 //! shared with the other services in `tollgate_runtime::file_watch`.
+//!
+//! Besides routes.yaml, the files it names (listener certificates and keys) are watched: a
+//! rotated certificate is a reload like an edit, checked the same way before it is served.
 
 use std::sync::Arc;
 
@@ -14,6 +17,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WatchError> {
     let mut changes = FileChanges::watch(reloader.path())?;
+    watch_named_files(&mut changes, &reloader);
     info!(file = %reloader.path().display(), "watching routes.yaml for changes");
     tokio::pin!(shutdown);
     loop {
@@ -31,6 +35,7 @@ pub async fn run(
                 {
                     info!(%version, "routes.yaml reloaded");
                 }
+                watch_named_files(&mut changes, &reloader);
                 if !changes.more().await {
                     break;
                 }
@@ -47,6 +52,16 @@ pub async fn run(
             }
             None => warn!("reload task panicked; still serving the last good config"),
         }
+        watch_named_files(&mut changes, &reloader);
+    }
+}
+
+/// Follows the files the latest attempt read, which an edit of routes.yaml may have changed.
+fn watch_named_files(changes: &mut FileChanges, reloader: &Reloader) {
+    let files = reloader.watched_files();
+    if let Err(error) = changes.set_paths(files.iter().map(|f| f.as_path())) {
+        // Until it exists, the safety poll notices the file instead.
+        warn!(%error, "cannot watch a file routes.yaml names");
     }
 }
 

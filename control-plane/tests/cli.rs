@@ -96,3 +96,47 @@ fn serve_refuses_a_bad_file_with_ex_usage_before_listening() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("routes.yaml:2:"));
 }
+
+#[test]
+fn validate_reads_a_tls_listeners_files_next_to_routes_yaml() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nlisteners:\n  - {name: a, address: 127.0.0.1:1, tls: {cert_file: gw.pem, key_file: gw.key}}\n",
+    )
+    .expect("write");
+    std::fs::copy(
+        repo_file("routes/tests/fixtures/gateway.pem"),
+        dir.path().join("gw.pem"),
+    )
+    .expect("copy the certificate");
+    let validate = || {
+        Command::new(BIN)
+            .arg("validate")
+            .arg(&file)
+            .output()
+            .expect("runs")
+    };
+
+    let out = validate();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("routes.yaml:3:72: cannot read key_file \"gw.key\"")
+            && stderr.contains(&dir.path().join("gw.key").display().to_string()),
+        "names the field and where the file was looked for: {stderr}"
+    );
+
+    std::fs::copy(
+        repo_file("routes/tests/fixtures/gateway.key"),
+        dir.path().join("gw.key"),
+    )
+    .expect("copy the key");
+    let out = validate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

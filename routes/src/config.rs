@@ -38,6 +38,8 @@ pub struct Listener {
     /// Answered by the gateway itself (no upstream hop); `None` when disabled.
     pub health_path: Option<String>,
     pub escaped_slashes: EscapedSlashes,
+    /// `None`: plaintext (HTTP/1.1, or HTTP/2 with prior knowledge).
+    pub tls: Option<crate::listener_tls::ListenerTls>,
 }
 
 /// What to do with `%2F`, `%5C` (encoded `/` and `\\`) in a path. Left alone they let a

@@ -62,6 +62,15 @@ pub(crate) struct ListenerDoc {
     pub address: Spanned<String>,
     pub health_path: Option<Spanned<String>>,
     pub escaped_slashes: Option<Spanned<String>>,
+    pub tls: Option<Spanned<ListenerTlsDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenerTlsDoc {
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub min_version: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

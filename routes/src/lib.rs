@@ -10,6 +10,7 @@ mod config;
 mod document;
 pub mod duration;
 mod error;
+pub mod listener_tls;
 pub mod policy;
 pub mod route_policy;
 pub mod service_policy;
@@ -20,26 +21,53 @@ pub use config::{
     RoutesConfig, Service,
 };
 pub use error::{ConfigError, ConfigErrors};
+pub use listener_tls::{FileSource, ListenerCertificates, ListenerTls, TlsVersion};
 pub use validate::is_valid_name;
 
 /// Parses and validates routes.yaml text; `file` is the name errors are reported against.
+///
+/// Files named in the text are not read: a listener's certificate and key are checked only
+/// by [`parse_with_files`], for the service that serves them.
 pub fn parse(file: &str, text: &str) -> Result<RoutesConfig, ConfigErrors> {
-    if let Some(config) = document::read_quick(text).and_then(|d| validate::validate(file, d).ok())
-    {
+    read_and_validate(file, text, None).map(|(config, _)| config)
+}
+
+/// Like [`parse`], and also reads every TLS listener's certificate and key through `files`;
+/// a missing file, one that is not PEM, or a key that does not match its certificate is
+/// reported at its field like any other error.
+pub fn parse_with_files(
+    file: &str,
+    text: &str,
+    files: &dyn FileSource,
+) -> Result<(RoutesConfig, ListenerCertificates), ConfigErrors> {
+    read_and_validate(file, text, Some(files))
+}
+
+fn read_and_validate(
+    file: &str,
+    text: &str,
+    files: Option<&dyn FileSource>,
+) -> Result<(RoutesConfig, ListenerCertificates), ConfigErrors> {
+    let quick = document::read_quick(text).and_then(|d| validate::validate(file, d, files).ok());
+    if let Some(read) = quick {
         // Every test run doubles as a differential test of the two readers: a file the
         // quick reader accepts must mean exactly what the located reader makes of it.
         debug_assert_eq!(
-            Ok(&config),
-            parse_located(file, text).as_ref(),
+            Ok(&read),
+            read_located(file, text, files).as_ref(),
             "the quick and the located YAML readers disagree on {file}"
         );
-        return Ok(config);
+        return Ok(read);
     }
-    parse_located(file, text)
+    read_located(file, text, files)
 }
 
 /// The authoritative reading: every error carries its `file:line:col`.
-fn parse_located(file: &str, text: &str) -> Result<RoutesConfig, ConfigErrors> {
+fn read_located(
+    file: &str,
+    text: &str,
+    files: Option<&dyn FileSource>,
+) -> Result<(RoutesConfig, ListenerCertificates), ConfigErrors> {
     let document = document::read(file, text)?;
-    validate::validate(file, document)
+    validate::validate(file, document, files)
 }

@@ -5,7 +5,11 @@
 //! which swaps a `..data` symlink inside the mounted directory. A watch on the file itself
 //! loses track after the first rename, so the parent directory is watched instead (as
 //! Limitador does) and the caller re-reads the file by path on every notification.
+//!
+//! A file may name others (routes.yaml names certificate files); [`FileChanges::set_paths`]
+//! makes one stream cover all of them, however many directories they live in.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,23 +31,31 @@ pub struct WatchError {
 /// A stream of "the file may have changed" notifications; dropping it stops watching.
 #[derive(Debug)]
 pub struct FileChanges {
-    _watcher: RecommendedWatcher,
+    watcher: RecommendedWatcher,
+    /// The directories watched now.
+    watched: BTreeSet<PathBuf>,
     events: mpsc::UnboundedReceiver<()>,
     poll: tokio::time::Interval,
+}
+
+/// The directory to watch for `path`: its parent, or itself when it is a directory of
+/// configuration files.
+fn directory_of(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
 }
 
 impl FileChanges {
     /// Starts watching the directory that holds `path`, or `path` itself when it is a
     /// directory of configuration files.
     pub fn watch(path: &Path) -> Result<Self, WatchError> {
-        let dir = if path.is_dir() {
-            path.to_path_buf()
-        } else {
-            match path.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-                _ => PathBuf::from("."),
-            }
-        };
+        let dir = directory_of(path);
         let (sender, events) = mpsc::unbounded_channel();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             // notify reports opens and reads too (inotify IN_OPEN, IN_ACCESS): counting
@@ -64,10 +76,49 @@ impl FileChanges {
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.reset();
         Ok(FileChanges {
-            _watcher: watcher,
+            watcher,
+            watched: BTreeSet::from([dir]),
             events,
             poll,
         })
+    }
+
+    /// Watches exactly the directories holding `paths` from now on: new ones are added and
+    /// ones no longer needed dropped. A directory that cannot be watched (it does not exist
+    /// yet) is reported and tried again at the next call; the safety poll covers it meanwhile.
+    pub fn set_paths<'p>(
+        &mut self,
+        paths: impl IntoIterator<Item = &'p Path>,
+    ) -> Result<(), WatchError> {
+        let wanted: BTreeSet<PathBuf> = paths.into_iter().map(directory_of).collect();
+        for gone in self
+            .watched
+            .difference(&wanted)
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            // It may have been deleted, which ended its watch already.
+            let _ = self.watcher.unwatch(&gone);
+            self.watched.remove(&gone);
+        }
+        let mut first_error = None;
+        for dir in wanted {
+            if self.watched.contains(&dir) {
+                continue;
+            }
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.watched.insert(dir);
+                }
+                Err(source) => {
+                    first_error.get_or_insert(WatchError {
+                        path: dir.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Resolves after the next burst of events has settled, or at the next safety poll.
@@ -133,6 +184,40 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), changes.started())
             .await
             .expect("a write is noticed");
+    }
+
+    #[tokio::test]
+    async fn a_file_in_another_directory_is_watched_once_its_path_is_set() {
+        let config = tempfile::tempdir().expect("tempdir");
+        let certs = tempfile::tempdir().expect("tempdir");
+        let routes = config.path().join("routes.yaml");
+        let cert = certs.path().join("cert.pem");
+        std::fs::write(&routes, "a").expect("write");
+        std::fs::write(&cert, "a").expect("write");
+        let mut changes = FileChanges::watch(&routes).expect("watch");
+        changes
+            .set_paths([routes.as_path(), cert.as_path()])
+            .expect("both directories exist");
+        std::fs::write(&cert, "b").expect("write");
+        tokio::time::timeout(Duration::from_secs(5), changes.started())
+            .await
+            .expect("a write to the other directory is noticed");
+    }
+
+    #[tokio::test]
+    async fn a_missing_directory_is_reported_and_the_others_still_watched() {
+        let config = tempfile::tempdir().expect("tempdir");
+        let routes = config.path().join("routes.yaml");
+        std::fs::write(&routes, "a").expect("write");
+        let mut changes = FileChanges::watch(&routes).expect("watch");
+        let missing = config.path().join("nope/cert.pem");
+        assert!(changes
+            .set_paths([routes.as_path(), missing.as_path()])
+            .is_err());
+        std::fs::write(&routes, "b").expect("write");
+        tokio::time::timeout(Duration::from_secs(5), changes.started())
+            .await
+            .expect("routes.yaml is still watched");
     }
 
     #[tokio::test]

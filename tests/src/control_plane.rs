@@ -45,6 +45,8 @@ pub enum WriteStyle {
 pub struct ControlPlane {
     routes: String,
     layout: Layout,
+    /// Written next to routes.yaml before start, by name.
+    files: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for ControlPlane {
@@ -58,7 +60,15 @@ impl ControlPlane {
         Self {
             routes: "version: 1\nlisteners: []\nservices: {}\nroutes: []\n".to_owned(),
             layout: Layout::File,
+            files: Vec::new(),
         }
+    }
+
+    /// A file routes.yaml refers to by the relative path `name` (a certificate, a key),
+    /// written next to it before the control plane starts.
+    pub fn file(mut self, name: &str, contents: impl Into<Vec<u8>>) -> Self {
+        self.files.push((name.to_owned(), contents.into()));
+        self
     }
 
     /// The initial routes.yaml text.
@@ -89,6 +99,9 @@ impl ControlPlane {
             killed: None,
             dir,
         };
+        for (name, contents) in &self.files {
+            cp.write_file(name, contents);
+        }
         match self.layout {
             Layout::File => cp.write_in_place(&self.routes),
             Layout::ConfigMap => {
@@ -144,6 +157,17 @@ impl RunningControlPlane {
     pub fn write_in_place(&mut self, yaml: &str) {
         std::fs::write(&self.routes_path, yaml)
             .unwrap_or_else(|e| panic!("write {}: {e}", self.routes_path.display()));
+    }
+
+    /// Replaces the file `name` next to routes.yaml atomically (written aside, then renamed
+    /// over it), as a certificate manager rotates a certificate.
+    pub fn write_file(&mut self, name: &str, contents: &[u8]) {
+        let path = self.config_dir.join(name);
+        let temporary = self.config_dir.join(format!(".{name}.tmp"));
+        std::fs::write(&temporary, contents)
+            .unwrap_or_else(|e| panic!("write {}: {e}", temporary.display()));
+        std::fs::rename(&temporary, &path)
+            .unwrap_or_else(|e| panic!("rename over {}: {e}", path.display()));
     }
 
     /// Writes `yaml` to a temporary file in the same directory and renames it over routes.yaml.

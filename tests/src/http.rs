@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 client for sending requests through the gateway.
+//! A small HTTP client for sending requests through the gateway: HTTP/1.1, or HTTP/2 with
+//! prior knowledge (h2c); [`crate::tls`] sends the same requests over TLS.
 //!
 //! Each request uses a fresh connection (no pooling): a pooled connection that Envoy closed
 //! while idle (for instance when a listener is drained after an update) would otherwise
@@ -26,6 +27,7 @@ pub fn request(port: u16) -> RequestBuilder {
         path: "/".to_owned(),
         headers: Vec::new(),
         body: Bytes::new(),
+        http2_prior_knowledge: false,
     }
 }
 
@@ -42,6 +44,7 @@ pub struct RequestBuilder {
     path: String,
     headers: Vec<(String, String)>,
     body: Bytes,
+    http2_prior_knowledge: bool,
 }
 
 impl RequestBuilder {
@@ -66,31 +69,53 @@ impl RequestBuilder {
         self
     }
 
-    /// Sends the request and reads the whole response.
-    pub async fn send(&self) -> anyhow::Result<Response> {
-        let uri = format!("http://127.0.0.1:{}{}", self.port, self.path);
+    /// Speaks HTTP/2 from the first byte, without TLS or an upgrade (RFC 9113 §3.3).
+    pub fn http2_prior_knowledge(mut self) -> Self {
+        self.http2_prior_knowledge = true;
+        self
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The request for `uri` (absolute, or origin-form with `host` set by the caller).
+    pub(crate) fn build(&self, uri: &str) -> anyhow::Result<hyper::Request<Full<Bytes>>> {
         let mut builder = hyper::Request::builder()
             .method(self.method.clone())
-            .uri(&uri);
+            .uri(uri);
         for (name, value) in &self.headers {
             builder = builder.header(name, value);
         }
-        let request = builder
+        builder
             .body(Full::new(self.body.clone()))
-            .with_context(|| format!("building {} {uri}", self.method))?;
+            .with_context(|| format!("building {} {uri}", self.method))
+    }
+
+    /// Sends the request and reads the whole response.
+    pub async fn send(&self) -> anyhow::Result<Response> {
+        let uri = format!("http://127.0.0.1:{}{}", self.port, self.path);
+        let request = self.build(&uri)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
+            .http2_only(self.http2_prior_knowledge)
             .build_http::<Full<Bytes>>();
-        let exchange = async {
-            let response = client.request(request).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            anyhow::Ok(Response {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            })
-        };
+        self.within_timeout(&uri, async {
+            read_response(client.request(request).await?).await
+        })
+        .await
+    }
+
+    pub(crate) fn path_and_query(&self) -> &str {
+        &self.path
+    }
+
+    /// Runs `exchange` under the client timeout, naming the request in any error.
+    pub(crate) async fn within_timeout<T>(
+        &self,
+        uri: &str,
+        exchange: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
         tokio::time::timeout(CLIENT_TIMEOUT, exchange)
             .await
             .with_context(|| {
@@ -103,10 +128,26 @@ impl RequestBuilder {
     }
 }
 
+/// Reads a whole response.
+pub(crate) async fn read_response(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> anyhow::Result<Response> {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Response {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    })
+}
+
 /// A complete response.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: StatusCode,
+    /// The HTTP version the response arrived in.
+    pub version: hyper::Version,
     pub headers: HeaderMap,
     pub body: Bytes,
 }

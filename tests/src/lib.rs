@@ -29,6 +29,7 @@ pub mod process;
 pub mod ratelimit;
 pub mod redis;
 pub mod routes_yaml;
+pub mod tls;
 pub mod traffic;
 pub mod upstream;
 
@@ -40,5 +41,6 @@ pub use http::{get, request, Response};
 pub use ports::reserve_port;
 pub use process::Process;
 pub use routes_yaml::RoutesYaml;
+pub use tls::{IssuedCertificate, TestCa, TlsClient, TlsResponse};
 pub use traffic::{traffic, Traffic, TrafficReport};
 pub use upstream::{Upstream, UpstreamHandle};

@@ -20,7 +20,11 @@ use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::PathWithEscapedSlashesAction;
 use tollgate_routes::{EscapedSlashes, Listener as ListenerConfig};
 
-use super::{ads_config_source, any, auth, body_limit, cors, local_reply, rate_limit};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
+
+use super::{
+    ads_config_source, any, auth, body_limit, cors, listener_tls, local_reply, rate_limit,
+};
 
 fn escaped_slashes_action(escaped: EscapedSlashes) -> PathWithEscapedSlashesAction {
     match escaped {
@@ -85,6 +89,9 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
     ));
     let manager = HttpConnectionManager {
         stat_prefix: config.name.clone(),
+        // HTTP/2 or HTTP/1.1 as ALPN chose on TLS listeners; on plaintext ones, HTTP/2 when
+        // the connection opens with its preface (prior knowledge, RFC 9113 §3.3), else 1.1.
+        codec_type: CodecType::Auto as i32,
         route_specifier: Some(RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source()),
             route_config_name: config.name.clone(),
@@ -124,6 +131,10 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
                 name: "envoy.filters.network.http_connection_manager".into(),
                 config_type: Some(filter::ConfigType::TypedConfig(any(&manager))),
             }],
+            transport_socket: config
+                .tls
+                .as_ref()
+                .map(|tls| listener_tls::downstream_tls(&config.name, tls)),
             ..Default::default()
         }],
         ..Default::default()

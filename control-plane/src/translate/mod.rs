@@ -12,6 +12,7 @@ mod cors;
 mod headers;
 mod json_format;
 mod listener;
+mod listener_tls;
 mod local_reply;
 mod rate_limit;
 mod retry;
@@ -25,14 +26,15 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::google::protobuf::{Any, Duration as ProtoDuration};
 use prost::Name;
 use tollgate_routes::route_policy::RouteCors;
-use tollgate_routes::RoutesConfig;
+use tollgate_routes::{ListenerCertificates, RoutesConfig};
 
 pub use auth::CONSUMER_HEADER;
 
 use crate::snapshot::{type_url, Resource, Snapshot};
 
-/// Builds the complete Envoy configuration for `config`.
-pub fn translate(config: &RoutesConfig) -> Snapshot {
+/// Builds the complete Envoy configuration for `config`, with the certificates its TLS
+/// listeners serve (as read with it by [`tollgate_routes::parse_with_files`]).
+pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> Snapshot {
     let mut resources: Vec<(&'static str, Resource)> = Vec::new();
     let mut add_cluster = |cluster: envoy_types::pb::envoy::config::cluster::v3::Cluster,
                            assignment: Option<_>| {
@@ -114,6 +116,13 @@ pub fn translate(config: &RoutesConfig) -> Snapshot {
             type_url::ROUTE,
             Resource::new(&l.name, type_url::ROUTE, &routes),
         ));
+        if let Some(certificate) = l.tls.as_ref().and(certificates.get(&l.name)) {
+            let secret = listener_tls::secret(&l.name, certificate);
+            resources.push((
+                type_url::SECRET,
+                Resource::new(&secret.name, type_url::SECRET, &secret),
+            ));
+        }
     }
     Snapshot::new(resources)
 }

@@ -55,7 +55,10 @@ sidecars:
 "#;
 
 fn snapshot(text: &str) -> Snapshot {
-    translate(&tollgate_routes::parse("routes.yaml", text).expect("valid"))
+    translate(
+        &tollgate_routes::parse("routes.yaml", text).expect("valid"),
+        &Default::default(),
+    )
 }
 
 fn decode<M: Message + Default>(snapshot: &Snapshot, type_url: &str, name: &str) -> M {

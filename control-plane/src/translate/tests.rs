@@ -35,7 +35,10 @@ routes:
 ";
 
 fn snapshot() -> Snapshot {
-    translate(&tollgate_routes::parse("routes.yaml", CONFIG).expect("valid"))
+    translate(
+        &tollgate_routes::parse("routes.yaml", CONFIG).expect("valid"),
+        &Default::default(),
+    )
 }
 
 fn route_named<'a>(
@@ -176,7 +179,10 @@ sidecars:
 ";
 
 fn protected() -> Snapshot {
-    translate(&tollgate_routes::parse("routes.yaml", PROTECTED).expect("valid"))
+    translate(
+        &tollgate_routes::parse("routes.yaml", PROTECTED).expect("valid"),
+        &Default::default(),
+    )
 }
 
 fn manager(snapshot: &Snapshot, listener: &str) -> HttpConnectionManager {
@@ -370,6 +376,7 @@ fn routes_keep_per_route_stats_unless_turned_off() {
             &format!("{CONFIG}observability: {{route_stats: false}}\n"),
         )
         .expect("valid"),
+        &Default::default(),
     );
     let routes: RouteConfiguration = decode(&off, type_url::ROUTE, "public");
     assert!(routes.virtual_hosts[0]

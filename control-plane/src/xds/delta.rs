@@ -114,7 +114,7 @@ fn diff<'a>(
 pub(crate) struct DeltaStream {
     target: Option<Arc<Snapshot>>,
     retained: RetainedResources,
-    types: [TypeState; 4],
+    types: [TypeState; ServedType::ALL.len()],
     /// The type whose response awaits an ACK/NACK. Only one response is outstanding at a
     /// time: Envoy applies and answers each before the next type is pushed, which is what makes
     /// the order CDS → EDS → LDS → RDS hold on the client (xDS protocol, "Aggregated Discovery

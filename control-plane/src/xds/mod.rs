@@ -3,7 +3,7 @@
 //!
 //! This module only speaks the protocol (streams, versions, nonces, ACK/NACK, push order)
 //! against the [`SnapshotCache`]; it knows nothing of where resources come from. Every stream
-//! converges its client to the newest snapshot, pushing CDS → EDS → LDS → RDS one response at a
+//! converges its client to the newest snapshot, pushing CDS → EDS → LDS → RDS → SDS one response at a
 //! time and removing stale clusters last, as the xDS protocol's make-before-break rules ask
 //! (<https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol>).
 

@@ -27,7 +27,7 @@ pub struct NodeStatus {
     /// Every type the node subscribed to has ACKed the current snapshot's content, including the
     /// final CDS that drops clusters kept for make-before-break.
     pub in_sync: bool,
-    /// Keyed by short type name: "cluster", "endpoint", "listener", "route".
+    /// Keyed by short type name: "cluster", "endpoint", "listener", "route", "secret".
     pub types: BTreeMap<String, TypeStatus>,
 }
 

@@ -38,7 +38,7 @@ impl NonceSource {
 /// wait out Envoy's initial fetch timeout (15 s).
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
-    pending: [bool; 4],
+    pending: [bool; ServedType::ALL.len()],
 }
 
 impl InFlight {
@@ -131,7 +131,7 @@ impl RetainedResources {
         match served {
             ServedType::Cluster => Some(&self.clusters),
             ServedType::Endpoint => Some(&self.endpoints),
-            ServedType::Listener | ServedType::Route => None,
+            ServedType::Listener | ServedType::Route | ServedType::Secret => None,
         }
     }
 
@@ -139,7 +139,7 @@ impl RetainedResources {
         match served {
             ServedType::Cluster => Some(&mut self.clusters),
             ServedType::Endpoint => Some(&mut self.endpoints),
-            ServedType::Listener | ServedType::Route => None,
+            ServedType::Listener | ServedType::Route | ServedType::Secret => None,
         }
     }
 }

@@ -2,23 +2,26 @@
 
 use crate::snapshot::type_url;
 
-/// One of the four served xDS types; `Ord` is make-before-break order (xDS protocol, "Eventual
-/// consistency considerations": CDS, then EDS, then LDS, then RDS).
+/// One of the served xDS types; `Ord` is make-before-break order (xDS protocol, "Eventual
+/// consistency considerations": CDS, then EDS, then LDS, then RDS), then SDS (see
+/// [`type_url`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum ServedType {
     Cluster,
     Endpoint,
     Listener,
     Route,
+    Secret,
 }
 
 impl ServedType {
     /// Every served type, in push order.
-    pub const ALL: [ServedType; 4] = [
+    pub const ALL: [ServedType; 5] = [
         ServedType::Cluster,
         ServedType::Endpoint,
         ServedType::Listener,
         ServedType::Route,
+        ServedType::Secret,
     ];
 
     pub fn from_url(url: &str) -> Option<Self> {
@@ -42,6 +45,7 @@ impl ServedType {
             ServedType::Endpoint => "endpoint",
             ServedType::Listener => "listener",
             ServedType::Route => "route",
+            ServedType::Secret => "secret",
         }
     }
 

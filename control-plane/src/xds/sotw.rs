@@ -110,7 +110,7 @@ struct TypeState {
 pub(crate) struct SotwStream {
     target: Option<Arc<Snapshot>>,
     retained: RetainedResources,
-    types: [TypeState; 4],
+    types: [TypeState; ServedType::ALL.len()],
     /// Pushes awaiting an ACK/NACK; see [`InFlight`] for the ordering it enforces.
     in_flight: InFlight,
     nonces: NonceSource,

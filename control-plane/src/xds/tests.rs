@@ -9,10 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource, Node};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    secret, GenericSecret, Secret,
+};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -38,7 +41,8 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 }
 
 /// Builds a snapshot from `kind:name=tag` words: kinds `c` (cluster), `e` (endpoints), `l`
-/// (listener), `r` (route); a different tag gives the resource different content.
+/// (listener), `r` (route), `s` (secret); a different tag gives the resource different
+/// content.
 fn snapshot(spec: &str) -> Snapshot {
     Snapshot::new(spec.split_whitespace().map(|word| {
         let (kind, rest) = word.split_once(':').expect("kind:name=tag");
@@ -92,13 +96,31 @@ fn snapshot(spec: &str) -> Snapshot {
                     Resource::new(name, type_url::ROUTE, &route),
                 )
             }
+            "s" => {
+                let secret = Secret {
+                    name: name.into(),
+                    r#type: Some(secret::Type::GenericSecret(GenericSecret {
+                        secret: Some(DataSource {
+                            specifier: Some(data_source::Specifier::InlineString(format!(
+                                "tag{tag}"
+                            ))),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })),
+                };
+                (
+                    type_url::SECRET,
+                    Resource::new(name, type_url::SECRET, &secret),
+                )
+            }
             other => panic!("unknown kind {other}"),
         }
     }))
 }
 
 /// A type Tollgate does not serve.
-const UNSERVED: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+const UNSERVED: &str = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
 
 const BASE: &str = "c:a=1 c:b=1 e:a=1 e:b=1 l:main=1 r:main=1";
 
@@ -114,6 +136,7 @@ fn resource_name(any: &Any) -> String {
         }
         type_url::LISTENER => Listener::decode(bytes).expect("listener").name,
         type_url::ROUTE => RouteConfiguration::decode(bytes).expect("route").name,
+        type_url::SECRET => Secret::decode(bytes).expect("secret").name,
         other => panic!("unexpected type {other}"),
     }
 }
@@ -128,6 +151,7 @@ fn short(type_url: &str) -> &'static str {
         type_url::ENDPOINT => "endpoint",
         type_url::LISTENER => "listener",
         type_url::ROUTE => "route",
+        type_url::SECRET => "secret",
         _ => "unserved",
     }
 }
@@ -435,6 +459,53 @@ async fn initial_sotw_subscribe_gets_all_four_types_in_order() {
     let mut nonces: Vec<_> = responses.iter().map(|r| r.nonce.clone()).collect();
     nonces.dedup();
     assert_eq!(nonces.len(), 4, "every response has a fresh nonce");
+}
+
+#[tokio::test]
+async fn a_secret_is_pushed_after_routes_and_a_changed_secret_alone_is_pushed_alone() {
+    let server = Server::start().await;
+    server.publish(&format!("{BASE} s:main=1"));
+    let mut envoy = server.sotw("edge-1").await;
+    envoy.sync_base().await;
+    // Envoy asks for a listener's certificate by name once it has the listener.
+    envoy.subscribe(type_url::SECRET, &["main"]).await;
+    let response = envoy.recv().await;
+    assert_eq!(short(&response.type_url), "secret");
+    assert_eq!(names(&response), ["main"]);
+    envoy.ack(&response, &["main"]).await;
+
+    // A rotated certificate: only SDS changes, so only SDS is pushed (the listener, and the
+    // connections it holds, are left alone).
+    let next = server.publish(&format!("{BASE} s:main=2"));
+    let response = envoy.recv().await;
+    assert_eq!(short(&response.type_url), "secret");
+    assert_eq!(response.version_info, version(&next, type_url::SECRET));
+    envoy.ack(&response, &["main"]).await;
+    envoy.barrier().await;
+
+    // A listener and its secret changing together: the listener goes first.
+    server.publish("c:a=1 c:b=1 e:a=1 e:b=1 l:main=2 r:main=1 s:main=3");
+    let first = envoy.recv().await;
+    assert_eq!(short(&first.type_url), "listener");
+    envoy.ack(&first, &[]).await;
+    assert_eq!(short(&envoy.recv().await.type_url), "secret");
+}
+
+#[tokio::test]
+async fn a_delta_client_gets_a_rotated_secret_alone() {
+    let server = Server::start().await;
+    server.publish(&format!("{BASE} s:main=1"));
+    let mut envoy = server.delta("edge-1").await;
+    envoy.sync_base().await;
+    envoy.subscribe(type_url::SECRET, &["main"]).await;
+    let response = envoy.recv().await;
+    assert_eq!(delta_names(&response), ["main"]);
+    envoy.ack(&response).await;
+
+    server.publish(&format!("{BASE} s:main=2"));
+    let response = envoy.recv().await;
+    assert_eq!(short(&response.type_url), "secret");
+    assert_eq!(delta_names(&response), ["main"]);
 }
 
 #[tokio::test]

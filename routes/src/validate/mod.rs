@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
+mod listener_tls;
 mod policy;
 mod route_policy;
 mod service_policy;
@@ -17,6 +18,7 @@ use crate::config::{
 use crate::document::{Document, MatchDoc, RouteDoc, ServiceDoc};
 use crate::duration;
 use crate::error::{ConfigError, ConfigErrors};
+use crate::listener_tls::{FileSource, ListenerCertificates};
 
 /// The default upstream connect timeout, Envoy's own default for clusters.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,7 +30,12 @@ const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-pub(crate) fn validate(file: &str, doc: Document) -> Result<RoutesConfig, ConfigErrors> {
+/// Validates `doc`; with `files`, also reads and checks the certificate of every TLS listener.
+pub(crate) fn validate(
+    file: &str,
+    doc: Document,
+    files: Option<&dyn FileSource>,
+) -> Result<(RoutesConfig, ListenerCertificates), ConfigErrors> {
     let mut errors = Errors {
         file,
         found: Vec::new(),
@@ -39,7 +46,7 @@ pub(crate) fn validate(file: &str, doc: Document) -> Result<RoutesConfig, Config
             format!("unsupported version {}: expected 1", doc.version.value),
         );
     }
-    let listeners = listeners(&doc, &mut errors);
+    let (listeners, certificates) = listeners(&doc, files, &mut errors);
     let services: BTreeMap<String, Service> = doc
         .services
         .iter()
@@ -53,7 +60,7 @@ pub(crate) fn validate(file: &str, doc: Document) -> Result<RoutesConfig, Config
     let cors = route_policy::global_cors(&doc, &mut errors);
 
     if errors.found.is_empty() {
-        Ok(RoutesConfig {
+        let config = RoutesConfig {
             listeners,
             services,
             routes,
@@ -61,7 +68,8 @@ pub(crate) fn validate(file: &str, doc: Document) -> Result<RoutesConfig, Config
             sidecars,
             observability,
             cors,
-        })
+        };
+        Ok((config, certificates))
     } else {
         errors.found.sort_by_key(|e| (e.line, e.column));
         Err(ConfigErrors(errors.found))
@@ -84,10 +92,15 @@ impl Errors<'_> {
     }
 }
 
-fn listeners(doc: &Document, errors: &mut Errors) -> Vec<Listener> {
+fn listeners(
+    doc: &Document,
+    files: Option<&dyn FileSource>,
+    errors: &mut Errors,
+) -> (Vec<Listener>, ListenerCertificates) {
     let mut names = HashMap::new();
     let mut addresses: Vec<(SocketAddr, &str)> = Vec::new();
     let mut valid = Vec::new();
+    let mut certificates = ListenerCertificates::default();
     for listener in &doc.listeners {
         check_name(&listener.name, "listener", errors);
         if names.insert(listener.name.value.as_str(), ()).is_some() {
@@ -147,14 +160,22 @@ fn listeners(doc: &Document, errors: &mut Errors) -> Vec<Listener> {
                 }
             },
         };
+        let (tls, certificate) = match &listener.tls {
+            Some(tls) => listener_tls::listener_tls(&listener.name.value, tls, files, errors),
+            None => (None, None),
+        };
+        if let Some(certificate) = certificate {
+            certificates.insert(listener.name.value.clone(), certificate);
+        }
         valid.push(Listener {
             name: listener.name.value.clone(),
             address,
             health_path,
             escaped_slashes,
+            tls,
         });
     }
-    valid
+    (valid, certificates)
 }
 
 fn observability(doc: &Document, errors: &mut Errors) -> Observability {

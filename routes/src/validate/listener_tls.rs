@@ -1,0 +1,107 @@
+//! Checks for a listener's `tls` section: its fields, and, when the caller lets validation
+//! read files, the certificate and key they name.
+
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::Spanned;
+
+use super::Errors;
+use crate::document::ListenerTlsDoc;
+use crate::listener_tls::{
+    CertificateError, FileSource, ListenerTls, ServingCertificate, TlsVersion,
+};
+
+/// The validated settings, and the certificate they name when `files` was given and both
+/// files are a servable pair.
+pub(super) fn listener_tls(
+    listener: &str,
+    node: &Spanned<ListenerTlsDoc>,
+    files: Option<&dyn FileSource>,
+    errors: &mut Errors,
+) -> (Option<ListenerTls>, Option<ServingCertificate>) {
+    let doc = &node.value;
+    let min_version = match &doc.min_version {
+        None => Some(TlsVersion::default()),
+        Some(version) => {
+            let parsed = TlsVersion::parse(&version.value);
+            if parsed.is_none() {
+                errors.at(
+                    version,
+                    format!(
+                        "unknown min_version \"{}\": expected \"1.2\" or \"1.3\"",
+                        version.value
+                    ),
+                );
+            }
+            parsed
+        }
+    };
+    let cert_file = required_path(listener, node, doc.cert_file.as_ref(), "cert_file", errors);
+    let key_file = required_path(listener, node, doc.key_file.as_ref(), "key_file", errors);
+    let (Some(cert_node), Some(key_node), Some(min_version)) = (cert_file, key_file, min_version)
+    else {
+        return (None, None);
+    };
+    let settings = ListenerTls {
+        cert_file: PathBuf::from(&cert_node.value),
+        key_file: PathBuf::from(&key_node.value),
+        min_version,
+    };
+    let Some(files) = files else {
+        return (Some(settings), None);
+    };
+    let chain = read(files, cert_node, "cert_file", errors);
+    let key = read(files, key_node, "key_file", errors);
+    let (Some(chain), Some(key)) = (chain, key) else {
+        return (Some(settings), None);
+    };
+    match ServingCertificate::from_pem(chain, key) {
+        Ok(certificate) => (Some(settings), Some(certificate)),
+        Err(problem) => {
+            let (field, node) = match problem {
+                CertificateError::NotPemCertificate => ("cert_file", cert_node),
+                _ => ("key_file", key_node),
+            };
+            errors.at(node, format!("{field} \"{}\" {problem}", node.value));
+            (Some(settings), None)
+        }
+    }
+}
+
+fn required_path<'d>(
+    listener: &str,
+    node: &Spanned<ListenerTlsDoc>,
+    path: Option<&'d Spanned<String>>,
+    field: &str,
+    errors: &mut Errors,
+) -> Option<&'d Spanned<String>> {
+    match path {
+        None => {
+            errors.at(
+                node,
+                format!("listener \"{listener}\": tls needs a {field}"),
+            );
+            None
+        }
+        Some(path) if path.value.is_empty() => {
+            errors.at(path, format!("{field} is empty"));
+            None
+        }
+        Some(path) => Some(path),
+    }
+}
+
+fn read(
+    files: &dyn FileSource,
+    node: &Spanned<String>,
+    field: &str,
+    errors: &mut Errors,
+) -> Option<Vec<u8>> {
+    match files.read(Path::new(&node.value)) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            errors.at(node, format!("cannot read {field} \"{}\": {e}", node.value));
+            None
+        }
+    }
+}
