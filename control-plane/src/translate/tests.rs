@@ -179,7 +179,7 @@ fn protected() -> Snapshot {
     translate(&tollgate_routes::parse("routes.yaml", PROTECTED).expect("valid"))
 }
 
-fn manager(snapshot: &Snapshot, listener: &str) -> HttpConnectionManager {
+pub(super) fn manager(snapshot: &Snapshot, listener: &str) -> HttpConnectionManager {
     let listener: Listener = decode(snapshot, type_url::LISTENER, listener);
     let Some(filter::ConfigType::TypedConfig(any)) =
         &listener.filter_chains[0].filters[0].config_type
