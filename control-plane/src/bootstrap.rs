@@ -73,6 +73,12 @@ dynamic_resources:
       - envoy_grpc: {{cluster_name: tollgate_xds}}
   cds_config: {{ads: {{}}, resource_api_version: V3}}
   lds_config: {{ads: {{}}, resource_api_version: V3}}
+bootstrap_extensions:
+  # Internal listeners (in-process, no socket): the response cache fills itself through one,
+  # so that its requests get the routes' rewrites and header edits (envoyproxy/envoy#39135).
+  - name: envoy.bootstrap.internal_listener
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
 layered_runtime:
   layers:
     - name: tollgate

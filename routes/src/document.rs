@@ -10,7 +10,9 @@ use crate::error::{ConfigError, ConfigErrors};
 
 mod route_policy;
 
-pub(crate) use route_policy::{BackoffDoc, CorsDoc, HeaderEditsDoc, RegexRewriteDoc, RetriesDoc};
+pub(crate) use route_policy::{
+    BackoffDoc, CacheDoc, CorsDoc, HeaderEditsDoc, RegexRewriteDoc, RetriesDoc,
+};
 
 mod service_policy;
 pub(crate) use service_policy::{
@@ -107,6 +109,7 @@ pub(crate) struct RouteDoc {
     pub rewrite_regex: Option<Spanned<RegexRewriteDoc>>,
     pub host_rewrite: Option<Spanned<String>>,
     pub max_request_bytes: Option<Spanned<u64>>,
+    pub cache: Option<Spanned<CacheDoc>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,5 @@
 //! The validated per-route traffic policies of routes.yaml: retries, idle timeout, CORS,
-//! header edits, regex and host rewrites, and a request body limit.
+//! header edits, regex and host rewrites, a request body limit, and a response cache.
 //!
 //! Each is plain data that says what the gateway does, in routes.yaml's terms; the control
 //! plane turns them into Envoy route settings and per-route filter configs.
@@ -22,6 +22,17 @@ pub struct TrafficPolicy {
     pub host_rewrite: Option<String>,
     /// Requests with a larger body are refused with 413 before reaching the upstream.
     pub max_request_bytes: Option<u32>,
+    /// GET and HEAD answers kept by the gateway and served without an upstream hop.
+    pub cache: Option<ResponseCache>,
+}
+
+/// A shared response cache for GET and HEAD (Envoy's `cache_v2` filter): an answer is
+/// kept while fresh by RFC 9111 and served without reaching the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseCache {
+    /// How long an answer stays fresh when the upstream says nothing about freshness (no
+    /// `Cache-Control`); whole seconds, as `max-age` is (RFC 9111 §1.2.2).
+    pub ttl: Duration,
 }
 
 /// Retry a failed request on the same service.

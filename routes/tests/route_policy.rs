@@ -388,3 +388,64 @@ fn the_server_header_cannot_be_set_but_removing_it_is_harmless() {
     )
     .expect("removing server is accepted");
 }
+
+#[test]
+fn cache_parses_its_ttl() {
+    let config = parse(
+        "routes.yaml",
+        &with_route_policy("    cache: {ttl: 1m30s}\n"),
+    )
+    .expect("valid");
+    let cache = config.routes[0].traffic.cache.expect("cache");
+    assert_eq!(cache.ttl, Duration::from_secs(90));
+}
+
+#[test]
+fn routes_without_cache_have_none() {
+    let config = parse("routes.yaml", &with_route_policy("")).expect("valid");
+    assert_eq!(config.routes[0].traffic.cache, None);
+}
+
+#[test]
+fn cache_ttl_must_be_whole_positive_seconds() {
+    assert_one_error("    cache: {ttl: 0s}\n", "9:18:", "greater than zero");
+    assert_one_error("    cache: {ttl: 1500ms}\n", "9:18:", "whole seconds");
+    assert_one_error("    cache: {ttl: soon}\n", "9:18:", "");
+    assert_one_error("    cache: {}\n", "9:", "ttl");
+    assert_one_error("    cache: {ttl: 1s, max_age: 2s}\n", "9:", "unknown field");
+}
+
+#[test]
+fn cache_is_refused_on_a_route_with_auth() {
+    let text = "\
+version: 1
+listeners: [{name: public, address: 127.0.0.1:8080}]
+services:
+  invoices: {endpoints: [\"127.0.0.1:3000\"]}
+auth_providers:
+  main: {issuer: https://id.example.com, audiences: [api], jwks_file: jwks.json}
+sidecars:
+  ext_authz: {address: 127.0.0.1:9191}
+routes:
+  - name: invoices
+    match: {prefix: /v1/}
+    service: invoices
+    auth: {provider: main}
+    cache: {ttl: 30s}
+";
+    assert_error_at(text, "14:12:", "cache cannot be combined with auth");
+}
+
+#[test]
+fn cache_is_refused_on_a_route_matching_neither_get_nor_head() {
+    let text = with_route_policy("    cache: {ttl: 30s}\n").replace(
+        "match: {prefix: /v1/}",
+        "match: {prefix: /v1/, methods: [POST]}",
+    );
+    assert_error_at(&text, "9:12:", "only to GET and HEAD");
+    let head_only = with_route_policy("    cache: {ttl: 30s}\n").replace(
+        "match: {prefix: /v1/}",
+        "match: {prefix: /v1/, methods: [head]}",
+    );
+    parse("routes.yaml", &head_only).expect("HEAD is cacheable");
+}

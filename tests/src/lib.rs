@@ -22,7 +22,9 @@ pub mod binaries;
 pub mod control_plane;
 pub mod envoy;
 pub mod eventually;
+
 pub mod ext_authz;
+pub mod gateway;
 pub mod http;
 pub mod ports;
 pub mod process;
@@ -37,6 +39,7 @@ pub use control_plane::{validate, ControlPlane, RunningControlPlane, Validation,
 pub use envoy::{Envoy, RunningEnvoy, XdsVariant};
 pub use eventually::{eventually, eventually_within, DEFAULT_PATIENCE};
 pub use ext_authz::{tokens, ExtAuthz, RunningExtAuthz};
+pub use gateway::Gateway;
 pub use http::{get, request, Response};
 pub use ports::reserve_port;
 pub use process::Process;

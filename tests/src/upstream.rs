@@ -2,8 +2,9 @@
 //!
 //! Each answers every request with a JSON echo of what it received,
 //! `{"upstream": NAME, "method": …, "path": …, "headers": {…}}`, so a test can tell which
-//! service Envoy chose and what path and headers reached it. Options: a fixed status, and a
-//! delay for chosen paths (to provoke route timeouts), and a health path whose status the
+//! service Envoy chose and what path and headers reached it. Options: a fixed status, a
+//! delay for chosen paths (to provoke route timeouts), extra response headers for chosen
+//! paths (`cache-control`, `set-cookie`, for caches), and a health path whose status the
 //! test flips at run time ([`UpstreamHandle::set_health`]). Every request is counted, except
 //! those to the health path, so that counts show where traffic went.
 
@@ -33,6 +34,8 @@ pub struct Upstream {
     /// Path → (how many requests fail, with which status).
     failures: HashMap<String, (usize, StatusCode)>,
     health_path: Option<String>,
+    /// Path → headers added to its answers.
+    headers: HashMap<String, Vec<(String, String)>>,
 }
 
 impl Upstream {
@@ -44,7 +47,17 @@ impl Upstream {
             delays: HashMap::new(),
             failures: HashMap::new(),
             health_path: None,
+            headers: HashMap::new(),
         }
+    }
+
+    /// Adds `name: value` to every answer to exactly `path` (without query).
+    pub fn header_on(mut self, path: &str, name: &str, value: &str) -> Self {
+        self.headers
+            .entry(path.to_owned())
+            .or_default()
+            .push((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// Answers every request with `status` (the body is still the echo).
@@ -228,9 +241,19 @@ async fn answer(
             status = *failure;
         }
     }
-    let response = hyper::Response::builder()
+    let mut response = hyper::Response::builder()
         .status(status)
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    for (name, value) in state
+        .config
+        .headers
+        .get(request.uri().path())
+        .into_iter()
+        .flatten()
+    {
+        response = response.header(name, value);
+    }
+    let response = response
         .body(Full::new(Bytes::from(echo.to_string())))
         .expect("a response built from valid parts");
     Ok(response)

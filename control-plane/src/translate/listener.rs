@@ -67,13 +67,16 @@ pub(super) struct ListenerFilters {
     pub rate_limit: Option<Any>,
     /// The buffer filter config, when a route on this listener limits request bodies.
     pub body_limit: Option<Any>,
+    /// The cache filter, when a route on this listener has `cache`.
+    pub cache: Option<HttpFilter>,
     pub access_log: Option<AccessLog>,
 }
 
 pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Listener {
     // Order matters. CORS first, so preflights are answered before anything asks for a
-    // token. Buffering last, so a client refused by auth or a rate limit never makes the
-    // gateway hold its body in memory.
+    // token. Buffering after auth and rate limits, so a client refused by them never makes
+    // the gateway hold its body in memory. The cache last: an answer from the cache still
+    // needs the token and counts against the limits, as one from the upstream does.
     let mut http_filters: Vec<HttpFilter> = [
         (cors::FILTER_NAME, filters.cors.as_ref()),
         (auth::FILTER_NAME, filters.ext_authz.as_ref()),
@@ -83,6 +86,7 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
     .into_iter()
     .filter_map(|(name, config)| config.map(|c| http_filter(name, c.clone())))
     .collect();
+    http_filters.extend(filters.cache.iter().cloned());
     http_filters.push(http_filter(
         "envoy.filters.http.router",
         any(&Router::default()),
@@ -127,15 +131,22 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
             })),
         }),
         filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".into(),
-                config_type: Some(filter::ConfigType::TypedConfig(any(&manager))),
-            }],
             transport_socket: config
                 .tls
                 .as_ref()
                 .map(|tls| listener_tls::downstream_tls(&config.name, tls)),
-            ..Default::default()
+            ..http_filter_chain(&manager)
+        }],
+        ..Default::default()
+    }
+}
+
+/// A listener's one filter chain: the HTTP connection manager.
+pub(super) fn http_filter_chain(manager: &HttpConnectionManager) -> FilterChain {
+    FilterChain {
+        filters: vec![Filter {
+            name: "envoy.filters.network.http_connection_manager".into(),
+            config_type: Some(filter::ConfigType::TypedConfig(any(manager))),
         }],
         ..Default::default()
     }

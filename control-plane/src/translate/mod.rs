@@ -15,6 +15,7 @@ mod listener;
 mod listener_tls;
 mod local_reply;
 mod rate_limit;
+mod response_cache;
 mod retry;
 mod route;
 
@@ -74,6 +75,7 @@ pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> 
             .rate_limit
             .as_ref()
             .filter(|_| config.routes_on(&l.name).any(|r| !r.rate_limits.is_empty()));
+        let cached = config.routes_on(&l.name).any(|r| r.traffic.cache.is_some());
         let filters = listener::ListenerFilters {
             strip_headers: strip_headers.clone(),
             ext_authz: ext_authz.map(auth::filter),
@@ -88,6 +90,7 @@ pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> 
                 .filter_map(|r| r.traffic.max_request_bytes)
                 .max()
                 .map(body_limit::filter),
+            cache: cached.then(|| response_cache::filter(&l.name)),
             access_log: config
                 .observability
                 .access_log
@@ -121,6 +124,31 @@ pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> 
             resources.push((
                 type_url::SECRET,
                 Resource::new(&secret.name, type_url::SECRET, &secret),
+            ));
+        }
+        if cached {
+            let name = response_cache::fill_name(&l.name);
+            let cluster = response_cache::fill_cluster(&l.name);
+            resources.push((
+                type_url::CLUSTER,
+                Resource::new(&name, type_url::CLUSTER, &cluster),
+            ));
+            resources.push((
+                type_url::LISTENER,
+                Resource::new(
+                    &name,
+                    type_url::LISTENER,
+                    &response_cache::fill_listener(&l.name),
+                ),
+            ));
+            let mut fill = route::cache_fill_configuration(l, config.routes_on(&l.name));
+            cluster::add_hash_policies(&mut fill, &config.services);
+            if !config.observability.route_stats {
+                route::without_route_stats(&mut fill);
+            }
+            resources.push((
+                type_url::ROUTE,
+                Resource::new(&name, type_url::ROUTE, &fill),
             ));
         }
     }

@@ -1,5 +1,6 @@
 //! One RouteConfiguration per listener: the routes served there, in file order, each with
-//! its traffic policies (retries, timeouts, rewrites, header edits, CORS, body limit).
+//! its traffic policies (retries, timeouts, rewrites, header edits, CORS, body limit, cache),
+//! and for listeners with cached routes the cache-fill configuration those routes share.
 
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, route::Action, route_action::ClusterSpecifier,
@@ -15,7 +16,9 @@ use tollgate_routes::route_policy::{CorsPolicy, RouteCors};
 use tollgate_routes::{Listener, PathMatch, Route, RouteMatch};
 
 use super::json_format::json_format;
-use super::{auth, body_limit, cors, headers, proto_duration, rate_limit, retry, stable_map};
+use super::{
+    auth, body_limit, cors, headers, proto_duration, rate_limit, response_cache, retry, stable_map,
+};
 
 /// `default_cors`: the top-level `cors`, for routes without their own.
 pub(super) fn route_configuration<'a>(
@@ -57,6 +60,42 @@ pub(super) fn route_configuration<'a>(
             domains: vec!["*".into()],
             routes: envoy_routes,
             typed_per_filter_config: stable_map(virtual_host_filters),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The routes the cache filter's side channel reaches through the internal listener
+/// ([`response_cache`]): the cached routes only, in file order, with the same route actions
+/// as on the public listener and nothing for filters the internal listener does not run.
+/// Each adds `cache-control: max-age=<ttl>` where the upstream sent none.
+pub(super) fn cache_fill_configuration<'a>(
+    listener: &Listener,
+    routes: impl Iterator<Item = &'a Route>,
+) -> RouteConfiguration {
+    let name = response_cache::fill_name(&listener.name);
+    let envoy_routes = routes
+        .filter_map(|r| {
+            let cache = r.traffic.cache.as_ref()?;
+            let mut fill = route(r, false, false);
+            fill.typed_per_filter_config.clear();
+            if let Some(Action::Route(action)) = fill.action.as_mut() {
+                action.rate_limits.clear();
+            }
+            // After the route's own edits, so a `cache-control` the route sets counts as
+            // the upstream's.
+            fill.response_headers_to_add
+                .push(response_cache::default_freshness(cache));
+            Some(fill)
+        })
+        .collect();
+    RouteConfiguration {
+        name: name.clone(),
+        virtual_hosts: vec![VirtualHost {
+            name,
+            domains: vec!["*".into()],
+            routes: envoy_routes,
             ..Default::default()
         }],
         ..Default::default()
@@ -146,6 +185,12 @@ fn route(route: &Route, ext_authz: bool, default_cors: bool) -> EnvoyRoute {
                 (
                     body_limit::FILTER_NAME.to_string(),
                     body_limit::per_route(Some(bytes)),
+                )
+            }))
+            .chain(traffic.cache.map(|_| {
+                (
+                    response_cache::FILTER_NAME.to_string(),
+                    response_cache::per_route(),
                 )
             })),
     );

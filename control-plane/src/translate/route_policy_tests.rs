@@ -1,21 +1,26 @@
 //! Per-route traffic policies as Envoy sees them: route settings, per-route filter configs,
 //! and the filters a listener runs for them, in order.
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{listener::ListenerSpecifier, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, route::Action, route_action::HostRewriteSpecifier,
-    Route as EnvoyRoute, RouteAction, RouteConfiguration,
+    FilterConfig, Route as EnvoyRoute, RouteAction, RouteConfiguration,
 };
 use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::{
     buffer_per_route::Override as BufferOverride, BufferPerRoute,
 };
+use envoy_types::pb::envoy::extensions::filters::http::cache_v2::v3::CacheV2Config;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_filter, HttpFilter,
+};
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
+use super::super::tests::manager as manager_of;
 use super::super::translate;
 use crate::snapshot::{type_url, Snapshot};
 
@@ -86,14 +91,7 @@ fn action(route: &EnvoyRoute) -> &RouteAction {
 }
 
 fn http_filter_names(snapshot: &Snapshot, listener: &str) -> Vec<String> {
-    let listener: Listener = decode(snapshot, type_url::LISTENER, listener);
-    let Some(filter::ConfigType::TypedConfig(any)) =
-        &listener.filter_chains[0].filters[0].config_type
-    else {
-        panic!("typed config expected")
-    };
-    HttpConnectionManager::decode(any.value.as_slice())
-        .expect("hcm")
+    manager_of(snapshot, listener)
         .http_filters
         .into_iter()
         .map(|f| f.name)
@@ -291,4 +289,137 @@ fn policies_with_maps_translate_to_the_same_version_every_time() {
         .map(|_| snapshot(&text).version().to_string())
         .collect();
     assert_eq!(versions.len(), 1, "{versions:?}");
+}
+
+const CACHED: &str = r#"
+version: 1
+listeners:
+  - {name: public, address: 0.0.0.0:8080}
+  - {name: plain, address: 127.0.0.1:8081}
+services:
+  catalogue: {endpoints: ["127.0.0.1:3000"]}
+routes:
+  - name: uncached-first
+    listener: public
+    match: {prefix: /v1/live/}
+    service: catalogue
+  - name: catalogue
+    listener: public
+    match: {prefix: /v1/}
+    service: catalogue
+    rewrite_prefix: /items/
+    request_headers: {set: {x-from: gw}}
+    response_headers: {set: {x-served-by: gw}}
+    timeout: 2s
+    cache: {ttl: 30s}
+  - name: plain
+    listener: plain
+    match: {prefix: /}
+    service: catalogue
+"#;
+
+fn cache_filter(snapshot: &Snapshot, listener: &str) -> Option<HttpFilter> {
+    manager_of(snapshot, listener)
+        .http_filters
+        .into_iter()
+        .find(|f| f.name == "envoy.filters.http.cache_v2")
+}
+
+#[test]
+fn the_cache_filter_runs_last_before_the_router_and_only_where_a_route_caches() {
+    let snapshot = snapshot(CACHED);
+    let names = http_filter_names(&snapshot, "public");
+    assert_eq!(
+        names[names.len() - 2..],
+        ["envoy.filters.http.cache_v2", "envoy.filters.http.router"]
+    );
+    assert!(cache_filter(&snapshot, "plain").is_none());
+    assert!(!snapshot
+        .resources(type_url::LISTENER)
+        .resources
+        .contains_key("tollgate_cache_fill:plain"));
+}
+
+#[test]
+fn the_cache_filter_is_off_by_default_and_switched_on_by_cached_routes_only() {
+    let snapshot = snapshot(CACHED);
+    let filter = cache_filter(&snapshot, "public").expect("cache filter");
+    assert!(filter.disabled, "routes without cache must never cache");
+    let Some(http_filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+        panic!("typed config expected")
+    };
+    let config: CacheV2Config = decode_any(any);
+    assert_eq!(
+        config.override_upstream_cluster,
+        "tollgate_cache_fill:public"
+    );
+    assert!(config.ignore_request_cache_control_header);
+    let routes = routes(&snapshot, "public");
+    let on: FilterConfig = decode_any(
+        &route(&routes, "catalogue").typed_per_filter_config["envoy.filters.http.cache_v2"],
+    );
+    assert!(!on.disabled);
+    assert!(!route(&routes, "uncached-first")
+        .typed_per_filter_config
+        .contains_key("envoy.filters.http.cache_v2"));
+}
+
+#[test]
+fn the_side_channel_reaches_an_internal_listener_routing_with_the_same_actions() {
+    let snapshot = snapshot(CACHED);
+    let cluster: Cluster = decode(&snapshot, type_url::CLUSTER, "tollgate_cache_fill:public");
+    let endpoint = &cluster.load_assignment.expect("endpoints").endpoints[0].lb_endpoints[0];
+    assert!(format!("{endpoint:?}").contains("ServerListenerName(\"tollgate_cache_fill:public\")"));
+    let listener: Listener = decode(&snapshot, type_url::LISTENER, "tollgate_cache_fill:public");
+    assert!(matches!(
+        listener.listener_specifier,
+        Some(ListenerSpecifier::InternalListener(_))
+    ));
+    let manager = manager_of(&snapshot, "tollgate_cache_fill:public");
+    let names: Vec<&str> = manager
+        .http_filters
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    // No ext_authz or rate limit again: they ran on the client's request.
+    assert_eq!(
+        names,
+        ["envoy.filters.http.lua", "envoy.filters.http.router"]
+    );
+    assert!(manager.skip_xff_append);
+
+    let public = routes(&snapshot, "public");
+    let fill = routes(&snapshot, "tollgate_cache_fill:public");
+    assert_eq!(
+        fill.virtual_hosts[0]
+            .routes
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["catalogue"],
+        "only cached routes: the side channel carries nothing else"
+    );
+    let (public_route, fill_route) = (route(&public, "catalogue"), route(&fill, "catalogue"));
+    assert_eq!(public_route.r#match, fill_route.r#match);
+    assert_eq!(action(public_route), action(fill_route));
+    assert_eq!(
+        public_route.request_headers_to_add,
+        fill_route.request_headers_to_add
+    );
+    assert!(fill_route.typed_per_filter_config.is_empty());
+    let added = &fill_route.response_headers_to_add;
+    assert_eq!(
+        added[..added.len() - 1],
+        public_route.response_headers_to_add[..]
+    );
+    let freshness = added.last().expect("default freshness");
+    let header = freshness.header.as_ref().expect("header");
+    assert_eq!(
+        (header.key.as_str(), header.value.as_str()),
+        ("cache-control", "max-age=30")
+    );
+    assert_eq!(
+        freshness.append_action,
+        HeaderAppendAction::AddIfAbsent as i32
+    );
 }

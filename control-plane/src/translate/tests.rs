@@ -185,7 +185,7 @@ fn protected() -> Snapshot {
     )
 }
 
-fn manager(snapshot: &Snapshot, listener: &str) -> HttpConnectionManager {
+pub(super) fn manager(snapshot: &Snapshot, listener: &str) -> HttpConnectionManager {
     let listener: Listener = decode(snapshot, type_url::LISTENER, listener);
     let Some(filter::ConfigType::TypedConfig(any)) =
         &listener.filter_chains[0].filters[0].config_type

@@ -59,6 +59,12 @@ pub(crate) struct RegexRewriteDoc {
     pub substitution: Spanned<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CacheDoc {
+    pub ttl: Spanned<String>,
+}
+
 fn enabled() -> bool {
     true
 }

@@ -1,5 +1,5 @@
 //! Checks for the per-route traffic policies (retries, idle timeout, CORS, header edits,
-//! rewrites, body limit) and the top-level CORS default.
+//! rewrites, body limit, response cache) and the top-level CORS default.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,12 +8,12 @@ use serde_saphyr::Spanned;
 
 use super::{is_dns_name, is_header_name, positive_duration, Errors, METHODS};
 use crate::document::{
-    BackoffDoc, CorsDoc, Document, HeaderEditsDoc, RegexRewriteDoc, RetriesDoc, RouteDoc,
+    BackoffDoc, CacheDoc, CorsDoc, Document, HeaderEditsDoc, RegexRewriteDoc, RetriesDoc, RouteDoc,
 };
 use crate::duration;
 use crate::route_policy::{
-    AllowedOrigin, Backoff, CorsPolicy, HeaderEdits, RegexRewrite, RetryOn, RetryPolicy, RouteCors,
-    TrafficPolicy,
+    AllowedOrigin, Backoff, CorsPolicy, HeaderEdits, RegexRewrite, ResponseCache, RetryOn,
+    RetryPolicy, RouteCors, TrafficPolicy,
 };
 
 /// Each retry multiplies the load a struggling upstream sees; beyond this many tries a
@@ -117,7 +117,56 @@ pub(super) fn traffic_policy(
                 }
             }
         }),
+        cache: route
+            .cache
+            .as_ref()
+            .and_then(|c| response_cache(route, c, errors)),
     }
+}
+
+/// The cache key is the URL alone (Envoy's cache_v2 has no per-consumer key), so a cached
+/// answer on a route with `auth` would be served to every other consumer, and to clients
+/// with no token at all once ext-authz had let the first one through.
+fn response_cache(
+    route: &RouteDoc,
+    node: &Spanned<CacheDoc>,
+    errors: &mut Errors,
+) -> Option<ResponseCache> {
+    let before = errors.found.len();
+    let name = &route.name.value;
+    if route.auth.is_some() {
+        errors.at(
+            node,
+            format!("route \"{name}\": cache cannot be combined with auth: the cache key has no identity, so one consumer's answer would be served to others"),
+        );
+    }
+    // Envoy caches only GET and HEAD: on a route matching neither, `cache` would do nothing.
+    let methods = &route.matcher.value.methods;
+    if !methods.is_empty()
+        && !methods
+            .iter()
+            .any(|m| m.value.eq_ignore_ascii_case("GET") || m.value.eq_ignore_ascii_case("HEAD"))
+    {
+        errors.at(
+            node,
+            format!("route \"{name}\": cache applies only to GET and HEAD, and the route matches neither"),
+        );
+    }
+    let ttl = positive_duration(Some(&node.value.ttl), errors);
+    if let Some(ttl) = ttl {
+        // The TTL becomes `max-age`, which is delta-seconds.
+        if ttl.subsec_nanos() != 0 {
+            errors.at(
+                &node.value.ttl,
+                format!(
+                    "cache.ttl \"{}\" must be whole seconds",
+                    node.value.ttl.value
+                ),
+            );
+        }
+    }
+    let ttl = ttl?;
+    (errors.found.len() == before).then_some(ResponseCache { ttl })
 }
 
 /// Headers ext-authz sets: the consumer id and every forwarded claim's header.
