@@ -57,6 +57,19 @@ pub enum EscapedSlashes {
 pub struct Observability {
     /// Where JSON access log lines go; `None` when disabled.
     pub access_log: Option<AccessLogSink>,
+    /// Where spans go; `None` when tracing is off.
+    pub tracing: Option<Tracing>,
+}
+
+/// OpenTelemetry tracing: Envoy and the sidecars export spans over OTLP/gRPC.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tracing {
+    /// The OTLP/gRPC collector (`HOST:PORT`, plaintext HTTP/2).
+    pub otlp_endpoint: Endpoint,
+    /// The fraction of requests without a sampled parent that start a trace, 0.0 to 1.0.
+    pub sample_rate: f64,
+    /// The `service.name` of the gateway's (Envoy's) spans.
+    pub service_name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -39,6 +39,15 @@ pub(crate) struct Document {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ObservabilityDoc {
     pub access_log: Option<Spanned<AccessLogDoc>>,
+    pub tracing: Option<Spanned<TracingDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TracingDoc {
+    pub otlp_endpoint: Spanned<String>,
+    pub sample_rate: Option<Spanned<f64>>,
+    pub service_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,7 +17,7 @@ mod validate;
 
 pub use config::{
     AccessLogSink, Endpoint, EscapedSlashes, Listener, Observability, PathMatch, Route, RouteMatch,
-    RoutesConfig, Service,
+    RoutesConfig, Service, Tracing,
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use validate::is_valid_name;
