@@ -18,6 +18,7 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::PathWithEscapedSlashesAction;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
 use tollgate_routes::{EscapedSlashes, Listener as ListenerConfig};
 
 use super::{ads_config_source, any, auth, body_limit, cors, local_reply, rate_limit};
@@ -64,6 +65,8 @@ pub(super) struct ListenerFilters {
     /// The buffer filter config, when a route on this listener limits request bodies.
     pub body_limit: Option<Any>,
     pub access_log: Option<AccessLog>,
+    /// OpenTelemetry tracing, when routes.yaml turns it on.
+    pub tracing: Option<HcmTracing>,
 }
 
 pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Listener {
@@ -103,6 +106,7 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
         path_with_escaped_slashes_action: escaped_slashes_action(config.escaped_slashes) as i32,
         local_reply_config: Some(local_reply::local_reply_config()),
         access_log: filters.access_log.iter().cloned().collect(),
+        tracing: filters.tracing.clone(),
         // Before routing and before ext_authz: a client-sent x-consumer-id (or any
         // header ext-authz fills from a claim) must never reach an upstream or a rate
         // limit, on public routes too.

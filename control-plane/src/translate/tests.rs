@@ -49,7 +49,7 @@ fn route_named<'a>(
         .unwrap_or_else(|| panic!("no route {name}"))
 }
 
-fn decode<M: Message + Default>(snapshot: &Snapshot, type_url: &str, name: &str) -> M {
+pub(super) fn decode<M: Message + Default>(snapshot: &Snapshot, type_url: &str, name: &str) -> M {
     let resource = &snapshot.resources(type_url).resources[name];
     M::decode(resource.body.value.as_slice()).expect("decodes")
 }
@@ -179,7 +179,7 @@ fn protected() -> Snapshot {
     translate(&tollgate_routes::parse("routes.yaml", PROTECTED).expect("valid"))
 }
 
-fn manager(snapshot: &Snapshot, listener: &str) -> HttpConnectionManager {
+pub(super) fn manager(snapshot: &Snapshot, listener: &str) -> HttpConnectionManager {
     let listener: Listener = decode(snapshot, type_url::LISTENER, listener);
     let Some(filter::ConfigType::TypedConfig(any)) =
         &listener.filter_chains[0].filters[0].config_type
