@@ -93,6 +93,17 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+impl std::fmt::Display for Endpoint {
+    /// `HOST:PORT`, with an IPv6 host in brackets (RFC 3986 §3.2.2).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 impl Endpoint {
     /// True when `host` is an IP literal, so no DNS resolution is needed.
     pub fn is_ip(&self) -> bool {

@@ -50,7 +50,7 @@ fn every_tracing_field_is_taken_as_written() {
     )
     .expect("valid");
     let tracing = config.observability.tracing.expect("tracing on");
-    assert_eq!(tracing.otlp_endpoint.host, "127.0.0.1");
+    assert_eq!(tracing.otlp_endpoint.to_string(), "127.0.0.1:4317");
     assert!((tracing.sample_rate - 0.01).abs() < f64::EPSILON);
     assert_eq!(tracing.service_name, "edge-eu");
 }
@@ -120,4 +120,15 @@ fn every_tracing_mistake_is_reported_at_once() {
     let text = with_tracing("{otlp_endpoint: \"nope\", sample_rate: 2, service_name: \" \"}");
     let errors = errors(&text);
     assert_eq!(errors.len(), 3, "{errors:#?}");
+}
+
+#[test]
+fn an_ipv6_endpoint_is_written_back_in_brackets() {
+    let config = parse(
+        "routes.yaml",
+        &with_tracing("{otlp_endpoint: \"[::1]:4317\"}"),
+    )
+    .expect("valid");
+    let tracing = config.observability.tracing.expect("tracing on");
+    assert_eq!(tracing.otlp_endpoint.to_string(), "[::1]:4317");
 }
