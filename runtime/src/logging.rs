@@ -1,6 +1,8 @@
 //! `tracing` set up from the environment: the level from `TOLLGATE_LOG` (falling back to
 //! `RUST_LOG`, then `info`), the format from `TOLLGATE_LOG_FORMAT=plain|json`.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::layer::{Filter, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
@@ -23,7 +25,11 @@ pub(crate) fn log_lines<S>() -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
-    let format = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: in a file or a log collector, escape codes
+    // would split `request_id="…"` so that no search finds it.
+    let format = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let layer: Box<dyn Layer<S> + Send + Sync> =
         match std::env::var("TOLLGATE_LOG_FORMAT").as_deref() {
             Ok("json") => Box::new(format.json().with_filter(level_filter())),

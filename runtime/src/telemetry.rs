@@ -166,6 +166,10 @@ impl Telemetry {
             .build();
         let exported = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(service_name))
+            // Source locations and thread names say nothing about a request, and cost
+            // attributes on every span.
+            .with_location(false)
+            .with_threads(false)
             .with_filter(filter_fn(|metadata| metadata.target() == SPAN_TARGET));
         // A second init (in tests) keeps the first subscriber; that is fine.
         drop(

@@ -107,6 +107,10 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
         local_reply_config: Some(local_reply::local_reply_config()),
         access_log: filters.access_log.iter().cloned().collect(),
         tracing: filters.tracing.clone(),
+        request_id_extension: filters
+            .tracing
+            .as_ref()
+            .map(|_| super::tracing::request_id_extension()),
         // Before routing and before ext_authz: a client-sent x-consumer-id (or any
         // header ext-authz fills from a claim) must never reach an upstream or a rate
         // limit, on public routes too.

@@ -11,9 +11,17 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::trace::v3::{tracing::http, OpenTelemetryConfig};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
-use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+use envoy_types::pb::envoy::extensions::tracers::opentelemetry::samplers::v3::{
+    ParentBasedSamplerConfig, TraceIdRatioBasedSamplerConfig,
+};
+use envoy_types::pb::envoy::r#type::v3::{
+    fractional_percent::DenominatorType, FractionalPercent, Percent,
+};
 use envoy_types::pb::envoy::config::trace::v3::tracing::Http as TracingProvider;
-use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::RequestIdExtension;
+use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use tollgate_routes::Tracing;
 
 use super::auth::grpc_service;
@@ -46,12 +54,13 @@ pub(super) fn hcm_tracing(tracing: &Tracing) -> HcmTracing {
             max_cache_size: Some(UInt32Value {
                 value: MAX_CACHED_SPANS,
             }),
+            sampler: Some(sampler(tracing.sample_rate)),
             ..Default::default()
         }))),
     };
     HcmTracing {
-        // Envoy's sampling settings are percentages; routes.yaml's rate is a fraction, as
-        // OpenTelemetry's samplers take it.
+        // With request ids out of sampling (see `request_id_extension`) the tracer's own
+        // sampler decides; the connection manager's percentages are stated to agree with it.
         random_sampling: Some(percent(tracing.sample_rate)),
         // `x-client-trace-id` would let any client force a trace past `sample_rate`; a
         // client that wants its request traced sends a sampled `traceparent` instead, which
@@ -60,6 +69,44 @@ pub(super) fn hcm_tracing(tracing: &Tracing) -> HcmTracing {
         overall_sampling: Some(percent(1.0)),
         provider: Some(provider),
         ..Default::default()
+    }
+}
+
+/// OpenTelemetry's parent-based sampling, in Envoy: a request whose `traceparent` says
+/// sampled (or not) keeps its caller's decision, so a trace begun upstream of the gateway
+/// stays whole; any other request starts a trace with probability `sample_rate`, decided
+/// from its trace id as every OpenTelemetry SDK decides it.
+fn sampler(sample_rate: f64) -> TypedExtensionConfig {
+    // Parts per million: the finest denominator Envoy offers (0.0001%).
+    let per_million = (sample_rate * 1_000_000.0).round() as u32;
+    let ratio = TypedExtensionConfig {
+        name: "envoy.tracers.opentelemetry.samplers.trace_id_ratio_based".to_string(),
+        typed_config: Some(any(&TraceIdRatioBasedSamplerConfig {
+            sampling_percentage: Some(FractionalPercent {
+                numerator: per_million,
+                denominator: DenominatorType::Million as i32,
+            }),
+        })),
+    };
+    TypedExtensionConfig {
+        name: "envoy.tracers.opentelemetry.samplers.parent_based".to_string(),
+        typed_config: Some(any(&ParentBasedSamplerConfig {
+            wrapped_sampler: Some(ratio),
+        })),
+    }
+}
+
+/// Request ids that neither decide nor record sampling. By default Envoy derives the trace
+/// decision from the `x-request-id` UUID and writes it back into the UUID; with client
+/// request ids kept (`preserve_external_request_id`), a client's id that is not a UUID would
+/// make its request untraceable, and a client's UUID would come back altered, breaking the
+/// promise to echo it unchanged. Envoy then leaves the decision to the tracer's sampler.
+pub(super) fn request_id_extension() -> RequestIdExtension {
+    RequestIdExtension {
+        typed_config: Some(any(&UuidRequestIdConfig {
+            pack_trace_reason: Some(BoolValue { value: false }),
+            use_request_id_for_trace_sampling: Some(BoolValue { value: false }),
+        })),
     }
 }
 

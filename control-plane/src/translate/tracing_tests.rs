@@ -90,6 +90,33 @@ fn the_sample_rate_fraction_becomes_envoys_random_sampling_percentage() {
 }
 
 #[test]
+fn the_tracer_samples_parent_based_with_the_rate_in_parts_per_million() {
+    use envoy_types::pb::envoy::extensions::tracers::opentelemetry::samplers::v3::{
+        ParentBasedSamplerConfig, TraceIdRatioBasedSamplerConfig,
+    };
+    let snapshot = traced("{otlp_endpoint: \"127.0.0.1:4317\", sample_rate: 0.01}");
+    let sampler = opentelemetry(&snapshot).sampler.expect("a sampler");
+    assert_eq!(
+        sampler.name,
+        "envoy.tracers.opentelemetry.samplers.parent_based"
+    );
+    let parent_based =
+        ParentBasedSamplerConfig::decode(sampler.typed_config.expect("config").value.as_slice())
+            .expect("decodes");
+    let ratio = parent_based.wrapped_sampler.expect("a wrapped sampler");
+    assert_eq!(
+        ratio.name,
+        "envoy.tracers.opentelemetry.samplers.trace_id_ratio_based"
+    );
+    let ratio = TraceIdRatioBasedSamplerConfig::decode(
+        ratio.typed_config.expect("config").value.as_slice(),
+    )
+    .expect("decodes");
+    let percentage = ratio.sampling_percentage.expect("a percentage");
+    assert_eq!((percentage.numerator, percentage.denominator), (10_000, 2));
+}
+
+#[test]
 fn a_zero_rate_samples_nothing_rather_than_envoys_default_of_everything() {
     let snapshot = traced("{otlp_endpoint: \"127.0.0.1:4317\", sample_rate: 0}");
     let tracing = manager(&snapshot, "public").tracing.expect("tracing on");
@@ -121,4 +148,20 @@ fn access_log_lines_carry_the_trace_id() {
         log.contains("\"trace_id\"") && log.contains("%TRACE_ID%"),
         "{log}"
     );
+}
+
+#[test]
+fn request_ids_neither_decide_nor_carry_the_sampling_decision() {
+    use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
+    let snapshot = traced("{otlp_endpoint: \"127.0.0.1:4317\"}");
+    let extension = manager(&snapshot, "public")
+        .request_id_extension
+        .and_then(|e| e.typed_config)
+        .expect("a request id extension");
+    let config = UuidRequestIdConfig::decode(extension.value.as_slice()).expect("decodes");
+    assert_eq!(
+        config.use_request_id_for_trace_sampling.map(|b| b.value),
+        Some(false)
+    );
+    assert_eq!(config.pack_trace_reason.map(|b| b.value), Some(false));
 }
