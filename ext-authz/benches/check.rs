@@ -204,6 +204,7 @@ fn main() {
             token_cache_size: 100_000,
             jwks_refresh_interval: Duration::from_secs(300),
             jwks_cooldown: Duration::from_secs(30),
+            telemetry: None,
         })
         .await
         .expect("config");

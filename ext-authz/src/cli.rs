@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use tollgate_runtime::telemetry::Telemetry;
+
 use crate::server::Options;
 
 #[derive(Debug, Parser)]
@@ -39,13 +41,14 @@ pub struct Cli {
 }
 
 impl Cli {
-    pub fn options(&self) -> Options {
+    pub fn options(&self, telemetry: Telemetry) -> Options {
         Options {
             routes: self.routes.clone(),
             realm: self.realm.clone(),
             token_cache_size: self.token_cache_size,
             jwks_refresh_interval: self.jwks_refresh_interval,
             jwks_cooldown: self.jwks_cooldown,
+            telemetry: Some(telemetry),
         }
     }
 }

@@ -4,18 +4,19 @@
 use clap::Parser;
 use tollgate_ext_authz::cli::Cli;
 use tollgate_ext_authz::server::{self, StartError};
-use tollgate_runtime::{exit, logging, shutdown};
+use tollgate_runtime::telemetry::Telemetry;
+use tollgate_runtime::{exit, shutdown};
 
 fn main() {
     let cli = Cli::parse();
-    logging::init();
+    let telemetry = Telemetry::init("tollgate-ext-authz");
     tollgate_ext_authz::install_crypto();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|runtime| {
             runtime
                 .block_on(server::run(
-                    cli.options(),
+                    cli.options(telemetry),
                     cli.grpc_addr,
                     cli.metrics_addr,
                     shutdown::signal(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tollgate_routes::ConfigErrors;
 use tollgate_runtime::file_watch::FileChanges;
+use tollgate_runtime::telemetry::{Telemetry, TelemetryError};
 
 use crate::providers::{ProviderError, ProviderSettings, ProviderTable, Providers};
 
@@ -22,15 +23,26 @@ pub enum LoadError {
     Invalid(ConfigErrors),
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+}
+
+/// What one routes.yaml gives this service.
+pub struct Loaded {
+    pub table: ProviderTable,
+    /// A hash of the text, to skip no-op reloads.
+    pub hash: [u8; 32],
+    /// `observability.tracing.otlp_endpoint`, `HOST:PORT`: where spans go.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Reads and validates routes.yaml and builds its providers, reusing unchanged ones from
-/// `previous`. Returns the table and a hash of the text (to skip no-op reloads).
+/// `previous`.
 pub async fn load(
     path: &Path,
     previous: Option<&ProviderTable>,
     settings: &ProviderSettings,
-) -> Result<(ProviderTable, [u8; 32]), LoadError> {
+) -> Result<Loaded, LoadError> {
     let text = tokio::fs::read_to_string(path)
         .await
         .map_err(|source| LoadError::Read {
@@ -41,23 +53,41 @@ pub async fn load(
     let config =
         tollgate_routes::parse(&path.display().to_string(), &text).map_err(LoadError::Invalid)?;
     let table = ProviderTable::build(&config, previous, settings).await?;
-    Ok((table, hash))
+    let otlp_endpoint = config
+        .observability
+        .tracing
+        .map(|t| t.otlp_endpoint.to_string());
+    Ok(Loaded {
+        table,
+        hash,
+        otlp_endpoint,
+    })
 }
 
-/// Reloads on every change of `path` until the task is dropped.
+/// Reloads on every change of `path` until the task is dropped; a new collector in
+/// `observability.tracing` takes effect with the new providers.
 pub async fn watch(
     path: PathBuf,
     mut changes: FileChanges,
     providers: Arc<Providers>,
     settings: ProviderSettings,
+    telemetry: Option<Telemetry>,
     mut loaded_hash: [u8; 32],
 ) {
     loop {
         changes.changed().await;
         let current = providers.load();
-        match load(&path, Some(&current), &settings).await {
-            Ok((_, hash)) if hash == loaded_hash => {}
-            Ok((table, hash)) => {
+        let loaded = load(&path, Some(&current), &settings)
+            .await
+            .and_then(|loaded| {
+                if let Some(telemetry) = &telemetry {
+                    telemetry.configure(loaded.otlp_endpoint.as_deref())?;
+                }
+                Ok(loaded)
+            });
+        match loaded {
+            Ok(loaded) if loaded.hash == loaded_hash => {}
+            Ok(Loaded { table, hash, .. }) => {
                 tracing::info!(file = %path.display(), providers = table.len(), "routes.yaml reloaded");
                 providers.store(table);
                 loaded_hash = hash;

@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tollgate_runtime::file_watch::{FileChanges, WatchError};
 use tollgate_runtime::http::{self, Readiness};
+use tollgate_runtime::telemetry::Telemetry;
 
 use crate::cache::TokenCache;
 use crate::jwks::HttpClient;
@@ -29,6 +30,9 @@ pub struct Options {
     pub token_cache_size: usize,
     pub jwks_refresh_interval: Duration,
     pub jwks_cooldown: Duration,
+    /// Where to export spans, as routes.yaml's `observability.tracing` says; `None`: the
+    /// process exports none (tests and benchmarks that run the service in-process).
+    pub telemetry: Option<Telemetry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +82,16 @@ impl App {
             cooldown: options.jwks_cooldown,
             metrics: Arc::clone(&metrics),
         };
-        let (table, routes_hash) = reload::load(&options.routes, None, &settings).await?;
+        let reload::Loaded {
+            table,
+            hash: routes_hash,
+            otlp_endpoint,
+        } = reload::load(&options.routes, None, &settings).await?;
+        if let Some(telemetry) = &options.telemetry {
+            telemetry
+                .configure(otlp_endpoint.as_deref())
+                .map_err(LoadError::from)?;
+        }
         tracing::info!(file = %options.routes.display(), providers = table.len(), "routes.yaml loaded");
         let providers = Arc::new(Providers::new(table));
         let service = AuthService::new(
@@ -121,6 +134,7 @@ impl App {
             changes,
             Arc::clone(&self.providers),
             self.settings.clone(),
+            self.options.telemetry.clone(),
             self.routes_hash,
         ));
 
@@ -150,6 +164,9 @@ impl App {
             )
             .await;
         watcher.abort();
+        if let Some(telemetry) = &self.options.telemetry {
+            telemetry.shutdown();
+        }
         result?;
         match metrics_server.await {
             Ok(Ok(())) | Err(_) => Ok(()),

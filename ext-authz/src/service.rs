@@ -3,12 +3,16 @@
 //! `context_extensions` (set per route by the control plane), so this service needs no
 //! copy of the routes.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use tollgate_runtime::telemetry::{self, TraceId, TraceParent, SPAN_TARGET};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::cache::{cache_key, TokenCache};
 use crate::extract::{find_token, Found, RequestView};
@@ -22,6 +26,9 @@ use crate::verify::{self, Rejection, VerifiedToken, MAX_TOKEN_BYTES};
 pub const ROUTE_KEY: &str = "route";
 pub const PROVIDER_KEY: &str = "provider";
 pub const SCOPES_KEY: &str = "scopes";
+
+/// The gateway's correlation id, which Envoy keeps or makes for every request.
+const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The outcome of one check.
 #[derive(Debug)]
@@ -68,12 +75,28 @@ impl AuthService {
 
     /// Decides one request.
     pub async fn decide(&self, request: &CheckRequest) -> Decision {
+        let view = view(request);
+        self.decide_logged(request, view, &CallIds::of(view, None))
+            .await
+    }
+
+    /// Decides one request; log lines name the call by `ids`.
+    async fn decide_logged(
+        &self,
+        request: &CheckRequest,
+        view: RequestView<'_>,
+        ids: &CallIds<'_>,
+    ) -> Decision {
         let empty = Default::default();
-        let attributes = request.attributes.as_ref();
-        let context = attributes.map_or(&empty, |a| &a.context_extensions);
+        let context = request
+            .attributes
+            .as_ref()
+            .map_or(&empty, |a| &a.context_extensions);
         let route = context.get(ROUTE_KEY).map_or("", String::as_str);
         let Some(provider_name) = context.get(PROVIDER_KEY) else {
             tracing::warn!(
+                request_id = ids.request_id(),
+                trace_id = ids.trace_id(),
                 route,
                 "check without a provider in context_extensions; denying"
             );
@@ -81,19 +104,16 @@ impl AuthService {
         };
         let table = self.providers.load();
         let Some(provider) = table.get(provider_name) else {
-            tracing::warn!(route, provider = %provider_name, "unknown auth provider; denying");
+            tracing::warn!(
+                request_id = ids.request_id(),
+                trace_id = ids.trace_id(),
+                route,
+                provider = %provider_name,
+                "unknown auth provider; denying"
+            );
             return Decision::Deny(Denial::UnknownProvider);
         };
 
-        let http = attributes
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
-        let no_headers = Default::default();
-        let view = RequestView {
-            headers: http.map_or(&no_headers, |h| &h.headers),
-            header_map: http.and_then(|h| h.header_map.as_ref()),
-            path: http.map_or("", |h| h.path.as_str()),
-        };
         let token = match find_token(&provider.config.token, &view) {
             Found::Token(token) => token,
             Found::Missing => return Decision::Deny(Denial::MissingToken),
@@ -103,7 +123,15 @@ impl AuthService {
             Ok(verified) => verified,
             Err(rejection) => {
                 // The kid and the class are safe to log; the token never is.
-                tracing::debug!(route, provider = %provider_name, reason = rejection.class(), detail = ?rejection, "token rejected");
+                tracing::debug!(
+                    request_id = ids.request_id(),
+                    trace_id = ids.trace_id(),
+                    route,
+                    provider = %provider_name,
+                    reason = rejection.class(),
+                    detail = ?rejection,
+                    "token rejected"
+                );
                 return Decision::Deny(Denial::InvalidToken(rejection));
             }
         };
@@ -157,19 +185,72 @@ impl AuthService {
 
     /// Decides and renders the response, recording metrics.
     pub async fn check_request(&self, request: &CheckRequest) -> CheckResponse {
+        let view = view(request);
+        self.check_logged(request, view, &CallIds::of(view, None))
+            .await
+            .0
+    }
+
+    /// Decides and renders the response, recording metrics; also returns the outcome's
+    /// class (`ok` or the denial's reason) for the call's log line and span.
+    async fn check_logged(
+        &self,
+        request: &CheckRequest,
+        view: RequestView<'_>,
+        ids: &CallIds<'_>,
+    ) -> (CheckResponse, &'static str) {
         let started = Instant::now();
-        let decision = self.decide(request).await;
+        let decision = self.decide_logged(request, view, ids).await;
         let seconds = started.elapsed().as_secs_f64();
         match decision {
             Decision::Allow(token) => {
                 self.metrics.check(true, "ok", seconds);
-                response::allowed(&token)
+                (response::allowed(&token), "ok")
             }
             Decision::Deny(denial) => {
                 self.metrics.check(false, denial.class(), seconds);
-                response::denied(&self.realm, &denial)
+                (response::denied(&self.realm, &denial), denial.class())
             }
         }
+    }
+}
+
+/// The request as Envoy describes it in a `CheckRequest`.
+fn view(request: &CheckRequest) -> RequestView<'_> {
+    static NO_HEADERS: LazyLock<HashMap<String, String>> = LazyLock::new(HashMap::new);
+    let http = request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    RequestView {
+        headers: http.map_or(&NO_HEADERS, |h| &h.headers),
+        header_map: http.and_then(|h| h.header_map.as_ref()),
+        path: http.map_or("", |h| h.path.as_str()),
+    }
+}
+
+/// What the log lines and the span about one call name it by: the gateway's `x-request-id`
+/// (Envoy sends the request's headers) and the trace of Envoy's call, when it sent one.
+struct CallIds<'a> {
+    request_id: Option<Cow<'a, str>>,
+    trace_id: Option<TraceId>,
+}
+
+impl<'a> CallIds<'a> {
+    fn of(view: RequestView<'a>, parent: Option<&TraceParent>) -> Self {
+        CallIds {
+            request_id: view.header(REQUEST_ID_HEADER),
+            trace_id: parent.map(|p| p.trace_id),
+        }
+    }
+
+    fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
+    fn trace_id(&self) -> Option<tracing::field::DisplayValue<TraceId>> {
+        self.trace_id.map(tracing::field::display)
     }
 }
 
@@ -179,6 +260,127 @@ impl Authorization for AuthService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(self.check_request(request.get_ref()).await))
+        let parent = TraceParent::from_metadata(request.metadata());
+        let check = request.get_ref();
+        let view = view(check);
+        let ids = CallIds::of(view, parent.as_ref());
+        let route = check
+            .attributes
+            .as_ref()
+            .and_then(|a| a.context_extensions.get(ROUTE_KEY))
+            .map_or("", String::as_str);
+        let span = telemetry::server_span(parent.as_ref(), || {
+            tracing::info_span!(
+                target: SPAN_TARGET,
+                "check",
+                otel.name = "envoy.service.auth.v3.Authorization/Check",
+                otel.kind = "server",
+                rpc.system = "grpc",
+                request_id = ids.request_id(),
+                route,
+                result = tracing::field::Empty,
+            )
+        });
+        let (response, result) = self
+            .check_logged(check, view, &ids)
+            .instrument(span.clone())
+            .await;
+        span.record("result", result);
+        tracing::debug!(
+            request_id = ids.request_id(),
+            trace_id = ids.trace_id(),
+            route,
+            result,
+            "checked"
+        );
+        Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request as AttributesRequest,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+
+    use super::*;
+    use crate::cache::TokenCache;
+    use crate::metrics::Metrics;
+    use crate::providers::{ProviderTable, Providers};
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn service() -> AuthService {
+        AuthService::new(
+            Arc::new(Providers::new(ProviderTable::default())),
+            Arc::new(TokenCache::new(10)),
+            Arc::new(Metrics::default()),
+            "tollgate",
+            system_clock,
+        )
+    }
+
+    /// A call for route `r` with provider `gone`, which the (empty) table does not know.
+    fn call(request_id: Option<&str>, traceparent: Option<&str>) -> Request<CheckRequest> {
+        let headers = request_id
+            .map(|id| (REQUEST_ID_HEADER.to_string(), id.to_string()))
+            .into_iter()
+            .collect();
+        let mut call = Request::new(CheckRequest {
+            attributes: Some(AttributeContext {
+                context_extensions: [
+                    (ROUTE_KEY.to_string(), "r".to_string()),
+                    (PROVIDER_KEY.to_string(), "gone".to_string()),
+                ]
+                .into_iter()
+                .collect(),
+                request: Some(AttributesRequest {
+                    http: Some(HttpRequest {
+                        headers,
+                        path: "/x".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        });
+        if let Some(value) = traceparent {
+            call.metadata_mut()
+                .insert("traceparent", value.parse().expect("ascii"));
+        }
+        call
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn log_lines_about_a_call_carry_its_request_id_and_trace_id() {
+        let (logs, _guard) = tollgate_runtime::logging::capture();
+        service()
+            .check(call(Some("req-7f3a"), Some(TRACEPARENT)))
+            .await
+            .expect("a verdict");
+        for message in ["unknown auth provider", "checked"] {
+            let lines = logs.lines_with(message);
+            assert_eq!(lines.len(), 1, "{message}: {lines:?}");
+            assert!(
+                lines[0].contains("request_id=\"req-7f3a\"")
+                    && lines[0].contains("trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),
+                "{}",
+                lines[0]
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_without_ids_is_still_logged() {
+        let (logs, _guard) = tollgate_runtime::logging::capture();
+        service()
+            .check(call(None, Some("not a traceparent")))
+            .await
+            .expect("a verdict");
+        let lines = logs.lines_with("checked");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(!lines[0].contains("request_id") && !lines[0].contains("trace_id"));
     }
 }

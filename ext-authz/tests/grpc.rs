@@ -76,6 +76,7 @@ async fn start_with_cooldown(key: &TestKey, remote_uri: &str, cooldown: Duration
         token_cache_size: 1000,
         jwks_refresh_interval: Duration::from_secs(300),
         jwks_cooldown: cooldown,
+        telemetry: None,
     })
     .await
     .expect("config loads");

@@ -4,12 +4,13 @@
 use clap::Parser;
 use tollgate_ratelimit::server::{self, ServeError};
 use tollgate_ratelimit::settings::Settings;
-use tollgate_runtime::{exit, logging, shutdown};
+use tollgate_runtime::telemetry::Telemetry;
+use tollgate_runtime::{exit, shutdown};
 
 fn main() {
     let settings = Settings::parse();
-    logging::init();
-    if let Err(error) = run(settings) {
+    let telemetry = Telemetry::init("tollgate-ratelimit");
+    if let Err(error) = run(settings, telemetry) {
         eprintln!("error: {error}");
         let bad_config = error
             .downcast_ref::<ServeError>()
@@ -22,8 +23,8 @@ fn main() {
     }
 }
 
-fn run(settings: Settings) -> anyhow::Result<()> {
+fn run(settings: Settings, telemetry: Telemetry) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(server::run(settings, shutdown::signal()))?;
+    runtime.block_on(server::run(settings, telemetry, shutdown::signal()))?;
     Ok(())
 }

@@ -27,6 +27,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError};
 use tollgate_runtime::file_watch::FileChanges;
+use tollgate_runtime::telemetry::{Telemetry, TelemetryError};
 
 /// How often readiness is re-checked while the store is failing.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -45,6 +46,8 @@ pub enum LoadError {
     DropIn(#[from] DropInErrors),
     #[error("no *.yaml or *.yml file in {0}")]
     NoFiles(String),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
 }
 
 /// Why the service could not start or keep serving.
@@ -52,6 +55,8 @@ pub enum LoadError {
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] LoadError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
     #[error("no limits: give --routes or --config")]
     NoLimits,
     #[error("invalid redis settings: {0}")]
@@ -72,18 +77,36 @@ impl ServeError {
     pub fn is_bad_config(&self) -> bool {
         matches!(
             self,
-            ServeError::Config(_) | ServeError::NoLimits | ServeError::Redis(_)
+            ServeError::Config(_)
+                | ServeError::Telemetry(_)
+                | ServeError::NoLimits
+                | ServeError::Redis(_)
         )
     }
 }
 
+/// What the limits' files give the service.
+#[derive(Debug)]
+pub struct Loaded {
+    pub tree: DescriptorTree,
+    /// routes.yaml's `observability.tracing.otlp_endpoint` (`HOST:PORT`); envoyproxy/ratelimit
+    /// files say nothing about tracing, so in drop-in mode the `--otlp-endpoint` flag does.
+    pub otlp_endpoint: Option<String>,
+}
+
 /// Reads and validates the limits from their files.
-pub fn load(source: &LimitsSource) -> Result<DescriptorTree, LoadError> {
+pub fn load(source: &LimitsSource) -> Result<Loaded, LoadError> {
     match source {
         LimitsSource::Routes(path) => {
             let text = read(path)?;
             let config = tollgate_routes::parse(&path.display().to_string(), &text)?;
-            Ok(routes::build(&config))
+            Ok(Loaded {
+                tree: routes::build(&config),
+                otlp_endpoint: config
+                    .observability
+                    .tracing
+                    .map(|t| t.otlp_endpoint.to_string()),
+            })
         }
         LimitsSource::DropIn(path) => {
             let files = if path.is_dir() {
@@ -119,7 +142,10 @@ pub fn load(source: &LimitsSource) -> Result<DescriptorTree, LoadError> {
                     })
                 })
                 .collect::<Result<Vec<_>, LoadError>>()?;
-            Ok(dropin::parse(&files)?)
+            Ok(Loaded {
+                tree: dropin::parse(&files)?,
+                otlp_endpoint: None,
+            })
         }
     }
 }
@@ -131,18 +157,25 @@ fn read(path: &Path) -> Result<String, LoadError> {
     })
 }
 
-/// Runs the service as configured until `shutdown` resolves.
+/// Runs the service as configured until `shutdown` resolves, exporting spans through
+/// `telemetry` where routes.yaml (or, in drop-in mode, `--otlp-endpoint`) says.
 pub async fn run(
     settings: Settings,
+    telemetry: Telemetry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let source = settings.limits_source().ok_or(ServeError::NoLimits)?;
-    let tree = load(&source)?;
+    let loaded = load(&source)?;
+    let collector = match &source {
+        LimitsSource::Routes(_) => loaded.otlp_endpoint.as_deref(),
+        LimitsSource::DropIn(_) => settings.otlp_endpoint.as_deref(),
+    };
+    telemetry.configure(collector)?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     metrics.config_load(true);
-    log_loaded(&source, &tree);
-    let limits = CurrentLimits::new(LimitSet::new(tree, &metrics));
+    log_loaded(&source, &loaded.tree);
+    let limits = CurrentLimits::new(LimitSet::new(loaded.tree, &metrics));
     let redis = settings
         .redis_target()
         .map(|target| RedisStore::connect(&target, settings.redis_timeout))
@@ -171,10 +204,13 @@ pub async fn run(
         http::router(Arc::new(registry), readiness.clone()),
         wait(),
     ));
+    // Drop-in files say nothing about tracing: the flag's collector stays.
+    let traced_by_routes = matches!(source, LimitsSource::Routes(_)).then(|| telemetry.clone());
     let reloads = tokio::spawn(reload_on_change(
         source,
         limits.clone(),
         metrics.clone(),
+        traced_by_routes,
         wait(),
     ));
     let served = async {
@@ -201,6 +237,7 @@ pub async fn run(
     };
     let _ = stop.send(true);
     reloads.abort();
+    telemetry.shutdown();
     if let Ok(Err(e)) = http_server.await {
         return Err(ServeError::Http(e));
     }
@@ -283,6 +320,7 @@ async fn reload_on_change(
     source: LimitsSource,
     limits: CurrentLimits,
     metrics: Metrics,
+    telemetry: Option<Telemetry>,
     shutdown: impl Future<Output = ()>,
 ) {
     let watched = match &source {
@@ -301,13 +339,24 @@ async fn reload_on_change(
             () = &mut shutdown => return,
             () = changes.changed() => {}
         }
-        reload(&source, &limits, &metrics);
+        reload(&source, &limits, &metrics, telemetry.as_ref());
     }
 }
 
-/// One reload attempt: all or nothing.
-pub fn reload(source: &LimitsSource, limits: &CurrentLimits, metrics: &Metrics) {
-    match load(source) {
+/// One reload attempt: all or nothing. With `telemetry`, the file also says where spans go.
+pub fn reload(
+    source: &LimitsSource,
+    limits: &CurrentLimits,
+    metrics: &Metrics,
+    telemetry: Option<&Telemetry>,
+) {
+    let loaded = load(source).and_then(|loaded| {
+        if let Some(telemetry) = telemetry {
+            telemetry.configure(loaded.otlp_endpoint.as_deref())?;
+        }
+        Ok(loaded.tree)
+    });
+    match loaded {
         Ok(tree) => {
             if limits.get().tree() == &tree {
                 return;
@@ -353,16 +402,17 @@ mod tests {
         std::fs::write(&file, GOOD).expect("write");
         let source = LimitsSource::DropIn(file.clone());
         let metrics = Metrics::unregistered();
-        let limits = CurrentLimits::new(LimitSet::new(load(&source).expect("valid"), &metrics));
+        let limits =
+            CurrentLimits::new(LimitSet::new(load(&source).expect("valid").tree, &metrics));
         std::fs::write(&file, GOOD.replace("second", "fortnight")).expect("write");
-        reload(&source, &limits, &metrics);
+        reload(&source, &limits, &metrics, None);
         assert_eq!(requests_for_k(&limits), Some(1));
         std::fs::write(
             &file,
             GOOD.replace("requests_per_unit: 1", "requests_per_unit: 7"),
         )
         .expect("write");
-        reload(&source, &limits, &metrics);
+        reload(&source, &limits, &metrics, None);
         assert_eq!(requests_for_k(&limits), Some(7));
     }
 
@@ -376,7 +426,9 @@ mod tests {
         )
         .expect("write");
         std::fs::write(dir.path().join("notes.txt"), "not yaml: [").expect("write");
-        let tree = load(&LimitsSource::DropIn(dir.path().to_path_buf())).expect("valid");
+        let tree = load(&LimitsSource::DropIn(dir.path().to_path_buf()))
+            .expect("valid")
+            .tree;
         let mut domains: Vec<&str> = tree.domains().collect();
         domains.sort_unstable();
         assert_eq!(domains, vec!["d", "e"]);

@@ -23,7 +23,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use tollgate_runtime::telemetry::{self, TraceId, TraceParent, SPAN_TARGET};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::algorithm::{seconds_rounded_up, Clock, Decision};
 use crate::limits::{detailed_stats_key, DescriptorTree, Limit, Unit};
@@ -129,6 +131,17 @@ impl<S: Store, C: Clock> RateLimiter<S, C> {
         &self,
         request: &RateLimitRequest,
     ) -> Result<RateLimitResponse, ServiceError> {
+        self.decide_logged(request, None).await
+    }
+
+    /// Decides one request; log lines name the call by `trace_id`, the trace of Envoy's
+    /// call. Envoy sends a rate-limit call no request headers, so no `x-request-id`: the
+    /// trace id is what joins these lines to the gateway's access log.
+    async fn decide_logged(
+        &self,
+        request: &RateLimitRequest,
+        trace_id: Option<TraceId>,
+    ) -> Result<RateLimitResponse, ServiceError> {
         if request.domain.is_empty() {
             return Err(ServiceError::InvalidRequest(
                 "rate limit domain must not be empty",
@@ -154,7 +167,12 @@ impl<S: Store, C: Clock> RateLimiter<S, C> {
                     .map(|e| (e.key.as_str(), e.value.as_str())),
             );
             let Some(found) = limits.tree.find(domain, &entries) else {
-                tracing::debug!(domain, descriptor = ?entries, "no limit for descriptor");
+                tracing::debug!(
+                    trace_id = trace_id.map(display),
+                    domain,
+                    descriptor = ?entries,
+                    "no limit for descriptor"
+                );
                 planned.push(None);
                 continue;
             };
@@ -337,16 +355,52 @@ impl<S: Store, C: Clock> RateLimitService for RateLimiter<S, C> {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         let started = Instant::now();
-        let result = self.decide(request.get_ref()).await;
+        let parent = TraceParent::from_metadata(request.metadata());
+        let trace_id = parent.map(|p| p.trace_id);
+        let request = request.get_ref();
+        let span = telemetry::server_span(parent.as_ref(), || {
+            tracing::info_span!(
+                target: SPAN_TARGET,
+                "should_rate_limit",
+                otel.name = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+                otel.kind = "server",
+                rpc.system = "grpc",
+                domain = request.domain.as_str(),
+                descriptors = request.descriptors.len(),
+                result = tracing::field::Empty,
+            )
+        });
+        let result = self
+            .decide_logged(request, trace_id)
+            .instrument(span.clone())
+            .await;
         self.metrics
             .decision_seconds
             .observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(response) if response.overall_code == Code::OverLimit as i32 => "over_limit",
+            Ok(_) => "ok",
+            Err(ServiceError::InvalidRequest(_)) => "invalid_request",
+            Err(ServiceError::Store(_)) => "store_failed",
+        };
+        span.record("result", outcome);
+        tracing::debug!(
+            trace_id = trace_id.map(display),
+            domain = request.domain.as_str(),
+            result = outcome,
+            "decided"
+        );
         match result {
             Ok(response) => Ok(Response::new(response)),
             Err(error) => {
                 if let ServiceError::Store(e) = &error {
                     self.metrics.redis_error(e.kind());
-                    tracing::warn!(error = %e, "no decision: the store failed");
+                    tracing::warn!(
+                        trace_id = trace_id.map(display),
+                        domain = request.domain.as_str(),
+                        error = %e,
+                        "no decision: the store failed"
+                    );
                 }
                 Err(error.into())
             }
@@ -600,5 +654,30 @@ descriptors:
             Duration::from_millis(40),
         )));
         assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn log_lines_about_a_call_carry_the_trace_id_envoy_sent() {
+        let (logs, _guard) = tollgate_runtime::logging::capture();
+        let mut call = Request::new(request(vec![
+            descriptor(&[("user", "u1")]),
+            descriptor(&[("unknown", "x")]),
+        ]));
+        call.metadata_mut().insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+                .parse()
+                .expect("ascii"),
+        );
+        limiter().should_rate_limit(call).await.expect("a decision");
+        for message in ["no limit for descriptor", "decided"] {
+            let lines = logs.lines_with(message);
+            assert_eq!(lines.len(), 1, "{message}: {lines:?}");
+            assert!(
+                lines[0].contains("trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),
+                "{}",
+                lines[0]
+            );
+        }
     }
 }

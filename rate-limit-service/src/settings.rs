@@ -61,6 +61,15 @@ pub struct Settings {
         default_value = "127.0.0.1:9102"
     )]
     pub metrics_addr: SocketAddr,
+    /// Drop-in mode: the OTLP/gRPC collector (HOST:PORT) for spans of calls Envoy traced.
+    /// With --routes, routes.yaml's observability.tracing says where spans go.
+    #[arg(
+        long,
+        env = "TOLLGATE_OTLP_ENDPOINT",
+        conflicts_with = "routes",
+        value_parser = parse_host_port
+    )]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Where the limits come from.
@@ -91,6 +100,21 @@ impl Settings {
             .filter(|n| !n.is_empty())
             .collect();
         (!nodes.is_empty()).then_some(RedisTarget::Cluster(nodes))
+    }
+}
+
+/// `HOST:PORT`, as routes.yaml's `otlp_endpoint` is written.
+fn parse_host_port(text: &str) -> Result<String, String> {
+    let valid = !text.contains("://")
+        && text.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "expected HOST:PORT of an OTLP/gRPC collector (e.g. otel-collector:4317), without a scheme; got \"{text}\""
+        ))
     }
 }
 
@@ -136,6 +160,32 @@ mod tests {
                 "redis://a:7000".into(),
                 "redis://b:7001".into()
             ]))
+        );
+    }
+
+    #[test]
+    fn drop_in_mode_takes_a_collector_from_the_flag() {
+        let s = Settings::try_parse_from([
+            "t",
+            "--config",
+            "conf.d",
+            "--otlp-endpoint",
+            "otel-collector:4317",
+        ])
+        .expect("parses");
+        assert_eq!(s.otlp_endpoint.as_deref(), Some("otel-collector:4317"));
+        for bad in ["otel-collector", "http://otel-collector:4317", "otel:0"] {
+            assert!(
+                Settings::try_parse_from(["t", "--config", "c", "--otlp-endpoint", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn with_routes_the_collector_comes_from_routes_yaml_only() {
+        assert!(
+            Settings::try_parse_from(["t", "--routes", "r", "--otlp-endpoint", "c:4317"]).is_err()
         );
     }
 

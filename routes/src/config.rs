@@ -63,6 +63,19 @@ pub struct Observability {
     /// They cost Envoy time on every route-table update: a 1,000-route table reloads
     /// measurably faster without them (see BENCHMARKS.md).
     pub route_stats: bool,
+    /// Where spans go; `None` when tracing is off.
+    pub tracing: Option<Tracing>,
+}
+
+/// OpenTelemetry tracing: Envoy and the sidecars export spans over OTLP/gRPC.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tracing {
+    /// The OTLP/gRPC collector (`HOST:PORT`, plaintext HTTP/2).
+    pub otlp_endpoint: Endpoint,
+    /// The fraction of requests without a sampled parent that start a trace, 0.0 to 1.0.
+    pub sample_rate: f64,
+    /// The `service.name` of the gateway's (Envoy's) spans.
+    pub service_name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +97,17 @@ pub struct Service {
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+}
+
+impl std::fmt::Display for Endpoint {
+    /// `HOST:PORT`, with an IPv6 host in brackets (RFC 3986 §3.2.2).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 impl Endpoint {

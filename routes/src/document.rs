@@ -43,6 +43,15 @@ pub(crate) struct ObservabilityDoc {
     pub access_log: Option<Spanned<AccessLogDoc>>,
     #[serde(default = "enabled")]
     pub route_stats: bool,
+    pub tracing: Option<Spanned<TracingDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TracingDoc {
+    pub otlp_endpoint: Spanned<String>,
+    pub sample_rate: Option<Spanned<f64>>,
+    pub service_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,7 +18,7 @@ mod validate;
 
 pub use config::{
     AccessLogSink, Endpoint, EscapedSlashes, Listener, Observability, PathMatch, Route, RouteMatch,
-    RoutesConfig, Service,
+    RoutesConfig, Service, Tracing,
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use listener_tls::{FileSource, ListenerCertificates, ListenerTls, TlsVersion};

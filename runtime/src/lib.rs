@@ -1,6 +1,6 @@
 //! Plumbing every Tollgate binary shares: logging set up the same way, the same shutdown
 //! signals and exit codes, config-file change notifications, and the health and metrics
-//! HTTP endpoints.
+//! HTTP endpoints, and OpenTelemetry tracing for the sidecars.
 #![forbid(unsafe_code)]
 
 pub mod exit;
@@ -8,3 +8,4 @@ pub mod file_watch;
 pub mod http;
 pub mod logging;
 pub mod shutdown;
+pub mod telemetry;

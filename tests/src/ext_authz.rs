@@ -39,6 +39,7 @@ pub struct ExtAuthz {
     metrics_addr: SocketAddr,
     routes: Option<PathBuf>,
     jwks: Option<String>,
+    log: Option<String>,
 }
 
 impl Default for ExtAuthz {
@@ -56,7 +57,15 @@ impl ExtAuthz {
             metrics_addr: ports::reserve_addr(),
             routes: None,
             jwks: None,
+            log: None,
         }
+    }
+
+    /// The service's `TOLLGATE_LOG` filter, e.g. `info,tollgate_ext_authz=debug` to see a
+    /// line per check (default: the test process's `TOLLGATE_LOG`, or `info`).
+    pub fn log_filter(mut self, filter: &str) -> Self {
+        self.log = Some(filter.to_owned());
+        self
     }
 
     /// Where Envoy will call `Authorization/Check`: routes.yaml's `sidecars.ext_authz.address`.
@@ -93,6 +102,7 @@ impl ExtAuthz {
             config_dir,
             grpc_addr: self.grpc_addr,
             metrics_addr: self.metrics_addr,
+            log: self.log,
         };
         if let Some(jwks) = &self.jwks {
             authz.write_jwks(jwks);
@@ -113,6 +123,7 @@ pub struct RunningExtAuthz {
     config_dir: PathBuf,
     grpc_addr: SocketAddr,
     metrics_addr: SocketAddr,
+    log: Option<String>,
 }
 
 impl RunningExtAuthz {
@@ -185,6 +196,9 @@ impl RunningExtAuthz {
             .arg(&self.routes)
             .args(["--grpc-addr", &self.grpc_addr.to_string()])
             .args(["--metrics-addr", &self.metrics_addr.to_string()]);
+        if let Some(filter) = &self.log {
+            command.env("TOLLGATE_LOG", filter);
+        }
         let mut process = Process::spawn("ext-authz", command, self.dir.path())
             .expect("spawn tollgate-ext-authz");
         process

@@ -32,6 +32,7 @@ pub struct RateLimitService {
     routes: Option<PathBuf>,
     redis_url: Option<String>,
     redis_timeout: Option<Duration>,
+    log: Option<String>,
 }
 
 impl Default for RateLimitService {
@@ -49,7 +50,15 @@ impl RateLimitService {
             routes: None,
             redis_url: None,
             redis_timeout: None,
+            log: None,
         }
+    }
+
+    /// The service's `TOLLGATE_LOG` filter, e.g. `info,tollgate_ratelimit=debug` to see a
+    /// line per decision (default: the test process's `TOLLGATE_LOG`, or `info`).
+    pub fn log_filter(mut self, filter: &str) -> Self {
+        self.log = Some(filter.to_owned());
+        self
     }
 
     /// Where Envoy will call it: the `sidecars.rate_limit.address` of routes.yaml.
@@ -89,6 +98,9 @@ impl RateLimitService {
             .args(["--metrics-addr", &self.metrics_addr.to_string()]);
         if let Some(url) = &self.redis_url {
             command.args(["--redis-url", url]);
+        }
+        if let Some(filter) = &self.log {
+            command.env("TOLLGATE_LOG", filter);
         }
         if let Some(timeout) = self.redis_timeout {
             command.args(["--redis-timeout", &format!("{}ms", timeout.as_millis())]);

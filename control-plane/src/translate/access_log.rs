@@ -13,9 +13,12 @@ use tollgate_routes::AccessLogSink;
 use super::any;
 use super::json_format::json_format;
 
-const FIELDS: [(&str, &str); 16] = [
+const FIELDS: [(&str, &str); 17] = [
     ("time", "%START_TIME%"),
     ("request_id", "%REQ(X-REQUEST-ID)%"),
+    // The W3C trace id when tracing is on (null otherwise): what joins this line to the
+    // rate-limit service's log lines, which never see the request's headers.
+    ("trace_id", "%TRACE_ID%"),
     ("consumer_id", "%REQ(X-CONSUMER-ID)%"),
     ("client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
     ("method", "%REQ(:METHOD)%"),

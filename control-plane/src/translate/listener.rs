@@ -18,6 +18,7 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::PathWithEscapedSlashesAction;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
 use tollgate_routes::{EscapedSlashes, Listener as ListenerConfig};
 
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
@@ -70,6 +71,8 @@ pub(super) struct ListenerFilters {
     /// The cache filter, when a route on this listener has `cache`.
     pub cache: Option<HttpFilter>,
     pub access_log: Option<AccessLog>,
+    /// OpenTelemetry tracing, when routes.yaml turns it on.
+    pub tracing: Option<HcmTracing>,
 }
 
 pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Listener {
@@ -114,6 +117,11 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
         path_with_escaped_slashes_action: escaped_slashes_action(config.escaped_slashes) as i32,
         local_reply_config: Some(local_reply::local_reply_config()),
         access_log: filters.access_log.iter().cloned().collect(),
+        tracing: filters.tracing.clone(),
+        request_id_extension: filters
+            .tracing
+            .as_ref()
+            .map(|_| super::tracing::request_id_extension()),
         // Before routing and before ext_authz: a client-sent x-consumer-id (or any
         // header ext-authz fills from a claim) must never reach an upstream or a rate
         // limit, on public routes too.

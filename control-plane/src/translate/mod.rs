@@ -18,6 +18,7 @@ mod rate_limit;
 mod response_cache;
 mod retry;
 mod route;
+mod tracing;
 
 use std::collections::BTreeSet;
 
@@ -62,6 +63,10 @@ pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> 
         let (c, a) = cluster::sidecar(rate_limit::CLUSTER, &sidecar.address);
         add_cluster(c, a);
     }
+    if let Some(tracing) = &config.observability.tracing {
+        let (c, a) = tracing::collector_cluster(tracing);
+        add_cluster(c, a);
+    }
 
     let strip_headers = identity_headers(config);
     for l in &config.listeners {
@@ -96,6 +101,11 @@ pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> 
                 .access_log
                 .as_ref()
                 .map(access_log::access_log),
+            tracing: config
+                .observability
+                .tracing
+                .as_ref()
+                .map(tracing::hcm_tracing),
         };
         resources.push((
             type_url::LISTENER,

@@ -52,7 +52,7 @@ fn route_named<'a>(
         .unwrap_or_else(|| panic!("no route {name}"))
 }
 
-fn decode<M: Message + Default>(snapshot: &Snapshot, type_url: &str, name: &str) -> M {
+pub(super) fn decode<M: Message + Default>(snapshot: &Snapshot, type_url: &str, name: &str) -> M {
     let resource = &snapshot.resources(type_url).resources[name];
     M::decode(resource.body.value.as_slice()).expect("decodes")
 }

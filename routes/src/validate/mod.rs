@@ -7,13 +7,13 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 mod listener_tls;
+mod observability;
 mod policy;
 mod route_policy;
 mod service_policy;
 
 use crate::config::{
-    AccessLogSink, Endpoint, EscapedSlashes, Listener, Observability, PathMatch, Route, RouteMatch,
-    RoutesConfig, Service,
+    Endpoint, EscapedSlashes, Listener, PathMatch, Route, RouteMatch, RoutesConfig, Service,
 };
 use crate::document::{Document, MatchDoc, RouteDoc, ServiceDoc};
 use crate::duration;
@@ -56,7 +56,7 @@ pub(crate) fn validate(
     let auth_providers = policy::auth_providers(&doc, &mut errors);
     let sidecars = policy::sidecars(&doc, &mut errors);
     let routes = routes(&doc, &mut errors);
-    let observability = observability(&doc, &mut errors);
+    let observability = observability::observability(&doc, &mut errors);
     let cors = route_policy::global_cors(&doc, &mut errors);
 
     if errors.found.is_empty() {
@@ -176,33 +176,6 @@ fn listeners(
         });
     }
     (valid, certificates)
-}
-
-fn observability(doc: &Document, errors: &mut Errors) -> Observability {
-    let access_log = match doc
-        .observability
-        .as_ref()
-        .and_then(|o| o.access_log.as_ref())
-    {
-        None => Some(AccessLogSink::Stdout),
-        Some(log) if !log.value.enabled => None,
-        Some(log) => match &log.value.path {
-            None => Some(AccessLogSink::Stdout),
-            Some(path) if path.value == "/dev/stdout" || path.value == "-" => {
-                Some(AccessLogSink::Stdout)
-            }
-            Some(path) if path.value.is_empty() => {
-                errors.at(path, "access_log path is empty".to_string());
-                None
-            }
-            Some(path) => Some(AccessLogSink::File(path.value.clone().into())),
-        },
-    };
-    let route_stats = doc.observability.as_ref().is_none_or(|o| o.route_stats);
-    Observability {
-        access_log,
-        route_stats,
-    }
 }
 
 fn service(name: &str, doc: &ServiceDoc, errors: &mut Errors) -> Option<Service> {
@@ -508,6 +481,22 @@ pub(crate) fn is_dns_name(host: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
+}
+
+/// `node` as `HOST:PORT`, or an error naming it as `what`.
+pub(crate) fn host_port(
+    node: &Spanned<String>,
+    what: &str,
+    errors: &mut Errors,
+) -> Option<Endpoint> {
+    let parsed = parse_endpoint(&node.value);
+    if parsed.is_none() {
+        errors.at(
+            node,
+            format!("invalid {what} \"{}\": expected HOST:PORT", node.value),
+        );
+    }
+    parsed
 }
 
 pub(crate) fn parse_endpoint(text: &str) -> Option<Endpoint> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::{is_header_name, is_valid_name, parse_endpoint, positive_duration, Errors};
+use super::{host_port, is_header_name, is_valid_name, positive_duration, Errors};
 use crate::document::{AuthProviderDoc, Document, RateLimitDoc, RouteAuthDoc, RouteDoc, TokenDoc};
 use crate::duration;
 use crate::policy::{
@@ -530,7 +530,7 @@ pub(super) fn sidecars(doc: &Document, errors: &mut Errors) -> Sidecars {
         return Sidecars::default();
     };
     let ext_authz = sidecars.ext_authz.as_ref().and_then(|node| {
-        let address = sidecar_address(&node.value.address, errors)?;
+        let address = host_port(&node.value.address, "sidecar address", errors)?;
         Some(ExtAuthzSidecar {
             address,
             timeout: positive_duration(node.value.timeout.as_ref(), errors)
@@ -547,7 +547,7 @@ pub(super) fn sidecars(doc: &Document, errors: &mut Errors) -> Sidecars {
             Some(d) => d.value.clone(),
             None => "tollgate".to_string(),
         };
-        let address = sidecar_address(&node.value.address, errors)?;
+        let address = host_port(&node.value.address, "sidecar address", errors)?;
         Some(RateLimitSidecar {
             address,
             timeout: positive_duration(node.value.timeout.as_ref(), errors)
@@ -560,18 +560,4 @@ pub(super) fn sidecars(doc: &Document, errors: &mut Errors) -> Sidecars {
         ext_authz,
         rate_limit,
     }
-}
-
-fn sidecar_address(node: &Spanned<String>, errors: &mut Errors) -> Option<crate::config::Endpoint> {
-    let parsed = parse_endpoint(&node.value);
-    if parsed.is_none() {
-        errors.at(
-            node,
-            format!(
-                "invalid sidecar address \"{}\": expected HOST:PORT",
-                node.value
-            ),
-        );
-    }
-    parsed
 }

@@ -7,7 +7,10 @@
 //!   jwt_authn's verified-token cache, on a hand-written static bootstrap.
 //! - Issue 4: a route with a Tollgate rate limit (tollgate-ratelimit on a real
 //!   `redis-server`, a limit no request reaches) against the same route without one.
-//! - Issue 5: the chain, bare → + JWT → + rate limit → + both, each as a ratio to bare.
+//! - Issue 5: the chain, bare → + JWT → + rate limit → + both, each as a ratio to bare;
+//!   then both with OpenTelemetry tracing at 1% sampling, on a second gateway (tracing is
+//!   per routes.yaml) whose Envoy and sidecars export to an OTLP/gRPC receiver in this
+//!   process.
 //!
 //! Load comes from `wrk` (keep-alive HTTP/1.1, a fixed connection count); every case runs
 //! once per round, rounds interleave the cases so that drift on this noisy machine hits them
@@ -30,8 +33,8 @@ use tollgate_conformance::ratelimit::{RateLimitService, RunningRateLimitService}
 use tollgate_conformance::redis::Redis;
 use tollgate_conformance::tokens::{self, TestKey};
 use tollgate_conformance::{
-    eventually, request, reserve_port, ControlPlane, Envoy, ExtAuthz, Response, RunningEnvoy,
-    Upstream, UpstreamHandle,
+    eventually, request, reserve_port, ControlPlane, Envoy, ExtAuthz, OtlpReceiver, Response,
+    RunningEnvoy, Upstream, UpstreamHandle,
 };
 
 const ISSUER: &str = "https://id.example.com";
@@ -47,11 +50,14 @@ const GENEROUS_LIMIT: u64 = 1_000_000_000;
 struct Case {
     label: &'static str,
     port: u16,
-    /// The Envoy serving `port`, whose CPU time the case is charged.
-    envoy_pid: u32,
+    /// The processes serving `port`, whose CPU time the case is charged.
+    pids: Pids,
     path: &'static str,
     token: Option<String>,
 }
+
+/// The sampling rate of the traced gateway: the issue's 1%.
+const TRACED_SAMPLE_RATE: &str = "0.01";
 
 /// What one `wrk` run measured.
 #[derive(Debug, Clone, Copy)]
@@ -137,17 +143,25 @@ async fn main() {
     }));
 
     let redis = Redis::start().await;
-    let tollgate = TollgateGateway::start(&upstream, &jwks, &redis).await;
+    let collector = OtlpReceiver::start().await;
+    let tollgate = TollgateGateway::start(&upstream, &jwks, &redis, None).await;
+    let traced =
+        TollgateGateway::start(&upstream, &jwks, &redis, Some(&collector.endpoint())).await;
     let reference = start_reference(&upstream, &jwks).await;
     check_routes(&tollgate, &reference, &token).await;
+    check_routes(&traced, &reference, &token).await;
 
     let bearer = || Some(token.clone());
-    let reference_gateway = (reference.port, reference.envoy.process().pid());
-    let tollgate_gateway = (tollgate.port, tollgate.envoy.process().pid());
-    let pids = Pids {
-        ext_authz: tollgate._authz.process().map(|p| p.pid()),
-        ratelimit: tollgate._rls.process().pid(),
-    };
+    let reference_gateway = (
+        reference.port,
+        Pids {
+            envoy: reference.envoy.process().pid(),
+            ext_authz: None,
+            ratelimit: None,
+        },
+    );
+    let tollgate_gateway = (tollgate.port, tollgate.pids());
+    let traced_gateway = (traced.port, traced.pids());
     let cases = [
         case("reference: bare route", reference_gateway, "/bare/x", None),
         case(
@@ -176,8 +190,14 @@ async fn main() {
             None,
         ),
         case(
-            "(d) + JWT + rate limit",
+            "(b+c) + JWT + rate limit, untraced",
             tollgate_gateway,
+            "/both/x",
+            bearer(),
+        ),
+        case(
+            "(d) + JWT + rate limit + tracing at 1%",
+            traced_gateway,
             "/both/x",
             bearer(),
         ),
@@ -190,7 +210,7 @@ async fn main() {
             let after = cpu_ticks();
             samples
                 .cpu
-                .push(cpu_per_request(&before, &after, case, &pids, run.requests));
+                .push(cpu_per_request(&before, &after, case, run.requests));
             samples.loaded.push(run);
             samples
                 .single
@@ -198,20 +218,47 @@ async fn main() {
         }
     }
     let summaries: Vec<Summary> = samples.iter().map(Samples::summary).collect();
-    let sidecar_errors = sidecar_errors(&tollgate.envoy).await;
+    let mut sidecar_errors = sidecar_errors(&tollgate.envoy).await;
+    for error in self::sidecar_errors(&traced.envoy).await {
+        sidecar_errors.push(format!("(traced gateway) {error}"));
+    }
     print_tables(&cases, &summaries, seconds, rounds, &load, &sidecar_errors);
+    print_tracing_summary(&collector);
+}
+
+/// What the traced gateway exported during the run: evidence that (d) really traced, at
+/// about the rate it was asked to.
+fn print_tracing_summary(collector: &OtlpReceiver) {
+    let spans = collector.spans();
+    let mut by_service: std::collections::BTreeMap<&str, usize> = Default::default();
+    for span in &spans {
+        *by_service.entry(span.service.as_str()).or_default() += 1;
+    }
+    let traces: std::collections::HashSet<&str> =
+        spans.iter().map(|s| s.trace_id.as_str()).collect();
+    let counts: Vec<String> = by_service
+        .iter()
+        .map(|(service, n)| format!("{service} {n}"))
+        .collect();
+    println!(
+        "Tracing (d): {} traces with {} spans reached the OTLP receiver by the end of the run \
+         ({}; batches still queued then are not counted).",
+        traces.len(),
+        spans.len(),
+        counts.join(", ")
+    );
 }
 
 fn case(
     label: &'static str,
-    (port, envoy_pid): (u16, u32),
+    (port, pids): (u16, Pids),
     path: &'static str,
     token: Option<String>,
 ) -> Case {
     Case {
         label,
         port,
-        envoy_pid,
+        pids,
         path,
         token,
     }
@@ -241,19 +288,23 @@ struct TollgateGateway {
 }
 
 impl TollgateGateway {
-    async fn start(upstream: &UpstreamHandle, jwks: &str, redis: &Redis) -> Self {
+    /// With `otlp_endpoint`, tracing at [`TRACED_SAMPLE_RATE`] to that collector.
+    async fn start(
+        upstream: &UpstreamHandle,
+        jwks: &str,
+        redis: &Redis,
+        otlp_endpoint: Option<&str>,
+    ) -> Self {
         let port = reserve_port();
         let authz = ExtAuthz::new();
         let rls = RateLimitService::new();
-        let cp = ControlPlane::new()
-            .routes(tollgate_routes(
-                port,
-                upstream,
-                authz.grpc_addr(),
-                rls.grpc_addr(),
-            ))
-            .start()
-            .await;
+        let mut routes = tollgate_routes(port, upstream, authz.grpc_addr(), rls.grpc_addr());
+        if let Some(endpoint) = otlp_endpoint {
+            routes.push_str(&format!(
+                "  tracing: {{otlp_endpoint: \"{endpoint}\", sample_rate: {TRACED_SAMPLE_RATE}}}\n"
+            ));
+        }
+        let cp = ControlPlane::new().routes(routes).start().await;
         let authz = authz.routes_file(cp.routes_path()).jwks(jwks).start().await;
         let rls = rls.routes_file(cp.routes_path()).redis(redis).start().await;
         let envoy = Envoy::new().control_plane(&cp).start().await;
@@ -265,11 +316,19 @@ impl TollgateGateway {
             _cp: cp,
         }
     }
+
+    fn pids(&self) -> Pids {
+        Pids {
+            envoy: self.envoy.process().pid(),
+            ext_authz: self._authz.process().map(|p| p.pid()),
+            ratelimit: Some(self._rls.process().pid()),
+        }
+    }
 }
 
 /// Four routes to the same upstream, one per step of the chain. The access log is off, as
 /// in the hand-written reference, so that the tables compare the auth and rate-limit paths
-/// only. Sidecar timeouts are generous: a check timing out under full load would fail open
+/// only. The text ends inside `observability`, so that a `tracing:` line can follow. Sidecar timeouts are generous: a check timing out under full load would fail open
 /// and be counted as a fast request (the errors are reported after the tables).
 fn tollgate_routes(
     port: u16,
@@ -533,10 +592,12 @@ const CPU_COLUMNS: [&str; 6] = [
 /// Linux reports process CPU time in USER_HZ ticks, which is 100 on every architecture.
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// The sidecars' process ids.
+/// The process ids of one gateway: its Envoy and its sidecars, if it has them.
+#[derive(Clone, Copy)]
 struct Pids {
+    envoy: u32,
     ext_authz: Option<u32>,
-    ratelimit: u32,
+    ratelimit: Option<u32>,
 }
 
 /// CPU ticks used so far, by pid: this process, each of its live children, and (under pid 0)
@@ -593,18 +654,18 @@ fn cpu_per_request(
     before: &std::collections::HashMap<u32, (String, u64)>,
     after: &std::collections::HashMap<u32, (String, u64)>,
     case: &Case,
-    pids: &Pids,
     requests: u64,
 ) -> [f64; CPU_COLUMNS.len()] {
+    let pids = &case.pids;
     let mut columns = [0.0; CPU_COLUMNS.len()];
     let me = std::process::id();
     for (pid, (comm, ticks)) in after {
         let used = ticks - before.get(pid).map_or(0, |(_, t)| *t).min(*ticks);
-        let column = if *pid == case.envoy_pid {
+        let column = if *pid == pids.envoy {
             0
         } else if Some(*pid) == pids.ext_authz {
             1
-        } else if *pid == pids.ratelimit {
+        } else if Some(*pid) == pids.ratelimit {
             2
         } else if comm == "redis-server" {
             3
@@ -714,9 +775,11 @@ fn print_tables(
     println!("### The whole chain (issue 5)");
     println!();
     println!(
-        "(d) limits by consumer (the `sub` tollgate-ext-authz forwards). Tracing not yet \
-         available, so (d) has no tracing part. Target: (d) ≥ 0.6 × (a) and adds < 1 ms p50 \
-         (unloaded)."
+        "(b+c) and (d) limit by consumer (the `sub` tollgate-ext-authz forwards). (d), the \
+         issue's case, is (b+c) on a second, identical gateway whose routes.yaml turns \
+         tracing on at 1% sampling (Envoy's OpenTelemetry tracer and both sidecars exporting \
+         over OTLP/gRPC to a receiver in this process, whose CPU time counts in the upstream \
+         column). Target: (d) ≥ 0.6 × (a), adding < 1 ms p50 (unloaded)."
     );
     println!();
     header(&["× (a)", "added p50 ms, loaded", "added p50 ms, unloaded"]);
@@ -724,7 +787,8 @@ fn print_tables(
         "(a) bare route",
         "(b) + JWT (tollgate-ext-authz)",
         "(c) + rate limit (tollgate-ratelimit, Redis)",
-        "(d) + JWT + rate limit",
+        "(b+c) + JWT + rate limit, untraced",
+        "(d) + JWT + rate limit + tracing at 1%",
     ] {
         let (case, s) = by_label(label);
         row(
