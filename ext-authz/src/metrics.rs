@@ -41,6 +41,11 @@ struct ReloadLabels {
 #[derive(Debug)]
 pub struct Metrics {
     checks: Family<CheckLabels, Counter>,
+    /// The label sets every cached check touches, resolved once: a family lookup hashes
+    /// the labels and takes a lock, on every call.
+    allowed_ok: Counter,
+    cache_hit: Counter,
+    cache_miss: Counter,
     cache: Family<CacheLabels, Counter>,
     jwks_fetches: Family<FetchLabels, Counter>,
     keys: Family<ProviderLabels, Gauge>,
@@ -87,16 +92,23 @@ impl Metrics {
     }
 
     pub fn check(&self, allowed: bool, reason: &'static str, seconds: f64) {
-        let result = if allowed { "allowed" } else { "denied" };
-        self.checks
-            .get_or_create(&CheckLabels { result, reason })
-            .inc();
+        if allowed && reason == "ok" {
+            self.allowed_ok.inc();
+        } else {
+            let result = if allowed { "allowed" } else { "denied" };
+            self.checks
+                .get_or_create(&CheckLabels { result, reason })
+                .inc();
+        }
         self.check_duration.observe(seconds);
     }
 
     pub fn cache_lookup(&self, hit: bool) {
-        let outcome = if hit { "hit" } else { "miss" };
-        self.cache.get_or_create(&CacheLabels { outcome }).inc();
+        if hit {
+            self.cache_hit.inc();
+        } else {
+            self.cache_miss.inc();
+        }
     }
 
     pub fn jwks_fetch(&self, provider: &str, outcome: &'static str) {
@@ -149,9 +161,25 @@ impl Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let checks: Family<CheckLabels, Counter> = Family::default();
+        let cache: Family<CacheLabels, Counter> = Family::default();
+        // Clones share the family's value, so these count under their labels.
+        let allowed_ok = checks
+            .get_or_create(&CheckLabels {
+                result: "allowed",
+                reason: "ok",
+            })
+            .clone();
+        let cache_hit = cache.get_or_create(&CacheLabels { outcome: "hit" }).clone();
+        let cache_miss = cache
+            .get_or_create(&CacheLabels { outcome: "miss" })
+            .clone();
         Metrics {
-            checks: Family::default(),
-            cache: Family::default(),
+            checks,
+            allowed_ok,
+            cache_hit,
+            cache_miss,
+            cache,
             jwks_fetches: Family::default(),
             keys: Family::default(),
             reloads: Family::default(),

@@ -5,17 +5,32 @@
 //! ephemeral port and one in-process service; a closed loop of concurrent gRPC calls runs
 //! for ~3 s per case, then an open loop at half the measured rate gives the latency
 //! of a service that is not saturated. Bounded well under a minute.
+//!
+//! The service runs on one thread of its own, Redis client included (see
+//! `server_thread.rs`), and that thread's CPU time is measured, so each row also says how
+//! many decisions one core of service time makes. The callers share a few HTTP/2
+//! connections, as Envoy uses one per worker.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "../../runtime/bench/server_thread.rs"]
+mod server_thread;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-use support::{clock_now, descriptor, instance, request, RedisServer};
+use server_thread::ServerThread;
+use support::{clock_now, descriptor, request, RedisServer};
 use tollgate_ratelimit::limits::dropin;
+use tollgate_ratelimit::metrics::Metrics;
+use tollgate_ratelimit::server;
+use tollgate_ratelimit::service::{CurrentLimits, LimitSet, RateLimiter};
+use tollgate_ratelimit::store::redis::{RedisStore, RedisTarget};
+use tonic::transport::Channel;
 
 const CONFIG: &str = r#"
 domain: bench
@@ -30,11 +45,17 @@ descriptors:
 
 const CASE_LENGTH: Duration = Duration::from_secs(3);
 const CONCURRENCY: usize = 32;
+/// Client connections the calls are spread over (Envoy opens one per worker).
+const CONNECTIONS: usize = 4;
 /// Distinct descriptor values, as distinct clients would send.
 const CLIENTS: usize = 1_000;
 
 struct Run {
     rate: f64,
+    /// Decisions per second of the service thread's CPU time.
+    per_cpu_second: f64,
+    /// The service thread's share of one core.
+    cpu_share: f64,
     p50: Duration,
     p99: Duration,
     errors: usize,
@@ -62,10 +83,24 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
-fn summarize(mut latencies: Vec<Duration>, errors: usize, elapsed: Duration) -> Run {
+/// The service under test and the connections to it.
+struct Bench {
+    server: ServerThread,
+    clients: Vec<RateLimitServiceClient<Channel>>,
+}
+
+impl Bench {
+    fn client(&self, caller: usize) -> RateLimitServiceClient<Channel> {
+        self.clients[caller % self.clients.len()].clone()
+    }
+}
+
+fn summarize(mut latencies: Vec<Duration>, errors: usize, elapsed: Duration, cpu: Duration) -> Run {
     latencies.sort_unstable();
     Run {
         rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        per_cpu_second: latencies.len() as f64 / cpu.as_secs_f64().max(1e-9),
+        cpu_share: cpu.as_secs_f64() / elapsed.as_secs_f64(),
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
         errors,
@@ -73,10 +108,11 @@ fn summarize(mut latencies: Vec<Duration>, errors: usize, elapsed: Duration) -> 
 }
 
 /// As many calls as `CONCURRENCY` callers can make.
-async fn closed_loop(client: &support::Instance, requests: Arc<Vec<RateLimitRequest>>) -> Run {
+async fn closed_loop(bench: &Bench, requests: Arc<Vec<RateLimitRequest>>) -> Run {
+    let cpu_before = bench.server.cpu_time();
     let started = Instant::now();
     let callers = (0..CONCURRENCY).map(|c| {
-        let client = client.client.clone();
+        let client = bench.client(c);
         let requests = requests.clone();
         tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -103,24 +139,22 @@ async fn closed_loop(client: &support::Instance, requests: Arc<Vec<RateLimitRequ
         latencies.extend(l);
         errors += e;
     }
-    summarize(latencies, errors, started.elapsed())
+    let cpu = bench.server.cpu_time().saturating_sub(cpu_before);
+    summarize(latencies, errors, started.elapsed(), cpu)
 }
 
 /// Calls sent at a steady `rate`, whatever the answers' pace.
-async fn open_loop(
-    client: &support::Instance,
-    requests: Arc<Vec<RateLimitRequest>>,
-    rate: f64,
-) -> Run {
+async fn open_loop(bench: &Bench, requests: Arc<Vec<RateLimitRequest>>, rate: f64) -> Run {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let cpu_before = bench.server.cpu_time();
     let started = Instant::now();
     let mut calls = Vec::new();
     let mut i = 0;
     while started.elapsed() < CASE_LENGTH {
         ticks.tick().await;
-        let client = client.client.clone();
+        let client = bench.client(i);
         let requests = requests.clone();
         calls.push(tokio::spawn(async move {
             let sent = Instant::now();
@@ -139,7 +173,8 @@ async fn open_loop(
             _ => errors += 1,
         }
     }
-    summarize(latencies, errors, started.elapsed())
+    let cpu = bench.server.cpu_time().saturating_sub(cpu_before);
+    summarize(latencies, errors, started.elapsed(), cpu)
 }
 
 fn redis_benchmark(port: u16) -> String {
@@ -193,27 +228,47 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let url = redis.url();
+    let server = ServerThread::spawn(move |listener, shutdown| async move {
+        let store = RedisStore::connect(&RedisTarget::Single(url), Duration::from_millis(40))
+            .expect("valid url");
+        store.load_scripts().await.expect("scripts load");
+        let metrics = Metrics::unregistered();
+        let limits = CurrentLimits::new(LimitSet::new(tree, &metrics));
+        let limiter = RateLimiter::new(limits, Arc::new(store), clock_now(), metrics);
+        server::serve(listener, limiter, shutdown)
+            .await
+            .expect("serves");
+    });
     let mut rows = Vec::new();
     runtime.block_on(async {
-        let service = instance(&redis, tree, clock_now(), Duration::from_millis(40)).await;
+        let clients = server
+            .connect(CONNECTIONS)
+            .await
+            .into_iter()
+            .map(RateLimitServiceClient::new)
+            .collect();
+        let bench = Bench { server, clients };
         for descriptors in [1, 3] {
             let requests = Arc::new(requests(descriptors));
-            let full = closed_loop(&service, requests.clone()).await;
-            let half = open_loop(&service, requests, full.rate / 2.0).await;
+            let full = closed_loop(&bench, requests.clone()).await;
+            let half = open_loop(&bench, requests, full.rate / 2.0).await;
             rows.push((descriptors, full, half));
         }
     });
     let reference = redis_benchmark(redis.port);
 
     println!();
-    println!("ShouldRateLimit over gRPC, one service instance, Redis on loopback, {CONCURRENCY} concurrent callers, {}s per run", CASE_LENGTH.as_secs());
+    println!("ShouldRateLimit over gRPC, one service instance on one thread of its own (server CPU: that thread's share of one core), Redis on loopback, {CONCURRENCY} concurrent callers on {CONNECTIONS} connections, {}s per run", CASE_LENGTH.as_secs());
     println!();
-    println!("| descriptors | decisions/s | p50 | p99 | half load: rate | p50 | p99 | errors |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| descriptors | decisions/s | server CPU | decisions per server-CPU-second | p50 | p99 | half load: rate | p50 | p99 | errors |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (descriptors, full, half) in &rows {
         println!(
-            "| {descriptors} | {:.0} | {} | {} | {:.0}/s | {} | {} | {} |",
+            "| {descriptors} | {:.0} | {:.0}% | {:.0} | {} | {} | {:.0}/s | {} | {} | {} |",
             full.rate,
+            100.0 * full.cpu_share,
+            full.per_cpu_second,
             ms(full.p50),
             ms(full.p99),
             half.rate,

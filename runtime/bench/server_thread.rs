@@ -1,0 +1,103 @@
+//! A benchmark fixture the services' benches share (each includes this file with
+//! `#[path]`, so no service depends on it): the server under test runs on its own OS
+//! thread with a single-threaded Tokio runtime. Everything it does for a call (HTTP/2,
+//! gRPC, the handler, its Redis client) is then that one thread's CPU time, read in
+//! nanoseconds from `/proc/self/task/<tid>/schedstat`. Calls per server-CPU-second is
+//! what the issues mean by "on one core" and "per core used", whatever the client, Redis
+//! and the other engineers on this shared machine take.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// Resolves when the bench stops the server.
+pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A server on its own thread; stopped and joined on drop.
+pub struct ServerThread {
+    pub addr: SocketAddr,
+    schedstat: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Binds 127.0.0.1:0 and runs `serve(listener, shutdown)` on a new thread, inside a
+    /// current-thread runtime created there (so tasks the server spawns stay on it).
+    pub fn spawn<F, Fut>(serve: F) -> ServerThread
+    where
+        F: FnOnce(tokio::net::TcpListener, Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("server-under-test".into())
+            .spawn(move || {
+                // "<pid>/task/<tid>": this thread, as other threads can name it.
+                let me = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+                tid_tx.send(me).expect("bench waits for the tid");
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                    let shutdown: Shutdown = Box::pin(async move {
+                        let _ = stopped.await;
+                    });
+                    serve(listener, shutdown).await;
+                });
+            })
+            .expect("spawn server thread");
+        let me = tid_rx.recv().expect("server thread started");
+        ServerThread {
+            addr,
+            schedstat: PathBuf::from("/proc").join(me).join("schedstat"),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// `count` HTTP/2 connections to the server, one tonic channel each (Envoy opens one
+    /// per worker); retried while the server thread is still starting.
+    pub async fn connect(&self, count: usize) -> Vec<tonic::transport::Channel> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("an http uri");
+        let mut channels = Vec::with_capacity(count);
+        while channels.len() < count {
+            match endpoint.connect().await {
+                Ok(channel) => channels.push(channel),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        channels
+    }
+
+    /// CPU time the server thread has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let text = std::fs::read_to_string(&self.schedstat).expect("schedstat");
+        let nanos = text
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("schedstat starts with the nanoseconds on CPU");
+        Duration::from_nanos(nanos)
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
