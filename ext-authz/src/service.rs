@@ -73,13 +73,6 @@ impl AuthService {
         }
     }
 
-    /// Decides one request.
-    pub async fn decide(&self, request: &CheckRequest) -> Decision {
-        let view = view(request);
-        self.decide_logged(request, view, &CallIds::of(view, None))
-            .await
-    }
-
     /// Decides one request; log lines name the call by `ids`.
     async fn decide_logged(
         &self,
@@ -181,14 +174,6 @@ impl AuthService {
         let verified = Arc::new(result?);
         self.cache.insert(key, epoch, Arc::clone(&verified));
         Ok(verified)
-    }
-
-    /// Decides and renders the response, recording metrics.
-    pub async fn check_request(&self, request: &CheckRequest) -> CheckResponse {
-        let view = view(request);
-        self.check_logged(request, view, &CallIds::of(view, None))
-            .await
-            .0
     }
 
     /// Decides and renders the response, recording metrics; also returns the outcome's

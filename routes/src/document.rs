@@ -247,3 +247,27 @@ fn strip_location_suffix(message: &str) -> String {
         None => first_line.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::read_quick;
+
+    /// The quick reader is only a shortcut: were it to refuse every file, every test would
+    /// still pass through the located reader, and only reloads would get slower.
+    #[test]
+    fn the_quick_reader_takes_a_realistic_file() {
+        let example = include_str!("../../examples/routes.yaml");
+        let document = read_quick(example).expect("the example reads quickly");
+        assert!(!document.routes.is_empty());
+    }
+
+    #[test]
+    fn the_quick_reader_leaves_duplicate_keys_and_merge_keys_to_the_located_one() {
+        assert!(read_quick("version: 1\nversion: 1\n").is_none());
+        assert!(
+            read_quick("version: 1\nservices: {a: {endpoints: []}, a: {endpoints: []}}\n")
+                .is_none()
+        );
+        assert!(read_quick("version: 1\nservices:\n  a: {<<: {endpoints: []}}\n").is_none());
+    }
+}

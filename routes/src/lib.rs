@@ -24,6 +24,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use listener_tls::{FileSource, ListenerCertificates, ListenerTls, TlsVersion};
 pub use validate::is_valid_name;
 
+use listener_tls::ReadOnce;
+
 /// Parses and validates routes.yaml text; `file` is the name errors are reported against.
 ///
 /// Files named in the text are not read: a listener's certificate and key are checked only
@@ -48,6 +50,8 @@ fn read_and_validate(
     text: &str,
     files: Option<&dyn FileSource>,
 ) -> Result<(RoutesConfig, ListenerCertificates), ConfigErrors> {
+    let read_once = files.map(ReadOnce::new);
+    let files = read_once.as_ref().map(|f| f as &dyn FileSource);
     let quick = document::read_quick(text).and_then(|d| validate::validate(file, d, files).ok());
     if let Some(read) = quick {
         // Every test run doubles as a differential test of the two readers: a file the

@@ -60,6 +60,38 @@ pub trait FileSource {
     fn read(&self, path: &Path) -> std::io::Result<Vec<u8>>;
 }
 
+/// A [`FileSource`] that reads each path once, however often validation asks for it: one
+/// parse may validate twice (quickly, then with locations), and both must see the same
+/// bytes, even when a file is replaced in between.
+pub(crate) struct ReadOnce<'a> {
+    files: &'a dyn FileSource,
+    read: std::cell::RefCell<BTreeMap<PathBuf, FileRead>>,
+}
+
+/// One file's bytes, or why it could not be read (`io::Error` is not `Clone`).
+type FileRead = Result<Vec<u8>, (std::io::ErrorKind, String)>;
+
+impl<'a> ReadOnce<'a> {
+    pub(crate) fn new(files: &'a dyn FileSource) -> Self {
+        ReadOnce {
+            files,
+            read: Default::default(),
+        }
+    }
+}
+
+impl FileSource for ReadOnce<'_> {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let mut read = self.read.borrow_mut();
+        let outcome = read
+            .entry(path.to_path_buf())
+            .or_insert_with(|| self.files.read(path).map_err(|e| (e.kind(), e.to_string())));
+        outcome
+            .clone()
+            .map_err(|(kind, message)| std::io::Error::new(kind, message))
+    }
+}
+
 /// The certificate chain and private key one TLS listener serves, both PEM, as read from
 /// its files and checked to be a matching pair.
 #[derive(Clone, PartialEq, Eq)]

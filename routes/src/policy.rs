@@ -68,6 +68,19 @@ impl Algorithm {
     }
 }
 
+/// The header ext-authz sets to the verified consumer's id; no client may send it.
+pub const CONSUMER_HEADER: &str = "x-consumer-id";
+
+/// Every header ext-authz may set, sorted: the consumer id and each forwarded claim's.
+pub fn identity_headers(providers: &BTreeMap<String, AuthProvider>) -> Vec<String> {
+    let mut headers: std::collections::BTreeSet<String> = providers
+        .values()
+        .flat_map(|p| p.forward_claims.values().cloned())
+        .collect();
+    headers.insert(CONSUMER_HEADER.to_string());
+    headers.into_iter().collect()
+}
+
 /// A JWT issuer whose tokens routes can require.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuthProvider {

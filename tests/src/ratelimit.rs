@@ -157,18 +157,16 @@ impl RunningRateLimitService {
     /// another test's service took first makes it exit instead, and that other service's
     /// `/readyz` must not pass for ours), then for `/readyz` to answer 200.
     async fn wait_until_ready(&mut self) {
-        self.process
-            .wait_until_ok(self.metrics_addr.port(), "/readyz", READY_PATIENCE)
-            .await;
         // A reserved-then-released port can be taken by another run's service, whose /readyz
-        // would answer for ours: the answer counts only once our own process says it serves
+        // would answer for ours: /readyz counts only once our own process says it serves
         // that address.
         let metrics_addr = self.metrics_addr.to_string();
-        let process = &self.process;
+        let process = &mut self.process;
         crate::eventually_within(
             READY_PATIENCE,
             "tollgate-ratelimit serves its own port",
             async || {
+                process.ensure_running()?;
                 anyhow::ensure!(
                     process
                         .stderr()
@@ -180,5 +178,8 @@ impl RunningRateLimitService {
             },
         )
         .await;
+        self.process
+            .wait_until_ok(self.metrics_addr.port(), "/readyz", READY_PATIENCE)
+            .await;
     }
 }

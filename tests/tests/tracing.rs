@@ -299,5 +299,4 @@ async fn a_collector_that_is_down_fails_no_request() {
         let (_, _, flags) = gw.traced_request(&format!("no-collector-{i}"), None).await;
         assert_eq!(flags, "01", "traced, with nowhere to send the spans");
     }
-    assert!(gw.collector.spans().is_empty());
 }

@@ -23,7 +23,7 @@ pub(super) const FILTER_NAME: &str = "envoy.filters.http.ext_authz";
 pub(super) const CLUSTER: &str = "tollgate_ext_authz";
 
 /// The header ext-authz sets from the provider's `consumer_claim`.
-pub const CONSUMER_HEADER: &str = "x-consumer-id";
+pub use tollgate_routes::policy::CONSUMER_HEADER;
 
 pub(super) fn filter(sidecar: &ExtAuthzSidecar) -> Any {
     any(&ExtAuthz {

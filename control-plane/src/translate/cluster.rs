@@ -10,8 +10,6 @@
 //! ring-hash balancing also needs a hash key on every route to the service, which
 //! [`hash_policy`] supplies.
 
-use std::collections::BTreeMap;
-
 use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds, CircuitBreakers, OutlierDetection as EnvoyOutlierDetection,
 };
@@ -31,11 +29,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint,
     LocalityLbEndpoints,
 };
-use envoy_types::pb::envoy::config::route::v3::route::Action;
-use envoy_types::pb::envoy::config::route::v3::route_action::{
-    hash_policy, ClusterSpecifier, HashPolicy,
-};
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::route_action::{hash_policy, HashPolicy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
     CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
@@ -157,33 +151,6 @@ pub(super) fn hash_policy(service: &Service) -> Vec<HashPolicy> {
             terminal: false,
         }],
         _ => Vec::new(),
-    }
-}
-
-/// Gives every route to a ring-hash service its [`hash_policy`]. Done over the finished
-/// route configuration because a route names its service only as its cluster.
-pub(super) fn add_hash_policies(
-    routes: &mut RouteConfiguration,
-    services: &BTreeMap<String, Service>,
-) {
-    let actions = routes
-        .virtual_hosts
-        .iter_mut()
-        .flat_map(|host| host.routes.iter_mut())
-        .filter_map(|route| match &mut route.action {
-            Some(Action::Route(action)) => Some(action),
-            _ => None,
-        });
-    for action in actions {
-        let Some(ClusterSpecifier::Cluster(name)) = &action.cluster_specifier else {
-            continue;
-        };
-        if let Some(service) = services.get(name) {
-            let policy = hash_policy(service);
-            if !policy.is_empty() {
-                action.hash_policy = policy;
-            }
-        }
     }
 }
 

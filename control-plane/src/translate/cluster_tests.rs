@@ -4,8 +4,8 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
 use envoy_types::pb::envoy::config::core::v3::{
     data_source, health_check::HealthChecker, transport_socket::ConfigType,
 };
-use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+use envoy_types::pb::envoy::config::route::v3::{route::Action, RouteConfiguration};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
     UpstreamTlsContext,
@@ -14,7 +14,9 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use prost::Message;
 use tollgate_routes::{RoutesConfig, Service};
 
-use super::{add_hash_policies, cluster};
+use super::super::tests::{decode, route_named};
+use super::cluster;
+use crate::snapshot::type_url;
 
 /// A config with one listener, one route per service, and `services` as the services block.
 fn config(services: &str) -> RoutesConfig {
@@ -141,20 +143,10 @@ fn only_routes_to_a_ring_hash_service_hash_on_its_header() {
     endpoints: [\"127.0.0.1:3001\"]
 ",
     );
-    let mut routes = super::super::route::route_configuration(
-        &config.listeners[0],
-        config.routes_on("public"),
-        false,
-        None,
-    );
-    add_hash_policies(&mut routes, &config.services);
+    let snapshot = super::super::translate(&config, &Default::default());
+    let routes: RouteConfiguration = decode(&snapshot, type_url::ROUTE, "public");
     let hash_of = |name: &str| {
-        let route = routes.virtual_hosts[0]
-            .routes
-            .iter()
-            .find(|r| r.name == name)
-            .unwrap_or_else(|| panic!("no route {name}"));
-        let Some(Action::Route(action)) = &route.action else {
+        let Some(Action::Route(action)) = &route_named(&routes, name).action else {
             panic!("route {name} forwards");
         };
         action

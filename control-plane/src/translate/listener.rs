@@ -35,7 +35,7 @@ fn escaped_slashes_action(escaped: EscapedSlashes) -> PathWithEscapedSlashesActi
     }
 }
 
-fn http_filter(name: &str, config: Any) -> HttpFilter {
+pub(super) fn http_filter(name: &str, config: Any) -> HttpFilter {
     HttpFilter {
         name: name.to_string(),
         config_type: Some(http_filter::ConfigType::TypedConfig(config)),
@@ -54,6 +54,19 @@ fn strip_headers(headers: &[String]) -> TypedExtensionConfig {
         name: "tollgate.strip_identity_headers".into(),
         typed_config: Some(any(&HeaderMutation { mutations })),
     }
+}
+
+/// The last filter of every chain: the one that forwards.
+pub(super) fn router_filter() -> HttpFilter {
+    http_filter("envoy.filters.http.router", any(&Router::default()))
+}
+
+/// Routes from the route configuration `name`, over ADS.
+pub(super) fn rds(name: &str) -> RouteSpecifier {
+    RouteSpecifier::Rds(Rds {
+        config_source: Some(ads_config_source()),
+        route_config_name: name.to_string(),
+    })
 }
 
 /// The HTTP filters one listener runs, decided from the routes it serves.
@@ -90,19 +103,13 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
     .filter_map(|(name, config)| config.map(|c| http_filter(name, c.clone())))
     .collect();
     http_filters.extend(filters.cache.iter().cloned());
-    http_filters.push(http_filter(
-        "envoy.filters.http.router",
-        any(&Router::default()),
-    ));
+    http_filters.push(router_filter());
     let manager = HttpConnectionManager {
         stat_prefix: config.name.clone(),
         // HTTP/2 or HTTP/1.1 as ALPN chose on TLS listeners; on plaintext ones, HTTP/2 when
         // the connection opens with its preface (prior knowledge, RFC 9113 §3.3), else 1.1.
         codec_type: CodecType::Auto as i32,
-        route_specifier: Some(RouteSpecifier::Rds(Rds {
-            config_source: Some(ads_config_source()),
-            route_config_name: config.name.clone(),
-        })),
+        route_specifier: Some(rds(&config.name)),
         // The gateway is the edge: trust the peer address, not a client-supplied
         // x-forwarded-for, when deciding who the client is.
         use_remote_address: Some(BoolValue { value: true }),

@@ -5,15 +5,15 @@ use std::path::Path;
 
 use envoy_types::pb::envoy::config::core::v3::{data_source, transport_socket::ConfigType};
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
-use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     secret, tls_parameters::TlsProtocol, DownstreamTlsContext, Secret,
 };
 use prost::Message;
 use tollgate_routes::FileSource;
 
+use super::super::tests::{decode, manager};
 use crate::snapshot::{type_url, Snapshot};
 use crate::translate::translate;
 
@@ -50,27 +50,12 @@ listeners:
     translate(&config, &certificates)
 }
 
-fn decode<M: Message + Default>(snapshot: &Snapshot, type_url: &str, name: &str) -> M {
-    let resource = &snapshot.resources(type_url).resources[name];
-    M::decode(resource.body.value.as_slice()).expect("decodes")
-}
-
 fn tls_context(listener: &Listener) -> Option<DownstreamTlsContext> {
     let socket = listener.filter_chains[0].transport_socket.as_ref()?;
     let Some(ConfigType::TypedConfig(any)) = &socket.config_type else {
         panic!("typed transport socket config expected")
     };
     Some(DownstreamTlsContext::decode(any.value.as_slice()).expect("downstream tls context"))
-}
-
-fn codec(listener: &Listener) -> CodecType {
-    let Some(filter::ConfigType::TypedConfig(any)) =
-        &listener.filter_chains[0].filters[0].config_type
-    else {
-        panic!("typed config expected")
-    };
-    let manager = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
-    CodecType::try_from(manager.codec_type).expect("known codec")
 }
 
 #[test]
@@ -156,8 +141,8 @@ fn a_plaintext_listener_has_no_transport_socket_and_no_secret() {
 fn every_listener_lets_the_client_choose_http2() {
     let snapshot = snapshot("");
     for name in ["secure", "plain"] {
-        let listener: Listener = decode(&snapshot, type_url::LISTENER, name);
-        assert_eq!(codec(&listener), CodecType::Auto, "{name}");
+        let codec = CodecType::try_from(manager(&snapshot, name).codec_type);
+        assert_eq!(codec, Ok(CodecType::Auto), "{name}");
     }
 }
 

@@ -20,15 +20,13 @@ mod retry;
 mod route;
 mod tracing;
 
-use std::collections::BTreeSet;
-
 use envoy_types::pb::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, AggregatedConfigSource, ApiVersion, ConfigSource,
 };
 use envoy_types::pb::google::protobuf::{Any, Duration as ProtoDuration};
 use prost::Name;
 use tollgate_routes::route_policy::RouteCors;
-use tollgate_routes::{ListenerCertificates, RoutesConfig};
+use tollgate_routes::{ListenerCertificates, Route, RoutesConfig};
 
 pub use auth::CONSUMER_HEADER;
 
@@ -68,44 +66,47 @@ pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> 
         add_cluster(c, a);
     }
 
-    let strip_headers = identity_headers(config);
+    let strip_headers = tollgate_routes::policy::identity_headers(&config.auth_providers);
+    let access_log = config
+        .observability
+        .access_log
+        .as_ref()
+        .map(access_log::access_log);
+    let tracing = config
+        .observability
+        .tracing
+        .as_ref()
+        .map(tracing::hcm_tracing);
     for l in &config.listeners {
+        let routes: Vec<&Route> = config.routes_on(&l.name).collect();
         let ext_authz = config
             .sidecars
             .ext_authz
             .as_ref()
-            .filter(|_| config.routes_on(&l.name).any(|r| r.auth.is_some()));
+            .filter(|_| routes.iter().any(|r| r.auth.is_some()));
         let rate_limit = config
             .sidecars
             .rate_limit
             .as_ref()
-            .filter(|_| config.routes_on(&l.name).any(|r| !r.rate_limits.is_empty()));
-        let cached = config.routes_on(&l.name).any(|r| r.traffic.cache.is_some());
+            .filter(|_| routes.iter().any(|r| !r.rate_limits.is_empty()));
+        let cached = routes.iter().any(|r| r.traffic.cache.is_some());
         let filters = listener::ListenerFilters {
             strip_headers: strip_headers.clone(),
             ext_authz: ext_authz.map(auth::filter),
             rate_limit: rate_limit.map(rate_limit::filter),
             cors: (config.cors.is_some()
-                || config
-                    .routes_on(&l.name)
+                || routes
+                    .iter()
                     .any(|r| matches!(r.traffic.cors, RouteCors::Own(_))))
             .then(cors::filter),
-            body_limit: config
-                .routes_on(&l.name)
+            body_limit: routes
+                .iter()
                 .filter_map(|r| r.traffic.max_request_bytes)
                 .max()
                 .map(body_limit::filter),
             cache: cached.then(|| response_cache::filter(&l.name)),
-            access_log: config
-                .observability
-                .access_log
-                .as_ref()
-                .map(access_log::access_log),
-            tracing: config
-                .observability
-                .tracing
-                .as_ref()
-                .map(tracing::hcm_tracing),
+            access_log: access_log.clone(),
+            tracing: tracing.clone(),
         };
         resources.push((
             type_url::LISTENER,
@@ -115,19 +116,16 @@ pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> 
                 &listener::listener(l, &filters),
             ),
         ));
-        let mut routes = route::route_configuration(
-            l,
-            config.routes_on(&l.name),
-            ext_authz.is_some(),
-            config.cors.as_ref(),
-        );
-        cluster::add_hash_policies(&mut routes, &config.services);
-        if !config.observability.route_stats {
-            route::without_route_stats(&mut routes);
-        }
+        let table = route::RouteTable {
+            ext_authz: ext_authz.is_some(),
+            default_cors: config.cors.as_ref(),
+            services: &config.services,
+            route_stats: config.observability.route_stats,
+        };
+        let route_configuration = route::route_configuration(l, &routes, &table);
         resources.push((
             type_url::ROUTE,
-            Resource::new(&l.name, type_url::ROUTE, &routes),
+            Resource::new(&l.name, type_url::ROUTE, &route_configuration),
         ));
         if let Some(certificate) = l.tls.as_ref().and(certificates.get(&l.name)) {
             let secret = listener_tls::secret(&l.name, certificate);
@@ -151,11 +149,7 @@ pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> 
                     &response_cache::fill_listener(&l.name),
                 ),
             ));
-            let mut fill = route::cache_fill_configuration(l, config.routes_on(&l.name));
-            cluster::add_hash_policies(&mut fill, &config.services);
-            if !config.observability.route_stats {
-                route::without_route_stats(&mut fill);
-            }
+            let fill = route::cache_fill_configuration(l, &routes, &table);
             resources.push((
                 type_url::ROUTE,
                 Resource::new(&name, type_url::ROUTE, &fill),
@@ -163,17 +157,6 @@ pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> 
         }
     }
     Snapshot::new(resources)
-}
-
-/// Every header ext-authz may set: the consumer id and every forwarded claim's header.
-fn identity_headers(config: &RoutesConfig) -> Vec<String> {
-    let mut headers: BTreeSet<String> = config
-        .auth_providers
-        .values()
-        .flat_map(|p| p.forward_claims.values().cloned())
-        .collect();
-    headers.insert(CONSUMER_HEADER.to_string());
-    headers.into_iter().collect()
 }
 
 /// A protobuf map with a deterministic encoding.

@@ -34,15 +34,14 @@ use envoy_types::pb::envoy::config::listener::v3::{
 use envoy_types::pb::envoy::config::route::v3::FilterConfig;
 use envoy_types::pb::envoy::extensions::filters::http::cache_v2::v3::CacheV2Config;
 use envoy_types::pb::envoy::extensions::filters::http::lua::v3::Lua;
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
+    HttpConnectionManager, HttpFilter,
 };
 use envoy_types::pb::envoy::extensions::http::cache_v2::simple_http_cache::v3::SimpleHttpCacheV2Config;
 use envoy_types::pb::google::protobuf::Any;
 use tollgate_routes::route_policy::ResponseCache;
 
-use super::{ads_config_source, any, listener, local_reply};
+use super::{any, listener, local_reply};
 
 pub(super) const FILTER_NAME: &str = "envoy.filters.http.cache_v2";
 
@@ -67,10 +66,8 @@ pub(super) fn filter(listener: &str) -> HttpFilter {
         ..Default::default()
     };
     HttpFilter {
-        name: FILTER_NAME.to_string(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(any(&config))),
         disabled: true,
-        ..Default::default()
+        ..listener::http_filter(FILTER_NAME, any(&config))
     }
 }
 
@@ -133,23 +130,13 @@ pub(super) fn fill_listener(listener: &str) -> Listener {
         }),
         ..Default::default()
     };
-    let http_filters = [
-        ("envoy.filters.http.lua", any(&lua)),
-        ("envoy.filters.http.router", any(&Router::default())),
-    ]
-    .into_iter()
-    .map(|(name, config)| HttpFilter {
-        name: name.to_string(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
-        ..Default::default()
-    })
-    .collect();
+    let http_filters = vec![
+        listener::http_filter("envoy.filters.http.lua", any(&lua)),
+        listener::router_filter(),
+    ];
     let manager = HttpConnectionManager {
         stat_prefix: name.clone(),
-        route_specifier: Some(RouteSpecifier::Rds(Rds {
-            config_source: Some(ads_config_source()),
-            route_config_name: name.clone(),
-        })),
+        route_specifier: Some(listener::rds(&name)),
         // The public listener already set x-forwarded-for to the client and made or kept
         // the request id; this hop must pass both on unchanged (its peer is Envoy itself).
         skip_xff_append: true,

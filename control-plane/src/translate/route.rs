@@ -2,6 +2,8 @@
 //! its traffic policies (retries, timeouts, rewrites, header edits, CORS, body limit, cache),
 //! and for listeners with cached routes the cache-fill configuration those routes share.
 
+use std::collections::BTreeMap;
+
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, route::Action, route_action::ClusterSpecifier,
     route_action::HostRewriteSpecifier, route_match::PathSpecifier, DirectResponseAction,
@@ -13,29 +15,41 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 use tollgate_routes::route_policy::{CorsPolicy, RouteCors};
-use tollgate_routes::{Listener, PathMatch, Route, RouteMatch};
+use tollgate_routes::{Listener, PathMatch, Route, RouteMatch, Service};
 
 use super::json_format::json_format;
 use super::{
-    auth, body_limit, cors, headers, proto_duration, rate_limit, response_cache, retry, stable_map,
+    auth, body_limit, cluster, cors, headers, proto_duration, rate_limit, response_cache, retry,
+    stable_map,
 };
 
-/// `default_cors`: the top-level `cors`, for routes without their own.
-pub(super) fn route_configuration<'a>(
+/// What every route of one listener's table is built with.
+pub(super) struct RouteTable<'a> {
+    /// The listener runs the ext_authz filter, so every route says whether it applies (a
+    /// route without a per-route setting would be checked with no provider).
+    pub ext_authz: bool,
+    /// The top-level `cors`, for routes without their own.
+    pub default_cors: Option<&'a CorsPolicy>,
+    /// Where a route's service says how requests hash (ring hash on a header).
+    pub services: &'a BTreeMap<String, Service>,
+    /// `observability.route_stats`: whether routes carry a stat prefix.
+    pub route_stats: bool,
+}
+
+pub(super) fn route_configuration(
     listener: &Listener,
-    routes: impl Iterator<Item = &'a Route>,
-    ext_authz: bool,
-    default_cors: Option<&CorsPolicy>,
+    routes: &[&Route],
+    table: &RouteTable,
 ) -> RouteConfiguration {
-    let routes: Vec<&Route> = routes.collect();
     let health = listener
         .health_path
         .as_deref()
-        .map(|path| health_route(path, ext_authz));
+        .map(|path| health_route(path, table.ext_authz));
     // Per-filter settings on the virtual host apply to every route that has none of its
     // own: the CORS default, and buffering off where no body limit is set.
     let buffering = routes.iter().any(|r| r.traffic.max_request_bytes.is_some());
-    let virtual_host_filters: Vec<(String, Any)> = default_cors
+    let virtual_host_filters: Vec<(String, Any)> = table
+        .default_cors
         .map(|c| (cors::FILTER_NAME.to_string(), cors::per_route(c)))
         .into_iter()
         .chain(buffering.then(|| {
@@ -45,44 +59,27 @@ pub(super) fn route_configuration<'a>(
             )
         }))
         .collect();
-    let envoy_routes: Vec<EnvoyRoute> = health
+    let envoy_routes = health
         .into_iter()
-        .chain(
-            routes
-                .iter()
-                .map(|r| route(r, ext_authz, default_cors.is_some())),
-        )
+        .chain(routes.iter().map(|r| route(r, table)))
         .collect();
-    RouteConfiguration {
-        name: listener.name.clone(),
-        virtual_hosts: vec![VirtualHost {
-            name: listener.name.clone(),
-            domains: vec!["*".into()],
-            routes: envoy_routes,
-            typed_per_filter_config: stable_map(virtual_host_filters),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    single_host(&listener.name, envoy_routes, virtual_host_filters)
 }
 
 /// The routes the cache filter's side channel reaches through the internal listener
 /// ([`response_cache`]): the cached routes only, in file order, with the same route actions
 /// as on the public listener and nothing for filters the internal listener does not run.
 /// Each adds `cache-control: max-age=<ttl>` where the upstream sent none.
-pub(super) fn cache_fill_configuration<'a>(
+pub(super) fn cache_fill_configuration(
     listener: &Listener,
-    routes: impl Iterator<Item = &'a Route>,
+    routes: &[&Route],
+    table: &RouteTable,
 ) -> RouteConfiguration {
-    let name = response_cache::fill_name(&listener.name);
     let envoy_routes = routes
+        .iter()
         .filter_map(|r| {
             let cache = r.traffic.cache.as_ref()?;
-            let mut fill = route(r, false, false);
-            fill.typed_per_filter_config.clear();
-            if let Some(Action::Route(action)) = fill.action.as_mut() {
-                action.rate_limits.clear();
-            }
+            let mut fill = forwarding_route(r, false, table);
             // After the route's own edits, so a `cache-control` the route sets counts as
             // the upstream's.
             fill.response_headers_to_add
@@ -90,27 +87,29 @@ pub(super) fn cache_fill_configuration<'a>(
             Some(fill)
         })
         .collect();
+    single_host(
+        &response_cache::fill_name(&listener.name),
+        envoy_routes,
+        Vec::new(),
+    )
+}
+
+/// A route table of one virtual host for every domain, named like the table.
+fn single_host(
+    name: &str,
+    routes: Vec<EnvoyRoute>,
+    per_filter: Vec<(String, Any)>,
+) -> RouteConfiguration {
     RouteConfiguration {
-        name: name.clone(),
+        name: name.to_string(),
         virtual_hosts: vec![VirtualHost {
-            name,
+            name: name.to_string(),
             domains: vec!["*".into()],
-            routes: envoy_routes,
+            routes,
+            typed_per_filter_config: stable_map(per_filter),
             ..Default::default()
         }],
         ..Default::default()
-    }
-}
-
-/// Drops every route's stat prefix, and with it Envoy's per-route series: each costs Envoy
-/// a stats scope that it builds anew and tears down on every route-table update.
-pub(super) fn without_route_stats(routes: &mut RouteConfiguration) {
-    for route in routes
-        .virtual_hosts
-        .iter_mut()
-        .flat_map(|v| v.routes.iter_mut())
-    {
-        route.stat_prefix.clear();
     }
 }
 
@@ -138,33 +137,23 @@ fn health_route(path: &str, ext_authz: bool) -> EnvoyRoute {
     }
 }
 
-/// `ext_authz`: the listener runs the ext_authz filter, so every route says whether it
-/// applies (a route without a per-route setting would be checked with no provider).
-/// `default_cors`: a top-level CORS policy applies to routes without their own.
-fn route(route: &Route, ext_authz: bool, default_cors: bool) -> EnvoyRoute {
+/// A route as the public listener serves it: [`forwarding_route`], plus its rate limits and
+/// the per-route settings of the filters that run before the router.
+fn route(route: &Route, table: &RouteTable) -> EnvoyRoute {
     let traffic = &route.traffic;
-    let action = RouteAction {
-        cluster_specifier: Some(ClusterSpecifier::Cluster(route.service.clone())),
-        prefix_rewrite: route.rewrite_prefix.clone().unwrap_or_default(),
-        regex_rewrite: traffic
-            .rewrite_regex
-            .as_ref()
-            .map(|r| RegexMatchAndSubstitute {
-                pattern: Some(regex_matcher(r.pattern.clone())),
-                substitution: r.substitution.clone(),
-            }),
-        host_rewrite_specifier: traffic
-            .host_rewrite
-            .clone()
-            .map(HostRewriteSpecifier::HostRewriteLiteral),
-        timeout: route.timeout.map(proto_duration),
-        idle_timeout: traffic.idle_timeout.map(proto_duration),
-        retry_policy: traffic.retries.as_ref().map(retry::retry_policy),
-        rate_limits: rate_limit::route_rate_limits(&route.name, &route.rate_limits),
-        ..Default::default()
+    let default_cors = table.default_cors.is_some();
+    let cors = match traffic.cors {
+        RouteCors::Own(_) => true,
+        RouteCors::Inherit => default_cors,
+        RouteCors::Off => false,
     };
-    let typed_per_filter_config = stable_map(
-        ext_authz
+    let mut envoy_route = forwarding_route(route, cors, table);
+    if let Some(Action::Route(action)) = envoy_route.action.as_mut() {
+        action.rate_limits = rate_limit::route_rate_limits(&route.name, &route.rate_limits);
+    }
+    envoy_route.typed_per_filter_config = stable_map(
+        table
+            .ext_authz
             .then(|| {
                 (
                     auth::FILTER_NAME.to_string(),
@@ -194,23 +183,53 @@ fn route(route: &Route, ext_authz: bool, default_cors: bool) -> EnvoyRoute {
                 )
             })),
     );
+    envoy_route
+}
+
+/// What the router does with a request of this route, wherever it is served: the match
+/// (`cors`: see [`route_match`]), the upstream and every route action, and the header edits.
+fn forwarding_route(route: &Route, cors: bool, table: &RouteTable) -> EnvoyRoute {
+    let traffic = &route.traffic;
+    let action = RouteAction {
+        cluster_specifier: Some(ClusterSpecifier::Cluster(route.service.clone())),
+        prefix_rewrite: route.rewrite_prefix.clone().unwrap_or_default(),
+        regex_rewrite: traffic
+            .rewrite_regex
+            .as_ref()
+            .map(|r| RegexMatchAndSubstitute {
+                pattern: Some(regex_matcher(r.pattern.clone())),
+                substitution: r.substitution.clone(),
+            }),
+        host_rewrite_specifier: traffic
+            .host_rewrite
+            .clone()
+            .map(HostRewriteSpecifier::HostRewriteLiteral),
+        timeout: route.timeout.map(proto_duration),
+        idle_timeout: traffic.idle_timeout.map(proto_duration),
+        retry_policy: traffic.retries.as_ref().map(retry::retry_policy),
+        hash_policy: table
+            .services
+            .get(&route.service)
+            .map(cluster::hash_policy)
+            .unwrap_or_default(),
+        ..Default::default()
+    };
     let (request_headers_to_add, request_headers_to_remove) =
         headers::header_edits(&traffic.request_headers);
     let (response_headers_to_add, response_headers_to_remove) =
         headers::header_edits(&traffic.response_headers);
-    let cors = match traffic.cors {
-        RouteCors::Own(_) => true,
-        RouteCors::Inherit => default_cors,
-        RouteCors::Off => false,
-    };
     EnvoyRoute {
         name: route.name.clone(),
         // Envoy keeps per-route request counts, status classes and latency histograms only
-        // for routes with a stat prefix (`vhost.<listener>.route.<name>.*`).
-        stat_prefix: route.name.clone(),
+        // for routes with a stat prefix (`vhost.<listener>.route.<name>.*`). Each costs Envoy
+        // a stats scope that it builds anew on every route-table update.
+        stat_prefix: if table.route_stats {
+            route.name.clone()
+        } else {
+            String::new()
+        },
         r#match: Some(route_match(&route.matcher, cors)),
         action: Some(Action::Route(action)),
-        typed_per_filter_config,
         request_headers_to_add,
         request_headers_to_remove,
         response_headers_to_add,

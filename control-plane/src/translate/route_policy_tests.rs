@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-use super::super::tests::manager as manager_of;
+use super::super::tests::{decode, manager as manager_of, route_named as route};
 use super::super::translate;
 use crate::snapshot::{type_url, Snapshot};
 
@@ -66,21 +66,8 @@ fn snapshot(text: &str) -> Snapshot {
     )
 }
 
-fn decode<M: Message + Default>(snapshot: &Snapshot, type_url: &str, name: &str) -> M {
-    let resource = &snapshot.resources(type_url).resources[name];
-    M::decode(resource.body.value.as_slice()).expect("decodes")
-}
-
 fn routes(snapshot: &Snapshot, listener: &str) -> RouteConfiguration {
     decode(snapshot, type_url::ROUTE, listener)
-}
-
-fn route<'a>(config: &'a RouteConfiguration, name: &str) -> &'a EnvoyRoute {
-    config.virtual_hosts[0]
-        .routes
-        .iter()
-        .find(|r| r.name == name)
-        .unwrap_or_else(|| panic!("no route {name}"))
 }
 
 fn action(route: &EnvoyRoute) -> &RouteAction {

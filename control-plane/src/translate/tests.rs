@@ -41,7 +41,7 @@ fn snapshot() -> Snapshot {
     )
 }
 
-fn route_named<'a>(
+pub(super) fn route_named<'a>(
     config: &'a RouteConfiguration,
     name: &str,
 ) -> &'a envoy_types::pb::envoy::config::route::v3::Route {

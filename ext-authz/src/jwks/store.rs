@@ -155,13 +155,7 @@ impl KeyStore {
             return Ok(false);
         };
         let _fetching = self.fetching.lock().await;
-        let recent = self
-            .last_fetch
-            .lock()
-            .ok()
-            .and_then(|last| *last)
-            .is_some_and(|at| at.elapsed() < interval);
-        if recent {
+        if self.fetched_within(interval) {
             return Ok(false);
         }
         self.fetch_locked(remote).await
@@ -177,7 +171,7 @@ impl KeyStore {
         // Checked before the fetch lock too: a flood of made-up kids within the cooldown
         // is refused without any task queueing on the lock. A fetch under way is waited
         // for instead (its keys may be the ones this token needs).
-        if self.fetched_recently()
+        if self.fetched_within(self.cooldown)
             && !self
                 .fetch_in_flight
                 .load(std::sync::atomic::Ordering::Acquire)
@@ -195,7 +189,7 @@ impl KeyStore {
             }
         };
         // Another task may have fetched between the check above and taking the lock.
-        if self.fetched_recently() {
+        if self.fetched_within(self.cooldown) {
             self.metrics.jwks_fetch(&self.provider, "cooldown");
             return false;
         }
@@ -208,21 +202,28 @@ impl KeyStore {
         }
     }
 
-    fn fetched_recently(&self) -> bool {
+    fn fetched_within(&self, period: Duration) -> bool {
         self.last_fetch
             .lock()
             .ok()
             .and_then(|last| *last)
-            .is_some_and(|at| at.elapsed() < self.cooldown)
+            .is_some_and(|at| at.elapsed() < period)
     }
 
     async fn fetch_locked(&self, remote: &RemoteJwks) -> Result<bool, FetchError> {
+        /// Lowers the flag however the fetch ends: a Check whose stream Envoy resets
+        /// mid-fetch drops this future at the `.await`, and a flag left up would let every
+        /// later unknown `kid` past the cooldown.
+        struct InFlight<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
         self.fetch_in_flight
             .store(true, std::sync::atomic::Ordering::Release);
-        let result = self.fetch_now(remote).await;
-        self.fetch_in_flight
-            .store(false, std::sync::atomic::Ordering::Release);
-        result
+        let _in_flight = InFlight(&self.fetch_in_flight);
+        self.fetch_now(remote).await
     }
 
     async fn fetch_now(&self, remote: &RemoteJwks) -> Result<bool, FetchError> {

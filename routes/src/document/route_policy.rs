@@ -27,7 +27,7 @@ pub(crate) struct CorsDoc {
     /// `false` on a route turns the top-level policy off there; on the top level, off
     /// everywhere. Required `origins` only when enabled, so a policy can be switched off
     /// without deleting it.
-    #[serde(default = "enabled")]
+    #[serde(default = "super::enabled")]
     pub enabled: bool,
     pub origins: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
@@ -63,8 +63,4 @@ pub(crate) struct RegexRewriteDoc {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CacheDoc {
     pub ttl: Spanned<String>,
-}
-
-fn enabled() -> bool {
-    true
 }

@@ -55,7 +55,11 @@ pub(crate) fn validate(
         .collect();
     let auth_providers = policy::auth_providers(&doc, &mut errors);
     let sidecars = policy::sidecars(&doc, &mut errors);
-    let routes = routes(&doc, &mut errors);
+    let routes = routes(
+        &doc,
+        &crate::policy::identity_headers(&auth_providers),
+        &mut errors,
+    );
     let observability = observability::observability(&doc, &mut errors);
     let cors = route_policy::global_cors(&doc, &mut errors);
 
@@ -228,7 +232,8 @@ fn service(name: &str, doc: &ServiceDoc, errors: &mut Errors) -> Option<Service>
     })
 }
 
-fn routes(doc: &Document, errors: &mut Errors) -> Vec<Route> {
+/// `identity_headers`: what ext-authz sets, which no route may set instead.
+fn routes(doc: &Document, identity_headers: &[String], errors: &mut Errors) -> Vec<Route> {
     let mut names = HashMap::new();
     let mut valid = Vec::new();
     for route in &doc.routes {
@@ -239,14 +244,19 @@ fn routes(doc: &Document, errors: &mut Errors) -> Vec<Route> {
                 format!("duplicate route name \"{}\"", route.name.value),
             );
         }
-        if let Some(route) = self::route(doc, route, errors) {
+        if let Some(route) = self::route(doc, route, identity_headers, errors) {
             valid.push(route);
         }
     }
     valid
 }
 
-fn route(doc: &Document, route: &RouteDoc, errors: &mut Errors) -> Option<Route> {
+fn route(
+    doc: &Document,
+    route: &RouteDoc,
+    identity_headers: &[String],
+    errors: &mut Errors,
+) -> Option<Route> {
     let before = errors.found.len();
     let name = &route.name.value;
     if let Some(listener) = &route.listener {
@@ -323,7 +333,7 @@ fn route(doc: &Document, route: &RouteDoc, errors: &mut Errors) -> Option<Route>
         .as_ref()
         .and_then(|a| policy::route_auth(doc, name, a, errors));
     let rate_limits = policy::rate_limits(doc, route, errors);
-    let traffic = route_policy::traffic_policy(doc, route, errors);
+    let traffic = route_policy::traffic_policy(route, identity_headers, errors);
     let matcher = matcher?;
     (errors.found.len() == before).then(|| Route {
         name: name.clone(),
@@ -338,6 +348,36 @@ fn route(doc: &Document, route: &RouteDoc, errors: &mut Errors) -> Option<Route>
     })
 }
 
+/// Compiles `pattern` (the regex of `node`, perhaps anchored); a bad one is reported at `node`
+/// with the compiler's own reason.
+pub(super) fn compile_regex(
+    node: &Spanned<String>,
+    pattern: &str,
+    errors: &mut Errors,
+) -> Option<regex::Regex> {
+    regex::Regex::new(pattern)
+        .map_err(|e| {
+            let reason = e.to_string();
+            let reason = reason.lines().last().unwrap_or(&reason).trim().to_string();
+            errors.at(node, format!("invalid regex \"{}\": {reason}", node.value));
+        })
+        .ok()
+}
+
+/// Method names, upper-cased; an unknown one is reported where it stands.
+pub(super) fn methods(nodes: &[Spanned<String>], errors: &mut Errors) -> Vec<String> {
+    let mut methods = Vec::new();
+    for method in nodes {
+        let upper = method.value.to_ascii_uppercase();
+        if METHODS.contains(&upper.as_str()) {
+            methods.push(upper);
+        } else {
+            errors.at(method, format!("unknown HTTP method \"{}\"", method.value));
+        }
+    }
+    methods
+}
+
 fn route_match(route: &str, doc: &Spanned<MatchDoc>, errors: &mut Errors) -> Option<RouteMatch> {
     let m = &doc.value;
     let path = match (&m.prefix, &m.path, &m.regex) {
@@ -347,18 +387,10 @@ fn route_match(route: &str, doc: &Spanned<MatchDoc>, errors: &mut Errors) -> Opt
         (None, Some(path), None) => {
             absolute_path(path, "path", errors).then(|| PathMatch::Exact(path.value.clone()))
         }
-        (None, None, Some(regex)) => match regex::Regex::new(&format!("^(?:{})$", regex.value)) {
-            Ok(_) => Some(PathMatch::Regex(regex.value.clone())),
-            Err(e) => {
-                let reason = e.to_string();
-                let reason = reason.lines().last().unwrap_or(&reason).trim().to_string();
-                errors.at(
-                    regex,
-                    format!("invalid regex \"{}\": {reason}", regex.value),
-                );
-                None
-            }
-        },
+        (None, None, Some(regex)) => {
+            compile_regex(regex, &format!("^(?:{})$", regex.value), errors)
+                .map(|_| PathMatch::Regex(regex.value.clone()))
+        }
         _ => {
             errors.at(
                 doc,
@@ -367,15 +399,7 @@ fn route_match(route: &str, doc: &Spanned<MatchDoc>, errors: &mut Errors) -> Opt
             None
         }
     };
-    let mut methods = Vec::new();
-    for method in &m.methods {
-        let upper = method.value.to_ascii_uppercase();
-        if METHODS.contains(&upper.as_str()) {
-            methods.push(upper);
-        } else {
-            errors.at(method, format!("unknown HTTP method \"{}\"", method.value));
-        }
-    }
+    let methods = methods(&m.methods, errors);
     let mut headers = BTreeMap::new();
     for (name, value) in &m.headers {
         if !is_header_name(name) {

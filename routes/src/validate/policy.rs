@@ -11,7 +11,7 @@ use crate::document::{AuthProviderDoc, Document, RateLimitDoc, RouteAuthDoc, Rou
 use crate::duration;
 use crate::policy::{
     Algorithm, AuthProvider, ExtAuthzSidecar, KeySource, LimitAlgorithm, LimitKey, LimitQuota, Per,
-    Quota, RateLimitRule, RateLimitSidecar, RouteAuth, Sidecars, TokenSource,
+    Quota, RateLimitRule, RateLimitSidecar, RouteAuth, Sidecars, TokenSource, CONSUMER_HEADER,
 };
 
 /// Envoy's ext_authz default; a JWT check with cached keys takes well under a millisecond.
@@ -31,7 +31,7 @@ const RESERVED_HEADERS: [&str; 9] = [
     "te",
     "upgrade",
     "cookie",
-    "x-consumer-id",
+    CONSUMER_HEADER,
 ];
 
 pub(super) fn auth_providers(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::{is_dns_name, is_header_name, positive_duration, Errors, METHODS};
+use super::{compile_regex, is_dns_name, is_header_name, methods, positive_duration, Errors};
 use crate::document::{
     BackoffDoc, CacheDoc, CorsDoc, Document, HeaderEditsDoc, RegexRewriteDoc, RetriesDoc, RouteDoc,
 };
@@ -41,10 +41,6 @@ const FRAMING_HEADERS: [&str; 8] = [
     "upgrade",
 ];
 
-/// The identity ext-authz vouches for: a route adding it would let any client appear as
-/// any consumer to the upstream and to rate limits.
-const IDENTITY_HEADER: &str = "x-consumer-id";
-
 pub(super) fn global_cors(doc: &Document, errors: &mut Errors) -> Option<CorsPolicy> {
     match doc.cors.as_ref().map(|c| cors(c, errors)) {
         Some(RouteCors::Own(policy)) => Some(policy),
@@ -55,8 +51,8 @@ pub(super) fn global_cors(doc: &Document, errors: &mut Errors) -> Option<CorsPol
 /// Everything a route says about its traffic; `rewrite_prefix` is the route's own, for the
 /// one-rewrite-at-a-time rule.
 pub(super) fn traffic_policy(
-    doc: &Document,
     route: &RouteDoc,
+    identity_headers: &[String],
     errors: &mut Errors,
 ) -> TrafficPolicy {
     let name = &route.name.value;
@@ -65,7 +61,6 @@ pub(super) fn traffic_policy(
         .as_ref()
         .and_then(|t| duration::parse(&t.value).ok())
         .unwrap_or(ENVOY_DEFAULT_ROUTE_TIMEOUT);
-    let identity_headers = identity_headers(doc);
     TrafficPolicy {
         retries: route
             .retries
@@ -80,7 +75,7 @@ pub(super) fn traffic_policy(
         request_headers: route
             .request_headers
             .as_ref()
-            .map(|h| header_edits(name, "request_headers", h, &identity_headers, errors))
+            .map(|h| header_edits(name, "request_headers", h, identity_headers, errors))
             .unwrap_or_default(),
         response_headers: route
             .response_headers
@@ -167,18 +162,6 @@ fn response_cache(
     }
     let ttl = ttl?;
     (errors.found.len() == before).then_some(ResponseCache { ttl })
-}
-
-/// Headers ext-authz sets: the consumer id and every forwarded claim's header.
-fn identity_headers(doc: &Document) -> Vec<String> {
-    let mut headers: Vec<String> = doc
-        .auth_providers
-        .values()
-        .flat_map(|p| p.value.forward_claims.values())
-        .map(|h| h.value.to_ascii_lowercase())
-        .collect();
-    headers.push(IDENTITY_HEADER.to_string());
-    headers
 }
 
 fn retries(
@@ -319,15 +302,7 @@ fn cors(node: &Spanned<CorsDoc>, errors: &mut Errors) -> RouteCors {
             );
         }
     }
-    let mut methods = Vec::new();
-    for method in &doc.methods {
-        let upper = method.value.to_ascii_uppercase();
-        if METHODS.contains(&upper.as_str()) {
-            methods.push(upper);
-        } else {
-            errors.at(method, format!("unknown HTTP method \"{}\"", method.value));
-        }
-    }
+    let methods = methods(&doc.methods, errors);
     let headers = header_names(&doc.headers, errors);
     let expose_headers = header_names(&doc.expose_headers, errors);
     let max_age = positive_duration(doc.max_age.as_ref(), errors);
@@ -488,18 +463,7 @@ fn header_edits(
 
 fn rewrite_regex(node: &Spanned<RegexRewriteDoc>, errors: &mut Errors) -> Option<RegexRewrite> {
     let doc = &node.value;
-    let groups = match regex::Regex::new(&doc.pattern.value) {
-        Ok(re) => re.captures_len() - 1,
-        Err(e) => {
-            let reason = e.to_string();
-            let reason = reason.lines().last().unwrap_or(&reason).trim().to_string();
-            errors.at(
-                &doc.pattern,
-                format!("invalid regex \"{}\": {reason}", doc.pattern.value),
-            );
-            return None;
-        }
-    };
+    let groups = compile_regex(&doc.pattern, &doc.pattern.value, errors)?.captures_len() - 1;
     // RE2's rewrite strings know only `\0`..`\9` and `\\`; anything else is refused by
     // Envoy at load time, so refuse it here with a location instead.
     let mut chars = doc.substitution.value.chars();

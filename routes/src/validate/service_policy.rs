@@ -2,12 +2,13 @@
 //! outlier detection and upstream TLS. Defaults are applied here, so the validated
 //! [`ServicePolicy`] is exactly what translation hands to Envoy.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::{absolute_path, is_header_name, positive_duration, Errors};
+use super::{absolute_path, is_dns_name, is_header_name, positive_duration, Errors};
 use crate::config::Endpoint;
 use crate::document::{CircuitBreakerDoc, HealthCheckDoc, OutlierDetectionDoc, ServiceDoc, TlsDoc};
 use crate::service_policy::{
@@ -225,7 +226,7 @@ fn tls(
 ) -> Option<UpstreamTls> {
     let doc = &node.value;
     let sni = match &doc.sni {
-        Some(sni) if !is_dns_name(&sni.value) => {
+        Some(sni) if sni.value.parse::<IpAddr>().is_ok() || !is_dns_name(&sni.value) => {
             // RFC 6066 §3: SNI carries a DNS host name, never an IP literal.
             errors.at(
                 sni,
@@ -237,11 +238,11 @@ fn tls(
         None => {
             // Verification needs a name to check the certificate against: the endpoints'
             // own host name when they all share one, otherwise it has to be said.
-            let mut hosts = endpoints.iter().map(|e| e.host.as_str());
-            let first = hosts.next();
+            // Endpoints are valid already: a host that is no IP literal is a DNS name.
+            let first = endpoints.first();
             match first {
-                Some(host) if is_dns_name(host) && hosts.all(|h| h == host) => {
-                    Some(host.to_ascii_lowercase())
+                Some(e) if !e.is_ip() && endpoints.iter().all(|o| o.host == e.host) => {
+                    Some(e.host.to_ascii_lowercase())
                 }
                 _ => {
                     errors.at(
@@ -281,10 +282,4 @@ fn count(node: Option<&Spanned<u64>>, min: u32, errors: &mut Errors) -> Option<u
             None
         }
     }
-}
-
-/// RFC 1123 host name with at least one letter in its last label, so not an IPv4 literal.
-fn is_dns_name(name: &str) -> bool {
-    name.parse::<std::net::IpAddr>().is_err()
-        && super::parse_endpoint(&format!("{name}:1")).is_some_and(|e| e.host == name)
 }
