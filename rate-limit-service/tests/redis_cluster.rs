@@ -1,6 +1,7 @@
-//! The service against a real three-node Redis Cluster (`--redis-cluster-url`): replicas
-//! sharing the cluster enforce one limit, keys spread over the nodes by hash slot, the Lua
-//! scripts are called by SHA on every node, and both forms of the flag reach every node.
+//! The service against a real three-node Redis Cluster (`--redis-cluster-url`): service
+//! instances sharing the cluster enforce one limit, counters spread over the nodes by hash
+//! slot, the Lua scripts are called by SHA on every node, both forms of the flag reach every
+//! node, and a stuck, dead or late node costs only the requests whose counters it holds.
 
 mod support;
 
@@ -17,8 +18,8 @@ use support::{
 use tollgate_ratelimit::algorithm::{Clock, ManualClock};
 use tollgate_ratelimit::limits::{routes, DescriptorTree};
 use tollgate_ratelimit::settings::Settings;
-use tollgate_ratelimit::store::redis::RedisTarget;
-use tollgate_ratelimit::store::{storage_key, Check};
+use tollgate_ratelimit::store::redis::{RedisStore, RedisTarget};
+use tollgate_ratelimit::store::{storage_key, Check, Store as _};
 
 /// Per minute, so that no window or bucket turns over while a test runs (the clock is a
 /// manual one and stands still anyway).
@@ -117,7 +118,7 @@ async fn value_per_node(cluster: &RedisCluster, rule: &str, now_us: u64) -> Vec<
     panic!("no value of {rule} for some node in 1,000 tries: {found:?}");
 }
 
-fn codes(responses: Vec<Result<RateLimitResponse, tonic::Status>>) -> (usize, usize) {
+fn tally(responses: Vec<Result<RateLimitResponse, tonic::Status>>) -> (usize, usize) {
     let codes: Vec<i32> = responses
         .into_iter()
         .map(|r| r.expect("a decision").overall_code)
@@ -143,7 +144,7 @@ async fn cluster_instance(cluster: &RedisCluster, clock: &ManualClock) -> Instan
 /// `calls` concurrent requests, alternating between `a` and `b`: (admitted, over limit).
 async fn race(a: &Instance, b: &Instance, r: &RateLimitRequest, calls: usize) -> (usize, usize) {
     let calls = (0..calls).map(|i| call(if i % 2 == 0 { &a.client } else { &b.client }, r));
-    codes(join_all(calls).await)
+    tally(join_all(calls).await)
 }
 
 /// The scripts' SHAs that `SCRIPT EXISTS` reports on `node`, asked directly.
@@ -425,7 +426,7 @@ async fn a_stuck_node_fails_only_its_own_keys_within_the_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_node_is_found_again_and_gets_the_script_again() {
+async fn a_dead_node_fails_only_its_own_keys_and_is_found_again_when_it_returns() {
     let mut cluster = RedisCluster::start(NODES);
     let clock = clock_now();
     let a = cluster_instance(&cluster, &clock).await;
@@ -437,6 +438,18 @@ async fn a_restarted_node_is_found_again_and_gets_the_script_again() {
     for r in &requests {
         let response = call(&a.client, r).await.expect("a decision");
         assert_eq!(response.statuses[0].limit_remaining, 19);
+    }
+
+    cluster.kill_node(1);
+    let status = call(&a.client, &requests[1])
+        .await
+        .expect_err("no decision while its node is down");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    for node in [0, 2] {
+        let response = call(&a.client, &requests[node])
+            .await
+            .unwrap_or_else(|s| panic!("node {node} is fine, yet {s:?}"));
+        assert_eq!(response.statuses[0].limit_remaining, 18, "node {node}");
     }
 
     cluster.restart_node(1);
@@ -464,7 +477,45 @@ async fn a_restarted_node_is_found_again_and_gets_the_script_again() {
     // The other nodes kept their counters and their scripts.
     for node in [0, 2] {
         let response = call(&a.client, &requests[node]).await.expect("a decision");
-        assert_eq!(response.statuses[0].limit_remaining, 18, "node {node}");
+        assert_eq!(response.statuses[0].limit_remaining, 17, "node {node}");
     }
     assert_eq!(a.store.script_reloads(), reloads);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_formed_after_the_service_started_is_used_once_whole() {
+    let cluster = RedisCluster::start_unformed(NODES);
+    let clock = clock_now();
+    // As the service starts: the connection is made in the background, nothing waits.
+    let store =
+        RedisStore::connect(&RedisTarget::Cluster(cluster.urls()), TIMEOUT).expect("valid urls");
+    assert!(store.load_scripts().await.is_err(), "no cluster yet");
+    cluster.form();
+    let deadline = Instant::now() + PATIENCE;
+    while let Err(error) = store.load_scripts().await {
+        assert!(Instant::now() < deadline, "scripts never loaded: {error}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let values = value_per_node(&cluster, "sliding", clock.now_us()).await;
+    let tree = integrated();
+    for (node, value) in values.iter().enumerate() {
+        let found = tree
+            .find("edge", &entries("sliding", value))
+            .expect("a limit");
+        let (_, policy) = found.limit.rate.as_ref().expect("limited");
+        let check = Check {
+            key: &found.counter_key,
+            policy,
+            hits: 1,
+        };
+        let decisions = store
+            .check(&[check], clock.now_us())
+            .await
+            .unwrap_or_else(|e| panic!("node {node}: {e}"));
+        assert!(decisions[0].allowed, "node {node}");
+        assert_eq!(decisions[0].remaining, 19, "node {node}");
+        assert!(keys_on(&cluster, node)
+            .await
+            .contains(&storage_key(&check, clock.now_us())));
+    }
 }

@@ -184,23 +184,39 @@ impl RedisCluster {
     /// reports `cluster_state:ok` and knows every other node, so that any of them can be
     /// a client's seed and none answers `CLUSTERDOWN`.
     pub fn start(primaries: usize) -> Self {
+        let cluster = Self::start_unformed(primaries);
+        cluster.form();
+        cluster
+    }
+
+    /// The nodes, running but not yet joined: each answers `PING` and serves no slot.
+    pub fn start_unformed(primaries: usize) -> Self {
         let nodes = (0..primaries)
             .map(|_| RedisServer::start_cluster_node())
             .collect();
-        let cluster = RedisCluster {
+        RedisCluster {
             nodes,
             dir: tempfile::tempdir().expect("a temp dir"),
-        };
-        cluster.create();
-        cluster.wait_until_formed();
-        cluster
+        }
+    }
+
+    /// Joins the nodes into one cluster (see [`Self::start`]).
+    pub fn form(&self) {
+        self.create();
+        self.wait_until_formed();
     }
 
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
     }
 
-    /// Kills node `index` and starts it again on the same ports, empty (nothing is
+    /// Kills node `index` (SIGKILL). The others go on serving their slots: they would
+    /// declare it failed only after the (long) node timeout.
+    pub fn kill_node(&mut self, index: usize) {
+        self.nodes[index].kill();
+    }
+
+    /// Kills node `index` if it runs and starts it again on the same ports, empty (nothing is
     /// persisted, scripts included) but with its `nodes.conf`, so it rejoins serving the
     /// same slots; returns once the cluster is whole again.
     pub fn restart_node(&mut self, index: usize) {
