@@ -6,7 +6,9 @@
 //! The server runs on one thread of its own (see `server_thread.rs`) and its CPU time is
 //! measured, so each row also says how many checks one core of server time answers; the
 //! client, in the same process, uses a few HTTP/2 connections, as Envoy uses one per
-//! worker.
+//! worker. A last row measures the floor the same way: a Check server on the same gRPC
+//! stack that allows every call without reading it, so the table shows how much of each
+//! check is tollgate's and how much is gRPC's.
 
 #[path = "../src/testkeys.rs"]
 mod testkeys;
@@ -21,8 +23,11 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use serde_json::json;
 use server_thread::ServerThread;
 use testkeys::{claims, jwks, TestKey};
@@ -93,6 +98,47 @@ struct Outcome {
 }
 
 type Client = AuthorizationClient<tonic::transport::Channel>;
+
+/// The floor: a Check server on the same gRPC stack and settings that allows every call
+/// without reading it. What it costs per call is tonic, HTTP/2 and loopback, which no
+/// JWT logic can go below.
+struct AllowAll;
+
+#[tonic::async_trait]
+impl Authorization for AllowAll {
+    async fn check(
+        &self,
+        _: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(CheckResponse {
+            http_response: Some(HttpResponse::OkResponse(Default::default())),
+            ..Default::default()
+        }))
+    }
+}
+
+fn floor_server() -> ServerThread {
+    ServerThread::spawn(|grpc, shutdown| async move {
+        tonic::transport::Server::builder()
+            .add_service(AuthorizationServer::new(AllowAll))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                shutdown,
+            )
+            .await
+            .expect("serve");
+    })
+}
+
+/// `CONNECTIONS` clients of `server`.
+async fn clients(server: &ServerThread) -> Vec<Client> {
+    server
+        .connect(CONNECTIONS)
+        .await
+        .into_iter()
+        .map(AuthorizationClient::new)
+        .collect()
+}
 
 /// Runs `CONCURRENCY` callers over `clients` for `CASE_TIME` or until the tokens run out.
 async fn run_case(
@@ -234,13 +280,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let rows = runtime.block_on(async {
-        let clients: Vec<Client> = server
-            .connect(CONNECTIONS)
-            .await
-            .into_iter()
-            .map(AuthorizationClient::new)
-            .collect();
+    let mut rows = runtime.block_on(async {
+        let clients = clients(&server).await;
         // Warm the cached case's one token, and the connections.
         let warm = Arc::new(vec![ec_tokens[ec_tokens.len() - 1].clone()]);
         let _ = run_case(&server, &clients, "ec", Arc::clone(&warm), true).await;
@@ -260,6 +301,19 @@ fn main() {
         ]
     });
     drop(server);
+    // The floor, measured the same way right after, with the cached case's request.
+    let floor = floor_server();
+    let floor_row = runtime.block_on(async {
+        let clients = clients(&floor).await;
+        let token = Arc::new(vec![String::from("not.checked.here")]);
+        let _ = run_case(&floor, &clients, "ec", Arc::clone(&token), true).await;
+        run_case(&floor, &clients, "ec", token, true).await
+    });
+    drop(floor);
+    rows.push((
+        "reference: gRPC floor (a Check server that allows without reading)",
+        floor_row,
+    ));
 
     println!(
         "| case | checks | checks/s | server CPU | checks per server-CPU-second | p50 | p99 |"

@@ -36,6 +36,12 @@ auth_providers:
     clock_skew: 30s
     consumer_claim: sub
     forward_claims: {{tier: x-consumer-tier}}
+  by_header:
+    {{issuer: {ISSUER}, audiences: [{AUDIENCE}], jwks_file: jwks.json, token: {{header: X-Api-Token}}}}
+  by_cookie:
+    {{issuer: {ISSUER}, audiences: [{AUDIENCE}], jwks_file: jwks.json, token: {{cookie: session}}}}
+  by_query:
+    {{issuer: {ISSUER}, audiences: [{AUDIENCE}], jwks_file: jwks.json, token: {{query: access_token}}}}
 routes:
   - name: invoices
     match: {{prefix: /api/}}
@@ -46,6 +52,9 @@ routes:
     service: api
     auth: {{provider: main, scopes: ["invoices:admin"]}}
   - {{name: open, match: {{prefix: /open/}}, service: api}}
+  - {{name: by-header, match: {{prefix: /by-header/}}, service: api, auth: {{provider: by_header}}}}
+  - {{name: by-cookie, match: {{prefix: /by-cookie/}}, service: api, auth: {{provider: by_cookie}}}}
+  - {{name: by-query, match: {{prefix: /by-query/}}, service: api, auth: {{provider: by_query}}}}
 sidecars:
   # A generous timeout: a slow answer on a loaded machine must not read as an outage.
   ext_authz: {{address: "{authz}", timeout: 1s, failure_mode_allow: false}}
@@ -475,6 +484,68 @@ impl Case {
         }
         problems
     }
+}
+
+/// Envoy sends ext-authz only the headers a check reads (`allowed_headers`): a token in a
+/// custom header, a cookie among others, or a query parameter must still reach it, and a
+/// token in the wrong place must not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_found_in_a_custom_header_a_cookie_or_the_query() {
+    let keys = Keys::new();
+    let ready = keys.rsa.mint(&claims("warm-up"));
+    let gateway = Gateway::start(&keys.jwks(), &ready).await;
+    let token = keys.ec.mint(&claims("carol"));
+    let get = async |path: &str, header: Option<(&str, String)>| {
+        let mut call = request(gateway.port).path(path);
+        if let Some((name, value)) = &header {
+            call = call.header(name, value);
+        }
+        call.send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
+    };
+    let allowed = [
+        (
+            "/by-header/x",
+            Some(("x-api-token", format!("Bearer {token}"))),
+        ),
+        (
+            "/by-cookie/x",
+            Some(("cookie", format!("theme=dark; session={token}; lang=en"))),
+        ),
+        (&format!("/by-query/x?page=2&access_token={token}"), None),
+    ];
+    for (path, header) in allowed {
+        let response = get(path, header).await;
+        response
+            .expect_upstream("api")
+            .unwrap_or_else(|e| panic!("{path}: {e:#}"));
+        assert_eq!(
+            upstream_header(&response, "x-consumer-id").as_deref(),
+            Some("carol"),
+            "{path}"
+        );
+    }
+    let bearer = Some(("authorization", format!("Bearer {token}")));
+    for path in ["/by-header/x", "/by-cookie/x", "/by-query/x"] {
+        let response = get(path, bearer.clone()).await;
+        assert_refused(
+            &format!("{path} with the token in Authorization"),
+            &response,
+            401,
+            None,
+        );
+    }
+    let reached = gateway
+        .upstream
+        .paths()
+        .into_iter()
+        .filter(|p| p.starts_with("/by-"))
+        .count();
+    assert_eq!(
+        reached, 3,
+        "only the three requests with the token in its place reach the upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,9 +13,13 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
     ext_authz::Services, ext_authz_per_route::Override, CheckSettings, ExtAuthz, ExtAuthzPerRoute,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    string_matcher::MatchPattern, ListStringMatcher, StringMatcher,
+};
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 use envoy_types::pb::google::protobuf::Any;
-use tollgate_routes::policy::{ExtAuthzSidecar, RouteAuth};
+use std::collections::{BTreeMap, BTreeSet};
+use tollgate_routes::policy::{AuthProvider, ExtAuthzSidecar, RouteAuth, TokenSource};
 
 use super::{any, proto_duration, stable_map};
 
@@ -25,8 +29,25 @@ pub(super) const CLUSTER: &str = "tollgate_ext_authz";
 /// The header ext-authz sets from the provider's `consumer_claim`.
 pub use tollgate_routes::policy::CONSUMER_HEADER;
 
-pub(super) fn filter(sidecar: &ExtAuthzSidecar) -> Any {
+/// The request header ext-authz names its log lines and spans by.
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+pub(super) fn filter(sidecar: &ExtAuthzSidecar, providers: &BTreeMap<String, AuthProvider>) -> Any {
     any(&ExtAuthz {
+        // Only the headers a check reads: the providers' token headers (or `cookie`) and
+        // the request id. Envoy otherwise copies every request header into each
+        // CheckRequest, which costs its worker time per call and hands ext-authz cookies
+        // and credentials it has no use for. Query-parameter tokens travel in the path,
+        // which is always sent.
+        allowed_headers: Some(ListStringMatcher {
+            patterns: check_headers(providers)
+                .into_iter()
+                .map(|name| StringMatcher {
+                    match_pattern: Some(MatchPattern::Exact(name)),
+                    ignore_case: true,
+                })
+                .collect(),
+        }),
         services: Some(Services::GrpcService(grpc_service(
             CLUSTER,
             sidecar.timeout,
@@ -40,6 +61,19 @@ pub(super) fn filter(sidecar: &ExtAuthzSidecar) -> Any {
         }),
         ..Default::default()
     })
+}
+
+/// The request headers ext-authz reads, in a stable order.
+fn check_headers(providers: &BTreeMap<String, AuthProvider>) -> BTreeSet<String> {
+    let mut names = BTreeSet::from([REQUEST_ID_HEADER.to_string()]);
+    for provider in providers.values() {
+        match &provider.token {
+            TokenSource::BearerHeader(name) => names.insert(name.to_ascii_lowercase()),
+            TokenSource::Cookie(_) => names.insert("cookie".to_string()),
+            TokenSource::Query(_) => false,
+        };
+    }
+    names
 }
 
 /// The per-route setting: skip the check on public routes, say what to check otherwise

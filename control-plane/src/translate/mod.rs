@@ -92,7 +92,7 @@ pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> 
         let cached = routes.iter().any(|r| r.traffic.cache.is_some());
         let filters = listener::ListenerFilters {
             strip_headers: strip_headers.clone(),
-            ext_authz: ext_authz.map(auth::filter),
+            ext_authz: ext_authz.map(|sidecar| auth::filter(sidecar, &config.auth_providers)),
             rate_limit: rate_limit.map(rate_limit::filter),
             cors: (config.cors.is_some()
                 || routes

@@ -255,6 +255,47 @@ fn identity_headers_are_stripped_on_every_listener() {
 }
 
 #[test]
+fn ext_authz_is_sent_only_the_headers_a_check_reads() {
+    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+    let yaml = PROTECTED.replace(
+        "auth_providers:\n",
+        "auth_providers:\n  \
+         by_header: {issuer: i, audiences: [a], jwks_file: j.json, token: {header: X-Api-Token}}\n  \
+         by_cookie: {issuer: i, audiences: [a], jwks_file: j.json, token: {cookie: session}}\n  \
+         by_query: {issuer: i, audiences: [a], jwks_file: j.json, token: {query: access_token}}\n",
+    );
+    let snapshot = translate(
+        &tollgate_routes::parse("routes.yaml", &yaml).expect("valid"),
+        &Default::default(),
+    );
+    let filter = &manager(&snapshot, "public").http_filters[0];
+    let Some(ConfigType::TypedConfig(any)) = &filter.config_type else {
+        panic!("typed config expected")
+    };
+    let config = ExtAuthz::decode(any.value.as_slice()).expect("decodes");
+    let allowed: Vec<(String, bool)> = config
+        .allowed_headers
+        .expect("a header allow-list")
+        .patterns
+        .into_iter()
+        .map(|m| match m.match_pattern {
+            Some(MatchPattern::Exact(name)) => (name, m.ignore_case),
+            other => panic!("exact names expected, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        allowed,
+        [
+            ("authorization".to_string(), true),
+            ("cookie".to_string(), true),
+            ("x-api-token".to_string(), true),
+            ("x-request-id".to_string(), true),
+        ]
+    );
+}
+
+#[test]
 fn protected_routes_carry_provider_and_scopes_and_public_routes_skip_the_check() {
     use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
         ext_authz_per_route::Override, ExtAuthzPerRoute,
