@@ -9,7 +9,10 @@
 //! The service runs on one thread of its own, Redis client included (see
 //! `server_thread.rs`), and that thread's CPU time is measured, so each row also says how
 //! many decisions one core of service time makes. The callers share a few HTTP/2
-//! connections, as Envoy uses one per worker.
+//! connections, as Envoy uses one per worker. Two more services are measured the same way:
+//! the service with in-memory counters (no Redis round trip) and the floor, a server on the
+//! same gRPC stack that answers OK without reading, so the table shows which part of a
+//! decision is gRPC's, which is the service's and which is Redis's.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -22,14 +25,20 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use server_thread::ServerThread;
 use support::{clock_now, descriptor, request, RedisServer};
 use tollgate_ratelimit::limits::dropin;
+use tollgate_ratelimit::limits::DescriptorTree;
 use tollgate_ratelimit::metrics::Metrics;
 use tollgate_ratelimit::server;
 use tollgate_ratelimit::service::{CurrentLimits, LimitSet, RateLimiter};
+use tollgate_ratelimit::store::memory::MemoryStore;
 use tollgate_ratelimit::store::redis::{RedisStore, RedisTarget};
+use tollgate_ratelimit::store::Store;
 use tonic::transport::Channel;
 
 const CONFIG: &str = r#"
@@ -202,6 +211,70 @@ fn redis_benchmark(port: u16) -> String {
     }
 }
 
+/// The floor: a ShouldRateLimit server on the same gRPC stack that answers OK without
+/// reading the request, so the table shows how much of a decision is the service's.
+struct AnswerOk;
+
+#[tonic::async_trait]
+impl RateLimitService for AnswerOk {
+    async fn should_rate_limit(
+        &self,
+        _: tonic::Request<RateLimitRequest>,
+    ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
+        Ok(tonic::Response::new(RateLimitResponse {
+            overall_code: Code::Ok as i32,
+            ..Default::default()
+        }))
+    }
+}
+
+/// The service on `store`, limits from `tree`, as the binary wires it.
+async fn serve<S: Store>(
+    listener: tokio::net::TcpListener,
+    tree: DescriptorTree,
+    store: S,
+    shutdown: server_thread::Shutdown,
+) {
+    let metrics = Metrics::unregistered();
+    let limits = CurrentLimits::new(LimitSet::new(tree, &metrics));
+    let limiter = RateLimiter::new(limits, Arc::new(store), clock_now(), metrics);
+    server::serve(listener, limiter, shutdown)
+        .await
+        .expect("serves");
+}
+
+/// Starts `serve` on a server thread of its own and measures it at full and half load
+/// for each request size in `descriptor_counts`.
+fn measure<F, Fut>(
+    runtime: &tokio::runtime::Runtime,
+    counters: &'static str,
+    descriptor_counts: &[usize],
+    serve: F,
+) -> Vec<(&'static str, usize, Run, Run)>
+where
+    F: FnOnce(tokio::net::TcpListener, server_thread::Shutdown) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let server = ServerThread::spawn(serve);
+    runtime.block_on(async {
+        let clients = server
+            .connect(CONNECTIONS)
+            .await
+            .into_iter()
+            .map(RateLimitServiceClient::new)
+            .collect();
+        let bench = Bench { server, clients };
+        let mut rows = Vec::new();
+        for &descriptors in descriptor_counts {
+            let requests = Arc::new(requests(descriptors));
+            let full = closed_loop(&bench, requests.clone()).await;
+            let half = open_loop(&bench, requests, full.rate / 2.0).await;
+            rows.push((counters, descriptors, full, half));
+        }
+        rows
+    })
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1_000.0)
 }
@@ -229,43 +302,52 @@ fn main() {
         }
     };
     let url = redis.url();
-    let server = ServerThread::spawn(move |listener, shutdown| async move {
-        let store = RedisStore::connect(&RedisTarget::Single(url), Duration::from_millis(40))
-            .expect("valid url");
-        store.load_scripts().await.expect("scripts load");
-        let metrics = Metrics::unregistered();
-        let limits = CurrentLimits::new(LimitSet::new(tree, &metrics));
-        let limiter = RateLimiter::new(limits, Arc::new(store), clock_now(), metrics);
-        server::serve(listener, limiter, shutdown)
-            .await
-            .expect("serves");
-    });
+    let redis_tree = tree.clone();
     let mut rows = Vec::new();
-    runtime.block_on(async {
-        let clients = server
-            .connect(CONNECTIONS)
-            .await
-            .into_iter()
-            .map(RateLimitServiceClient::new)
-            .collect();
-        let bench = Bench { server, clients };
-        for descriptors in [1, 3] {
-            let requests = Arc::new(requests(descriptors));
-            let full = closed_loop(&bench, requests.clone()).await;
-            let half = open_loop(&bench, requests, full.rate / 2.0).await;
-            rows.push((descriptors, full, half));
-        }
-    });
+    rows.extend(measure(
+        &runtime,
+        "Redis",
+        &[1, 3],
+        move |listener, shutdown| async move {
+            let store = RedisStore::connect(&RedisTarget::Single(url), Duration::from_millis(40))
+                .expect("valid url");
+            store.load_scripts().await.expect("scripts load");
+            serve(listener, redis_tree, store, shutdown).await;
+        },
+    ));
+    rows.extend(measure(
+        &runtime,
+        "in-memory counters",
+        &[1],
+        move |listener, shutdown| async move {
+            serve(listener, tree, MemoryStore::new(), shutdown).await;
+        },
+    ));
+    rows.extend(measure(
+        &runtime,
+        "reference: gRPC floor (a server that answers OK without reading)",
+        &[1],
+        |listener, shutdown| async move {
+            tonic::transport::Server::builder()
+                .add_service(RateLimitServiceServer::new(AnswerOk))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await
+                .expect("serves");
+        },
+    ));
     let reference = redis_benchmark(redis.port);
 
     println!();
     println!("ShouldRateLimit over gRPC, one service instance on one thread of its own (server CPU: that thread's share of one core), Redis on loopback, {CONCURRENCY} concurrent callers on {CONNECTIONS} connections, {}s per run", CASE_LENGTH.as_secs());
     println!();
-    println!("| descriptors | decisions/s | server CPU | decisions per server-CPU-second | p50 | p99 | half load: rate | p50 | p99 | errors |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (descriptors, full, half) in &rows {
+    println!("| counters | descriptors | decisions/s | server CPU | decisions per server-CPU-second | p50 | p99 | half load: rate | p50 | p99 | errors |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (counters, descriptors, full, half) in &rows {
         println!(
-            "| {descriptors} | {:.0} | {:.0}% | {:.0} | {} | {} | {:.0}/s | {} | {} | {} |",
+            "| {counters} | {descriptors} | {:.0} | {:.0}% | {:.0} | {} | {} | {:.0}/s | {} | {} | {} |",
             full.rate,
             100.0 * full.cpu_share,
             full.per_cpu_second,
