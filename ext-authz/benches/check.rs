@@ -330,6 +330,18 @@ fn main() {
             percentile(&outcome.latencies, 0.99).as_secs_f64() * 1e3,
         );
     }
+    let cpu_per_call =
+        |outcome: &Outcome| outcome.server_cpu.as_secs_f64() * 1e6 / (outcome.calls.max(1) as f64);
+    let floor = cpu_per_call(&rows[rows.len() - 1].1);
+    println!();
+    println!(
+        "Server CPU per check: {}; the floor is {floor:.1} µs of each.",
+        rows[..rows.len() - 1]
+            .iter()
+            .map(|(name, outcome)| format!("{name} {:.1} µs", cpu_per_call(outcome)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!();
     println!(
         "gRPC over loopback, {CONCURRENCY} concurrent calls on {CONNECTIONS} connections; the server on one thread of its own (server CPU: that thread's share of one core), the client beside it on the machine's {} cores.",

@@ -360,5 +360,20 @@ fn main() {
         );
     }
     println!();
+    let floor = rows
+        .last()
+        .map_or(0.0, |(_, _, full, _)| 1e6 / full.per_cpu_second);
+    println!(
+        "Service CPU per decision: {}; the floor is {floor:.1} µs of each.",
+        rows[..rows.len() - 1]
+            .iter()
+            .map(|(counters, descriptors, full, _)| format!(
+                "{counters} ×{descriptors} {:.1} µs",
+                1e6 / full.per_cpu_second
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!();
     println!("Reference, same Redis: `redis-benchmark -t incr -P 16 -q`: {reference}");
 }
