@@ -11,7 +11,8 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeySize, PublicKeyComponents};
 use aws_lc_rs::signature::{
     EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
-    ECDSA_P384_SHA384_FIXED_SIGNING, RSA_PKCS1_SHA256, RSA_PSS_SHA256,
+    ECDSA_P384_SHA384_FIXED_SIGNING, RSA_PKCS1_SHA256, RSA_PKCS1_SHA384, RSA_PKCS1_SHA512,
+    RSA_PSS_SHA256, RSA_PSS_SHA384, RSA_PSS_SHA512,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -124,7 +125,11 @@ impl TestKey {
         match &self.signer {
             Signer::Rsa(pair) => {
                 let encoding: &'static dyn aws_lc_rs::signature::RsaEncoding = match alg {
+                    "RS384" => &RSA_PKCS1_SHA384,
+                    "RS512" => &RSA_PKCS1_SHA512,
                     "PS256" => &RSA_PSS_SHA256,
+                    "PS384" => &RSA_PSS_SHA384,
+                    "PS512" => &RSA_PSS_SHA512,
                     _ => &RSA_PKCS1_SHA256,
                 };
                 let mut sig = vec![0; pair.public_modulus_len()];
@@ -158,6 +163,25 @@ impl TestKey {
         format!("{input}.{}", b64(&sig))
     }
 }
+
+/// A 1536-bit RSA key, below the 2048 bits RFC 7518 §3.3 requires, with one signature per
+/// RSA algorithm over [`SMALL_RSA_INPUT`]. aws-lc-rs will neither generate nor sign with a key
+/// this small, so these were made once with OpenSSL 3.0: `openssl genpkey -algorithm RSA
+/// -pkeyopt rsa_keygen_bits:1536`, then `openssl dgst -sha256|-sha384|-sha512 -sign` (PSS with
+/// `rsa_pss_saltlen:digest` and the matching `rsa_mgf1_md`, as RFC 7518 §3.5 requires), each
+/// checked with `openssl dgst -verify`. 1536 rather than 1024 bits because a PS512 signature
+/// does not fit in a 1024-bit modulus.
+pub const SMALL_RSA_N: &str = "qBVlyD_ShYj2M3y21Lk-C1igB_t14Ly3fn1HLxds2ljlnVZJ3RyNoZodJlzwdXOPfP-lwpGFOv4VsSTLRxcEb2YbwV9-_PpM25xew-3AzvDNftkFwATrvlOFewgueFA8-4etel3Q0aG1wTIbUGKL3MWdbhVxeGt-GbdxbDHIjGE01rwfZzuWctCSYyluMfC_eWHLlfw1Twoubk9SM1jqlE1CfVcYoa6vwf50fwx0-3H08oISFRc3Tcx2Cp9qArgF";
+pub const SMALL_RSA_E: &str = "AQAB";
+pub const SMALL_RSA_INPUT: &str = "eyJhbGciOiJ0ZXN0In0.eyJzdWIiOiJ1c2VyLTQyIn0";
+pub const SMALL_RSA_SIGNATURES: [(&str, &str); 6] = [
+    ("RS256", "EfnvlmhXbUGJVc-5pAsvtDuPJHJUUHztasus7waQib0iQeu6dLdJa9HiBUBIUog1XBMiAMPgg_yd-tbG6VsKHKkTFW7JAagtVwwqIDO3C_fIy0GBzquQM6HdsdUluXdsJBU_85og7oRsww-vbVF2QDtBnLlia1AoJEZVyZoah2AHBD0YgggihRgdDBjSe7RyuHZWmwQty3pAMz9iB-WUTSTK5e0rJJR10AAJDb3mz_0smwYscw6vM3CzhTF2Wsx8"),
+    ("RS384", "pTMBFI7HLvNDDDV45LPWvfqnRu-CKI2wC2Fm9j4BBCV_SBp0ZBj4YltMzQe3xAezjXx68rhxREEWzXwCfLfkhxd3m_IcUmKD5PsgFb140kCSBNNDb7YX-KITVpP3dL0V8HCMFE5Bsu0Gy_eqVU6iBFRGv_fNBRwXGlWxdXg6lGaLWjq3nF_3HmEh2Bp9UVGH2TWtF41pQ13N8-4WSPKb897x4g6lMRNDIb7iUkLOI7UsPe_iPjZlZLl_ztpQJgnm"),
+    ("RS512", "nJAn1-_7XkFS4pVO4z6xKdMGRZpp9oXNJnb0k6QDb94tg3d92qD7BXXcZRaa9OrZ7NnbS_8i3ogmfsR7dKxW0Py7PC3NwO7ovhDwzguPeSzh4Hlr11e9n2Nu5W6lSibJoPX_CWH-bFOv4xFRt2uylct8Se1JqkX9HKI3h8HNhwrDEOp0h1hiTSiRZeWDw9x2CAn_zdmv7lpJpTQoWQWipfhmuK4wCxH7Sv0JpUgMvOT4Z052TWhTGgk_Z_ahUWAC"),
+    ("PS256", "G8-XYt0G1xnUqCNCdKRHYDzEdAkwz737goerVTwC-HWjm5QJT9Sj70Y9k-je2LW_USlLhuoJ7LIegrOjcvIyXXdV9abX_60PZHUYYevRveyQqNJpRIpA8l-pyUXaEVuFyOTnq4y0gQztyT9SRUPih7mL6iwvbbNprc1oAxVsK0SCiPn3cfqXGqwGDwNKuGgbbTSLkr8uMXMb_aCsSs8WCOE9bLlsU0G9jqNg8IKqbU6aKviEY5FlGOqs-P78aJoW"),
+    ("PS384", "Lsrhx5DTc65QPFk-IK-Rdz_WpVCDeKySc6tckKaTAwLLXOGGIZwKb1LhXaWpK4dBIRqc6neI7hmmDafpNLN3-XeV_vlJM8zdD8_8JwVpZ2evIJkJC2D3CMTP0cVdGxvRlhp2KiiSwaHuf06oMu15I5sWNxOS4MzClKxEoRDixtCHtHRDGt3tT6JGomluQTZqgkqR6du0VQNuyyX7PjfuKLdxQjR88WgKvN0HWNlaLDWmigz8vTX9-JxVyAM_vSzZ"),
+    ("PS512", "UW5NoHTTOMr3jH47tfDQ8QlWIpIQO8sLLfWGJX-sJWDgf7m-8lPKGtjTrePkGYJba2mFw-hCzmUDyISSq90MEJWxM3nPmWxKmOccnPHMk36Dkt59AFV0wRutEyRR6Etqsz9QNE4R2RcPHHwf3xISim6ubRcFQnko8GyDW4pk_tbAA3PZa8ik-jfdnKR1OLYg8xXimwfqOKHTaZik6BVqXkdIuzxqzrbsc_h5iWB-oMC-9TDvEL8PnEhWvz8jL3hW"),
+];
 
 pub fn hmac(alg: &str, secret: &[u8], input: &[u8]) -> Vec<u8> {
     let algorithm = match alg {

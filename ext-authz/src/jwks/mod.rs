@@ -7,6 +7,7 @@
 //! an encryption key, an unknown key type or a P-521 key in an issuer's set is skipped (and
 //! logged) so that one exotic key does not take the usable ones down with it.
 
+mod public;
 mod remote;
 mod store;
 
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tollgate_routes::policy::Algorithm;
 
+pub use public::{PublicKey, PublicKeyBytes};
 pub use remote::{FetchError, HttpClient, RemoteJwks};
 pub use store::{KeyOrigin, KeyStore, KEY_REFRESH_COOLDOWN};
 
@@ -88,7 +90,17 @@ pub struct Key {
     pub kind: KeyKind,
     /// The JWK's own `alg`, when it names one: then that is the only algorithm it verifies.
     pub alg: Option<Algorithm>,
-    pub decoding: DecodingKey,
+    pub material: KeyMaterial,
+}
+
+/// What checks a key's signatures.
+#[derive(Clone)]
+pub enum KeyMaterial {
+    /// An HMAC secret, still checked by jsonwebtoken: a MAC has no key set-up worth keeping,
+    /// and jsonwebtoken compares it in constant time.
+    Secret(DecodingKey),
+    /// A public key, parsed when the set was loaded.
+    Public(PublicKey),
 }
 
 impl Key {
@@ -127,7 +139,7 @@ impl KeySet {
                 kid: None,
                 kind: KeyKind::Secret,
                 alg: None,
-                decoding: DecodingKey::from_secret(secret),
+                material: KeyMaterial::Secret(DecodingKey::from_secret(secret)),
             }],
             fingerprint: Sha256::digest(secret).into(),
         })
@@ -263,7 +275,7 @@ impl RawJwk {
                 None => return Err(format!("unsupported alg \"{name}\"")),
             },
         };
-        let (kind, decoding) = match (self.kty.as_str(), self.crv.as_deref()) {
+        let (kind, bytes) = match (self.kty.as_str(), self.crv.as_deref()) {
             ("RSA", _) => {
                 let n = decode_member("n", self.n.as_deref())?;
                 let e = decode_member("e", self.e.as_deref())?;
@@ -274,7 +286,7 @@ impl RawJwk {
                         significant * 8
                     ));
                 }
-                (KeyKind::Rsa, DecodingKey::from_rsa_raw_components(&n, &e))
+                (KeyKind::Rsa, PublicKeyBytes::Rsa { n, e })
             }
             ("EC", Some(crv @ ("P-256" | "P-384"))) => {
                 let (kind, size) = if crv == "P-256" {
@@ -287,19 +299,19 @@ impl RawJwk {
                 if x.len() != size || y.len() != size {
                     return Err(format!("{crv} coordinates must be {size} bytes"));
                 }
-                // SEC 1 §2.3.3 uncompressed point, which is what the verifier parses.
+                // SEC 1 §2.3.3 uncompressed point, which is what the parser takes.
                 let mut point = Vec::with_capacity(1 + 2 * size);
                 point.push(4);
                 point.extend_from_slice(&x);
                 point.extend_from_slice(&y);
-                (kind, DecodingKey::from_ec_der(&point))
+                (kind, PublicKeyBytes::Encoded(point))
             }
             ("OKP", Some("Ed25519")) => {
                 let x = decode_member("x", self.x.as_deref())?;
                 if x.len() != 32 {
                     return Err("Ed25519 public key must be 32 bytes".into());
                 }
-                (KeyKind::Ed25519, DecodingKey::from_ed_der(&x))
+                (KeyKind::Ed25519, PublicKeyBytes::Encoded(x))
             }
             ("EC" | "OKP", crv) => {
                 return Err(format!("unsupported curve {}", crv.unwrap_or("(none)")));
@@ -316,11 +328,21 @@ impl RawJwk {
                 ));
             }
         }
+        let usable = Algorithm::ALL.into_iter().filter(|candidate| {
+            kind.accepts(*candidate) && alg.is_none_or(|own| own == *candidate)
+        });
+        let public = PublicKey::parse(&bytes, usable);
+        // Kept in the set all the same, as jsonwebtoken kept such a key and failed each
+        // verification: its `kid` then still names a key, so its tokens are refused as
+        // badly signed rather than sending the store to refetch for an unknown `kid`.
+        if public.is_empty() {
+            tracing::debug!(kid = ?self.kid, "JWKS key does not parse; its tokens will be refused");
+        }
         Ok(Key {
             kid: self.kid,
             kind,
             alg,
-            decoding,
+            material: KeyMaterial::Public(public),
         })
     }
 }

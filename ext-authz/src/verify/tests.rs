@@ -5,7 +5,7 @@ use serde_json::json;
 use tollgate_routes::policy::{Algorithm, AuthProvider, KeySource, TokenSource};
 
 use super::*;
-use crate::jwks::KeySet;
+use crate::jwks::{KeyKind, KeySet};
 use crate::testkeys::{self, b64, claims, now, TestKey, AUDIENCE, ISSUER};
 
 fn provider(algorithms: &[Algorithm]) -> AuthProvider {
@@ -437,5 +437,253 @@ fn a_token_without_its_consumer_claim_is_rejected_so_it_cannot_escape_consumer_l
             Err(Rejection::MissingConsumer),
             "sub = {consumer}"
         );
+    }
+}
+
+// Public keys are parsed once at load instead of by jsonwebtoken on each verification. The
+// tests below hold the new check to jsonwebtoken's verdict, algorithm by algorithm.
+
+const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+const NOT_BASE64: Rejection = Rejection::Malformed("signature is not base64url");
+
+fn jwk_member(jwk: &serde_json::Value, name: &str) -> Vec<u8> {
+    let text = jwk[name].as_str().expect("member");
+    URL_SAFE_NO_PAD.decode(text).expect("base64url member")
+}
+
+/// The key as `jwks` built it for jsonwebtoken before public keys were parsed at load.
+fn jsonwebtoken_key(jwk: &serde_json::Value) -> jsonwebtoken::DecodingKey {
+    use jsonwebtoken::DecodingKey;
+    match jwk["kty"].as_str() {
+        Some("RSA") => {
+            DecodingKey::from_rsa_raw_components(&jwk_member(jwk, "n"), &jwk_member(jwk, "e"))
+        }
+        Some("EC") => {
+            let mut point = vec![4];
+            point.extend(jwk_member(jwk, "x"));
+            point.extend(jwk_member(jwk, "y"));
+            DecodingKey::from_ec_der(&point)
+        }
+        Some("OKP") => DecodingKey::from_ed_der(&jwk_member(jwk, "x")),
+        other => panic!("no test key has kty {other:?}"),
+    }
+}
+
+/// jsonwebtoken's verdict, mapped as `verify` used to map it.
+fn jsonwebtoken_verdict(
+    jwk: &serde_json::Value,
+    alg: Algorithm,
+    input: &str,
+    signature: &str,
+) -> Result<bool, Rejection> {
+    // Its backend is chosen explicitly, as the service does, so the comparison is with the
+    // aws-lc backend whatever cargo's feature unification picked.
+    crate::install_crypto();
+    jsonwebtoken::crypto::verify(
+        signature,
+        input.as_bytes(),
+        &jsonwebtoken_key(jwk),
+        jwt_algorithm(alg),
+    )
+    .map_err(|_| NOT_BASE64)
+}
+
+/// The verdict with the key loaded as the service loads it.
+fn parsed_verdict(
+    jwk: &serde_json::Value,
+    alg: Algorithm,
+    input: &str,
+    signature: &str,
+) -> Result<bool, Rejection> {
+    let set = json!({"keys": [jwk]}).to_string();
+    let keys = KeySet::parse_jwks(set.as_bytes()).expect("jwks");
+    signature_holds(&keys.keys()[0].material, alg, input.as_bytes(), signature)
+}
+
+fn assert_same_verdict(
+    jwk: &serde_json::Value,
+    alg: Algorithm,
+    input: &str,
+    signature: &str,
+    expected: Result<bool, Rejection>,
+    case: &str,
+) {
+    let parsed = parsed_verdict(jwk, alg, input, signature);
+    let reference = jsonwebtoken_verdict(jwk, alg, input, signature);
+    assert_eq!(
+        parsed,
+        reference,
+        "{} {case}: verdicts differ",
+        alg.as_str()
+    );
+    assert_eq!(parsed, expected, "{} {case}", alg.as_str());
+}
+
+/// A signing key for `alg` and another of the same type.
+fn key_pair_for(alg: Algorithm) -> (TestKey, TestKey) {
+    match alg {
+        Algorithm::ES256 => (TestKey::p256("k"), TestKey::p256("k")),
+        Algorithm::ES384 => (TestKey::p384("k"), TestKey::p384("k")),
+        Algorithm::EdDSA => (TestKey::ed25519("k"), TestKey::ed25519("k")),
+        _ => (TestKey::rsa("k", 0), TestKey::rsa("k", 1)),
+    }
+}
+
+/// The same signature bytes with non-zero unused trailing bits, which a lenient decoder
+/// would accept; `None` when the length leaves no unused bits.
+fn non_canonical(signature: &str) -> Option<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    if signature.len().is_multiple_of(4) {
+        return None;
+    }
+    let (head, last) = signature.split_at(signature.len() - 1);
+    let index = ALPHABET.iter().position(|c| *c == last.as_bytes()[0])?;
+    // Canonical encodings leave the unused low bits zero, so the index is even.
+    Some(format!("{head}{}", ALPHABET[index + 1] as char))
+}
+
+#[test]
+fn parsed_keys_give_jsonwebtokens_verdict_on_every_asymmetric_algorithm() {
+    for alg in ASYMMETRIC {
+        let (key, other) = key_pair_for(alg);
+        let header = json!({"alg": alg.as_str(), "kid": "k"});
+        let token = key.mint_with(&header, &claims());
+        let (input, signature) = token.rsplit_once('.').expect("three parts");
+        let check = |input: &str, signature: &str, expected, case| {
+            assert_same_verdict(&key.jwk, alg, input, signature, expected, case)
+        };
+
+        check(input, signature, Ok(true), "valid signature");
+        let (header_b64, _) = input.split_once('.').expect("two parts");
+        let forged = format!("{header_b64}.{}", b64(br#"{"sub":"admin"}"#));
+        check(&forged, signature, Ok(false), "tampered payload");
+        let mut flipped = URL_SAFE_NO_PAD.decode(signature).expect("signature");
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 1;
+        check(input, &b64(&flipped), Ok(false), "tampered signature");
+        let foreign = b64(&other.sign(alg.as_str(), input.as_bytes()));
+        check(input, &foreign, Ok(false), "signature by another key");
+        check(input, "", Ok(false), "empty signature");
+        check(
+            input,
+            &format!("{signature}="),
+            Err(NOT_BASE64),
+            "padded signature",
+        );
+        if let Some(lenient) = non_canonical(signature) {
+            check(input, &lenient, Err(NOT_BASE64), "non-canonical signature");
+        }
+    }
+}
+
+#[test]
+fn rsa_keys_under_2048_bits_are_refused_by_both_verifiers() {
+    let n = URL_SAFE_NO_PAD.decode(testkeys::SMALL_RSA_N).expect("n");
+    let e = URL_SAFE_NO_PAD.decode(testkeys::SMALL_RSA_E).expect("e");
+    let jwk = json!({"kty": "RSA", "n": testkeys::SMALL_RSA_N, "e": testkeys::SMALL_RSA_E});
+    let input = testkeys::SMALL_RSA_INPUT;
+    // The signatures are genuine: verifiers that allow 1024-bit keys accept them, so the
+    // refusals below are for the key's size.
+    let components = aws_lc_rs::signature::RsaPublicKeyComponents { n: &n, e: &e };
+    for (alg, legacy) in [
+        (
+            0,
+            &aws_lc_rs::signature::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+        ),
+        (
+            2,
+            &aws_lc_rs::signature::RSA_PKCS1_1024_8192_SHA512_FOR_LEGACY_USE_ONLY,
+        ),
+    ] {
+        let (_, signature) = testkeys::SMALL_RSA_SIGNATURES[alg];
+        let signature = URL_SAFE_NO_PAD.decode(signature).expect("signature");
+        assert!(components
+            .verify(legacy, input.as_bytes(), &signature)
+            .is_ok());
+    }
+    // The loader refuses such a key before parsing it, so the parser is fed directly: its
+    // refusal must not rest on the loader alone.
+    let set = json!({"keys": [jwk]}).to_string();
+    assert!(matches!(
+        KeySet::parse_jwks(set.as_bytes()),
+        Err(crate::jwks::JwksError::NoUsableKey(_))
+    ));
+    for (name, signature) in testkeys::SMALL_RSA_SIGNATURES {
+        let alg = Algorithm::parse(name).expect("alg");
+        let bytes = crate::jwks::PublicKeyBytes::Rsa {
+            n: n.clone(),
+            e: e.clone(),
+        };
+        let public = crate::jwks::PublicKey::parse(&bytes, [alg]);
+        // It parses, as jsonwebtoken's key did; the size is enforced at each verification.
+        assert!(!public.is_empty(), "{name}");
+        let parsed = signature_holds(
+            &KeyMaterial::Public(public),
+            alg,
+            input.as_bytes(),
+            signature,
+        );
+        assert_eq!(parsed, Ok(false), "{name}");
+        assert_eq!(
+            jsonwebtoken_verdict(&jwk, alg, input, signature),
+            Ok(false),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_key_that_does_not_parse_refuses_its_tokens_as_jsonwebtoken_did() {
+    // RFC 7518 §6.3.1.1 wants the modulus in its fewest octets; aws-lc rejects a leading
+    // zero, yet the loader keeps the key (it counts only significant bytes).
+    let rsa = TestKey::rsa("k", 0);
+    let mut padded_n = vec![0];
+    padded_n.extend(jwk_member(&rsa.jwk, "n"));
+    let mut rsa_jwk = rsa.jwk.clone();
+    rsa_jwk["n"] = json!(b64(&padded_n));
+    // A point off the curve.
+    let ec = TestKey::p256("k");
+    let mut y = jwk_member(&ec.jwk, "y");
+    y[31] ^= 1;
+    let mut ec_jwk = ec.jwk.clone();
+    ec_jwk["y"] = json!(b64(&y));
+
+    for (key, jwk) in [(rsa, rsa_jwk), (ec, ec_jwk)] {
+        let token = key.mint(&claims());
+        let (input, signature) = token.rsplit_once('.').expect("three parts");
+        let alg = Algorithm::parse(key.alg).expect("alg");
+        assert_same_verdict(&jwk, alg, input, signature, Ok(false), "unparsable key");
+        let set = json!({"keys": [jwk]}).to_string();
+        let keys = KeySet::parse_jwks(set.as_bytes()).expect("the loader keeps the key");
+        assert_eq!(
+            verify(&token, &keys, &public_provider(), now()),
+            Err(Rejection::BadSignature),
+            "{}",
+            key.alg
+        );
+    }
+}
+
+#[test]
+fn one_rsa_key_without_alg_verifies_each_rsa_algorithm_in_turn() {
+    let key = TestKey::rsa("r1", 0);
+    let keys = keyset(&[&key]);
+    // Twice round, so each algorithm's parsed key is used again after the others.
+    let rsa_algorithms = ASYMMETRIC.into_iter().filter(|a| KeyKind::Rsa.accepts(*a));
+    for alg in rsa_algorithms.clone().chain(rsa_algorithms) {
+        let token = key.mint_with(&json!({"alg": alg.as_str(), "kid": "r1"}), &claims());
+        let verified = verify(&token, &keys, &public_provider(), now());
+        assert!(verified.is_ok(), "{}: {verified:?}", alg.as_str());
     }
 }
