@@ -121,10 +121,7 @@ fn floor_server() -> ServerThread {
     ServerThread::spawn(|grpc, shutdown| async move {
         tonic::transport::Server::builder()
             .add_service(AuthorizationServer::new(AllowAll))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                shutdown,
-            )
+            .serve_with_incoming_shutdown(tollgate_runtime::grpc::incoming(grpc), shutdown)
             .await
             .expect("serve");
     })
@@ -280,7 +277,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut rows = runtime.block_on(async {
+    let rows = runtime.block_on(async {
         let clients = clients(&server).await;
         // Warm the cached case's one token, and the connections.
         let warm = Arc::new(vec![ec_tokens[ec_tokens.len() - 1].clone()]);
@@ -310,16 +307,13 @@ fn main() {
         run_case(&floor, &clients, "ec", token, true).await
     });
     drop(floor);
-    rows.push((
-        "reference: gRPC floor (a Check server that allows without reading)",
-        floor_row,
-    ));
+    let floor_name = "reference: gRPC floor (a Check server that allows without reading)";
 
     println!(
         "| case | checks | checks/s | server CPU | checks per server-CPU-second | p50 | p99 |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (name, outcome) in &rows {
+    let print_row = |name: &str, outcome: &Outcome| {
         println!(
             "| {name} | {} | {:.0} | {:.0}% | {:.0} | {:.2} ms | {:.2} ms |",
             outcome.calls,
@@ -328,16 +322,19 @@ fn main() {
             outcome.calls as f64 / outcome.server_cpu.as_secs_f64().max(1e-9),
             percentile(&outcome.latencies, 0.50).as_secs_f64() * 1e3,
             percentile(&outcome.latencies, 0.99).as_secs_f64() * 1e3,
-        );
+        )
+    };
+    for (name, outcome) in &rows {
+        print_row(name, outcome);
     }
+    print_row(floor_name, &floor_row);
     let cpu_per_call =
         |outcome: &Outcome| outcome.server_cpu.as_secs_f64() * 1e6 / (outcome.calls.max(1) as f64);
-    let floor = cpu_per_call(&rows[rows.len() - 1].1);
+    let floor = cpu_per_call(&floor_row);
     println!();
     println!(
         "Server CPU per check: {}; the floor is {floor:.1} µs of each.",
-        rows[..rows.len() - 1]
-            .iter()
+        rows.iter()
             .map(|(name, outcome)| format!("{name} {:.1} µs", cpu_per_call(outcome)))
             .collect::<Vec<_>>()
             .join(", ")

@@ -156,12 +156,7 @@ impl App {
         let result = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(AuthorizationServer::new(self.service))
-            // Without TCP_NODELAY a small response can wait for the peer's delayed ACK
-            // (40 ms on Linux): that was this service's p99.
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                signal(stopped),
-            )
+            .serve_with_incoming_shutdown(tollgate_runtime::grpc::incoming(grpc), signal(stopped))
             .await;
         watcher.abort();
         if let Some(telemetry) = &self.options.telemetry {

@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use tollgate_routes::policy::REQUEST_ID_HEADER;
 use tollgate_runtime::telemetry::{self, TraceId, TraceParent, SPAN_TARGET};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
@@ -26,9 +27,6 @@ use crate::verify::{self, Rejection, VerifiedToken, MAX_TOKEN_BYTES};
 pub const ROUTE_KEY: &str = "route";
 pub const PROVIDER_KEY: &str = "provider";
 pub const SCOPES_KEY: &str = "scopes";
-
-/// The gateway's correlation id, which Envoy keeps or makes for every request.
-const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The outcome of one check.
 #[derive(Debug)]

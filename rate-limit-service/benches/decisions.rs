@@ -94,8 +94,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// The service under test and the connections to it.
 struct Bench {
-    server: ServerThread,
+    // Field order matters for Drop: the connections close before the server stops.
     clients: Vec<RateLimitServiceClient<Channel>>,
+    server: ServerThread,
 }
 
 impl Bench {
@@ -323,21 +324,18 @@ fn main() {
             serve(listener, tree, MemoryStore::new(), shutdown).await;
         },
     ));
-    rows.extend(measure(
+    let floor = measure(
         &runtime,
         "reference: gRPC floor (a server that answers OK without reading)",
         &[1],
         |listener, shutdown| async move {
             tonic::transport::Server::builder()
                 .add_service(RateLimitServiceServer::new(AnswerOk))
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    shutdown,
-                )
+                .serve_with_incoming_shutdown(tollgate_runtime::grpc::incoming(listener), shutdown)
                 .await
                 .expect("serves");
         },
-    ));
+    );
     let reference = redis_benchmark(redis.port);
 
     println!();
@@ -345,7 +343,7 @@ fn main() {
     println!();
     println!("| counters | descriptors | decisions/s | server CPU | decisions per server-CPU-second | p50 | p99 | half load: rate | p50 | p99 | errors |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (counters, descriptors, full, half) in &rows {
+    for (counters, descriptors, full, half) in rows.iter().chain(&floor) {
         println!(
             "| {counters} | {descriptors} | {:.0} | {:.0}% | {:.0} | {} | {} | {:.0}/s | {} | {} | {} |",
             full.rate,
@@ -360,13 +358,12 @@ fn main() {
         );
     }
     println!();
-    let floor = rows
-        .last()
+    let floor_cpu = floor
+        .first()
         .map_or(0.0, |(_, _, full, _)| 1e6 / full.per_cpu_second);
     println!(
-        "Service CPU per decision: {}; the floor is {floor:.1} µs of each.",
-        rows[..rows.len() - 1]
-            .iter()
+        "Service CPU per decision: {}; the floor is {floor_cpu:.1} µs of each.",
+        rows.iter()
             .map(|(counters, descriptors, full, _)| format!(
                 "{counters} ×{descriptors} {:.1} µs",
                 1e6 / full.per_cpu_second

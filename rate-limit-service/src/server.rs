@@ -290,10 +290,7 @@ pub async fn serve_with_health<S: Store, C: Clock>(
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(RateLimitServiceServer::new(limiter))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(tollgate_runtime::grpc::incoming(listener), shutdown)
         .await;
     watch.abort();
     Ok(result?)
@@ -308,10 +305,7 @@ pub async fn serve<S: Store, C: Clock>(
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(RateLimitServiceServer::new(limiter))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(tollgate_runtime::grpc::incoming(listener), shutdown)
         .await
 }
 

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use futures::future::join_all;
 use support::{
-    call, clock_now, descriptor, instance_on, request, Instance, RedisCluster, PATIENCE,
+    call, clock_now, descriptor, instance_on, race, request, routes_tree, Instance, RedisCluster,
+    PATIENCE,
 };
 use tollgate_ratelimit::algorithm::{Clock, ManualClock};
-use tollgate_ratelimit::limits::{routes, DescriptorTree};
+use tollgate_ratelimit::limits::DescriptorTree;
 use tollgate_ratelimit::settings::Settings;
 use tollgate_ratelimit::store::redis::{RedisStore, RedisTarget};
 use tollgate_ratelimit::store::{storage_key, Check, Store as _};
@@ -63,11 +64,15 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 const NODES: usize = 3;
 
+/// The node the failure tests stop; the others must carry on.
+const FAILING: usize = 1;
+
+fn healthy_nodes() -> impl Iterator<Item = usize> {
+    (0..NODES).filter(|&n| n != FAILING)
+}
+
 fn integrated() -> DescriptorTree {
-    match tollgate_routes::parse("routes.yaml", ROUTES) {
-        Ok(config) => routes::build(&config),
-        Err(e) => panic!("{e}"),
-    }
+    routes_tree(ROUTES)
 }
 
 /// The descriptor entries Envoy sends for `rule` of route `api` and the client's `value`.
@@ -118,19 +123,6 @@ async fn value_per_node(cluster: &RedisCluster, rule: &str, now_us: u64) -> Vec<
     panic!("no value of {rule} for some node in 1,000 tries: {found:?}");
 }
 
-fn tally(responses: Vec<Result<RateLimitResponse, tonic::Status>>) -> (usize, usize) {
-    let codes: Vec<i32> = responses
-        .into_iter()
-        .map(|r| r.expect("a decision").overall_code)
-        .collect();
-    let ok = codes.iter().filter(|&&c| c == Code::Ok as i32).count();
-    let over = codes
-        .iter()
-        .filter(|&&c| c == Code::OverLimit as i32)
-        .count();
-    (ok, over)
-}
-
 async fn cluster_instance(cluster: &RedisCluster, clock: &ManualClock) -> Instance {
     instance_on(
         &RedisTarget::Cluster(cluster.urls()),
@@ -141,19 +133,10 @@ async fn cluster_instance(cluster: &RedisCluster, clock: &ManualClock) -> Instan
     .await
 }
 
-/// `calls` concurrent requests, alternating between `a` and `b`: (admitted, over limit).
-async fn race(a: &Instance, b: &Instance, r: &RateLimitRequest, calls: usize) -> (usize, usize) {
-    let calls = (0..calls).map(|i| call(if i % 2 == 0 { &a.client } else { &b.client }, r));
-    tally(join_all(calls).await)
-}
-
-/// The scripts' SHAs that `SCRIPT EXISTS` reports on `node`, asked directly.
-async fn scripts_on(cluster: &RedisCluster, node: usize) -> Vec<bool> {
-    let shas = [
-        include_str!("../src/store/scripts/sliding_window.lua"),
-        include_str!("../src/store/scripts/token_bucket.lua"),
-    ]
-    .map(|body| redis::Script::new(body).get_hash().to_string());
+/// Whether `node` holds each of `instance`'s scripts (sliding window, token bucket), as
+/// `SCRIPT EXISTS` asked directly reports.
+async fn scripts_on(cluster: &RedisCluster, node: usize, instance: &Instance) -> Vec<bool> {
+    let shas = instance.store.script_shas();
     let mut conn = cluster.nodes()[node].client().await;
     redis::cmd("SCRIPT")
         .arg("EXISTS")
@@ -194,7 +177,7 @@ async fn exactly_the_limit_passes_in_a_sliding_window_when_two_instances_share_a
     // SCRIPT LOAD went to every node, not only to one: any key's node can run EVALSHA.
     for node in 0..NODES {
         assert_eq!(
-            scripts_on(&cluster, node).await,
+            scripts_on(&cluster, node, &a).await,
             [true, true],
             "node {node}"
         );
@@ -233,7 +216,7 @@ async fn every_node_that_lacks_the_script_gets_it_by_one_eval() {
         // The first call's NOSCRIPT was followed by one EVAL, which cached the script on
         // this node; the second went by EVALSHA.
         assert_eq!(a.store.script_reloads(), node as u64 + 1, "node {node}");
-        assert!(scripts_on(&cluster, node).await[0], "node {node}");
+        assert!(scripts_on(&cluster, node, &a).await[0], "node {node}");
     }
 }
 
@@ -389,9 +372,9 @@ async fn a_stuck_node_fails_only_its_own_keys_within_the_timeout() {
         );
     }
 
-    cluster.nodes()[1].pause();
+    cluster.nodes()[FAILING].pause();
     let started = Instant::now();
-    let status = call(&a.client, &requests[1])
+    let status = call(&a.client, &requests[FAILING])
         .await
         .expect_err("no decision while its node is stuck");
     let elapsed = started.elapsed();
@@ -401,17 +384,17 @@ async fn a_stuck_node_fails_only_its_own_keys_within_the_timeout() {
         elapsed < SHORT + Duration::from_secs(2),
         "answered after {elapsed:?}"
     );
-    for node in [0, 2] {
+    for node in healthy_nodes() {
         let response = call(&a.client, &requests[node])
             .await
             .unwrap_or_else(|s| panic!("node {node} is fine, yet {s:?}"));
         assert_eq!(response.overall_code, Code::Ok as i32, "node {node}");
     }
 
-    cluster.nodes()[1].resume();
+    cluster.nodes()[FAILING].resume();
     let deadline = Instant::now() + PATIENCE;
     loop {
-        match call(&a.client, &requests[1]).await {
+        match call(&a.client, &requests[FAILING]).await {
             Ok(response) => {
                 assert_eq!(response.overall_code, Code::Ok as i32);
                 break;
@@ -440,23 +423,23 @@ async fn a_dead_node_fails_only_its_own_keys_and_is_found_again_when_it_returns(
         assert_eq!(response.statuses[0].limit_remaining, 19);
     }
 
-    cluster.kill_node(1);
-    let status = call(&a.client, &requests[1])
+    cluster.kill_node(FAILING);
+    let status = call(&a.client, &requests[FAILING])
         .await
         .expect_err("no decision while its node is down");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    for node in [0, 2] {
+    for node in healthy_nodes() {
         let response = call(&a.client, &requests[node])
             .await
             .unwrap_or_else(|s| panic!("node {node} is fine, yet {s:?}"));
         assert_eq!(response.statuses[0].limit_remaining, 18, "node {node}");
     }
 
-    cluster.restart_node(1);
+    cluster.restart_node(FAILING);
     // The client's connection to the old process is dead; it must find the new one.
     let deadline = Instant::now() + PATIENCE;
     let response = loop {
-        match call(&a.client, &requests[1]).await {
+        match call(&a.client, &requests[FAILING]).await {
             Ok(response) => break response,
             Err(status) => {
                 assert_eq!(status.code(), tonic::Code::Unavailable);
@@ -473,9 +456,9 @@ async fn a_dead_node_fails_only_its_own_keys_and_is_found_again_when_it_returns(
         reloads >= 1,
         "the restarted node ran the script without EVAL"
     );
-    assert!(scripts_on(&cluster, 1).await[0]);
+    assert!(scripts_on(&cluster, FAILING, &a).await[0]);
     // The other nodes kept their counters and their scripts.
-    for node in [0, 2] {
+    for node in healthy_nodes() {
         let response = call(&a.client, &requests[node]).await.expect("a decision");
         assert_eq!(response.statuses[0].limit_remaining, 17, "node {node}");
     }

@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use futures::future::join_all;
 use redis::AsyncCommands;
-use support::{call, clock_now, descriptor, instance, request, RedisServer, PATIENCE};
+use support::{
+    call, clock_now, descriptor, instance, race, request, routes_tree, RedisServer, PATIENCE,
+};
 use tollgate_ratelimit::algorithm::Clock;
-use tollgate_ratelimit::limits::{dropin, routes, DescriptorTree};
+use tollgate_ratelimit::limits::{dropin, DescriptorTree};
 
 const ROUTES: &str = r#"
 version: 1
@@ -54,10 +56,7 @@ descriptors:
 "#;
 
 fn integrated() -> DescriptorTree {
-    match tollgate_routes::parse("routes.yaml", ROUTES) {
-        Ok(config) => routes::build(&config),
-        Err(e) => panic!("{e}"),
-    }
+    routes_tree(ROUTES)
 }
 
 fn drop_in() -> DescriptorTree {
@@ -92,21 +91,7 @@ async fn exactly_the_limit_passes_when_two_instances_share_redis() {
     let a = instance(&redis, integrated(), clock.clone(), TIMEOUT).await;
     let b = instance(&redis, integrated(), clock.clone(), TIMEOUT).await;
     let r = rule("fixed", "header", "key-1");
-    let calls = (0..35).map(|i| {
-        let client = if i % 2 == 0 { &a.client } else { &b.client };
-        call(client, &r)
-    });
-    let codes: Vec<i32> = join_all(calls)
-        .await
-        .into_iter()
-        .map(|r| r.expect("a decision").overall_code)
-        .collect();
-    let ok = codes.iter().filter(|&&c| c == Code::Ok as i32).count();
-    let over = codes
-        .iter()
-        .filter(|&&c| c == Code::OverLimit as i32)
-        .count();
-    assert_eq!((ok, over), (20, 15));
+    assert_eq!(race(&a, &b, &r, 35).await, (20, 15));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,12 +194,10 @@ async fn a_lost_script_cache_is_refilled() {
         "both hits were counted once"
     );
     assert_eq!(a.store.script_reloads(), 1);
-    let sha = redis::Script::new(include_str!("../src/store/scripts/sliding_window.lua"))
-        .get_hash()
-        .to_string();
+    let [sha, _] = a.store.script_shas();
     let exists: Vec<bool> = redis::cmd("SCRIPT")
         .arg("EXISTS")
-        .arg(&sha)
+        .arg(sha)
         .query_async(&mut conn)
         .await
         .expect("exists");

@@ -71,6 +71,10 @@ impl Algorithm {
 /// The header ext-authz sets to the verified consumer's id; no client may send it.
 pub const CONSUMER_HEADER: &str = "x-consumer-id";
 
+/// The gateway's correlation id, which Envoy keeps or makes for every request; ext-authz
+/// names its log lines and spans by it.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// Every header ext-authz may set, sorted: the consumer id and each forwarded claim's.
 pub fn identity_headers(providers: &BTreeMap<String, AuthProvider>) -> Vec<String> {
     let mut headers: std::collections::BTreeSet<String> = providers
@@ -117,6 +121,18 @@ pub enum TokenSource {
     BearerHeader(String),
     Query(String),
     Cookie(String),
+}
+
+impl TokenSource {
+    /// The request header the token travels in: the one named, `cookie`, or none for a
+    /// query parameter, which travels in the path.
+    pub fn header(&self) -> Option<&str> {
+        match self {
+            TokenSource::BearerHeader(name) => Some(name),
+            TokenSource::Cookie(_) => Some("cookie"),
+            TokenSource::Query(_) => None,
+        }
+    }
 }
 
 /// A route's requirement: a valid token from `provider` carrying every scope listed.

@@ -65,16 +65,18 @@ impl ServerThread {
     }
 
     /// `count` HTTP/2 connections to the server, one tonic channel each (Envoy opens one
-    /// per worker); retried while the server thread is still starting.
+    /// per worker). The socket listens before the thread starts, so a connection is refused
+    /// only when the server has stopped, say by panicking while it set itself up: the bench
+    /// then fails instead of waiting for it forever.
     pub async fn connect(&self, count: usize) -> Vec<tonic::transport::Channel> {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
             .expect("an http uri");
         let mut channels = Vec::with_capacity(count);
-        while channels.len() < count {
-            match endpoint.connect().await {
-                Ok(channel) => channels.push(channel),
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
+        for _ in 0..count {
+            let channel = endpoint.connect().await.unwrap_or_else(|e| {
+                panic!("the server under test refused a connection (did it panic?): {e}")
+            });
+            channels.push(channel);
         }
         channels
     }

@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 use envoy_types::pb::google::protobuf::Any;
 use std::collections::{BTreeMap, BTreeSet};
-use tollgate_routes::policy::{AuthProvider, ExtAuthzSidecar, RouteAuth, TokenSource};
+use tollgate_routes::policy::{AuthProvider, ExtAuthzSidecar, RouteAuth, REQUEST_ID_HEADER};
 
 use super::{any, proto_duration, stable_map};
 
@@ -28,9 +28,6 @@ pub(super) const CLUSTER: &str = "tollgate_ext_authz";
 
 /// The header ext-authz sets from the provider's `consumer_claim`.
 pub use tollgate_routes::policy::CONSUMER_HEADER;
-
-/// The request header ext-authz names its log lines and spans by.
-const REQUEST_ID_HEADER: &str = "x-request-id";
 
 pub(super) fn filter(sidecar: &ExtAuthzSidecar, providers: &BTreeMap<String, AuthProvider>) -> Any {
     any(&ExtAuthz {
@@ -65,15 +62,12 @@ pub(super) fn filter(sidecar: &ExtAuthzSidecar, providers: &BTreeMap<String, Aut
 
 /// The request headers ext-authz reads, in a stable order.
 fn check_headers(providers: &BTreeMap<String, AuthProvider>) -> BTreeSet<String> {
-    let mut names = BTreeSet::from([REQUEST_ID_HEADER.to_string()]);
-    for provider in providers.values() {
-        match &provider.token {
-            TokenSource::BearerHeader(name) => names.insert(name.to_ascii_lowercase()),
-            TokenSource::Cookie(_) => names.insert("cookie".to_string()),
-            TokenSource::Query(_) => false,
-        };
-    }
-    names
+    providers
+        .values()
+        .filter_map(|provider| provider.token.header())
+        .chain([REQUEST_ID_HEADER])
+        .map(str::to_ascii_lowercase)
+        .collect()
 }
 
 /// The per-route setting: skip the check on public routes, say what to check otherwise

@@ -106,8 +106,13 @@ pub enum KeyMaterial {
 impl Key {
     /// Whether this key may verify a token signed with `alg`.
     pub fn accepts(&self, alg: Algorithm) -> bool {
-        self.kind.accepts(alg) && self.alg.is_none_or(|own| own == alg)
+        accepts(self.kind, self.alg, alg)
     }
+}
+
+/// Whether a key of `kind`, limited to `own` when its JWK names an `alg`, may verify `alg`.
+fn accepts(kind: KeyKind, own: Option<Algorithm>, alg: Algorithm) -> bool {
+    kind.accepts(alg) && own.is_none_or(|own| own == alg)
 }
 
 impl std::fmt::Debug for Key {
@@ -328,9 +333,9 @@ impl RawJwk {
                 ));
             }
         }
-        let usable = Algorithm::ALL.into_iter().filter(|candidate| {
-            kind.accepts(*candidate) && alg.is_none_or(|own| own == *candidate)
-        });
+        let usable = Algorithm::ALL
+            .into_iter()
+            .filter(|&candidate| accepts(kind, alg, candidate));
         let public = PublicKey::parse(&bytes, usable);
         // Kept in the set all the same, as jsonwebtoken kept such a key and failed each
         // verification: its `kid` then still names a key, so its tokens are refused as

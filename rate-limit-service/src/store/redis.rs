@@ -190,6 +190,12 @@ impl RedisStore {
         self
     }
 
+    /// The SHA1s `EVALSHA` calls the sliding-window and token-bucket scripts by, in that
+    /// order: what `SCRIPT EXISTS` on a node reports for this store.
+    pub fn script_shas(&self) -> [&str; 2] {
+        [&self.sliding.sha, &self.bucket.sha]
+    }
+
     /// How many times a script was missing from Redis's cache and sent again.
     pub fn script_reloads(&self) -> u64 {
         self.script_reloads.load(Ordering::Relaxed)

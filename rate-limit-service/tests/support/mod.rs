@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use tokio::net::TcpListener;
@@ -39,28 +40,27 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
 }
 
-/// `N` distinct loopback ports that were free a moment ago: all are held until all are
-/// chosen, so that the system cannot hand out one of them twice.
-fn ephemeral_ports<const N: usize>() -> [u16; N] {
-    let listeners: [std::net::TcpListener; N] = std::array::from_fn(|_| {
-        std::net::TcpListener::bind("127.0.0.1:0").expect("an ephemeral port")
-    });
-    listeners.map(|l| l.local_addr().expect("a bound address").port())
-}
+// The conformance harness's port reservation: below the ephemeral range, so that the
+// outgoing sockets these tests open in numbers (cluster clients, redis-cli) cannot take a
+// port between its reservation and redis-server binding it.
+// Its unit test is compiled here too, idle in the bench that includes this file.
+#[path = "../../../tests/src/ports.rs"]
+#[allow(unused_imports)]
+mod ports;
+use ports::reserve_port;
 
 impl RedisServer {
     pub fn start() -> Self {
-        let [port] = ephemeral_ports();
-        Self::start_with(port, |_| Vec::new())
+        Self::start_with(reserve_port(), |_| Vec::new())
     }
 
     /// A cluster-enabled node that belongs to no cluster yet (see [`RedisCluster`]). Its
     /// `nodes.conf` lives in its own directory, so a restart rejoins with the same identity.
     fn start_cluster_node() -> Self {
-        // The cluster bus defaults to the port + 10000, past 65535 for ephemeral ports
-        // above 55535; it gets a port of its own.
-        let [port, bus_port] = ephemeral_ports();
-        Self::start_with(port, |dir| {
+        // The cluster bus defaults to the port + 10000; a port of its own keeps it among
+        // the reserved ones.
+        let bus_port = reserve_port();
+        Self::start_with(reserve_port(), |dir| {
             let nodes_conf = dir.join("nodes.conf").display().to_string();
             [
                 "--cluster-enabled",
@@ -110,6 +110,14 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + PATIENCE;
         while !self.pings() {
+            // Else a Redis someone else started on this port would pass for ours.
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("redis-server on port {} exited: {status}", self.port);
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not answer PING"
@@ -414,6 +422,39 @@ pub fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimit
         descriptors,
         hits_addend: 0,
     }
+}
+
+/// The limits an integrated routes.yaml text declares.
+pub fn routes_tree(yaml: &str) -> DescriptorTree {
+    match tollgate_routes::parse("routes.yaml", yaml) {
+        Ok(config) => tollgate_ratelimit::limits::routes::build(&config),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Decisions as (admitted, over limit); any call that failed fails the test.
+pub fn tally(responses: Vec<Result<RateLimitResponse, tonic::Status>>) -> (usize, usize) {
+    let codes: Vec<i32> = responses
+        .into_iter()
+        .map(|r| r.expect("a decision").overall_code)
+        .collect();
+    let ok = codes.iter().filter(|&&c| c == Code::Ok as i32).count();
+    let over = codes
+        .iter()
+        .filter(|&&c| c == Code::OverLimit as i32)
+        .count();
+    (ok, over)
+}
+
+/// `calls` concurrent requests, alternating between `a` and `b`: (admitted, over limit).
+pub async fn race(
+    a: &Instance,
+    b: &Instance,
+    r: &RateLimitRequest,
+    calls: usize,
+) -> (usize, usize) {
+    let calls = (0..calls).map(|i| call(if i % 2 == 0 { &a.client } else { &b.client }, r));
+    tally(futures::future::join_all(calls).await)
 }
 
 pub async fn call(
