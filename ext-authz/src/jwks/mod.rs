@@ -282,14 +282,14 @@ impl RawJwk {
         };
         let (kind, bytes) = match (self.kty.as_str(), self.crv.as_deref()) {
             ("RSA", _) => {
-                let n = decode_member("n", self.n.as_deref())?;
-                let e = decode_member("e", self.e.as_deref())?;
-                let significant = n.iter().skip_while(|b| **b == 0).count();
-                if significant < MIN_RSA_MODULUS_BYTES {
-                    return Err(format!(
-                        "RSA key has {} bits, fewer than 2048",
-                        significant * 8
-                    ));
+                // RFC 7518 §6.3.1.1 asks for the fewest octets, but some issuers pad the
+                // modulus with a zero octet (a DER habit). The integer is the same, Envoy's
+                // jwt_authn (BN_bin2bn) accepts it, and aws-lc refuses it: so it is trimmed
+                // here rather than loaded as a key that can never verify.
+                let n = without_leading_zeros(decode_member("n", self.n.as_deref())?);
+                let e = without_leading_zeros(decode_member("e", self.e.as_deref())?);
+                if n.len() < MIN_RSA_MODULUS_BYTES {
+                    return Err(format!("RSA key has {} bits, fewer than 2048", n.len() * 8));
                 }
                 (KeyKind::Rsa, PublicKeyBytes::Rsa { n, e })
             }
@@ -357,6 +357,13 @@ fn decode_member(name: &str, value: Option<&str>) -> Result<Vec<u8>, String> {
     KEY_BASE64
         .decode(value)
         .map_err(|_| format!("\"{name}\" is not base64url"))
+}
+
+/// A big-endian unsigned integer in its fewest octets.
+fn without_leading_zeros(mut bytes: Vec<u8>) -> Vec<u8> {
+    let zeros = bytes.iter().take_while(|b| **b == 0).count();
+    bytes.drain(..zeros);
+    bytes
 }
 
 #[cfg(test)]
