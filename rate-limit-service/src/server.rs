@@ -29,7 +29,7 @@ use crate::store::{Store, StoreError};
 use tollgate_runtime::file_watch::FileChanges;
 use tollgate_runtime::telemetry::{Telemetry, TelemetryError};
 
-/// How often readiness is re-checked while the store is failing.
+/// How often the store is probed; readiness is the last probe's answer.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the limits could not be loaded.
@@ -266,14 +266,16 @@ pub async fn serve_with_health<S: Store, C: Clock>(
     let watch = tokio::spawn(async move {
         let mut ready = None;
         loop {
-            let now_ready = store.is_ready() || store.probe().await.is_ok();
+            let probe = store.probe().await;
+            let now_ready = probe.is_ok();
             if ready != Some(now_ready) {
                 readiness.set(now_ready);
-                let status = if now_ready {
-                    tonic_health::ServingStatus::Serving
-                } else {
-                    tracing::warn!("the store does not answer: not ready");
-                    tonic_health::ServingStatus::NotServing
+                let status = match probe {
+                    Ok(()) => tonic_health::ServingStatus::Serving,
+                    Err(error) => {
+                        tracing::warn!(%error, "the store does not answer: not ready");
+                        tonic_health::ServingStatus::NotServing
+                    }
                 };
                 health.set_service_status("", status).await;
                 health

@@ -390,6 +390,13 @@ async fn a_stuck_node_fails_only_its_own_keys_within_the_timeout() {
             .unwrap_or_else(|s| panic!("node {node} is fine, yet {s:?}"));
         assert_eq!(response.overall_code, Code::Ok as i32, "node {node}");
     }
+    // Readiness: the scripts cannot load on every node while one is stuck, yet the other
+    // primaries answer, so the replica stays ready (see the dead-node test for why).
+    assert!(a.store.load_scripts().await.is_err());
+    a.store
+        .probe()
+        .await
+        .expect("ready while two nodes of three answer");
 
     cluster.nodes()[FAILING].resume();
     let deadline = Instant::now() + PATIENCE;
@@ -434,6 +441,13 @@ async fn a_dead_node_fails_only_its_own_keys_and_is_found_again_when_it_returns(
             .unwrap_or_else(|s| panic!("node {node} is fine, yet {s:?}"));
         assert_eq!(response.statuses[0].limit_remaining, 18, "node {node}");
     }
+    // Readiness: the other nodes answer, so the replica stays ready (every replica shares
+    // the cluster: calling them all unready would fail every key, not a third of them),
+    // whatever the decisions just did.
+    a.store
+        .probe()
+        .await
+        .expect("ready while two nodes of three answer");
 
     cluster.restart_node(FAILING);
     // The client's connection to the old process is dead; it must find the new one.

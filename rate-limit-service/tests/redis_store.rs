@@ -13,6 +13,7 @@ use support::{
 };
 use tollgate_ratelimit::algorithm::Clock;
 use tollgate_ratelimit::limits::{dropin, DescriptorTree};
+use tollgate_ratelimit::store::Store as _;
 
 const ROUTES: &str = r#"
 version: 1
@@ -238,7 +239,11 @@ async fn a_stuck_or_dead_redis_is_unavailable_within_the_timeout_and_recovery_is
         elapsed < TIMEOUT + Duration::from_millis(500),
         "answered after {elapsed:?}"
     );
-    assert!(!tollgate_ratelimit::store::Store::is_ready(&*a.store));
+    // What `/readyz` and gRPC health follow.
+    assert!(
+        a.store.probe().await.is_err(),
+        "a dead redis reads as ready"
+    );
 
     // Back on the same port: the service reconnects by itself.
     redis.restart();
@@ -247,6 +252,7 @@ async fn a_stuck_or_dead_redis_is_unavailable_within_the_timeout_and_recovery_is
         match call(&a.client, &r).await {
             Ok(response) => {
                 assert_eq!(response.overall_code, Code::Ok as i32);
+                a.store.probe().await.expect("ready again");
                 break;
             }
             Err(status) => {

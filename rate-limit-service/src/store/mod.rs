@@ -58,12 +58,10 @@ pub trait Store: Send + Sync + 'static {
         now_us: u64,
     ) -> impl Future<Output = Result<Vec<Decision>, StoreError>> + Send + 'a;
 
-    /// Whether the store answered its last call (for `/readyz` and gRPC health).
-    fn is_ready(&self) -> bool {
-        true
-    }
-
     /// Asks the store whether it can answer, preparing what it needs (Redis: the scripts).
+    /// Readiness (`/readyz`, gRPC health) is the last probe's answer alone: decisions that
+    /// fail do not flip it, so a Redis Cluster with one node down, where some keys answer
+    /// and others do not, reads as one steady state rather than a flicker.
     fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }
     }

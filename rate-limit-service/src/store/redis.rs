@@ -13,12 +13,13 @@
 //! [`StoreError`], never a wait on a client default. The connection reconnects by itself in
 //! the background when Redis comes back.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 use tokio::sync::OnceCell;
 
@@ -103,7 +104,6 @@ pub struct RedisStore {
     bucket: LoadedScript,
     over_limit: OverLimitCache,
     timeout: Duration,
-    ready: Arc<AtomicBool>,
     script_reloads: AtomicU64,
     local_hits: Option<prometheus_client::metrics::counter::Counter>,
 }
@@ -118,10 +118,9 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Sets up the connection without waiting for Redis: a Redis that is down at start-up
-    /// makes checks fail (and `/readyz` say so) until it comes up. Must run inside a Tokio
+    /// makes checks and probes fail (so `/readyz` says not ready) until it comes up. Must run inside a Tokio
     /// runtime. Fails only for a malformed URL.
     pub fn connect(target: &RedisTarget, timeout: Duration) -> Result<Self, StoreError> {
-        let ready = Arc::new(AtomicBool::new(false));
         let source = match target {
             RedisTarget::Single(url) => {
                 let client = redis::Client::open(url.as_str())?;
@@ -149,7 +148,6 @@ impl RedisStore {
             bucket: LoadedScript::new(TOKEN_BUCKET_LUA),
             over_limit: OverLimitCache::new(),
             timeout,
-            ready,
             script_reloads: AtomicU64::new(0),
             local_hits: None,
         };
@@ -176,9 +174,7 @@ impl RedisStore {
             }
             Ok(())
         };
-        let result = self.bounded(load).await;
-        self.ready.store(result.is_ok(), Ordering::Release);
-        result
+        self.bounded(load).await
     }
 
     /// Counts denials answered from the local over-limit cache in `counter`.
@@ -345,16 +341,30 @@ impl Store for RedisStore {
         now_us: u64,
     ) -> Result<Vec<Decision>, StoreError> {
         let all = futures::future::try_join_all(checks.iter().map(|c| self.check_one(c, now_us)));
-        let result = self.bounded(all).await;
-        self.ready.store(result.is_ok(), Ordering::Release);
-        result
+        self.bounded(all).await
     }
 
-    fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    fn probe(&self) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
-        self.load_scripts()
+    /// Ready when the scripts load everywhere or, on a cluster, when at least one primary
+    /// answers. Readiness gates traffic to this replica, and the cluster is shared by every
+    /// replica: calling them all unready because one node of the cluster is down would
+    /// turn a partial outage (only that node's keys fail) into a whole one.
+    async fn probe(&self) -> Result<(), StoreError> {
+        let loaded = self.load_scripts().await;
+        match (loaded, self.connection()?) {
+            (Err(_), Connection::Cluster(mut cluster)) => {
+                let any_primary = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::OneSucceeded),
+                ));
+                self.bounded(async {
+                    cluster
+                        .route_command(redis::cmd("PING"), any_primary)
+                        .await?;
+                    Ok(())
+                })
+                .await
+            }
+            (loaded, _) => loaded,
+        }
     }
 }
