@@ -34,6 +34,7 @@ use testkeys::{claims, jwks, TestKey};
 use tollgate_ext_authz::jwks::KeySet;
 use tollgate_ext_authz::server::{App, Options};
 use tollgate_routes::policy::{Algorithm, AuthProvider, KeySource, TokenSource};
+use tollgate_runtime::telemetry::Telemetry;
 
 const CASE_TIME: Duration = Duration::from_secs(2);
 const CONCURRENCY: usize = 16;
@@ -263,7 +264,9 @@ fn main() {
         token_cache_size: 100_000,
         jwks_refresh_interval: Duration::from_secs(300),
         jwks_cooldown: Duration::from_secs(30),
-        telemetry: None,
+        // The subscriber the binary installs (log lines and span export, not pointed at a
+        // collector): what every span the stack opens per call costs in production.
+        telemetry: Some(Telemetry::init("tollgate-ext-authz")),
     };
     let server = ServerThread::spawn(move |grpc, shutdown| async move {
         let app = App::load(options).await.expect("config");

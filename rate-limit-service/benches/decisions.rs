@@ -39,6 +39,7 @@ use tollgate_ratelimit::service::{CurrentLimits, LimitSet, RateLimiter};
 use tollgate_ratelimit::store::memory::MemoryStore;
 use tollgate_ratelimit::store::redis::{RedisStore, RedisTarget};
 use tollgate_ratelimit::store::Store;
+use tollgate_runtime::telemetry::Telemetry;
 use tonic::transport::Channel;
 
 const CONFIG: &str = r#"
@@ -281,6 +282,9 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
+    // The subscriber the binary installs (log lines and span export, not pointed at a
+    // collector): what every span the stack opens per call costs in production.
+    let _telemetry = Telemetry::init("tollgate-ratelimit");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
