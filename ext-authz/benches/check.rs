@@ -29,7 +29,7 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use serde_json::json;
-use server_thread::ServerThread;
+use server_thread::{percentile, ServerThread};
 use testkeys::{claims, jwks, TestKey};
 use tollgate_ext_authz::jwks::KeySet;
 use tollgate_ext_authz::server::{App, Options};
@@ -194,14 +194,6 @@ async fn run_case(
         server_cpu,
         latencies,
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }
 
 /// Verifications per second of the pure verifier on one core (no cache, no gRPC).

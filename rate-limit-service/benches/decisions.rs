@@ -29,7 +29,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use server_thread::ServerThread;
+use server_thread::{percentile, ServerThread};
 use support::{clock_now, descriptor, request, RedisServer};
 use tollgate_ratelimit::limits::dropin;
 use tollgate_ratelimit::limits::DescriptorTree;
@@ -83,14 +83,6 @@ fn requests(descriptors: usize) -> Vec<RateLimitRequest> {
             request("bench", all)
         })
         .collect()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
 }
 
 /// The service under test and the connections to it.
