@@ -39,6 +39,11 @@ fn keyset(keys: &[&TestKey]) -> KeySet {
     KeySet::parse_jwks(testkeys::jwks(keys).as_bytes()).expect("jwks")
 }
 
+/// A key set of the one JWK `jwk`, loaded as the service loads a JWKS.
+fn load_jwk(jwk: &serde_json::Value) -> Result<KeySet, crate::jwks::JwksError> {
+    KeySet::parse_jwks(json!({"keys": [jwk]}).to_string().as_bytes())
+}
+
 fn check(key: &TestKey, token: &str) -> Result<VerifiedToken, Rejection> {
     verify(token, &keyset(&[key]), &public_provider(), now())
 }
@@ -499,8 +504,7 @@ fn parsed_verdict(
     input: &str,
     signature: &str,
 ) -> Result<bool, Rejection> {
-    let set = json!({"keys": [jwk]}).to_string();
-    let keys = KeySet::parse_jwks(set.as_bytes()).expect("jwks");
+    let keys = load_jwk(jwk).expect("jwks");
     signature_holds(&keys.keys()[0].material, alg, input.as_bytes(), signature)
 }
 
@@ -607,9 +611,8 @@ fn rsa_keys_under_2048_bits_are_refused_by_both_verifiers() {
     }
     // The loader refuses such a key before parsing it, so the parser is fed directly: its
     // refusal must not rest on the loader alone.
-    let set = json!({"keys": [jwk]}).to_string();
     assert!(matches!(
-        KeySet::parse_jwks(set.as_bytes()),
+        load_jwk(&jwk),
         Err(crate::jwks::JwksError::NoUsableKey(_))
     ));
     for (name, signature) in testkeys::SMALL_RSA_SIGNATURES {
@@ -648,8 +651,7 @@ fn a_modulus_padded_with_zero_octets_is_the_same_key() {
         padded.extend(jwk_member(&rsa.jwk, member));
         jwk[member] = json!(b64(&padded));
     }
-    let set = json!({"keys": [jwk]}).to_string();
-    let keys = KeySet::parse_jwks(set.as_bytes()).expect("the padded key loads");
+    let keys = load_jwk(&jwk).expect("the padded key loads");
     let token = rsa.mint(&claims());
     assert!(verify(&token, &keys, &public_provider(), now()).is_ok());
     let forged = TestKey::rsa("k", 1).mint(&claims());
@@ -673,8 +675,7 @@ fn a_key_that_does_not_parse_refuses_its_tokens_as_jsonwebtoken_did() {
     let (input, signature) = token.rsplit_once('.').expect("three parts");
     let alg = Algorithm::parse(ec.alg).expect("alg");
     assert_same_verdict(&jwk, alg, input, signature, Ok(false), "unparsable key");
-    let set = json!({"keys": [jwk]}).to_string();
-    let keys = KeySet::parse_jwks(set.as_bytes()).expect("the loader keeps the key");
+    let keys = load_jwk(&jwk).expect("the loader keeps the key");
     assert_eq!(
         verify(&token, &keys, &public_provider(), now()),
         Err(Rejection::BadSignature)

@@ -118,8 +118,8 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Sets up the connection without waiting for Redis: a Redis that is down at start-up
-    /// makes checks and probes fail (so `/readyz` says not ready) until it comes up. Must run inside a Tokio
-    /// runtime. Fails only for a malformed URL.
+    /// makes checks and probes fail (so `/readyz` says not ready) until it comes up. Must
+    /// run inside a Tokio runtime. Fails only for a malformed URL.
     pub fn connect(target: &RedisTarget, timeout: Duration) -> Result<Self, StoreError> {
         let source = match target {
             RedisTarget::Single(url) => {
@@ -349,22 +349,22 @@ impl Store for RedisStore {
     /// replica: calling them all unready because one node of the cluster is down would
     /// turn a partial outage (only that node's keys fail) into a whole one.
     async fn probe(&self) -> Result<(), StoreError> {
-        let loaded = self.load_scripts().await;
-        match (loaded, self.connection()?) {
-            (Err(_), Connection::Cluster(mut cluster)) => {
-                let any_primary = RoutingInfo::MultiNode((
-                    MultipleNodeRoutingInfo::AllMasters,
-                    Some(ResponsePolicy::OneSucceeded),
-                ));
-                self.bounded(async {
-                    cluster
-                        .route_command(redis::cmd("PING"), any_primary)
-                        .await?;
-                    Ok(())
-                })
-                .await
-            }
-            (loaded, _) => loaded,
-        }
+        let Err(not_loaded) = self.load_scripts().await else {
+            return Ok(());
+        };
+        let Ok(Connection::Cluster(mut cluster)) = self.connection() else {
+            return Err(not_loaded);
+        };
+        let any_primary = RoutingInfo::MultiNode((
+            MultipleNodeRoutingInfo::AllMasters,
+            Some(ResponsePolicy::OneSucceeded),
+        ));
+        self.bounded(async {
+            cluster
+                .route_command(redis::cmd("PING"), any_primary)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 }
