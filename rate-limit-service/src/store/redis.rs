@@ -17,10 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
-use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
+use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 use tokio::sync::OnceCell;
 
 use super::over_limit::OverLimitCache;
@@ -92,9 +93,13 @@ impl ConnectionLike for Connection {
 
 enum Source {
     Single(ConnectionManager),
-    /// Filled by a background task once a node answers; the cluster connection then
-    /// follows topology changes and reconnects by itself.
-    Cluster(Arc<OnceCell<ClusterConnection>>),
+    /// The connection is filled by a background task once a node answers; it then
+    /// follows topology changes and reconnects by itself. The seeds are kept apart for the
+    /// readiness probe (see [`RedisStore::probe`]).
+    Cluster {
+        connection: Arc<OnceCell<ClusterConnection>>,
+        seeds: Vec<redis::Client>,
+    },
 }
 
 /// The Redis store.
@@ -137,9 +142,16 @@ impl RedisStore {
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
                     .build()?;
+                let seeds = nodes
+                    .iter()
+                    .map(|url| redis::Client::open(url.as_str()))
+                    .collect::<Result<_, _>>()?;
                 let cell = Arc::new(OnceCell::new());
                 tokio::spawn(connect_cluster(client, cell.clone()));
-                Source::Cluster(cell)
+                Source::Cluster {
+                    connection: cell,
+                    seeds,
+                }
             }
         };
         let store = RedisStore {
@@ -200,7 +212,7 @@ impl RedisStore {
     fn connection(&self) -> Result<Connection, StoreError> {
         match &self.source {
             Source::Single(manager) => Ok(Connection::Single(manager.clone())),
-            Source::Cluster(cell) => cell
+            Source::Cluster { connection, .. } => connection
                 .get()
                 .cloned()
                 .map(Connection::Cluster)
@@ -313,6 +325,20 @@ impl RedisStore {
     }
 }
 
+/// `PING` on a connection of its own, so that nothing queued elsewhere delays it.
+async fn ping(node: &redis::Client, timeout: Duration) -> Result<(), StoreError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let mut connection = node
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    redis::cmd("PING")
+        .query_async::<()>(&mut connection)
+        .await?;
+    Ok(())
+}
+
 async fn connect_cluster(
     client: redis::cluster::ClusterClient,
     cell: Arc<OnceCell<ClusterConnection>>,
@@ -344,25 +370,38 @@ impl Store for RedisStore {
         self.bounded(all).await
     }
 
-    /// Ready when the scripts load everywhere or, on a cluster, when at least one primary
+    /// Ready when the scripts load everywhere or, on a cluster, when at least one node
     /// answers. Readiness gates traffic to this replica, and the cluster is shared by every
     /// replica: calling them all unready because one node of the cluster is down would
     /// turn a partial outage (only that node's keys fail) into a whole one.
+    ///
+    /// On a cluster the primaries are asked through the shared connection and, at the same
+    /// time, each seed on a connection of its own: while the shared connection refreshes
+    /// its slot map it holds every request, and a refresh that asks a stuck node waits out
+    /// the whole timeout, so a probe through it alone would call a working cluster down.
     async fn probe(&self) -> Result<(), StoreError> {
         let Err(not_loaded) = self.load_scripts().await else {
             return Ok(());
         };
-        let Ok(Connection::Cluster(mut cluster)) = self.connection() else {
+        let (Source::Cluster { seeds, .. }, Ok(Connection::Cluster(mut cluster))) =
+            (&self.source, self.connection())
+        else {
             return Err(not_loaded);
         };
         let any_primary = RoutingInfo::MultiNode((
             MultipleNodeRoutingInfo::AllMasters,
             Some(ResponsePolicy::OneSucceeded),
         ));
-        self.bounded(async {
+        let through_cluster = async move {
             cluster
                 .route_command(redis::cmd("PING"), any_primary)
                 .await?;
+            Ok(())
+        }
+        .boxed();
+        let direct = seeds.iter().map(|seed| ping(seed, self.timeout).boxed());
+        self.bounded(async {
+            futures::future::select_ok(std::iter::once(through_cluster).chain(direct)).await?;
             Ok(())
         })
         .await
