@@ -86,6 +86,31 @@ async fn the_request_filling_the_cache_gets_the_routes_rewrite_and_header_edits(
         echoed_header(&response, "x-from").as_deref(),
         Some("gateway")
     );
+    // Envoy's own fetch of the miss appends Envoy's address to x-forwarded-for; the client's
+    // chain must reach the upstream as a plain route passes it on, no more and no less.
+    let plain = request(gw.port)
+        .path("/plain/item")
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .expect("GET a plain route");
+    let client = echoed_header(&plain, "x-forwarded-for").expect("the client named upstream");
+    assert!(client.starts_with("203.0.113.7,"), "{client}");
+    let fill = request(gw.port)
+        .path("/cached/another")
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .expect("GET a cached route");
+    assert_eq!(
+        upstream.paths().last().map(String::as_str),
+        Some("/origin/another")
+    );
+    assert_eq!(
+        echoed_header(&fill, "x-forwarded-for"),
+        Some(client),
+        "the fill names the client as a plain route does, not the internal hop"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,12 +98,32 @@ pub(super) fn default_freshness(cache: &ResponseCache) -> HeaderValueOption {
     }
 }
 
-/// Envoy's cache stores an answer carrying `set-cookie` like any other (it checks only
-/// `no-store` and `private`), which would hand one client's cookie, often a session, to
-/// every client after it. Marking such answers `private` keeps them out of the cache (and
-/// out of any shared cache past the gateway, RFC 9111 §5.2.2.7), while the client itself
-/// still gets them as sent.
-const PRIVATE_WHEN_SETTING_COOKIES: &str = r#"
+/// Two repairs on the side channel, made on the internal listener before its router.
+///
+/// On the way up: Envoy's async client, which the cache filter fetches a miss with, appends
+/// Envoy's own address to `x-forwarded-for` (its `send_xff` option, on by default and not
+/// exposed by the cache filter). The public listener already named the client there, so
+/// that last entry is dropped and the upstream sees the header a plain route would send.
+///
+/// On the way down: Envoy's cache stores an answer carrying `set-cookie` like any other (it
+/// checks only `no-store` and `private`), which would hand one client's cookie, often a
+/// session, to every client after it. Marking such answers `private` keeps them out of the
+/// cache (and out of any shared cache past the gateway, RFC 9111 §5.2.2.7), while the
+/// client itself still gets them as sent.
+const SIDE_CHANNEL_REPAIRS: &str = r#"
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local forwarded = headers:get("x-forwarded-for")
+  if forwarded ~= nil then
+    local before_envoy = forwarded:match("^(.-)%s*,[^,]*$")
+    if before_envoy == nil or before_envoy == "" then
+      headers:remove("x-forwarded-for")
+    else
+      headers:replace("x-forwarded-for", before_envoy)
+    end
+  end
+end
+
 function envoy_on_response(handle)
   local headers = handle:headers()
   if headers:get("set-cookie") ~= nil then
@@ -118,13 +138,13 @@ end
 "#;
 
 /// The internal listener the side channel reaches: routes from [`fill_name`] over RDS, then
-/// the `set-cookie` guard, then the router.
+/// the side channel's repairs, then the router.
 pub(super) fn fill_listener(listener: &str) -> Listener {
     let name = fill_name(listener);
     let lua = Lua {
         default_source_code: Some(DataSource {
             specifier: Some(data_source::Specifier::InlineString(
-                PRIVATE_WHEN_SETTING_COOKIES.trim_start().to_string(),
+                SIDE_CHANNEL_REPAIRS.trim_start().to_string(),
             )),
             ..Default::default()
         }),
