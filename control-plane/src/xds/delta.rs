@@ -15,8 +15,8 @@ use crate::snapshot::{Resource, Snapshot};
 
 use super::nodes::{StreamRecords, TypeRecord};
 use super::sequencing::{
-    announced_version, find_resource, retained_names, Answer, InFlight, NonceSource,
-    RetainedResources, WILDCARD,
+    announced_version, changed_resources, find_resource, retained_names, Answer, InFlight,
+    NonceSource, RetainedResources, WILDCARD,
 };
 use super::served::ServedType;
 use super::stream::TransportVariant;
@@ -153,6 +153,28 @@ impl DeltaStream {
             }
         }
         self.retained.clear();
+    }
+
+    /// Envoy re-warms a cluster whose settings change, and a warming EDS cluster waits for an
+    /// EDS answer even when its endpoints did not change, for the whole initial fetch timeout
+    /// (15 s) otherwise, holding back every later push (go-control-plane #245). The changed
+    /// clusters' assignments must therefore be answered again, right after this CDS push.
+    fn resend_endpoints_of_changed_clusters(&mut self, clusters: &[DeltaResource]) {
+        let held = &self.types[ServedType::Cluster.index()].client_versions;
+        let pushed: BTreeMap<String, String> = clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.version.clone()))
+            .collect();
+        let changed = changed_resources(held, &pushed);
+        let endpoints = &mut self.types[ServedType::Endpoint.index()];
+        let Some(subscription) = &endpoints.subscription else {
+            return;
+        };
+        for name in changed {
+            if subscription.wants(&name) {
+                endpoints.must_answer.insert(name);
+            }
+        }
     }
 
     fn record_answer(&mut self, served: ServedType, error: Option<&RpcStatus>, node: &str) {
@@ -297,6 +319,9 @@ impl TransportVariant for DeltaStream {
             let removed = diff.removed;
             let nonce = self.nonces.next_nonce();
 
+            if served == ServedType::Cluster {
+                self.resend_endpoints_of_changed_clusters(&resources);
+            }
             let state = &mut self.types[served.index()];
             for resource in &resources {
                 state

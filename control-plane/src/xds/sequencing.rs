@@ -281,3 +281,15 @@ mod in_flight_tests {
         assert!(!in_flight.may_push(ServedType::Route));
     }
 }
+
+/// Names held at one version and now pushed at another: resources changed in place.
+pub(crate) fn changed_resources(
+    held: &BTreeMap<String, String>,
+    pushed: &BTreeMap<String, String>,
+) -> Vec<String> {
+    pushed
+        .iter()
+        .filter(|(name, version)| held.get(*name).is_some_and(|old| old != *version))
+        .map(|(name, _)| name.clone())
+        .collect()
+}

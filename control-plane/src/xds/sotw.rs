@@ -12,8 +12,8 @@ use crate::snapshot::Snapshot;
 
 use super::nodes::{StreamRecords, TypeRecord};
 use super::sequencing::{
-    announced_version, find_resource, retained_names, Answer, InFlight, NonceSource,
-    RetainedResources, WILDCARD,
+    announced_version, changed_resources, find_resource, retained_names, Answer, InFlight,
+    NonceSource, RetainedResources, WILDCARD,
 };
 use super::served::ServedType;
 use super::stream::TransportVariant;
@@ -225,6 +225,9 @@ impl SotwStream {
             nonce: nonce.clone(),
             ..Default::default()
         };
+        if served == ServedType::Cluster {
+            self.resend_endpoints_of_changed_clusters(&desired.resources);
+        }
         let state = self.state_mut(served);
         state.latest_nonce = Some(nonce.clone());
         state.held = Some(Held {
@@ -235,6 +238,22 @@ impl SotwStream {
         state.answer = Answer::Pending;
         self.in_flight.push(served);
         response
+    }
+
+    /// Envoy re-warms a cluster whose settings change, and a warming EDS cluster waits for an
+    /// EDS answer even when its endpoints did not change, for the whole initial fetch timeout
+    /// (15 s) otherwise, holding back every later push (go-control-plane #245). Forgetting
+    /// that the client holds those assignments makes them due, right after this CDS push.
+    fn resend_endpoints_of_changed_clusters(&mut self, clusters: &Versions) {
+        let Some(held_clusters) = &self.state(ServedType::Cluster).held else {
+            return;
+        };
+        let changed: Vec<String> = changed_resources(&held_clusters.resources, clusters);
+        if let Some(endpoints) = &mut self.state_mut(ServedType::Endpoint).held {
+            for name in &changed {
+                endpoints.resources.remove(name);
+            }
+        }
     }
 
     fn record_answer(&mut self, served: ServedType, request: &DiscoveryRequest, node: &str) {

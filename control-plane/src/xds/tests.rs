@@ -533,21 +533,52 @@ async fn new_snapshot_pushes_only_changed_types_in_make_before_break_order() {
     let mut envoy = server.sotw("edge-1").await;
     envoy.sync_base().await;
 
-    // Clusters, listeners and routes change; endpoints do not.
-    let next = server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=2 r:main=2");
+    // Listeners and routes change; clusters and endpoints do not.
+    let next = server.publish("c:a=1 c:b=1 e:a=1 e:b=1 l:main=2 r:main=2");
     let mut pushed = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         let response = envoy.recv().await;
         assert_eq!(response.version_info, version(&next, &response.type_url));
         envoy.ack(&response, &base_names(&response.type_url)).await;
         pushed.push(short(&response.type_url));
     }
-    assert_eq!(pushed, ["cluster", "listener", "route"]);
+    assert_eq!(pushed, ["listener", "route"]);
 
     // Nothing else was pending: the next push is for the next change.
     envoy.barrier().await;
-    server.publish("c:a=2 c:b=1 e:a=3 e:b=1 l:main=2 r:main=2");
+    server.publish("c:a=1 c:b=1 e:a=3 e:b=1 l:main=2 r:main=2");
     assert_eq!(short(&envoy.recv().await.type_url), "endpoint");
+}
+
+#[tokio::test]
+async fn a_changed_cluster_gets_its_unchanged_endpoints_again_to_finish_warming() {
+    let server = Server::start().await;
+    let base = server.publish(BASE);
+    let mut envoy = server.sotw("edge-1").await;
+    envoy.sync_base().await;
+
+    // Cluster a's settings change, its endpoints do not: Envoy re-warms a and waits for EDS.
+    let next = server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=1 r:main=1");
+    let clusters = envoy.recv().await;
+    assert_eq!(short(&clusters.type_url), "cluster");
+    let endpoints = envoy.recv().await;
+    assert_eq!(short(&endpoints.type_url), "endpoint");
+    assert_eq!(names(&endpoints), ["a", "b"]);
+    assert_eq!(
+        endpoints.version_info,
+        version(&base, type_url::ENDPOINT),
+        "the same assignments, answered again"
+    );
+    envoy.ack(&clusters, &[]).await;
+    envoy.ack(&endpoints, &["a", "b"]).await;
+    let cluster_version = version(&next, type_url::CLUSTER);
+    server
+        .status_until(|statuses| {
+            node_status(statuses, "edge-1").is_some_and(|s| {
+                s.in_sync && s.types["cluster"].acked_version.as_deref() == Some(&cluster_version)
+            })
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -587,6 +618,10 @@ async fn nack_is_recorded_and_the_rejected_version_is_not_resent() {
 
     let rejected = server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=1 r:main=1");
     let clusters = envoy.recv().await;
+    // The changed cluster's endpoints follow at once, for it to warm on.
+    let endpoints = envoy.recv().await;
+    assert_eq!(short(&endpoints.type_url), "endpoint");
+    envoy.ack(&endpoints, &["a", "b"]).await;
     let base_clusters = version(&base, type_url::CLUSTER);
     envoy
         .nack(&clusters, &base_clusters, "cluster a: bad config")
@@ -622,7 +657,10 @@ async fn nack_is_recorded_and_the_rejected_version_is_not_resent() {
     let fixed = server.publish("c:a=3 c:b=1 e:a=1 e:b=1 l:main=2 r:main=1");
     let clusters = envoy.recv().await;
     assert_eq!(clusters.version_info, version(&fixed, type_url::CLUSTER));
+    let endpoints = envoy.recv().await;
+    assert_eq!(short(&endpoints.type_url), "endpoint");
     envoy.ack(&clusters, &[]).await;
+    envoy.ack(&endpoints, &["a", "b"]).await;
     let statuses = server
         .status_until(|statuses| node_status(statuses, "edge-1").is_some_and(|s| s.in_sync))
         .await;
@@ -861,7 +899,13 @@ async fn delta_update_sends_only_the_changed_resources() {
     assert_eq!(short(&clusters.type_url), "cluster");
     assert_eq!(delta_names(&clusters), ["b"]);
     assert!(clusters.removed_resources.is_empty());
+    // Envoy re-warms the changed cluster b and waits for an EDS answer for it, unchanged or
+    // not; a, untouched, is not sent.
+    let rewarm = envoy.recv().await;
+    assert_eq!(short(&rewarm.type_url), "endpoint");
+    assert_eq!(delta_names(&rewarm), ["b"]);
     envoy.ack(&clusters).await;
+    envoy.ack(&rewarm).await;
 
     server.publish("c:a=1 c:b=2 e:a=2 e:b=1 l:main=1 r:main=1");
     let endpoints = envoy.recv().await;
