@@ -8,6 +8,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
 /// Everything a routes.yaml service says about traffic to its endpoints besides where they
 /// are. [`ServicePolicy::default`] is what a service with none of the fields gets.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -80,6 +83,39 @@ pub struct OutlierDetection {
 pub struct UpstreamTls {
     /// Sent as SNI, and the DNS name the certificate must carry in its subject alt names.
     pub sni: String,
-    /// PEM bundle of the certificate authorities trusted for this service.
+    /// PEM bundle of the certificate authorities trusted for this service: routes.yaml's
+    /// `ca_file` as written (relative to routes.yaml's directory), or the system bundle.
     pub ca_file: PathBuf,
+    /// The bundle `ca_file` named, read and checked when validation was given the files:
+    /// Envoy gets these bytes, so what was checked is what it trusts. `None` for the system
+    /// bundle, which Envoy reads from its own machine.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Why a `ca_file` cannot be trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CaBundleError {
+    #[error("is not a PEM certificate bundle (expected -----BEGIN CERTIFICATE----- blocks)")]
+    NotPem,
+    #[error("holds no X.509 certificate that could be trusted")]
+    NoCertificate,
+}
+
+/// Checks a PEM CA bundle before Envoy is given it: Envoy would refuse the whole cluster
+/// update for a bundle it cannot load. A bundle where only some certificates parse is
+/// accepted, as Envoy accepts it: system bundles carry a few old certificates that strict
+/// parsers refuse.
+pub fn check_ca_bundle(pem: &[u8]) -> Result<(), CaBundleError> {
+    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| CaBundleError::NotPem)?;
+    if certificates.is_empty() {
+        return Err(CaBundleError::NotPem);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (usable, _) = roots.add_parsable_certificates(certificates);
+    if usable == 0 {
+        return Err(CaBundleError::NoCertificate);
+    }
+    Ok(())
 }

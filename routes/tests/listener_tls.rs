@@ -3,39 +3,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-use common::assert_error_at;
-use tollgate_routes::{parse, parse_with_files, FileSource, ListenerTls, TlsVersion};
+use common::{assert_error_at, Files};
+use tollgate_routes::{parse, parse_with_files, ListenerTls, TlsVersion};
 
 const CERT: &[u8] = include_bytes!("fixtures/gateway.pem");
 const KEY: &[u8] = include_bytes!("fixtures/gateway.key");
 const OTHER_KEY: &[u8] = include_bytes!("fixtures/other.key");
 const ED25519_KEY: &[u8] = include_bytes!("fixtures/ed25519.key");
-
-/// Files by the path routes.yaml names them with; any other path does not exist.
-struct Files(BTreeMap<PathBuf, Vec<u8>>);
-
-impl Files {
-    fn new(files: &[(&str, &[u8])]) -> Self {
-        Files(
-            files
-                .iter()
-                .map(|(path, bytes)| (PathBuf::from(path), bytes.to_vec()))
-                .collect(),
-        )
-    }
-}
-
-impl FileSource for Files {
-    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        self.0
-            .get(path)
-            .cloned()
-            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
-    }
-}
 
 /// One TLS listener whose `tls:` mapping is `tls` (flow style).
 fn with_tls(tls: &str) -> String {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::assert_error_at;
+use common::{assert_error_at, Files};
 
 fn assert_one_error(snippet: &str, at: &str, contains: &str) {
     assert_error_at(&with_policy(snippet), at, contains)
@@ -12,10 +12,10 @@ fn assert_one_error(snippet: &str, at: &str, contains: &str) {
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tollgate_routes::parse;
 use tollgate_routes::service_policy::{
     CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy, UpstreamTls,
 };
+use tollgate_routes::{parse, parse_with_files};
 
 /// A config whose only service, `svc`, has `policy` (indented four spaces) after its
 /// endpoints; its first policy line is line 5.
@@ -81,6 +81,7 @@ fn every_field_of_the_contract_is_accepted() {
             tls: Some(UpstreamTls {
                 sni: "invoices.internal".into(),
                 ca_file: PathBuf::from("/etc/ssl/ca.pem"),
+                ca_pem: None,
             }),
         }
     );
@@ -111,6 +112,7 @@ fn empty_tls_on_a_dns_service_verifies_its_host_name_against_the_system_cas() {
         Some(UpstreamTls {
             sni: "api.example.com".into(),
             ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            ca_pem: None,
         })
     );
 }
@@ -129,13 +131,75 @@ fn an_ip_address_is_not_an_sni() {
     );
 }
 
+const CA: &[u8] = include_bytes!("fixtures/gateway.pem");
+const KEY: &[u8] = include_bytes!("fixtures/gateway.key");
+
+/// The service's `tls` with `ca_file` as written, validated with `files`.
+fn tls_with_ca_file(ca_file: &str, files: &Files) -> Result<Option<UpstreamTls>, Vec<String>> {
+    let text = with_policy(&format!(
+        "    tls: {{sni: a.internal, ca_file: {ca_file}}}\n"
+    ));
+    parse_with_files("routes.yaml", &text, files)
+        .map(|(config, _)| config.services["svc"].policy.tls.clone())
+        .map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
+                .collect()
+        })
+}
+
 #[test]
-fn a_relative_ca_file_is_rejected() {
-    assert_one_error(
-        "    tls: {sni: a.internal, ca_file: certs/ca.pem}\n",
-        "5:37",
-        "ca_file \"certs/ca.pem\" must start with '/'",
-    );
+fn a_relative_ca_file_is_read_and_its_bundle_kept_for_envoy() {
+    let files = Files::new(&[("certs/ca.pem", CA)]);
+    let tls = tls_with_ca_file("certs/ca.pem", &files)
+        .expect("valid")
+        .expect("tls");
+    assert_eq!(tls.ca_file, PathBuf::from("certs/ca.pem"));
+    assert_eq!(tls.ca_pem.as_deref(), Some(CA));
+}
+
+#[test]
+fn without_files_the_ca_file_is_only_named() {
+    // The sidecars parse routes.yaml too; only the control plane reads what it names.
+    let tls = policy("    tls: {sni: a.internal, ca_file: certs/ca.pem}\n")
+        .tls
+        .expect("tls");
+    assert_eq!(tls.ca_pem, None);
+}
+
+#[test]
+fn a_ca_file_that_cannot_be_trusted_is_refused_at_its_field() {
+    let garbage_block = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    let files = Files::new(&[
+        ("key.pem", KEY),
+        ("notes.txt", b"not a certificate"),
+        ("garbage.pem", garbage_block),
+    ]);
+    for (ca_file, expected) in [
+        ("missing.pem", "cannot read ca_file \"missing.pem\""),
+        (
+            "key.pem",
+            "ca_file \"key.pem\" is not a PEM certificate bundle",
+        ),
+        (
+            "notes.txt",
+            "ca_file \"notes.txt\" is not a PEM certificate bundle",
+        ),
+        (
+            "garbage.pem",
+            "ca_file \"garbage.pem\" holds no X.509 certificate",
+        ),
+        ("\"\"", "ca_file is empty"),
+    ] {
+        let errors = tls_with_ca_file(ca_file, &files).expect_err(ca_file);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("5:37:") && e.contains(expected)),
+            "{ca_file}: no error at 5:37 containing {expected:?}; got {errors:#?}"
+        );
+    }
 }
 
 #[test]

@@ -322,26 +322,41 @@ fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::p
     (cert, key)
 }
 
+/// A real TLS upstream with nothing to build: `openssl s_server -www` answers any GET with a
+/// 200 status page. Returns the process (dies when dropped) and its port.
+fn tls_upstream(
+    dir: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> (tollgate_conformance::Process, u16) {
+    let port = reserve_port();
+    let mut command = std::process::Command::new("openssl");
+    command
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(cert)
+        .arg("-key")
+        .arg(key);
+    let server = tollgate_conformance::Process::spawn("s_server", command, dir)
+        .expect("start openssl s_server");
+    (server, port)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_tls_verifies_the_certificate_name() {
     let dir = tollgate_conformance::process::scratch_dir("tollgate-tls-");
     let (cert, key) = self_signed(dir.path(), "invoices.internal");
-    let upstream_port = reserve_port();
-    // `openssl s_server -www` answers any GET over TLS with a 200 status page: a real TLS
-    // upstream with nothing to build.
-    let mut command = std::process::Command::new("openssl");
-    command
-        .args(["s_server", "-quiet", "-www", "-accept"])
-        .arg(format!("127.0.0.1:{upstream_port}"))
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&key);
-    let _server = tollgate_conformance::Process::spawn("s_server", command, dir.path())
-        .expect("start openssl s_server");
+    let (_server, upstream_port) = tls_upstream(dir.path(), &cert, &key);
     let port = reserve_port();
     let ca = cert.display();
+    // `secure` names its CA relative to routes.yaml (the control plane reads it and hands
+    // Envoy the bytes), `misnamed` by an absolute path.
     let cp = ControlPlane::new()
+        .file(
+            "ca.pem",
+            std::fs::read(&cert).expect("read the certificate"),
+        )
         .routes(format!(
             "version: 1
 listeners:
@@ -350,7 +365,7 @@ listeners:
 services:
   secure:
     endpoints: [\"127.0.0.1:{upstream_port}\"]
-    tls: {{sni: invoices.internal, ca_file: {ca}}}
+    tls: {{sni: invoices.internal, ca_file: ca.pem}}
   misnamed:
     endpoints: [\"127.0.0.1:{upstream_port}\"]
     tls: {{sni: orders.internal, ca_file: {ca}}}
@@ -380,4 +395,56 @@ routes:
         .await
         .unwrap();
     assert!(failed > 0, "the refusal should be the SAN check");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_ca_file_is_trusted_without_a_restart() {
+    let dir = tollgate_conformance::process::scratch_dir("tollgate-tls-");
+    let (cert, key) = self_signed(dir.path(), "invoices.internal");
+    let elsewhere = tollgate_conformance::process::scratch_dir("tollgate-tls-other-");
+    let (other_ca, _) = self_signed(elsewhere.path(), "invoices.internal");
+    let (_server, upstream_port) = tls_upstream(dir.path(), &cert, &key);
+    let port = reserve_port();
+    let service = format!(
+        "    endpoints: [\"127.0.0.1:{upstream_port}\"]\n    tls: {{sni: invoices.internal, ca_file: ca.pem}}\n"
+    );
+    let mut cp = ControlPlane::new()
+        .file(
+            "ca.pem",
+            std::fs::read(&other_ca).expect("read the other CA"),
+        )
+        .routes(routes(port, &service))
+        .start()
+        .await;
+    let envoy = Envoy::new().control_plane(&cp).start().await;
+
+    // Trusting another CA, the gateway refuses the upstream's certificate chain.
+    eventually("the upstream's chain is refused", async || {
+        get(port, "/").await?.expect_status(503)?;
+        let failed = counter(&envoy, "cluster.svc.ssl.fail_verify_error").await?;
+        anyhow::ensure!(failed > 0, "no chain verification failure counted yet");
+        Ok(())
+    })
+    .await;
+
+    cp.write_file(
+        "ca.pem",
+        &std::fs::read(&cert).expect("read the certificate"),
+    );
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        eprintln!(
+            "after: {:?} {:?}",
+            cp.status().await.ok(),
+            get(port, "/").await.map(|r| r.status)
+        );
+    }
+    eventually("the replaced bundle is trusted", async || {
+        get(port, "/").await?.expect_status(200)?;
+        Ok(())
+    })
+    .await;
+    // The changed cluster warmed on endpoints the control plane sent again at once, rather
+    // than on Envoy giving up waiting for them.
+    assert_eq!(envoy.initial_fetch_timeouts().await.unwrap(), []);
 }

@@ -226,6 +226,15 @@ fn outlier_detection(outlier: &OutlierDetection) -> EnvoyOutlierDetection {
     }
 }
 
+/// The bundle the control plane read and checked, inline; the system bundle by its path on
+/// Envoy's machine.
+fn trusted_ca(tls: &UpstreamTls) -> data_source::Specifier {
+    match &tls.ca_pem {
+        Some(pem) => data_source::Specifier::InlineBytes(pem.clone()),
+        None => data_source::Specifier::Filename(tls.ca_file.to_string_lossy().into_owned()),
+    }
+}
+
 fn upstream_tls(tls: &UpstreamTls) -> TransportSocket {
     let context = UpstreamTlsContext {
         sni: tls.sni.clone(),
@@ -236,9 +245,7 @@ fn upstream_tls(tls: &UpstreamTls) -> TransportSocket {
             validation_context_type: Some(ValidationContextType::ValidationContext(
                 CertificateValidationContext {
                     trusted_ca: Some(DataSource {
-                        specifier: Some(data_source::Specifier::Filename(
-                            tls.ca_file.to_string_lossy().into_owned(),
-                        )),
+                        specifier: Some(trusted_ca(tls)),
                         ..Default::default()
                     }),
                     match_typed_subject_alt_names: vec![SubjectAltNameMatcher {

@@ -213,21 +213,19 @@ fn tls_context(service: &Service) -> UpstreamTlsContext {
     UpstreamTlsContext::decode(any.value.as_slice()).expect("an UpstreamTlsContext")
 }
 
-/// (trusted CA file, DNS names the certificate must carry).
-fn verification(context: &UpstreamTlsContext) -> (String, Vec<String>) {
+/// (where the trusted CAs come from, DNS names the certificate must carry).
+fn verification(context: &UpstreamTlsContext) -> (data_source::Specifier, Vec<String>) {
     let common = context.common_tls_context.as_ref().expect("common context");
     let Some(ValidationContextType::ValidationContext(validation)) =
         &common.validation_context_type
     else {
         panic!("the certificate must be validated");
     };
-    let Some(data_source::Specifier::Filename(ca)) = validation
+    let ca = validation
         .trusted_ca
         .as_ref()
         .and_then(|d| d.specifier.clone())
-    else {
-        panic!("a trusted CA file expected");
-    };
+        .expect("trusted CAs");
     let names = validation
         .match_typed_subject_alt_names
         .iter()
@@ -255,7 +253,7 @@ fn upstream_tls_sends_sni_and_verifies_chain_and_name() {
     assert_eq!(
         verification(&context),
         (
-            "/etc/tollgate/ca.pem".to_string(),
+            data_source::Specifier::Filename("/etc/tollgate/ca.pem".to_string()),
             vec!["invoices.internal".to_string()]
         )
     );
@@ -269,8 +267,28 @@ fn empty_tls_verifies_the_endpoint_name_against_the_system_cas() {
     assert_eq!(
         verification(&context),
         (
-            "/etc/ssl/certs/ca-certificates.crt".to_string(),
+            data_source::Specifier::Filename("/etc/ssl/certs/ca-certificates.crt".to_string()),
             vec!["api.example.com".to_string()]
         )
+    );
+}
+
+#[test]
+fn a_ca_bundle_read_by_validation_reaches_envoy_inline() {
+    // What the control plane checked is what Envoy trusts: a file replaced after the check
+    // cannot slip in, and a relative ca_file needs no agreement on working directories.
+    let mut config = config(
+        "  secure:\n    endpoints: [\"127.0.0.1:3443\"]\n    tls: {sni: a.internal, ca_file: ca.pem}\n",
+    );
+    let tls = config
+        .services
+        .get_mut("secure")
+        .and_then(|s| s.policy.tls.as_mut())
+        .expect("tls");
+    tls.ca_pem = Some(b"checked bundle".to_vec());
+    let context = tls_context(service(&config, "secure"));
+    assert_eq!(
+        verification(&context).0,
+        data_source::Specifier::InlineBytes(b"checked bundle".to_vec())
     );
 }

@@ -1,11 +1,11 @@
 //! Checks for a listener's `tls` section: its fields, and, when the caller lets validation
 //! read files, the certificate and key they name.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_saphyr::Spanned;
 
-use super::Errors;
+use super::{read_file, Errors};
 use crate::document::ListenerTlsDoc;
 use crate::listener_tls::{
     CertificateError, FileSource, ListenerTls, ServingCertificate, TlsVersion,
@@ -50,8 +50,8 @@ pub(super) fn listener_tls(
     let Some(files) = files else {
         return (Some(settings), None);
     };
-    let chain = read(files, cert_node, "cert_file", errors);
-    let key = read(files, key_node, "key_file", errors);
+    let chain = read_file(files, cert_node, "cert_file", errors);
+    let key = read_file(files, key_node, "key_file", errors);
     let (Some(chain), Some(key)) = (chain, key) else {
         return (Some(settings), None);
     };
@@ -88,20 +88,5 @@ fn required_path<'d>(
             None
         }
         Some(path) => Some(path),
-    }
-}
-
-fn read(
-    files: &dyn FileSource,
-    node: &Spanned<String>,
-    field: &str,
-    errors: &mut Errors,
-) -> Option<Vec<u8>> {
-    match files.read(Path::new(&node.value)) {
-        Ok(bytes) => Some(bytes),
-        Err(e) => {
-            errors.at(node, format!("cannot read {field} \"{}\": {e}", node.value));
-            None
-        }
     }
 }

@@ -30,7 +30,8 @@ const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-/// Validates `doc`; with `files`, also reads and checks the certificate of every TLS listener.
+/// Validates `doc`; with `files`, also reads and checks the certificate of every TLS listener
+/// and the CA bundle of every TLS service that names one.
 pub(crate) fn validate(
     file: &str,
     doc: Document,
@@ -50,7 +51,7 @@ pub(crate) fn validate(
     let services: BTreeMap<String, Service> = doc
         .services
         .iter()
-        .filter_map(|(name, service)| self::service(name, service, &mut errors))
+        .filter_map(|(name, service)| self::service(name, service, files, &mut errors))
         .map(|s| (s.name.clone(), s))
         .collect();
     let auth_providers = policy::auth_providers(&doc, &mut errors);
@@ -182,7 +183,12 @@ fn listeners(
     (valid, certificates)
 }
 
-fn service(name: &str, doc: &ServiceDoc, errors: &mut Errors) -> Option<Service> {
+fn service(
+    name: &str,
+    doc: &ServiceDoc,
+    files: Option<&dyn FileSource>,
+    errors: &mut Errors,
+) -> Option<Service> {
     let before = errors.found.len();
     if !is_valid_name(name) {
         errors.at(
@@ -223,7 +229,7 @@ fn service(name: &str, doc: &ServiceDoc, errors: &mut Errors) -> Option<Service>
         .collect();
     let connect_timeout =
         positive_duration(doc.connect_timeout.as_ref(), errors).unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-    let policy = service_policy::service_policy(name, doc, &endpoints, errors);
+    let policy = service_policy::service_policy(name, doc, &endpoints, files, errors);
     (errors.found.len() == before).then(|| Service {
         name: name.to_string(),
         endpoints,
@@ -430,6 +436,22 @@ fn absolute_path(node: &Spanned<String>, field: &str, errors: &mut Errors) -> bo
         );
     }
     ok
+}
+
+/// The file routes.yaml names at `node` (as its `field`), or an error there saying why not.
+fn read_file(
+    files: &dyn FileSource,
+    node: &Spanned<String>,
+    field: &str,
+    errors: &mut Errors,
+) -> Option<Vec<u8>> {
+    match files.read(std::path::Path::new(&node.value)) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            errors.at(node, format!("cannot read {field} \"{}\": {e}", node.value));
+            None
+        }
+    }
 }
 
 /// The path a listener answers health checks on: `/health` unless set, `None` when `""`.

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::{absolute_path, is_dns_name, is_header_name, positive_duration, Errors};
+use super::{absolute_path, is_dns_name, is_header_name, positive_duration, read_file, Errors};
 use crate::config::Endpoint;
 use crate::document::{CircuitBreakerDoc, HealthCheckDoc, OutlierDetectionDoc, ServiceDoc, TlsDoc};
+use crate::listener_tls::FileSource;
 use crate::service_policy::{
-    CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy, UpstreamTls,
+    check_ca_bundle, CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy,
+    UpstreamTls,
 };
 
 /// Frequent enough to notice a dead endpoint within half a minute at the default threshold,
@@ -37,6 +39,7 @@ pub(super) fn service_policy(
     name: &str,
     doc: &ServiceDoc,
     endpoints: &[Endpoint],
+    files: Option<&dyn FileSource>,
     errors: &mut Errors,
 ) -> ServicePolicy {
     ServicePolicy {
@@ -56,7 +59,7 @@ pub(super) fn service_policy(
         tls: doc
             .tls
             .as_ref()
-            .and_then(|t| tls(name, t, endpoints, errors)),
+            .and_then(|t| tls(name, t, endpoints, files, errors)),
     }
 }
 
@@ -222,6 +225,7 @@ fn tls(
     service: &str,
     node: &Spanned<TlsDoc>,
     endpoints: &[Endpoint],
+    files: Option<&dyn FileSource>,
     errors: &mut Errors,
 ) -> Option<UpstreamTls> {
     let doc = &node.value;
@@ -254,15 +258,38 @@ fn tls(
             }
         }
     };
-    let ca_file = match &doc.ca_file {
-        None => Some(PathBuf::from(SYSTEM_CA_FILE)),
-        // Envoy would resolve a relative path against its own working directory.
-        Some(file) => absolute_path(file, "ca_file", errors).then(|| PathBuf::from(&file.value)),
+    let (ca_file, ca_pem) = match &doc.ca_file {
+        None => (Some(PathBuf::from(SYSTEM_CA_FILE)), None),
+        Some(file) if file.value.is_empty() => {
+            errors.at(file, "ca_file is empty".into());
+            (None, None)
+        }
+        Some(file) => {
+            let pem = files.and_then(|files| ca_bundle(files, file, errors));
+            (Some(PathBuf::from(&file.value)), pem)
+        }
     };
     Some(UpstreamTls {
         sni: sni?,
         ca_file: ca_file?,
+        ca_pem,
     })
+}
+
+/// The bundle `ca_file` names, when it holds only certificates a verifier can trust.
+fn ca_bundle(
+    files: &dyn FileSource,
+    node: &Spanned<String>,
+    errors: &mut Errors,
+) -> Option<Vec<u8>> {
+    let pem = read_file(files, node, "ca_file", errors)?;
+    match check_ca_bundle(&pem) {
+        Ok(()) => Some(pem),
+        Err(problem) => {
+            errors.at(node, format!("ca_file \"{}\" {problem}", node.value));
+            None
+        }
+    }
 }
 
 /// A count that Envoy stores as a `uint32`, at least `min`.
