@@ -109,6 +109,23 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         "When routes.yaml was last loaded or rejected.",
         &[(String::new(), status.last_reload.at_unix_ms / 1000)],
     );
+    let expiry: Vec<(String, u64)> = state
+        .reloader
+        .certificate_expiry()
+        .into_iter()
+        .map(|(listener, not_after)| {
+            (
+                format!("{{listener=\"{}\"}}", escape_label(&listener)),
+                u64::try_from(not_after).unwrap_or(0),
+            )
+        })
+        .collect();
+    metric(
+        "tollgate_listener_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When the certificate a TLS listener serves expires (notAfter, Unix seconds).",
+        &expiry,
+    );
     let connected = status.nodes.iter().filter(|n| n.connected).count() as u64;
     let in_sync = status
         .nodes

@@ -1,14 +1,16 @@
 //! Loading routes.yaml into the snapshot cache, all or nothing, and remembering how the
 //! last attempt went for `/status` and `/metrics`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tollgate_routes::{ConfigErrors, FileSource, ListenerCertificates, RoutesConfig};
+use tracing::warn;
 
 use crate::snapshot::SnapshotCache;
 use crate::translate::translate;
@@ -43,12 +45,19 @@ pub struct ReloadStatus {
     pub at_unix_ms: u64,
 }
 
+/// How long before a served certificate expires the control plane starts warning: time for
+/// a renewal that failed to be noticed and fixed.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
 /// Reads, validates, translates and installs routes.yaml.
 #[derive(Debug)]
 pub struct Reloader {
     path: PathBuf,
     cache: Arc<SnapshotCache>,
     last: RwLock<LastAttempt>,
+    /// Listener name → when the certificate it serves expires (Unix seconds), as of the
+    /// last configuration installed.
+    certificate_expiry: RwLock<BTreeMap<String, i64>>,
     succeeded: AtomicU64,
     failed: AtomicU64,
 }
@@ -150,6 +159,7 @@ impl Reloader {
             path: path.into(),
             cache,
             last: RwLock::default(),
+            certificate_expiry: RwLock::default(),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         }
@@ -202,6 +212,7 @@ impl Reloader {
             }
         };
         let result = outcome.map(|(config, certificates)| {
+            self.note_certificate_expiry(&certificates);
             let snapshot = translate(&config, &certificates);
             let version = snapshot.version().to_string();
             self.cache.set(snapshot).then_some(version)
@@ -243,6 +254,36 @@ impl Reloader {
             let now = last.files.iter().map(|f| (f, file_hash(&std::fs::read(f))));
             content == fingerprint(text, now)
         })
+    }
+
+    /// Remembers when each served certificate expires, and warns of one that has expired or
+    /// will within [`EXPIRY_WARNING`]: clients refuse an expired certificate, and Envoy
+    /// serves whatever it is given.
+    fn note_certificate_expiry(&self, certificates: &ListenerCertificates) {
+        let now = i64::try_from(unix_ms(SystemTime::now()) / 1000).unwrap_or(i64::MAX);
+        let expiry: BTreeMap<String, i64> = certificates
+            .iter()
+            .filter_map(|(listener, c)| Some((listener.to_string(), c.not_after_unix()?)))
+            .collect();
+        for (listener, &not_after) in &expiry {
+            let left = not_after.saturating_sub(now);
+            if left <= 0 {
+                warn!(%listener, expired_seconds_ago = -left, "the listener's certificate has expired");
+            } else if left < EXPIRY_WARNING.as_secs() as i64 {
+                warn!(%listener, days_left = left / 86_400, "the listener's certificate expires soon");
+            }
+        }
+        if let Ok(mut held) = self.certificate_expiry.write() {
+            *held = expiry;
+        }
+    }
+
+    /// Listener name → when its certificate expires (Unix seconds).
+    pub fn certificate_expiry(&self) -> BTreeMap<String, i64> {
+        self.certificate_expiry
+            .read()
+            .map(|held| held.clone())
+            .unwrap_or_default()
     }
 
     pub fn status(&self) -> ReloadStatus {

@@ -6,6 +6,7 @@
 //! reloads can be validated completely before anything is swapped.
 #![forbid(unsafe_code)]
 
+mod certificate_expiry;
 mod config;
 mod document;
 pub mod duration;

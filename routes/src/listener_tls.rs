@@ -98,6 +98,8 @@ impl FileSource for ReadOnce<'_> {
 pub struct ServingCertificate {
     certificate_chain: Vec<u8>,
     private_key: Vec<u8>,
+    /// The leaf's `notAfter`, seconds since the Unix epoch.
+    not_after: Option<i64>,
 }
 
 impl ServingCertificate {
@@ -122,6 +124,9 @@ impl ServingCertificate {
         if signing_key.algorithm() == rustls::SignatureAlgorithm::ED25519 {
             return Err(CertificateError::UnsupportedKey);
         }
+        let not_after = certificates
+            .first()
+            .and_then(|leaf| crate::certificate_expiry::not_after_unix(leaf));
         let pair = rustls::sign::CertifiedKey::new(certificates, signing_key);
         match pair.keys_match() {
             Ok(()) => {}
@@ -134,6 +139,7 @@ impl ServingCertificate {
         Ok(ServingCertificate {
             certificate_chain,
             private_key,
+            not_after,
         })
     }
 
@@ -146,6 +152,11 @@ impl ServingCertificate {
     pub fn private_key(&self) -> &[u8] {
         &self.private_key
     }
+
+    /// When the served (leaf) certificate expires, in seconds since the Unix epoch.
+    pub fn not_after_unix(&self) -> Option<i64> {
+        self.not_after
+    }
 }
 
 impl fmt::Debug for ServingCertificate {
@@ -156,6 +167,7 @@ impl fmt::Debug for ServingCertificate {
                 &format_args!("{} bytes", self.certificate_chain.len()),
             )
             .field("private_key", &format_args!("<redacted>"))
+            .field("not_after", &self.not_after)
             .finish()
     }
 }

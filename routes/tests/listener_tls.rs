@@ -50,6 +50,8 @@ fn a_tls_listener_defaults_to_tls_1_2_and_carries_its_checked_certificate() {
         .expect("the listener's certificate");
     assert_eq!(certificate.certificate_chain(), CERT);
     assert_eq!(certificate.private_key(), KEY);
+    // `openssl x509 -enddate` says Oct 31 04:04:43 2126 GMT (a GeneralizedTime, past 2049).
+    assert_eq!(certificate.not_after_unix(), Some(4_949_093_083));
 }
 
 #[test]

@@ -114,6 +114,31 @@ async fn an_https_request_from_a_client_trusting_the_ca_reaches_the_upstream() {
     assert_eq!(answer.response.upstream_path().as_deref(), Some("/hello"));
     assert_eq!(answer.peer_certificate, certificate.der());
     assert_eq!(gateway.upstream.paths(), ["/hello"]);
+
+    // The certificate was issued for one day (a UTCTime notAfter), just before the gateway
+    // started: its expiry is exported for alerting.
+    let expiry = gateway
+        .cp
+        .metric("tollgate_listener_certificate_expiry_timestamp_seconds{listener=\"secure\"}")
+        .await
+        .expect("metrics")
+        .expect("the listener's certificate expiry");
+    let in_a_day = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+        + 86_400.0;
+    assert!(
+        (in_a_day - 600.0..=in_a_day).contains(&expiry),
+        "expiry {expiry}, expected just under {in_a_day}"
+    );
+    // A day is well inside the warning period.
+    let cp = gateway.cp.process().expect("running");
+    assert!(
+        cp.stdout().contains("the listener's certificate expires soon")
+            || cp.stderr().contains("the listener's certificate expires soon"),
+        "no expiry warning in the control plane's log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
