@@ -266,11 +266,14 @@ impl Reloader {
             .filter_map(|(listener, c)| Some((listener.to_string(), c.not_after_unix()?)))
             .collect();
         for (listener, &not_after) in &expiry {
-            let left = not_after.saturating_sub(now);
-            if left <= 0 {
-                warn!(%listener, expired_seconds_ago = -left, "the listener's certificate has expired");
-            } else if left < EXPIRY_WARNING.as_secs() as i64 {
-                warn!(%listener, days_left = left / 86_400, "the listener's certificate expires soon");
+            match expiry_state(not_after, now) {
+                ExpiryState::Expired { seconds_ago } => {
+                    warn!(%listener, expired_seconds_ago = seconds_ago, "the listener's certificate has expired")
+                }
+                ExpiryState::Soon { days_left } => {
+                    warn!(%listener, days_left, "the listener's certificate expires soon")
+                }
+                ExpiryState::Fine => {}
             }
         }
         if let Ok(mut held) = self.certificate_expiry.write() {
@@ -301,6 +304,34 @@ impl Reloader {
     fn last_attempt(&self) -> std::sync::RwLockReadGuard<'_, LastAttempt> {
         // A poisoned lock only means a panic elsewhere mid-write of plain data; read on.
         self.last.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ExpiryState {
+    Expired {
+        seconds_ago: i64,
+    },
+    /// Within [`EXPIRY_WARNING`]; whole days, so 0 on the last day.
+    Soon {
+        days_left: i64,
+    },
+    Fine,
+}
+
+fn expiry_state(not_after: i64, now: i64) -> ExpiryState {
+    let left = not_after.saturating_sub(now);
+    let warning = i64::try_from(EXPIRY_WARNING.as_secs()).unwrap_or(i64::MAX);
+    if left <= 0 {
+        ExpiryState::Expired {
+            seconds_ago: left.saturating_neg(),
+        }
+    } else if left < warning {
+        ExpiryState::Soon {
+            days_left: left / 86_400,
+        }
+    } else {
+        ExpiryState::Fine
     }
 }
 
@@ -365,6 +396,29 @@ mod tests {
         assert_eq!(reloader.counts(), (1, 0));
         assert!(reloader.reload().is_err(), "the settled attempt reports");
         assert_eq!(reloader.counts(), (1, 1));
+    }
+
+    #[test]
+    fn a_certificate_is_flagged_once_expired_and_within_thirty_days_of_it() {
+        const DAY: i64 = 86_400;
+        let now = 1_800_000_000;
+        assert_eq!(
+            expiry_state(now - 5, now),
+            ExpiryState::Expired { seconds_ago: 5 }
+        );
+        assert_eq!(
+            expiry_state(now, now),
+            ExpiryState::Expired { seconds_ago: 0 }
+        );
+        assert_eq!(
+            expiry_state(now + DAY / 2, now),
+            ExpiryState::Soon { days_left: 0 }
+        );
+        assert_eq!(
+            expiry_state(now + 30 * DAY - 1, now),
+            ExpiryState::Soon { days_left: 29 }
+        );
+        assert_eq!(expiry_state(now + 30 * DAY, now), ExpiryState::Fine);
     }
 
     const CERT: &[u8] = include_bytes!("../../routes/tests/fixtures/gateway.pem");
