@@ -211,15 +211,21 @@ impl Reloader {
                 (outcome, Some(digest))
             }
         };
-        let result = outcome.map(|(config, certificates)| {
+        let translated = outcome.map(|(config, certificates)| {
             self.note_certificate_expiry(&certificates);
-            let snapshot = translate(&config, &certificates);
+            translate(&config, &certificates)
+        });
+        if let (Err(_), false) = (&translated, report_errors) {
+            return translated.map(|_| None);
+        }
+        // Publish and record under the status lock: whoever sees the new configuration served
+        // and then asks for the status (a test, an operator's script) sees this attempt, not
+        // the one before it.
+        let mut last = self.last.write().unwrap_or_else(PoisonError::into_inner);
+        let result = translated.map(|snapshot| {
             let version = snapshot.version().to_string();
             self.cache.set(snapshot).then_some(version)
         });
-        if result.is_err() && !report_errors {
-            return result;
-        }
         let status = ReloadStatus {
             ok: result.is_ok(),
             errors: result
@@ -233,17 +239,16 @@ impl Reloader {
             Ok(_) => self.succeeded.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
         };
-        if let Ok(mut last) = self.last.write() {
-            *last = LastAttempt {
-                status,
-                content: digest,
-                files: files
-                    .read_so_far()
-                    .into_iter()
-                    .map(|(path, _)| path)
-                    .collect(),
-            };
-        }
+        *last = LastAttempt {
+            status,
+            content: digest,
+            files: files
+                .read_so_far()
+                .into_iter()
+                .map(|(path, _)| path)
+                .collect(),
+        };
+        drop(last);
         result
     }
 
