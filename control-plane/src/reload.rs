@@ -47,7 +47,7 @@ pub struct ReloadStatus {
 
 /// How long before a served certificate expires the control plane starts warning: time for
 /// a renewal that failed to be noticed and fixed.
-pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 
 /// Reads, validates, translates and installs routes.yaml.
 #[derive(Debug)]
@@ -215,7 +215,7 @@ impl Reloader {
             self.note_certificate_expiry(&certificates);
             translate(&config, &certificates)
         });
-        if let (Err(_), false) = (&translated, report_errors) {
+        if translated.is_err() && !report_errors {
             return translated.map(|_| None);
         }
         // Publish and record under the status lock: whoever sees the new configuration served
@@ -281,17 +281,18 @@ impl Reloader {
                 ExpiryState::Fine => {}
             }
         }
-        if let Ok(mut held) = self.certificate_expiry.write() {
-            *held = expiry;
-        }
+        *self
+            .certificate_expiry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = expiry;
     }
 
     /// Listener name → when its certificate expires (Unix seconds).
     pub fn certificate_expiry(&self) -> BTreeMap<String, i64> {
         self.certificate_expiry
             .read()
-            .map(|held| held.clone())
-            .unwrap_or_default()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn status(&self) -> ReloadStatus {

@@ -88,17 +88,18 @@ async fn the_request_filling_the_cache_gets_the_routes_rewrite_and_header_edits(
     );
     // Envoy's own fetch of the miss appends Envoy's address to x-forwarded-for; the client's
     // chain must reach the upstream as a plain route passes it on, no more and no less.
-    let plain = request(gw.port)
-        .path("/plain/item")
-        .header("x-forwarded-for", "203.0.113.7")
+    let from_a_proxied_client = |path: &str| {
+        request(gw.port)
+            .path(path)
+            .header("x-forwarded-for", "203.0.113.7")
+    };
+    let plain = from_a_proxied_client("/plain/item")
         .send()
         .await
         .expect("GET a plain route");
     let client = echoed_header(&plain, "x-forwarded-for").expect("the client named upstream");
     assert!(client.starts_with("203.0.113.7,"), "{client}");
-    let fill = request(gw.port)
-        .path("/cached/another")
-        .header("x-forwarded-for", "203.0.113.7")
+    let fill = from_a_proxied_client("/cached/another")
         .send()
         .await
         .expect("GET a cached route");

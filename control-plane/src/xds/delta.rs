@@ -161,11 +161,10 @@ impl DeltaStream {
     /// clusters' assignments must therefore be answered again, right after this CDS push.
     fn resend_endpoints_of_changed_clusters(&mut self, clusters: &[DeltaResource]) {
         let held = &self.types[ServedType::Cluster.index()].client_versions;
-        let pushed: BTreeMap<String, String> = clusters
+        let pushed = clusters
             .iter()
-            .map(|c| (c.name.clone(), c.version.clone()))
-            .collect();
-        let changed = changed_resources(held, &pushed);
+            .map(|c| (c.name.as_str(), c.version.as_str()));
+        let changed = changed_resources(held, pushed);
         let endpoints = &mut self.types[ServedType::Endpoint.index()];
         let Some(subscription) = &endpoints.subscription else {
             return;

@@ -283,13 +283,13 @@ mod in_flight_tests {
 }
 
 /// Names held at one version and now pushed at another: resources changed in place.
-pub(crate) fn changed_resources(
+pub(crate) fn changed_resources<'a>(
     held: &BTreeMap<String, String>,
-    pushed: &BTreeMap<String, String>,
+    pushed: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Vec<String> {
     pushed
-        .iter()
-        .filter(|(name, version)| held.get(*name).is_some_and(|old| old != *version))
-        .map(|(name, _)| name.clone())
+        .into_iter()
+        .filter(|(name, version)| held.get(*name).is_some_and(|old| old != version))
+        .map(|(name, _)| name.to_string())
         .collect()
 }

@@ -248,7 +248,8 @@ impl SotwStream {
         let Some(held_clusters) = &self.state(ServedType::Cluster).held else {
             return;
         };
-        let changed: Vec<String> = changed_resources(&held_clusters.resources, clusters);
+        let pushed = clusters.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        let changed = changed_resources(&held_clusters.resources, pushed);
         if let Some(endpoints) = &mut self.state_mut(ServedType::Endpoint).held {
             for name in &changed {
                 endpoints.resources.remove(name);

@@ -383,9 +383,10 @@ impl Store for RedisStore {
         let Err(not_loaded) = self.load_scripts().await else {
             return Ok(());
         };
-        let (Source::Cluster { seeds, .. }, Ok(Connection::Cluster(mut cluster))) =
-            (&self.source, self.connection())
-        else {
+        let Source::Cluster { connection, seeds } = &self.source else {
+            return Err(not_loaded);
+        };
+        let Some(mut cluster) = connection.get().cloned() else {
             return Err(not_loaded);
         };
         let any_primary = RoutingInfo::MultiNode((
