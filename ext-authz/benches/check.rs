@@ -36,8 +36,15 @@ use tollgate_ext_authz::server::{App, Options};
 use tollgate_routes::policy::{Algorithm, AuthProvider, KeySource, TokenSource};
 use tollgate_runtime::telemetry::Telemetry;
 
+/// The allocator the service binary runs with, so the bench measures what ships.
+#[global_allocator]
+static ALLOCATOR: tollgate_runtime::grpc::Allocator = tollgate_runtime::grpc::Allocator;
+
 const CASE_TIME: Duration = Duration::from_secs(2);
 const CONCURRENCY: usize = 16;
+/// Calls in flight for the cached and floor rows' second run: more per connection, so each
+/// HTTP/2 read and write carries several calls, as on a busy Envoy's connection.
+const BUSY_CONCURRENCY: usize = 64;
 /// Client connections the calls are spread over (Envoy opens one per worker).
 const CONNECTIONS: usize = 4;
 const RSA_TOKENS: usize = 12_000;
@@ -92,6 +99,7 @@ fn mint(key: &Arc<TestKey>, count: usize) -> Arc<Vec<String>> {
 }
 
 struct Outcome {
+    concurrency: usize,
     calls: usize,
     elapsed: Duration,
     server_cpu: Duration,
@@ -138,20 +146,21 @@ async fn clients(server: &ServerThread) -> Vec<Client> {
         .collect()
 }
 
-/// Runs `CONCURRENCY` callers over `clients` for `CASE_TIME` or until the tokens run out.
+/// Runs `concurrency` callers over `clients` for `CASE_TIME` or until the tokens run out.
 async fn run_case(
     server: &ServerThread,
     clients: &[Client],
+    concurrency: usize,
     provider: &'static str,
     tokens: Arc<Vec<String>>,
     reuse: bool,
 ) -> Outcome {
-    eprintln!("running {provider} (reuse: {reuse})");
+    eprintln!("running {provider} (reuse: {reuse}, {concurrency} in flight)");
     let next = Arc::new(AtomicUsize::new(0));
     let cpu_before = server.cpu_time();
     let started = Instant::now();
     let deadline = started + CASE_TIME;
-    let workers: Vec<_> = (0..CONCURRENCY)
+    let workers: Vec<_> = (0..concurrency)
         .map(|w| {
             let (mut client, tokens, next) = (
                 clients[w % clients.len()].clone(),
@@ -189,11 +198,27 @@ async fn run_case(
     let server_cpu = server.cpu_time().saturating_sub(cpu_before);
     latencies.sort();
     Outcome {
+        concurrency,
         calls: latencies.len(),
         elapsed,
         server_cpu,
         latencies,
     }
+}
+
+/// One token reused by every call, after a warm-up run: at `CONCURRENCY` calls in flight,
+/// then at `BUSY_CONCURRENCY`.
+async fn reused_token_runs(
+    server: &ServerThread,
+    clients: &[Client],
+    token: Arc<Vec<String>>,
+) -> Vec<Outcome> {
+    let _ = run_case(server, clients, CONCURRENCY, "ec", Arc::clone(&token), true).await;
+    let mut runs = Vec::new();
+    for concurrency in [CONCURRENCY, BUSY_CONCURRENCY] {
+        runs.push(run_case(server, clients, concurrency, "ec", Arc::clone(&token), true).await);
+    }
+    runs
 }
 
 /// Verifications per second of the pure verifier on one core (no cache, no gRPC).
@@ -272,45 +297,38 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let rows = runtime.block_on(async {
+    let (cached_rows, uncached_rows) = runtime.block_on(async {
         let clients = clients(&server).await;
-        // Warm the cached case's one token, and the connections.
-        let warm = Arc::new(vec![ec_tokens[ec_tokens.len() - 1].clone()]);
-        let _ = run_case(&server, &clients, "ec", Arc::clone(&warm), true).await;
-        vec![
-            (
-                "cached token (ES256)",
-                run_case(&server, &clients, "ec", warm, true).await,
-            ),
-            (
-                "uncached RS256",
-                run_case(&server, &clients, "rsa", rsa_tokens, false).await,
-            ),
-            (
-                "uncached ES256",
-                run_case(&server, &clients, "ec", ec_tokens, false).await,
-            ),
-        ]
+        let token = Arc::new(vec![ec_tokens[ec_tokens.len() - 1].clone()]);
+        let cached = reused_token_runs(&server, &clients, token).await;
+        let rsa = run_case(&server, &clients, CONCURRENCY, "rsa", rsa_tokens, false).await;
+        let ec = run_case(&server, &clients, CONCURRENCY, "ec", ec_tokens, false).await;
+        (cached, [("uncached RS256", rsa), ("uncached ES256", ec)])
     });
     drop(server);
     // The floor, measured the same way right after, with the cached case's request.
     let floor = floor_server();
-    let floor_row = runtime.block_on(async {
+    let floor_rows = runtime.block_on(async {
         let clients = clients(&floor).await;
         let token = Arc::new(vec![String::from("not.checked.here")]);
-        let _ = run_case(&floor, &clients, "ec", Arc::clone(&token), true).await;
-        run_case(&floor, &clients, "ec", token, true).await
+        reused_token_runs(&floor, &clients, token).await
     });
     drop(floor);
+    let rows: Vec<_> = cached_rows
+        .into_iter()
+        .map(|outcome| ("cached token (ES256)", outcome))
+        .chain(uncached_rows)
+        .collect();
     let floor_name = "reference: gRPC floor (a Check server that allows without reading)";
 
     println!(
-        "| case | checks | checks/s | server CPU | checks per server-CPU-second | p50 | p99 |"
+        "| case | calls in flight | checks | checks/s | server CPU | checks per server-CPU-second | p50 | p99 |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let print_row = |name: &str, outcome: &Outcome| {
         println!(
-            "| {name} | {} | {:.0} | {:.0}% | {:.0} | {:.2} ms | {:.2} ms |",
+            "| {name} | {} | {} | {:.0} | {:.0}% | {:.0} | {:.2} ms | {:.2} ms |",
+            outcome.concurrency,
             outcome.calls,
             outcome.calls as f64 / outcome.elapsed.as_secs_f64(),
             100.0 * outcome.server_cpu.as_secs_f64() / outcome.elapsed.as_secs_f64(),
@@ -322,21 +340,34 @@ fn main() {
     for (name, outcome) in &rows {
         print_row(name, outcome);
     }
-    print_row(floor_name, &floor_row);
+    for outcome in &floor_rows {
+        print_row(floor_name, outcome);
+    }
     let cpu_per_call =
         |outcome: &Outcome| outcome.server_cpu.as_secs_f64() * 1e6 / (outcome.calls.max(1) as f64);
-    let floor = cpu_per_call(&floor_row);
+    let describe = |name: &str, outcome: &Outcome| {
+        format!(
+            "{name} at {} in flight {:.1} µs",
+            outcome.concurrency,
+            cpu_per_call(outcome)
+        )
+    };
     println!();
     println!(
-        "Server CPU per check: {}; the floor is {floor:.1} µs of each.",
+        "Server CPU per check: {}; the floor: {}.",
         rows.iter()
-            .map(|(name, outcome)| format!("{name} {:.1} µs", cpu_per_call(outcome)))
+            .map(|(name, outcome)| describe(name, outcome))
+            .collect::<Vec<_>>()
+            .join(", "),
+        floor_rows
+            .iter()
+            .map(|outcome| describe("", outcome).trim_start().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     );
     println!();
     println!(
-        "gRPC over loopback, {CONCURRENCY} concurrent calls on {CONNECTIONS} connections; the server on one thread of its own (server CPU: that thread's share of one core), the client beside it on the machine's {} cores.",
+        "gRPC over loopback, the calls in flight spread over {CONNECTIONS} connections; the server on one thread of its own (server CPU: that thread's share of one core), the client beside it on the machine's {} cores.",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("| verify (pure, 1 core) | per second |");

@@ -4,8 +4,13 @@
 use clap::Parser;
 use tollgate_ext_authz::cli::Cli;
 use tollgate_ext_authz::server::{self, StartError};
+use tollgate_runtime::grpc::Allocator;
 use tollgate_runtime::telemetry::Telemetry;
 use tollgate_runtime::{exit, shutdown};
+
+/// See `Allocator` for why.
+#[global_allocator]
+static ALLOCATOR: Allocator = Allocator;
 
 fn main() {
     let cli = Cli::parse();

@@ -42,6 +42,10 @@ use tollgate_ratelimit::store::Store;
 use tollgate_runtime::telemetry::Telemetry;
 use tonic::transport::Channel;
 
+/// The allocator the service binary runs with, so the bench measures what ships.
+#[global_allocator]
+static ALLOCATOR: tollgate_runtime::grpc::Allocator = tollgate_runtime::grpc::Allocator;
+
 const CONFIG: &str = r#"
 domain: bench
 descriptors:

@@ -4,8 +4,13 @@
 use clap::Parser;
 use tollgate_ratelimit::server::{self, ServeError};
 use tollgate_ratelimit::settings::Settings;
+use tollgate_runtime::grpc::Allocator;
 use tollgate_runtime::telemetry::Telemetry;
 use tollgate_runtime::{exit, shutdown};
+
+/// See `Allocator` for why.
+#[global_allocator]
+static ALLOCATOR: Allocator = Allocator;
 
 fn main() {
     let settings = Settings::parse();
