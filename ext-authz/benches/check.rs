@@ -6,9 +6,10 @@
 //! The server runs on one thread of its own (see `server_thread.rs`) and its CPU time is
 //! measured, so each row also says how many checks one core of server time answers; the
 //! client, in the same process, uses a few HTTP/2 connections, as Envoy uses one per
-//! worker. A last row measures the floor the same way: a Check server on the same gRPC
-//! stack that allows every call without reading it, so the table shows how much of each
-//! check is tollgate's and how much is gRPC's.
+//! worker. The cached case runs at two loads (calls in flight per connection), and the last
+//! rows measure the floor the same way at both: a Check server on the same gRPC stack that
+//! allows every call without reading it, so the table shows how much of each check is
+//! tollgate's and how much is gRPC's.
 
 #[path = "../src/testkeys.rs"]
 mod testkeys;
@@ -345,9 +346,9 @@ fn main() {
     }
     let cpu_per_call =
         |outcome: &Outcome| outcome.server_cpu.as_secs_f64() * 1e6 / (outcome.calls.max(1) as f64);
-    let describe = |name: &str, outcome: &Outcome| {
+    let per_call = |outcome: &Outcome| {
         format!(
-            "{name} at {} in flight {:.1} µs",
+            "at {} in flight {:.1} µs",
             outcome.concurrency,
             cpu_per_call(outcome)
         )
@@ -356,12 +357,12 @@ fn main() {
     println!(
         "Server CPU per check: {}; the floor: {}.",
         rows.iter()
-            .map(|(name, outcome)| describe(name, outcome))
+            .map(|(name, outcome)| format!("{name} {}", per_call(outcome)))
             .collect::<Vec<_>>()
             .join(", "),
         floor_rows
             .iter()
-            .map(|outcome| describe("", outcome).trim_start().to_string())
+            .map(per_call)
             .collect::<Vec<_>>()
             .join(", ")
     );

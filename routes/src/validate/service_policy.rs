@@ -276,7 +276,8 @@ fn tls(
     })
 }
 
-/// The bundle `ca_file` names, when it holds only certificates a verifier can trust.
+/// The bundle `ca_file` names, when it is PEM and at least one of its certificates can be
+/// trusted (see [`check_ca_bundle`]).
 fn ca_bundle(
     files: &dyn FileSource,
     node: &Spanned<String>,
