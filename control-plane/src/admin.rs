@@ -1,6 +1,7 @@
 //! The control plane's own HTTP endpoints: liveness, readiness, Prometheus metrics, and a
 //! JSON status that says what every connected Envoy accepted or rejected.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -109,22 +110,29 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         "When routes.yaml was last loaded or rejected.",
         &[(String::new(), status.last_reload.at_unix_ms / 1000)],
     );
-    let expiry: Vec<(String, u64)> = state
-        .reloader
-        .certificate_expiry()
-        .into_iter()
-        .map(|(listener, not_after)| {
-            (
-                format!("{{listener=\"{}\"}}", escape_label(&listener)),
-                u64::try_from(not_after).unwrap_or(0),
-            )
-        })
-        .collect();
+    let expiry = state.reloader.certificate_expiry();
+    let labelled = |label: &str, by_name: &BTreeMap<String, i64>| -> Vec<(String, u64)> {
+        by_name
+            .iter()
+            .map(|(name, &not_after)| {
+                (
+                    format!("{{{label}=\"{}\"}}", escape_label(name)),
+                    u64::try_from(not_after).unwrap_or(0),
+                )
+            })
+            .collect()
+    };
     metric(
         "tollgate_listener_certificate_expiry_timestamp_seconds",
         "gauge",
         "When the certificate a TLS listener serves expires (notAfter, Unix seconds).",
-        &expiry,
+        &labelled("listener", &expiry.listeners),
+    );
+    metric(
+        "tollgate_upstream_client_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When the client certificate presented to a service expires (notAfter, Unix seconds).",
+        &labelled("service", &expiry.upstream_clients),
     );
     let connected = status.nodes.iter().filter(|n| n.connected).count() as u64;
     let in_sync = status

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tollgate_routes::{ConfigErrors, FileSource, ListenerCertificates, RoutesConfig};
+use tollgate_routes::{Certificates, ConfigErrors, FileSource, RoutesConfig};
 use tracing::warn;
 
 use crate::snapshot::SnapshotCache;
@@ -49,15 +49,23 @@ pub struct ReloadStatus {
 /// a renewal that failed to be noticed and fixed.
 const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 
+/// When the certificates Envoy presents expire (notAfter, Unix seconds).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertificateExpiry {
+    /// By listener: the certificate it serves.
+    pub listeners: BTreeMap<String, i64>,
+    /// By service: the client certificate presented to it.
+    pub upstream_clients: BTreeMap<String, i64>,
+}
+
 /// Reads, validates, translates and installs routes.yaml.
 #[derive(Debug)]
 pub struct Reloader {
     path: PathBuf,
     cache: Arc<SnapshotCache>,
     last: RwLock<LastAttempt>,
-    /// Listener name → when the certificate it serves expires (Unix seconds), as of the
-    /// last configuration installed.
-    certificate_expiry: RwLock<BTreeMap<String, i64>>,
+    /// When each certificate expires, as of the last configuration installed.
+    certificate_expiry: RwLock<CertificateExpiry>,
     succeeded: AtomicU64,
     failed: AtomicU64,
 }
@@ -68,13 +76,13 @@ struct LastAttempt {
     /// Hash of routes.yaml and of every file it named, as last read, so an event that changed
     /// nothing costs no parse.
     content: Option<[u8; 32]>,
-    /// The files routes.yaml named (listener certificates and keys), resolved, in the order
+    /// The files routes.yaml named (certificates, keys, CA bundles), resolved, in the order
     /// they were read.
     files: Vec<PathBuf>,
 }
 
 /// Reads and validates routes.yaml and the files it names, relative to its directory.
-pub fn load(path: &Path) -> Result<(RoutesConfig, ListenerCertificates), ReloadError> {
+pub fn load(path: &Path) -> Result<(RoutesConfig, Certificates), ReloadError> {
     let text = read_routes(path)?;
     let files = RoutesDirectory::of(path);
     tollgate_routes::parse_with_files(&path.display().to_string(), &text, &files)
@@ -261,22 +269,38 @@ impl Reloader {
         })
     }
 
-    /// Remembers when each served certificate expires, and warns of one that has expired or
-    /// will within [`EXPIRY_WARNING`]: clients refuse an expired certificate, and Envoy
-    /// serves whatever it is given.
-    fn note_certificate_expiry(&self, certificates: &ListenerCertificates) {
+    /// Remembers when each certificate Envoy presents expires, and warns of one that has
+    /// expired or will within [`EXPIRY_WARNING`]: peers refuse an expired certificate, and
+    /// Envoy presents whatever it is given.
+    fn note_certificate_expiry(&self, certificates: &Certificates) {
         let now = i64::try_from(unix_ms(SystemTime::now()) / 1000).unwrap_or(i64::MAX);
-        let expiry: BTreeMap<String, i64> = certificates
+        let not_after = |(name, c): (&str, &tollgate_routes::CertificateAndKey)| {
+            Some((name.to_string(), c.not_after_unix()?))
+        };
+        let expiry = CertificateExpiry {
+            listeners: certificates.listeners().filter_map(not_after).collect(),
+            upstream_clients: certificates
+                .upstream_clients()
+                .filter_map(not_after)
+                .collect(),
+        };
+        let presented = expiry
+            .listeners
             .iter()
-            .filter_map(|(listener, c)| Some((listener.to_string(), c.not_after_unix()?)))
-            .collect();
-        for (listener, &not_after) in &expiry {
+            .map(|(name, t)| (format!("served by listener {name}"), t))
+            .chain(
+                expiry
+                    .upstream_clients
+                    .iter()
+                    .map(|(name, t)| (format!("presented to service {name}"), t)),
+            );
+        for (certificate, &not_after) in presented {
             match expiry_state(not_after, now) {
                 ExpiryState::Expired { seconds_ago } => {
-                    warn!(%listener, expired_seconds_ago = seconds_ago, "the listener's certificate has expired")
+                    warn!(%certificate, expired_seconds_ago = seconds_ago, "a certificate has expired")
                 }
                 ExpiryState::Soon { days_left } => {
-                    warn!(%listener, days_left, "the listener's certificate expires soon")
+                    warn!(%certificate, days_left, "a certificate expires soon")
                 }
                 ExpiryState::Fine => {}
             }
@@ -287,8 +311,8 @@ impl Reloader {
             .unwrap_or_else(PoisonError::into_inner) = expiry;
     }
 
-    /// Listener name → when its certificate expires (Unix seconds).
-    pub fn certificate_expiry(&self) -> BTreeMap<String, i64> {
+    /// When each certificate Envoy presents expires.
+    pub fn certificate_expiry(&self) -> CertificateExpiry {
         self.certificate_expiry
             .read()
             .unwrap_or_else(PoisonError::into_inner)

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod certificate_expiry;
+pub mod certificates;
 mod config;
 mod document;
 pub mod duration;
@@ -17,12 +18,13 @@ pub mod route_policy;
 pub mod service_policy;
 mod validate;
 
+pub use certificates::{CertificateAndKey, Certificates};
 pub use config::{
     AccessLogSink, Endpoint, EscapedSlashes, Listener, Observability, PathMatch, Route, RouteMatch,
     RoutesConfig, Service, Tracing,
 };
 pub use error::{ConfigError, ConfigErrors};
-pub use listener_tls::{FileSource, ListenerCertificates, ListenerTls, TlsVersion};
+pub use listener_tls::{FileSource, ListenerTls, TlsVersion};
 pub use validate::is_valid_name;
 
 use listener_tls::ReadOnce;
@@ -35,14 +37,15 @@ pub fn parse(file: &str, text: &str) -> Result<RoutesConfig, ConfigErrors> {
     read_and_validate(file, text, None).map(|(config, _)| config)
 }
 
-/// Like [`parse`], and also reads every TLS listener's certificate and key through `files`;
-/// a missing file, one that is not PEM, or a key that does not match its certificate is
+/// Like [`parse`], and also reads through `files` every certificate and key routes.yaml
+/// names (TLS listeners', services' client certificates) and every service's CA bundle; a
+/// missing file, one that is not PEM, or a key that does not match its certificate is
 /// reported at its field like any other error.
 pub fn parse_with_files(
     file: &str,
     text: &str,
     files: &dyn FileSource,
-) -> Result<(RoutesConfig, ListenerCertificates), ConfigErrors> {
+) -> Result<(RoutesConfig, Certificates), ConfigErrors> {
     read_and_validate(file, text, Some(files))
 }
 
@@ -50,7 +53,7 @@ fn read_and_validate(
     file: &str,
     text: &str,
     files: Option<&dyn FileSource>,
-) -> Result<(RoutesConfig, ListenerCertificates), ConfigErrors> {
+) -> Result<(RoutesConfig, Certificates), ConfigErrors> {
     let read_once = files.map(ReadOnce::new);
     let files = read_once.as_ref().map(|f| f as &dyn FileSource);
     let quick = document::read_quick(text).and_then(|d| validate::validate(file, d, files).ok());
@@ -72,7 +75,7 @@ fn read_located(
     file: &str,
     text: &str,
     files: Option<&dyn FileSource>,
-) -> Result<(RoutesConfig, ListenerCertificates), ConfigErrors> {
+) -> Result<(RoutesConfig, Certificates), ConfigErrors> {
     let document = document::read(file, text)?;
     validate::validate(file, document, files)
 }

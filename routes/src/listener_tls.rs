@@ -1,18 +1,12 @@
-//! TLS termination on a listener: the validated settings, the certificate and key it serves,
-//! and the checks that make a certificate file acceptable.
+//! TLS termination on a listener: the validated settings, and how files named in routes.yaml
+//! are read.
 //!
 //! The settings ([`ListenerTls`]) are plain configuration and travel in every
-//! [`crate::RoutesConfig`]. The key material ([`ListenerCertificates`]) does not: it is read
-//! only by [`crate::parse_with_files`], for the one service that hands it to Envoy, so the
-//! other services never need read access to a private key. Checking PEM text is pure (bytes
-//! in, verdict out); reading files goes through a [`FileSource`] the caller provides.
+//! [`crate::RoutesConfig`]. The certificate and key they name do not (see
+//! [`crate::certificates`]). Reading files goes through a [`FileSource`] the caller provides.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
-
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A listener's `tls` section: clients must speak TLS, and the listener offers HTTP/2 and
 /// HTTP/1.1 by ALPN.
@@ -89,116 +83,5 @@ impl FileSource for ReadOnce<'_> {
         outcome
             .clone()
             .map_err(|(kind, message)| std::io::Error::new(kind, message))
-    }
-}
-
-/// The certificate chain and private key one TLS listener serves, both PEM, as read from
-/// its files and checked to be a matching pair.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ServingCertificate {
-    certificate_chain: Vec<u8>,
-    private_key: Vec<u8>,
-    /// The leaf's `notAfter`, seconds since the Unix epoch.
-    not_after: Option<i64>,
-}
-
-impl ServingCertificate {
-    /// Checks that `certificate_chain` holds PEM certificates, leaf first, and `private_key`
-    /// a PEM private key for the leaf; the error says what is wrong, never what the key is.
-    pub fn from_pem(
-        certificate_chain: Vec<u8>,
-        private_key: Vec<u8>,
-    ) -> Result<Self, CertificateError> {
-        let certificates: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(&certificate_chain)
-                .collect::<Result<_, _>>()
-                .map_err(|_| CertificateError::NotPemCertificate)?;
-        if certificates.is_empty() {
-            return Err(CertificateError::NotPemCertificate);
-        }
-        let key = PrivateKeyDer::from_pem_slice(&private_key)
-            .map_err(|_| CertificateError::NotPemPrivateKey)?;
-        let signing_key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
-            .map_err(|_| CertificateError::UnsupportedKey)?;
-        // BoringSSL in Envoy serves RSA and ECDSA server certificates only.
-        if signing_key.algorithm() == rustls::SignatureAlgorithm::ED25519 {
-            return Err(CertificateError::UnsupportedKey);
-        }
-        let not_after = certificates
-            .first()
-            .and_then(|leaf| crate::certificate_expiry::not_after_unix(leaf));
-        let pair = rustls::sign::CertifiedKey::new(certificates, signing_key);
-        match pair.keys_match() {
-            Ok(()) => {}
-            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-                return Err(CertificateError::KeyMismatch)
-            }
-            // Could not compare: the leaf is not a certificate webpki can parse.
-            Err(_) => return Err(CertificateError::NotPemCertificate),
-        }
-        Ok(ServingCertificate {
-            certificate_chain,
-            private_key,
-            not_after,
-        })
-    }
-
-    /// The PEM certificate chain, as read.
-    pub fn certificate_chain(&self) -> &[u8] {
-        &self.certificate_chain
-    }
-
-    /// The PEM private key, as read. Never log it.
-    pub fn private_key(&self) -> &[u8] {
-        &self.private_key
-    }
-
-    /// When the served (leaf) certificate expires, in seconds since the Unix epoch.
-    pub fn not_after_unix(&self) -> Option<i64> {
-        self.not_after
-    }
-}
-
-impl fmt::Debug for ServingCertificate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServingCertificate")
-            .field(
-                "certificate_chain",
-                &format_args!("{} bytes", self.certificate_chain.len()),
-            )
-            .field("private_key", &format_args!("<redacted>"))
-            .field("not_after", &self.not_after)
-            .finish()
-    }
-}
-
-/// Why a certificate/key pair cannot be served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CertificateError {
-    #[error("is not a PEM certificate (expected -----BEGIN CERTIFICATE-----)")]
-    NotPemCertificate,
-    #[error("is not a PEM private key (expected an unencrypted PKCS#8, RSA or EC key)")]
-    NotPemPrivateKey,
-    #[error("is not an RSA or ECDSA key (the only kinds Envoy serves)")]
-    UnsupportedKey,
-    #[error("does not match the certificate in cert_file")]
-    KeyMismatch,
-}
-
-/// The certificate of every TLS listener, by listener name.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ListenerCertificates(BTreeMap<String, ServingCertificate>);
-
-impl ListenerCertificates {
-    pub fn get(&self, listener: &str) -> Option<&ServingCertificate> {
-        self.0.get(listener)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &ServingCertificate)> {
-        self.0.iter().map(|(name, cert)| (name.as_str(), cert))
-    }
-
-    pub(crate) fn insert(&mut self, listener: String, certificate: ServingCertificate) {
-        self.0.insert(listener, certificate);
     }
 }

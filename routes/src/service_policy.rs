@@ -90,6 +90,18 @@ pub struct UpstreamTls {
     /// Envoy gets these bytes, so what was checked is what it trusts. `None` for the system
     /// bundle, which Envoy reads from its own machine.
     pub ca_pem: Option<Vec<u8>>,
+    /// The certificate the gateway presents to endpoints that ask for one (mutual TLS);
+    /// `None`: it presents none. The certificate and key themselves are in
+    /// [`crate::Certificates`], under the service's name.
+    pub client_certificate: Option<ClientCertificateFiles>,
+}
+
+/// Where a service's client certificate and its key are, as written in routes.yaml (relative
+/// to routes.yaml's directory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertificateFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// Why a `ca_file` cannot be trusted.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_error_at, Files};
+use common::{assert_error_at, errors_with_files, Files};
 use tollgate_routes::{parse, parse_with_files, ListenerTls, TlsVersion};
 
 const CERT: &[u8] = include_bytes!("fixtures/gateway.pem");
@@ -16,16 +16,6 @@ fn with_tls(tls: &str) -> String {
     format!(
         "version: 1\nlisteners:\n  - name: secure\n    address: 127.0.0.1:8443\n    tls: {tls}\n"
     )
-}
-
-fn file_errors(text: &str, files: &Files) -> Vec<String> {
-    match parse_with_files("routes.yaml", text, files) {
-        Ok(_) => panic!("expected errors, the config was accepted"),
-        Err(errors) => errors
-            .iter()
-            .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
-            .collect(),
-    }
 }
 
 fn good_files() -> Files {
@@ -46,7 +36,7 @@ fn a_tls_listener_defaults_to_tls_1_2_and_carries_its_checked_certificate() {
         })
     );
     let certificate = certificates
-        .get("secure")
+        .listener("secure")
         .expect("the listener's certificate");
     assert_eq!(certificate.certificate_chain(), CERT);
     assert_eq!(certificate.private_key(), KEY);
@@ -118,7 +108,7 @@ fn unknown_tls_fields_are_rejected() {
 
 #[test]
 fn a_missing_file_is_reported_at_its_field() {
-    let errors = file_errors(
+    let errors = errors_with_files(
         &with_tls("{cert_file: certs/gw.pem, key_file: certs/missing.key}"),
         &good_files(),
     );
@@ -132,7 +122,7 @@ fn a_missing_file_is_reported_at_its_field() {
 #[test]
 fn a_file_that_is_not_a_pem_certificate_is_refused() {
     let files = Files::new(&[("gw.pem", KEY), ("gw.key", KEY)]);
-    let errors = file_errors(&with_tls("{cert_file: gw.pem, key_file: gw.key}"), &files);
+    let errors = errors_with_files(&with_tls("{cert_file: gw.pem, key_file: gw.key}"), &files);
     assert_eq!(
         errors,
         ["5:22: cert_file \"gw.pem\" is not a PEM certificate (expected -----BEGIN CERTIFICATE-----)"]
@@ -143,7 +133,7 @@ fn a_file_that_is_not_a_pem_certificate_is_refused() {
 fn a_certificate_block_that_is_not_x509_is_refused() {
     let garbage = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
     let files = Files::new(&[("gw.pem", garbage), ("gw.key", KEY)]);
-    let errors = file_errors(&with_tls("{cert_file: gw.pem, key_file: gw.key}"), &files);
+    let errors = errors_with_files(&with_tls("{cert_file: gw.pem, key_file: gw.key}"), &files);
     assert!(
         errors[0].contains("cert_file \"gw.pem\" is not a PEM certificate"),
         "{errors:?}"
@@ -153,7 +143,7 @@ fn a_certificate_block_that_is_not_x509_is_refused() {
 #[test]
 fn a_file_that_is_not_a_pem_private_key_is_refused() {
     let files = Files::new(&[("gw.pem", CERT), ("gw.key", CERT)]);
-    let errors = file_errors(&with_tls("{cert_file: gw.pem, key_file: gw.key}"), &files);
+    let errors = errors_with_files(&with_tls("{cert_file: gw.pem, key_file: gw.key}"), &files);
     assert_eq!(
         errors,
         ["5:40: key_file \"gw.key\" is not a PEM private key (expected an unencrypted PKCS#8, RSA or EC key)"]
@@ -163,7 +153,7 @@ fn a_file_that_is_not_a_pem_private_key_is_refused() {
 #[test]
 fn a_key_that_does_not_match_the_certificate_is_refused() {
     let files = Files::new(&[("gw.pem", CERT), ("gw.key", OTHER_KEY)]);
-    let errors = file_errors(&with_tls("{cert_file: gw.pem, key_file: gw.key}"), &files);
+    let errors = errors_with_files(&with_tls("{cert_file: gw.pem, key_file: gw.key}"), &files);
     assert_eq!(
         errors,
         ["5:40: key_file \"gw.key\" does not match the certificate in cert_file"]
@@ -173,7 +163,7 @@ fn a_key_that_does_not_match_the_certificate_is_refused() {
 #[test]
 fn an_ed25519_key_is_refused_because_envoy_cannot_serve_it() {
     let files = Files::new(&[("gw.pem", CERT), ("gw.key", ED25519_KEY)]);
-    let errors = file_errors(&with_tls("{cert_file: gw.pem, key_file: gw.key}"), &files);
+    let errors = errors_with_files(&with_tls("{cert_file: gw.pem, key_file: gw.key}"), &files);
     assert!(
         errors[0].contains("is not an RSA or ECDSA key"),
         "{errors:?}"
@@ -186,6 +176,6 @@ fn file_errors_are_reported_together_with_every_other_error() {
         "{}routes:\n  - name: r\n    match: {{prefix: /}}\n    service: nope\n",
         with_tls("{cert_file: missing.pem, key_file: missing.key}")
     );
-    let errors = file_errors(&text, &good_files());
+    let errors = errors_with_files(&text, &good_files());
     assert_eq!(errors.len(), 3, "{errors:?}");
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_error_at, Files};
+use common::{assert_error_at, errors_with_files, Files};
 
 fn assert_one_error(snippet: &str, at: &str, contains: &str) {
     assert_error_at(&with_policy(snippet), at, contains)
@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tollgate_routes::service_policy::{
-    CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy, UpstreamTls,
+    CircuitBreaker, ClientCertificateFiles, HealthCheck, LoadBalancing, OutlierDetection,
+    ServicePolicy, UpstreamTls,
 };
 use tollgate_routes::{parse, parse_with_files};
 
@@ -82,6 +83,7 @@ fn every_field_of_the_contract_is_accepted() {
                 sni: "invoices.internal".into(),
                 ca_file: PathBuf::from("/etc/ssl/ca.pem"),
                 ca_pem: None,
+                client_certificate: None,
             }),
         }
     );
@@ -113,6 +115,7 @@ fn empty_tls_on_a_dns_service_verifies_its_host_name_against_the_system_cas() {
             sni: "api.example.com".into(),
             ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
             ca_pem: None,
+            client_certificate: None,
         })
     );
 }
@@ -198,6 +201,100 @@ fn a_ca_file_that_cannot_be_trusted_is_refused_at_its_field() {
                 .iter()
                 .any(|e| e.starts_with("5:37:") && e.contains(expected)),
             "{ca_file}: no error at 5:37 containing {expected:?}; got {errors:#?}"
+        );
+    }
+}
+
+const OTHER_KEY: &[u8] = include_bytes!("fixtures/other.key");
+
+/// The service's `tls` naming a client certificate by `cert_and_key` (`cert_file: …,
+/// key_file: …`), validated with `files`.
+fn with_client_certificate(cert_and_key: &str) -> String {
+    with_policy(&format!("    tls: {{sni: a.internal, {cert_and_key}}}\n"))
+}
+
+#[test]
+fn a_client_certificate_is_read_for_the_control_plane_and_named_in_the_policy() {
+    let files = Files::new(&[("certs/client.pem", CA), ("certs/client.key", KEY)]);
+    let text = with_client_certificate("cert_file: certs/client.pem, key_file: certs/client.key");
+    let (config, certificates) = parse_with_files("routes.yaml", &text, &files).expect("valid");
+    let tls = config.services["svc"].policy.tls.clone().expect("tls");
+    assert_eq!(
+        tls.client_certificate,
+        Some(ClientCertificateFiles {
+            cert_file: "certs/client.pem".into(),
+            key_file: "certs/client.key".into(),
+        })
+    );
+    let pair = certificates
+        .upstream_client("svc")
+        .expect("the service's client certificate");
+    assert_eq!(pair.certificate_chain(), CA);
+    assert_eq!(pair.private_key(), KEY);
+    assert!(
+        certificates.listener("svc").is_none(),
+        "a client certificate is no listener's"
+    );
+    // The sidecars parse without files: the paths only, never the key.
+    let named = parse("routes.yaml", &text).expect("valid");
+    assert_eq!(named.services["svc"].policy.tls, Some(tls));
+}
+
+#[test]
+fn a_client_certificate_needs_both_files() {
+    assert_one_error(
+        "    tls: {sni: a.internal, cert_file: client.pem}\n",
+        "5:39",
+        "service \"svc\": a client certificate needs both cert_file and key_file",
+    );
+    assert_one_error(
+        "    tls: {sni: a.internal, key_file: client.key}\n",
+        "5:38",
+        "needs both cert_file and key_file",
+    );
+    assert_one_error(
+        "    tls: {sni: a.internal, cert_file: \"\", key_file: client.key}\n",
+        "5:39",
+        "cert_file is empty",
+    );
+}
+
+#[test]
+fn a_client_certificate_that_cannot_be_presented_is_refused_at_its_field() {
+    let files = Files::new(&[
+        ("client.pem", CA),
+        ("client.key", KEY),
+        ("other.key", OTHER_KEY),
+        ("notes.txt", b"not PEM"),
+    ]);
+    for (cert_and_key, at, expected) in [
+        (
+            "cert_file: missing.pem, key_file: client.key",
+            "5:39",
+            "cannot read cert_file \"missing.pem\"",
+        ),
+        (
+            "cert_file: notes.txt, key_file: client.key",
+            "5:39",
+            "cert_file \"notes.txt\" is not a PEM certificate",
+        ),
+        (
+            "cert_file: client.pem, key_file: notes.txt",
+            "5:61",
+            "key_file \"notes.txt\" is not a PEM private key",
+        ),
+        (
+            "cert_file: client.pem, key_file: other.key",
+            "5:61",
+            "key_file \"other.key\" does not match the certificate in cert_file",
+        ),
+    ] {
+        let errors = errors_with_files(&with_client_certificate(cert_and_key), &files);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&format!("{at}:")) && e.contains(expected)),
+            "{cert_and_key}: no error at {at} containing {expected:?}; got {errors:#?}"
         );
     }
 }

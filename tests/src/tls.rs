@@ -30,7 +30,7 @@ pub struct TestCa {
     issued: AtomicU32,
 }
 
-/// A certificate for [`SERVER_NAME`] signed by a [`TestCa`], and its key, both PEM.
+/// A certificate signed by a [`TestCa`], and its key, both PEM.
 #[derive(Debug, Clone)]
 pub struct IssuedCertificate {
     pub cert_pem: Vec<u8>,
@@ -95,9 +95,32 @@ impl TestCa {
         }
     }
 
+    /// The CA's own certificate, PEM: what a peer trusts to accept what it issued.
+    pub fn cert_pem(&self) -> &[u8] {
+        &self.cert_pem
+    }
+
     /// A new key and a certificate for [`SERVER_NAME`] with subject `CN=common_name`; every
     /// certificate gets its own serial number.
     pub fn issue(&self, common_name: &str) -> IssuedCertificate {
+        // A server certificate as webpki insists on it: not a CA, for serverAuth, with the
+        // name in subjectAltName (RFC 6125: the CN is not looked at).
+        self.issue_with(
+            common_name,
+            &format!("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:{SERVER_NAME}\n"),
+        )
+    }
+
+    /// A new key and a client certificate (extendedKeyUsage clientAuth, which a TLS server
+    /// checks) with subject `CN=common_name`.
+    pub fn issue_client(&self, common_name: &str) -> IssuedCertificate {
+        self.issue_with(
+            common_name,
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        )
+    }
+
+    fn issue_with(&self, common_name: &str, extensions: &str) -> IssuedCertificate {
         let n = self.issued.fetch_add(1, Ordering::Relaxed);
         let (key, csr, cert, ext) = (
             format!("leaf{n}.key"),
@@ -105,13 +128,7 @@ impl TestCa {
             format!("leaf{n}.pem"),
             format!("leaf{n}.ext"),
         );
-        // A server certificate as webpki insists on it: not a CA, for serverAuth, with the
-        // name in subjectAltName (RFC 6125: the CN is not looked at).
-        std::fs::write(
-            self.dir.path().join(&ext),
-            format!("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:{SERVER_NAME}\n"),
-        )
-        .expect("write the extensions file");
+        std::fs::write(self.dir.path().join(&ext), extensions).expect("write the extensions file");
         let subject = format!("/CN={common_name}");
         openssl(
             self.dir.path(),

@@ -134,9 +134,12 @@ async fn an_https_request_from_a_client_trusting_the_ca_reaches_the_upstream() {
     );
     // A day is well inside the warning period.
     let cp = gateway.cp.process().expect("running");
-    let warned = [cp.stdout(), cp.stderr()]
-        .iter()
-        .any(|log| log.contains("the listener's certificate expires soon"));
+    let warned = [cp.stdout(), cp.stderr()].iter().any(|log| {
+        log.lines().any(|line| {
+            line.contains("a certificate expires soon")
+                && line.contains("served by listener secure")
+        })
+    });
     assert!(warned, "no expiry warning in the control plane's log");
 }
 

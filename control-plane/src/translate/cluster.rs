@@ -48,6 +48,7 @@ use tollgate_routes::service_policy::{
 };
 use tollgate_routes::{Endpoint, Service};
 
+use super::secret::{sds_reference, upstream_client_secret_name};
 use super::{ads_config_source, any, proto_duration, stable_map};
 
 /// How long Envoy waits to connect to a sidecar; its call timeouts bound the rest.
@@ -93,7 +94,10 @@ pub(super) fn cluster(service: &Service) -> Cluster {
         health_checks: policy.health_check.iter().map(health_check).collect(),
         circuit_breakers: policy.circuit_breaker.as_ref().map(circuit_breakers),
         outlier_detection: policy.outlier_detection.as_ref().map(outlier_detection),
-        transport_socket: policy.tls.as_ref().map(upstream_tls),
+        transport_socket: policy
+            .tls
+            .as_ref()
+            .map(|tls| upstream_tls(&service.name, tls)),
         ..Default::default()
     };
     if uses_eds(service) {
@@ -235,10 +239,16 @@ fn trusted_ca(tls: &UpstreamTls) -> data_source::Specifier {
     }
 }
 
-fn upstream_tls(tls: &UpstreamTls) -> TransportSocket {
+fn upstream_tls(service: &str, tls: &UpstreamTls) -> TransportSocket {
+    // Mutual TLS: the gateway's client certificate for this service comes over SDS.
+    let client_certificate = tls
+        .client_certificate
+        .as_ref()
+        .map(|_| sds_reference(upstream_client_secret_name(service)));
     let context = UpstreamTlsContext {
         sni: tls.sni.clone(),
         common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: client_certificate.into_iter().collect(),
             // Without a validation context Envoy accepts any certificate; with trusted_ca
             // alone it accepts any name that CA signed. Both the chain and the name are
             // checked, as an HTTPS client would.

@@ -1,6 +1,6 @@
 //! Service traffic policies as Envoy cluster settings, one behaviour per test.
 
-use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+use envoy_types::pb::envoy::config::cluster::v3::{cluster::LbPolicy, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     data_source, health_check::HealthChecker, transport_socket::ConfigType,
 };
@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use prost::Message;
 use tollgate_routes::{RoutesConfig, Service};
 
-use super::super::tests::{decode, route_named};
+use super::super::tests::{decode, route_named, secret_names, secret_pair};
 use super::cluster;
 use crate::snapshot::type_url;
 
@@ -290,5 +290,97 @@ fn a_ca_bundle_read_by_validation_reaches_envoy_inline() {
     assert_eq!(
         verification(&context).0,
         data_source::Specifier::InlineBytes(b"checked bundle".to_vec())
+    );
+}
+
+#[test]
+fn a_service_without_a_client_certificate_presents_none() {
+    let config =
+        config("  secure:\n    endpoints: [\"127.0.0.1:3443\"]\n    tls: {sni: a.internal}\n");
+    let context = tls_context(service(&config, "secure"));
+    let common = context.common_tls_context.expect("common context");
+    assert!(common.tls_certificate_sds_secret_configs.is_empty());
+    assert!(common.tls_certificates.is_empty());
+}
+
+/// Reads the test pair as `client.pem` and `client.key`, with `suffix` appended to the
+/// certificate (a newline keeps it valid and makes it other bytes: a rotation).
+struct ClientPair {
+    suffix: &'static [u8],
+}
+
+impl tollgate_routes::FileSource for ClientPair {
+    fn read(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        match path.to_str() {
+            Some("client.pem") => Ok([CLIENT_CERT, self.suffix].concat()),
+            Some("client.key") => Ok(CLIENT_KEY.to_vec()),
+            _ => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+}
+
+const CLIENT_CERT: &[u8] = include_bytes!("../../../routes/tests/fixtures/gateway.pem");
+const CLIENT_KEY: &[u8] = include_bytes!("../../../routes/tests/fixtures/gateway.key");
+const MUTUAL_TLS: &str = "version: 1
+services:
+  secure:
+    endpoints: [\"127.0.0.1:3443\"]
+    tls: {sni: a.internal, cert_file: client.pem, key_file: client.key}
+  plain:
+    endpoints: [\"127.0.0.1:3000\"]
+";
+
+fn mutual_tls_snapshot(files: &ClientPair) -> crate::snapshot::Snapshot {
+    let (config, certificates) =
+        tollgate_routes::parse_with_files("routes.yaml", MUTUAL_TLS, files).expect("valid");
+    crate::translate::translate(&config, &certificates)
+}
+
+#[test]
+fn a_client_certificate_comes_over_sds_under_the_services_name() {
+    let snapshot = mutual_tls_snapshot(&ClientPair { suffix: b"" });
+    let cluster: Cluster = decode(&snapshot, type_url::CLUSTER, "secure");
+    let Some(ConfigType::TypedConfig(any)) = cluster.transport_socket.and_then(|s| s.config_type)
+    else {
+        panic!("typed TLS config expected");
+    };
+    let context = UpstreamTlsContext::decode(any.value.as_slice()).expect("upstream context");
+    let common = context.common_tls_context.expect("common context");
+    let references: Vec<_> = common
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .map(|r| (r.name.as_str(), r.sds_config.is_some()))
+        .collect();
+    assert_eq!(references, [("upstream_client/secure", true)]);
+    assert!(
+        common.tls_certificates.is_empty(),
+        "the key travels in the secret only, never inline in the cluster"
+    );
+
+    assert_eq!(
+        secret_pair(&snapshot, "upstream_client/secure"),
+        (CLIENT_CERT.to_vec(), CLIENT_KEY.to_vec())
+    );
+    assert_eq!(
+        secret_names(&snapshot),
+        ["upstream_client/secure"],
+        "only the service that presents a certificate has a secret"
+    );
+}
+
+#[test]
+fn a_rotated_client_certificate_changes_only_the_secret() {
+    let before = mutual_tls_snapshot(&ClientPair { suffix: b"" });
+    let after = mutual_tls_snapshot(&ClientPair { suffix: b"\n" });
+    for unchanged in [type_url::CLUSTER, type_url::ENDPOINT] {
+        assert_eq!(
+            before.resources(unchanged).version,
+            after.resources(unchanged).version,
+            "{unchanged}"
+        );
+    }
+    assert_ne!(
+        before.resources(type_url::SECRET).version,
+        after.resources(type_url::SECRET).version
     );
 }

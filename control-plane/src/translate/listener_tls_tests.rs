@@ -3,17 +3,17 @@
 
 use std::path::Path;
 
-use envoy_types::pb::envoy::config::core::v3::{data_source, transport_socket::ConfigType};
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    secret, tls_parameters::TlsProtocol, DownstreamTlsContext, Secret,
+    tls_parameters::TlsProtocol, DownstreamTlsContext,
 };
 use prost::Message;
 use tollgate_routes::FileSource;
 
-use super::super::tests::{decode, manager};
+use super::super::tests::{decode, manager, secret_names, secret_pair};
 use crate::snapshot::{type_url, Snapshot};
 use crate::translate::translate;
 
@@ -107,19 +107,10 @@ fn the_minimum_version_defaults_to_1_2_and_can_be_1_3() {
 #[test]
 fn the_secret_carries_the_files_as_read() {
     let snapshot = snapshot("");
-    let secret: Secret = decode(&snapshot, type_url::SECRET, "secure");
-    let Some(secret::Type::TlsCertificate(certificate)) = secret.r#type else {
-        panic!("a TLS certificate secret expected")
-    };
-    let bytes = |source: Option<_>| match source {
-        Some(envoy_types::pb::envoy::config::core::v3::DataSource {
-            specifier: Some(data_source::Specifier::InlineBytes(bytes)),
-            ..
-        }) => bytes,
-        other => panic!("inline bytes expected, got {other:?}"),
-    };
-    assert_eq!(bytes(certificate.certificate_chain), CERT);
-    assert_eq!(bytes(certificate.private_key), KEY);
+    assert_eq!(
+        secret_pair(&snapshot, "secure"),
+        (CERT.to_vec(), KEY.to_vec())
+    );
 }
 
 #[test]
@@ -127,14 +118,7 @@ fn a_plaintext_listener_has_no_transport_socket_and_no_secret() {
     let snapshot = snapshot("");
     let listener: Listener = decode(&snapshot, type_url::LISTENER, "plain");
     assert!(tls_context(&listener).is_none());
-    assert_eq!(
-        snapshot
-            .resources(type_url::SECRET)
-            .resources
-            .keys()
-            .collect::<Vec<_>>(),
-        ["secure"]
-    );
+    assert_eq!(secret_names(&snapshot), ["secure"]);
 }
 
 #[test]

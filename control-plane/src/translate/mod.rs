@@ -18,6 +18,7 @@ mod rate_limit;
 mod response_cache;
 mod retry;
 mod route;
+mod secret;
 mod tracing;
 
 use envoy_types::pb::envoy::config::core::v3::{
@@ -26,15 +27,16 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::google::protobuf::{Any, Duration as ProtoDuration};
 use prost::Name;
 use tollgate_routes::route_policy::RouteCors;
-use tollgate_routes::{ListenerCertificates, Route, RoutesConfig};
+use tollgate_routes::{Certificates, Route, RoutesConfig};
 
 pub use auth::CONSUMER_HEADER;
 
 use crate::snapshot::{type_url, Resource, Snapshot};
 
 /// Builds the complete Envoy configuration for `config`, with the certificates its TLS
-/// listeners serve (as read with it by [`tollgate_routes::parse_with_files`]).
-pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> Snapshot {
+/// listeners serve and its services' client certificates (as read with it by
+/// [`tollgate_routes::parse_with_files`]).
+pub fn translate(config: &RoutesConfig, certificates: &Certificates) -> Snapshot {
     let mut resources: Vec<(&'static str, Resource)> = Vec::new();
     let mut add_cluster = |cluster: envoy_types::pb::envoy::config::cluster::v3::Cluster,
                            assignment: Option<_>| {
@@ -64,6 +66,20 @@ pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> 
     if let Some(tracing) = &config.observability.tracing {
         let (c, a) = tracing::collector_cluster(tracing);
         add_cluster(c, a);
+    }
+    for (service, certificate) in certificates.upstream_clients() {
+        let presents = config
+            .services
+            .get(service)
+            .and_then(|s| s.policy.tls.as_ref())
+            .is_some_and(|tls| tls.client_certificate.is_some());
+        if presents {
+            let name = secret::upstream_client_secret_name(service);
+            resources.push(secret_resource(secret::certificate_secret(
+                name,
+                certificate,
+            )));
+        }
     }
 
     let strip_headers = tollgate_routes::policy::identity_headers(&config.auth_providers);
@@ -127,12 +143,12 @@ pub fn translate(config: &RoutesConfig, certificates: &ListenerCertificates) -> 
             type_url::ROUTE,
             Resource::new(&l.name, type_url::ROUTE, &route_configuration),
         ));
-        if let Some(certificate) = l.tls.as_ref().and(certificates.get(&l.name)) {
-            let secret = listener_tls::secret(&l.name, certificate);
-            resources.push((
-                type_url::SECRET,
-                Resource::new(&secret.name, type_url::SECRET, &secret),
-            ));
+        if let Some(certificate) = l.tls.as_ref().and(certificates.listener(&l.name)) {
+            let name = secret::listener_secret_name(&l.name);
+            resources.push(secret_resource(secret::certificate_secret(
+                name,
+                certificate,
+            )));
         }
         if cached {
             let name = response_cache::fill_name(&l.name);
@@ -196,6 +212,16 @@ fn proto_duration(duration: std::time::Duration) -> ProtoDuration {
         seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
     }
+}
+
+/// An SDS secret as a resource of the snapshot.
+fn secret_resource(
+    secret: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+) -> (&'static str, Resource) {
+    (
+        type_url::SECRET,
+        Resource::new(&secret.name, type_url::SECRET, &secret),
+    )
 }
 
 /// Everything dynamic comes over the one ADS stream, so ordering across types holds.

@@ -1,4 +1,5 @@
 use envoy_types::pb::envoy::config::cluster::v3::{cluster::ClusterDiscoveryType, Cluster};
+use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
@@ -8,6 +9,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use prost::Message;
 
@@ -55,6 +57,29 @@ pub(super) fn route_named<'a>(
 pub(super) fn decode<M: Message + Default>(snapshot: &Snapshot, type_url: &str, name: &str) -> M {
     let resource = &snapshot.resources(type_url).resources[name];
     M::decode(resource.body.value.as_slice()).expect("decodes")
+}
+
+/// The (certificate chain, private key) of the SDS secret `name`, both inline.
+pub(super) fn secret_pair(snapshot: &Snapshot, name: &str) -> (Vec<u8>, Vec<u8>) {
+    let secret: Secret = decode(snapshot, type_url::SECRET, name);
+    let Some(secret::Type::TlsCertificate(pair)) = secret.r#type else {
+        panic!("a TLS certificate secret expected")
+    };
+    let bytes = |source: Option<DataSource>| match source.and_then(|s| s.specifier) {
+        Some(data_source::Specifier::InlineBytes(bytes)) => bytes,
+        other => panic!("inline bytes expected, got {other:?}"),
+    };
+    (bytes(pair.certificate_chain), bytes(pair.private_key))
+}
+
+/// The names of every SDS secret in `snapshot`.
+pub(super) fn secret_names(snapshot: &Snapshot) -> Vec<String> {
+    snapshot
+        .resources(type_url::SECRET)
+        .resources
+        .keys()
+        .cloned()
+        .collect()
 }
 
 #[test]

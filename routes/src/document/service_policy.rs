@@ -42,4 +42,6 @@ pub(crate) struct OutlierDetectionDoc {
 pub(crate) struct TlsDoc {
     pub sni: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
 }

@@ -5,11 +5,10 @@ use std::path::PathBuf;
 
 use serde_saphyr::Spanned;
 
-use super::{read_file, Errors};
+use super::{certificate_and_key, Errors};
+use crate::certificates::CertificateAndKey;
 use crate::document::ListenerTlsDoc;
-use crate::listener_tls::{
-    CertificateError, FileSource, ListenerTls, ServingCertificate, TlsVersion,
-};
+use crate::listener_tls::{FileSource, ListenerTls, TlsVersion};
 
 /// The validated settings, and the certificate they name when `files` was given and both
 /// files are a servable pair.
@@ -18,7 +17,7 @@ pub(super) fn listener_tls(
     node: &Spanned<ListenerTlsDoc>,
     files: Option<&dyn FileSource>,
     errors: &mut Errors,
-) -> (Option<ListenerTls>, Option<ServingCertificate>) {
+) -> (Option<ListenerTls>, Option<CertificateAndKey>) {
     let doc = &node.value;
     let min_version = match &doc.min_version {
         None => Some(TlsVersion::default()),
@@ -50,22 +49,8 @@ pub(super) fn listener_tls(
     let Some(files) = files else {
         return (Some(settings), None);
     };
-    let chain = read_file(files, cert_node, "cert_file", errors);
-    let key = read_file(files, key_node, "key_file", errors);
-    let (Some(chain), Some(key)) = (chain, key) else {
-        return (Some(settings), None);
-    };
-    match ServingCertificate::from_pem(chain, key) {
-        Ok(certificate) => (Some(settings), Some(certificate)),
-        Err(problem) => {
-            let (field, node) = match problem {
-                CertificateError::NotPemCertificate => ("cert_file", cert_node),
-                _ => ("key_file", key_node),
-            };
-            errors.at(node, format!("{field} \"{}\" {problem}", node.value));
-            (Some(settings), None)
-        }
-    }
+    let certificate = certificate_and_key(files, cert_node, key_node, errors);
+    (Some(settings), certificate)
 }
 
 fn required_path<'d>(

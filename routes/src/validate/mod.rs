@@ -12,13 +12,14 @@ mod policy;
 mod route_policy;
 mod service_policy;
 
+use crate::certificates::{CertificateAndKey, CertificateError, Certificates};
 use crate::config::{
     Endpoint, EscapedSlashes, Listener, PathMatch, Route, RouteMatch, RoutesConfig, Service,
 };
 use crate::document::{Document, MatchDoc, RouteDoc, ServiceDoc};
 use crate::duration;
 use crate::error::{ConfigError, ConfigErrors};
-use crate::listener_tls::{FileSource, ListenerCertificates};
+use crate::listener_tls::FileSource;
 
 /// The default upstream connect timeout, Envoy's own default for clusters.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,13 +31,13 @@ const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-/// Validates `doc`; with `files`, also reads and checks the certificate of every TLS listener
-/// and the CA bundle of every TLS service that names one.
+/// Validates `doc`; with `files`, also reads and checks the certificate of every TLS listener,
+/// and the CA bundle and client certificate of every TLS service that names them.
 pub(crate) fn validate(
     file: &str,
     doc: Document,
     files: Option<&dyn FileSource>,
-) -> Result<(RoutesConfig, ListenerCertificates), ConfigErrors> {
+) -> Result<(RoutesConfig, Certificates), ConfigErrors> {
     let mut errors = Errors {
         file,
         found: Vec::new(),
@@ -47,11 +48,13 @@ pub(crate) fn validate(
             format!("unsupported version {}: expected 1", doc.version.value),
         );
     }
-    let (listeners, certificates) = listeners(&doc, files, &mut errors);
+    let (listeners, mut certificates) = listeners(&doc, files, &mut errors);
     let services: BTreeMap<String, Service> = doc
         .services
         .iter()
-        .filter_map(|(name, service)| self::service(name, service, files, &mut errors))
+        .filter_map(|(name, service)| {
+            self::service(name, service, files, &mut certificates, &mut errors)
+        })
         .map(|s| (s.name.clone(), s))
         .collect();
     let auth_providers = policy::auth_providers(&doc, &mut errors);
@@ -101,11 +104,11 @@ fn listeners(
     doc: &Document,
     files: Option<&dyn FileSource>,
     errors: &mut Errors,
-) -> (Vec<Listener>, ListenerCertificates) {
+) -> (Vec<Listener>, Certificates) {
     let mut names = HashMap::new();
     let mut addresses: Vec<(SocketAddr, &str)> = Vec::new();
     let mut valid = Vec::new();
-    let mut certificates = ListenerCertificates::default();
+    let mut certificates = Certificates::default();
     for listener in &doc.listeners {
         check_name(&listener.name, "listener", errors);
         if names.insert(listener.name.value.as_str(), ()).is_some() {
@@ -170,7 +173,7 @@ fn listeners(
             None => (None, None),
         };
         if let Some(certificate) = certificate {
-            certificates.insert(listener.name.value.clone(), certificate);
+            certificates.insert_listener(listener.name.value.clone(), certificate);
         }
         valid.push(Listener {
             name: listener.name.value.clone(),
@@ -187,6 +190,7 @@ fn service(
     name: &str,
     doc: &ServiceDoc,
     files: Option<&dyn FileSource>,
+    certificates: &mut Certificates,
     errors: &mut Errors,
 ) -> Option<Service> {
     let before = errors.found.len();
@@ -229,7 +233,7 @@ fn service(
         .collect();
     let connect_timeout =
         positive_duration(doc.connect_timeout.as_ref(), errors).unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-    let policy = service_policy::service_policy(name, doc, &endpoints, files, errors);
+    let policy = service_policy::service_policy(name, doc, &endpoints, files, certificates, errors);
     (errors.found.len() == before).then(|| Service {
         name: name.to_string(),
         endpoints,
@@ -449,6 +453,30 @@ fn read_file(
         Ok(bytes) => Some(bytes),
         Err(e) => {
             errors.at(node, format!("cannot read {field} \"{}\": {e}", node.value));
+            None
+        }
+    }
+}
+
+/// The certificate chain `cert_node` names and the private key `key_node` names, when both
+/// can be read and are a pair Envoy can present; otherwise an error at the field to fix.
+fn certificate_and_key(
+    files: &dyn FileSource,
+    cert_node: &Spanned<String>,
+    key_node: &Spanned<String>,
+    errors: &mut Errors,
+) -> Option<CertificateAndKey> {
+    let chain = read_file(files, cert_node, "cert_file", errors);
+    let key = read_file(files, key_node, "key_file", errors);
+    let (chain, key) = (chain?, key?);
+    match CertificateAndKey::from_pem(chain, key) {
+        Ok(certificate) => Some(certificate),
+        Err(problem) => {
+            let (field, node) = match problem {
+                CertificateError::NotPemCertificate => ("cert_file", cert_node),
+                _ => ("key_file", key_node),
+            };
+            errors.at(node, format!("{field} \"{}\" {problem}", node.value));
             None
         }
     }

@@ -8,13 +8,17 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::{absolute_path, is_dns_name, is_header_name, positive_duration, read_file, Errors};
+use super::{
+    absolute_path, certificate_and_key, is_dns_name, is_header_name, positive_duration, read_file,
+    Errors,
+};
+use crate::certificates::Certificates;
 use crate::config::Endpoint;
 use crate::document::{CircuitBreakerDoc, HealthCheckDoc, OutlierDetectionDoc, ServiceDoc, TlsDoc};
 use crate::listener_tls::FileSource;
 use crate::service_policy::{
-    check_ca_bundle, CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy,
-    UpstreamTls,
+    check_ca_bundle, CircuitBreaker, ClientCertificateFiles, HealthCheck, LoadBalancing,
+    OutlierDetection, ServicePolicy, UpstreamTls,
 };
 
 /// Frequent enough to notice a dead endpoint within half a minute at the default threshold,
@@ -35,11 +39,14 @@ const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
 /// has no working "system trust store" option, and verifying nothing is never a default.
 pub(crate) const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// The service's policies; a client certificate its `tls` names is read (when `files` is
+/// given) into `certificates`.
 pub(super) fn service_policy(
     name: &str,
     doc: &ServiceDoc,
     endpoints: &[Endpoint],
     files: Option<&dyn FileSource>,
+    certificates: &mut Certificates,
     errors: &mut Errors,
 ) -> ServicePolicy {
     ServicePolicy {
@@ -59,7 +66,7 @@ pub(super) fn service_policy(
         tls: doc
             .tls
             .as_ref()
-            .and_then(|t| tls(name, t, endpoints, files, errors)),
+            .and_then(|t| tls(name, t, endpoints, files, certificates, errors)),
     }
 }
 
@@ -226,6 +233,7 @@ fn tls(
     node: &Spanned<TlsDoc>,
     endpoints: &[Endpoint],
     files: Option<&dyn FileSource>,
+    certificates: &mut Certificates,
     errors: &mut Errors,
 ) -> Option<UpstreamTls> {
     let doc = &node.value;
@@ -269,11 +277,49 @@ fn tls(
             (Some(PathBuf::from(&file.value)), pem)
         }
     };
+    // Ok(None): no client certificate; Err: a mistake, already reported.
+    let client_certificate = match (&doc.cert_file, &doc.key_file) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            let cert_given = non_empty(cert, "cert_file", errors);
+            let key_given = non_empty(key, "key_file", errors);
+            if cert_given && key_given {
+                let pair = files.and_then(|files| certificate_and_key(files, cert, key, errors));
+                if let Some(pair) = pair {
+                    certificates.insert_upstream_client(service.to_string(), pair);
+                }
+                Ok(Some(ClientCertificateFiles {
+                    cert_file: PathBuf::from(&cert.value),
+                    key_file: PathBuf::from(&key.value),
+                }))
+            } else {
+                Err(())
+            }
+        }
+        (Some(only), None) | (None, Some(only)) => {
+            errors.at(
+                only,
+                format!(
+                    "service \"{service}\": a client certificate needs both cert_file and key_file"
+                ),
+            );
+            Err(())
+        }
+    };
     Some(UpstreamTls {
         sni: sni?,
         ca_file: ca_file?,
         ca_pem,
+        client_certificate: client_certificate.ok()?,
     })
+}
+
+/// Whether the path at `node` is not empty; reports it at `node` when it is.
+fn non_empty(node: &Spanned<String>, field: &str, errors: &mut Errors) -> bool {
+    if node.value.is_empty() {
+        errors.at(node, format!("{field} is empty"));
+    }
+    !node.value.is_empty()
 }
 
 /// The bundle `ca_file` names, when it is PEM and at least one of its certificates can be

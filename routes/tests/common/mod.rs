@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use tollgate_routes::{parse, FileSource};
+use tollgate_routes::{parse, parse_with_files, FileSource};
 
 /// Every error for `text`, parsed as `routes.yaml`; panics if the file is accepted.
 pub fn errors(text: &str) -> Vec<String> {
@@ -16,6 +16,19 @@ pub fn errors(text: &str) -> Vec<String> {
                 assert_eq!(e.file, "routes.yaml");
                 format!("{}:{}: {}", e.line, e.column, e.message)
             })
+            .collect(),
+    }
+}
+
+/// Every error for `text`, parsed as `routes.yaml` reading the files it names from `files`;
+/// panics if the file is accepted.
+#[allow(dead_code)] // only the crates that read files use it
+pub fn errors_with_files(text: &str, files: &Files) -> Vec<String> {
+    match parse_with_files("routes.yaml", text, files) {
+        Ok(_) => panic!("expected errors, the config was accepted"),
+        Err(errors) => errors
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
             .collect(),
     }
 }
