@@ -49,6 +49,11 @@ TOLLGATE_PROVISION_BENCH=1 scripts/provision.sh
   echo
   cargo bench -q -p tollgate-ratelimit --bench decisions 2>/dev/null
   echo
+  echo "\`cargo bench -p tollgate-ratelimit --bench shipped\`: the release binary itself, under a lighter"
+  echo "load generator."
+  echo
+  cargo bench -q -p tollgate-ratelimit --bench shipped 2>/dev/null
+  echo
   echo "## Through Envoy: JWT auth, rate limits and the whole chain (issues 3, 4 and 5)"
   echo
   echo "\`$BIN_DIR/e2e_bench $E2E_SECONDS $E2E_ROUNDS\`: one Envoy configured by the control plane"

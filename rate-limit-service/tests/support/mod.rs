@@ -47,7 +47,7 @@ pub struct RedisServer {
 #[path = "../../../tests/src/ports.rs"]
 #[allow(unused_imports)]
 mod ports;
-use ports::reserve_port;
+pub use ports::reserve_port;
 
 impl RedisServer {
     pub fn start() -> Self {

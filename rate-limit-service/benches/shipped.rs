@@ -1,0 +1,237 @@
+//! Decisions per second of the `tollgate-ratelimit` binary as it ships, against a real Redis,
+//! driven by h2load.
+//!
+//! `cargo bench -p tollgate-ratelimit --bench shipped`. The `decisions` bench measures the
+//! service in-process, on one thread, beside its gRPC floor; this one measures what an
+//! operator runs: the release binary with its own runtime on every core, started with
+//! `--config` (drop-in mode, so its fixed window) and `--redis-url`. The load comes from
+//! h2load (nghttp2's load generator, in C), which spends a fraction of the CPU per call that
+//! a tonic client does, so on this 2-core machine more of it is left to the service and
+//! Redis. h2load sends one request body over and over: one descriptor, one Redis key. The
+//! service's CPU time comes from /proc; its own metrics confirm that every call was a
+//! decision (hits counted) and none failed on Redis (no store errors), since h2load only
+//! sees the HTTP status, which gRPC sets to 200 even for an error.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use support::{descriptor, request, reserve_port, RedisServer};
+
+/// As in the `decisions` bench: no call is ever over the limit.
+const CONFIG: &str = r#"
+domain: bench
+descriptors:
+  - key: a
+    rate_limit: {unit: second, requests_per_unit: 4294967295}
+"#;
+
+/// (connections, streams per connection): Envoy opens one connection per worker, and a
+/// production rate limit service has several Envoys calling. The more calls in flight, the
+/// more of them share each read and write, so the rate climbs with the latency.
+const LOADS: [(usize, usize); 3] = [(4, 8), (4, 32), (4, 64)];
+const SECONDS: u64 = 3;
+/// Starting the binary and Redis answering it, on a loaded machine.
+const PATIENCE: Duration = Duration::from_secs(60);
+/// Linux's USER_HZ, the unit of /proc/PID/stat's CPU times on every mainstream architecture.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// The service process; killed when dropped, so it dies with the bench.
+struct Service {
+    child: Child,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    fn start(dir: &Path, redis_url: &str) -> Self {
+        let config = dir.join("bench.yaml");
+        std::fs::write(&config, CONFIG).expect("write the limits");
+        let grpc = SocketAddr::from(([127, 0, 0, 1], reserve_port()));
+        let metrics = SocketAddr::from(([127, 0, 0, 1], reserve_port()));
+        let log = std::fs::File::create(dir.join("service.log")).expect("a log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate-ratelimit"))
+            .arg("--grpc-addr")
+            .arg(grpc.to_string())
+            .arg("--metrics-addr")
+            .arg(metrics.to_string())
+            .arg("--config")
+            .arg(&config)
+            .arg("--redis-url")
+            .arg(redis_url)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a second handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start tollgate-ratelimit");
+        let service = Service {
+            child,
+            grpc,
+            metrics,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        while http_get(service.metrics, "/readyz").map(|(status, _)| status) != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "tollgate-ratelimit not ready after {PATIENCE:?}:\n{}",
+                std::fs::read_to_string(dir.join("service.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        service
+    }
+
+    /// User plus system CPU time the process has used so far.
+    fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the service's /proc stat");
+        // The command name (field 2) is in parentheses and may hold spaces: count after it.
+        let after_name = &stat[stat.rfind(')').expect("a stat line") + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // utime and stime are fields 14 and 15, the 12th and 13th after the name.
+        let ticks: f64 = fields[11..13]
+            .iter()
+            .map(|f| f.parse::<f64>().expect("a tick count"))
+            .sum();
+        Duration::from_secs_f64(ticks / CLOCK_TICKS_PER_SECOND)
+    }
+
+    /// The sum of every series of the counter `name` in the service's /metrics.
+    fn counter(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.metrics, "/metrics").expect("the service's metrics");
+        body.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// A plain HTTP/1.0 GET: the status and body, or `None` when nothing answers yet.
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// The ShouldRateLimit call h2load sends, as a gRPC message frame: uncompressed, length
+/// prefixed (the gRPC over HTTP/2 spec's Length-Prefixed-Message).
+fn request_frame() -> Vec<u8> {
+    let message = request("bench", vec![descriptor(&[("a", "client-1")])]).encode_to_vec();
+    let length = u32::try_from(message.len()).expect("a small message");
+    let mut frame = vec![0];
+    frame.extend_from_slice(&length.to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
+}
+
+struct Run {
+    connections: usize,
+    in_flight: usize,
+    decisions: f64,
+    rate: f64,
+    cpu: Duration,
+    mean: String,
+    failed: f64,
+}
+
+fn run(service: &Service, body: &Path, connections: usize, streams: usize) -> Run {
+    let hits_before = service.counter("tollgate_ratelimit_hits_total");
+    let errors_before = service.counter("tollgate_ratelimit_redis_errors_total");
+    let cpu_before = service.cpu_time();
+    let output = Command::new("h2load")
+        .args(["-D", &SECONDS.to_string()])
+        .args(["-c", &connections.to_string()])
+        .args(["-m", &streams.to_string()])
+        .args(["-t", "1"])
+        .arg("-d")
+        .arg(body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg(format!(
+            "http://{}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+            service.grpc
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .expect("h2load runs (scripts/provision.sh installs it for make bench)");
+    let cpu = service.cpu_time().saturating_sub(cpu_before);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "h2load failed:\n{text}");
+    let field = |line_start: &str, index: usize| -> String {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(line_start))
+            .and_then(|l| l.split_whitespace().nth(index))
+            .unwrap_or_else(|| panic!("no {line_start:?} in h2load's output:\n{text}"))
+            .trim_end_matches(',')
+            .to_string()
+    };
+    // "requests: N total, N started, N done, N succeeded, …", "finished in 3.00s, R req/s, …",
+    // "time for request: min max mean sd ±sd".
+    let succeeded: f64 = field("requests:", 7).parse().expect("a count");
+    let rate: f64 = field("finished in", 3).parse().expect("a rate");
+    let mean = field("time for request:", 5);
+    let hits = service.counter("tollgate_ratelimit_hits_total") - hits_before;
+    let redis_errors = service.counter("tollgate_ratelimit_redis_errors_total") - errors_before;
+    Run {
+        connections,
+        in_flight: connections * streams,
+        decisions: succeeded,
+        rate,
+        cpu,
+        mean,
+        // A call h2load saw succeed that the service did not count as a decision: an HTTP
+        // 200 whose gRPC status was an error. (The service may count a few more: calls still
+        // in flight when h2load stopped.)
+        failed: redis_errors + (succeeded - hits).max(0.0),
+    }
+}
+
+fn main() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let body = dir.path().join("request.bin");
+    std::fs::write(&body, request_frame()).expect("write the request");
+    let service = Service::start(dir.path(), &redis.url());
+    let runs: Vec<Run> = LOADS
+        .iter()
+        .map(|&(connections, streams)| run(&service, &body, connections, streams))
+        .collect();
+
+    println!("The binary as it ships: `tollgate-ratelimit --config FILE --redis-url URL` (release build, its runtime on both cores), Redis on loopback, driven by `h2load -D {SECONDS} -c C -m M -t 1` with one request body (1 descriptor, one Redis key, fixed window)");
+    println!();
+    println!("| connections | calls in flight | decisions/s | service CPU | decisions per service-CPU-second | mean latency | calls without a decision |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for run in &runs {
+        let seconds = run.cpu.as_secs_f64();
+        println!(
+            "| {} | {} | {:.0} | {:.0}% | {:.0} | {} | {:.0} |",
+            run.connections,
+            run.in_flight,
+            run.rate,
+            100.0 * seconds / SECONDS as f64,
+            run.decisions / seconds.max(1e-9),
+            run.mean,
+            run.failed
+        );
+    }
+}
