@@ -1,7 +1,6 @@
 //! The control plane's own HTTP endpoints: liveness, readiness, Prometheus metrics, and a
 //! JSON status that says what every connected Envoy accepted or rejected.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -111,28 +110,42 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         &[(String::new(), status.last_reload.at_unix_ms / 1000)],
     );
     let expiry = state.reloader.certificate_expiry();
-    let labelled = |label: &str, by_name: &BTreeMap<String, i64>| -> Vec<(String, u64)> {
-        by_name
-            .iter()
-            .map(|(name, &not_after)| {
-                (
-                    format!("{{{label}=\"{}\"}}", escape_label(name)),
-                    u64::try_from(not_after).unwrap_or(0),
-                )
-            })
-            .collect()
-    };
+    let seconds = |not_after: i64| u64::try_from(not_after).unwrap_or(0);
+    let listeners: Vec<(String, u64)> = expiry
+        .listeners
+        .iter()
+        .map(|((listener, file), &not_after)| {
+            (
+                format!(
+                    "{{listener=\"{}\",cert_file=\"{}\"}}",
+                    escape_label(listener),
+                    escape_label(file)
+                ),
+                seconds(not_after),
+            )
+        })
+        .collect();
     metric(
         "tollgate_listener_certificate_expiry_timestamp_seconds",
         "gauge",
-        "When the certificate a TLS listener serves expires (notAfter, Unix seconds).",
-        &labelled("listener", &expiry.listeners),
+        "When a certificate a TLS listener serves expires (notAfter, Unix seconds).",
+        &listeners,
     );
+    let clients: Vec<(String, u64)> = expiry
+        .upstream_clients
+        .iter()
+        .map(|(service, &not_after)| {
+            (
+                format!("{{service=\"{}\"}}", escape_label(service)),
+                seconds(not_after),
+            )
+        })
+        .collect();
     metric(
         "tollgate_upstream_client_certificate_expiry_timestamp_seconds",
         "gauge",
         "When the client certificate presented to a service expires (notAfter, Unix seconds).",
-        &labelled("service", &expiry.upstream_clients),
+        &clients,
     );
     let connected = status.nodes.iter().filter(|n| n.connected).count() as u64;
     let in_sync = status

@@ -52,8 +52,8 @@ const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 /// When the certificates Envoy presents expire (notAfter, Unix seconds).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CertificateExpiry {
-    /// By listener: the certificate it serves.
-    pub listeners: BTreeMap<String, i64>,
+    /// By listener and certificate file: the certificates it serves.
+    pub listeners: BTreeMap<(String, String), i64>,
     /// By service: the client certificate presented to it.
     pub upstream_clients: BTreeMap<String, i64>,
 }
@@ -274,20 +274,28 @@ impl Reloader {
     /// Envoy presents whatever it is given.
     fn note_certificate_expiry(&self, certificates: &Certificates) {
         let now = i64::try_from(unix_ms(SystemTime::now()) / 1000).unwrap_or(i64::MAX);
-        let not_after = |(name, c): (&str, &tollgate_routes::CertificateAndKey)| {
-            Some((name.to_string(), c.not_after_unix()?))
-        };
         let expiry = CertificateExpiry {
-            listeners: certificates.listeners().filter_map(not_after).collect(),
+            listeners: certificates
+                .listeners()
+                .flat_map(|(listener, served)| {
+                    served.iter().filter_map(move |s| {
+                        let file = s.cert_file.display().to_string();
+                        Some((
+                            (listener.to_string(), file),
+                            s.certificate.not_after_unix()?,
+                        ))
+                    })
+                })
+                .collect(),
             upstream_clients: certificates
                 .upstream_clients()
-                .filter_map(not_after)
+                .filter_map(|(service, c)| Some((service.to_string(), c.not_after_unix()?)))
                 .collect(),
         };
         let presented = expiry
             .listeners
             .iter()
-            .map(|(name, t)| (format!("served by listener {name}"), t))
+            .map(|((name, file), t)| (format!("{file}, served by listener {name}"), t))
             .chain(
                 expiry
                     .upstream_clients

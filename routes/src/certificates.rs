@@ -8,9 +8,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Where a certificate chain and its private key are, as written in routes.yaml (relative to
+/// routes.yaml's directory): settings, which travel in [`crate::RoutesConfig`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
 
 /// A certificate chain and its private key, both PEM, as read from their files and checked to
 /// be a matching pair: what a TLS listener serves, or what the gateway presents to a service
@@ -106,25 +115,34 @@ pub enum CertificateError {
     KeyMismatch,
 }
 
-/// The key material routes.yaml names: the certificate of every TLS listener, by listener
+/// One certificate a TLS listener serves, and the file it came from (for alerts and logs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServedCertificate {
+    /// As written in routes.yaml.
+    pub cert_file: PathBuf,
+    pub certificate: CertificateAndKey,
+}
+
+/// The key material routes.yaml names: the certificates of every TLS listener, by listener
 /// name, and the client certificate of every service that presents one, by service name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Certificates {
-    listeners: BTreeMap<String, CertificateAndKey>,
+    listeners: BTreeMap<String, Vec<ServedCertificate>>,
     upstream_clients: BTreeMap<String, CertificateAndKey>,
 }
 
 impl Certificates {
-    /// The certificate the TLS listener `listener` serves.
-    pub fn listener(&self, listener: &str) -> Option<&CertificateAndKey> {
-        self.listeners.get(listener)
+    /// The certificates the TLS listener `listener` serves: its default (`cert_file`) first,
+    /// then those chosen by SNI, in routes.yaml's order. Empty for a plaintext listener.
+    pub fn listener(&self, listener: &str) -> &[ServedCertificate] {
+        self.listeners.get(listener).map_or(&[], Vec::as_slice)
     }
 
-    /// Every TLS listener's certificate, by listener name.
-    pub fn listeners(&self) -> impl Iterator<Item = (&str, &CertificateAndKey)> {
+    /// Every TLS listener's certificates, by listener name.
+    pub fn listeners(&self) -> impl Iterator<Item = (&str, &[ServedCertificate])> {
         self.listeners
             .iter()
-            .map(|(name, cert)| (name.as_str(), cert))
+            .map(|(name, certs)| (name.as_str(), certs.as_slice()))
     }
 
     /// The client certificate the gateway presents to `service`'s endpoints.
@@ -139,8 +157,8 @@ impl Certificates {
             .map(|(name, cert)| (name.as_str(), cert))
     }
 
-    pub(crate) fn insert_listener(&mut self, listener: String, certificate: CertificateAndKey) {
-        self.listeners.insert(listener, certificate);
+    pub(crate) fn insert_listener(&mut self, listener: String, served: Vec<ServedCertificate>) {
+        self.listeners.insert(listener, served);
     }
 
     pub(crate) fn insert_upstream_client(

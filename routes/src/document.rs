@@ -82,6 +82,15 @@ pub(crate) struct ListenerTlsDoc {
     pub cert_file: Option<Spanned<String>>,
     pub key_file: Option<Spanned<String>>,
     pub min_version: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sni_certificates: Vec<Spanned<CertificateFilesDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertificateFilesDoc {
+    pub cert_file: Spanned<String>,
+    pub key_file: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

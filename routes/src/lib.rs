@@ -18,7 +18,7 @@ pub mod route_policy;
 pub mod service_policy;
 mod validate;
 
-pub use certificates::{CertificateAndKey, Certificates};
+pub use certificates::{CertificateAndKey, CertificateFiles, Certificates, ServedCertificate};
 pub use config::{
     AccessLogSink, Endpoint, EscapedSlashes, Listener, Observability, PathMatch, Route, RouteMatch,
     RoutesConfig, Service, Tracing,

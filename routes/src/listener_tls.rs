@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::certificates::CertificateFiles;
+
 /// A listener's `tls` section: clients must speak TLS, and the listener offers HTTP/2 and
 /// HTTP/1.1 by ALPN.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +19,10 @@ pub struct ListenerTls {
     /// As written in routes.yaml; a relative path is relative to routes.yaml's directory.
     pub key_file: PathBuf,
     pub min_version: TlsVersion,
+    /// More certificates, each served instead of `cert_file` to clients whose SNI is one of
+    /// its DNS names (Envoy picks among them; `cert_file` is the default for any other name
+    /// and for clients that send none).
+    pub sni_certificates: Vec<CertificateFiles>,
 }
 
 /// The lowest TLS version a listener accepts. Nothing below 1.2: RFC 8996 deprecates 1.0 and

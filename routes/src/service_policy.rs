@@ -11,6 +11,8 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
+use crate::certificates::CertificateFiles;
+
 /// Everything a routes.yaml service says about traffic to its endpoints besides where they
 /// are. [`ServicePolicy::default`] is what a service with none of the fields gets.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -93,15 +95,7 @@ pub struct UpstreamTls {
     /// The certificate the gateway presents to endpoints that ask for one (mutual TLS);
     /// `None`: it presents none. The certificate and key themselves are in
     /// [`crate::Certificates`], under the service's name.
-    pub client_certificate: Option<ClientCertificateFiles>,
-}
-
-/// Where a service's client certificate and its key are, as written in routes.yaml (relative
-/// to routes.yaml's directory).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientCertificateFiles {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
+    pub client_certificate: Option<CertificateFiles>,
 }
 
 /// Why a `ca_file` cannot be trusted.

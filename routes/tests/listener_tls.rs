@@ -33,11 +33,14 @@ fn a_tls_listener_defaults_to_tls_1_2_and_carries_its_checked_certificate() {
             cert_file: "certs/gw.pem".into(),
             key_file: "certs/gw.key".into(),
             min_version: TlsVersion::Tls12,
+            sni_certificates: Vec::new(),
         })
     );
-    let certificate = certificates
-        .listener("secure")
-        .expect("the listener's certificate");
+    let [served] = certificates.listener("secure") else {
+        panic!("one certificate expected")
+    };
+    assert_eq!(served.cert_file, std::path::PathBuf::from("certs/gw.pem"));
+    let certificate = &served.certificate;
     assert_eq!(certificate.certificate_chain(), CERT);
     assert_eq!(certificate.private_key(), KEY);
     // `openssl x509 -enddate` says Oct 31 04:04:43 2126 GMT (a GeneralizedTime, past 2049).
@@ -178,4 +181,77 @@ fn file_errors_are_reported_together_with_every_other_error() {
     );
     let errors = errors_with_files(&text, &good_files());
     assert_eq!(errors.len(), 3, "{errors:?}");
+}
+
+/// The test pair under two more names, as if issued for two more host names.
+fn sni_files() -> Files {
+    Files::new(&[
+        ("certs/gw.pem", CERT),
+        ("certs/gw.key", KEY),
+        ("certs/api.pem", CERT),
+        ("certs/api.key", KEY),
+        ("certs/admin.pem", CERT),
+        ("certs/admin.key", KEY),
+        ("certs/other.key", OTHER_KEY),
+    ])
+}
+
+#[test]
+fn sni_certificates_are_read_after_the_default_in_file_order() {
+    let text = with_tls(
+        "{cert_file: certs/gw.pem, key_file: certs/gw.key, sni_certificates: [{cert_file: certs/api.pem, key_file: certs/api.key}, {cert_file: certs/admin.pem, key_file: certs/admin.key}]}",
+    );
+    let (config, certificates) =
+        parse_with_files("routes.yaml", &text, &sni_files()).expect("valid");
+    let tls = config.listeners[0].tls.as_ref().expect("tls");
+    let named: Vec<_> = tls
+        .sni_certificates
+        .iter()
+        .map(|c| (c.cert_file.to_str(), c.key_file.to_str()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (Some("certs/api.pem"), Some("certs/api.key")),
+            (Some("certs/admin.pem"), Some("certs/admin.key"))
+        ]
+    );
+    let served: Vec<_> = certificates
+        .listener("secure")
+        .iter()
+        .map(|s| s.cert_file.to_str())
+        .collect();
+    assert_eq!(
+        served,
+        [
+            Some("certs/gw.pem"),
+            Some("certs/api.pem"),
+            Some("certs/admin.pem")
+        ]
+    );
+}
+
+#[test]
+fn a_bad_sni_certificate_is_refused_at_its_field() {
+    let text = with_tls(
+        "{cert_file: certs/gw.pem, key_file: certs/gw.key, sni_certificates: [{cert_file: certs/api.pem, key_file: certs/other.key}]}",
+    );
+    let errors = errors_with_files(&text, &sni_files());
+    assert!(
+        errors.iter().any(|e| e.starts_with("5:116:")
+            && e.contains("key_file \"certs/other.key\" does not match the certificate")),
+        "{errors:#?}"
+    );
+    assert_error_at(
+        &with_tls("{cert_file: a.pem, key_file: a.key, sni_certificates: [{cert_file: b.pem}]}"),
+        "5:66",
+        "missing field `key_file`",
+    );
+    assert_error_at(
+        &with_tls(
+            "{cert_file: a.pem, key_file: a.key, sni_certificates: [{cert_file: \"\", key_file: b.key}]}",
+        ),
+        "5:77",
+        "cert_file is empty",
+    );
 }

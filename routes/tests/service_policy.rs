@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tollgate_routes::service_policy::{
-    CircuitBreaker, ClientCertificateFiles, HealthCheck, LoadBalancing, OutlierDetection,
-    ServicePolicy, UpstreamTls,
+    CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy, UpstreamTls,
 };
+use tollgate_routes::CertificateFiles;
 use tollgate_routes::{parse, parse_with_files};
 
 /// A config whose only service, `svc`, has `policy` (indented four spaces) after its
@@ -221,7 +221,7 @@ fn a_client_certificate_is_read_for_the_control_plane_and_named_in_the_policy() 
     let tls = config.services["svc"].policy.tls.clone().expect("tls");
     assert_eq!(
         tls.client_certificate,
-        Some(ClientCertificateFiles {
+        Some(CertificateFiles {
             cert_file: "certs/client.pem".into(),
             key_file: "certs/client.key".into(),
         })
@@ -232,7 +232,7 @@ fn a_client_certificate_is_read_for_the_control_plane_and_named_in_the_policy() 
     assert_eq!(pair.certificate_chain(), CA);
     assert_eq!(pair.private_key(), KEY);
     assert!(
-        certificates.listener("svc").is_none(),
+        certificates.listener("svc").is_empty(),
         "a client certificate is no listener's"
     );
     // The sidecars parse without files: the paths only, never the key.

@@ -103,11 +103,16 @@ impl TestCa {
     /// A new key and a certificate for [`SERVER_NAME`] with subject `CN=common_name`; every
     /// certificate gets its own serial number.
     pub fn issue(&self, common_name: &str) -> IssuedCertificate {
+        self.issue_for(common_name, SERVER_NAME)
+    }
+
+    /// Like [`Self::issue`], for the DNS name `dns_name`.
+    pub fn issue_for(&self, common_name: &str, dns_name: &str) -> IssuedCertificate {
         // A server certificate as webpki insists on it: not a CA, for serverAuth, with the
         // name in subjectAltName (RFC 6125: the CN is not looked at).
         self.issue_with(
             common_name,
-            &format!("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:{SERVER_NAME}\n"),
+            &format!("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:{dns_name}\n"),
         )
     }
 
@@ -186,6 +191,7 @@ impl TestCa {
         }
         TlsClient {
             roots,
+            server_name: SERVER_NAME.to_string(),
             alpn: vec!["h2".into(), "http/1.1".into()],
             versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
         }
@@ -198,11 +204,12 @@ impl Default for TestCa {
     }
 }
 
-/// An HTTPS client for `127.0.0.1` that sends [`SERVER_NAME`] as SNI; a fresh connection per
-/// request.
+/// An HTTPS client for `127.0.0.1` that sends [`SERVER_NAME`] (or the name it is given) as
+/// SNI and checks the certificate against that name; a fresh connection per request.
 #[derive(Debug, Clone)]
 pub struct TlsClient {
     roots: RootCertStore,
+    server_name: String,
     alpn: Vec<String>,
     versions: Vec<&'static SupportedProtocolVersion>,
 }
@@ -222,6 +229,12 @@ impl TlsClient {
     /// Offers exactly these ALPN protocols, most preferred first.
     pub fn alpn(mut self, protocols: &[&str]) -> Self {
         self.alpn = protocols.iter().map(|p| (*p).to_owned()).collect();
+        self
+    }
+
+    /// Sends `name` as SNI (and as the request's authority) instead of [`SERVER_NAME`].
+    pub fn server_name(mut self, name: &str) -> Self {
+        self.server_name = name.to_owned();
         self
     }
 
@@ -249,7 +262,7 @@ impl TlsClient {
         let tcp = TcpStream::connect(("127.0.0.1", port))
             .await
             .with_context(|| format!("connect to 127.0.0.1:{port}"))?;
-        let name = ServerName::try_from(SERVER_NAME).context("server name")?;
+        let name = ServerName::try_from(self.server_name.clone()).context("server name")?;
         TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
@@ -259,7 +272,8 @@ impl TlsClient {
     /// Sends `request` over a new TLS connection, in HTTP/2 if ALPN chose `h2`, else HTTP/1.1.
     pub async fn send(&self, request: &RequestBuilder) -> anyhow::Result<TlsResponse> {
         let port = request.port();
-        let uri = format!("https://{SERVER_NAME}:{port}{}", request.path_and_query());
+        let server_name = &self.server_name;
+        let uri = format!("https://{server_name}:{port}{}", request.path_and_query());
         request
             .within_timeout(&uri, async {
                 let stream = self.handshake(port).await?;
@@ -286,7 +300,7 @@ impl TlsClient {
                     let mut http1 = request.build(request.path_and_query())?;
                     http1.headers_mut().insert(
                         hyper::header::HOST,
-                        hyper::header::HeaderValue::from_str(&format!("{SERVER_NAME}:{port}"))?,
+                        hyper::header::HeaderValue::from_str(&format!("{server_name}:{port}"))?,
                     );
                     sender.send_request(http1).await?
                 };

@@ -51,14 +51,26 @@ impl TlsGateway {
         extra: &str,
         variant: XdsVariant,
     ) -> TlsGateway {
+        Self::start_with(certificate, extra, &[], variant).await
+    }
+
+    /// [`Self::start_over`], with `more_files` next to routes.yaml too.
+    async fn start_with(
+        certificate: &IssuedCertificate,
+        extra: &str,
+        more_files: &[(&str, &[u8])],
+        variant: XdsVariant,
+    ) -> TlsGateway {
         let upstream = Upstream::new("app").spawn().await;
         let port = reserve_port();
-        let cp = ControlPlane::new()
+        let mut cp = ControlPlane::new()
             .routes(routes(port, extra, &upstream))
             .file("gw.pem", certificate.cert_pem.clone())
-            .file("gw.key", certificate.key_pem.clone())
-            .start()
-            .await;
+            .file("gw.key", certificate.key_pem.clone());
+        for (name, contents) in more_files {
+            cp = cp.file(name, contents.to_vec());
+        }
+        let cp = cp.start().await;
         let envoy = Envoy::new()
             .xds_variant(variant)
             .control_plane(&cp)
@@ -119,7 +131,9 @@ async fn an_https_request_from_a_client_trusting_the_ca_reaches_the_upstream() {
     // started: its expiry is exported for alerting.
     let expiry = gateway
         .cp
-        .metric("tollgate_listener_certificate_expiry_timestamp_seconds{listener=\"secure\"}")
+        .metric(
+            "tollgate_listener_certificate_expiry_timestamp_seconds{listener=\"secure\",cert_file=\"gw.pem\"}",
+        )
         .await
         .expect("metrics")
         .expect("the listener's certificate expiry");
@@ -354,5 +368,37 @@ async fn the_private_key_shows_in_no_log_and_is_redacted_in_envoys_config_dump()
             !log.contains(&key_body),
             "the key leaked into the control plane's log"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sni_certificate_is_presented_to_clients_asking_for_its_name() {
+    let ca = TestCa::new();
+    let default = ca.issue("default");
+    let api = ca.issue_for("api", "api.test");
+    let gateway = TlsGateway::start_with(
+        &default,
+        ", sni_certificates: [{cert_file: api.pem, key_file: api.key}]",
+        &[("api.pem", &api.cert_pem), ("api.key", &api.key_pem)],
+        XdsVariant::Sotw,
+    )
+    .await;
+
+    // Each client verifies the certificate against the name it sent, so a wrong choice would
+    // fail the handshake rather than pass unnoticed.
+    let answer = gateway
+        .get_through(&ca.client().server_name("api.test"), "/api")
+        .await;
+    assert_eq!(answer.peer_certificate, api.der());
+    let answer = gateway.get_through(&ca.client(), "/default").await;
+    assert_eq!(answer.peer_certificate, default.der());
+    assert_eq!(gateway.upstream.paths(), ["/api", "/default"]);
+
+    for file in ["gw.pem", "api.pem"] {
+        let series = format!(
+            "tollgate_listener_certificate_expiry_timestamp_seconds{{listener=\"secure\",cert_file=\"{file}\"}}"
+        );
+        let expiry = gateway.cp.metric(&series).await.expect("metrics");
+        assert!(expiry.is_some(), "no {series}");
     }
 }

@@ -30,7 +30,11 @@ pub(super) fn downstream_tls(listener: &str, tls: &ListenerTls) -> TransportSock
                 tls_minimum_protocol_version: minimum as i32,
                 ..Default::default()
             }),
-            tls_certificate_sds_secret_configs: vec![sds_reference(listener_secret_name(listener))],
+            // Envoy presents the certificate whose DNS names match the client's SNI, and the
+            // first (the default) to a client whose SNI matches none or that sends none.
+            tls_certificate_sds_secret_configs: (0..=tls.sni_certificates.len())
+                .map(|index| sds_reference(listener_secret_name(listener, index)))
+                .collect(),
             alpn_protocols: ALPN.iter().map(|p| (*p).to_string()).collect(),
             ..Default::default()
         }),

@@ -166,3 +166,28 @@ fn a_rotated_certificate_changes_only_the_secret() {
         after.resources(type_url::SECRET).version
     );
 }
+
+#[test]
+fn sni_certificates_follow_the_default_each_in_a_secret_of_its_own() {
+    let snapshot = snapshot(
+        ", sni_certificates: [{cert_file: gw.pem, key_file: gw.key}, {cert_file: gw.pem, key_file: gw.key}]",
+    );
+    let listener: Listener = decode(&snapshot, type_url::LISTENER, "secure");
+    let context = tls_context(&listener).expect("a TLS listener");
+    let common = context.common_tls_context.expect("common context");
+    let references: Vec<&str> = common
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    // The default first: Envoy presents the first certificate when no SNI matches.
+    assert_eq!(references, ["secure", "secure/sni/1", "secure/sni/2"]);
+    assert_eq!(
+        secret_names(&snapshot),
+        ["secure", "secure/sni/1", "secure/sni/2"]
+    );
+    assert_eq!(
+        secret_pair(&snapshot, "secure/sni/2"),
+        (CERT.to_vec(), KEY.to_vec())
+    );
+}

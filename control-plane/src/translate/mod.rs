@@ -143,12 +143,14 @@ pub fn translate(config: &RoutesConfig, certificates: &Certificates) -> Snapshot
             type_url::ROUTE,
             Resource::new(&l.name, type_url::ROUTE, &route_configuration),
         ));
-        if let Some(certificate) = l.tls.as_ref().and(certificates.listener(&l.name)) {
-            let name = secret::listener_secret_name(&l.name);
-            resources.push(secret_resource(secret::certificate_secret(
-                name,
-                certificate,
-            )));
+        if l.tls.is_some() {
+            for (index, served) in certificates.listener(&l.name).iter().enumerate() {
+                let name = secret::listener_secret_name(&l.name, index);
+                resources.push(secret_resource(secret::certificate_secret(
+                    name,
+                    &served.certificate,
+                )));
+            }
         }
         if cached {
             let name = response_cache::fill_name(&l.name);

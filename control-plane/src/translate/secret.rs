@@ -17,9 +17,13 @@ use tollgate_routes::CertificateAndKey;
 
 use super::ads_config_source;
 
-/// The SDS name of a listener's certificate: its own name (one certificate per listener).
-pub(super) fn listener_secret_name(listener: &str) -> String {
-    listener.to_string()
+/// The SDS name of a listener's certificate number `index`: its default certificate (0) under
+/// the listener's own name, its SNI certificates under `LISTENER/sni/N`, N from 1.
+pub(super) fn listener_secret_name(listener: &str, index: usize) -> String {
+    match index {
+        0 => listener.to_string(),
+        n => format!("{listener}/sni/{n}"),
+    }
 }
 
 /// The SDS name of the client certificate presented to a service. Neither listener nor

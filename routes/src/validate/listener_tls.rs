@@ -5,19 +5,19 @@ use std::path::PathBuf;
 
 use serde_saphyr::Spanned;
 
-use super::{certificate_and_key, Errors};
-use crate::certificates::CertificateAndKey;
+use super::{certificate_and_key, non_empty, Errors};
+use crate::certificates::{CertificateFiles, ServedCertificate};
 use crate::document::ListenerTlsDoc;
 use crate::listener_tls::{FileSource, ListenerTls, TlsVersion};
 
-/// The validated settings, and the certificate they name when `files` was given and both
-/// files are a servable pair.
+/// The validated settings, and, when `files` was given, the certificates they name (the
+/// default first), each read and checked to be a servable pair.
 pub(super) fn listener_tls(
     listener: &str,
     node: &Spanned<ListenerTlsDoc>,
     files: Option<&dyn FileSource>,
     errors: &mut Errors,
-) -> (Option<ListenerTls>, Option<CertificateAndKey>) {
+) -> (Option<ListenerTls>, Vec<ServedCertificate>) {
     let doc = &node.value;
     let min_version = match &doc.min_version {
         None => Some(TlsVersion::default()),
@@ -37,20 +37,46 @@ pub(super) fn listener_tls(
     };
     let cert_file = required_path(listener, node, doc.cert_file.as_ref(), "cert_file", errors);
     let key_file = required_path(listener, node, doc.key_file.as_ref(), "key_file", errors);
+    let mut pairs = Vec::new();
+    for sni in &doc.sni_certificates {
+        let cert = non_empty(&sni.value.cert_file, "cert_file", errors);
+        let key = non_empty(&sni.value.key_file, "key_file", errors);
+        if let (Some(cert), Some(key)) = (cert, key) {
+            pairs.push((cert, key));
+        }
+    }
+    if pairs.len() != doc.sni_certificates.len() {
+        return (None, Vec::new());
+    }
     let (Some(cert_node), Some(key_node), Some(min_version)) = (cert_file, key_file, min_version)
     else {
-        return (None, None);
+        return (None, Vec::new());
     };
     let settings = ListenerTls {
         cert_file: PathBuf::from(&cert_node.value),
         key_file: PathBuf::from(&key_node.value),
         min_version,
+        sni_certificates: pairs
+            .iter()
+            .map(|(cert, key)| CertificateFiles {
+                cert_file: PathBuf::from(&cert.value),
+                key_file: PathBuf::from(&key.value),
+            })
+            .collect(),
     };
     let Some(files) = files else {
-        return (Some(settings), None);
+        return (Some(settings), Vec::new());
     };
-    let certificate = certificate_and_key(files, cert_node, key_node, errors);
-    (Some(settings), certificate)
+    let served: Vec<ServedCertificate> = std::iter::once((cert_node, key_node))
+        .chain(pairs)
+        .filter_map(|(cert, key)| {
+            Some(ServedCertificate {
+                cert_file: PathBuf::from(&cert.value),
+                certificate: certificate_and_key(files, cert, key, errors)?,
+            })
+        })
+        .collect();
+    (Some(settings), served)
 }
 
 fn required_path<'d>(
@@ -68,10 +94,6 @@ fn required_path<'d>(
             );
             None
         }
-        Some(path) if path.value.is_empty() => {
-            errors.at(path, format!("{field} is empty"));
-            None
-        }
-        Some(path) => Some(path),
+        Some(path) => non_empty(path, field, errors),
     }
 }

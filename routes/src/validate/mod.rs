@@ -168,12 +168,12 @@ fn listeners(
                 }
             },
         };
-        let (tls, certificate) = match &listener.tls {
+        let (tls, served) = match &listener.tls {
             Some(tls) => listener_tls::listener_tls(&listener.name.value, tls, files, errors),
-            None => (None, None),
+            None => (None, Vec::new()),
         };
-        if let Some(certificate) = certificate {
-            certificates.insert_listener(listener.name.value.clone(), certificate);
+        if !served.is_empty() {
+            certificates.insert_listener(listener.name.value.clone(), served);
         }
         valid.push(Listener {
             name: listener.name.value.clone(),
@@ -456,6 +456,19 @@ fn read_file(
             None
         }
     }
+}
+
+/// The path at `node`, unless it is empty (reported there).
+pub(super) fn non_empty<'d>(
+    node: &'d Spanned<String>,
+    field: &str,
+    errors: &mut Errors,
+) -> Option<&'d Spanned<String>> {
+    if node.value.is_empty() {
+        errors.at(node, format!("{field} is empty"));
+        return None;
+    }
+    Some(node)
 }
 
 /// The certificate chain `cert_node` names and the private key `key_node` names, when both

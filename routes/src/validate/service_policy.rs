@@ -9,16 +9,16 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 use super::{
-    absolute_path, certificate_and_key, is_dns_name, is_header_name, positive_duration, read_file,
-    Errors,
+    absolute_path, certificate_and_key, is_dns_name, is_header_name, non_empty, positive_duration,
+    read_file, Errors,
 };
-use crate::certificates::Certificates;
+use crate::certificates::{CertificateFiles, Certificates};
 use crate::config::Endpoint;
 use crate::document::{CircuitBreakerDoc, HealthCheckDoc, OutlierDetectionDoc, ServiceDoc, TlsDoc};
 use crate::listener_tls::FileSource;
 use crate::service_policy::{
-    check_ca_bundle, CircuitBreaker, ClientCertificateFiles, HealthCheck, LoadBalancing,
-    OutlierDetection, ServicePolicy, UpstreamTls,
+    check_ca_bundle, CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy,
+    UpstreamTls,
 };
 
 /// Frequent enough to notice a dead endpoint within half a minute at the default threshold,
@@ -281,14 +281,14 @@ fn tls(
     let client_certificate = match (&doc.cert_file, &doc.key_file) {
         (None, None) => Ok(None),
         (Some(cert), Some(key)) => {
-            let cert_given = non_empty(cert, "cert_file", errors);
-            let key_given = non_empty(key, "key_file", errors);
+            let cert_given = non_empty(cert, "cert_file", errors).is_some();
+            let key_given = non_empty(key, "key_file", errors).is_some();
             if cert_given && key_given {
                 let pair = files.and_then(|files| certificate_and_key(files, cert, key, errors));
                 if let Some(pair) = pair {
                     certificates.insert_upstream_client(service.to_string(), pair);
                 }
-                Ok(Some(ClientCertificateFiles {
+                Ok(Some(CertificateFiles {
                     cert_file: PathBuf::from(&cert.value),
                     key_file: PathBuf::from(&key.value),
                 }))
@@ -312,14 +312,6 @@ fn tls(
         ca_pem,
         client_certificate: client_certificate.ok()?,
     })
-}
-
-/// Whether the path at `node` is not empty; reports it at `node` when it is.
-fn non_empty(node: &Spanned<String>, field: &str, errors: &mut Errors) -> bool {
-    if node.value.is_empty() {
-        errors.at(node, format!("{field} is empty"));
-    }
-    !node.value.is_empty()
 }
 
 /// The bundle `ca_file` names, when it is PEM and at least one of its certificates can be
