@@ -102,14 +102,14 @@ impl fmt::Debug for CertificateAndKey {
     }
 }
 
-/// Why a certificate/key pair cannot be served.
+/// Why a certificate/key pair cannot be presented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CertificateError {
     #[error("is not a PEM certificate (expected -----BEGIN CERTIFICATE-----)")]
     NotPemCertificate,
     #[error("is not a PEM private key (expected an unencrypted PKCS#8, RSA or EC key)")]
     NotPemPrivateKey,
-    #[error("is not an RSA or ECDSA key (the only kinds Envoy serves)")]
+    #[error("is not an RSA or ECDSA key (the only kinds Envoy presents)")]
     UnsupportedKey,
     #[error("does not match the certificate in cert_file")]
     KeyMismatch,

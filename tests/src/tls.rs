@@ -238,6 +238,11 @@ impl TlsClient {
         self
     }
 
+    /// The name this client sends as SNI.
+    pub fn sni(&self) -> &str {
+        &self.server_name
+    }
+
     /// Offers TLS 1.2 only.
     pub fn tls12_only(mut self) -> Self {
         self.versions = vec![&rustls::version::TLS12];

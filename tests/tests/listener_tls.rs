@@ -6,7 +6,6 @@
 //! Certificates come from a throwaway CA made with `openssl`; the client trusts only it.
 
 use hyper::Version;
-use tollgate_conformance::tls::SERVER_NAME;
 use tollgate_conformance::{
     eventually, request, reserve_port, ControlPlane, Envoy, IssuedCertificate, RunningControlPlane,
     RunningEnvoy, TestCa, TlsClient, TlsResponse, Upstream, UpstreamHandle, XdsVariant,
@@ -103,7 +102,8 @@ impl TlsGateway {
     /// `GET path` with `client`, retried until the listener is up and answers from upstream.
     async fn get_through(&self, client: &TlsClient, path: &str) -> TlsResponse {
         let what = format!(
-            "GET https://{SERVER_NAME}:{}{path} reaches the upstream",
+            "GET https://{}:{}{path} reaches the upstream",
+            client.sni(),
             self.port
         );
         eventually(&what, async || {
