@@ -93,8 +93,8 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         "counter",
         "Attempts to load routes.yaml, by result.",
         &[
-            ("{result=\"ok\"}".into(), ok),
-            ("{result=\"error\"}".into(), failed),
+            (labels(&[("result", "ok")]), ok),
+            (labels(&[("result", "error")]), failed),
         ],
     );
     metric(
@@ -116,11 +116,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .iter()
         .map(|((listener, file), &not_after)| {
             (
-                format!(
-                    "{{listener=\"{}\",cert_file=\"{}\"}}",
-                    escape_label(listener),
-                    escape_label(file)
-                ),
+                labels(&[("listener", listener), ("cert_file", file)]),
                 seconds(not_after),
             )
         })
@@ -134,12 +130,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     let clients: Vec<(String, u64)> = expiry
         .upstream_clients
         .iter()
-        .map(|(service, &not_after)| {
-            (
-                format!("{{service=\"{}\"}}", escape_label(service)),
-                seconds(not_after),
-            )
-        })
+        .map(|(service, &not_after)| (labels(&[("service", service)]), seconds(not_after)))
         .collect();
     metric(
         "tollgate_upstream_client_certificate_expiry_timestamp_seconds",
@@ -170,10 +161,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .iter()
         .map(|n| {
             let nacking = n.types.values().any(|t| t.nack.is_some());
-            (
-                format!("{{node=\"{}\"}}", escape_label(&n.id)),
-                u64::from(nacking),
-            )
+            (labels(&[("node", &n.id)]), u64::from(nacking))
         })
         .collect();
     metric(
@@ -190,6 +178,15 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         out,
     )
         .into_response()
+}
+
+/// A sample's label set, `{name="value",…}`, each value escaped.
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(name, value)| format!("{name}=\"{}\"", escape_label(value)))
+        .collect();
+    format!("{{{}}}", inner.join(","))
 }
 
 /// Prometheus text format §"Comments, help text, and type information": escape \, " and \n.

@@ -15,12 +15,16 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "../../runtime/bench/proc_stat.rs"]
+mod proc_stat;
+
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use proc_stat::ProcStat;
 use prost::Message as _;
 use support::{descriptor, request, reserve_port, RedisServer};
 
@@ -39,8 +43,6 @@ const LOADS: [(usize, usize); 3] = [(4, 8), (4, 32), (4, 64)];
 const SECONDS: u64 = 3;
 /// Starting the binary and Redis answering it, on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(60);
-/// Linux's USER_HZ, the unit of /proc/PID/stat's CPU times on every mainstream architecture.
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// The service process; killed when dropped, so it dies with the bench.
 struct Service {
@@ -96,17 +98,9 @@ impl Service {
 
     /// User plus system CPU time the process has used so far.
     fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("the service's /proc stat");
-        // The command name (field 2) is in parentheses and may hold spaces: count after it.
-        let after_name = &stat[stat.rfind(')').expect("a stat line") + 2..];
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        // utime and stime are fields 14 and 15, the 12th and 13th after the name.
-        let ticks: f64 = fields[11..13]
-            .iter()
-            .map(|f| f.parse::<f64>().expect("a tick count"))
-            .sum();
-        Duration::from_secs_f64(ticks / CLOCK_TICKS_PER_SECOND)
+        ProcStat::read(self.child.id())
+            .expect("the service's /proc stat")
+            .cpu_time()
     }
 
     /// The sum of every series of the counter `name` in the service's /metrics.

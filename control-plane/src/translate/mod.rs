@@ -24,6 +24,7 @@ mod tracing;
 use envoy_types::pb::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, AggregatedConfigSource, ApiVersion, ConfigSource,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::{Any, Duration as ProtoDuration};
 use prost::Name;
 use tollgate_routes::route_policy::RouteCors;
@@ -217,9 +218,7 @@ fn proto_duration(duration: std::time::Duration) -> ProtoDuration {
 }
 
 /// An SDS secret as a resource of the snapshot.
-fn secret_resource(
-    secret: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
-) -> (&'static str, Resource) {
+fn secret_resource(secret: Secret) -> (&'static str, Resource) {
     (
         type_url::SECRET,
         Resource::new(&secret.name, type_url::SECRET, &secret),

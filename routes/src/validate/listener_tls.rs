@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use serde_saphyr::Spanned;
 
-use super::{certificate_and_key, non_empty, Errors};
-use crate::certificates::{CertificateFiles, ServedCertificate};
+use super::{certificate_and_key, certificate_files, certificate_pair, non_empty, Errors};
+use crate::certificates::ServedCertificate;
 use crate::document::ListenerTlsDoc;
 use crate::listener_tls::{FileSource, ListenerTls, TlsVersion};
 
@@ -37,14 +37,11 @@ pub(super) fn listener_tls(
     };
     let cert_file = required_path(listener, node, doc.cert_file.as_ref(), "cert_file", errors);
     let key_file = required_path(listener, node, doc.key_file.as_ref(), "key_file", errors);
-    let mut pairs = Vec::new();
-    for sni in &doc.sni_certificates {
-        let cert = non_empty(&sni.value.cert_file, "cert_file", errors);
-        let key = non_empty(&sni.value.key_file, "key_file", errors);
-        if let (Some(cert), Some(key)) = (cert, key) {
-            pairs.push((cert, key));
-        }
-    }
+    let pairs: Vec<_> = doc
+        .sni_certificates
+        .iter()
+        .filter_map(|sni| certificate_pair(&sni.value.cert_file, &sni.value.key_file, errors))
+        .collect();
     if pairs.len() != doc.sni_certificates.len() {
         return (None, Vec::new());
     }
@@ -58,10 +55,7 @@ pub(super) fn listener_tls(
         min_version,
         sni_certificates: pairs
             .iter()
-            .map(|(cert, key)| CertificateFiles {
-                cert_file: PathBuf::from(&cert.value),
-                key_file: PathBuf::from(&key.value),
-            })
+            .map(|(cert, key)| certificate_files(cert, key))
             .collect(),
     };
     let Some(files) = files else {

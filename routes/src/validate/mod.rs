@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_saphyr::Spanned;
@@ -12,7 +13,7 @@ mod policy;
 mod route_policy;
 mod service_policy;
 
-use crate::certificates::{CertificateAndKey, CertificateError, Certificates};
+use crate::certificates::{CertificateAndKey, CertificateError, CertificateFiles, Certificates};
 use crate::config::{
     Endpoint, EscapedSlashes, Listener, PathMatch, Route, RouteMatch, RoutesConfig, Service,
 };
@@ -469,6 +470,26 @@ pub(super) fn non_empty<'d>(
         return None;
     }
     Some(node)
+}
+
+/// The `cert_file` and `key_file` at `cert` and `key`, when neither is empty (each empty one
+/// is reported where it stands).
+fn certificate_pair<'d>(
+    cert: &'d Spanned<String>,
+    key: &'d Spanned<String>,
+    errors: &mut Errors,
+) -> Option<(&'d Spanned<String>, &'d Spanned<String>)> {
+    let cert = non_empty(cert, "cert_file", errors);
+    let key = non_empty(key, "key_file", errors);
+    Some((cert?, key?))
+}
+
+/// A certificate pair's paths as written, for the validated settings.
+fn certificate_files(cert: &Spanned<String>, key: &Spanned<String>) -> CertificateFiles {
+    CertificateFiles {
+        cert_file: PathBuf::from(&cert.value),
+        key_file: PathBuf::from(&key.value),
+    }
 }
 
 /// The certificate chain `cert_node` names and the private key `key_node` names, when both

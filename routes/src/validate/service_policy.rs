@@ -9,10 +9,10 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 use super::{
-    absolute_path, certificate_and_key, is_dns_name, is_header_name, non_empty, positive_duration,
-    read_file, Errors,
+    absolute_path, certificate_and_key, certificate_files, certificate_pair, is_dns_name,
+    is_header_name, positive_duration, read_file, Errors,
 };
-use crate::certificates::{CertificateFiles, Certificates};
+use crate::certificates::Certificates;
 use crate::config::Endpoint;
 use crate::document::{CircuitBreakerDoc, HealthCheckDoc, OutlierDetectionDoc, ServiceDoc, TlsDoc};
 use crate::listener_tls::FileSource;
@@ -280,22 +280,16 @@ fn tls(
     // Ok(None): no client certificate; Err: a mistake, already reported.
     let client_certificate = match (&doc.cert_file, &doc.key_file) {
         (None, None) => Ok(None),
-        (Some(cert), Some(key)) => {
-            let cert_given = non_empty(cert, "cert_file", errors).is_some();
-            let key_given = non_empty(key, "key_file", errors).is_some();
-            if cert_given && key_given {
+        (Some(cert), Some(key)) => match certificate_pair(cert, key, errors) {
+            None => Err(()),
+            Some((cert, key)) => {
                 let pair = files.and_then(|files| certificate_and_key(files, cert, key, errors));
                 if let Some(pair) = pair {
                     certificates.insert_upstream_client(service.to_string(), pair);
                 }
-                Ok(Some(CertificateFiles {
-                    cert_file: PathBuf::from(&cert.value),
-                    key_file: PathBuf::from(&key.value),
-                }))
-            } else {
-                Err(())
+                Ok(Some(certificate_files(cert, key)))
             }
-        }
+        },
         (Some(only), None) | (None, Some(only)) => {
             errors.at(
                 only,

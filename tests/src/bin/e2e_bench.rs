@@ -24,10 +24,15 @@
 //!
 //! Usage: `e2e_bench [SECONDS_PER_RUN] [ROUNDS]` (default 5 and 3: about 2½ minutes).
 
+#[path = "../../../runtime/bench/proc_stat.rs"]
+#[allow(dead_code)] // CPU time as a Duration is for the benches that include it
+mod proc_stat;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use proc_stat::{ProcStat, TICKS_PER_SECOND};
 use serde_json::json;
 use tollgate_conformance::ratelimit::{RateLimitService, RunningRateLimitService};
 use tollgate_conformance::redis::Redis;
@@ -589,9 +594,6 @@ const CPU_COLUMNS: [&str; 6] = [
     "wrk",
 ];
 
-/// Linux reports process CPU time in USER_HZ ticks, which is 100 on every architecture.
-const TICKS_PER_SECOND: f64 = 100.0;
-
 /// The process ids of one gateway: its Envoy and its sidecars, if it has them.
 #[derive(Clone, Copy)]
 struct Pids {
@@ -616,35 +618,17 @@ fn cpu_ticks() -> std::collections::HashMap<u32, (String, u64)> {
         else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid …`: comm may hold spaces and parentheses, so split at the
-        // last `)`. After it, fields 14–17 of proc(5) (utime, stime, cutime, cstime) are at
-        // indices 11–14.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = stat[open + 1..close].to_owned();
-        let fields: Vec<u64> = stat[close + 1..]
-            .split_whitespace()
-            .skip(1)
-            .map(|f| f.parse().unwrap_or(0))
-            .collect();
-        let (Some(&ppid), Some(&utime), Some(&stime), Some(&cutime), Some(&cstime)) = (
-            fields.first(),
-            fields.get(10),
-            fields.get(11),
-            fields.get(12),
-            fields.get(13),
-        ) else {
+        let Some(stat) = ProcStat::read(pid) else {
             continue;
         };
         if pid == me {
-            ticks.insert(pid, (comm, utime + stime));
-            ticks.insert(0, ("reaped children".to_owned(), cutime + cstime));
-        } else if ppid as u32 == me {
-            ticks.insert(pid, (comm, utime + stime));
+            ticks.insert(
+                0,
+                ("reaped children".to_owned(), stat.reaped_children_ticks),
+            );
+            ticks.insert(pid, (stat.comm, stat.ticks));
+        } else if stat.ppid == me {
+            ticks.insert(pid, (stat.comm, stat.ticks));
         }
     }
     ticks
@@ -676,7 +660,7 @@ fn cpu_per_request(
         } else {
             continue;
         };
-        columns[column] += used as f64 / TICKS_PER_SECOND * 1e6 / requests.max(1) as f64;
+        columns[column] += used as f64 / TICKS_PER_SECOND as f64 * 1e6 / requests.max(1) as f64;
     }
     columns
 }
