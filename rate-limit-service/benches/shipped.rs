@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p tollgate-ratelimit --bench shipped`. The `decisions` bench measures the
 //! service in-process, on one thread, beside its gRPC floor; this one measures what an
-//! operator runs: the release binary with its own runtime on every core, started with
+//! operator runs: the release binary with a serving thread per core, started with
 //! `--config` (drop-in mode, so its fixed window) and `--redis-url`. The load comes from
 //! h2load (nghttp2's load generator, in C), which spends a fraction of the CPU per call that
 //! a tonic client does, so on this 2-core machine more of it is left to the service and
@@ -211,7 +211,7 @@ fn main() {
         .map(|&(connections, streams)| run(&service, &body, connections, streams))
         .collect();
 
-    println!("The binary as it ships: `tollgate-ratelimit --config FILE --redis-url URL` (release build, its runtime on both cores), Redis on loopback, driven by `h2load -D {SECONDS} -c C -m M -t 1` with one request body (1 descriptor, one Redis key, fixed window)");
+    println!("The binary as it ships: `tollgate-ratelimit --config FILE --redis-url URL` (release build, a serving thread per core), Redis on loopback, driven by `h2load -D {SECONDS} -c C -m M -t 1` with one request body (1 descriptor, one Redis key, fixed window)");
     println!();
     println!("| connections | calls in flight | decisions/s | service CPU | decisions per service-CPU-second | mean latency | calls without a decision |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");

@@ -29,7 +29,12 @@ fn main() {
 }
 
 fn run(settings: Settings, telemetry: Telemetry) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
+    // Calls are served by threads of their own (`--serving-threads`); this runtime only
+    // accepts connections, serves /metrics and reloads the limits.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     runtime.block_on(server::run(settings, telemetry, shutdown::signal()))?;
     Ok(())
 }

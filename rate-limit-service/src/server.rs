@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,9 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tollgate_runtime::grpc::{serve_on_threads, ServingThreadsError};
 use tollgate_runtime::http::{self, Readiness};
+use tonic::service::Routes;
 
 use crate::algorithm::{Clock, SystemClock};
 use crate::limits::dropin::{self, DropInErrors, SourceFile};
@@ -67,7 +70,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
+    Grpc(#[from] ServingThreadsError<StoreError>),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
 }
@@ -184,13 +187,14 @@ pub async fn run(
 
     let grpc = bind(settings.grpc_addr).await?;
     let http = bind(settings.metrics_addr).await?;
+    let threads = settings.serving_threads();
     tracing::info!(
         grpc = %settings.grpc_addr,
         metrics = %settings.metrics_addr,
         store = if redis.is_some() { "redis" } else { "memory" },
+        threads,
         "serving"
     );
-
     let readiness = Readiness::default();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = move || {
@@ -213,18 +217,20 @@ pub async fn run(
         traced_by_routes,
         wait(),
     ));
+    let serving = Serving {
+        clock: SystemClock,
+        limits,
+        metrics: metrics.clone(),
+        readiness,
+        threads,
+    };
     let served = async {
         match redis {
             Some(store) => {
-                let store = Arc::new(store.count_local_hits(metrics.local_cache_hits.clone()));
-                serve_with_health(grpc, store, SystemClock, limits, metrics, readiness, wait())
-                    .await
+                let store = store.count_local_hits(metrics.local_cache_hits.clone());
+                serve_with_health(grpc, Arc::new(store), serving, wait()).await
             }
-            None => {
-                let store = Arc::new(MemoryStore::new());
-                serve_with_health(grpc, store, SystemClock, limits, metrics, readiness, wait())
-                    .await
-            }
+            None => serve_with_health(grpc, Arc::new(MemoryStore::new()), serving, wait()).await,
         }
     };
     tokio::pin!(served);
@@ -250,23 +256,37 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Serves ShouldRateLimit and gRPC health on `listener`, keeping health and `/readyz` in
-/// step with the store, until `shutdown`.
-pub async fn serve_with_health<S: Store, C: Clock>(
+/// What serving needs besides the listener and the store.
+pub struct Serving<C> {
+    pub clock: C,
+    pub limits: CurrentLimits,
+    pub metrics: Metrics,
+    pub readiness: Readiness,
+    pub threads: NonZeroUsize,
+}
+
+/// Serves ShouldRateLimit and gRPC health on `listener` from `serving.threads` threads,
+/// each checking through its own handle on `store`, keeping health and `/readyz` in step
+/// with the store, until `shutdown`.
+pub async fn serve_with_health<S: Store, C: Clock + Clone>(
     listener: TcpListener,
     store: Arc<S>,
-    clock: C,
-    limits: CurrentLimits,
-    metrics: Metrics,
-    readiness: Readiness,
+    serving: Serving<C>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let Serving {
+        clock,
+        limits,
+        metrics,
+        readiness,
+        threads,
+    } = serving;
     let (health, health_service) = tonic_health::server::health_reporter();
-    let limiter = RateLimiter::new(limits, store.clone(), clock, metrics);
+    let probed = store.clone();
     let watch = tokio::spawn(async move {
         let mut ready = None;
         loop {
-            let probe = store.probe().await;
+            let probe = probed.probe().await;
             let now_ready = probe.is_ok();
             if ready != Some(now_ready) {
                 readiness.set(now_ready);
@@ -289,11 +309,12 @@ pub async fn serve_with_health<S: Store, C: Clock>(
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     });
-    let result = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(RateLimitServiceServer::new(limiter))
-        .serve_with_incoming_shutdown(tollgate_runtime::grpc::incoming(listener), shutdown)
-        .await;
+    let routes = move || -> Result<Routes, StoreError> {
+        let store = store.for_this_runtime()?;
+        let limiter = RateLimiter::new(limits.clone(), store, clock.clone(), metrics.clone());
+        Ok(Routes::new(health_service.clone()).add_service(RateLimitServiceServer::new(limiter)))
+    };
+    let result = serve_on_threads(listener, threads, routes, shutdown).await;
     watch.abort();
     Ok(result?)
 }

@@ -1,6 +1,7 @@
 //! Flags, each also read from a `TOLLGATE_…` environment variable.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -70,6 +71,10 @@ pub struct Settings {
         value_parser = parse_host_port
     )]
     pub otlp_endpoint: Option<String>,
+    /// Threads serving gRPC, each with its own connection to Redis; default: one per CPU
+    /// core. Each connection from Envoy is served by one thread.
+    #[arg(long, env = "TOLLGATE_RATELIMIT_SERVING_THREADS")]
+    pub serving_threads: Option<NonZeroUsize>,
 }
 
 /// Where the limits come from.
@@ -86,6 +91,12 @@ impl Settings {
             (None, Some(config)) => Some(LimitsSource::DropIn(config.clone())),
             (None, None) => None,
         }
+    }
+
+    /// `--serving-threads`, or one per core the process may run on.
+    pub fn serving_threads(&self) -> NonZeroUsize {
+        self.serving_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
     }
 
     /// `None`: in-memory counters.
@@ -137,8 +148,22 @@ mod tests {
         assert_eq!(s.redis_timeout, Duration::from_millis(40));
         assert_eq!(s.redis_target(), None);
         assert_eq!(
+            s.serving_threads(),
+            std::thread::available_parallelism().expect("known here")
+        );
+        assert_eq!(
             s.limits_source(),
             Some(LimitsSource::Routes("routes.yaml".into()))
+        );
+    }
+
+    #[test]
+    fn serving_threads_are_at_least_one() {
+        let s = Settings::try_parse_from(["t", "--config", "c", "--serving-threads", "3"])
+            .expect("parses");
+        assert_eq!(s.serving_threads().get(), 3);
+        assert!(
+            Settings::try_parse_from(["t", "--config", "c", "--serving-threads", "0"]).is_err()
         );
     }
 

@@ -289,3 +289,78 @@ async fn a_key_known_to_be_over_is_answered_without_redis() {
         .expect_err("this one needs redis");
     assert_eq!(status.code(), tonic::Code::Unavailable);
 }
+
+/// What a serving thread's store shares with the others: the counts (in Redis, through its
+/// own connection, opened on its own runtime) and the local over-limit cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_threads_store_shares_counts_and_the_over_limit_cache() {
+    use std::sync::Arc;
+    use tollgate_ratelimit::algorithm::{FixedWindow, Policy};
+    use tollgate_ratelimit::store::redis::{RedisStore, RedisTarget};
+    use tollgate_ratelimit::store::Check;
+
+    let mut redis = RedisServer::start();
+    let main = Arc::new(
+        RedisStore::connect(&RedisTarget::Single(redis.url()), TIMEOUT).expect("valid url"),
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while let Err(error) = main.load_scripts().await {
+        assert!(Instant::now() < deadline, "redis did not answer: {error}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let policy = Policy::Fixed(FixedWindow::new(2, Duration::from_secs(60)));
+    let now_us = clock_now().now_us();
+    let check = |key: &'static str| Check {
+        key,
+        policy: &policy,
+        hits: 1,
+    };
+
+    // The thread's store is made on, and used from, a runtime of its own.
+    let (to_thread, mut in_thread) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let (from_thread, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Arc::clone(&main);
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let own = shared.for_this_runtime().expect("connects");
+            while let Some(key) = in_thread.recv().await {
+                let checks = [Check {
+                    key,
+                    policy: &policy,
+                    hits: 1,
+                }];
+                let _ = from_thread.send(own.check(&checks, now_us).await.map(|d| d[0].allowed));
+            }
+        });
+    });
+    let mut ask_thread = async |key| {
+        to_thread.send(key).expect("the thread runs");
+        answers.recv().await.expect("an answer")
+    };
+
+    // One hit here and one there use up the key's limit of two: the count is shared.
+    let here = main
+        .check(&[check("shared_")], now_us)
+        .await
+        .expect("redis answers");
+    assert!(here[0].allowed);
+    assert!(ask_thread("shared_").await.expect("redis answers"));
+    let third = main
+        .check(&[check("shared_")], now_us)
+        .await
+        .expect("redis answers");
+    assert!(!third[0].allowed, "the third hit is over the limit of two");
+
+    // With Redis gone, the thread still knows the key is over: the cache is shared. A key
+    // it has no answer for needs Redis.
+    redis.kill();
+    let known = ask_thread("shared_").await;
+    assert!(!known.expect("answered from the shared cache"));
+    assert!(ask_thread("fresh_").await.is_err(), "this one needs redis");
+    drop(to_thread);
+    thread.join().expect("the thread ends");
+}

@@ -10,6 +10,7 @@ pub mod over_limit;
 pub mod redis;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::algorithm::{Decision, Policy};
@@ -64,6 +65,15 @@ pub trait Store: Send + Sync + 'static {
     /// and others do not, reads as one steady state rather than a flicker.
     fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }
+    }
+
+    /// The store a serving thread checks through, made on that thread's runtime. A store
+    /// whose connections are bound to the runtime that opened them (Redis's) opens its own
+    /// here and shares everything else; a call through another runtime's connection would
+    /// wake that runtime's thread on every reply. Stores without connections are shared
+    /// as they are.
+    fn for_this_runtime(self: &Arc<Self>) -> Result<Arc<Self>, StoreError> {
+        Ok(Arc::clone(self))
     }
 }
 

@@ -41,7 +41,7 @@ pub enum RedisTarget {
 }
 
 /// A Lua script and its SHA1, what `EVALSHA` names it by.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct LoadedScript {
     body: &'static str,
     sha: String,
@@ -102,31 +102,10 @@ enum Source {
     },
 }
 
-/// The Redis store.
-pub struct RedisStore {
-    source: Source,
-    sliding: LoadedScript,
-    bucket: LoadedScript,
-    over_limit: OverLimitCache,
-    timeout: Duration,
-    script_reloads: AtomicU64,
-    local_hits: Option<prometheus_client::metrics::counter::Counter>,
-}
-
-impl std::fmt::Debug for RedisStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisStore {
-    /// Sets up the connection without waiting for Redis: a Redis that is down at start-up
-    /// makes checks and probes fail (so `/readyz` says not ready) until it comes up. Must
-    /// run inside a Tokio runtime. Fails only for a malformed URL.
-    pub fn connect(target: &RedisTarget, timeout: Duration) -> Result<Self, StoreError> {
-        let source = match target {
+impl Source {
+    /// Opens connections on the current runtime, without waiting for Redis.
+    fn open(target: &RedisTarget, timeout: Duration) -> Result<Self, StoreError> {
+        Ok(match target {
             RedisTarget::Single(url) => {
                 let client = redis::Client::open(url.as_str())?;
                 let config = ConnectionManagerConfig::new()
@@ -153,14 +132,46 @@ impl RedisStore {
                     seeds,
                 }
             }
-        };
+        })
+    }
+}
+
+/// The Redis store.
+///
+/// Each serving thread has its own (see [`Store::for_this_runtime`]): its own connection,
+/// sharing the over-limit cache and the counters with the others.
+pub struct RedisStore {
+    target: RedisTarget,
+    source: Source,
+    sliding: LoadedScript,
+    bucket: LoadedScript,
+    over_limit: Arc<OverLimitCache>,
+    timeout: Duration,
+    script_reloads: Arc<AtomicU64>,
+    local_hits: Option<prometheus_client::metrics::counter::Counter>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Sets up the connection without waiting for Redis: a Redis that is down at start-up
+    /// makes checks and probes fail (so `/readyz` says not ready) until it comes up. Must
+    /// run inside a Tokio runtime. Fails only for a malformed URL.
+    pub fn connect(target: &RedisTarget, timeout: Duration) -> Result<Self, StoreError> {
         let store = RedisStore {
-            source,
+            target: target.clone(),
+            source: Source::open(target, timeout)?,
             sliding: LoadedScript::new(SLIDING_WINDOW_LUA),
             bucket: LoadedScript::new(TOKEN_BUCKET_LUA),
-            over_limit: OverLimitCache::new(),
+            over_limit: Arc::new(OverLimitCache::new()),
             timeout,
-            script_reloads: AtomicU64::new(0),
+            script_reloads: Arc::new(AtomicU64::new(0)),
             local_hits: None,
         };
         Ok(store)
@@ -406,5 +417,18 @@ impl Store for RedisStore {
             Ok(())
         })
         .await
+    }
+
+    fn for_this_runtime(self: &Arc<Self>) -> Result<Arc<Self>, StoreError> {
+        Ok(Arc::new(RedisStore {
+            target: self.target.clone(),
+            source: Source::open(&self.target, self.timeout)?,
+            sliding: self.sliding.clone(),
+            bucket: self.bucket.clone(),
+            over_limit: Arc::clone(&self.over_limit),
+            timeout: self.timeout,
+            script_reloads: Arc::clone(&self.script_reloads),
+            local_hits: self.local_hits.clone(),
+        }))
     }
 }
