@@ -285,6 +285,8 @@ fn main() {
         // The subscriber the binary installs (log lines and span export, not pointed at a
         // collector): what every span the stack opens per call costs in production.
         telemetry: Some(Telemetry::init("tollgate-ext-authz")),
+        // On the server thread, whose CPU time is measured.
+        serving_threads: None,
     };
     let server = ServerThread::spawn(move |grpc, shutdown| async move {
         let app = App::load(options).await.expect("config");

@@ -1,6 +1,7 @@
 //! Command-line flags; each can also come from a `TOLLGATE_…` environment variable.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,6 +39,10 @@ pub struct Cli {
     /// The least time between two fetches triggered by unknown key ids, per provider.
     #[arg(long, env = "TOLLGATE_JWKS_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
     pub jwks_cooldown: Duration,
+    /// Threads serving gRPC; default: one per CPU core. Each connection from Envoy is
+    /// served by one thread.
+    #[arg(long, env = "TOLLGATE_EXT_AUTHZ_SERVING_THREADS")]
+    pub serving_threads: Option<NonZeroUsize>,
 }
 
 impl Cli {
@@ -49,6 +54,10 @@ impl Cli {
             jwks_refresh_interval: self.jwks_refresh_interval,
             jwks_cooldown: self.jwks_cooldown,
             telemetry: Some(telemetry),
+            serving_threads: Some(
+                self.serving_threads
+                    .unwrap_or_else(tollgate_runtime::grpc::serving_threads_per_core),
+            ),
         }
     }
 }

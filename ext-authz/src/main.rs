@@ -16,7 +16,12 @@ fn main() {
     let cli = Cli::parse();
     let telemetry = Telemetry::init("tollgate-ext-authz");
     tollgate_ext_authz::install_crypto();
-    let result = tokio::runtime::Runtime::new()
+    // Calls are served by threads of their own (`--serving-threads`); this runtime only
+    // accepts connections, serves /metrics, fetches keys and reloads routes.yaml.
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
         .map_err(anyhow::Error::from)
         .and_then(|runtime| {
             runtime

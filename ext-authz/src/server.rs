@@ -2,8 +2,10 @@
 //! (Authorization and grpc.health.v1) and the metrics port serve until shutdown, while
 //! routes.yaml is watched for changes.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +14,10 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorizati
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tollgate_runtime::file_watch::{FileChanges, WatchError};
+use tollgate_runtime::grpc::{serve_on_threads, ServingThreadsError};
 use tollgate_runtime::http::{self, Readiness};
 use tollgate_runtime::telemetry::Telemetry;
+use tonic::service::Routes;
 
 use crate::cache::TokenCache;
 use crate::jwks::HttpClient;
@@ -33,6 +37,10 @@ pub struct Options {
     /// Where to export spans, as routes.yaml's `observability.tracing` says; `None`: the
     /// process exports none (tests and benchmarks that run the service in-process).
     pub telemetry: Option<Telemetry>,
+    /// Threads of their own serving gRPC calls, one connection each (see
+    /// `tollgate_runtime::grpc::serve_on_threads`); `None`: calls are served on the runtime
+    /// `serve` runs on (tests, and the bench's server thread).
+    pub serving_threads: Option<NonZeroUsize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +59,8 @@ pub enum StartError {
     },
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Serving(#[from] ServingThreadsError<Infallible>),
     #[error("metrics server failed: {0}")]
     Metrics(std::io::Error),
 }
@@ -153,11 +163,29 @@ impl App {
             readiness.set(true);
             tracing::info!(addr = ?grpc_addr, "ready");
         });
-        let result = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(AuthorizationServer::new(self.service))
-            .serve_with_incoming_shutdown(tollgate_runtime::grpc::incoming(grpc), signal(stopped))
-            .await;
+        let result = match self.options.serving_threads {
+            None => tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(AuthorizationServer::new(self.service))
+                .serve_with_incoming_shutdown(
+                    tollgate_runtime::grpc::incoming(grpc),
+                    signal(stopped),
+                )
+                .await
+                .map_err(StartError::from),
+            Some(threads) => {
+                let service = self.service;
+                let routes = move || {
+                    Ok::<_, Infallible>(
+                        Routes::new(health_service.clone())
+                            .add_service(AuthorizationServer::new(service.clone())),
+                    )
+                };
+                serve_on_threads(grpc, threads, routes, signal(stopped))
+                    .await
+                    .map_err(StartError::from)
+            }
+        };
         watcher.abort();
         if let Some(telemetry) = &self.options.telemetry {
             telemetry.shutdown();

@@ -77,6 +77,7 @@ async fn start_with_cooldown(key: &TestKey, remote_uri: &str, cooldown: Duration
         jwks_refresh_interval: Duration::from_secs(300),
         jwks_cooldown: cooldown,
         telemetry: None,
+        serving_threads: None,
     })
     .await
     .expect("config loads");

@@ -96,7 +96,7 @@ impl Settings {
     /// `--serving-threads`, or one per core the process may run on.
     pub fn serving_threads(&self) -> NonZeroUsize {
         self.serving_threads
-            .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
+            .unwrap_or_else(tollgate_runtime::grpc::serving_threads_per_core)
     }
 
     /// `None`: in-memory counters.

@@ -32,6 +32,12 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
 /// is itself a target.
 pub use tikv_jemallocator::Jemalloc as Allocator;
 
+/// One serving thread per CPU core this process may run on (its affinity and cgroup CPU
+/// quota, as the standard library reads them): the sidecars' default.
+pub fn serving_threads_per_core() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
 /// How long the accept loop rests after a failed accept (out of file descriptors, say)
 /// before trying again, rather than spinning on the error.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
