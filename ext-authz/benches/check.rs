@@ -17,6 +17,9 @@ mod testkeys;
 #[path = "../../runtime/bench/server_thread.rs"]
 mod server_thread;
 
+#[path = "../../runtime/bench/percentile.rs"]
+mod percentile;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,8 +32,9 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
 };
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use percentile::percentile;
 use serde_json::json;
-use server_thread::{percentile, ServerThread};
+use server_thread::ServerThread;
 use testkeys::{claims, jwks, TestKey};
 use tollgate_ext_authz::jwks::KeySet;
 use tollgate_ext_authz::server::{App, Options};

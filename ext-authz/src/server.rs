@@ -163,28 +163,28 @@ impl App {
             readiness.set(true);
             tracing::info!(addr = ?grpc_addr, "ready");
         });
+        let service = self.service;
+        let routes = move || {
+            Ok::<_, Infallible>(
+                Routes::new(health_service.clone())
+                    .add_service(AuthorizationServer::new(service.clone())),
+            )
+        };
         let result = match self.options.serving_threads {
-            None => tonic::transport::Server::builder()
-                .add_service(health_service)
-                .add_service(AuthorizationServer::new(self.service))
-                .serve_with_incoming_shutdown(
-                    tollgate_runtime::grpc::incoming(grpc),
-                    signal(stopped),
-                )
-                .await
-                .map_err(StartError::from),
-            Some(threads) => {
-                let service = self.service;
-                let routes = move || {
-                    Ok::<_, Infallible>(
-                        Routes::new(health_service.clone())
-                            .add_service(AuthorizationServer::new(service.clone())),
+            None => {
+                let Ok(routes) = routes();
+                tonic::transport::Server::builder()
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(
+                        tollgate_runtime::grpc::incoming(grpc),
+                        signal(stopped),
                     )
-                };
-                serve_on_threads(grpc, threads, routes, signal(stopped))
                     .await
                     .map_err(StartError::from)
             }
+            Some(threads) => serve_on_threads(grpc, threads, routes, signal(stopped))
+                .await
+                .map_err(StartError::from),
         };
         watcher.abort();
         if let Some(telemetry) = &self.options.telemetry {

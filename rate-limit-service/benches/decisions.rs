@@ -20,6 +20,9 @@ mod support;
 #[path = "../../runtime/bench/server_thread.rs"]
 mod server_thread;
 
+#[path = "../../runtime/bench/percentile.rs"]
+mod percentile;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +32,8 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use server_thread::{percentile, ServerThread};
+use percentile::percentile;
+use server_thread::ServerThread;
 use support::{clock_now, descriptor, request, RedisServer};
 use tollgate_ratelimit::limits::dropin;
 use tollgate_ratelimit::limits::DescriptorTree;

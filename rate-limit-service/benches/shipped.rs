@@ -18,10 +18,8 @@ mod support;
 #[path = "../../runtime/bench/proc_stat.rs"]
 mod proc_stat;
 
-// For `percentile` alone.
-#[path = "../../runtime/bench/server_thread.rs"]
-#[allow(dead_code)]
-mod server_thread;
+#[path = "../../runtime/bench/percentile.rs"]
+mod percentile;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -29,9 +27,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use percentile::percentile;
 use proc_stat::ProcStat;
 use prost::Message as _;
-use server_thread::percentile;
 use support::{descriptor, request, reserve_port, RedisServer};
 
 /// As in the `decisions` bench: no call is ever over the limit.
@@ -262,6 +260,7 @@ fn main() {
     // through more than half the best rate (its unpaced row above says how much).
     let best = runs.iter().map(|r| r.rate).fold(0.0, f64::max);
     for (connections, streams) in PACED_LOADS {
+        // h2load appends to its log, so each run writes a file of its own.
         let log = dir.path().join(format!("paced-{streams}.log"));
         let paced = Paced {
             per_client: (best / 2.0 / connections as f64).round().max(1.0) as u64,

@@ -103,13 +103,3 @@ impl Drop for ServerThread {
         }
     }
 }
-
-/// The `p` quantile of `sorted` by nearest rank (the smallest value with at least `p` of
-/// the samples at or below it), so both benches' p50 and p99 mean the same thing.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}

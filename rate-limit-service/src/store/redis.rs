@@ -139,10 +139,16 @@ impl Source {
 /// The Redis store.
 ///
 /// Each serving thread has its own (see [`Store::for_this_runtime`]): its own connection,
-/// sharing the over-limit cache and the counters with the others.
+/// and a copy of the rest, which shares the over-limit cache and the counters.
 pub struct RedisStore {
-    target: RedisTarget,
     source: Source,
+    shared: Shared,
+}
+
+/// What every serving thread's store has alike.
+#[derive(Clone)]
+struct Shared {
+    target: RedisTarget,
     sliding: LoadedScript,
     bucket: LoadedScript,
     over_limit: Arc<OverLimitCache>,
@@ -154,7 +160,7 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.shared.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -165,14 +171,16 @@ impl RedisStore {
     /// run inside a Tokio runtime. Fails only for a malformed URL.
     pub fn connect(target: &RedisTarget, timeout: Duration) -> Result<Self, StoreError> {
         let store = RedisStore {
-            target: target.clone(),
             source: Source::open(target, timeout)?,
-            sliding: LoadedScript::new(SLIDING_WINDOW_LUA),
-            bucket: LoadedScript::new(TOKEN_BUCKET_LUA),
-            over_limit: Arc::new(OverLimitCache::new()),
-            timeout,
-            script_reloads: Arc::new(AtomicU64::new(0)),
-            local_hits: None,
+            shared: Shared {
+                target: target.clone(),
+                sliding: LoadedScript::new(SLIDING_WINDOW_LUA),
+                bucket: LoadedScript::new(TOKEN_BUCKET_LUA),
+                over_limit: Arc::new(OverLimitCache::new()),
+                timeout,
+                script_reloads: Arc::new(AtomicU64::new(0)),
+                local_hits: None,
+            },
         };
         Ok(store)
     }
@@ -182,7 +190,7 @@ impl RedisStore {
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
         let mut connection = self.connection()?;
         let load = async {
-            for script in [&self.sliding, &self.bucket] {
+            for script in [&self.shared.sliding, &self.shared.bucket] {
                 let sha: String = redis::cmd("SCRIPT")
                     .arg("LOAD")
                     .arg(script.body)
@@ -205,19 +213,19 @@ impl RedisStore {
         mut self,
         counter: prometheus_client::metrics::counter::Counter,
     ) -> Self {
-        self.local_hits = Some(counter);
+        self.shared.local_hits = Some(counter);
         self
     }
 
     /// The SHA1s `EVALSHA` calls the sliding-window and token-bucket scripts by, in that
     /// order: what `SCRIPT EXISTS` on a node reports for this store.
     pub fn script_shas(&self) -> [&str; 2] {
-        [&self.sliding.sha, &self.bucket.sha]
+        [&self.shared.sliding.sha, &self.shared.bucket.sha]
     }
 
     /// How many times a script was missing from Redis's cache and sent again.
     pub fn script_reloads(&self) -> u64 {
-        self.script_reloads.load(Ordering::Relaxed)
+        self.shared.script_reloads.load(Ordering::Relaxed)
     }
 
     fn connection(&self) -> Result<Connection, StoreError> {
@@ -235,16 +243,16 @@ impl RedisStore {
         &self,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, work).await {
+        match tokio::time::timeout(self.shared.timeout, work).await {
             Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+            Err(_) => Err(StoreError::Timeout(self.shared.timeout)),
         }
     }
 
     async fn check_one(&self, check: &Check<'_>, now_us: u64) -> Result<Decision, StoreError> {
         let key = storage_key(check, now_us);
-        if let Some(denied) = self.over_limit.lookup(&key, check.hits, now_us) {
-            if let Some(counter) = &self.local_hits {
+        if let Some(denied) = self.shared.over_limit.lookup(&key, check.hits, now_us) {
+            if let Some(counter) = &self.shared.local_hits {
                 counter.inc();
             }
             return Ok(denied);
@@ -270,7 +278,7 @@ impl RedisStore {
                 let ttl_ms = (window.window_us() + window.bucket_us()).div_ceil(1_000);
                 let args = [current, first, window.limit, check.hits, ttl_ms];
                 let reply: Vec<u64> = self
-                    .eval(&self.sliding, &mut connection, &key, &args)
+                    .eval(&self.shared.sliding, &mut connection, &key, &args)
                     .await?;
                 if !reply.len().is_multiple_of(2) {
                     return Err(StoreError::BadReply(format!(
@@ -292,7 +300,7 @@ impl RedisStore {
                     check.hits,
                 ];
                 let reply: String = self
-                    .eval(&self.bucket, &mut connection, &key, &args)
+                    .eval(&self.shared.bucket, &mut connection, &key, &args)
                     .await?;
                 let tat = reply.parse::<u64>().map_err(|_| {
                     StoreError::BadReply(format!("{reply:?} from the token bucket script"))
@@ -300,7 +308,8 @@ impl RedisStore {
                 bucket.decide(Some(tat), now_us, check.hits).0
             }
         };
-        self.over_limit
+        self.shared
+            .over_limit
             .remember(&key, check.policy, &decision, now_us);
         Ok(decision)
     }
@@ -321,7 +330,7 @@ impl RedisStore {
             .await;
         match reply {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.script_reloads.fetch_add(1, Ordering::Relaxed);
+                self.shared.script_reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(sha = %script.sha, "redis lost the script (restart or flush), sending it again");
                 Ok(redis::cmd("EVAL")
                     .arg(script.body)
@@ -411,7 +420,9 @@ impl Store for RedisStore {
             Ok(())
         }
         .boxed();
-        let direct = seeds.iter().map(|seed| ping(seed, self.timeout).boxed());
+        let direct = seeds
+            .iter()
+            .map(|seed| ping(seed, self.shared.timeout).boxed());
         self.bounded(async {
             futures::future::select_ok(std::iter::once(through_cluster).chain(direct)).await?;
             Ok(())
@@ -421,14 +432,8 @@ impl Store for RedisStore {
 
     fn for_this_runtime(self: &Arc<Self>) -> Result<Arc<Self>, StoreError> {
         Ok(Arc::new(RedisStore {
-            target: self.target.clone(),
-            source: Source::open(&self.target, self.timeout)?,
-            sliding: self.sliding.clone(),
-            bucket: self.bucket.clone(),
-            over_limit: Arc::clone(&self.over_limit),
-            timeout: self.timeout,
-            script_reloads: Arc::clone(&self.script_reloads),
-            local_hits: self.local_hits.clone(),
+            source: Source::open(&self.shared.target, self.shared.timeout)?,
+            shared: self.shared.clone(),
         }))
     }
 }
