@@ -9,7 +9,7 @@
 //! worker. The cached case runs at two loads (calls in flight per connection), and the last
 //! rows measure the floor the same way at both: a Check server on the same gRPC stack that
 //! allows every call without reading it, so the table shows how much of each check is
-//! tollgate's and how much is gRPC's.
+//! tollgate's and how much is gRPC's; and the same floor on tonic's own server.
 
 #[path = "../src/testkeys.rs"]
 mod testkeys;
@@ -38,8 +38,11 @@ use server_thread::ServerThread;
 use testkeys::{claims, jwks, TestKey};
 use tollgate_ext_authz::jwks::KeySet;
 use tollgate_ext_authz::server::{App, Options};
+use tollgate_ext_authz::service::CHECK_PATH;
 use tollgate_routes::policy::{Algorithm, AuthProvider, KeySource, TokenSource};
+use tollgate_runtime::grpc::GrpcServer;
 use tollgate_runtime::telemetry::Telemetry;
+use tonic::service::Routes;
 
 /// The allocator the service binary runs with, so the bench measures what ships.
 #[global_allocator]
@@ -113,9 +116,28 @@ struct Outcome {
 
 type Client = AuthorizationClient<tonic::transport::Channel>;
 
+fn allow_all() -> CheckResponse {
+    CheckResponse {
+        http_response: Some(HttpResponse::OkResponse(Default::default())),
+        ..Default::default()
+    }
+}
+
 /// The floor: a Check server on the same gRPC stack and settings that allows every call
-/// without reading it. What it costs per call is tonic, HTTP/2 and loopback, which no
-/// JWT logic can go below.
+/// without reading it. What it costs per call is HTTP/2, gRPC framing and loopback, which
+/// no JWT logic can go below.
+fn floor_server() -> ServerThread {
+    ServerThread::spawn(|grpc, shutdown| async move {
+        let server = GrpcServer::new(Routes::default())
+            .unary(CHECK_PATH, |_: tonic::Request<CheckRequest>| async {
+                Ok(tonic::Response::new(allow_all()))
+            });
+        tollgate_runtime::grpc::serve(grpc, server, shutdown).await;
+    })
+}
+
+/// The same allow-all server on tonic's own server stack, which the sidecars used before
+/// `GrpcServer`: the difference is what serving Check straight on hyper saves per call.
 struct AllowAll;
 
 #[tonic::async_trait]
@@ -124,18 +146,16 @@ impl Authorization for AllowAll {
         &self,
         _: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
-            http_response: Some(HttpResponse::OkResponse(Default::default())),
-            ..Default::default()
-        }))
+        Ok(tonic::Response::new(allow_all()))
     }
 }
 
-fn floor_server() -> ServerThread {
+fn tonic_floor_server() -> ServerThread {
     ServerThread::spawn(|grpc, shutdown| async move {
+        let grpc = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
         tonic::transport::Server::builder()
             .add_service(AuthorizationServer::new(AllowAll))
-            .serve_with_incoming_shutdown(tollgate_runtime::grpc::incoming(grpc), shutdown)
+            .serve_with_incoming_shutdown(grpc, shutdown)
             .await
             .expect("serve");
     })
@@ -252,6 +272,13 @@ fn verify_rate(key: &TestKey, tokens: &[String]) -> f64 {
     count as f64 / started.elapsed().as_secs_f64()
 }
 
+/// A floor server's runs at both loads, after a warm-up; the server stops when they end.
+async fn floor_runs(floor: ServerThread) -> Vec<Outcome> {
+    let clients = clients(&floor).await;
+    let token = Arc::new(vec![String::from("not.checked.here")]);
+    reused_token_runs(&floor, &clients, token).await
+}
+
 fn main() {
     tollgate_ext_authz::install_crypto();
     let total = Instant::now();
@@ -313,20 +340,16 @@ fn main() {
         (cached, [("uncached RS256", rsa), ("uncached ES256", ec)])
     });
     drop(server);
-    // The floor, measured the same way right after, with the cached case's request.
-    let floor = floor_server();
-    let floor_rows = runtime.block_on(async {
-        let clients = clients(&floor).await;
-        let token = Arc::new(vec![String::from("not.checked.here")]);
-        reused_token_runs(&floor, &clients, token).await
-    });
-    drop(floor);
+    // The floors, measured the same way right after, with the cached case's request.
+    let floor_rows = runtime.block_on(floor_runs(floor_server()));
+    let tonic_floor_rows = runtime.block_on(floor_runs(tonic_floor_server()));
     let rows: Vec<_> = cached_rows
         .into_iter()
         .map(|outcome| ("cached token (ES256)", outcome))
         .chain(uncached_rows)
         .collect();
     let floor_name = "reference: gRPC floor (a Check server that allows without reading)";
+    let tonic_floor_name = "reference: the same floor on tonic's own server";
 
     println!(
         "| case | calls in flight | checks | checks/s | server CPU | checks per server-CPU-second | p50 | p99 |"
@@ -350,6 +373,9 @@ fn main() {
     for outcome in &floor_rows {
         print_row(floor_name, outcome);
     }
+    for outcome in &tonic_floor_rows {
+        print_row(tonic_floor_name, outcome);
+    }
     let cpu_per_call =
         |outcome: &Outcome| outcome.server_cpu.as_secs_f64() * 1e6 / (outcome.calls.max(1) as f64);
     let per_call = |outcome: &Outcome| {
@@ -361,12 +387,17 @@ fn main() {
     };
     println!();
     println!(
-        "Server CPU per check: {}; the floor: {}.",
+        "Server CPU per check: {}; the floor: {}; on tonic's server: {}.",
         rows.iter()
             .map(|(name, outcome)| format!("{name} {}", per_call(outcome)))
             .collect::<Vec<_>>()
             .join(", "),
         floor_rows
+            .iter()
+            .map(per_call)
+            .collect::<Vec<_>>()
+            .join(", "),
+        tonic_floor_rows
             .iter()
             .map(per_call)
             .collect::<Vec<_>>()

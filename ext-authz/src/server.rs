@@ -10,11 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization as _, AuthorizationServer,
+};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tollgate_runtime::file_watch::{FileChanges, WatchError};
-use tollgate_runtime::grpc::{serve_on_threads, ServingThreadsError};
+use tollgate_runtime::grpc::{self, serve_on_threads, GrpcServer, ServingThreadsError};
 use tollgate_runtime::http::{self, Readiness};
 use tollgate_runtime::telemetry::Telemetry;
 use tonic::service::Routes;
@@ -57,8 +59,6 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
     #[error(transparent)]
     Serving(#[from] ServingThreadsError<Infallible>),
     #[error("metrics server failed: {0}")]
@@ -163,26 +163,24 @@ impl App {
             readiness.set(true);
             tracing::info!(addr = ?grpc_addr, "ready");
         });
-        let service = self.service;
-        let routes = move || {
-            Ok::<_, Infallible>(
-                Routes::new(health_service.clone())
-                    .add_service(AuthorizationServer::new(service.clone())),
-            )
+        let service = Arc::new(self.service);
+        let server = move || {
+            let service = Arc::clone(&service);
+            Ok::<_, Infallible>(GrpcServer::new(Routes::new(health_service.clone())).unary(
+                service::CHECK_PATH,
+                move |request| {
+                    let service = Arc::clone(&service);
+                    async move { service.check(request).await }
+                },
+            ))
         };
         let result = match self.options.serving_threads {
             None => {
-                let Ok(routes) = routes();
-                tonic::transport::Server::builder()
-                    .add_routes(routes)
-                    .serve_with_incoming_shutdown(
-                        tollgate_runtime::grpc::incoming(grpc),
-                        signal(stopped),
-                    )
-                    .await
-                    .map_err(StartError::from)
+                let Ok(server) = server();
+                grpc::serve(grpc, server, signal(stopped)).await;
+                Ok(())
             }
-            Some(threads) => serve_on_threads(grpc, threads, routes, signal(stopped))
+            Some(threads) => serve_on_threads(grpc, threads, server, signal(stopped))
                 .await
                 .map_err(StartError::from),
         };

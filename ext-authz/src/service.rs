@@ -23,6 +23,9 @@ use crate::providers::{Provider, Providers};
 use crate::response::{self, Denial};
 use crate::verify::{self, Rejection, VerifiedToken, MAX_TOKEN_BYTES};
 
+/// The gRPC method Envoy's ext_authz filter calls.
+pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
 /// `context_extensions` keys the control plane sets on each authenticated route.
 pub const ROUTE_KEY: &str = "route";
 pub const PROVIDER_KEY: &str = "provider";

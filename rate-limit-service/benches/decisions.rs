@@ -28,9 +28,6 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
-    RateLimitService, RateLimitServiceServer,
-};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use percentile::percentile;
 use server_thread::ServerThread;
@@ -39,11 +36,13 @@ use tollgate_ratelimit::limits::dropin;
 use tollgate_ratelimit::limits::DescriptorTree;
 use tollgate_ratelimit::metrics::Metrics;
 use tollgate_ratelimit::server;
-use tollgate_ratelimit::service::{CurrentLimits, LimitSet, RateLimiter};
+use tollgate_ratelimit::service::{CurrentLimits, LimitSet, RateLimiter, SHOULD_RATE_LIMIT_PATH};
 use tollgate_ratelimit::store::memory::MemoryStore;
 use tollgate_ratelimit::store::redis::{RedisStore, RedisTarget};
 use tollgate_ratelimit::store::Store;
+use tollgate_runtime::grpc::{self, GrpcServer};
 use tollgate_runtime::telemetry::Telemetry;
+use tonic::service::Routes;
 use tonic::transport::Channel;
 
 /// The allocator the service binary runs with, so the bench measures what ships.
@@ -213,23 +212,6 @@ fn redis_benchmark(port: u16) -> String {
     }
 }
 
-/// The floor: a ShouldRateLimit server on the same gRPC stack that answers OK without
-/// reading the request, so the table shows how much of a decision is the service's.
-struct AnswerOk;
-
-#[tonic::async_trait]
-impl RateLimitService for AnswerOk {
-    async fn should_rate_limit(
-        &self,
-        _: tonic::Request<RateLimitRequest>,
-    ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
-        Ok(tonic::Response::new(RateLimitResponse {
-            overall_code: Code::Ok as i32,
-            ..Default::default()
-        }))
-    }
-}
-
 /// The service on `store`, limits from `tree`, as the binary wires it.
 async fn serve<S: Store>(
     listener: tokio::net::TcpListener,
@@ -240,9 +222,7 @@ async fn serve<S: Store>(
     let metrics = Metrics::unregistered();
     let limits = CurrentLimits::new(LimitSet::new(tree, &metrics));
     let limiter = RateLimiter::new(limits, Arc::new(store), clock_now(), metrics);
-    server::serve(listener, limiter, shutdown)
-        .await
-        .expect("serves");
+    server::serve(listener, limiter, shutdown).await;
 }
 
 /// Starts `serve` on a server thread of its own and measures it at full and half load
@@ -333,11 +313,18 @@ fn main() {
         "reference: gRPC floor (a server that answers OK without reading)",
         &[1],
         |listener, shutdown| async move {
-            tonic::transport::Server::builder()
-                .add_service(RateLimitServiceServer::new(AnswerOk))
-                .serve_with_incoming_shutdown(tollgate_runtime::grpc::incoming(listener), shutdown)
-                .await
-                .expect("serves");
+            // The floor: a ShouldRateLimit server on the same gRPC stack that answers OK
+            // without reading the request, so the table shows how much of a decision is
+            // the service's.
+            let answer_ok = |_: tonic::Request<RateLimitRequest>| async {
+                Ok(tonic::Response::new(RateLimitResponse {
+                    overall_code: Code::Ok as i32,
+                    ..Default::default()
+                }))
+            };
+            let server =
+                GrpcServer::new(Routes::default()).unary(SHOULD_RATE_LIMIT_PATH, answer_ok);
+            grpc::serve(listener, server, shutdown).await;
         },
     );
     let reference = redis_benchmark(redis.port);

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService as _;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tollgate_runtime::grpc::{serve_on_threads, ServingThreadsError};
+use tollgate_runtime::grpc::{self, serve_on_threads, GrpcServer, ServingThreadsError};
 use tollgate_runtime::http::{self, Readiness};
 use tonic::service::Routes;
 
@@ -24,7 +24,7 @@ use crate::algorithm::{Clock, SystemClock};
 use crate::limits::dropin::{self, DropInErrors, SourceFile};
 use crate::limits::{routes, DescriptorTree};
 use crate::metrics::Metrics;
-use crate::service::{CurrentLimits, LimitSet, RateLimiter};
+use crate::service::{CurrentLimits, LimitSet, RateLimiter, SHOULD_RATE_LIMIT_PATH};
 use crate::settings::{LimitsSource, Settings};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -309,12 +309,12 @@ pub async fn serve_with_health<S: Store, C: Clock + Clone>(
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     });
-    let routes = move || -> Result<Routes, StoreError> {
+    let server = move || -> Result<GrpcServer, StoreError> {
         let store = store.for_this_runtime()?;
         let limiter = RateLimiter::new(limits.clone(), store, clock.clone(), metrics.clone());
-        Ok(Routes::new(health_service.clone()).add_service(RateLimitServiceServer::new(limiter)))
+        Ok(grpc_server(limiter, Routes::new(health_service.clone())))
     };
-    let result = serve_on_threads(listener, threads, routes, shutdown).await;
+    let result = serve_on_threads(listener, threads, server, shutdown).await;
     watch.abort();
     Ok(result?)
 }
@@ -325,11 +325,17 @@ pub async fn serve<S: Store, C: Clock>(
     listener: TcpListener,
     limiter: RateLimiter<S, C>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .add_service(RateLimitServiceServer::new(limiter))
-        .serve_with_incoming_shutdown(tollgate_runtime::grpc::incoming(listener), shutdown)
-        .await
+) {
+    grpc::serve(listener, grpc_server(limiter, Routes::default()), shutdown).await
+}
+
+/// ShouldRateLimit answered by `limiter`, and `routes`' methods.
+fn grpc_server<S: Store, C: Clock>(limiter: RateLimiter<S, C>, routes: Routes) -> GrpcServer {
+    let limiter = Arc::new(limiter);
+    GrpcServer::new(routes).unary(SHOULD_RATE_LIMIT_PATH, move |request| {
+        let limiter = Arc::clone(&limiter);
+        async move { limiter.should_rate_limit(request).await }
+    })
 }
 
 /// Watches the limits' files and swaps in every valid new version.

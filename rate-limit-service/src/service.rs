@@ -32,6 +32,10 @@ use crate::limits::{detailed_stats_key, DescriptorTree, Limit, Unit};
 use crate::metrics::{LimitStats, Metrics};
 use crate::store::{Check, Store, StoreError};
 
+/// The gRPC method Envoy's ratelimit filter calls.
+pub const SHOULD_RATE_LIMIT_PATH: &str =
+    "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
 /// A configuration ready to serve: the tree and each limit's counters.
 #[derive(Debug, Default)]
 pub struct LimitSet {

@@ -1,28 +1,37 @@
-//! The gRPC listening socket every sidecar serves on, the serving threads behind it, and
-//! the allocator they run with.
+//! How the sidecars serve gRPC: the server (`GrpcServer`), the serving threads behind
+//! the listening socket, and the allocator they run with.
+//!
+//! Every accepted connection gets TCP_NODELAY: without it a small response can wait for
+//! the peer's delayed ACK (40 ms on Linux), which was once a sidecar's whole p99.
+
+mod server;
 
 use std::future::Future;
 use std::io;
 use std::num::NonZeroUsize;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::StreamExt as _;
-use tonic::service::Routes;
-use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 
-/// Connections accepted on `listener`, with TCP_NODELAY: without it a small response can
-/// wait for the peer's delayed ACK (40 ms on Linux), which was once a sidecar's whole p99.
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+pub use server::{GrpcServer, ReplyBody, MAX_REQUEST_MESSAGE};
+
+/// Serves `server` on `listener` on the caller's runtime until `shutdown`, then lets the
+/// calls in flight finish: what tests and benches that measure one thread start.
+pub async fn serve(listener: TcpListener, server: GrpcServer, shutdown: impl Future<Output = ()>) {
+    let (stop, stopped) = watch::channel(false);
+    let serving = serve_connections(server, listener, stopped);
+    tokio::pin!(serving, shutdown);
+    tokio::select! {
+        () = &mut serving => {}
+        () = &mut shutdown => {
+            let _ = stop.send(true);
+            serving.await;
+        }
+    }
 }
 
 /// The sidecars' global allocator: jemalloc instead of glibc's malloc. gRPC over HTTP/2
@@ -42,6 +51,11 @@ pub fn serving_threads_per_core() -> NonZeroUsize {
 /// before trying again, rather than spinning on the error.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
+/// How long a stopping server waits for the calls in flight. Unary calls end within the
+/// caller's timeout (Envoy's are well under a second); only a stream can outlast this, such
+/// as a health Watch, and it must not hold a shutdown up for ever.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
 /// Why threaded serving stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum ServingThreadsError<E: std::error::Error + 'static> {
@@ -49,14 +63,12 @@ pub enum ServingThreadsError<E: std::error::Error + 'static> {
     Spawn(#[source] io::Error),
     #[error("a serving thread could not set up its services: {0}")]
     Setup(#[source] E),
-    #[error("a serving thread failed: {0}")]
-    Serve(#[source] tonic::transport::Error),
     #[error("a serving thread stopped unexpectedly")]
     Stopped,
 }
 
 /// Serves gRPC on `threads` threads until `shutdown`, each thread a current-thread Tokio
-/// runtime of its own that runs the services `routes` builds for it there.
+/// runtime of its own that runs the server `server` builds for it there.
 ///
 /// A connection lives on one thread for its whole life: its HTTP/2 framing, its calls and
 /// whatever they wait on (a Redis connection the thread opened itself, say) are woken and
@@ -66,25 +78,25 @@ pub enum ServingThreadsError<E: std::error::Error + 'static> {
 /// thread with the fewest open ones, so the few long-lived HTTP/2 connections Envoys open
 /// (one per Envoy worker) spread evenly.
 ///
-/// `routes` runs once per thread, on that thread's runtime, so that what it connects is
+/// `server` runs once per thread, on that thread's runtime, so that what it connects is
 /// bound to the thread that uses it. The accept loop runs on the caller's runtime. A thread
 /// that fails or stops on its own stops them all, and its error is returned.
 pub async fn serve_on_threads<E, R>(
-    listener: TcpListener,
+    mut listener: TcpListener,
     threads: NonZeroUsize,
-    routes: R,
+    server: R,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServingThreadsError<E>>
 where
     E: std::error::Error + Send + 'static,
-    R: Fn() -> Result<Routes, E> + Send + Sync + 'static,
+    R: Fn() -> Result<GrpcServer, E> + Send + Sync + 'static,
 {
-    let routes = Arc::new(routes);
+    let server = Arc::new(server);
     let (stop, stopped) = watch::channel(false);
     let mut serving = Vec::with_capacity(threads.get());
     let mut ends = JoinSet::new();
     for index in 0..threads.get() {
-        let (thread, end) = match ServingThread::spawn(index, routes.clone(), stopped.clone()) {
+        let (thread, end) = match ServingThread::spawn(index, server.clone(), stopped.clone()) {
             Ok(spawned) => spawned,
             Err(error) => {
                 let _ = stop.send(true);
@@ -98,13 +110,7 @@ where
     tokio::pin!(shutdown);
     let early_end = loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => hand_over(&serving, stream),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot accept a gRPC connection");
-                    tokio::time::sleep(ACCEPT_RETRY).await;
-                }
-            },
+            Some((stream, ())) = listener.next() => hand_over(&serving, stream),
             Some(end) = ends.join_next() => break Some(end),
             () = &mut shutdown => break None,
         }
@@ -139,12 +145,12 @@ impl ServingThread {
     /// Starts the thread.
     fn spawn<E, R>(
         index: usize,
-        routes: Arc<R>,
+        server: Arc<R>,
         stopped: watch::Receiver<bool>,
     ) -> io::Result<(Self, ThreadEnd<E>)>
     where
         E: std::error::Error + Send + 'static,
-        R: Fn() -> Result<Routes, E> + Send + Sync + 'static,
+        R: Fn() -> Result<GrpcServer, E> + Send + Sync + 'static,
     {
         let (connections, received) = mpsc::unbounded_channel::<Handoff>();
         let (end_tx, end) = oneshot::channel();
@@ -155,13 +161,9 @@ impl ServingThread {
             .name(format!("grpc-serving-{index}"))
             .spawn(move || {
                 let result = runtime.block_on(async move {
-                    let routes = routes().map_err(ServingThreadsError::Setup)?;
-                    let incoming = UnboundedReceiverStream::new(received).map(Handoff::register);
-                    tonic::transport::Server::builder()
-                        .add_routes(routes)
-                        .serve_with_incoming_shutdown(incoming, wait_for(stopped))
-                        .await
-                        .map_err(ServingThreadsError::Serve)
+                    let server = server().map_err(ServingThreadsError::Setup)?;
+                    serve_connections(server, received, stopped).await;
+                    Ok(())
                 });
                 let _ = end_tx.send(result);
             })?;
@@ -181,7 +183,6 @@ fn hand_over(serving: &[ServingThread], stream: TcpStream) {
     else {
         return;
     };
-    let _ = stream.set_nodelay(true);
     match stream.into_std() {
         Ok(stream) => {
             let open = OpenConnection::count(&thread.open);
@@ -219,67 +220,81 @@ struct Handoff {
     open: OpenConnection,
 }
 
-impl Handoff {
-    /// Binds the connection to the reactor of the runtime this runs on: the serving
-    /// thread's, where the server polls its incoming connections.
-    fn register(self) -> io::Result<Assigned> {
-        Ok(Assigned {
-            stream: TcpStream::from_std(self.stream)?,
-            _open: self.open,
-        })
+/// Where a serving loop takes its connections from, each with a guard it holds for as long
+/// as it serves the connection.
+trait Connections {
+    type Guard: Send + 'static;
+
+    /// The next connection; `None` once there will be no more.
+    async fn next(&mut self) -> Option<(TcpStream, Self::Guard)>;
+}
+
+impl Connections for TcpListener {
+    type Guard = ();
+
+    async fn next(&mut self) -> Option<(TcpStream, ())> {
+        loop {
+            match self.accept().await {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, ()));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot accept a gRPC connection");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            }
+        }
     }
 }
 
-/// A connection being served by its thread.
-struct Assigned {
-    stream: TcpStream,
-    _open: OpenConnection,
-}
+impl Connections for mpsc::UnboundedReceiver<Handoff> {
+    type Guard = OpenConnection;
 
-impl Connected for Assigned {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+    async fn next(&mut self) -> Option<(TcpStream, OpenConnection)> {
+        loop {
+            let Handoff { stream, open } = self.recv().await?;
+            // Binds the connection to this runtime's reactor: the serving thread's.
+            match TcpStream::from_std(stream) {
+                Ok(stream) => return Some((stream, open)),
+                Err(error) => tracing::warn!(%error, "cannot take a gRPC connection over"),
+            }
+        }
     }
 }
 
-impl AsyncRead for Assigned {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+/// Serves every connection `connections` gives, each in a task of this runtime, until
+/// `stopped`; then lets each open connection finish the calls it has in flight, for at most
+/// `DRAIN_GRACE`.
+async fn serve_connections(
+    server: GrpcServer,
+    mut connections: impl Connections,
+    stopped: watch::Receiver<bool>,
+) {
+    let mut open = JoinSet::new();
+    let stop = wait_for(stopped.clone());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            next = connections.next() => {
+                let Some((stream, guard)) = next else { break };
+                let serving = server.clone().serve_connection(stream, wait_for(stopped.clone()));
+                open.spawn(async move {
+                    serving.await;
+                    drop(guard);
+                });
+            }
+            // Reaps finished connections, so that their tasks' results do not pile up.
+            Some(_) = open.join_next(), if !open.is_empty() => {}
+            () = &mut stop => break,
+        }
     }
-}
-
-impl AsyncWrite for Assigned {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+    let drained = async { while open.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_GRACE, drained).await.is_err() {
+        tracing::warn!(
+            connections = open.len(),
+            "calls still open {DRAIN_GRACE:?} after shutdown began; closing their connections"
+        );
+        open.shutdown().await;
     }
 }

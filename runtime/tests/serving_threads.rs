@@ -1,8 +1,8 @@
 //! `grpc::serve_on_threads` with real gRPC clients on loopback: which thread serves each
 //! connection, and how serving ends.
 //!
-//! Each serving thread's routes are a gRPC health service that knows one service name,
-//! `thread-N`, N counting the threads in the order they built their routes; a connection
+//! Each serving thread's server is a gRPC health service (served through tonic's routes) that knows one service name,
+//! `thread-N`, N counting the threads in the order they built their servers; a connection
 //! learns which thread serves it by asking each name.
 
 use std::convert::Infallible;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tollgate_runtime::grpc::{serve_on_threads, ServingThreadsError};
+use tollgate_runtime::grpc::{serve_on_threads, GrpcServer, ServingThreadsError};
 use tonic::service::Routes;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
@@ -23,8 +23,8 @@ const THREADS: usize = 2;
 /// For a loaded machine: the threads start and answer well within this.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Routes naming the thread that builds them.
-fn thread_named_routes() -> impl Fn() -> Result<Routes, Infallible> + Send + Sync + 'static {
+/// A server naming the thread that builds it.
+fn thread_named_server() -> impl Fn() -> Result<GrpcServer, Infallible> + Send + Sync + 'static {
     let built = Arc::new(AtomicUsize::new(0));
     move || {
         let index = built.fetch_add(1, Ordering::SeqCst);
@@ -39,7 +39,7 @@ fn thread_named_routes() -> impl Fn() -> Result<Routes, Infallible> + Send + Syn
                 )
                 .await;
         });
-        Ok(Routes::new(service))
+        Ok(GrpcServer::new(Routes::new(service)))
     }
 }
 
@@ -83,7 +83,7 @@ async fn connections_go_to_the_thread_with_the_fewest_open() {
     let served = tokio::spawn(serve_on_threads(
         listener,
         NonZeroUsize::new(THREADS).expect("non-zero"),
-        thread_named_routes(),
+        thread_named_server(),
         async {
             let _ = stopped.await;
         },
@@ -139,20 +139,20 @@ async fn a_thread_that_cannot_set_up_stops_serving_with_its_error() {
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
     let built = Arc::new(AtomicUsize::new(0));
-    let routes = move || {
+    let server = move || {
         // The second thread fails; the first serves.
         if built.fetch_add(1, Ordering::SeqCst) == 1 {
             return Err(NoStore);
         }
         let (_, service) = tonic_health::server::health_reporter();
-        Ok(Routes::new(service))
+        Ok(GrpcServer::new(Routes::new(service)))
     };
     let result = tokio::time::timeout(
         PATIENCE,
         serve_on_threads(
             listener,
             NonZeroUsize::new(THREADS).expect("non-zero"),
-            routes,
+            server,
             std::future::pending(),
         ),
     )
