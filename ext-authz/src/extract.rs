@@ -2,15 +2,16 @@
 //! a query parameter (§2.3) or a cookie, as the provider's `token` setting says. Pure.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use tollgate_routes::policy::TokenSource;
 
+use crate::check_request::{lookup, Entry};
+
 /// The request as Envoy sent it: header names are lower-case.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestView<'a> {
-    pub headers: &'a HashMap<String, String>,
+    pub headers: &'a [Entry],
     /// Used instead of `headers` when Envoy's `encode_raw_headers` is on.
     pub header_map: Option<&'a HeaderMap>,
     /// The request target: path and query string, undecoded.
@@ -32,8 +33,8 @@ impl<'a> RequestView<'a> {
     /// A header's value; repeated raw headers are joined with "," as Envoy joins them in
     /// `headers`.
     pub fn header(&self, name: &str) -> Option<Cow<'a, str>> {
-        if let Some(value) = self.headers.get(name) {
-            return Some(Cow::Borrowed(value.as_str()));
+        if let Some(value) = lookup(self.headers, name) {
+            return Some(Cow::Borrowed(value));
         }
         let map = self.header_map?;
         let mut values = map
@@ -156,11 +157,12 @@ fn percent_decode(text: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 
     use super::*;
 
-    fn view<'a>(headers: &'a HashMap<String, String>, path: &'a str) -> RequestView<'a> {
+    fn view<'a>(headers: &'a [Entry], path: &'a str) -> RequestView<'a> {
         RequestView {
             headers,
             header_map: None,
@@ -168,10 +170,13 @@ mod tests {
         }
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    fn headers(pairs: &[(&str, &str)]) -> Vec<Entry> {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| Entry {
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                value: Bytes::copy_from_slice(v.as_bytes()),
+            })
             .collect()
     }
 
@@ -217,7 +222,7 @@ mod tests {
 
     #[test]
     fn raw_header_map_is_used_when_headers_is_empty() {
-        let h = HashMap::new();
+        let h = Vec::new();
         let map = HeaderMap {
             headers: vec![HeaderValue {
                 key: "authorization".into(),
@@ -239,7 +244,7 @@ mod tests {
     #[test]
     fn query_parameter_token_is_decoded() {
         let source = TokenSource::Query("access_token".into());
-        let h = HashMap::new();
+        let h = Vec::new();
         assert_eq!(
             find_token(&source, &view(&h, "/x?a=1&access_token=ab%2Ecd.ef#frag")),
             Found::Token("ab.cd.ef".into())
@@ -251,7 +256,7 @@ mod tests {
     #[test]
     fn a_repeated_query_token_is_ambiguous() {
         let source = TokenSource::Query("access_token".into());
-        let h = HashMap::new();
+        let h = Vec::new();
         assert_eq!(
             find_token(&source, &view(&h, "/?access_token=a&access_token=b")),
             Found::Ambiguous

@@ -10,9 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
-    Authorization as _, AuthorizationServer,
-};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tollgate_runtime::file_watch::{FileChanges, WatchError};
@@ -20,6 +17,7 @@ use tollgate_runtime::grpc::{self, serve_on_threads, GrpcServer, ServingThreadsE
 use tollgate_runtime::http::{self, Readiness};
 use tollgate_runtime::telemetry::Telemetry;
 use tonic::service::Routes;
+use tonic_health::ServingStatus;
 
 use crate::cache::TokenCache;
 use crate::jwks::HttpClient;
@@ -158,7 +156,7 @@ impl App {
         tokio::spawn(async move {
             providers.load().wait_loaded().await;
             health
-                .set_serving::<AuthorizationServer<AuthService>>()
+                .set_service_status(service::AUTHORIZATION_SERVICE, ServingStatus::Serving)
                 .await;
             readiness.set(true);
             tracing::info!(addr = ?grpc_addr, "ready");

@@ -4,18 +4,17 @@
 //! copy of the routes.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
-use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use tollgate_routes::policy::REQUEST_ID_HEADER;
 use tollgate_runtime::telemetry::{self, TraceId, TraceParent, SPAN_TARGET};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::cache::{cache_key, TokenCache};
+use crate::check_request::CheckCall;
 use crate::extract::{find_token, Found, RequestView};
 use crate::jwks::KeyOrigin;
 use crate::metrics::Metrics;
@@ -23,7 +22,8 @@ use crate::providers::{Provider, Providers};
 use crate::response::{self, Denial};
 use crate::verify::{self, Rejection, VerifiedToken, MAX_TOKEN_BYTES};
 
-/// The gRPC method Envoy's ext_authz filter calls.
+/// The gRPC service Envoy's ext_authz filter calls, as gRPC health names it, and its method.
+pub const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 /// `context_extensions` keys the control plane sets on each authenticated route.
@@ -77,17 +77,12 @@ impl AuthService {
     /// Decides one request; log lines name the call by `ids`.
     async fn decide_logged(
         &self,
-        request: &CheckRequest,
+        request: &CheckCall,
         view: RequestView<'_>,
         ids: &CallIds<'_>,
     ) -> Decision {
-        let empty = Default::default();
-        let context = request
-            .attributes
-            .as_ref()
-            .map_or(&empty, |a| &a.context_extensions);
-        let route = context.get(ROUTE_KEY).map_or("", String::as_str);
-        let Some(provider_name) = context.get(PROVIDER_KEY) else {
+        let route = request.context(ROUTE_KEY).unwrap_or("");
+        let Some(provider_name) = request.context(PROVIDER_KEY) else {
             tracing::warn!(
                 request_id = ids.request_id(),
                 trace_id = ids.trace_id(),
@@ -130,7 +125,7 @@ impl AuthService {
             }
         };
 
-        let required = context.get(SCOPES_KEY).map_or("", String::as_str);
+        let required = request.context(SCOPES_KEY).unwrap_or("");
         let required: Vec<&str> = required.split_ascii_whitespace().collect();
         if !verified.missing_scopes(&required).is_empty() {
             return Decision::Deny(Denial::InsufficientScope {
@@ -181,7 +176,7 @@ impl AuthService {
     /// class (`ok` or the denial's reason) for the call's log line and span.
     async fn check_logged(
         &self,
-        request: &CheckRequest,
+        request: &CheckCall,
         view: RequestView<'_>,
         ids: &CallIds<'_>,
     ) -> (CheckResponse, &'static str) {
@@ -202,15 +197,10 @@ impl AuthService {
 }
 
 /// The request as Envoy describes it in a `CheckRequest`.
-fn view(request: &CheckRequest) -> RequestView<'_> {
-    static NO_HEADERS: LazyLock<HashMap<String, String>> = LazyLock::new(HashMap::new);
-    let http = request
-        .attributes
-        .as_ref()
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref());
+fn view(request: &CheckCall) -> RequestView<'_> {
+    let http = request.http();
     RequestView {
-        headers: http.map_or(&NO_HEADERS, |h| &h.headers),
+        headers: http.map_or(&[], |h| &h.headers),
         header_map: http.and_then(|h| h.header_map.as_ref()),
         path: http.map_or("", |h| h.path.as_str()),
     }
@@ -240,21 +230,18 @@ impl<'a> CallIds<'a> {
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for AuthService {
-    async fn check(
+impl AuthService {
+    /// `envoy.service.auth.v3.Authorization/Check`: a verdict for every call, never a gRPC
+    /// error (a denial is a verdict).
+    pub async fn check(
         &self,
-        request: Request<CheckRequest>,
+        request: Request<CheckCall>,
     ) -> Result<Response<CheckResponse>, Status> {
         let parent = TraceParent::from_metadata(request.metadata());
         let check = request.get_ref();
         let view = view(check);
         let ids = CallIds::of(view, parent.as_ref());
-        let route = check
-            .attributes
-            .as_ref()
-            .and_then(|a| a.context_extensions.get(ROUTE_KEY))
-            .map_or("", String::as_str);
+        let route = check.context(ROUTE_KEY).unwrap_or("");
         let span = telemetry::server_span(parent.as_ref(), || {
             tracing::info_span!(
                 target: SPAN_TARGET,
@@ -288,7 +275,8 @@ mod tests {
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
         HttpRequest, Request as AttributesRequest,
     };
-    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    use prost::Message as _;
 
     use super::*;
     use crate::cache::TokenCache;
@@ -308,12 +296,12 @@ mod tests {
     }
 
     /// A call for route `r` with provider `gone`, which the (empty) table does not know.
-    fn call(request_id: Option<&str>, traceparent: Option<&str>) -> Request<CheckRequest> {
+    fn call(request_id: Option<&str>, traceparent: Option<&str>) -> Request<CheckCall> {
         let headers = request_id
             .map(|id| (REQUEST_ID_HEADER.to_string(), id.to_string()))
             .into_iter()
             .collect();
-        let mut call = Request::new(CheckRequest {
+        let sent = CheckRequest {
             attributes: Some(AttributeContext {
                 context_extensions: [
                     (ROUTE_KEY.to_string(), "r".to_string()),
@@ -331,7 +319,10 @@ mod tests {
                 }),
                 ..Default::default()
             }),
-        });
+        };
+        // As the server decodes what Envoy sends.
+        let received = CheckCall::decode(sent.encode_to_vec().as_slice()).expect("decodes");
+        let mut call = Request::new(received);
         if let Some(value) = traceparent {
             call.metadata_mut()
                 .insert("traceparent", value.parse().expect("ascii"));
