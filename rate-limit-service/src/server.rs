@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService as _;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tollgate_runtime::grpc::{self, serve_on_threads, GrpcServer, ServingThreadsError};

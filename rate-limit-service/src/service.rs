@@ -20,7 +20,6 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_li
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit,
 };
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use tollgate_runtime::telemetry::{self, TraceId, TraceParent, SPAN_TARGET};
@@ -352,9 +351,10 @@ fn pb_duration(d: Duration) -> PbDuration {
     }
 }
 
-#[tonic::async_trait]
-impl<S: Store, C: Clock> RateLimitService for RateLimiter<S, C> {
-    async fn should_rate_limit(
+impl<S: Store, C: Clock> RateLimiter<S, C> {
+    /// `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`, as
+    /// `tollgate_runtime::grpc::GrpcServer` serves it.
+    pub async fn should_rate_limit(
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
