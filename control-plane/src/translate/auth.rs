@@ -1,7 +1,8 @@
 //! JWT auth on Envoy's side: the `ext_authz` HTTP filter pointed at tollgate-ext-authz, and
 //! the per-route settings that enable it where routes.yaml asks for auth.
 //!
-//! The filter is disabled per route on public routes, so they cost no call. On protected
+//! Public routes switch the filter off ([`listener::filter_off`]), so they cost no call and
+//! Envoy does not even build the filter for their requests. On protected
 //! routes the route's provider and scopes travel in `context_extensions`, which come from
 //! Envoy's configuration, never from the client, so ext-authz needs no route table of its
 //! own and can never disagree with Envoy about which rules apply.
@@ -21,7 +22,7 @@ use envoy_types::pb::google::protobuf::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use tollgate_routes::policy::{AuthProvider, ExtAuthzSidecar, RouteAuth, REQUEST_ID_HEADER};
 
-use super::{any, proto_duration, stable_map};
+use super::{any, listener, proto_duration, stable_map};
 
 pub(super) const FILTER_NAME: &str = "envoy.filters.http.ext_authz";
 pub(super) const CLUSTER: &str = "tollgate_ext_authz";
@@ -70,22 +71,21 @@ fn check_headers(providers: &BTreeMap<String, AuthProvider>) -> BTreeSet<String>
         .collect()
 }
 
-/// The per-route setting: skip the check on public routes, say what to check otherwise
+/// The per-route setting: no check on public routes, and on protected ones what to check
 /// (and for which route, so ext-authz's logs and denials can name it).
 pub(super) fn per_route(route: &str, auth: Option<&RouteAuth>) -> Any {
-    let r#override = match auth {
-        None => Override::Disabled(true),
-        Some(auth) => Override::CheckSettings(CheckSettings {
+    let Some(auth) = auth else {
+        return listener::filter_off();
+    };
+    any(&ExtAuthzPerRoute {
+        r#override: Some(Override::CheckSettings(CheckSettings {
             context_extensions: stable_map([
                 ("route".to_string(), route.to_string()),
                 ("provider".to_string(), auth.provider.clone()),
                 ("scopes".to_string(), auth.scopes.join(" ")),
             ]),
             ..Default::default()
-        }),
-    };
-    any(&ExtAuthzPerRoute {
-        r#override: Some(r#override),
+        })),
     })
 }
 

@@ -2,7 +2,8 @@
 //! before the upstream sees any of it and answers 413 once the body passes the limit.
 //!
 //! Buffering costs memory and latency and breaks streaming uploads, so the filter is off on
-//! the virtual host and switched on only on routes that set a limit.
+//! the virtual host ([`super::listener::filter_off`]) and switched on only on routes that
+//! set a limit.
 
 use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::{
     buffer_per_route::Override, Buffer, BufferPerRoute,
@@ -20,14 +21,10 @@ pub(super) fn filter(largest: u32) -> Any {
     any(&buffer(largest))
 }
 
-/// The per-route setting: `None` turns buffering off.
-pub(super) fn per_route(limit: Option<u32>) -> Any {
-    let r#override = match limit {
-        None => Override::Disabled(true),
-        Some(bytes) => Override::Buffer(buffer(bytes)),
-    };
+/// The setting of a route that limits its request bodies to `bytes`.
+pub(super) fn per_route(bytes: u32) -> Any {
     any(&BufferPerRoute {
-        r#override: Some(r#override),
+        r#override: Some(Override::Buffer(buffer(bytes))),
     })
 }
 

@@ -5,10 +5,8 @@
 //! browser never sends on a preflight (Fetch standard §3.2.2: preflights carry no
 //! credentials), and its response headers also reach the replies later filters make.
 
-use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors, CorsPolicy as EnvoyCors};
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
-use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
 use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use tollgate_routes::route_policy::{AllowedOrigin, CorsPolicy};
 
@@ -19,21 +17,6 @@ pub(super) const FILTER_NAME: &str = "envoy.filters.http.cors";
 /// The filter itself has no settings: everything is per route.
 pub(super) fn filter() -> Any {
     any(&Cors {})
-}
-
-/// For a route that opts out of the virtual host's default: the filter lets its requests
-/// pass untouched (preflights go on to the route's upstream, no CORS headers are added).
-pub(super) fn per_route_off() -> Any {
-    any(&EnvoyCors {
-        filter_enabled: Some(RuntimeFractionalPercent {
-            default_value: Some(FractionalPercent {
-                numerator: 0,
-                denominator: DenominatorType::Hundred.into(),
-            }),
-            runtime_key: String::new(),
-        }),
-        ..Default::default()
-    })
 }
 
 pub(super) fn per_route(policy: &CorsPolicy) -> Any {

@@ -107,15 +107,15 @@ pub fn translate(config: &RoutesConfig, certificates: &Certificates) -> Snapshot
             .as_ref()
             .filter(|_| routes.iter().any(|r| !r.rate_limits.is_empty()));
         let cached = routes.iter().any(|r| r.traffic.cache.is_some());
+        let cors = config.cors.is_some()
+            || routes
+                .iter()
+                .any(|r| matches!(r.traffic.cors, RouteCors::Own(_)));
         let filters = listener::ListenerFilters {
             strip_headers: strip_headers.clone(),
             ext_authz: ext_authz.map(|sidecar| auth::filter(sidecar, &config.auth_providers)),
             rate_limit: rate_limit.map(rate_limit::filter),
-            cors: (config.cors.is_some()
-                || routes
-                    .iter()
-                    .any(|r| matches!(r.traffic.cors, RouteCors::Own(_))))
-            .then(cors::filter),
+            cors: cors.then(cors::filter),
             body_limit: routes
                 .iter()
                 .filter_map(|r| r.traffic.max_request_bytes)
@@ -135,6 +135,8 @@ pub fn translate(config: &RoutesConfig, certificates: &Certificates) -> Snapshot
         ));
         let table = route::RouteTable {
             ext_authz: ext_authz.is_some(),
+            rate_limit: rate_limit.is_some(),
+            cors,
             default_cors: config.cors.as_ref(),
             services: &config.services,
             route_stats: config.observability.route_stats,

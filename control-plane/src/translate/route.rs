@@ -19,15 +19,23 @@ use tollgate_routes::{Listener, PathMatch, Route, RouteMatch, Service};
 
 use super::json_format::json_format;
 use super::{
-    auth, body_limit, cluster, cors, headers, proto_duration, rate_limit, response_cache, retry,
-    stable_map,
+    auth, body_limit, cluster, cors, headers, listener, proto_duration, rate_limit, response_cache,
+    retry, stable_map,
 };
 
 /// What every route of one listener's table is built with.
+///
+/// Each route says, for every filter its listener runs, whether the filter applies to it;
+/// where it does not, the route switches it off ([`listener::filter_off`]) rather than
+/// leave Envoy to build a filter that has nothing to do.
 pub(super) struct RouteTable<'a> {
     /// The listener runs the ext_authz filter, so every route says whether it applies (a
     /// route without a per-route setting would be checked with no provider).
     pub ext_authz: bool,
+    /// The listener runs the ratelimit filter.
+    pub rate_limit: bool,
+    /// The listener runs the cors filter.
+    pub cors: bool,
     /// The top-level `cors`, for routes without their own.
     pub default_cors: Option<&'a CorsPolicy>,
     /// Where a route's service says how requests hash (ring hash on a header).
@@ -44,7 +52,7 @@ pub(super) fn route_configuration(
     let health = listener
         .health_path
         .as_deref()
-        .map(|path| health_route(path, table.ext_authz));
+        .map(|path| health_route(path, table));
     // Per-filter settings on the virtual host apply to every route that has none of its
     // own: the CORS default, and buffering off where no body limit is set.
     let buffering = routes.iter().any(|r| r.traffic.max_request_bytes.is_some());
@@ -52,12 +60,7 @@ pub(super) fn route_configuration(
         .default_cors
         .map(|c| (cors::FILTER_NAME.to_string(), cors::per_route(c)))
         .into_iter()
-        .chain(buffering.then(|| {
-            (
-                body_limit::FILTER_NAME.to_string(),
-                body_limit::per_route(None),
-            )
-        }))
+        .chain(buffering.then(|| (body_limit::FILTER_NAME.to_string(), listener::filter_off())))
         .collect();
     let envoy_routes = health
         .into_iter()
@@ -114,8 +117,8 @@ fn single_host(
 }
 
 /// The gateway's own liveness answer: first, so no user route can shadow it, and direct,
-/// so it says the gateway is up without depending on any upstream.
-fn health_route(path: &str, ext_authz: bool) -> EnvoyRoute {
+/// so it says the gateway is up without depending on any upstream, a token or a limit.
+fn health_route(path: &str, table: &RouteTable) -> EnvoyRoute {
     EnvoyRoute {
         name: "tollgate_health".into(),
         r#match: Some(EnvoyRouteMatch {
@@ -127,12 +130,15 @@ fn health_route(path: &str, ext_authz: bool) -> EnvoyRoute {
             body: None,
             body_format: Some(json_format(&[("status", "ok")])),
         })),
-        typed_per_filter_config: stable_map(ext_authz.then(|| {
-            (
-                auth::FILTER_NAME.to_string(),
-                auth::per_route("tollgate_health", None),
-            )
-        })),
+        typed_per_filter_config: stable_map(
+            [
+                (auth::FILTER_NAME, table.ext_authz),
+                (rate_limit::FILTER_NAME, table.rate_limit),
+            ]
+            .into_iter()
+            .filter(|(_, on_listener)| *on_listener)
+            .map(|(name, _)| (name.to_string(), listener::filter_off())),
+        ),
         ..Default::default()
     }
 }
@@ -164,16 +170,20 @@ fn route(route: &Route, table: &RouteTable) -> EnvoyRoute {
             .chain(
                 match &traffic.cors {
                     RouteCors::Own(policy) => Some(cors::per_route(policy)),
-                    // Only a default on the virtual host needs switching off.
-                    RouteCors::Off if default_cors => Some(cors::per_route_off()),
-                    RouteCors::Off | RouteCors::Inherit => None,
+                    // The virtual host's default applies.
+                    RouteCors::Inherit if cors => None,
+                    RouteCors::Off | RouteCors::Inherit => table.cors.then(listener::filter_off),
                 }
                 .map(|config| (cors::FILTER_NAME.to_string(), config)),
+            )
+            .chain(
+                (table.rate_limit && route.rate_limits.is_empty())
+                    .then(|| (rate_limit::FILTER_NAME.to_string(), listener::filter_off())),
             )
             .chain(traffic.max_request_bytes.map(|bytes| {
                 (
                     body_limit::FILTER_NAME.to_string(),
-                    body_limit::per_route(Some(bytes)),
+                    body_limit::per_route(bytes),
                 )
             }))
             .chain(traffic.cache.map(|_| {

@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-use super::super::tests::{decode, manager as manager_of, route_named as route};
+use super::super::tests::{decode, manager as manager_of, route_named as route, switched_off};
 use super::super::translate;
 use crate::snapshot::{type_url, Snapshot};
 
@@ -221,9 +221,10 @@ fn a_route_cors_policy_is_its_per_route_cors_config() {
         "a preflight must match the route to find its policy"
     );
     let open = route(&config, "open");
-    assert!(!open
-        .typed_per_filter_config
-        .contains_key("envoy.filters.http.cors"));
+    assert!(
+        switched_off(&open.typed_per_filter_config["envoy.filters.http.cors"]),
+        "the listener runs the cors filter for `invoices`; `open` has no policy"
+    );
     assert_eq!(
         method_regex(open),
         "^(?:GET)$",
@@ -249,14 +250,32 @@ fn top_level_cors_sits_on_the_virtual_host_for_routes_without_their_own() {
     );
     let public = routes(&snapshot, "public");
     assert_eq!(method_regex(route(&public, "open")), "^(?:GET|OPTIONS)$");
+    assert!(
+        !route(&public, "open")
+            .typed_per_filter_config
+            .contains_key("envoy.filters.http.cors"),
+        "a route without its own policy inherits the virtual host's"
+    );
+}
+
+#[test]
+fn a_route_opting_out_of_the_top_level_cors_switches_the_filter_off() {
+    let text = format!("{CONFIG}cors: {{origins: [\"*\"]}}\n").replace(
+        "    match: {prefix: /}\n    service: invoices\nsidecars",
+        "    match: {prefix: /}\n    service: invoices\n    cors: {enabled: false}\nsidecars",
+    );
+    let plain = routes(&snapshot(&text), "plain");
+    assert!(switched_off(
+        &route(&plain, "plain").typed_per_filter_config["envoy.filters.http.cors"]
+    ));
 }
 
 #[test]
 fn buffering_is_off_on_the_virtual_host_and_on_where_a_route_limits_bodies() {
     let config = routes(&snapshot(CONFIG), "public");
-    let host: BufferPerRoute =
-        decode_any(&config.virtual_hosts[0].typed_per_filter_config["envoy.filters.http.buffer"]);
-    assert_eq!(host.r#override, Some(BufferOverride::Disabled(true)));
+    assert!(switched_off(
+        &config.virtual_hosts[0].typed_per_filter_config["envoy.filters.http.buffer"]
+    ));
     let limited: BufferPerRoute = decode_any(
         &route(&config, "invoices").typed_per_filter_config["envoy.filters.http.buffer"],
     );

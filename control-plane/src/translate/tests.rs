@@ -326,25 +326,57 @@ fn protected_routes_carry_provider_and_scopes_and_public_routes_skip_the_check()
         ext_authz_per_route::Override, ExtAuthzPerRoute,
     };
     let routes: RouteConfiguration = decode(&protected(), type_url::ROUTE, "public");
-    let per_route = |name: &str| {
-        let any =
-            &route_named(&routes, name).typed_per_filter_config["envoy.filters.http.ext_authz"];
-        ExtAuthzPerRoute::decode(any.value.as_slice())
+    let ext_authz = |name: &str| {
+        route_named(&routes, name).typed_per_filter_config["envoy.filters.http.ext_authz"].clone()
+    };
+    let secured = ext_authz("secured");
+    let Some(Override::CheckSettings(settings)) =
+        ExtAuthzPerRoute::decode(secured.value.as_slice())
             .expect("decodes")
             .r#override
-    };
-    let Some(Override::CheckSettings(settings)) = per_route("secured") else {
+    else {
         panic!("check settings expected")
     };
     assert_eq!(settings.context_extensions["route"], "secured");
     assert_eq!(settings.context_extensions["provider"], "main");
     assert_eq!(settings.context_extensions["scopes"], "read write");
-    assert_eq!(per_route("open"), Some(Override::Disabled(true)));
-    assert_eq!(
-        per_route("tollgate_health"),
-        Some(Override::Disabled(true)),
+    assert!(switched_off(&ext_authz("open")), "a public route");
+    assert!(
+        switched_off(&ext_authz("tollgate_health")),
         "the health answer needs no token"
     );
+}
+
+/// Whether a per-filter setting leaves the filter out of the route's requests altogether.
+pub(super) fn switched_off(any: &envoy_types::pb::google::protobuf::Any) -> bool {
+    use envoy_types::pb::envoy::config::route::v3::FilterConfig;
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+    );
+    FilterConfig::decode(any.value.as_slice())
+        .expect("decodes")
+        .disabled
+}
+
+#[test]
+fn routes_without_limits_switch_the_ratelimit_filter_off() {
+    let routes: RouteConfiguration = decode(&protected(), type_url::ROUTE, "public");
+    let ratelimit = |name: &str| {
+        route_named(&routes, name)
+            .typed_per_filter_config
+            .get("envoy.filters.http.ratelimit")
+            .cloned()
+    };
+    assert_eq!(
+        ratelimit("secured"),
+        None,
+        "a limited route runs the filter"
+    );
+    assert!(switched_off(&ratelimit("open").expect("a setting")));
+    assert!(switched_off(
+        &ratelimit("tollgate_health").expect("a setting")
+    ));
 }
 
 #[test]
