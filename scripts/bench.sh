@@ -57,8 +57,9 @@ TOLLGATE_PROVISION_BENCH=1 scripts/provision.sh
   echo "## Through Envoy: JWT auth, rate limits and the whole chain (issues 3, 4 and 5)"
   echo
   echo "\`$BIN_DIR/e2e_bench $E2E_SECONDS $E2E_ROUNDS\`: one Envoy configured by the control plane"
-  echo "with tollgate-ext-authz, tollgate-ratelimit and Redis, beside a hand-written Envoy using"
-  echo "its native \`jwt_authn\` filter for the same provider, both in front of the same upstream."
+  echo "with tollgate-ext-authz, tollgate-ratelimit and Redis, beside hand-written Envoys using"
+  echo "their native \`jwt_authn\` filter for the same provider, all in front of the same upstream;"
+  echo "then the same Envoys again under callgrind, counting their instructions per request."
   echo
   TOLLGATE_BIN_DIR="$BIN_DIR" "$BIN_DIR/e2e_bench" "$E2E_SECONDS" "$E2E_ROUNDS"
 } | tee "$out"

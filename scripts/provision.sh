@@ -5,7 +5,8 @@
 # Redis on an ephemeral port; benchmarks use redis-benchmark and openssl speed). With
 # TOLLGATE_PROVISION_BENCH=1 (scripts/bench.sh sets it), also Debian's wrk and h2load
 # (nghttp2-client), the load generators of the end-to-end and shipped-binary benchmarks,
-# which `make test` does not need.
+# and valgrind, whose callgrind counts Envoy's instructions per request in the end-to-end
+# one; `make test` needs none of them.
 # Idempotent: a second run does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,4 +43,5 @@ command -v openssl >/dev/null || need_apt openssl
 if [ "${TOLLGATE_PROVISION_BENCH:-}" = 1 ]; then
   command -v wrk >/dev/null || need_apt wrk
   command -v h2load >/dev/null || need_apt nghttp2-client
+  command -v callgrind_control >/dev/null || need_apt valgrind
 fi

@@ -19,12 +19,16 @@ use crate::{binaries, http, ports, process::Process};
 /// loaded 2-core machine, and with ADS it also waits for its first clusters and listeners.
 const READY_PATIENCE: Duration = Duration::from_secs(60);
 
+/// Envoy under valgrind runs tens of times slower, its start-up included.
+const CALLGRIND_READY_PATIENCE: Duration = Duration::from_secs(300);
+
 /// Builder for an Envoy.
 #[derive(Debug, Clone, Default)]
 pub struct Envoy {
     node_id: Option<String>,
     variant: Option<XdsVariant>,
     bootstrap: Option<Bootstrap>,
+    callgrind: bool,
 }
 
 /// Which ADS protocol variant Envoy speaks to the control plane.
@@ -85,6 +89,14 @@ impl Envoy {
         self
     }
 
+    /// Run Envoy under valgrind's callgrind, counting nothing until
+    /// [`RunningEnvoy::count_instructions`] asks: instructions executed repeat to a fraction
+    /// of a percent from run to run on a machine whose timings vary by tens of percent.
+    pub fn under_callgrind(mut self) -> Self {
+        self.callgrind = true;
+        self
+    }
+
     /// Starts Envoy and waits until its admin `/ready` says `LIVE`.
     pub async fn start(self) -> RunningEnvoy {
         static NEXT: AtomicU32 = AtomicU32::new(1);
@@ -109,7 +121,21 @@ impl Envoy {
         let bootstrap_path = dir.path().join("bootstrap.yaml");
         std::fs::write(&bootstrap_path, &bootstrap).expect("write the Envoy bootstrap");
         let admin_address_path = dir.path().join("admin-address");
-        let mut command = Command::new(binaries::envoy());
+        let mut command = if self.callgrind {
+            let mut valgrind = Command::new("valgrind");
+            valgrind
+                .args(["--tool=callgrind", "--instr-atstart=no"])
+                // The Envoy launcher may be a script that execs the binary.
+                .arg("--trace-children=yes")
+                .arg(format!(
+                    "--callgrind-out-file={}/callgrind.out.%p",
+                    dir.path().display()
+                ))
+                .arg(binaries::envoy());
+            valgrind
+        } else {
+            Command::new(binaries::envoy())
+        };
         command
             .arg("-c")
             .arg(&bootstrap_path)
@@ -129,6 +155,7 @@ impl Envoy {
             admin_addr: None,
             bootstrap,
             admin_address_path,
+            callgrind: self.callgrind,
             _dir: dir,
         };
         envoy.wait_until_live().await;
@@ -174,6 +201,7 @@ pub struct RunningEnvoy {
     admin_addr: Option<SocketAddr>,
     bootstrap: String,
     admin_address_path: PathBuf,
+    callgrind: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -231,8 +259,45 @@ impl RunningEnvoy {
         Ok(stats.into_iter().filter(|(_, count)| *count > 0).collect())
     }
 
+    /// The instructions Envoy executed, on every thread, while `work` ran. Envoy must have
+    /// been started [`Envoy::under_callgrind`].
+    pub async fn count_instructions<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> anyhow::Result<(T, u64)> {
+        anyhow::ensure!(self.callgrind, "Envoy was not started under callgrind");
+        let pid = self.process.pid().to_string();
+        callgrind_control(&["--zero", &pid]).await?;
+        callgrind_control(&["--instr=on", &pid]).await?;
+        let output = work.await;
+        callgrind_control(&["--instr=off", &pid]).await?;
+        callgrind_control(&["--dump", &pid]).await?;
+        // Each dump is a file of its own (`callgrind.out.<pid>.<n>`), counting from the
+        // last zeroing or dump; reading removes them, so the next count starts clean.
+        let mut instructions = 0;
+        for entry in std::fs::read_dir(self._dir.path())?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&format!("callgrind.out.{pid}.")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path())?;
+            std::fs::remove_file(entry.path())?;
+            instructions += text
+                .lines()
+                .find_map(|line| line.strip_prefix("totals:"))
+                .and_then(|total| total.trim().parse::<u64>().ok())
+                .ok_or_else(|| anyhow::anyhow!("no totals in callgrind dump {name}"))?;
+        }
+        Ok((output, instructions))
+    }
+
     async fn wait_until_live(&mut self) {
-        let deadline = Instant::now() + READY_PATIENCE;
+        let patience = if self.callgrind {
+            CALLGRIND_READY_PATIENCE
+        } else {
+            READY_PATIENCE
+        };
+        let deadline = Instant::now() + patience;
         loop {
             if let Err(exited) = self.process.ensure_running() {
                 panic!("envoy {} did not start: {exited:#}", self.node_id);
@@ -256,12 +321,28 @@ impl RunningEnvoy {
             };
             assert!(
                 Instant::now() < deadline,
-                "envoy {} not LIVE after {READY_PATIENCE:?}: {last}",
+                "envoy {} not LIVE after {patience:?}: {last}",
                 self.node_id
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Sends a command to a process running under callgrind (valgrind's `callgrind_control`).
+async fn callgrind_control(args: &[&str]) -> anyhow::Result<()> {
+    let output = tokio::process::Command::new("callgrind_control")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("run callgrind_control (valgrind's): {e}"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "callgrind_control {args:?} exited with {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
 }
 
 fn read_admin_address(path: &std::path::Path) -> Option<SocketAddr> {
