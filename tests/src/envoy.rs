@@ -156,7 +156,7 @@ impl Envoy {
             bootstrap,
             admin_address_path,
             callgrind: self.callgrind,
-            _dir: dir,
+            dir,
         };
         envoy.wait_until_live().await;
         envoy
@@ -202,7 +202,8 @@ pub struct RunningEnvoy {
     bootstrap: String,
     admin_address_path: PathBuf,
     callgrind: bool,
-    _dir: tempfile::TempDir,
+    /// Envoy's scratch directory: its bootstrap, and callgrind's dumps.
+    dir: tempfile::TempDir,
 }
 
 impl RunningEnvoy {
@@ -274,10 +275,11 @@ impl RunningEnvoy {
         callgrind_control(&["--dump", &pid]).await?;
         // Each dump is a file of its own (`callgrind.out.<pid>.<n>`), counting from the
         // last zeroing or dump; reading removes them, so the next count starts clean.
+        let dump_prefix = format!("callgrind.out.{pid}.");
         let mut instructions = 0;
-        for entry in std::fs::read_dir(self._dir.path())?.flatten() {
+        for entry in std::fs::read_dir(self.dir.path())?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with(&format!("callgrind.out.{pid}.")) {
+            if !name.starts_with(&dump_prefix) {
                 continue;
             }
             let text = std::fs::read_to_string(entry.path())?;

@@ -1,7 +1,7 @@
 //! JWT auth on Envoy's side: the `ext_authz` HTTP filter pointed at tollgate-ext-authz, and
 //! the per-route settings that enable it where routes.yaml asks for auth.
 //!
-//! Public routes switch the filter off ([`listener::filter_off`]), so they cost no call and
+//! Public routes switch the filter off ([`super::listener::filter_off`]), so they cost no call and
 //! Envoy does not even build the filter for their requests. On protected
 //! routes the route's provider and scopes travel in `context_extensions`, which come from
 //! Envoy's configuration, never from the client, so ext-authz needs no route table of its
@@ -22,7 +22,7 @@ use envoy_types::pb::google::protobuf::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use tollgate_routes::policy::{AuthProvider, ExtAuthzSidecar, RouteAuth, REQUEST_ID_HEADER};
 
-use super::{any, listener, proto_duration, stable_map};
+use super::{any, proto_duration, stable_map};
 
 pub(super) const FILTER_NAME: &str = "envoy.filters.http.ext_authz";
 pub(super) const CLUSTER: &str = "tollgate_ext_authz";
@@ -71,12 +71,9 @@ fn check_headers(providers: &BTreeMap<String, AuthProvider>) -> BTreeSet<String>
         .collect()
 }
 
-/// The per-route setting: no check on public routes, and on protected ones what to check
-/// (and for which route, so ext-authz's logs and denials can name it).
-pub(super) fn per_route(route: &str, auth: Option<&RouteAuth>) -> Any {
-    let Some(auth) = auth else {
-        return listener::filter_off();
-    };
+/// The setting of a protected route: what to check, and for which route, so ext-authz's
+/// logs and denials can name it. Public routes switch the filter off instead.
+pub(super) fn per_route(route: &str, auth: &RouteAuth) -> Any {
     any(&ExtAuthzPerRoute {
         r#override: Some(Override::CheckSettings(CheckSettings {
             context_extensions: stable_map([

@@ -130,17 +130,25 @@ fn health_route(path: &str, table: &RouteTable) -> EnvoyRoute {
             body: None,
             body_format: Some(json_format(&[("status", "ok")])),
         })),
-        typed_per_filter_config: stable_map(
-            [
-                (auth::FILTER_NAME, table.ext_authz),
-                (rate_limit::FILTER_NAME, table.rate_limit),
-            ]
-            .into_iter()
-            .filter(|(_, on_listener)| *on_listener)
-            .map(|(name, _)| (name.to_string(), listener::filter_off())),
-        ),
+        typed_per_filter_config: stable_map(sidecar_filters_off(table, false, false)),
         ..Default::default()
     }
+}
+
+/// Switches off, for one route, the sidecar filters its listener runs but the route does not
+/// use: ext_authz without `auth`, ratelimit without `rate_limit`.
+fn sidecar_filters_off(
+    table: &RouteTable,
+    uses_auth: bool,
+    uses_limits: bool,
+) -> impl Iterator<Item = (String, Any)> {
+    [
+        (auth::FILTER_NAME, table.ext_authz && !uses_auth),
+        (rate_limit::FILTER_NAME, table.rate_limit && !uses_limits),
+    ]
+    .into_iter()
+    .filter(|(_, off)| *off)
+    .map(|(name, _)| (name.to_string(), listener::filter_off()))
 }
 
 /// A route as the public listener serves it: [`forwarding_route`], plus its rate limits and
@@ -158,15 +166,13 @@ fn route(route: &Route, table: &RouteTable) -> EnvoyRoute {
         action.rate_limits = rate_limit::route_rate_limits(&route.name, &route.rate_limits);
     }
     envoy_route.typed_per_filter_config = stable_map(
-        table
-            .ext_authz
-            .then(|| {
+        sidecar_filters_off(table, route.auth.is_some(), !route.rate_limits.is_empty())
+            .chain(route.auth.as_ref().filter(|_| table.ext_authz).map(|auth| {
                 (
                     auth::FILTER_NAME.to_string(),
-                    auth::per_route(&route.name, route.auth.as_ref()),
+                    auth::per_route(&route.name, auth),
                 )
-            })
-            .into_iter()
+            }))
             .chain(
                 match &traffic.cors {
                     RouteCors::Own(policy) => Some(cors::per_route(policy)),
@@ -175,10 +181,6 @@ fn route(route: &Route, table: &RouteTable) -> EnvoyRoute {
                     RouteCors::Off | RouteCors::Inherit => table.cors.then(listener::filter_off),
                 }
                 .map(|config| (cors::FILTER_NAME.to_string(), config)),
-            )
-            .chain(
-                (table.rate_limit && route.rate_limits.is_empty())
-                    .then(|| (rate_limit::FILTER_NAME.to_string(), listener::filter_off())),
             )
             .chain(traffic.max_request_bytes.map(|bytes| {
                 (

@@ -167,7 +167,7 @@ async fn main() {
         collector: &collector,
         token: &token,
     };
-    let gateways = Gateways::start(&setup, false).await;
+    let gateways = Gateways::start(&setup, &Envoy::new()).await;
     let cases = gateways.cases(&token);
     let mut samples: Vec<Samples> = cases.iter().map(|_| Samples::default()).collect();
     for _ in 0..rounds {
@@ -194,7 +194,7 @@ async fn main() {
     drop(gateways);
 
     println!();
-    let counted = Gateways::start(&setup, true).await;
+    let counted = Gateways::start(&setup, &Envoy::new().under_callgrind()).await;
     let instructions = count_instructions(&counted, &counted.cases(&token)).await;
     print_instructions(&cases, &instructions);
 }
@@ -217,16 +217,15 @@ struct Gateways {
 }
 
 impl Gateways {
-    /// `callgrind`: every Envoy runs under [`Envoy::under_callgrind`].
-    async fn start(setup: &Setup<'_>, callgrind: bool) -> Self {
+    /// `envoy`: how every Envoy runs (under callgrind, say), before its bootstrap is given.
+    async fn start(setup: &Setup<'_>, envoy: &Envoy) -> Self {
         let (upstream, jwks) = (setup.upstream, setup.jwks);
-        let tollgate = TollgateGateway::start(upstream, jwks, setup.redis, None, callgrind).await;
+        let tollgate = TollgateGateway::start(envoy, upstream, jwks, setup.redis, None).await;
         let otlp = setup.collector.endpoint();
-        let traced =
-            TollgateGateway::start(upstream, jwks, setup.redis, Some(&otlp), callgrind).await;
+        let traced = TollgateGateway::start(envoy, upstream, jwks, setup.redis, Some(&otlp)).await;
         let reference =
-            start_reference(upstream, jwks, ListenerSettings::EnvoyDefaults, callgrind).await;
-        let matched = start_reference(upstream, jwks, ListenerSettings::Tollgate, callgrind).await;
+            start_reference(envoy, upstream, jwks, ListenerSettings::EnvoyDefaults).await;
+        let matched = start_reference(envoy, upstream, jwks, ListenerSettings::Tollgate).await;
         let references = [&reference, &matched];
         check_routes(&tollgate, &references, setup.token).await;
         check_routes(&traced, &references, setup.token).await;
@@ -343,14 +342,7 @@ async fn h2load(case: &Case, requests: u32) {
 }
 
 fn print_instructions(cases: &[Case], per_request: &[f64]) {
-    let of = |label: &str| {
-        let i = cases
-            .iter()
-            .position(|c| c.label == label)
-            .expect("a known case");
-        per_request[i]
-    };
-    let bare = of("(a) bare route");
+    let bare = per_request[case_index(cases, "(a) bare route")];
     println!("### Envoy's own work per request, counted (issues 3, 4 and 5)");
     println!();
     println!(
@@ -440,11 +432,11 @@ struct TollgateGateway {
 impl TollgateGateway {
     /// With `otlp_endpoint`, tracing at [`TRACED_SAMPLE_RATE`] to that collector.
     async fn start(
+        envoy: &Envoy,
         upstream: &UpstreamHandle,
         jwks: &str,
         redis: &Redis,
         otlp_endpoint: Option<&str>,
-        callgrind: bool,
     ) -> Self {
         let port = reserve_port();
         let authz = ExtAuthz::new();
@@ -458,11 +450,7 @@ impl TollgateGateway {
         let cp = ControlPlane::new().routes(routes).start().await;
         let authz = authz.routes_file(cp.routes_path()).jwks(jwks).start().await;
         let rls = rls.routes_file(cp.routes_path()).redis(redis).start().await;
-        let mut envoy = Envoy::new().control_plane(&cp);
-        if callgrind {
-            envoy = envoy.under_callgrind();
-        }
-        let envoy = envoy.start().await;
+        let envoy = envoy.clone().control_plane(&cp).start().await;
         TollgateGateway {
             port,
             envoy,
@@ -572,18 +560,17 @@ const MATCHED_JWT_AUTHN_CACHED: &str =
     "reference, Tollgate's listener settings: jwt_authn + jwt_cache_config";
 
 async fn start_reference(
+    envoy: &Envoy,
     upstream: &UpstreamHandle,
     jwks: &str,
     settings: ListenerSettings,
-    callgrind: bool,
 ) -> Reference {
     let port = reserve_port();
-    let mut envoy =
-        Envoy::new().static_bootstrap(&reference_bootstrap(port, upstream.addr(), jwks, settings));
-    if callgrind {
-        envoy = envoy.under_callgrind();
-    }
-    let envoy = envoy.start().await;
+    let envoy = envoy
+        .clone()
+        .static_bootstrap(&reference_bootstrap(port, upstream.addr(), jwks, settings))
+        .start()
+        .await;
     Reference { port, envoy }
 }
 
@@ -905,10 +892,7 @@ fn print_tables(
     sidecar_errors: &[String],
 ) {
     let by_label = |label: &str| {
-        let i = cases
-            .iter()
-            .position(|c| c.label == label)
-            .expect("a known case");
+        let i = case_index(cases, label);
         (&cases[i], &summaries[i])
     };
     println!(
@@ -1058,6 +1042,14 @@ fn print_tables(
             sidecar_errors.join("; ")
         );
     }
+}
+
+/// Where the case labelled `label` stands in `cases`, and so in every per-case list.
+fn case_index(cases: &[Case], label: &str) -> usize {
+    cases
+        .iter()
+        .position(|c| c.label == label)
+        .unwrap_or_else(|| panic!("no case {label:?}"))
 }
 
 fn header(ratios: &[&str]) {
