@@ -2,6 +2,7 @@
 """A demo upstream for `make up`: answers every request with JSON saying who answered and
 what it saw, so routing, rewrites and header forwarding are visible with curl."""
 import json
+import signal
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -33,9 +34,15 @@ class Echo(BaseHTTPRequestHandler):
 
 
 def main():
+    # demo_upstream.py NAME PORT [ADDRESS]: loopback unless told otherwise (a container
+    # listens on all of its interfaces).
     name, port = sys.argv[1], int(sys.argv[2])
+    address = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
     Echo.name = name
-    ThreadingHTTPServer(("127.0.0.1", port), Echo).serve_forever()
+    # As a container's first process, SIGTERM would otherwise be ignored until `docker stop`
+    # gives up and kills it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    ThreadingHTTPServer((address, port), Echo).serve_forever()
 
 
 if __name__ == "__main__":

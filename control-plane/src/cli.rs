@@ -1,12 +1,81 @@
 //! Command-line interface: `serve`, `validate`, `bootstrap`. Every flag can also come from a
-//! `TOLLGATE_…` environment variable.
+//! `TOLLGATE_…` environment variable. [`run`] is the whole program, so that the binary and
+//! the container image's multi-call executable share it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use tollgate_runtime::{exit, logging, shutdown};
 
-use crate::bootstrap::XdsVariant;
+use crate::bootstrap::{self, BootstrapOptions, XdsVariant};
+use crate::serve::{self, ServeError, ServeOptions};
+
+/// Parses the process's arguments, runs the command and returns the exit status.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { file } => validate(&file),
+        Command::Bootstrap(args) => match bootstrap::render(&BootstrapOptions {
+            node_id: args.node_id,
+            cluster: args.node_cluster,
+            xds_addr: args.xds_addr,
+            admin_addr: args.admin_addr,
+            variant: args.xds_variant,
+        }) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                0
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                exit::BAD_CONFIG
+            }
+        },
+        Command::Serve(args) => {
+            logging::init();
+            let options = ServeOptions {
+                routes: args.routes,
+                xds_addr: args.xds_addr,
+                admin_addr: args.admin_addr,
+            };
+            match tokio::runtime::Runtime::new()
+                .map_err(|e| ServeError::Xds(e.to_string()))
+                .and_then(|rt| rt.block_on(serve::run(options, shutdown::signal())))
+            {
+                Ok(()) => 0,
+                Err(error @ ServeError::Config(_)) => {
+                    eprintln!("{error}");
+                    exit::BAD_CONFIG
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    exit::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Exit 0 for a valid file, 1 with every error on stderr otherwise (the contract).
+fn validate(file: &Path) -> i32 {
+    match crate::reload::load(file) {
+        Ok((config, _)) => {
+            println!(
+                "{}: ok ({} listeners, {} services, {} routes)",
+                file.display(),
+                config.listeners.len(),
+                config.services.len(),
+                config.routes.len()
+            );
+            0
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            1
+        }
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(

@@ -1,4 +1,6 @@
-//! Command-line flags; each can also come from a `TOLLGATE_…` environment variable.
+//! Command-line flags; each can also come from a `TOLLGATE_…` environment variable. [`run`]
+//! is the whole program, so that the binary and the container image's multi-call executable
+//! share it.
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -8,8 +10,46 @@ use std::time::Duration;
 use clap::Parser;
 
 use tollgate_runtime::telemetry::Telemetry;
+use tollgate_runtime::{exit, shutdown};
 
-use crate::server::Options;
+use crate::server::{self, Options, StartError};
+
+/// Parses the process's arguments, serves until a signal and returns the exit status.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    let telemetry = Telemetry::init("tollgate-ext-authz");
+    crate::install_crypto();
+    // Calls are served by threads of their own (`--serving-threads`); this runtime only
+    // accepts connections, serves /metrics, fetches keys and reloads routes.yaml.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return exit::FAILURE;
+        }
+    };
+    let served = runtime.block_on(server::run(
+        cli.options(telemetry),
+        cli.grpc_addr,
+        cli.metrics_addr,
+        shutdown::signal(),
+    ));
+    match served {
+        Ok(()) => 0,
+        Err(StartError::Config(config)) => {
+            eprintln!("{config}");
+            exit::BAD_CONFIG
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            exit::FAILURE
+        }
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(

@@ -5,10 +5,11 @@
 //! envoyproxy/ratelimit's own files (drop-in mode, [`limits::dropin`]); both become one
 //! [`limits::DescriptorTree`]. [`algorithm`] holds the window arithmetic with an injected
 //! clock, [`store`] the counters, [`service`] the gRPC implementation, [`server`] the
-//! sockets, reloads and shutdown, [`settings`] the flags.
+//! sockets, reloads and shutdown, [`settings`] the flags, [`cli`] the program.
 #![forbid(unsafe_code)]
 
 pub mod algorithm;
+pub mod cli;
 pub mod limits;
 pub mod metrics;
 pub mod server;

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binaries;
+pub mod compose;
 pub mod control_plane;
 pub mod envoy;
 pub mod eventually;

@@ -22,13 +22,14 @@ const MAX_REQUESTS: usize = 20_000;
 
 /// Starts sending `GET path` to `127.0.0.1:port`, expecting a 200 from upstream `upstream`.
 pub fn traffic(port: u16, path: &str, upstream: &str) -> Traffic {
+    traffic_of(http::request(port).path(path), upstream)
+}
+
+/// Starts sending `request` over and over (with its headers: a token, say), expecting a 200
+/// from upstream `upstream`.
+pub fn traffic_of(request: http::RequestBuilder, upstream: &str) -> Traffic {
     let shared = Arc::new(Shared::default());
-    let task = tokio::spawn(run(
-        port,
-        path.to_owned(),
-        upstream.to_owned(),
-        shared.clone(),
-    ));
+    let task = tokio::spawn(run(request, upstream.to_owned(), shared.clone()));
     Traffic {
         shared,
         task: Some(task),
@@ -95,14 +96,14 @@ impl Drop for Traffic {
     }
 }
 
-async fn run(port: u16, path: String, upstream: String, shared: Arc<Shared>) {
+async fn run(request: http::RequestBuilder, upstream: String, shared: Arc<Shared>) {
     let mut pace = tokio::time::interval(PACE);
     for number in 1..=MAX_REQUESTS {
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
         pace.tick().await;
-        let outcome = match http::get(port, &path).await {
+        let outcome = match request.send().await {
             Ok(response) => response.expect_upstream(&upstream).map(|_| ()),
             Err(error) => Err(error),
         };

@@ -1,0 +1,40 @@
+//! The program: flags (`settings`) in, the service served until a signal. [`run`] is the
+//! whole program, so that the binary and the container image's multi-call executable share
+//! it.
+
+use clap::Parser;
+use tollgate_runtime::telemetry::Telemetry;
+use tollgate_runtime::{exit, shutdown};
+
+use crate::server::{self, ServeError};
+use crate::settings::Settings;
+
+/// Parses the process's arguments, serves until a signal and returns the exit status.
+pub fn run() -> i32 {
+    let settings = Settings::parse();
+    let telemetry = Telemetry::init("tollgate-ratelimit");
+    // Calls are served by threads of their own (`--serving-threads`); this runtime only
+    // accepts connections, serves /metrics and reloads the limits.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return exit::FAILURE;
+        }
+    };
+    match runtime.block_on(server::run(settings, telemetry, shutdown::signal())) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("error: {error}");
+            if ServeError::is_bad_config(&error) {
+                exit::BAD_CONFIG
+            } else {
+                exit::FAILURE
+            }
+        }
+    }
+}
