@@ -14,16 +14,7 @@ cd "$(dirname "$0")/.."
 ENVOY_VERSION=1.40.0
 VENV=.venv
 
-need_apt() {
-  # Debian/Ubuntu: install the named packages if any is missing. Root or sudo required.
-  local missing=()
-  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
-  ((${#missing[@]})) || return 0
-  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "provision: installing ${missing[*]} with apt-get" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-}
+source scripts/need_apt.sh
 
 if [ -n "${ENVOY_BIN:-}" ]; then
   "$ENVOY_BIN" --version >/dev/null || { echo "provision: ENVOY_BIN=$ENVOY_BIN does not run" >&2; exit 1; }

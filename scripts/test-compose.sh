@@ -9,15 +9,7 @@ cd "$(dirname "$0")/.."
 RUN=.run
 mkdir -p "$RUN"
 
-need_apt() {
-  local missing=()
-  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
-  ((${#missing[@]})) || return 0
-  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "test-compose: installing ${missing[*]} with apt-get" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-}
+source scripts/need_apt.sh
 
 dockerd_pid=""
 stop_dockerd() {

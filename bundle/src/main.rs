@@ -3,9 +3,9 @@
 //!
 //! Why: the container image holds all three. As three executables they would each carry
 //! their own copy of what they share (tokio, hyper, tonic, prost, rustls and aws-lc, the
-//! routes model), about 39 MB stripped; as one, the image stays within its 100 MB on a slim
-//! Debian base. Each service's whole program is its library's `cli::run`, so the three
-//! binaries `make up` builds and this one behave the same.
+//! routes model): 38.9 MB stripped, against 17.7 MB as one, which keeps the image within
+//! its 100 MB on a slim Debian base. Each service's whole program is its library's
+//! `cli::run`, so the three binaries `make up` builds and this one behave the same.
 #![forbid(unsafe_code)]
 
 use std::path::Path;

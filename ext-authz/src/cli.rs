@@ -19,13 +19,7 @@ pub fn run() -> i32 {
     let cli = Cli::parse();
     let telemetry = Telemetry::init("tollgate-ext-authz");
     crate::install_crypto();
-    // Calls are served by threads of their own (`--serving-threads`); this runtime only
-    // accepts connections, serves /metrics, fetches keys and reloads routes.yaml.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tollgate_runtime::grpc::acceptor_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");

@@ -13,13 +13,7 @@ use crate::settings::Settings;
 pub fn run() -> i32 {
     let settings = Settings::parse();
     let telemetry = Telemetry::init("tollgate-ratelimit");
-    // Calls are served by threads of their own (`--serving-threads`); this runtime only
-    // accepts connections, serves /metrics and reloads the limits.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tollgate_runtime::grpc::acceptor_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");

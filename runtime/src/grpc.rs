@@ -47,6 +47,16 @@ pub fn serving_threads_per_core() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
 
+/// The runtime a sidecar's `main` runs on, beside its serving threads: one worker, for it
+/// only accepts connections, serves /metrics and reloads its configuration; calls are served
+/// by threads of their own (`serve_on_threads`).
+pub fn acceptor_runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+}
+
 /// How long the accept loop rests after a failed accept (out of file descriptors, say)
 /// before trying again, rather than spinning on the error.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);

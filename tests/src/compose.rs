@@ -208,6 +208,22 @@ impl RunningStack {
         }
     }
 
+    /// Every container of the project, running or not, with its exit code: `(name, code)`.
+    pub fn exit_codes(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let label = format!("label=com.docker.compose.project={}", self.stack.project);
+        let ids = docker(&["ps", "-a", "-q", "--filter", &label])?;
+        let mut codes = Vec::new();
+        for id in ids.split_whitespace() {
+            let state = docker(&["inspect", "--format", "{{.Name}} {{.State.ExitCode}}", id])?;
+            let (name, code) = state
+                .trim()
+                .rsplit_once(' ')
+                .with_context(|| format!("docker inspect said {state:?}"))?;
+            codes.push((name.trim_start_matches('/').to_owned(), code.parse()?));
+        }
+        Ok(codes)
+    }
+
     /// What of this project is left on the engine: containers, networks and volumes
     /// labelled with its name.
     pub fn leftovers(project: &str) -> anyhow::Result<Vec<String>> {

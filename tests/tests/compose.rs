@@ -3,10 +3,11 @@
 //! one, builds the images and runs this with `--ignored`.
 //!
 //! One stack serves the whole scenario, in the order a user meets it: the demo's routes
-//! through the published port, a live edit of the routes directory, a control-plane restart
-//! under traffic, Redis killed and started again, and `down -v` leaving nothing behind.
+//! through the published port, a live edit of the routes directory, the control plane stopped
+//! and restarted under traffic, Redis killed and started again, every service stopping by
+//! itself (Envoy drained), and `down -v` leaving nothing behind.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
 use tollgate_conformance::compose::{ComposeStack, RunningStack};
@@ -37,8 +38,10 @@ async fn the_demo_runs_from_containers() {
 
     demo_routes_answer_through_the_published_port(&stack).await;
     a_routes_edit_on_the_host_changes_the_gateway(&stack).await;
-    a_control_plane_restart_fails_no_request(&stack).await;
+    a_control_plane_stop_or_restart_fails_no_request(&stack).await;
     a_dead_redis_fails_open_and_recovers(&stack).await;
+
+    every_service_stops_by_itself_and_envoy_drains(&stack);
 
     let project = stack.project().to_owned();
     stack.down().expect("compose down");
@@ -134,7 +137,7 @@ async fn a_routes_edit_on_the_host_changes_the_gateway(stack: &RunningStack) {
     stack.write_routes(&original).expect("restore routes.yaml");
 }
 
-async fn a_control_plane_restart_fails_no_request(stack: &RunningStack) {
+async fn a_control_plane_stop_or_restart_fails_no_request(stack: &RunningStack) {
     let port = stack.public_port();
     // acme-accounts: protected (a call to ext-authz), one upstream and no rate limit, so a
     // steady stream stays within every quota and names one upstream.
@@ -151,16 +154,36 @@ async fn a_control_plane_restart_fails_no_request(stack: &RunningStack) {
         Ok(())
     })
     .await;
+    // Stopped: Envoy keeps serving its last config, for as long as the outage lasts.
+    stack
+        .compose(&["stop", "control-plane"])
+        .expect("stop the control plane");
+    assert!(
+        http::get(stack.admin_port(), "/readyz").await.is_err(),
+        "the control plane still answers after stop"
+    );
+    let sent_when_stopped = stream.sent();
+    eventually(
+        "requests served while the control plane is down",
+        async || {
+            ensure!(
+                stream.sent() >= sent_when_stopped + 50,
+                "{} sent so far",
+                stream.sent()
+            );
+            Ok(())
+        },
+    )
+    .await;
+    stack
+        .compose(&["start", "control-plane"])
+        .expect("start the control plane");
+    control_plane_ready(stack).await;
+    // And the restart, with the stream still running.
     stack
         .compose(&["restart", "control-plane"])
         .expect("restart");
-    eventually("the control plane serves again", async || {
-        http::get(stack.admin_port(), "/readyz")
-            .await?
-            .expect_status(200)?;
-        Ok(())
-    })
-    .await;
+    control_plane_ready(stack).await;
     let report = stream.stop().await;
     assert!(
         report.sent >= 10,
@@ -174,6 +197,16 @@ async fn a_control_plane_restart_fails_no_request(stack: &RunningStack) {
         report.sent,
         report.failures
     );
+}
+
+async fn control_plane_ready(stack: &RunningStack) {
+    eventually("the control plane serves again", async || {
+        http::get(stack.admin_port(), "/readyz")
+            .await?
+            .expect_status(200)?;
+        Ok(())
+    })
+    .await;
 }
 
 async fn a_dead_redis_fails_open_and_recovers(stack: &RunningStack) {
@@ -230,6 +263,25 @@ async fn the_free_tier_is_limited(stack: &RunningStack, label: &str) {
         },
     )
     .await;
+}
+
+/// `stop` gives each container 10 s after SIGTERM before it kills it (exit 137): every
+/// service must be gone by then, by itself, and Envoy must have drained first.
+fn every_service_stops_by_itself_and_envoy_drains(stack: &RunningStack) {
+    let started = Instant::now();
+    stack
+        .compose(&["stop", "--timeout", "10"])
+        .expect("compose stop");
+    eprintln!("compose stop took {:?}", started.elapsed());
+    let codes = stack.exit_codes().expect("docker answers");
+    assert!(codes.len() >= 8, "containers {codes:?}");
+    let killed: Vec<_> = codes.iter().filter(|(_, code)| *code != 0).collect();
+    assert!(killed.is_empty(), "not ended by SIGTERM alone: {killed:?}");
+    let envoy = stack.logs("envoy").expect("envoy's logs");
+    assert!(
+        envoy.contains("envoy-run: draining"),
+        "Envoy was stopped without a drain:\n{envoy}"
+    );
 }
 
 async fn invoices(port: u16, token: &str) -> anyhow::Result<Response> {
