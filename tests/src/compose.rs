@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -31,20 +32,23 @@ pub fn compose_dir() -> PathBuf {
 }
 
 /// The Compose command: `TOLLGATE_COMPOSE`, else `docker compose` when the Docker CLI has
-/// the plugin, else `docker-compose`.
-pub fn compose_command() -> Vec<String> {
-    if let Ok(command) = std::env::var("TOLLGATE_COMPOSE") {
-        return command.split_whitespace().map(str::to_owned).collect();
-    }
-    let has_plugin = Command::new("docker")
-        .args(["compose", "version"])
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if has_plugin {
-        vec!["docker".into(), "compose".into()]
-    } else {
-        vec!["docker-compose".into()]
-    }
+/// the plugin, else `docker-compose`. Found once per test process.
+pub fn compose_command() -> &'static [String] {
+    static COMMAND: OnceLock<Vec<String>> = OnceLock::new();
+    COMMAND.get_or_init(|| {
+        if let Ok(command) = std::env::var("TOLLGATE_COMPOSE") {
+            return command.split_whitespace().map(str::to_owned).collect();
+        }
+        let has_plugin = Command::new("docker")
+            .args(["compose", "version"])
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if has_plugin {
+            vec!["docker".into(), "compose".into()]
+        } else {
+            vec!["docker-compose".into()]
+        }
+    })
 }
 
 /// A compose project to start; see the module docs.
