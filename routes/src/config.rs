@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::endpoint::Endpoint;
 use crate::policy::{AuthProvider, RateLimitRule, RouteAuth, Sidecars};
 
 /// A whole, valid routes.yaml.
@@ -90,31 +91,6 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     pub connect_timeout: Duration,
     pub policy: crate::service_policy::ServicePolicy,
-}
-
-/// An upstream address: an IP literal or a DNS name, and a port.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::fmt::Display for Endpoint {
-    /// `HOST:PORT`, with an IPv6 host in brackets (RFC 3986 §3.2.2).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl Endpoint {
-    /// True when `host` is an IP literal, so no DNS resolution is needed.
-    pub fn is_ip(&self) -> bool {
-        self.host.parse::<std::net::IpAddr>().is_ok()
-    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

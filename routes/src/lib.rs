@@ -11,6 +11,7 @@ pub mod certificates;
 mod config;
 mod document;
 pub mod duration;
+mod endpoint;
 mod error;
 pub mod listener_tls;
 pub mod policy;
@@ -20,9 +21,10 @@ mod validate;
 
 pub use certificates::{CertificateAndKey, CertificateFiles, Certificates, ServedCertificate};
 pub use config::{
-    AccessLogSink, Endpoint, EscapedSlashes, Listener, Observability, PathMatch, Route, RouteMatch,
+    AccessLogSink, EscapedSlashes, Listener, Observability, PathMatch, Route, RouteMatch,
     RoutesConfig, Service, Tracing,
 };
+pub use endpoint::Endpoint;
 pub use error::{ConfigError, ConfigErrors};
 pub use listener_tls::{FileSource, ListenerTls, TlsVersion};
 pub use validate::is_valid_name;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::Endpoint;
+use crate::endpoint::Endpoint;
 
 /// Signature algorithms a provider may accept (RFC 7518 §3.1, RFC 8037 for EdDSA).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -9,7 +9,10 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry};
 
-use crate::telemetry::SPAN_TARGET;
+/// The target of spans made to be exported (see `telemetry`), which log lines leave out.
+/// Defined here, where log lines are made, so that telemetry builds on logging and not
+/// the other way round.
+pub const SPAN_TARGET: &str = "tollgate::trace";
 
 /// Installs the global subscriber; logs go to stderr so stdout stays free for output
 /// that commands print (such as a bootstrap file).

@@ -31,11 +31,12 @@ use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Registry;
 
+use crate::logging;
+
 pub use opentelemetry::trace::TraceId;
 
-/// The target of spans made to be exported. Only they reach the exporter (not the spans
-/// of hyper, h2 or tonic), and they are left out of log lines.
-pub const SPAN_TARGET: &str = "tollgate::trace";
+/// Only spans of this target reach the exporter (not those of hyper, h2 or tonic).
+pub use crate::logging::SPAN_TARGET;
 
 /// How long one export may take before it is abandoned (and its spans dropped).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -174,7 +175,7 @@ impl Telemetry {
         // A second init (in tests) keeps the first subscriber; that is fine.
         drop(
             Registry::default()
-                .with(crate::logging::log_lines())
+                .with(logging::log_lines())
                 .with(exported)
                 .try_init(),
         );

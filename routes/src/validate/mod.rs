@@ -15,10 +15,11 @@ mod service_policy;
 
 use crate::certificates::{CertificateAndKey, CertificateError, CertificateFiles, Certificates};
 use crate::config::{
-    Endpoint, EscapedSlashes, Listener, PathMatch, Route, RouteMatch, RoutesConfig, Service,
+    EscapedSlashes, Listener, PathMatch, Route, RouteMatch, RoutesConfig, Service,
 };
 use crate::document::{Document, MatchDoc, RouteDoc, ServiceDoc};
 use crate::duration;
+use crate::endpoint::Endpoint;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::listener_tls::FileSource;
 

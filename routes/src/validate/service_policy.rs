@@ -13,8 +13,8 @@ use super::{
     is_header_name, positive_duration, read_file, Errors,
 };
 use crate::certificates::Certificates;
-use crate::config::Endpoint;
 use crate::document::{CircuitBreakerDoc, HealthCheckDoc, OutlierDetectionDoc, ServiceDoc, TlsDoc};
+use crate::endpoint::Endpoint;
 use crate::listener_tls::FileSource;
 use crate::service_policy::{
     check_ca_bundle, CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy,

@@ -265,7 +265,7 @@ mod tests {
     /// still pass through the located reader, and only reloads would get slower.
     #[test]
     fn the_quick_reader_takes_a_realistic_file() {
-        let example = include_str!("../../examples/routes.yaml");
+        let example = include_str!("../../../examples/routes.yaml");
         let document = read_quick(example).expect("the example reads quickly");
         assert!(!document.routes.is_empty());
     }
