@@ -21,14 +21,18 @@ mod route;
 mod secret;
 mod tracing;
 
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, AggregatedConfigSource, ApiVersion, ConfigSource,
 };
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::{Any, Duration as ProtoDuration};
 use prost::Name;
 use tollgate_routes::route_policy::RouteCors;
-use tollgate_routes::{Certificates, Route, RoutesConfig};
+use tollgate_routes::{Certificates, Listener, Route, RoutesConfig};
 
 pub use auth::CONSUMER_HEADER;
 
@@ -38,36 +42,62 @@ use crate::snapshot::{type_url, Resource, Snapshot};
 /// listeners serve and its services' client certificates (as read with it by
 /// [`tollgate_routes::parse_with_files`]).
 pub fn translate(config: &RoutesConfig, certificates: &Certificates) -> Snapshot {
-    let mut resources: Vec<(&'static str, Resource)> = Vec::new();
-    let mut add_cluster = |cluster: envoy_types::pb::envoy::config::cluster::v3::Cluster,
-                           assignment: Option<_>| {
+    let mut resources = Resources::default();
+    add_clusters(&mut resources, config);
+    add_upstream_client_secrets(&mut resources, config, certificates);
+    let shared = SharedFilters::of(config);
+    for listener in &config.listeners {
+        add_listener(&mut resources, config, certificates, listener, &shared);
+    }
+    Snapshot::new(resources.0)
+}
+
+/// The resources of a snapshot as they are made, each with its type.
+#[derive(Default)]
+struct Resources(Vec<(&'static str, Resource)>);
+
+impl Resources {
+    fn add(&mut self, type_url: &'static str, name: &str, message: &impl prost::Message) {
+        self.0
+            .push((type_url, Resource::new(name, type_url, message)));
+    }
+
+    /// A cluster, and its endpoints when they come over EDS.
+    fn add_cluster(&mut self, (cluster, assignment): (Cluster, Option<ClusterLoadAssignment>)) {
         if let Some(assignment) = assignment {
-            resources.push((
-                type_url::ENDPOINT,
-                Resource::new(&cluster.name, type_url::ENDPOINT, &assignment),
-            ));
+            self.add(type_url::ENDPOINT, &cluster.name, &assignment);
         }
-        resources.push((
-            type_url::CLUSTER,
-            Resource::new(&cluster.name, type_url::CLUSTER, &cluster),
-        ));
-    };
+        self.add(type_url::CLUSTER, &cluster.name, &cluster);
+    }
+
+    fn add_secret(&mut self, secret: Secret) {
+        self.add(type_url::SECRET, &secret.name, &secret);
+    }
+}
+
+/// A cluster per service, per sidecar and for the trace collector.
+fn add_clusters(resources: &mut Resources, config: &RoutesConfig) {
     for service in config.services.values() {
         let assignment = cluster::uses_eds(service).then(|| cluster::load_assignment(service));
-        add_cluster(cluster::cluster(service), assignment);
+        resources.add_cluster((cluster::cluster(service), assignment));
     }
     if let Some(sidecar) = &config.sidecars.ext_authz {
-        let (c, a) = cluster::sidecar(auth::CLUSTER, &sidecar.address);
-        add_cluster(c, a);
+        resources.add_cluster(cluster::sidecar(auth::CLUSTER, &sidecar.address));
     }
     if let Some(sidecar) = &config.sidecars.rate_limit {
-        let (c, a) = cluster::sidecar(rate_limit::CLUSTER, &sidecar.address);
-        add_cluster(c, a);
+        resources.add_cluster(cluster::sidecar(rate_limit::CLUSTER, &sidecar.address));
     }
     if let Some(tracing) = &config.observability.tracing {
-        let (c, a) = tracing::collector_cluster(tracing);
-        add_cluster(c, a);
+        resources.add_cluster(tracing::collector_cluster(tracing));
     }
+}
+
+/// The client certificate of every service that presents one.
+fn add_upstream_client_secrets(
+    resources: &mut Resources,
+    config: &RoutesConfig,
+    certificates: &Certificates,
+) {
     for (service, certificate) in certificates.upstream_clients() {
         let presents = config
             .services
@@ -76,108 +106,113 @@ pub fn translate(config: &RoutesConfig, certificates: &Certificates) -> Snapshot
             .is_some_and(|tls| tls.client_certificate.is_some());
         if presents {
             let name = secret::upstream_client_secret_name(service);
-            resources.push(secret_resource(secret::certificate_secret(
-                name,
-                certificate,
-            )));
+            resources.add_secret(secret::certificate_secret(name, certificate));
         }
     }
+}
 
-    let strip_headers = tollgate_routes::policy::identity_headers(&config.auth_providers);
-    let access_log = config
-        .observability
-        .access_log
-        .as_ref()
-        .map(access_log::access_log);
-    let tracing = config
-        .observability
-        .tracing
-        .as_ref()
-        .map(tracing::hcm_tracing);
-    for l in &config.listeners {
-        let routes: Vec<&Route> = config.routes_on(&l.name).collect();
-        let ext_authz = config
-            .sidecars
-            .ext_authz
-            .as_ref()
-            .filter(|_| routes.iter().any(|r| r.auth.is_some()));
-        let rate_limit = config
-            .sidecars
-            .rate_limit
-            .as_ref()
-            .filter(|_| routes.iter().any(|r| !r.rate_limits.is_empty()));
-        let cached = routes.iter().any(|r| r.traffic.cache.is_some());
-        let cors = config.cors.is_some()
-            || routes
-                .iter()
-                .any(|r| matches!(r.traffic.cors, RouteCors::Own(_)));
-        let filters = listener::ListenerFilters {
-            strip_headers: strip_headers.clone(),
-            ext_authz: ext_authz.map(|sidecar| auth::filter(sidecar, &config.auth_providers)),
-            rate_limit: rate_limit.map(rate_limit::filter),
-            cors: cors.then(cors::filter),
-            body_limit: routes
-                .iter()
-                .filter_map(|r| r.traffic.max_request_bytes)
-                .max()
-                .map(body_limit::filter),
-            cache: cached.then(|| response_cache::filter(&l.name)),
-            access_log: access_log.clone(),
-            tracing: tracing.clone(),
-        };
-        resources.push((
-            type_url::LISTENER,
-            Resource::new(
-                &l.name,
-                type_url::LISTENER,
-                &listener::listener(l, &filters),
-            ),
-        ));
-        let table = route::RouteTable {
-            ext_authz: ext_authz.is_some(),
-            rate_limit: rate_limit.is_some(),
-            cors,
-            default_cors: config.cors.as_ref(),
-            services: &config.services,
-            route_stats: config.observability.route_stats,
-        };
-        let route_configuration = route::route_configuration(l, &routes, &table);
-        resources.push((
-            type_url::ROUTE,
-            Resource::new(&l.name, type_url::ROUTE, &route_configuration),
-        ));
-        if l.tls.is_some() {
-            for (index, served) in certificates.listener(&l.name).iter().enumerate() {
-                let name = secret::listener_secret_name(&l.name, index);
-                resources.push(secret_resource(secret::certificate_secret(
-                    name,
-                    &served.certificate,
-                )));
-            }
-        }
-        if cached {
-            let name = response_cache::fill_name(&l.name);
-            let cluster = response_cache::fill_cluster(&l.name);
-            resources.push((
-                type_url::CLUSTER,
-                Resource::new(&name, type_url::CLUSTER, &cluster),
-            ));
-            resources.push((
-                type_url::LISTENER,
-                Resource::new(
-                    &name,
-                    type_url::LISTENER,
-                    &response_cache::fill_listener(&l.name),
-                ),
-            ));
-            let fill = route::cache_fill_configuration(l, &routes, &table);
-            resources.push((
-                type_url::ROUTE,
-                Resource::new(&name, type_url::ROUTE, &fill),
-            ));
+/// What every listener's filter chain shares, made once per translation.
+struct SharedFilters {
+    strip_headers: Vec<String>,
+    access_log: Option<AccessLog>,
+    tracing: Option<HcmTracing>,
+}
+
+impl SharedFilters {
+    fn of(config: &RoutesConfig) -> Self {
+        let observability = &config.observability;
+        SharedFilters {
+            strip_headers: tollgate_routes::policy::identity_headers(&config.auth_providers),
+            access_log: observability
+                .access_log
+                .as_ref()
+                .map(access_log::access_log),
+            tracing: observability.tracing.as_ref().map(tracing::hcm_tracing),
         }
     }
-    Snapshot::new(resources)
+}
+
+/// One listener: its filter chain (only the filters its routes use), its route table, the
+/// certificates it serves and, when a route caches, the response cache's fill path.
+fn add_listener(
+    resources: &mut Resources,
+    config: &RoutesConfig,
+    certificates: &Certificates,
+    l: &Listener,
+    shared: &SharedFilters,
+) {
+    let routes: Vec<&Route> = config.routes_on(&l.name).collect();
+    let ext_authz = config
+        .sidecars
+        .ext_authz
+        .as_ref()
+        .filter(|_| routes.iter().any(|r| r.auth.is_some()));
+    let rate_limit = config
+        .sidecars
+        .rate_limit
+        .as_ref()
+        .filter(|_| routes.iter().any(|r| !r.rate_limits.is_empty()));
+    let cached = routes.iter().any(|r| r.traffic.cache.is_some());
+    let cors = config.cors.is_some()
+        || routes
+            .iter()
+            .any(|r| matches!(r.traffic.cors, RouteCors::Own(_)));
+    let filters = listener::ListenerFilters {
+        strip_headers: shared.strip_headers.clone(),
+        ext_authz: ext_authz.map(|sidecar| auth::filter(sidecar, &config.auth_providers)),
+        rate_limit: rate_limit.map(rate_limit::filter),
+        cors: cors.then(cors::filter),
+        body_limit: routes
+            .iter()
+            .filter_map(|r| r.traffic.max_request_bytes)
+            .max()
+            .map(body_limit::filter),
+        cache: cached.then(|| response_cache::filter(&l.name)),
+        access_log: shared.access_log.clone(),
+        tracing: shared.tracing.clone(),
+    };
+    resources.add(
+        type_url::LISTENER,
+        &l.name,
+        &listener::listener(l, &filters),
+    );
+    let table = route::RouteTable {
+        ext_authz: ext_authz.is_some(),
+        rate_limit: rate_limit.is_some(),
+        cors,
+        default_cors: config.cors.as_ref(),
+        services: &config.services,
+        route_stats: config.observability.route_stats,
+    };
+    resources.add(
+        type_url::ROUTE,
+        &l.name,
+        &route::route_configuration(l, &routes, &table),
+    );
+    if l.tls.is_some() {
+        for (index, served) in certificates.listener(&l.name).iter().enumerate() {
+            let name = secret::listener_secret_name(&l.name, index);
+            resources.add_secret(secret::certificate_secret(name, &served.certificate));
+        }
+    }
+    if cached {
+        let name = response_cache::fill_name(&l.name);
+        resources.add(
+            type_url::CLUSTER,
+            &name,
+            &response_cache::fill_cluster(&l.name),
+        );
+        resources.add(
+            type_url::LISTENER,
+            &name,
+            &response_cache::fill_listener(&l.name),
+        );
+        resources.add(
+            type_url::ROUTE,
+            &name,
+            &route::cache_fill_configuration(l, &routes, &table),
+        );
+    }
 }
 
 /// A protobuf map with a deterministic encoding.
@@ -217,14 +252,6 @@ fn proto_duration(duration: std::time::Duration) -> ProtoDuration {
         seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
     }
-}
-
-/// An SDS secret as a resource of the snapshot.
-fn secret_resource(secret: Secret) -> (&'static str, Resource) {
-    (
-        type_url::SECRET,
-        Resource::new(&secret.name, type_url::SECRET, &secret),
-    )
 }
 
 /// Everything dynamic comes over the one ADS stream, so ordering across types holds.
