@@ -65,9 +65,41 @@ fn auth_provider(
             format!("auth provider \"{name}\": issuer is empty"),
         );
     }
+    let audiences = audiences(name, node, errors);
+    let keys = key_source(name, node, errors);
+    let shared_secret = matches!(
+        keys,
+        Some(KeySource::SharedSecretFile(_) | KeySource::SharedSecretEnv(_))
+    );
+    let algorithms = algorithms(name, node, shared_secret, errors);
+    let clock_skew = clock_skew(doc, errors);
+    let consumer_claim = consumer_claim(doc, errors);
+    let forward_claims = forward_claims(doc, errors);
+    let token = doc
+        .token
+        .as_ref()
+        .map(|t| token_source(name, t, errors))
+        .unwrap_or_else(|| Some(TokenSource::BearerHeader("authorization".into())));
+
+    let (keys, token) = (keys?, token?);
+    (errors.found.len() == before).then(|| AuthProvider {
+        name: name.to_string(),
+        issuer: doc.issuer.value.clone(),
+        audiences,
+        keys,
+        algorithms,
+        clock_skew,
+        consumer_claim,
+        forward_claims,
+        token,
+    })
+}
+
+/// The audiences a token must name one of.
+fn audiences(name: &str, node: &Spanned<AuthProviderDoc>, errors: &mut Errors) -> Vec<String> {
     // RFC 8725 §3.9: without an audience check a token minted for another service of the
     // same issuer would be accepted here.
-    let audiences: Vec<String> = match &doc.audiences {
+    match &node.value.audiences {
         Some(list) if !list.value.is_empty() => {
             for audience in list.value.iter().filter(|a| a.value.is_empty()) {
                 errors.at(audience, "empty audience".to_string());
@@ -88,8 +120,16 @@ fn auth_provider(
             );
             Vec::new()
         }
-    };
+    }
+}
 
+/// Where the provider's keys come from: exactly one source.
+fn key_source(
+    name: &str,
+    node: &Spanned<AuthProviderDoc>,
+    errors: &mut Errors,
+) -> Option<KeySource> {
+    let doc = &node.value;
     let sources: Vec<(&Spanned<String>, KeySource)> = [
         doc.jwks_uri
             .as_ref()
@@ -132,11 +172,17 @@ fn auth_provider(
             );
         }
     }
-    let shared_secret = matches!(
-        keys,
-        Some(KeySource::SharedSecretFile(_) | KeySource::SharedSecretEnv(_))
-    );
-    let algorithms = match &doc.algorithms {
+    keys
+}
+
+/// The algorithms accepted: given, or every one that fits the key source.
+fn algorithms(
+    name: &str,
+    node: &Spanned<AuthProviderDoc>,
+    shared_secret: bool,
+    errors: &mut Errors,
+) -> Vec<Algorithm> {
+    match &node.value.algorithms {
         None if shared_secret => vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
         None => Algorithm::ALL
             .into_iter()
@@ -174,23 +220,34 @@ fn auth_provider(
             }
             algorithms
         }
-    };
-    let clock_skew = match &doc.clock_skew {
+    }
+}
+
+fn clock_skew(doc: &AuthProviderDoc, errors: &mut Errors) -> Duration {
+    match &doc.clock_skew {
         None => DEFAULT_CLOCK_SKEW,
         Some(skew) if skew.value == "0s" || skew.value == "0ms" => Duration::ZERO,
         Some(skew) => duration::parse(&skew.value).unwrap_or_else(|message| {
             errors.at(skew, message);
             DEFAULT_CLOCK_SKEW
         }),
-    };
-    let consumer_claim = match &doc.consumer_claim {
+    }
+}
+
+/// The claim that names the consumer (`sub` unless told otherwise).
+fn consumer_claim(doc: &AuthProviderDoc, errors: &mut Errors) -> String {
+    match &doc.consumer_claim {
         Some(claim) if claim.value.is_empty() => {
             errors.at(claim, "consumer_claim is empty".to_string());
             String::new()
         }
         Some(claim) => claim.value.clone(),
         None => "sub".to_string(),
-    };
+    }
+}
+
+/// Claims forwarded upstream, each as its own header: valid, unreserved and distinct names.
+fn forward_claims(doc: &AuthProviderDoc, errors: &mut Errors) -> BTreeMap<String, String> {
     let mut forward_claims = BTreeMap::new();
     let mut headers_seen = HashSet::new();
     for (claim, header) in &doc.forward_claims {
@@ -210,24 +267,7 @@ fn auth_provider(
         }
         forward_claims.insert(claim.clone(), lower);
     }
-    let token = doc
-        .token
-        .as_ref()
-        .map(|t| token_source(name, t, errors))
-        .unwrap_or_else(|| Some(TokenSource::BearerHeader("authorization".into())));
-
-    let (keys, token) = (keys?, token?);
-    (errors.found.len() == before).then(|| AuthProvider {
-        name: name.to_string(),
-        issuer: doc.issuer.value.clone(),
-        audiences,
-        keys,
-        algorithms,
-        clock_skew,
-        consumer_claim,
-        forward_claims,
-        token,
-    })
+    forward_claims
 }
 
 fn token_source(
