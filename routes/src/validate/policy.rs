@@ -390,7 +390,44 @@ fn rate_limit(
 ) -> Option<RateLimitRule> {
     let before = errors.found.len();
     let doc = &node.value;
-    let key = match (doc.by.value.as_str(), &doc.header) {
+    let key = limit_key(route, doc, errors);
+    let quota = limit_quota(node, errors);
+    let algorithm = limit_algorithm(doc, errors);
+    if let Some(burst) = &doc.burst {
+        if burst.value == 0 {
+            errors.at(burst, "burst must be at least 1".to_string());
+        }
+    }
+    if let Some(name) = &doc.name {
+        if !is_valid_name(&name.value) {
+            errors.at(
+                name,
+                format!(
+                    "invalid rate limit name \"{}\": use letters, digits, '.', '_' and '-'",
+                    name.value
+                ),
+            );
+        }
+    }
+    let key = key?;
+    let quota = quota?;
+    let id = match &doc.name {
+        Some(name) => name.value.clone(),
+        None => default_rule_id(&key, &quota),
+    };
+    (errors.found.len() == before).then(|| RateLimitRule {
+        id,
+        key,
+        quota,
+        burst: doc.burst.as_ref().map(|b| b.value),
+        algorithm,
+    })
+}
+
+/// What the rule counts by: the consumer (which needs auth on the route), the client's
+/// address or a header.
+fn limit_key(route: &RouteDoc, doc: &RateLimitDoc, errors: &mut Errors) -> Option<LimitKey> {
+    match (doc.by.value.as_str(), &doc.header) {
         ("consumer", None) => {
             if route.auth.is_none() {
                 errors.at(
@@ -431,8 +468,13 @@ fn rate_limit(
             );
             None
         }
-    };
-    let quota = match (&doc.requests, &doc.per, &doc.tier_header, &doc.tiers) {
+    }
+}
+
+/// How much: one quota, or one per tier named by a header.
+fn limit_quota(node: &Spanned<RateLimitDoc>, errors: &mut Errors) -> Option<LimitQuota> {
+    let doc = &node.value;
+    match (&doc.requests, &doc.per, &doc.tier_header, &doc.tiers) {
         (Some(requests), Some(per), None, None) => {
             let per_value = Per::parse(&per.value);
             if per_value.is_none() {
@@ -487,8 +529,13 @@ fn rate_limit(
             );
             None
         }
-    };
-    let algorithm = match (&doc.algorithm, &doc.burst) {
+    }
+}
+
+/// The window arithmetic: sliding unless told otherwise, a token bucket when a burst is
+/// given.
+fn limit_algorithm(doc: &RateLimitDoc, errors: &mut Errors) -> LimitAlgorithm {
+    match (&doc.algorithm, &doc.burst) {
         (None, None) => LimitAlgorithm::Sliding,
         (None, Some(_)) => LimitAlgorithm::TokenBucket,
         (Some(a), burst) => {
@@ -509,36 +556,7 @@ fn rate_limit(
                 }
             }
         }
-    };
-    if let Some(burst) = &doc.burst {
-        if burst.value == 0 {
-            errors.at(burst, "burst must be at least 1".to_string());
-        }
     }
-    if let Some(name) = &doc.name {
-        if !is_valid_name(&name.value) {
-            errors.at(
-                name,
-                format!(
-                    "invalid rate limit name \"{}\": use letters, digits, '.', '_' and '-'",
-                    name.value
-                ),
-            );
-        }
-    }
-    let key = key?;
-    let quota = quota?;
-    let id = match &doc.name {
-        Some(name) => name.value.clone(),
-        None => default_rule_id(&key, &quota),
-    };
-    (errors.found.len() == before).then(|| RateLimitRule {
-        id,
-        key,
-        quota,
-        burst: doc.burst.as_ref().map(|b| b.value),
-        algorithm,
-    })
 }
 
 /// Ids name what a rule counts, so the one Envoy sends and the one the service reads agree
