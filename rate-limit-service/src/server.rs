@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,25 +112,13 @@ pub fn load(source: &LimitsSource) -> Result<Loaded, LoadError> {
         }
         LimitsSource::DropIn(path) => {
             let files = if path.is_dir() {
-                let mut paths: Vec<PathBuf> = std::fs::read_dir(path)
-                    .map_err(|source| LoadError::Read {
-                        path: path.display().to_string(),
-                        source,
-                    })?
-                    .filter_map(|entry| entry.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        p.is_file()
-                            && matches!(
-                                p.extension().and_then(|e| e.to_str()),
-                                Some("yaml" | "yml")
-                            )
-                    })
-                    .collect();
+                let paths = dropin::config_files(path).map_err(|source| LoadError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
                 if paths.is_empty() {
                     return Err(LoadError::NoFiles(path.display().to_string()));
                 }
-                // File order decides nothing (domains must differ) but keeps messages stable.
-                paths.sort();
                 paths
             } else {
                 vec![path.clone()]

@@ -9,6 +9,9 @@
 //! empty `replaces` or one naming its own limit, and `share_threshold` without a wildcard.
 //! One difference: keys are checked where they stand (a `unit` directly on a descriptor is
 //! refused here, silently ignored there). Drop-in limits count in fixed windows, as theirs.
+//! [`config_files`] says which files of a directory are configuration, as there.
+
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_saphyr::{Location, Options, Spanned};
@@ -87,6 +90,20 @@ struct ReplacesDoc {
 pub struct SourceFile {
     pub name: String,
     pub text: String,
+}
+
+/// The configuration files in `dir`, as envoyproxy/ratelimit reads a directory: every
+/// `*.yaml` and `*.yml` file (one domain each), nothing else, sorted. File order decides
+/// nothing (domains must differ) but keeps messages stable.
+pub fn config_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    paths.sort();
+    Ok(paths)
 }
 
 /// Builds one tree from every file, or reports every problem in all of them.
