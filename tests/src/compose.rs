@@ -214,7 +214,7 @@ impl RunningStack {
 
     /// Every container of the project, running or not, with its exit code: `(name, code)`.
     pub fn exit_codes(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let label = format!("label=com.docker.compose.project={}", self.stack.project);
+        let label = project_label(&self.stack.project);
         let ids = docker(&["ps", "-a", "-q", "--filter", &label])?;
         let mut codes = Vec::new();
         for id in ids.split_whitespace() {
@@ -231,7 +231,7 @@ impl RunningStack {
     /// What of this project is left on the engine: containers, networks and volumes
     /// labelled with its name.
     pub fn leftovers(project: &str) -> anyhow::Result<Vec<String>> {
-        let label = format!("label=com.docker.compose.project={project}");
+        let label = project_label(project);
         let mut left = Vec::new();
         for (kind, args) in [
             ("container", vec!["ps", "-a", "-q", "--filter", &label]),
@@ -269,6 +269,11 @@ impl Drop for RunningStack {
             eprintln!("compose down of {} failed: {error:#}", self.stack.project);
         }
     }
+}
+
+/// The `docker … --filter` that selects what Compose made for `project`.
+fn project_label(project: &str) -> String {
+    format!("label=com.docker.compose.project={project}")
 }
 
 /// Runs the Docker CLI; its stdout, or an error with its stderr.

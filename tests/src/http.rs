@@ -181,6 +181,13 @@ impl Response {
         echo.get("path")?.as_str().map(str::to_owned)
     }
 
+    /// The value of request header `name` as the test upstream received it, from its JSON
+    /// echo (the demo upstream of `make up` and compose/ echoes the same way).
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        let echo = self.json().ok()?;
+        echo["headers"][name].as_str().map(str::to_owned)
+    }
+
     /// Fails unless the response is a 200 from upstream `name`; the error shows the response.
     pub fn expect_upstream(&self, name: &str) -> anyhow::Result<&Self> {
         anyhow::ensure!(

@@ -21,6 +21,11 @@ use std::time::Duration;
 use crate::redis::Redis;
 use crate::{binaries, http, ports, process::Process};
 
+/// The longest `x-ratelimit-reset` or `retry-after` a per-minute sliding window announces:
+/// its oldest hit is forgotten between one window and one window plus one bucket (a
+/// twentieth, 3 s) after it was admitted.
+pub const LONGEST_RESET_SECS: u64 = 63;
+
 /// The service starts in well under a second; this allows for a busy 2-core machine.
 const READY_PATIENCE: Duration = Duration::from_secs(30);
 

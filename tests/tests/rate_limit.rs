@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tollgate_conformance::http::RequestBuilder;
-use tollgate_conformance::ratelimit::{RateLimitService, RunningRateLimitService};
+use tollgate_conformance::ratelimit::{
+    RateLimitService, RunningRateLimitService, LONGEST_RESET_SECS,
+};
 use tollgate_conformance::redis::Redis;
 use tollgate_conformance::tokens::{self, TestKey};
 use tollgate_conformance::{
@@ -24,11 +26,6 @@ use tollgate_conformance::{
 
 /// The window of every rule in this file (`per: minute`).
 const WINDOW: Duration = Duration::from_secs(60);
-
-/// The longest `x-ratelimit-reset` or `retry-after` a per-minute sliding window announces:
-/// its oldest hit is forgotten between one window and one window plus one bucket (a
-/// twentieth, 3 s) after it was admitted.
-const LONGEST_RESET_SECS: u64 = 63;
 
 /// How long Envoy waits for the rate-limit service. Longer than the 50 ms default so that a
 /// debug build on a busy machine never times out: a timed-out check fails open after the

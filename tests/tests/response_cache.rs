@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use tollgate_conformance::{
-    eventually_within, get, request, Gateway, Response, Upstream, UpstreamHandle,
-};
+use tollgate_conformance::{eventually_within, get, request, Gateway, Upstream, UpstreamHandle};
 
 /// Long enough that nothing expires during a test; [`expired_answers_are_fetched_again`]
 /// uses its own short one.
@@ -24,11 +22,6 @@ const CACHED_ROUTES: &str = "  - name: cached
 /// How many requests to exactly `path` the upstream has seen.
 fn hits(upstream: &UpstreamHandle, path: &str) -> usize {
     upstream.paths().iter().filter(|p| *p == path).count()
-}
-
-fn echoed_header(response: &Response, name: &str) -> Option<String> {
-    let echo = response.json().ok()?;
-    echo["headers"][name].as_str().map(str::to_owned)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +76,7 @@ async fn the_request_filling_the_cache_gets_the_routes_rewrite_and_header_edits(
     assert_eq!(upstream.paths(), ["/plain/ready", "/origin/item"]);
     assert_eq!(response.upstream_path().as_deref(), Some("/origin/item"));
     assert_eq!(
-        echoed_header(&response, "x-from").as_deref(),
+        response.upstream_header("x-from").as_deref(),
         Some("gateway")
     );
     // Envoy's own fetch of the miss appends Envoy's address to x-forwarded-for; the client's
@@ -97,7 +90,9 @@ async fn the_request_filling_the_cache_gets_the_routes_rewrite_and_header_edits(
         .send()
         .await
         .expect("GET a plain route");
-    let client = echoed_header(&plain, "x-forwarded-for").expect("the client named upstream");
+    let client = plain
+        .upstream_header("x-forwarded-for")
+        .expect("the client named upstream");
     assert!(client.starts_with("203.0.113.7,"), "{client}");
     let fill = from_a_proxied_client("/cached/another")
         .send()
@@ -108,7 +103,7 @@ async fn the_request_filling_the_cache_gets_the_routes_rewrite_and_header_edits(
         Some("/origin/another")
     );
     assert_eq!(
-        echoed_header(&fill, "x-forwarded-for"),
+        fill.upstream_header("x-forwarded-for"),
         Some(client),
         "the fill names the client as a plain route does, not the internal hop"
     );
