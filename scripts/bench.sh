@@ -21,7 +21,7 @@ TOLLGATE_PROVISION_BENCH=1 scripts/provision.sh
   echo "process of a benchmark and its reference on the same machine in the same run."
   echo "The machine is shared and noisy: compare ratios within a table, not across runs."
   echo "Binaries are release builds (fat LTO, one codegen unit); the sidecars and their benches"
-  echo "allocate with jemalloc (\`tollgate_runtime::grpc::Allocator\`)."
+  echo "allocate with jemalloc (\`tollgate_sidecar::grpc::Allocator\`)."
   echo
   echo "## Config reload: routes.yaml write → new route answering through Envoy (issue 2)"
   echo

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use tollgate_runtime::exit;
-use tollgate_runtime::grpc::Allocator;
+use tollgate_sidecar::grpc::Allocator;
 
 /// See `Allocator` for why; the control plane, which used the system allocator alone,
 /// is not on the request path.

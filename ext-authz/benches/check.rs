@@ -53,13 +53,13 @@ use tollgate_ext_authz::jwks::KeySet;
 use tollgate_ext_authz::server::{App, Options};
 use tollgate_ext_authz::service::CHECK_PATH;
 use tollgate_routes::policy::{Algorithm, AuthProvider, KeySource, TokenSource};
-use tollgate_runtime::grpc::GrpcServer;
-use tollgate_runtime::telemetry::Telemetry;
+use tollgate_sidecar::grpc::GrpcServer;
+use tollgate_sidecar::telemetry::Telemetry;
 use tonic::service::Routes;
 
 /// The allocator the service binary runs with, so the bench measures what ships.
 #[global_allocator]
-static ALLOCATOR: tollgate_runtime::grpc::Allocator = tollgate_runtime::grpc::Allocator;
+static ALLOCATOR: tollgate_sidecar::grpc::Allocator = tollgate_sidecar::grpc::Allocator;
 
 const CASE_TIME: Duration = Duration::from_secs(2);
 const CONCURRENCY: usize = 16;
@@ -251,7 +251,7 @@ fn floor_server(core: Option<usize>) -> ServerThread {
             .unary(CHECK_PATH, |_: tonic::Request<CheckCall>| async {
                 Ok(tonic::Response::new(allow_all()))
             });
-        tollgate_runtime::grpc::serve(grpc, server, shutdown).await;
+        tollgate_sidecar::grpc::serve(grpc, server, shutdown).await;
     })
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use tollgate_runtime::telemetry::Telemetry;
 use tollgate_runtime::{exit, shutdown};
+use tollgate_sidecar::telemetry::Telemetry;
 
 use crate::server::{self, Options, StartError};
 
@@ -19,7 +19,7 @@ pub fn run() -> i32 {
     let cli = Cli::parse();
     let telemetry = Telemetry::init("tollgate-ext-authz");
     crate::install_crypto();
-    let runtime = match tollgate_runtime::grpc::acceptor_runtime() {
+    let runtime = match tollgate_sidecar::grpc::acceptor_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
@@ -90,7 +90,7 @@ impl Cli {
             telemetry: Some(telemetry),
             serving_threads: Some(
                 self.serving_threads
-                    .unwrap_or_else(tollgate_runtime::grpc::serving_threads_per_core),
+                    .unwrap_or_else(tollgate_sidecar::grpc::serving_threads_per_core),
             ),
         }
     }

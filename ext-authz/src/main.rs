@@ -1,7 +1,7 @@
 //! `tollgate-ext-authz`: wiring only; the work lives in the library.
 #![forbid(unsafe_code)]
 
-use tollgate_runtime::grpc::Allocator;
+use tollgate_sidecar::grpc::Allocator;
 
 /// See `Allocator` for why.
 #[global_allocator]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tollgate_routes::ConfigErrors;
 use tollgate_runtime::file_watch::FileChanges;
-use tollgate_runtime::telemetry::{Telemetry, TelemetryError};
+use tollgate_sidecar::telemetry::{Telemetry, TelemetryError};
 
 use crate::providers::{ProviderError, ProviderSettings, ProviderTable, Providers};
 

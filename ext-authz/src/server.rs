@@ -13,9 +13,9 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tollgate_runtime::file_watch::{FileChanges, WatchError};
-use tollgate_runtime::grpc::{self, serve_on_threads, GrpcServer, ServingThreadsError};
 use tollgate_runtime::http::{self, Readiness};
-use tollgate_runtime::telemetry::Telemetry;
+use tollgate_sidecar::grpc::{self, serve_on_threads, GrpcServer, ServingThreadsError};
+use tollgate_sidecar::telemetry::Telemetry;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
@@ -38,7 +38,7 @@ pub struct Options {
     /// process exports none (tests and benchmarks that run the service in-process).
     pub telemetry: Option<Telemetry>,
     /// Threads of their own serving gRPC calls, one connection each (see
-    /// `tollgate_runtime::grpc::serve_on_threads`); `None`: calls are served on the runtime
+    /// `tollgate_sidecar::grpc::serve_on_threads`); `None`: calls are served on the runtime
     /// `serve` runs on (tests, and the bench's server thread).
     pub serving_threads: Option<NonZeroUsize>,
 }

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use tollgate_routes::policy::REQUEST_ID_HEADER;
-use tollgate_runtime::telemetry::{self, TraceId, TraceParent, SPAN_TARGET};
+use tollgate_sidecar::telemetry::{self, TraceId, TraceParent, SPAN_TARGET};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 

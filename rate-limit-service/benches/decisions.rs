@@ -40,14 +40,14 @@ use tollgate_ratelimit::service::{CurrentLimits, LimitSet, RateLimiter, SHOULD_R
 use tollgate_ratelimit::store::memory::MemoryStore;
 use tollgate_ratelimit::store::redis::{RedisStore, RedisTarget};
 use tollgate_ratelimit::store::Store;
-use tollgate_runtime::grpc::{self, GrpcServer};
-use tollgate_runtime::telemetry::Telemetry;
+use tollgate_sidecar::grpc::{self, GrpcServer};
+use tollgate_sidecar::telemetry::Telemetry;
 use tonic::service::Routes;
 use tonic::transport::Channel;
 
 /// The allocator the service binary runs with, so the bench measures what ships.
 #[global_allocator]
-static ALLOCATOR: tollgate_runtime::grpc::Allocator = tollgate_runtime::grpc::Allocator;
+static ALLOCATOR: tollgate_sidecar::grpc::Allocator = tollgate_sidecar::grpc::Allocator;
 
 const CONFIG: &str = r#"
 domain: bench

@@ -3,8 +3,8 @@
 //! it.
 
 use clap::Parser;
-use tollgate_runtime::telemetry::Telemetry;
 use tollgate_runtime::{exit, shutdown};
+use tollgate_sidecar::telemetry::Telemetry;
 
 use crate::server::{self, ServeError};
 use crate::settings::Settings;
@@ -13,7 +13,7 @@ use crate::settings::Settings;
 pub fn run() -> i32 {
     let settings = Settings::parse();
     let telemetry = Telemetry::init("tollgate-ratelimit");
-    let runtime = match tollgate_runtime::grpc::acceptor_runtime() {
+    let runtime = match tollgate_sidecar::grpc::acceptor_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tollgate_runtime::grpc::{self, serve_on_threads, GrpcServer, ServingThreadsError};
 use tollgate_runtime::http::{self, Readiness};
+use tollgate_sidecar::grpc::{self, serve_on_threads, GrpcServer, ServingThreadsError};
 use tonic::service::Routes;
 
 use crate::algorithm::{Clock, SystemClock};
@@ -29,7 +29,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError};
 use tollgate_runtime::file_watch::FileChanges;
-use tollgate_runtime::telemetry::{Telemetry, TelemetryError};
+use tollgate_sidecar::telemetry::{Telemetry, TelemetryError};
 
 /// How often the store is probed; readiness is the last probe's answer.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);

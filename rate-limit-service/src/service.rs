@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
-use tollgate_runtime::telemetry::{self, TraceId, TraceParent, SPAN_TARGET};
+use tollgate_sidecar::telemetry::{self, TraceId, TraceParent, SPAN_TARGET};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -353,7 +353,7 @@ fn pb_duration(d: Duration) -> PbDuration {
 
 impl<S: Store, C: Clock> RateLimiter<S, C> {
     /// `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`, as
-    /// `tollgate_runtime::grpc::GrpcServer` serves it.
+    /// `tollgate_sidecar::grpc::GrpcServer` serves it.
     pub async fn should_rate_limit(
         &self,
         request: Request<RateLimitRequest>,

@@ -96,7 +96,7 @@ impl Settings {
     /// `--serving-threads`, or one per core the process may run on.
     pub fn serving_threads(&self) -> NonZeroUsize {
         self.serving_threads
-            .unwrap_or_else(tollgate_runtime::grpc::serving_threads_per_core)
+            .unwrap_or_else(tollgate_sidecar::grpc::serving_threads_per_core)
     }
 
     /// `None`: in-memory counters.

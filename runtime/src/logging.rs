@@ -9,7 +9,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry};
 
-/// The target of spans made to be exported (see `telemetry`), which log lines leave out.
+/// The target of spans made to be exported (see `tollgate_sidecar::telemetry`), which log lines leave out.
 /// Defined here, where log lines are made, so that telemetry builds on logging and not
 /// the other way round.
 pub const SPAN_TARGET: &str = "tollgate::trace";
@@ -24,7 +24,7 @@ pub fn init() {
 /// The layer that writes log lines, with its filter: what `TOLLGATE_LOG` selects, less the
 /// spans that exist only to be exported ([`SPAN_TARGET`]); log lines about a request name
 /// its ids themselves, so those spans would only repeat them.
-pub(crate) fn log_lines<S>() -> Box<dyn Layer<S> + Send + Sync>
+pub fn log_lines<S>() -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {

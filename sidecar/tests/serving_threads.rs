@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tollgate_runtime::grpc::{serve_on_threads, GrpcServer, ServingThreadsError};
+use tollgate_sidecar::grpc::{serve_on_threads, GrpcServer, ServingThreadsError};
 use tonic::service::Routes;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;

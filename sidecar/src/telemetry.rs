@@ -31,12 +31,12 @@ use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Registry;
 
-use crate::logging;
+use tollgate_runtime::logging;
 
 pub use opentelemetry::trace::TraceId;
 
 /// Only spans of this target reach the exporter (not those of hyper, h2 or tonic).
-pub use crate::logging::SPAN_TARGET;
+pub use tollgate_runtime::logging::SPAN_TARGET;
 
 /// How long one export may take before it is abandoned (and its spans dropped).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -151,7 +151,7 @@ struct Collector {
 }
 
 impl Telemetry {
-    /// Installs the global `tracing` subscriber: log lines as [`crate::logging`] writes
+    /// Installs the global `tracing` subscriber: log lines as [`tollgate_runtime::logging`] writes
     /// them, and spans for export, which go nowhere until [`Telemetry::configure`] names a
     /// collector. Spans carry `service.name = service_name`.
     pub fn init(service_name: &'static str) -> Telemetry {

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt as _, Full};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt as _;
-use tollgate_runtime::grpc::{self, GrpcServer, MAX_REQUEST_MESSAGE};
+use tollgate_sidecar::grpc::{self, GrpcServer, MAX_REQUEST_MESSAGE};
 use tonic::service::Routes;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
