@@ -1,15 +1,24 @@
-//! The control plane's own HTTP endpoints: liveness, readiness, Prometheus metrics, and a
-//! JSON status that says what every connected Envoy accepted or rejected.
+//! The control plane's own HTTP endpoints: liveness, readiness and Prometheus metrics as
+//! every Tollgate service serves them (`tollgate_runtime::http`), and a JSON `/status` that
+//! says what every connected Envoy accepted or rejected.
+//!
+//! Its metrics describe state kept elsewhere (the reloader's counts, the node registry), so
+//! they are read from that state at every scrape by a [`Collector`] rather than kept twice.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::Json;
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
+use tollgate_runtime::http::{self, Readiness};
 
 use crate::reload::{ReloadStatus, Reloader};
 use crate::snapshot::SnapshotCache;
@@ -32,13 +41,19 @@ pub struct Status {
     pub nodes: Vec<NodeStatus>,
 }
 
+/// `/healthz`, `/readyz` (ready once a valid configuration is served), `/metrics` and
+/// `/status`.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .route("/status", get(status))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    let readiness = Readiness::default();
+    // `serve` starts only once routes.yaml has loaded, and a later bad edit keeps it.
+    readiness.set(state.cache.current().is_some());
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(StateMetrics(state.clone())));
+    http::router(Arc::new(registry), readiness).merge(
+        Router::new()
+            .route("/status", get(status))
+            .with_state(state),
+    )
 }
 
 /// Serves the admin endpoints on an already-bound listener until `shutdown`.
@@ -47,21 +62,7 @@ pub async fn serve(
     state: AdminState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-async fn ready(State(state): State<AdminState>) -> Response {
-    if state.cache.current().is_some() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no valid configuration loaded\n",
-        )
-            .into_response()
-    }
+    http::serve(listener, router(state), shutdown).await
 }
 
 fn current_status(state: &AdminState) -> Status {
@@ -78,121 +79,118 @@ async fn status(State(state): State<AdminState>) -> Json<Status> {
     Json(current_status(&state))
 }
 
-async fn metrics(State(state): State<AdminState>) -> Response {
-    let status = current_status(&state);
-    let (ok, failed) = state.reloader.counts();
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
+/// The control plane's metrics, read from [`AdminState`] at every scrape.
+#[derive(Debug)]
+struct StateMetrics(AdminState);
+
+impl Collector for StateMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = &self.0;
+        let status = current_status(state);
+        let (ok, failed) = state.reloader.counts();
+        let mut reloads = encoder.encode_descriptor(
+            "tollgate_config_reloads",
+            "Attempts to load routes.yaml, by result.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, count) in [("ok", ok), ("error", failed)] {
+            ConstCounter::new(count).encode(reloads.encode_family(&[("result", result)])?)?;
         }
-    };
-    metric(
-        "tollgate_config_reloads_total",
-        "counter",
-        "Attempts to load routes.yaml, by result.",
-        &[
-            (labels(&[("result", "ok")]), ok),
-            (labels(&[("result", "error")]), failed),
-        ],
-    );
-    metric(
-        "tollgate_config_last_reload_success",
-        "gauge",
-        "1 if the last attempt to load routes.yaml succeeded.",
-        &[(String::new(), u64::from(status.last_reload.ok))],
-    );
-    metric(
-        "tollgate_config_last_reload_timestamp_seconds",
-        "gauge",
-        "When routes.yaml was last loaded or rejected.",
-        &[(String::new(), status.last_reload.at_unix_ms / 1000)],
-    );
-    let expiry = state.reloader.certificate_expiry();
-    let seconds = |not_after: i64| u64::try_from(not_after).unwrap_or(0);
-    let listeners: Vec<(String, u64)> = expiry
-        .listeners
-        .iter()
-        .map(|((listener, file), &not_after)| {
-            (
-                labels(&[("listener", listener), ("cert_file", file)]),
-                seconds(not_after),
-            )
-        })
-        .collect();
-    metric(
-        "tollgate_listener_certificate_expiry_timestamp_seconds",
-        "gauge",
-        "When a certificate a TLS listener serves expires (notAfter, Unix seconds).",
-        &listeners,
-    );
-    let clients: Vec<(String, u64)> = expiry
-        .upstream_clients
-        .iter()
-        .map(|(service, &not_after)| (labels(&[("service", service)]), seconds(not_after)))
-        .collect();
-    metric(
-        "tollgate_upstream_client_certificate_expiry_timestamp_seconds",
-        "gauge",
-        "When the client certificate presented to a service expires (notAfter, Unix seconds).",
-        &clients,
-    );
-    let connected = status.nodes.iter().filter(|n| n.connected).count() as u64;
-    let in_sync = status
-        .nodes
-        .iter()
-        .filter(|n| n.connected && n.in_sync)
-        .count() as u64;
-    metric(
-        "tollgate_xds_connected_nodes",
-        "gauge",
-        "Envoy nodes with an open ADS stream.",
-        &[(String::new(), connected)],
-    );
-    metric(
-        "tollgate_xds_nodes_in_sync",
-        "gauge",
-        "Connected Envoy nodes that have acknowledged the current configuration.",
-        &[(String::new(), in_sync)],
-    );
-    let rejecting: Vec<(String, u64)> = status
-        .nodes
-        .iter()
-        .map(|n| {
-            let nacking = n.types.values().any(|t| t.nack.is_some());
-            (labels(&[("node", &n.id)]), u64::from(nacking))
-        })
-        .collect();
-    metric(
-        "tollgate_xds_node_rejecting",
-        "gauge",
-        "1 while a node's last answer for some resource type was a NACK.",
-        &rejecting,
-    );
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
+        gauge(
+            &mut encoder,
+            "tollgate_config_last_reload_success",
+            "1 if the last attempt to load routes.yaml succeeded.",
+            u64::from(status.last_reload.ok),
+        )?;
+        gauge(
+            &mut encoder,
+            "tollgate_config_last_reload_timestamp_seconds",
+            "When routes.yaml was last loaded or rejected.",
+            status.last_reload.at_unix_ms / 1000,
+        )?;
+        let expiry = state.reloader.config().certificate_expiry();
+        let seconds = |not_after: i64| u64::try_from(not_after).unwrap_or(0);
+        gauges(
+            &mut encoder,
+            "tollgate_listener_certificate_expiry_timestamp_seconds",
+            "When a certificate a TLS listener serves expires (notAfter, Unix seconds).",
+            expiry
+                .listeners
+                .iter()
+                .map(|((listener, file), &not_after)| {
+                    (
+                        [
+                            ("listener", listener.as_str()),
+                            ("cert_file", file.as_str()),
+                        ],
+                        seconds(not_after),
+                    )
+                }),
+        )?;
+        gauges(
+            &mut encoder,
+            "tollgate_upstream_client_certificate_expiry_timestamp_seconds",
+            "When the client certificate presented to a service expires (notAfter, Unix seconds).",
+            expiry
+                .upstream_clients
+                .iter()
+                .map(|(service, &not_after)| ([("service", service.as_str())], seconds(not_after))),
+        )?;
+        let connected = status.nodes.iter().filter(|n| n.connected).count();
+        let in_sync = status
+            .nodes
+            .iter()
+            .filter(|n| n.connected && n.in_sync)
+            .count();
+        gauge(
+            &mut encoder,
+            "tollgate_xds_connected_nodes",
+            "Envoy nodes with an open ADS stream.",
+            connected as u64,
+        )?;
+        gauge(
+            &mut encoder,
+            "tollgate_xds_nodes_in_sync",
+            "Connected Envoy nodes that have acknowledged the current configuration.",
+            in_sync as u64,
+        )?;
+        gauges(
+            &mut encoder,
+            "tollgate_xds_node_rejecting",
+            "1 while a node's last answer for some resource type was a NACK.",
+            status.nodes.iter().map(|n| {
+                let nacking = n.types.values().any(|t| t.nack.is_some());
+                ([("node", n.id.as_str())], u64::from(nacking))
+            }),
+        )
+    }
 }
 
-/// A sample's label set, `{name="value",…}`, each value escaped.
-fn labels(pairs: &[(&str, &str)]) -> String {
-    let inner: Vec<String> = pairs
-        .iter()
-        .map(|(name, value)| format!("{name}=\"{}\"", escape_label(value)))
-        .collect();
-    format!("{{{}}}", inner.join(","))
+fn gauge_value(value: u64) -> ConstGauge {
+    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
 }
 
-/// Prometheus text format §"Comments, help text, and type information": escape \, " and \n.
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A gauge without labels.
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    gauge_value(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// A gauge with one sample per label set; described even when it has none.
+fn gauges<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut described = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        gauge_value(value).encode(described.encode_family(&labels)?)?;
+    }
+    Ok(())
 }

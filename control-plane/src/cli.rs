@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use tollgate_routes::FilesBeside;
 use tollgate_runtime::{exit, logging, shutdown};
 
 use crate::bootstrap::{self, BootstrapOptions, XdsVariant};
@@ -59,7 +60,7 @@ pub fn run() -> i32 {
 
 /// Exit 0 for a valid file, 1 with every error on stderr otherwise (the contract).
 fn validate(file: &Path) -> i32 {
-    match crate::reload::load(file) {
+    match tollgate_routes::load_with_files(file, &FilesBeside::of(file)) {
         Ok((config, _)) => {
             println!(
                 "{}: ok ({} listeners, {} services, {} routes)",

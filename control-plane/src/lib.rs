@@ -1,8 +1,8 @@
 //! Tollgate's control plane: routes.yaml in, Envoy configuration out over ADS.
 //!
 //! `translate` turns a validated config into a [`snapshot::Snapshot`] (pure); `snapshot`
-//! holds the current one; `xds` speaks the ADS protocol against it; `reload` and `watch`
-//! bring file edits in; `admin` reports; `bootstrap` tells Envoy where to connect.
+//! holds the current one; `xds` speaks the ADS protocol against it; `reload` brings file
+//! edits in; `admin` reports; `bootstrap` tells Envoy where to connect.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -12,5 +12,4 @@ pub mod reload;
 pub mod serve;
 pub mod snapshot;
 pub mod translate;
-pub mod watch;
 pub mod xds;

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::admin::{self, AdminState};
-use crate::reload::{ReloadError, Reloader};
+use crate::reload::{ReloadError, Reloader, Translation};
 use crate::snapshot::SnapshotCache;
 use crate::xds::{self, AdsServer, NodeRegistry};
 
@@ -46,9 +46,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let cache = Arc::new(SnapshotCache::new());
-    let reloader = Arc::new(Reloader::new(&options.routes, cache.clone()));
+    let reloader = Arc::new(Reloader::new(
+        &options.routes,
+        Translation::new(cache.clone()),
+    ));
     // Validate before binding anything: a bad file fails fast and listens nowhere.
-    reloader.reload()?;
+    reloader.reload().await?;
     if let Some(snapshot) = cache.current() {
         info!(version = %snapshot.version(), file = %options.routes.display(), "routes.yaml loaded");
     }
@@ -82,13 +85,13 @@ pub async fn run(
         cache,
         nodes,
     };
-    let (xds, admin, watch) = tokio::join!(
+    let reloads = tollgate_runtime::reload::watch(reloader, until_stopped())?;
+    let (xds, admin, ()) = tokio::join!(
         xds::serve(xds_listener, ads, until_stopped()),
         admin::serve(admin_listener, admin_state, until_stopped()),
-        crate::watch::run(reloader, until_stopped()),
+        reloads,
     );
     xds.map_err(|e| ServeError::Xds(e.to_string()))?;
     admin.map_err(ServeError::Admin)?;
-    watch?;
     Ok(())
 }

@@ -84,9 +84,7 @@ fn checked_in_bootstrap_is_the_default_output() {
 #[test]
 fn compose_demo_is_the_example_but_for_addresses() {
     let load = |path: &str| {
-        tollgate_control_plane::reload::load(&repo_file(path))
-            .unwrap_or_else(|errors| panic!("{path}: {errors}"))
-            .0
+        tollgate_routes::load(&repo_file(path)).unwrap_or_else(|errors| panic!("{path}: {errors}"))
     };
     let example = load("examples/routes.yaml");
     let mut compose = load("compose/routes.yaml");

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tollgate_runtime::file_watch::{FileChanges, WatchError};
+use tollgate_runtime::file_watch::WatchError;
 use tollgate_runtime::http::{self, Readiness};
 use tollgate_sidecar::grpc::{self, serve_on_threads, GrpcServer, ServingThreadsError};
 use tollgate_sidecar::telemetry::Telemetry;
@@ -23,7 +23,7 @@ use crate::cache::TokenCache;
 use crate::jwks::HttpClient;
 use crate::metrics::Metrics;
 use crate::providers::{ProviderSettings, Providers};
-use crate::reload::{self, LoadError};
+use crate::reload::{AuthProviders, LoadError, Reloader};
 use crate::service::{self, AuthService};
 
 /// Everything `serve` needs besides sockets, as the command line gives it.
@@ -70,8 +70,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub providers: Arc<Providers>,
     registry: Arc<Registry>,
-    settings: ProviderSettings,
-    routes_hash: [u8; 32],
+    reloader: Arc<Reloader>,
 }
 
 impl App {
@@ -90,18 +89,17 @@ impl App {
             cooldown: options.jwks_cooldown,
             metrics: Arc::clone(&metrics),
         };
-        let reload::Loaded {
-            table,
-            hash: routes_hash,
-            otlp_endpoint,
-        } = reload::load(&options.routes, None, &settings).await?;
-        if let Some(telemetry) = &options.telemetry {
-            telemetry
-                .configure(otlp_endpoint.as_deref())
-                .map_err(LoadError::from)?;
-        }
-        tracing::info!(file = %options.routes.display(), providers = table.len(), "routes.yaml loaded");
-        let providers = Arc::new(Providers::new(table));
+        let providers = Arc::new(Providers::default());
+        let reloader = Arc::new(Reloader::new(
+            &options.routes,
+            AuthProviders {
+                providers: Arc::clone(&providers),
+                settings,
+                telemetry: options.telemetry.clone(),
+            },
+        ));
+        reloader.reload().await?;
+        tracing::info!(file = %options.routes.display(), providers = providers.load().len(), "routes.yaml loaded");
         let service = AuthService::new(
             Arc::clone(&providers),
             Arc::new(TokenCache::new(options.token_cache_size)),
@@ -115,8 +113,7 @@ impl App {
             metrics,
             providers,
             registry: Arc::new(registry),
-            settings,
-            routes_hash,
+            reloader,
         })
     }
 
@@ -136,15 +133,10 @@ impl App {
             let _ = stop.send(true);
         });
 
-        let changes = FileChanges::watch(&self.options.routes)?;
-        let watcher = tokio::spawn(reload::watch(
-            self.options.routes.clone(),
-            changes,
-            Arc::clone(&self.providers),
-            self.settings.clone(),
-            self.options.telemetry.clone(),
-            self.routes_hash,
-        ));
+        let watcher = tokio::spawn(tollgate_runtime::reload::watch(
+            Arc::clone(&self.reloader),
+            signal(stopped.clone()),
+        )?);
 
         let readiness = Readiness::default();
         let router = http::router(Arc::clone(&self.registry), readiness.clone());

@@ -16,6 +16,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tollgate_runtime::http::{self, Readiness};
+use tollgate_runtime::reload::{Config, Outcome, Read};
 use tollgate_sidecar::grpc::{self, serve_on_threads, GrpcServer, ServingThreadsError};
 use tonic::service::Routes;
 
@@ -28,7 +29,6 @@ use crate::settings::{LimitsSource, Settings};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError};
-use tollgate_runtime::file_watch::FileChanges;
 use tollgate_sidecar::telemetry::{Telemetry, TelemetryError};
 
 /// How often the store is probed; readiness is the last probe's answer.
@@ -43,7 +43,7 @@ pub enum LoadError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Routes(#[from] tollgate_routes::ConfigErrors),
+    Routes(#[from] tollgate_routes::LoadError),
     #[error(transparent)]
     DropIn(#[from] DropInErrors),
     #[error("no *.yaml or *.yml file in {0}")]
@@ -100,8 +100,7 @@ pub struct Loaded {
 pub fn load(source: &LimitsSource) -> Result<Loaded, LoadError> {
     match source {
         LimitsSource::Routes(path) => {
-            let text = read(path)?;
-            let config = tollgate_routes::parse(&path.display().to_string(), &text)?;
+            let config = tollgate_routes::load(path)?;
             Ok(Loaded {
                 tree: routes::build(&config),
                 otlp_endpoint: config
@@ -155,17 +154,26 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let source = settings.limits_source().ok_or(ServeError::NoLimits)?;
-    let loaded = load(&source)?;
-    let collector = match &source {
-        LimitsSource::Routes(_) => loaded.otlp_endpoint.as_deref(),
-        LimitsSource::DropIn(_) => settings.otlp_endpoint.as_deref(),
-    };
-    telemetry.configure(collector)?;
+    if let LimitsSource::DropIn(_) = source {
+        // Drop-in files say nothing about tracing: the flag's collector stays.
+        telemetry.configure(settings.otlp_endpoint.as_deref())?;
+    }
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let limits = CurrentLimits::default();
+    let traced_by_routes = matches!(source, LimitsSource::Routes(_)).then(|| telemetry.clone());
+    let reloader = Arc::new(Reloader::new(
+        source.path(),
+        Limits::new(
+            source.clone(),
+            limits.clone(),
+            metrics.clone(),
+            traced_by_routes,
+        ),
+    ));
+    reloader.reload().await?;
     metrics.config_load(true);
-    log_loaded(&source, &loaded.tree);
-    let limits = CurrentLimits::new(LimitSet::new(loaded.tree, &metrics));
+    log_loaded(&source, limits.get().tree());
     let redis = settings
         .redis_target()
         .map(|target| RedisStore::connect(&target, settings.redis_timeout))
@@ -195,15 +203,13 @@ pub async fn run(
         http::router(Arc::new(registry), readiness.clone()),
         wait(),
     ));
-    // Drop-in files say nothing about tracing: the flag's collector stays.
-    let traced_by_routes = matches!(source, LimitsSource::Routes(_)).then(|| telemetry.clone());
-    let reloads = tokio::spawn(reload_on_change(
-        source,
-        limits.clone(),
-        metrics.clone(),
-        traced_by_routes,
-        wait(),
-    ));
+    let reloads = match tollgate_runtime::reload::watch(reloader, wait()) {
+        Ok(reloads) => Some(tokio::spawn(reloads)),
+        Err(error) => {
+            tracing::error!(%error, "limits will not be reloaded");
+            None
+        }
+    };
     let serving = Serving {
         clock: SystemClock,
         limits,
@@ -229,7 +235,9 @@ pub async fn run(
         }
     };
     let _ = stop.send(true);
-    reloads.abort();
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     telemetry.shutdown();
     if let Ok(Err(e)) = http_server.await {
         return Err(ServeError::Http(e));
@@ -325,59 +333,79 @@ fn grpc_server<S: Store, C: Clock>(limiter: RateLimiter<S, C>, routes: Routes) -
     })
 }
 
-/// Watches the limits' files and swaps in every valid new version.
-async fn reload_on_change(
+/// Loads the limits, and reloads them when their files change.
+pub type Reloader = tollgate_runtime::reload::Reloader<Limits>;
+
+/// The limits their files declare, served to ShouldRateLimit: the service's [`Config`].
+pub struct Limits {
     source: LimitsSource,
     limits: CurrentLimits,
     metrics: Metrics,
+    /// With it, the file also says where spans go (routes.yaml's `observability.tracing`).
     telemetry: Option<Telemetry>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let watched = match &source {
-        LimitsSource::Routes(path) | LimitsSource::DropIn(path) => path,
-    };
-    let mut changes = match FileChanges::watch(watched) {
-        Ok(changes) => changes,
-        Err(error) => {
-            tracing::error!(%error, "limits will not be reloaded");
-            return;
+}
+
+impl Limits {
+    pub fn new(
+        source: LimitsSource,
+        limits: CurrentLimits,
+        metrics: Metrics,
+        telemetry: Option<Telemetry>,
+    ) -> Self {
+        Limits {
+            source,
+            limits,
+            metrics,
+            telemetry,
         }
-    };
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = changes.changed() => {}
-        }
-        reload(&source, &limits, &metrics, telemetry.as_ref());
     }
 }
 
-/// One reload attempt: all or nothing. With `telemetry`, the file also says where spans go.
-pub fn reload(
-    source: &LimitsSource,
-    limits: &CurrentLimits,
-    metrics: &Metrics,
-    telemetry: Option<&Telemetry>,
-) {
-    let loaded = load(source).and_then(|loaded| {
-        if let Some(telemetry) = telemetry {
-            telemetry.configure(loaded.otlp_endpoint.as_deref())?;
-        }
-        Ok(loaded.tree)
-    });
-    match loaded {
-        Ok(tree) => {
-            if limits.get().tree() == &tree {
-                return;
+impl Config for Limits {
+    type Loaded = DescriptorTree;
+    type Error = LoadError;
+    const NAME: &'static str = "limits";
+
+    async fn read(&self, _path: &Path) -> Read<Self> {
+        // A directory's files are what the reload loop compares between events, whether or
+        // not this version of them is valid.
+        let files = match &self.source {
+            LimitsSource::DropIn(dir) if dir.is_dir() => {
+                dropin::config_files(dir).unwrap_or_default()
             }
-            metrics.config_load(true);
-            log_loaded(source, &tree);
-            limits.replace(LimitSet::new(tree, metrics));
+            _ => Vec::new(),
+        };
+        let outcome = load(&self.source).and_then(|loaded| {
+            if let Some(telemetry) = &self.telemetry {
+                telemetry.configure(loaded.otlp_endpoint.as_deref())?;
+            }
+            Ok(loaded.tree)
+        });
+        Read { outcome, files }
+    }
+
+    fn serve(&self, tree: DescriptorTree) -> Option<String> {
+        if self.limits.get().tree() == &tree {
+            return None;
         }
-        Err(error) => {
-            metrics.config_load(false);
-            tracing::error!(%error, "new limits rejected, keeping the previous ones");
+        let domains: Vec<&str> = tree.domains().collect();
+        let served = format!("domains {domains:?}, {} limits", tree.limits().len());
+        self.limits.replace(LimitSet::new(tree, &self.metrics));
+        Some(served)
+    }
+
+    fn error_lines(error: &LoadError) -> Vec<String> {
+        match error {
+            LoadError::Routes(error) => error.lines(),
+            other => vec![other.to_string()],
+        }
+    }
+
+    fn reloaded(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Served => self.metrics.config_load(true),
+            Outcome::Refused => self.metrics.config_load(false),
+            Outcome::Same => {}
         }
     }
 }
@@ -405,24 +433,51 @@ mod tests {
             .and_then(|m| m.limit.rate.map(|(r, _)| r.requests))
     }
 
-    #[test]
-    fn a_bad_file_keeps_the_previous_limits() {
+    #[tokio::test]
+    async fn a_bad_file_keeps_the_previous_limits() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("d.yaml");
         std::fs::write(&file, GOOD).expect("write");
         let source = LimitsSource::DropIn(file.clone());
-        let metrics = Metrics::unregistered();
-        let limits =
-            CurrentLimits::new(LimitSet::new(load(&source).expect("valid").tree, &metrics));
+        let limits = CurrentLimits::default();
+        let reloader = Reloader::new(
+            &file,
+            Limits::new(source, limits.clone(), Metrics::unregistered(), None),
+        );
+        reloader.reload().await.expect("valid");
         std::fs::write(&file, GOOD.replace("second", "fortnight")).expect("write");
-        reload(&source, &limits, &metrics, None);
+        assert!(reloader.reload().await.is_err());
         assert_eq!(requests_for_k(&limits), Some(1));
         std::fs::write(
             &file,
             GOOD.replace("requests_per_unit: 1", "requests_per_unit: 7"),
         )
         .expect("write");
-        reload(&source, &limits, &metrics, None);
+        reloader.reload().await.expect("valid");
+        assert_eq!(requests_for_k(&limits), Some(7));
+    }
+
+    #[tokio::test]
+    async fn an_edited_file_of_a_directory_is_a_new_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("d.yaml"), GOOD).expect("write");
+        let limits = CurrentLimits::default();
+        let reloader = Reloader::new(
+            dir.path(),
+            Limits::new(
+                LimitsSource::DropIn(dir.path().to_path_buf()),
+                limits.clone(),
+                Metrics::unregistered(),
+                None,
+            ),
+        );
+        reloader.reload().await.expect("valid");
+        std::fs::write(
+            dir.path().join("d.yaml"),
+            GOOD.replace("requests_per_unit: 1", "requests_per_unit: 7"),
+        )
+        .expect("write");
+        assert!(reloader.reload().await.expect("valid").is_some());
         assert_eq!(requests_for_k(&limits), Some(7));
     }
 

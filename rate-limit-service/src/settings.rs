@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -82,6 +82,15 @@ pub struct Settings {
 pub enum LimitsSource {
     Routes(PathBuf),
     DropIn(PathBuf),
+}
+
+impl LimitsSource {
+    /// The file or directory the limits are read from.
+    pub fn path(&self) -> &Path {
+        match self {
+            LimitsSource::Routes(path) | LimitsSource::DropIn(path) => path,
+        }
+    }
 }
 
 impl Settings {

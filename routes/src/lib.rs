@@ -3,7 +3,8 @@
 //! [`parse`] turns the text of a routes.yaml into a validated [`RoutesConfig`], or into every
 //! problem found, each as `file:line:col: message`. Parsing is pure (text in, data out) so
 //! the control plane, ext-authz and the rate-limit service read one file the same way and
-//! reloads can be validated completely before anything is swapped.
+//! reloads can be validated completely before anything is swapped. [`load`] and
+//! [`load_with_files`] are the same reading from disk, for the services.
 #![forbid(unsafe_code)]
 
 mod certificate_expiry;
@@ -14,6 +15,7 @@ pub mod duration;
 mod endpoint;
 mod error;
 pub mod listener_tls;
+pub mod load;
 pub mod policy;
 pub mod route_policy;
 pub mod service_policy;
@@ -27,6 +29,7 @@ pub use config::{
 pub use endpoint::Endpoint;
 pub use error::{ConfigError, ConfigErrors};
 pub use listener_tls::{FileSource, ListenerTls, TlsVersion};
+pub use load::{load, load_with_files, FilesBeside, LoadError};
 pub use validate::is_valid_name;
 
 use listener_tls::ReadOnce;

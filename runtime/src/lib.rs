@@ -1,6 +1,6 @@
 //! Plumbing every Tollgate binary shares: logging set up the same way, the same shutdown
-//! signals and exit codes, config-file change notifications, and the health and metrics
-//! HTTP endpoints. What only the gRPC sidecars need (their gRPC server and allocator,
+//! signals and exit codes, config-file change notifications and the reloads they drive, and
+//! the health and metrics HTTP endpoints. What only the gRPC sidecars need (their gRPC server and allocator,
 //! OpenTelemetry) is `tollgate-sidecar`.
 #![forbid(unsafe_code)]
 
@@ -8,4 +8,5 @@ pub mod exit;
 pub mod file_watch;
 pub mod http;
 pub mod logging;
+pub mod reload;
 pub mod shutdown;
