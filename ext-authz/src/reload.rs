@@ -66,13 +66,6 @@ impl Config for AuthProviders {
         Some(served)
     }
 
-    fn error_lines(error: &LoadError) -> Vec<String> {
-        match error {
-            LoadError::Routes(error) => error.lines(),
-            other => vec![other.to_string()],
-        }
-    }
-
     fn reloaded(&self, outcome: Outcome) {
         self.settings.metrics.reload(outcome != Outcome::Refused);
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tollgate_routes::{read_text, ReadError};
 use tollgate_runtime::http::{self, Readiness};
 use tollgate_runtime::reload::{Config, Outcome, Read};
 use tollgate_sidecar::grpc::{self, serve_on_threads, GrpcServer, ServingThreadsError};
@@ -37,11 +38,8 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Why the limits could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error(transparent)]
     Routes(#[from] tollgate_routes::LoadError),
     #[error(transparent)]
@@ -111,7 +109,7 @@ pub fn load(source: &LimitsSource) -> Result<Loaded, LoadError> {
         }
         LimitsSource::DropIn(path) => {
             let files = if path.is_dir() {
-                let paths = dropin::config_files(path).map_err(|source| LoadError::Read {
+                let paths = dropin::config_files(path).map_err(|source| ReadError {
                     path: path.display().to_string(),
                     source,
                 })?;
@@ -127,7 +125,7 @@ pub fn load(source: &LimitsSource) -> Result<Loaded, LoadError> {
                 .map(|p| {
                     Ok(SourceFile {
                         name: p.display().to_string(),
-                        text: read(p)?,
+                        text: read_text(p)?,
                     })
                 })
                 .collect::<Result<Vec<_>, LoadError>>()?;
@@ -137,13 +135,6 @@ pub fn load(source: &LimitsSource) -> Result<Loaded, LoadError> {
             })
         }
     }
-}
-
-fn read(path: &Path) -> Result<String, LoadError> {
-    std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.display().to_string(),
-        source,
-    })
 }
 
 /// Runs the service as configured until `shutdown` resolves, exporting spans through
@@ -392,13 +383,6 @@ impl Config for Limits {
         let served = format!("domains {domains:?}, {} limits", tree.limits().len());
         self.limits.replace(LimitSet::new(tree, &self.metrics));
         Some(served)
-    }
-
-    fn error_lines(error: &LoadError) -> Vec<String> {
-        match error {
-            LoadError::Routes(error) => error.lines(),
-            other => vec![other.to_string()],
-        }
     }
 
     fn reloaded(&self, outcome: Outcome) {

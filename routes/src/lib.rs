@@ -29,7 +29,7 @@ pub use config::{
 pub use endpoint::Endpoint;
 pub use error::{ConfigError, ConfigErrors};
 pub use listener_tls::{FileSource, ListenerTls, TlsVersion};
-pub use load::{load, load_with_files, FilesBeside, LoadError};
+pub use load::{load, load_with_files, read_text, FilesBeside, LoadError, ReadError};
 pub use validate::is_valid_name;
 
 use listener_tls::ReadOnce;

@@ -6,32 +6,28 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::{Certificates, ConfigErrors, FileSource, RoutesConfig};
 
-/// Why a routes.yaml could not be loaded; whoever asked keeps what it had.
+/// Why a routes.yaml could not be loaded; whoever asked keeps what it had. Written as one
+/// line per problem, each `file:line:col: message` for an invalid file.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("{0}")]
     Invalid(ConfigErrors),
 }
 
-impl LoadError {
-    /// One line per problem, each `file:line:col: message` for an invalid file.
-    pub fn lines(&self) -> Vec<String> {
-        match self {
-            LoadError::Invalid(errors) => errors.iter().map(ToString::to_string).collect(),
-            other => vec![other.to_string()],
-        }
-    }
+/// A configuration file that could not be read, named.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path}: {source}")]
+pub struct ReadError {
+    pub path: String,
+    pub source: std::io::Error,
 }
 
 /// Reads and validates the routes.yaml at `path`. The files it names are not read: the
 /// sidecars use none of them (see [`crate::parse`]).
 pub fn load(path: &Path) -> Result<RoutesConfig, LoadError> {
-    let text = read(path)?;
+    let text = read_text(path)?;
     crate::parse(&path.display().to_string(), &text).map_err(LoadError::Invalid)
 }
 
@@ -41,12 +37,13 @@ pub fn load_with_files(
     path: &Path,
     files: &dyn FileSource,
 ) -> Result<(RoutesConfig, Certificates), LoadError> {
-    let text = read(path)?;
+    let text = read_text(path)?;
     crate::parse_with_files(&path.display().to_string(), &text, files).map_err(LoadError::Invalid)
 }
 
-fn read(path: &Path) -> Result<String, LoadError> {
-    std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+/// The text of the configuration file at `path`.
+pub fn read_text(path: &Path) -> Result<String, ReadError> {
+    std::fs::read_to_string(path).map_err(|source| ReadError {
         path: path.display().to_string(),
         source,
     })
@@ -105,9 +102,10 @@ mod tests {
     #[test]
     fn a_missing_file_is_a_read_error_naming_it() {
         let error = load(Path::new("/nonexistent/routes.yaml")).expect_err("no such file");
-        assert!(matches!(error, LoadError::Read { .. }));
-        assert_eq!(error.lines().len(), 1);
-        assert!(error.lines()[0].starts_with("cannot read /nonexistent/routes.yaml: "));
+        assert!(matches!(error, LoadError::Read(_)));
+        assert!(error
+            .to_string()
+            .starts_with("cannot read /nonexistent/routes.yaml: "));
     }
 
     #[test]

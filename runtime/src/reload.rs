@@ -24,7 +24,8 @@ use crate::file_watch::{FileChanges, WatchError};
 pub trait Config: Send + Sync + 'static {
     /// A valid version, ready to serve.
     type Loaded: Send;
-    /// Why a version was refused.
+    /// Why a version was refused, one problem per line (as `tollgate_routes::ConfigErrors`
+    /// writes them): each is logged, and shown by `/status`, on its own.
     type Error: std::fmt::Display + Send;
 
     /// What the log calls the configuration ("routes.yaml", "limits").
@@ -36,11 +37,6 @@ pub trait Config: Send + Sync + 'static {
     /// Serves a valid version: what the log should say of it when it differs from what was
     /// served, `None` when it is the same.
     fn serve(&self, loaded: Self::Loaded) -> Option<String>;
-
-    /// One line per problem, as logged and as `/status` shows them.
-    fn error_lines(error: &Self::Error) -> Vec<String> {
-        vec![error.to_string()]
-    }
 
     /// Told how every reload ended: every reported attempt but the first (the start-up
     /// load), not those skipped as unchanged nor a half-written file seen mid-burst. For the
@@ -165,11 +161,7 @@ impl<C: Config> Reloader<C> {
         *last = LastAttempt {
             status: ReloadStatus {
                 ok: result.is_ok(),
-                errors: result
-                    .as_ref()
-                    .err()
-                    .map(C::error_lines)
-                    .unwrap_or_default(),
+                errors: result.as_ref().err().map(problems).unwrap_or_default(),
                 at_unix_ms: unix_ms(SystemTime::now()),
             },
             seen: Some(seen),
@@ -247,13 +239,18 @@ async fn reload_on_change<C: Config>(
             Ok(Some(served)) => log_served::<C>(&reloader, &served),
             Ok(None) => {}
             Err(error) => {
-                for line in C::error_lines(&error) {
+                for line in problems(&error) {
                     warn!(file = %reloader.path().display(), error = %line, "{} rejected; still serving the last good version", C::NAME);
                 }
             }
         }
         watch_read_files(&mut changes, &reloader);
     }
+}
+
+/// One line per problem.
+fn problems(error: &impl std::fmt::Display) -> Vec<String> {
+    error.to_string().lines().map(str::to_owned).collect()
 }
 
 fn log_served<C: Config>(reloader: &Reloader<C>, served: &str) {
