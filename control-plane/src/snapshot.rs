@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+use tollgate_proto::google::protobuf::Any;
 
 /// The xDS type URLs Tollgate serves, in make-before-break order (xDS protocol,
 /// "Eventual consistency considerations": CDS, EDS, LDS, RDS), then SDS.
@@ -167,7 +167,7 @@ impl SnapshotCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use tollgate_proto::envoy::config::cluster::v3::Cluster;
 
     fn cluster(name: &str) -> (&'static str, Resource) {
         let c = Cluster {

@@ -37,21 +37,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
-    Authorization, AuthorizationServer,
-};
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use percentile::percentile;
 use serde_json::json;
 use server_thread::ServerThread;
 use testkeys::{claims, jwks, TestKey};
-use tollgate_ext_authz::check_request::CheckCall;
 use tollgate_ext_authz::jwks::KeySet;
 use tollgate_ext_authz::server::{App, Options};
 use tollgate_ext_authz::service::CHECK_PATH;
+use tollgate_proto::check_request::CheckCall;
+use tollgate_proto::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use tollgate_proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use tollgate_proto::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use tollgate_proto::envoy::service::auth::v3::check_response::HttpResponse;
+use tollgate_proto::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use tollgate_routes::policy::{Algorithm, AuthProvider, KeySource, TokenSource};
 use tollgate_sidecar::grpc::GrpcServer;
 use tollgate_sidecar::telemetry::Telemetry;

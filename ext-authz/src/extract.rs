@@ -3,10 +3,10 @@
 
 use std::borrow::Cow;
 
-use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+use tollgate_proto::envoy::config::core::v3::HeaderMap;
 use tollgate_routes::policy::TokenSource;
 
-use crate::check_request::{lookup, Entry};
+use tollgate_proto::check_request::{lookup, Entry};
 
 /// The request as Envoy sent it: header names are lower-case.
 #[derive(Clone, Copy, Debug)]
@@ -158,7 +158,7 @@ fn percent_decode(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+    use tollgate_proto::envoy::config::core::v3::HeaderValue;
 
     use super::*;
 

@@ -5,13 +5,12 @@
 //! rotation and a refetch cooldown), [`verify`] checks a token purely (token, keys, policy,
 //! time in; claims or a typed rejection out), [`cache`] remembers verified tokens,
 //! [`providers`] holds the live table built from routes.yaml, [`extract`] finds the token
-//! in a request ([`check_request`]: the parts of Envoy's request it reads), [`service`]
-//! decides a `CheckRequest` and [`response`] renders the
-//! `CheckResponse`, [`server`] runs it all with health and metrics.
+//! in a request ([`tollgate_proto::check_request`]: the parts of Envoy's request it reads),
+//! [`service`] decides a `CheckRequest` and [`response`] renders the `CheckResponse`,
+//! [`server`] runs it all with health and metrics.
 #![forbid(unsafe_code)]
 
 pub mod cache;
-pub mod check_request;
 pub mod cli;
 pub mod extract;
 pub mod jwks;

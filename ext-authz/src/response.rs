@@ -3,14 +3,12 @@
 //! service failed" and Envoy would answer 403 by itself, losing the 401 and its
 //! `WWW-Authenticate`.
 
-use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{
-    CheckResponse, DeniedHttpResponse, OkHttpResponse,
-};
-use envoy_types::pb::google::rpc;
+use tollgate_proto::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use tollgate_proto::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use tollgate_proto::envoy::r#type::v3::{HttpStatus, StatusCode};
+use tollgate_proto::envoy::service::auth::v3::check_response::HttpResponse;
+use tollgate_proto::envoy::service::auth::v3::{CheckResponse, DeniedHttpResponse, OkHttpResponse};
+use tollgate_proto::google::rpc;
 
 use crate::verify::{Rejection, VerifiedToken};
 

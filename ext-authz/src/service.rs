@@ -7,20 +7,20 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+use tollgate_proto::envoy::service::auth::v3::CheckResponse;
 use tollgate_routes::policy::REQUEST_ID_HEADER;
 use tollgate_sidecar::telemetry::{self, TraceId, TraceParent, SPAN_TARGET};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::cache::{cache_key, TokenCache};
-use crate::check_request::CheckCall;
 use crate::extract::{find_token, Found, RequestView};
 use crate::jwks::KeyOrigin;
 use crate::metrics::Metrics;
 use crate::providers::{Provider, Providers};
 use crate::response::{self, Denial};
 use crate::verify::{self, Rejection, VerifiedToken, MAX_TOKEN_BYTES};
+use tollgate_proto::check_request::CheckCall;
 
 /// The gRPC service Envoy's ext_authz filter calls, as gRPC health names it, and its method.
 pub const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
@@ -272,11 +272,11 @@ impl AuthService {
 
 #[cfg(test)]
 mod tests {
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    use prost::Message as _;
+    use tollgate_proto::envoy::service::auth::v3::attribute_context::{
         HttpRequest, Request as AttributesRequest,
     };
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-    use prost::Message as _;
+    use tollgate_proto::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 
     use super::*;
     use crate::cache::TokenCache;

@@ -8,13 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
-};
 use serde_json::json;
 use testkeys::server::JwksServer;
 use testkeys::{claims, jwks, TestKey};
@@ -22,6 +15,13 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tollgate_ext_authz::metrics::Metrics;
 use tollgate_ext_authz::server::{App, Options};
+use tollgate_proto::envoy::config::core::v3::HeaderValueOption;
+use tollgate_proto::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use tollgate_proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use tollgate_proto::envoy::service::auth::v3::check_response::HttpResponse;
+use tollgate_proto::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+};
 use tonic::transport::Channel;
 
 const PATIENCE: Duration = Duration::from_secs(30);

@@ -26,12 +26,12 @@ mod percentile;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use percentile::percentile;
 use server_thread::ServerThread;
 use support::{clock_now, descriptor, request, RedisServer};
+use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use tollgate_proto::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use tollgate_ratelimit::limits::dropin;
 use tollgate_ratelimit::limits::DescriptorTree;
 use tollgate_ratelimit::metrics::Metrics;

@@ -9,13 +9,13 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use futures::future::join_all;
 use support::{
     call, clock_now, descriptor, instance_on, race, request, routes_tree, Instance, RedisCluster,
     PATIENCE,
 };
+use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use tollgate_proto::envoy::service::ratelimit::v3::RateLimitRequest;
 use tollgate_ratelimit::algorithm::{Clock, ManualClock};
 use tollgate_ratelimit::limits::DescriptorTree;
 use tollgate_ratelimit::settings::Settings;

@@ -5,12 +5,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use futures::future::join_all;
 use redis::AsyncCommands;
 use support::{
     call, clock_now, descriptor, instance, race, request, routes_tree, RedisServer, PATIENCE,
 };
+use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use tollgate_ratelimit::algorithm::Clock;
 use tollgate_ratelimit::limits::{dropin, DescriptorTree};
 use tollgate_ratelimit::store::Store as _;
@@ -72,7 +72,7 @@ fn rule(
     rule: &str,
     key: &str,
     value: &str,
-) -> envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest {
+) -> tollgate_proto::envoy::service::ratelimit::v3::RateLimitRequest {
     request(
         "edge",
         vec![descriptor(&[

@@ -1,11 +1,9 @@
 //! One JSON line per request: who, what, where it went, how it ended, how long it took.
 //! Never the Authorization header or a query string (a token may travel in either).
 
-use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
-use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
-    file_access_log, FileAccessLog,
-};
-use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+use tollgate_proto::envoy::config::accesslog::v3::{access_log, AccessLog};
+use tollgate_proto::envoy::extensions::access_loggers::file::v3::{file_access_log, FileAccessLog};
+use tollgate_proto::envoy::extensions::access_loggers::stream::v3::{
     stdout_access_log, StdoutAccessLog,
 };
 use tollgate_routes::AccessLogSink;

@@ -7,19 +7,19 @@
 //! Envoy's configuration, never from the client, so ext-authz needs no route table of its
 //! own and can never disagree with Envoy about which rules apply.
 
-use envoy_types::pb::envoy::config::core::v3::{
+use std::collections::{BTreeMap, BTreeSet};
+use tollgate_proto::envoy::config::core::v3::{
     grpc_service::{EnvoyGrpc, TargetSpecifier},
     ApiVersion, GrpcService,
 };
-use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
+use tollgate_proto::envoy::extensions::filters::http::ext_authz::v3::{
     ext_authz::Services, ext_authz_per_route::Override, CheckSettings, ExtAuthz, ExtAuthzPerRoute,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{
+use tollgate_proto::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, ListStringMatcher, StringMatcher,
 };
-use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
-use envoy_types::pb::google::protobuf::Any;
-use std::collections::{BTreeMap, BTreeSet};
+use tollgate_proto::envoy::r#type::v3::{HttpStatus, StatusCode};
+use tollgate_proto::google::protobuf::Any;
 use tollgate_routes::policy::{AuthProvider, ExtAuthzSidecar, RouteAuth, REQUEST_ID_HEADER};
 
 use super::{any, proto_duration, stable_map};

@@ -5,10 +5,10 @@
 //! the virtual host ([`super::listener::filter_off`]) and switched on only on routes that
 //! set a limit.
 
-use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::{
+use tollgate_proto::envoy::extensions::filters::http::buffer::v3::{
     buffer_per_route::Override, Buffer, BufferPerRoute,
 };
-use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use tollgate_proto::google::protobuf::{Any, UInt32Value};
 
 use super::any;
 

@@ -10,39 +10,39 @@
 //! ring-hash balancing also needs a hash key on every route to the service, which
 //! [`hash_policy`] supplies.
 
-use envoy_types::pb::envoy::config::cluster::v3::{
+use tollgate_proto::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds, CircuitBreakers, OutlierDetection as EnvoyOutlierDetection,
 };
-use envoy_types::pb::envoy::config::cluster::v3::{
+use tollgate_proto::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
     Cluster,
 };
-use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
-use envoy_types::pb::envoy::config::core::v3::{
+use tollgate_proto::envoy::config::core::v3::Http2ProtocolOptions;
+use tollgate_proto::envoy::config::core::v3::{
     address, socket_address::PortSpecifier, Address, SocketAddress,
 };
-use envoy_types::pb::envoy::config::core::v3::{
+use tollgate_proto::envoy::config::core::v3::{
     data_source, health_check, transport_socket, DataSource, HealthCheck as EnvoyHealthCheck,
     RoutingPriority, TransportSocket,
 };
-use envoy_types::pb::envoy::config::endpoint::v3::{
+use tollgate_proto::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint,
     LocalityLbEndpoints,
 };
-use envoy_types::pb::envoy::config::route::v3::route_action::{hash_policy, HashPolicy};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+use tollgate_proto::envoy::config::route::v3::route_action::{hash_policy, HashPolicy};
+use tollgate_proto::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
     CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
 };
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+use tollgate_proto::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{
         explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
     },
     HttpProtocolOptions,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
-use envoy_types::pb::envoy::r#type::v3::Int64Range;
-use envoy_types::pb::google::protobuf::UInt32Value;
+use tollgate_proto::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
+use tollgate_proto::envoy::r#type::v3::Int64Range;
+use tollgate_proto::google::protobuf::UInt32Value;
 use tollgate_routes::service_policy::{
     CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy, UpstreamTls,
 };

@@ -1,17 +1,17 @@
 //! Service traffic policies as Envoy cluster settings, one behaviour per test.
 
-use envoy_types::pb::envoy::config::cluster::v3::{cluster::LbPolicy, Cluster};
-use envoy_types::pb::envoy::config::core::v3::{
+use prost::Message;
+use tollgate_proto::envoy::config::cluster::v3::{cluster::LbPolicy, Cluster};
+use tollgate_proto::envoy::config::core::v3::{
     data_source, health_check::HealthChecker, transport_socket::ConfigType,
 };
-use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
-use envoy_types::pb::envoy::config::route::v3::{route::Action, RouteConfiguration};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+use tollgate_proto::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+use tollgate_proto::envoy::config::route::v3::{route::Action, RouteConfiguration};
+use tollgate_proto::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
     UpstreamTlsContext,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-use prost::Message;
+use tollgate_proto::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use tollgate_routes::{RoutesConfig, Service};
 
 use super::super::tests::{decode, route_named, secret_names, secret_pair};

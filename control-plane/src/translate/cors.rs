@@ -5,9 +5,9 @@
 //! browser never sends on a preflight (Fetch standard §3.2.2: preflights carry no
 //! credentials), and its response headers also reach the replies later filters make.
 
-use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors, CorsPolicy as EnvoyCors};
-use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
-use envoy_types::pb::google::protobuf::{Any, BoolValue};
+use tollgate_proto::envoy::extensions::filters::http::cors::v3::{Cors, CorsPolicy as EnvoyCors};
+use tollgate_proto::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
+use tollgate_proto::google::protobuf::{Any, BoolValue};
 use tollgate_routes::route_policy::{AllowedOrigin, CorsPolicy};
 
 use super::any;

@@ -1,6 +1,6 @@
 //! `request_headers` and `response_headers` as Envoy's route-level header edits.
 
-use envoy_types::pb::envoy::config::core::v3::{
+use tollgate_proto::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption,
 };
 use tollgate_routes::route_policy::HeaderEdits;

@@ -1,10 +1,10 @@
 //! JSON bodies and log lines in Envoy's substitution format: a `Struct` whose string values
 //! may hold `%COMMAND%`s. Envoy escapes each value, so a hostile path cannot break the JSON.
 
-use envoy_types::pb::envoy::config::core::v3::{
+use tollgate_proto::envoy::config::core::v3::{
     substitution_format_string, SubstitutionFormatString,
 };
-use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use tollgate_proto::google::protobuf::{value::Kind, Struct, Value};
 
 use super::stable_map;
 

@@ -1,28 +1,28 @@
 //! One Envoy listener per routes.yaml listener, each an HTTP connection manager whose routes
 //! arrive over RDS under the listener's own name.
 
-use envoy_types::pb::envoy::config::common::mutation_rules::v3::{
+use tollgate_proto::envoy::config::common::mutation_rules::v3::{
     header_mutation::Action as MutationAction, HeaderMutation as MutationRule,
 };
-use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
-use envoy_types::pb::envoy::config::core::v3::{
+use tollgate_proto::envoy::config::core::v3::TypedExtensionConfig;
+use tollgate_proto::envoy::config::core::v3::{
     address, socket_address::PortSpecifier, Address, SocketAddress,
 };
-use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
-use envoy_types::pb::envoy::config::route::v3::FilterConfig;
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+use tollgate_proto::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use tollgate_proto::envoy::config::route::v3::FilterConfig;
+use tollgate_proto::envoy::extensions::filters::http::router::v3::Router;
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
-use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3::HeaderMutation;
-use envoy_types::pb::google::protobuf::Any;
-use envoy_types::pb::google::protobuf::BoolValue;
-use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::PathWithEscapedSlashesAction;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
+use tollgate_proto::envoy::extensions::http::early_header_mutation::header_mutation::v3::HeaderMutation;
+use tollgate_proto::google::protobuf::Any;
+use tollgate_proto::google::protobuf::BoolValue;
+use tollgate_proto::envoy::config::accesslog::v3::AccessLog;
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::PathWithEscapedSlashesAction;
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
 use tollgate_routes::{EscapedSlashes, Listener as ListenerConfig};
 
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
 
 use super::{
     ads_config_source, any, auth, body_limit, cors, listener_tls, local_reply, rate_limit,

@@ -1,8 +1,8 @@
 //! TLS termination on a listener: a `DownstreamTlsContext` whose certificate comes over SDS
 //! (see [`super::secret`] for why).
 
-use envoy_types::pb::envoy::config::core::v3::{transport_socket, TransportSocket};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+use tollgate_proto::envoy::config::core::v3::{transport_socket, TransportSocket};
+use tollgate_proto::envoy::extensions::transport_sockets::tls::v3::{
     tls_parameters::TlsProtocol, CommonTlsContext, DownstreamTlsContext, TlsParameters,
 };
 use tollgate_routes::{ListenerTls, TlsVersion};

@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
-use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+use tollgate_proto::envoy::config::core::v3::transport_socket::ConfigType;
+use tollgate_proto::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use tollgate_proto::envoy::config::listener::v3::Listener;
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
+use tollgate_proto::envoy::extensions::transport_sockets::tls::v3::{
     tls_parameters::TlsProtocol, DownstreamTlsContext,
 };
 use prost::Message;

@@ -5,12 +5,12 @@
 //! ext-authz already answers those with a JSON body and `WWW-Authenticate`, which a
 //! catch-all body format would overwrite.
 
-use envoy_types::pb::envoy::config::accesslog::v3::{
+use tollgate_proto::envoy::config::accesslog::v3::{
     access_log_filter::FilterSpecifier, comparison_filter::Op, AccessLogFilter, ComparisonFilter,
     StatusCodeFilter,
 };
-use envoy_types::pb::envoy::config::core::v3::RuntimeUInt32;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+use tollgate_proto::envoy::config::core::v3::RuntimeUInt32;
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     LocalReplyConfig, ResponseMapper,
 };
 

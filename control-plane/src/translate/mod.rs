@@ -21,15 +21,15 @@ mod route;
 mod secret;
 mod tracing;
 
-use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::{
+use tollgate_proto::envoy::config::accesslog::v3::AccessLog;
+use tollgate_proto::envoy::config::cluster::v3::Cluster;
+use tollgate_proto::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, AggregatedConfigSource, ApiVersion, ConfigSource,
 };
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use envoy_types::pb::google::protobuf::{Any, Duration as ProtoDuration};
+use tollgate_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
+use tollgate_proto::envoy::extensions::transport_sockets::tls::v3::Secret;
+use tollgate_proto::google::protobuf::{Any, Duration as ProtoDuration};
 use prost::Name;
 use tollgate_routes::route_policy::RouteCors;
 use tollgate_routes::{Certificates, Listener, Route, RoutesConfig};

@@ -5,19 +5,19 @@
 //! tollgate-ratelimit derives its limits from the same routes.yaml by the same names, so
 //! the two cannot disagree on what a descriptor means.
 
-use envoy_types::pb::envoy::config::core::v3::ApiVersion;
-use envoy_types::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig;
-use envoy_types::pb::envoy::config::route::v3::{
+use tollgate_proto::envoy::config::core::v3::ApiVersion;
+use tollgate_proto::envoy::config::ratelimit::v3::RateLimitServiceConfig;
+use tollgate_proto::envoy::config::route::v3::{
     rate_limit::{
         action::{ActionSpecifier, GenericKey, RemoteAddress, RequestHeaders},
         Action,
     },
     RateLimit as RouteRateLimit,
 };
-use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3::{
+use tollgate_proto::envoy::extensions::filters::http::ratelimit::v3::{
     rate_limit::XRateLimitHeadersRfcVersion, RateLimit,
 };
-use envoy_types::pb::google::protobuf::Any;
+use tollgate_proto::google::protobuf::Any;
 use tollgate_routes::policy::{LimitKey, LimitQuota, RateLimitRule, RateLimitSidecar};
 
 use super::auth::{grpc_service, CONSUMER_HEADER};

@@ -16,29 +16,29 @@
 //! The internal listener runs only what the side channel needs: auth and rate limits already
 //! ran on the client's request, CORS answers on the public listener's way back.
 
-use envoy_types::pb::envoy::config::cluster::v3::{
+use tollgate_proto::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType},
     Cluster,
 };
-use envoy_types::pb::envoy::config::core::v3::{
+use tollgate_proto::envoy::config::core::v3::{
     address, data_source, envoy_internal_address::AddressNameSpecifier,
     header_value_option::HeaderAppendAction, Address, DataSource, EnvoyInternalAddress,
     HeaderValue, HeaderValueOption,
 };
-use envoy_types::pb::envoy::config::endpoint::v3::{
+use tollgate_proto::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use envoy_types::pb::envoy::config::listener::v3::{
+use tollgate_proto::envoy::config::listener::v3::{
     listener::InternalListenerConfig, listener::ListenerSpecifier, Listener,
 };
-use envoy_types::pb::envoy::config::route::v3::FilterConfig;
-use envoy_types::pb::envoy::extensions::filters::http::cache_v2::v3::CacheV2Config;
-use envoy_types::pb::envoy::extensions::filters::http::lua::v3::Lua;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+use tollgate_proto::envoy::config::route::v3::FilterConfig;
+use tollgate_proto::envoy::extensions::filters::http::cache_v2::v3::CacheV2Config;
+use tollgate_proto::envoy::extensions::filters::http::lua::v3::Lua;
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter,
 };
-use envoy_types::pb::envoy::extensions::http::cache_v2::simple_http_cache::v3::SimpleHttpCacheV2Config;
-use envoy_types::pb::google::protobuf::Any;
+use tollgate_proto::envoy::extensions::http::cache_v2::simple_http_cache::v3::SimpleHttpCacheV2Config;
+use tollgate_proto::google::protobuf::Any;
 use tollgate_routes::route_policy::ResponseCache;
 
 use super::{any, listener, local_reply};

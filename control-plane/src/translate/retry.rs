@@ -1,7 +1,7 @@
 //! A route's `retries` as Envoy's route-level retry policy.
 
-use envoy_types::pb::envoy::config::route::v3::{retry_policy::RetryBackOff, RetryPolicy};
-use envoy_types::pb::google::protobuf::UInt32Value;
+use tollgate_proto::envoy::config::route::v3::{retry_policy::RetryBackOff, RetryPolicy};
+use tollgate_proto::google::protobuf::UInt32Value;
 use tollgate_routes::route_policy::{RetryOn, RetryPolicy as Retries};
 
 use super::proto_duration;

@@ -4,16 +4,16 @@
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::route::v3::{
+use tollgate_proto::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, route::Action, route_action::ClusterSpecifier,
     route_action::HostRewriteSpecifier, route_match::PathSpecifier, DirectResponseAction,
     HeaderMatcher, Route as EnvoyRoute, RouteAction, RouteConfiguration,
     RouteMatch as EnvoyRouteMatch, VirtualHost,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{
+use tollgate_proto::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
 };
-use envoy_types::pb::google::protobuf::Any;
+use tollgate_proto::google::protobuf::Any;
 use tollgate_routes::route_policy::{CorsPolicy, RouteCors};
 use tollgate_routes::{Listener, PathMatch, Route, RouteMatch, Service};
 

@@ -1,24 +1,24 @@
 //! Per-route traffic policies as Envoy sees them: route settings, per-route filter configs,
 //! and the filters a listener runs for them, in order.
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use envoy_types::pb::envoy::config::listener::v3::{listener::ListenerSpecifier, Listener};
-use envoy_types::pb::envoy::config::route::v3::{
+use prost::Message;
+use tollgate_proto::envoy::config::cluster::v3::Cluster;
+use tollgate_proto::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use tollgate_proto::envoy::config::listener::v3::{listener::ListenerSpecifier, Listener};
+use tollgate_proto::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, route::Action, route_action::HostRewriteSpecifier,
     FilterConfig, Route as EnvoyRoute, RouteAction, RouteConfiguration,
 };
-use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::{
+use tollgate_proto::envoy::extensions::filters::http::buffer::v3::{
     buffer_per_route::Override as BufferOverride, BufferPerRoute,
 };
-use envoy_types::pb::envoy::extensions::filters::http::cache_v2::v3::CacheV2Config;
-use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+use tollgate_proto::envoy::extensions::filters::http::cache_v2::v3::CacheV2Config;
+use tollgate_proto::envoy::extensions::filters::http::cors::v3::CorsPolicy;
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_filter, HttpFilter,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-use envoy_types::pb::google::protobuf::Any;
-use prost::Message;
+use tollgate_proto::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use tollgate_proto::google::protobuf::Any;
 
 use super::super::tests::{decode, manager as manager_of, route_named as route, switched_off};
 use super::super::translate;

@@ -9,8 +9,8 @@
 //! reads and checks the files itself and sends their content, so a bad rotation is refused
 //! like a bad edit and Envoy never needs access to a key file.
 
-use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+use tollgate_proto::envoy::config::core::v3::{data_source, DataSource};
+use tollgate_proto::envoy::extensions::transport_sockets::tls::v3::{
     secret, SdsSecretConfig, Secret, TlsCertificate,
 };
 use tollgate_routes::CertificateAndKey;

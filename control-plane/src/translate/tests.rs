@@ -1,17 +1,17 @@
-use envoy_types::pb::envoy::config::cluster::v3::{cluster::ClusterDiscoveryType, Cluster};
-use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
-use envoy_types::pb::envoy::config::route::v3::{
+use prost::Message;
+use tollgate_proto::envoy::config::cluster::v3::{cluster::ClusterDiscoveryType, Cluster};
+use tollgate_proto::envoy::config::core::v3::{data_source, DataSource};
+use tollgate_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use tollgate_proto::envoy::config::listener::v3::{filter, Listener};
+use tollgate_proto::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, route::Action, route_match::PathSpecifier,
     RouteConfiguration,
 };
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
-use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-use prost::Message;
+use tollgate_proto::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+use tollgate_proto::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 
 use super::translate;
 use crate::snapshot::{type_url, Snapshot};
@@ -46,7 +46,7 @@ fn snapshot() -> Snapshot {
 pub(super) fn route_named<'a>(
     config: &'a RouteConfiguration,
     name: &str,
-) -> &'a envoy_types::pb::envoy::config::route::v3::Route {
+) -> &'a tollgate_proto::envoy::config::route::v3::Route {
     config.virtual_hosts[0]
         .routes
         .iter()
@@ -257,8 +257,8 @@ fn filters_run_only_on_listeners_whose_routes_need_them() {
 
 #[test]
 fn identity_headers_are_stripped_on_every_listener() {
-    use envoy_types::pb::envoy::config::common::mutation_rules::v3::header_mutation::Action as MutationAction;
-    use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3::HeaderMutation;
+    use tollgate_proto::envoy::config::common::mutation_rules::v3::header_mutation::Action as MutationAction;
+    use tollgate_proto::envoy::extensions::http::early_header_mutation::header_mutation::v3::HeaderMutation;
     let snapshot = protected();
     for listener in ["public", "internal"] {
         let hcm = manager(&snapshot, listener);
@@ -281,8 +281,8 @@ fn identity_headers_are_stripped_on_every_listener() {
 
 #[test]
 fn ext_authz_is_sent_only_the_headers_a_check_reads() {
-    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz;
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+    use tollgate_proto::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz;
+    use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
     let yaml = PROTECTED.replace(
         "auth_providers:\n",
         "auth_providers:\n  \
@@ -322,7 +322,7 @@ fn ext_authz_is_sent_only_the_headers_a_check_reads() {
 
 #[test]
 fn protected_routes_carry_provider_and_scopes_and_public_routes_skip_the_check() {
-    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
+    use tollgate_proto::envoy::extensions::filters::http::ext_authz::v3::{
         ext_authz_per_route::Override, ExtAuthzPerRoute,
     };
     let routes: RouteConfiguration = decode(&protected(), type_url::ROUTE, "public");
@@ -348,8 +348,8 @@ fn protected_routes_carry_provider_and_scopes_and_public_routes_skip_the_check()
 }
 
 /// Whether a per-filter setting leaves the filter out of the route's requests altogether.
-pub(super) fn switched_off(any: &envoy_types::pb::google::protobuf::Any) -> bool {
-    use envoy_types::pb::envoy::config::route::v3::FilterConfig;
+pub(super) fn switched_off(any: &tollgate_proto::google::protobuf::Any) -> bool {
+    use tollgate_proto::envoy::config::route::v3::FilterConfig;
     assert_eq!(
         any.type_url,
         "type.googleapis.com/envoy.config.route.v3.FilterConfig"
@@ -381,7 +381,7 @@ fn routes_without_limits_switch_the_ratelimit_filter_off() {
 
 #[test]
 fn each_rate_limit_rule_becomes_one_descriptor_named_like_the_service_expects() {
-    use envoy_types::pb::envoy::config::route::v3::rate_limit::action::ActionSpecifier;
+    use tollgate_proto::envoy::config::route::v3::rate_limit::action::ActionSpecifier;
     let routes: RouteConfiguration = decode(&protected(), type_url::ROUTE, "public");
     let Some(Action::Route(action)) = &route_named(&routes, "secured").action else {
         panic!("route action expected")

@@ -7,21 +7,21 @@
 //! and Envoy's gRPC client starts a child span for each ext_authz and ratelimit call and
 //! injects *its* context into the call's metadata, where the sidecars pick it up.
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::trace::v3::{tracing::http, OpenTelemetryConfig};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
-use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
-use envoy_types::pb::envoy::extensions::tracers::opentelemetry::samplers::v3::{
+use tollgate_proto::envoy::config::cluster::v3::Cluster;
+use tollgate_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use tollgate_proto::envoy::config::trace::v3::{tracing::http, OpenTelemetryConfig};
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
+use tollgate_proto::envoy::config::core::v3::TypedExtensionConfig;
+use tollgate_proto::envoy::extensions::tracers::opentelemetry::samplers::v3::{
     ParentBasedSamplerConfig, TraceIdRatioBasedSamplerConfig,
 };
-use envoy_types::pb::envoy::r#type::v3::{
+use tollgate_proto::envoy::r#type::v3::{
     fractional_percent::DenominatorType, FractionalPercent, Percent,
 };
-use envoy_types::pb::envoy::config::trace::v3::tracing::Http as TracingProvider;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::RequestIdExtension;
-use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
-use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use tollgate_proto::envoy::config::trace::v3::tracing::Http as TracingProvider;
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::RequestIdExtension;
+use tollgate_proto::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
+use tollgate_proto::google::protobuf::{BoolValue, UInt32Value};
 use tollgate_routes::Tracing;
 
 use super::auth::grpc_service;

@@ -1,7 +1,7 @@
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
-use envoy_types::pb::envoy::config::trace::v3::{tracing::http, OpenTelemetryConfig};
 use prost::Message;
+use tollgate_proto::envoy::config::cluster::v3::Cluster;
+use tollgate_proto::envoy::config::core::v3::grpc_service::TargetSpecifier;
+use tollgate_proto::envoy::config::trace::v3::{tracing::http, OpenTelemetryConfig};
 
 use super::super::tests::{decode, manager};
 use super::super::translate;
@@ -94,7 +94,7 @@ fn the_sample_rate_fraction_becomes_envoys_random_sampling_percentage() {
 
 #[test]
 fn the_tracer_samples_parent_based_with_the_rate_in_parts_per_million() {
-    use envoy_types::pb::envoy::extensions::tracers::opentelemetry::samplers::v3::{
+    use tollgate_proto::envoy::extensions::tracers::opentelemetry::samplers::v3::{
         ParentBasedSamplerConfig, TraceIdRatioBasedSamplerConfig,
     };
     let snapshot = traced("{otlp_endpoint: \"127.0.0.1:4317\", sample_rate: 0.01}");
@@ -137,8 +137,8 @@ fn envoys_spans_carry_the_configured_or_default_service_name() {
 #[test]
 fn access_log_lines_carry_the_trace_id() {
     let snapshot = traced("{otlp_endpoint: \"127.0.0.1:4317\"}");
-    use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
-    use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
+    use tollgate_proto::envoy::config::accesslog::v3::access_log::ConfigType;
+    use tollgate_proto::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
     let hcm = manager(&snapshot, "public");
     let Some(ConfigType::TypedConfig(any)) = &hcm.access_log[0].config_type else {
         panic!("typed config expected")
@@ -155,7 +155,7 @@ fn access_log_lines_carry_the_trace_id() {
 
 #[test]
 fn request_ids_neither_decide_nor_carry_the_sampling_decision() {
-    use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
+    use tollgate_proto::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
     let snapshot = traced("{otlp_endpoint: \"127.0.0.1:4317\"}");
     let extension = manager(&snapshot, "public")
         .request_id_extension

@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
+use tollgate_proto::envoy::config::core::v3::Node;
+use tollgate_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
 };
-use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tollgate_proto::google::rpc::Status as RpcStatus;
 use tracing::{debug, info, warn};
 
 use crate::snapshot::{Resource, Snapshot};

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use serde::Serialize;
 use tokio::sync::watch;
+use tollgate_proto::envoy::config::core::v3::Node;
 
 use crate::snapshot::Snapshot;
 
@@ -249,7 +249,7 @@ impl StreamNode {
 mod tests {
     use super::*;
     use crate::snapshot::{type_url, Resource};
-    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use tollgate_proto::envoy::config::cluster::v3::Cluster;
 
     fn node(id: &str) -> Node {
         Node {

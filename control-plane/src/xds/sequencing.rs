@@ -203,7 +203,7 @@ pub(crate) fn announced_version(
 mod tests {
     use super::*;
     use crate::snapshot::type_url;
-    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use tollgate_proto::envoy::config::cluster::v3::Cluster;
 
     fn clusters(names: &[&str]) -> Snapshot {
         Snapshot::new(names.iter().map(|name| {

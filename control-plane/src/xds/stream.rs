@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use tokio::sync::{mpsc, watch};
+use tollgate_proto::envoy::config::core::v3::Node;
 use tonic::{Status, Streaming};
 use tracing::debug;
 

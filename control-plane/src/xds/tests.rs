@@ -8,24 +8,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource, Node};
-use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
-use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    secret, GenericSecret, Secret,
-};
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use envoy_types::pb::google::protobuf::Any;
-use envoy_types::pb::google::rpc::Status as RpcStatus;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tollgate_proto::envoy::config::cluster::v3::Cluster;
+use tollgate_proto::envoy::config::core::v3::{data_source, DataSource, Node};
+use tollgate_proto::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
+use tollgate_proto::envoy::config::listener::v3::Listener;
+use tollgate_proto::envoy::config::route::v3::RouteConfiguration;
+use tollgate_proto::envoy::extensions::transport_sockets::tls::v3::{
+    secret, GenericSecret, Secret,
+};
+use tollgate_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use tollgate_proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tollgate_proto::google::protobuf::Any;
+use tollgate_proto::google::rpc::Status as RpcStatus;
 use tonic::Streaming;
 
 use super::{serve, AdsServer, NodeRegistry, NodeStatus};

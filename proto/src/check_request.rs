@@ -13,7 +13,8 @@
 //! whole call.
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+
+use crate::envoy::config::core::v3::HeaderMap;
 
 /// `envoy.service.auth.v3.CheckRequest`, the parts a check reads.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -83,14 +84,12 @@ impl CheckCall {
 mod tests {
     use std::collections::HashMap;
 
-    use envoy_types::pb::envoy::config::core::v3::{
+    use crate::envoy::config::core::v3::{
         address, socket_address, Address, HeaderValue, Metadata, SocketAddress,
     };
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-        HttpRequest, Peer, Request,
-    };
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-    use envoy_types::pb::google::protobuf::Timestamp;
+    use crate::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+    use crate::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    use crate::google::protobuf::Timestamp;
     use prost::Message as _;
 
     use super::*;
