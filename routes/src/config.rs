@@ -117,6 +117,38 @@ pub struct RouteMatch {
     pub methods: Vec<String>,
     /// Lower-case header names to exact values.
     pub headers: BTreeMap<String, String>,
+    /// Lower-case host names, each exact or a `*.` wildcard prefix, as written; empty means
+    /// any host. The `Host` (`:authority`) port is ignored.
+    pub hosts: Vec<String>,
+    /// Query parameters by name (case-sensitive, as in the URL).
+    pub query: BTreeMap<String, QueryMatch>,
+}
+
+impl RouteMatch {
+    /// Whether `host` (lower case, exact or `*.` wildcard) is among the hosts this route
+    /// accepts: every host when it names none.
+    pub fn accepts_host(&self, host: &str) -> bool {
+        self.hosts.is_empty() || self.hosts.iter().any(|h| host_covers(h, host))
+    }
+}
+
+/// Whether the host pattern `pattern` matches every host `host` matches: the same name, or a
+/// `*.` wildcard whose suffix `host` (a name or a narrower wildcard) ends with.
+pub fn host_covers(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        // The suffix starts with its dot, so it never matches a name on its own.
+        Some(suffix) => host.strip_prefix('*').unwrap_or(host).ends_with(suffix),
+        None => pattern == host,
+    }
+}
+
+/// What a query parameter must be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueryMatch {
+    /// Exactly this value.
+    Exact(String),
+    /// Present, with any value.
+    Present,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

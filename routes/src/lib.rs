@@ -23,8 +23,8 @@ mod validate;
 
 pub use certificates::{CertificateAndKey, CertificateFiles, Certificates, ServedCertificate};
 pub use config::{
-    AccessLogSink, EscapedSlashes, Listener, Observability, PathMatch, Route, RouteMatch,
-    RoutesConfig, Service, Tracing,
+    host_covers, AccessLogSink, EscapedSlashes, Listener, Observability, PathMatch, QueryMatch,
+    Route, RouteMatch, RoutesConfig, Service, Tracing,
 };
 pub use endpoint::Endpoint;
 pub use error::{ConfigError, ConfigErrors};

@@ -5,17 +5,18 @@
 use std::collections::BTreeMap;
 
 use tollgate_proto::envoy::config::route::v3::{
-    header_matcher::HeaderMatchSpecifier, route::Action, route_action::ClusterSpecifier,
-    route_action::HostRewriteSpecifier, route_match::PathSpecifier, DirectResponseAction,
-    HeaderMatcher, Route as EnvoyRoute, RouteAction, RouteConfiguration,
-    RouteMatch as EnvoyRouteMatch, VirtualHost,
+    header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
+    route::Action, route_action::ClusterSpecifier, route_action::HostRewriteSpecifier,
+    route_match::PathSpecifier, DirectResponseAction, HeaderMatcher, QueryParameterMatcher,
+    Route as EnvoyRoute, RouteAction, RouteConfiguration, RouteMatch as EnvoyRouteMatch,
+    VirtualHost,
 };
 use tollgate_proto::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
 };
 use tollgate_proto::google::protobuf::Any;
 use tollgate_routes::route_policy::{CorsPolicy, RouteCors};
-use tollgate_routes::{Listener, PathMatch, Route, RouteMatch, Service};
+use tollgate_routes::{Listener, PathMatch, QueryMatch, Route, RouteMatch, Service};
 
 use super::json_format::json_format;
 use super::{
@@ -62,11 +63,14 @@ pub(super) fn route_configuration(
         .into_iter()
         .chain(buffering.then(|| (body_limit::FILTER_NAME.to_string(), listener::filter_off())))
         .collect();
-    let envoy_routes = health
-        .into_iter()
-        .chain(routes.iter().map(|r| route(r, table)))
-        .collect();
-    single_host(&listener.name, envoy_routes, virtual_host_filters)
+    let envoy_routes: Vec<(&Route, EnvoyRoute)> =
+        routes.iter().map(|r| (*r, route(r, table))).collect();
+    by_host(
+        &listener.name,
+        health.as_slice(),
+        &envoy_routes,
+        &virtual_host_filters,
+    )
 }
 
 /// The routes the cache filter's side channel reaches through the internal listener
@@ -78,7 +82,7 @@ pub(super) fn cache_fill_configuration(
     routes: &[&Route],
     table: &RouteTable,
 ) -> RouteConfiguration {
-    let envoy_routes = routes
+    let envoy_routes: Vec<(&Route, EnvoyRoute)> = routes
         .iter()
         .filter_map(|r| {
             let cache = r.traffic.cache.as_ref()?;
@@ -87,33 +91,107 @@ pub(super) fn cache_fill_configuration(
             // the upstream's.
             fill.response_headers_to_add
                 .push(response_cache::default_freshness(cache));
-            Some(fill)
+            Some((*r, fill))
         })
         .collect();
-    single_host(
+    by_host(
         &response_cache::fill_name(&listener.name),
-        envoy_routes,
-        Vec::new(),
+        &[],
+        &envoy_routes,
+        &[],
     )
 }
 
-/// A route table of one virtual host for every domain, named like the table.
-fn single_host(
+/// A route table named `name`: `first` and then, in file order, the routes that accept the
+/// request's host.
+///
+/// Envoy picks one virtual host by the request's host (an exact name before the longest
+/// `*.` suffix, before `*`) and only then matches routes, in order, within it. So each
+/// virtual host holds every route that accepts its names, those without `hosts` included,
+/// and names that would hold the same routes share one virtual host. Routes without `hosts`
+/// alone serve the `*` virtual host, named like the table. The port of `Host` is ignored.
+fn by_host(
     name: &str,
-    routes: Vec<EnvoyRoute>,
-    per_filter: Vec<(String, Any)>,
+    first: &[EnvoyRoute],
+    routes: &[(&Route, EnvoyRoute)],
+    per_filter: &[(String, Any)],
 ) -> RouteConfiguration {
+    let mut domains: Vec<&str> = Vec::new();
+    for (route, _) in routes {
+        for host in &route.matcher.hosts {
+            if !domains.contains(&host.as_str()) {
+                domains.push(host);
+            }
+        }
+    }
+    // Which routes each name gets, grouped: names with the same routes share a host.
+    let mut groups: Vec<(Vec<usize>, Vec<String>)> = Vec::new();
+    for domain in domains {
+        let serving: Vec<usize> = (0..routes.len())
+            .filter(|&i| routes[i].0.matcher.accepts_host(domain))
+            .collect();
+        match groups.iter_mut().find(|(same, _)| *same == serving) {
+            Some((_, names)) => names.push(domain.to_string()),
+            None => groups.push((serving, vec![domain.to_string()])),
+        }
+    }
+    let any_host: Vec<usize> = (0..routes.len())
+        .filter(|&i| routes[i].0.matcher.hosts.is_empty())
+        .collect();
+    groups.push((any_host, vec!["*".to_string()]));
+    let mut names: Vec<String> = Vec::new();
+    let virtual_hosts = groups
+        .into_iter()
+        .map(|(serving, domains)| {
+            let host_name = virtual_host_name(name, &domains, &names);
+            names.push(host_name.clone());
+            VirtualHost {
+                name: host_name,
+                domains,
+                routes: first
+                    .iter()
+                    .cloned()
+                    .chain(serving.iter().map(|&i| routes[i].1.clone()))
+                    .collect(),
+                typed_per_filter_config: stable_map(per_filter.iter().cloned()),
+                ..Default::default()
+            }
+        })
+        .collect();
     RouteConfiguration {
         name: name.to_string(),
-        virtual_hosts: vec![VirtualHost {
-            name: name.to_string(),
-            domains: vec!["*".into()],
-            routes,
-            typed_per_filter_config: stable_map(per_filter),
-            ..Default::default()
-        }],
+        virtual_hosts,
+        ignore_port_in_host_matching: true,
         ..Default::default()
     }
+}
+
+/// The table's own name for `*`; otherwise the table's and the first host's, in the
+/// characters Envoy's stats keep as one name (`vhost.<name>.route.<route>.*`), unique in
+/// the table.
+fn virtual_host_name(table: &str, domains: &[String], taken: &[String]) -> String {
+    if domains.len() == 1 && domains[0] == "*" {
+        return table.to_string();
+    }
+    let host: String = domains[0]
+        .replace('*', "any")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let base = format!("{table}_{host}");
+    let mut candidate = base.clone();
+    let mut n = 2;
+    while taken.contains(&candidate) || candidate == table {
+        candidate = format!("{base}_{n}");
+        n += 1;
+    }
+    candidate
 }
 
 /// The gateway's own liveness answer: first, so no user route can shadow it, and direct,
@@ -276,9 +354,26 @@ fn route_match(matcher: &RouteMatch, cors: bool) -> EnvoyRouteMatch {
             MatchPattern::SafeRegex(regex_matcher(methods)),
         ));
     }
+    let query_parameters = matcher
+        .query
+        .iter()
+        .map(|(name, wanted)| QueryParameterMatcher {
+            name: name.clone(),
+            query_parameter_match_specifier: Some(match wanted {
+                QueryMatch::Exact(value) => {
+                    QueryParameterMatchSpecifier::StringMatch(StringMatcher {
+                        match_pattern: Some(MatchPattern::Exact(value.clone())),
+                        ignore_case: false,
+                    })
+                }
+                QueryMatch::Present => QueryParameterMatchSpecifier::PresentMatch(true),
+            }),
+        })
+        .collect();
     EnvoyRouteMatch {
         path_specifier: Some(path_specifier),
         headers,
+        query_parameters,
         ..Default::default()
     }
 }

@@ -483,3 +483,67 @@ fn routes_keep_per_route_stats_unless_turned_off() {
         .all(|r| r.stat_prefix.is_empty()));
     assert_eq!(route_named(&routes, "list").name, "list");
 }
+
+#[test]
+fn hosts_become_virtual_hosts_each_with_every_route_that_accepts_its_names() {
+    let config = "\
+version: 1
+listeners: [{name: public, address: 0.0.0.0:8080}]
+services: {shop: {endpoints: [\"127.0.0.1:3000\"]}}
+routes:
+  - {name: shop-api, match: {prefix: /api/, hosts: [shop.example.com, \"*.shop.example.com\"], query: {v: '2', debug: {present: true}}}, service: shop}
+  - {name: eu, match: {prefix: /eu/, hosts: [\"*.eu.shop.example.com\"]}, service: shop}
+  - {name: anywhere, match: {prefix: /}, service: shop}
+";
+    let snapshot = translate(
+        &tollgate_routes::parse("routes.yaml", config).expect("valid"),
+        &Default::default(),
+    );
+    let table: RouteConfiguration = decode(&snapshot, type_url::ROUTE, "public");
+    assert!(table.ignore_port_in_host_matching);
+    let hosts: Vec<(Vec<&str>, Vec<&str>)> = table
+        .virtual_hosts
+        .iter()
+        .map(|host| {
+            (
+                host.domains.iter().map(String::as_str).collect(),
+                host.routes.iter().map(|r| r.name.as_str()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            (
+                vec!["shop.example.com", "*.shop.example.com"],
+                vec!["tollgate_health", "shop-api", "anywhere"]
+            ),
+            (
+                vec!["*.eu.shop.example.com"],
+                vec!["tollgate_health", "shop-api", "eu", "anywhere"]
+            ),
+            (vec!["*"], vec!["tollgate_health", "anywhere"]),
+        ]
+    );
+    assert_eq!(
+        table.virtual_hosts[2].name, "public",
+        "the any-host keeps its name"
+    );
+    let names: Vec<&str> = table
+        .virtual_hosts
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(
+        names[..2],
+        ["public_shop_example_com", "public_any_eu_shop_example_com"]
+    );
+    let query = &table.virtual_hosts[0].routes[1]
+        .r#match
+        .as_ref()
+        .expect("match")
+        .query_parameters;
+    assert_eq!(query.len(), 2);
+    assert_eq!(query[0].name, "debug");
+    assert_eq!(query[1].name, "v");
+}

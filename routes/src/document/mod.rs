@@ -213,6 +213,25 @@ pub(crate) struct MatchDoc {
     pub methods: Vec<Spanned<String>>,
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub query: BTreeMap<String, Spanned<QueryValueDoc>>,
+}
+
+/// A query parameter's match: a value (a number is its decimal text), or `{present: true}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum QueryValueDoc {
+    Text(String),
+    Integer(i64),
+    Present(PresentDoc),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PresentDoc {
+    pub present: bool,
 }
 
 /// Reads the YAML into a [`Document`] quickly, without source locations, or `None` when the

@@ -10,6 +10,7 @@ use serde_saphyr::Spanned;
 mod listener_tls;
 mod observability;
 mod policy;
+mod route_match;
 mod route_policy;
 mod service_policy;
 
@@ -17,7 +18,7 @@ use crate::certificates::{CertificateAndKey, CertificateError, CertificateFiles,
 use crate::config::{
     EscapedSlashes, Listener, PathMatch, Route, RouteMatch, RoutesConfig, Service,
 };
-use crate::document::{Document, MatchDoc, RouteDoc, ServiceDoc};
+use crate::document::{Document, RouteDoc, ServiceDoc};
 use crate::duration;
 use crate::endpoint::Endpoint;
 use crate::error::{ConfigError, ConfigErrors};
@@ -256,11 +257,14 @@ fn routes(doc: &Document, identity_headers: &[String], errors: &mut Errors) -> V
                 format!("duplicate route name \"{}\"", route.name.value),
             );
         }
-        if let Some(route) = self::route(doc, route, identity_headers, errors) {
-            valid.push(route);
+        if let Some(valid_route) = self::route(doc, route, identity_headers, errors) {
+            valid.push((route, valid_route));
         }
     }
-    valid
+    let in_order: Vec<(&RouteDoc, &Route)> =
+        valid.iter().map(|(doc, route)| (*doc, route)).collect();
+    route_match::unreachable(&in_order, errors);
+    valid.into_iter().map(|(_, route)| route).collect()
 }
 
 fn route(
@@ -291,7 +295,7 @@ fn route(
             ),
         );
     }
-    let matcher = route_match(name, &route.matcher, errors);
+    let matcher = route_match::route_match(name, &route.matcher, errors);
     if let Some(rewrite) = &route.rewrite_prefix {
         if !rewrite.value.starts_with('/') {
             errors.at(
@@ -390,50 +394,7 @@ pub(super) fn methods(nodes: &[Spanned<String>], errors: &mut Errors) -> Vec<Str
     methods
 }
 
-fn route_match(route: &str, doc: &Spanned<MatchDoc>, errors: &mut Errors) -> Option<RouteMatch> {
-    let m = &doc.value;
-    let path = match (&m.prefix, &m.path, &m.regex) {
-        (Some(prefix), None, None) => {
-            absolute_path(prefix, "prefix", errors).then(|| PathMatch::Prefix(prefix.value.clone()))
-        }
-        (None, Some(path), None) => {
-            absolute_path(path, "path", errors).then(|| PathMatch::Exact(path.value.clone()))
-        }
-        (None, None, Some(regex)) => {
-            compile_regex(regex, &format!("^(?:{})$", regex.value), errors)
-                .map(|_| PathMatch::Regex(regex.value.clone()))
-        }
-        _ => {
-            errors.at(
-                doc,
-                format!("route \"{route}\": match needs exactly one of prefix, path or regex"),
-            );
-            None
-        }
-    };
-    let methods = methods(&m.methods, errors);
-    let mut headers = BTreeMap::new();
-    for (name, value) in &m.headers {
-        if !is_header_name(name) {
-            errors.at(value, format!("invalid header name \"{name}\""));
-        } else if name.starts_with(':') {
-            errors.at(
-                value,
-                format!(
-                    "header \"{name}\": match pseudo-headers with prefix, path, regex or methods"
-                ),
-            );
-        }
-        headers.insert(name.to_ascii_lowercase(), value.value.clone());
-    }
-    Some(RouteMatch {
-        path: path?,
-        methods,
-        headers,
-    })
-}
-
-fn absolute_path(node: &Spanned<String>, field: &str, errors: &mut Errors) -> bool {
+pub(super) fn absolute_path(node: &Spanned<String>, field: &str, errors: &mut Errors) -> bool {
     let ok = node.value.starts_with('/');
     if !ok {
         errors.at(
