@@ -18,8 +18,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::redis::Redis;
-use crate::{binaries, http, ports, process::Process};
+use tollgate_testkit::ports::reserve_addr;
+use tollgate_testkit::process::{scratch_dir, Process};
+use tollgate_testkit::redis::RedisServer;
+
+use crate::{binaries, http};
 
 /// The longest `x-ratelimit-reset` or `retry-after` a per-minute sliding window announces:
 /// its oldest hit is forgotten between one window and one window plus one bucket (a
@@ -50,8 +53,8 @@ impl RateLimitService {
     /// Reserves the service's gRPC and metrics ports.
     pub fn new() -> Self {
         Self {
-            grpc_addr: ports::reserve_addr(),
-            metrics_addr: ports::reserve_addr(),
+            grpc_addr: reserve_addr(),
+            metrics_addr: reserve_addr(),
             routes: None,
             redis_url: None,
             redis_timeout: None,
@@ -78,7 +81,7 @@ impl RateLimitService {
     }
 
     /// Keep the counters in `redis` (`--redis-url`) instead of in memory.
-    pub fn redis(mut self, redis: &Redis) -> Self {
+    pub fn redis(mut self, redis: &RedisServer) -> Self {
         self.redis_url = Some(redis.url());
         self
     }
@@ -94,7 +97,7 @@ impl RateLimitService {
         let routes = self
             .routes
             .expect("call .routes_file(cp.routes_path()) before .start()");
-        let dir = crate::process::scratch_dir("tollgate-ratelimit-");
+        let dir = scratch_dir("tollgate-ratelimit-");
         let mut command = binaries::tollgate_command("tollgate-ratelimit");
         command
             .arg("--routes")
@@ -165,7 +168,8 @@ impl RunningRateLimitService {
         // A reserved-then-released port can be taken by another run's service, whose /readyz
         // would answer for ours: /readyz counts only once our own process says it serves
         // that address.
-        let metrics_addr = self.metrics_addr.to_string();
+        let metrics_addr = self.metrics_addr;
+        let serving = metrics_addr.to_string();
         let process = &mut self.process;
         crate::eventually_within(
             READY_PATIENCE,
@@ -176,15 +180,13 @@ impl RunningRateLimitService {
                     process
                         .stderr()
                         .lines()
-                        .any(|line| line.contains("serving") && line.contains(&metrics_addr)),
-                    "no \"serving {metrics_addr}\" log line"
+                        .any(|line| line.contains("serving") && line.contains(&serving)),
+                    "no \"serving {serving}\" log line"
                 );
                 Ok(())
             },
         )
         .await;
-        self.process
-            .wait_until_ok(self.metrics_addr.port(), "/readyz", READY_PATIENCE)
-            .await;
+        http::wait_until_ok(&mut self.process, metrics_addr, "/readyz", READY_PATIENCE).await;
     }
 }
