@@ -18,10 +18,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tollgate_testkit::ports::reserve_addr;
 use tollgate_testkit::process::{scratch_dir, Process};
 
-use crate::{binaries, http};
+use crate::http;
+use crate::sidecar::Sidecar;
 
 /// The JWKS file name, next to routes.yaml; routes.yaml says `jwks_file: jwks.json`.
 pub const JWKS_FILE: &str = "jwks.json";
@@ -31,88 +31,40 @@ pub const JWKS_FILE: &str = "jwks.json";
 const READY_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Builder for a tollgate-ext-authz process.
-#[derive(Debug, Clone)]
-pub struct ExtAuthz {
-    grpc_addr: SocketAddr,
-    metrics_addr: SocketAddr,
-    routes: Option<PathBuf>,
+pub type ExtAuthz = Sidecar<ExtAuthzSettings>;
+
+/// What only ext-authz is started with.
+#[derive(Debug, Clone, Default)]
+pub struct ExtAuthzSettings {
     jwks: Option<String>,
-    log: Option<String>,
 }
 
-impl Default for ExtAuthz {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ExtAuthz {
-    /// Reserves the gRPC and metrics ports, so routes.yaml can name the gRPC address
-    /// before the service starts.
-    pub fn new() -> Self {
-        Self {
-            grpc_addr: reserve_addr(),
-            metrics_addr: reserve_addr(),
-            routes: None,
-            jwks: None,
-            log: None,
-        }
-    }
-
-    /// The service's `TOLLGATE_LOG` filter, e.g. `info,tollgate_ext_authz=debug` to see a
-    /// line per check (default: the test process's `TOLLGATE_LOG`, or `info`).
-    pub fn log_filter(mut self, filter: &str) -> Self {
-        self.log = Some(filter.to_owned());
-        self
-    }
-
-    /// Where Envoy will call `Authorization/Check`: routes.yaml's `sidecars.ext_authz.address`.
-    pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_addr
-    }
-
-    /// The routes.yaml to serve, usually `cp.routes_path()`.
-    pub fn routes_file(mut self, path: &Path) -> Self {
-        self.routes = Some(path.to_path_buf());
-        self
-    }
-
+impl Sidecar<ExtAuthzSettings> {
     /// A JWKS document to write as `jwks.json` next to routes.yaml before starting.
     pub fn jwks(mut self, json: &str) -> Self {
-        self.jwks = Some(json.to_owned());
+        self.settings.jwks = Some(json.to_owned());
         self
     }
 
     /// Writes the JWKS file, starts the service and waits until `/readyz` answers 200.
     pub async fn start(self) -> RunningExtAuthz {
-        let routes = self
-            .routes
-            .expect("call .routes_file(path) before starting ext-authz");
-        let config_dir = match routes.parent() {
+        let config_dir = match self.routes().parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        if let Some(jwks) = &self.jwks {
+        if let Some(jwks) = &self.settings.jwks {
             write_jwks(&config_dir, jwks);
         }
         let dir = scratch_dir("tollgate-ext-authz-");
-        let mut command = binaries::tollgate_command("tollgate-ext-authz");
-        command
-            .arg("--routes")
-            .arg(&routes)
-            .args(["--grpc-addr", &self.grpc_addr.to_string()])
-            .args(["--metrics-addr", &self.metrics_addr.to_string()]);
-        if let Some(filter) = &self.log {
-            command.env("TOLLGATE_LOG", filter);
-        }
+        let command = self.command("tollgate-ext-authz");
         let process =
             Process::spawn("ext-authz", command, dir.path()).expect("spawn tollgate-ext-authz");
         let mut authz = RunningExtAuthz {
             process,
             _dir: dir,
             config_dir,
-            grpc_addr: self.grpc_addr,
-            metrics_addr: self.metrics_addr,
+            grpc_addr: self.grpc_addr(),
+            metrics_addr: self.metrics_addr(),
         };
         authz.wait_until_ready().await;
         authz

@@ -30,6 +30,7 @@ pub mod http;
 pub mod otlp;
 pub mod ratelimit;
 pub mod routes_yaml;
+pub mod sidecar;
 pub mod tls;
 pub mod traffic;
 pub mod upstream;
