@@ -3,10 +3,10 @@
 //! distinct, pre-minted token), plus the single-core verify rate of the pure verifier, to
 //! set beside `openssl speed rsa2048 ecdsap256`. Bounded to well under a minute.
 //!
-//! The server runs on one thread of its own (see `server_thread.rs`) and its CPU time is
-//! measured, so each row also says how many checks one core of server time answers; the
-//! client, in the same process, uses a few HTTP/2 connections, as Envoy uses one per
-//! worker. The cached case runs at two loads (calls in flight per connection), and the last
+//! The server runs on one thread of its own (see tollgate-testkit's `bench::ServerThread`)
+//! and its CPU time is measured, so each row also says how many checks one core of server
+//! time answers; the client, in the same process, uses a few HTTP/2 connections, as Envoy
+//! uses one per worker. The cached case runs at two loads (calls in flight per connection), and the last
 //! rows measure the floor the same way at both: a Check server on the same gRPC stack that
 //! allows every call without reading it, so the table shows how much of each check is
 //! tollgate's and how much is gRPC's; and the same floor on tonic's own server.
@@ -23,24 +23,12 @@
 //! used), beside an estimate of the most any check could reach over this gRPC transport: the
 //! floor's CPU per call at the same calls in flight plus the pure verify, and nothing else.
 
-#[path = "../src/testkeys.rs"]
-mod testkeys;
-
-#[path = "../../runtime/bench/server_thread.rs"]
-mod server_thread;
-
-#[path = "../../runtime/bench/percentile.rs"]
-mod percentile;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use percentile::percentile;
 use serde_json::json;
-use server_thread::ServerThread;
-use testkeys::{claims, jwks, TestKey};
 use tollgate_ext_authz::jwks::KeySet;
 use tollgate_ext_authz::server::{App, Options};
 use tollgate_ext_authz::service::CHECK_PATH;
@@ -55,6 +43,8 @@ use tollgate_proto::envoy::service::auth::v3::{AttributeContext, CheckRequest, C
 use tollgate_routes::policy::{Algorithm, AuthProvider, KeySource, TokenSource};
 use tollgate_sidecar::grpc::GrpcServer;
 use tollgate_sidecar::telemetry::Telemetry;
+use tollgate_testkit::bench::{percentile, ServerThread, Shutdown};
+use tollgate_testkit::jwt::{self, claims, jwks, TestKey};
 use tonic::service::Routes;
 
 /// The allocator the service binary runs with, so the bench measures what ships.
@@ -187,7 +177,7 @@ fn server_core(cores: &[usize]) -> Option<usize> {
 /// `serve` on its own thread, pinned to `core` if there is one.
 fn server_thread<F, Fut>(core: Option<usize>, serve: F) -> ServerThread
 where
-    F: FnOnce(tokio::net::TcpListener, server_thread::Shutdown) -> Fut + Send + 'static,
+    F: FnOnce(tokio::net::TcpListener, Shutdown) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     ServerThread::spawn(move |grpc, shutdown| {
@@ -371,8 +361,8 @@ fn verify_rate(key: &TestKey, tokens: &[String]) -> f64 {
     let keys = KeySet::parse_jwks(jwks(&[key]).as_bytes()).expect("jwks");
     let provider = AuthProvider {
         name: "bench".into(),
-        issuer: testkeys::ISSUER.into(),
-        audiences: vec![testkeys::AUDIENCE.into()],
+        issuer: jwt::ISSUER.into(),
+        audiences: vec![jwt::AUDIENCE.into()],
         keys: KeySource::JwksFile("unused".into()),
         algorithms: vec![Algorithm::RS256, Algorithm::ES256],
         clock_skew: Duration::from_secs(60),
@@ -380,7 +370,7 @@ fn verify_rate(key: &TestKey, tokens: &[String]) -> f64 {
         forward_claims: Default::default(),
         token: TokenSource::BearerHeader("authorization".into()),
     };
-    let now = testkeys::now();
+    let now = jwt::now();
     let started = Instant::now();
     let mut count = 0usize;
     while started.elapsed() < Duration::from_millis(700) {

@@ -22,9 +22,6 @@ pub mod server;
 pub mod service;
 pub mod verify;
 
-#[cfg(test)]
-mod testkeys;
-
 /// Selects aws-lc-rs as jsonwebtoken's crypto backend. jsonwebtoken 11 picks a backend from
 /// cargo features and panics at the first verification if feature unification ever turns
 /// on a second one, so the choice is made explicitly once at start-up. Calling it again is

@@ -1,16 +1,11 @@
 //! The service over real gRPC: a tonic client against the server on 127.0.0.1:0.
 
-#[path = "../src/testkeys.rs"]
-mod testkeys;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use testkeys::server::JwksServer;
-use testkeys::{claims, jwks, TestKey};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tollgate_ext_authz::metrics::Metrics;
@@ -22,6 +17,7 @@ use tollgate_proto::envoy::service::auth::v3::check_response::HttpResponse;
 use tollgate_proto::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
 };
+use tollgate_testkit::jwt::{self, claims, jwks, JwksServer, TestKey};
 use tonic::transport::Channel;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -69,7 +65,7 @@ async fn start_with_cooldown(key: &TestKey, remote_uri: &str, cooldown: Duration
     std::fs::create_dir(dir.path().join("keys")).expect("mkdir");
     std::fs::write(dir.path().join("keys/jwks.json"), jwks(&[key])).expect("write");
     let routes = dir.path().join("routes.yaml");
-    std::fs::write(&routes, routes_yaml(testkeys::ISSUER, remote_uri)).expect("write");
+    std::fs::write(&routes, routes_yaml(jwt::ISSUER, remote_uri)).expect("write");
     let app = App::load(Options {
         routes,
         realm: "tollgate".into(),
@@ -208,7 +204,7 @@ async fn an_invalid_token_gets_401_with_www_authenticate_and_a_json_body() {
     let key = TestKey::p256("k1");
     let mut running = start(&key, "http://127.0.0.1:9/jwks").await;
     let mut c = claims();
-    c["exp"] = json!(testkeys::now() - 3600);
+    c["exp"] = json!(jwt::now() - 3600);
     let token = key.mint(&c);
     let auth = bearer(&token);
     let response = check(

@@ -6,32 +6,21 @@
 //! for ~3 s per case, then an open loop at half the measured rate gives the latency
 //! of a service that is not saturated. Bounded well under a minute.
 //!
-//! The service runs on one thread of its own, Redis client included (see
-//! `server_thread.rs`), and that thread's CPU time is measured, so each row also says how
+//! The service runs on one thread of its own, Redis client included (see tollgate-testkit's
+//! `bench::ServerThread`), and that thread's CPU time is measured, so each row also says how
 //! many decisions one core of service time makes. The callers share a few HTTP/2
 //! connections, as Envoy uses one per worker. Two more services are measured the same way:
 //! the service with in-memory counters (no Redis round trip) and the floor, a server on the
 //! same gRPC stack that answers OK without reading, so the table shows which part of a
 //! decision is gRPC's, which is the service's and which is Redis's.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-#[path = "../../runtime/bench/server_thread.rs"]
-mod server_thread;
-
-#[path = "../../runtime/bench/percentile.rs"]
-mod percentile;
-
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use percentile::percentile;
-use server_thread::ServerThread;
-use support::{clock_now, descriptor, request, RedisServer};
 use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use tollgate_proto::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use tollgate_ratelimit::algorithm::{unix_micros, ManualClock};
 use tollgate_ratelimit::limits::dropin;
 use tollgate_ratelimit::limits::DescriptorTree;
 use tollgate_ratelimit::metrics::Metrics;
@@ -42,6 +31,9 @@ use tollgate_ratelimit::store::redis::{RedisStore, RedisTarget};
 use tollgate_ratelimit::store::Store;
 use tollgate_sidecar::grpc::{self, GrpcServer};
 use tollgate_sidecar::telemetry::Telemetry;
+use tollgate_testkit::bench::{percentile, ServerThread, Shutdown};
+use tollgate_testkit::rate_limit::{call, descriptor, request};
+use tollgate_testkit::redis::RedisServer;
 use tonic::service::Routes;
 use tonic::transport::Channel;
 
@@ -132,7 +124,7 @@ async fn closed_loop(bench: &Bench, requests: Arc<Vec<RateLimitRequest>>) -> Run
                 let r = &requests[i % requests.len()];
                 i += CONCURRENCY;
                 let sent = Instant::now();
-                match support::call(&client, r).await {
+                match call(&client, r).await {
                     Ok(response) if response.overall_code == Code::Ok as i32 => {
                         latencies.push(sent.elapsed())
                     }
@@ -168,7 +160,7 @@ async fn open_loop(bench: &Bench, requests: Arc<Vec<RateLimitRequest>>, rate: f6
         let requests = requests.clone();
         calls.push(tokio::spawn(async move {
             let sent = Instant::now();
-            let ok = support::call(&client, &requests[i % requests.len()])
+            let ok = call(&client, &requests[i % requests.len()])
                 .await
                 .is_ok_and(|r| r.overall_code == Code::Ok as i32);
             ok.then(|| sent.elapsed())
@@ -217,11 +209,16 @@ async fn serve<S: Store>(
     listener: tokio::net::TcpListener,
     tree: DescriptorTree,
     store: S,
-    shutdown: server_thread::Shutdown,
+    shutdown: Shutdown,
 ) {
     let metrics = Metrics::unregistered();
     let limits = CurrentLimits::new(LimitSet::new(tree, &metrics));
-    let limiter = RateLimiter::new(limits, Arc::new(store), clock_now(), metrics);
+    let limiter = RateLimiter::new(
+        limits,
+        Arc::new(store),
+        ManualClock::at(unix_micros(SystemTime::now())),
+        metrics,
+    );
     server::serve(listener, limiter, shutdown).await;
 }
 
@@ -234,7 +231,7 @@ fn measure<F, Fut>(
     serve: F,
 ) -> Vec<(&'static str, usize, Run, Run)>
 where
-    F: FnOnce(tokio::net::TcpListener, server_thread::Shutdown) -> Fut + Send + 'static,
+    F: FnOnce(tokio::net::TcpListener, Shutdown) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     let server = ServerThread::spawn(serve);
@@ -327,7 +324,7 @@ fn main() {
             grpc::serve(listener, server, shutdown).await;
         },
     );
-    let reference = redis_benchmark(redis.port);
+    let reference = redis_benchmark(redis.port());
 
     println!();
     println!("ShouldRateLimit over gRPC, one service instance on one thread of its own (server CPU: that thread's share of one core), Redis on loopback, {CONCURRENCY} concurrent callers on {CONNECTIONS} connections, {}s per run", CASE_LENGTH.as_secs());

@@ -12,25 +12,18 @@
 //! decision (hits counted) and none failed on Redis (no store errors), since h2load only
 //! sees the HTTP status, which gRPC sets to 200 even for an error.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-#[path = "../../runtime/bench/proc_stat.rs"]
-mod proc_stat;
-
-#[path = "../../runtime/bench/percentile.rs"]
-mod percentile;
-
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use percentile::percentile;
-use proc_stat::ProcStat;
 use prost::Message as _;
-use support::{descriptor, request, reserve_port, RedisServer};
+use tollgate_testkit::bench::{percentile, ProcStat};
+use tollgate_testkit::ports::reserve_addr;
+use tollgate_testkit::process::Process;
+use tollgate_testkit::rate_limit::{descriptor, request};
+use tollgate_testkit::redis::RedisServer;
 
 /// As in the `decisions` bench: no call is ever over the limit.
 const CONFIG: &str = r#"
@@ -52,26 +45,19 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The service process; killed when dropped, so it dies with the bench.
 struct Service {
-    child: Child,
+    process: Process,
     grpc: SocketAddr,
     metrics: SocketAddr,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Service {
     fn start(dir: &Path, redis_url: &str) -> Self {
         let config = dir.join("bench.yaml");
         std::fs::write(&config, CONFIG).expect("write the limits");
-        let grpc = SocketAddr::from(([127, 0, 0, 1], reserve_port()));
-        let metrics = SocketAddr::from(([127, 0, 0, 1], reserve_port()));
-        let log = std::fs::File::create(dir.join("service.log")).expect("a log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tollgate-ratelimit"))
+        let grpc = reserve_addr();
+        let metrics = reserve_addr();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate-ratelimit"));
+        command
             .arg("--grpc-addr")
             .arg(grpc.to_string())
             .arg("--metrics-addr")
@@ -79,32 +65,26 @@ impl Service {
             .arg("--config")
             .arg(&config)
             .arg("--redis-url")
-            .arg(redis_url)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("a second handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start tollgate-ratelimit");
-        let service = Service {
-            child,
+            .arg(redis_url);
+        let mut process =
+            Process::spawn("tollgate-ratelimit", command, dir).expect("start tollgate-ratelimit");
+        process.wait_until_ready_blocking(PATIENCE, "ready", || {
+            match http_get(metrics, "/readyz") {
+                Some((200, _)) => Ok(()),
+                Some((status, _)) => Err(format!("/readyz answered {status}")),
+                None => Err("/readyz not answering".to_owned()),
+            }
+        });
+        Service {
+            process,
             grpc,
             metrics,
-        };
-        let deadline = Instant::now() + PATIENCE;
-        while http_get(service.metrics, "/readyz").map(|(status, _)| status) != Some(200) {
-            assert!(
-                Instant::now() < deadline,
-                "tollgate-ratelimit not ready after {PATIENCE:?}:\n{}",
-                std::fs::read_to_string(dir.join("service.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        service
     }
 
     /// User plus system CPU time the process has used so far.
     fn cpu_time(&self) -> Duration {
-        ProcStat::read(self.child.id())
+        ProcStat::read(self.process.pid())
             .expect("the service's /proc stat")
             .cpu_time()
     }

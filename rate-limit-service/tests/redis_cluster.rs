@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use futures::future::join_all;
-use support::{
-    call, clock_now, descriptor, instance_on, race, request, routes_tree, Instance, RedisCluster,
-    PATIENCE,
-};
+use support::{clock_now, instance_on, race, routes_tree, Instance, PATIENCE};
 use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use tollgate_proto::envoy::service::ratelimit::v3::RateLimitRequest;
 use tollgate_ratelimit::algorithm::{Clock, ManualClock};
@@ -21,6 +18,8 @@ use tollgate_ratelimit::limits::DescriptorTree;
 use tollgate_ratelimit::settings::Settings;
 use tollgate_ratelimit::store::redis::{RedisStore, RedisTarget};
 use tollgate_ratelimit::store::{storage_key, Check, Store as _};
+use tollgate_testkit::rate_limit::{call, descriptor, request};
+use tollgate_testkit::redis::RedisCluster;
 
 /// Per minute, so that no window or bucket turns over while a test runs (the clock is a
 /// manual one and stands still anyway).

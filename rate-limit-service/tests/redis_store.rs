@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use redis::AsyncCommands;
-use support::{
-    call, clock_now, descriptor, instance, race, request, routes_tree, RedisServer, PATIENCE,
-};
+use support::{clock_now, instance_on, race, routes_tree, Instance, PATIENCE};
 use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use tollgate_ratelimit::algorithm::Clock;
+use tollgate_ratelimit::algorithm::{Clock, ManualClock};
 use tollgate_ratelimit::limits::{dropin, DescriptorTree};
+use tollgate_ratelimit::store::redis::RedisTarget;
 use tollgate_ratelimit::store::Store as _;
+use tollgate_testkit::rate_limit::{call, descriptor, request};
+use tollgate_testkit::redis::RedisServer;
 
 const ROUTES: &str = r#"
 version: 1
@@ -84,6 +85,15 @@ fn rule(
 }
 
 const TIMEOUT: Duration = Duration::from_millis(250);
+
+async fn instance(
+    redis: &RedisServer,
+    tree: DescriptorTree,
+    clock: ManualClock,
+    timeout: Duration,
+) -> Instance {
+    instance_on(&RedisTarget::Single(redis.url()), tree, clock, timeout).await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_the_limit_passes_when_two_instances_share_redis() {

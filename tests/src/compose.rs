@@ -18,9 +18,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use tollgate_testkit::ports::reserve_port;
 
 use crate::eventually::eventually_within;
-use crate::ports::reserve_port;
 
 /// Building nothing, a cold `up` still starts eight containers one dependency level at a
 /// time on a busy 2-core machine; a healthcheck may need its whole start period.

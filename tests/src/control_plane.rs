@@ -13,8 +13,10 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use tollgate_testkit::ports::reserve_addr;
+use tollgate_testkit::process::{scratch_dir, Process};
 
-use crate::{binaries, http, ports, process::Process};
+use crate::{binaries, http};
 
 /// The control plane should answer `/healthz` well within this on a busy 2-core machine.
 const START_PATIENCE: Duration = Duration::from_secs(30);
@@ -85,67 +87,59 @@ impl ControlPlane {
 
     /// Writes the routes file, starts `tollgate-control-plane serve` and waits for `/healthz`.
     pub async fn start(self) -> RunningControlPlane {
-        let dir = crate::process::scratch_dir("tollgate-cp-");
+        let dir = scratch_dir("tollgate-cp-");
         let config_dir = dir.path().join("config");
         std::fs::create_dir(&config_dir).expect("create the config directory");
-        let mut cp = RunningControlPlane {
+        let mut config = ConfigDir {
             routes_path: config_dir.join("routes.yaml"),
             config_dir,
-            xds_addr: ports::reserve_addr(),
-            admin_addr: ports::reserve_addr(),
             layout: self.layout,
             generation: 0,
-            process: None,
-            killed: None,
-            dir,
         };
         for (name, contents) in &self.files {
-            cp.write_file(name, contents);
+            config.write_file(name, contents);
         }
         match self.layout {
-            Layout::File => cp.write_in_place(&self.routes),
+            Layout::File => config.write_in_place(&self.routes),
             Layout::ConfigMap => {
-                cp.write_configmap(&self.routes);
-                std::os::unix::fs::symlink("..data/routes.yaml", &cp.routes_path)
+                config.write_configmap(&self.routes);
+                std::os::unix::fs::symlink("..data/routes.yaml", &config.routes_path)
                     .expect("create the routes.yaml -> ..data/routes.yaml symlink");
             }
         }
-        cp.spawn().await;
+        let (xds_addr, admin_addr) = (reserve_addr(), reserve_addr());
+        let mut command = binaries::tollgate_command("tollgate-control-plane");
+        command
+            .arg("serve")
+            .arg("--routes")
+            .arg(&config.routes_path)
+            .args(["--xds-addr", &xds_addr.to_string()])
+            .args(["--admin-addr", &admin_addr.to_string()]);
+        let process = Process::spawn("control-plane", command, dir.path())
+            .expect("spawn tollgate-control-plane serve");
+        let mut cp = RunningControlPlane {
+            process,
+            _dir: dir,
+            config,
+            xds_addr,
+            admin_addr,
+        };
+        cp.wait_until_healthy().await;
         cp
     }
 }
 
-/// A running control plane; dropping it kills the process and removes its files.
+/// The directory holding routes.yaml and the files it names, laid out as in production.
 #[derive(Debug)]
-pub struct RunningControlPlane {
-    // Field order matters for Drop: the process dies before its directory is removed.
-    process: Option<Process>,
-    killed: Option<Process>,
-    dir: tempfile::TempDir,
+struct ConfigDir {
     config_dir: PathBuf,
     routes_path: PathBuf,
-    xds_addr: SocketAddr,
-    admin_addr: SocketAddr,
     layout: Layout,
     generation: u32,
 }
 
-impl RunningControlPlane {
-    /// The path given to `serve --routes` (a symlink in ConfigMap layout).
-    pub fn routes_path(&self) -> &Path {
-        &self.routes_path
-    }
-
-    pub fn xds_addr(&self) -> SocketAddr {
-        self.xds_addr
-    }
-
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
-    }
-
-    /// Writes new routes.yaml text in `style`.
-    pub fn write(&mut self, style: WriteStyle, yaml: &str) {
+impl ConfigDir {
+    fn write(&mut self, style: WriteStyle, yaml: &str) {
         match style {
             WriteStyle::InPlace => self.write_in_place(yaml),
             WriteStyle::Rename => self.write_by_rename(yaml),
@@ -153,15 +147,12 @@ impl RunningControlPlane {
         }
     }
 
-    /// Truncates routes.yaml and writes `yaml` into the same inode.
-    pub fn write_in_place(&mut self, yaml: &str) {
+    fn write_in_place(&mut self, yaml: &str) {
         std::fs::write(&self.routes_path, yaml)
             .unwrap_or_else(|e| panic!("write {}: {e}", self.routes_path.display()));
     }
 
-    /// Replaces the file `name` next to routes.yaml atomically (written aside, then renamed
-    /// over it), as a certificate manager rotates a certificate.
-    pub fn write_file(&mut self, name: &str, contents: &[u8]) {
+    fn write_file(&mut self, name: &str, contents: &[u8]) {
         let path = self.config_dir.join(name);
         let temporary = self.config_dir.join(format!(".{name}.tmp"));
         std::fs::write(&temporary, contents)
@@ -170,8 +161,7 @@ impl RunningControlPlane {
             .unwrap_or_else(|e| panic!("rename over {}: {e}", path.display()));
     }
 
-    /// Writes `yaml` to a temporary file in the same directory and renames it over routes.yaml.
-    pub fn write_by_rename(&mut self, yaml: &str) {
+    fn write_by_rename(&mut self, yaml: &str) {
         assert_eq!(
             self.layout,
             Layout::File,
@@ -184,10 +174,7 @@ impl RunningControlPlane {
             .unwrap_or_else(|e| panic!("rename over {}: {e}", self.routes_path.display()));
     }
 
-    /// Publishes `yaml` the way the kubelet updates a ConfigMap volume: a new timestamped
-    /// directory, a `..data_tmp` symlink to it renamed atomically over `..data`, then the old
-    /// directory removed.
-    pub fn write_configmap(&mut self, yaml: &str) {
+    fn write_configmap(&mut self, yaml: &str) {
         assert_eq!(
             self.layout,
             Layout::ConfigMap,
@@ -211,6 +198,60 @@ impl RunningControlPlane {
             std::fs::remove_dir_all(self.config_dir.join(previous))
                 .expect("remove the previous ConfigMap directory");
         }
+    }
+}
+
+/// A running control plane; dropping it kills the process and removes its files.
+#[derive(Debug)]
+pub struct RunningControlPlane {
+    // Field order matters for Drop: the process dies before its directory is removed.
+    process: Process,
+    _dir: tempfile::TempDir,
+    config: ConfigDir,
+    xds_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl RunningControlPlane {
+    /// The path given to `serve --routes` (a symlink in ConfigMap layout).
+    pub fn routes_path(&self) -> &Path {
+        &self.config.routes_path
+    }
+
+    pub fn xds_addr(&self) -> SocketAddr {
+        self.xds_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Writes new routes.yaml text in `style`.
+    pub fn write(&mut self, style: WriteStyle, yaml: &str) {
+        self.config.write(style, yaml);
+    }
+
+    /// Truncates routes.yaml and writes `yaml` into the same inode.
+    pub fn write_in_place(&mut self, yaml: &str) {
+        self.config.write_in_place(yaml);
+    }
+
+    /// Replaces the file `name` next to routes.yaml atomically (written aside, then renamed
+    /// over it), as a certificate manager rotates a certificate.
+    pub fn write_file(&mut self, name: &str, contents: &[u8]) {
+        self.config.write_file(name, contents);
+    }
+
+    /// Writes `yaml` to a temporary file in the same directory and renames it over routes.yaml.
+    pub fn write_by_rename(&mut self, yaml: &str) {
+        self.config.write_by_rename(yaml);
+    }
+
+    /// Publishes `yaml` the way the kubelet updates a ConfigMap volume: a new timestamped
+    /// directory, a `..data_tmp` symlink to it renamed atomically over `..data`, then the old
+    /// directory removed.
+    pub fn write_configmap(&mut self, yaml: &str) {
+        self.config.write_configmap(yaml);
     }
 
     /// `GET /status` as JSON.
@@ -254,40 +295,25 @@ impl RunningControlPlane {
 
     /// Kills the control plane (SIGKILL); Envoys keep serving what they last received.
     pub fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.kill();
-            // Kept so that its logs are still printed if the test fails before a restart
-            // (a restarted process appends to the same log files and prints them itself).
-            self.killed = Some(process);
-        }
+        self.process.kill();
     }
 
     /// Kills the control plane and starts it again on the same ports and routes file.
     pub async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-
-    /// The guard of the running process, e.g. to read its logs.
-    pub fn process(&self) -> Option<&Process> {
-        self.process.as_ref()
-    }
-
-    async fn spawn(&mut self) {
-        let mut command = binaries::tollgate_command("tollgate-control-plane");
-        command
-            .arg("serve")
-            .arg("--routes")
-            .arg(&self.routes_path)
-            .args(["--xds-addr", &self.xds_addr.to_string()])
-            .args(["--admin-addr", &self.admin_addr.to_string()]);
-        let mut process = Process::spawn("control-plane", command, self.dir.path())
+        self.process
+            .restart()
             .expect("spawn tollgate-control-plane serve");
-        process
-            .wait_until_ok(self.admin_addr.port(), "/healthz", START_PATIENCE)
-            .await;
-        self.process = Some(process);
-        self.killed = None;
+        self.wait_until_healthy().await;
+    }
+
+    /// The guard of the process, e.g. to read its logs.
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
+    async fn wait_until_healthy(&mut self) {
+        let admin_addr = self.admin_addr;
+        http::wait_until_ok(&mut self.process, admin_addr, "/healthz", START_PATIENCE).await;
     }
 }
 

@@ -10,10 +10,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tollgate_testkit::ports::reserve_addr;
+use tollgate_testkit::process::{scratch_dir, Process};
 
 use crate::control_plane::RunningControlPlane;
-use crate::{binaries, http, ports, process::Process};
+use crate::{binaries, http};
 
 /// Envoy (a Python launcher exec'ing a large binary) can take a while to become live on a
 /// loaded 2-core machine, and with ADS it also waits for its first clusters and listeners.
@@ -107,14 +110,14 @@ impl Envoy {
                 NEXT.fetch_add(1, Ordering::Relaxed)
             )
         });
-        let dir = crate::process::scratch_dir("tollgate-envoy-");
+        let dir = scratch_dir("tollgate-envoy-");
         let bootstrap = match self
             .bootstrap
             .expect("call .control_plane(&cp) or .static_bootstrap(yaml)")
         {
             Bootstrap::Static(yaml) => yaml,
             Bootstrap::ControlPlane { xds_addr } => {
-                let admin = ports::reserve_addr();
+                let admin = reserve_addr();
                 generate_bootstrap(&node_id, xds_addr, admin, self.variant).await
             }
         };
@@ -299,35 +302,28 @@ impl RunningEnvoy {
         } else {
             READY_PATIENCE
         };
-        let deadline = Instant::now() + patience;
-        loop {
-            if let Err(exited) = self.process.ensure_running() {
-                panic!("envoy {} did not start: {exited:#}", self.node_id);
-            }
-            if self.admin_addr.is_none() {
-                self.admin_addr = read_admin_address(&self.admin_address_path);
-            }
-            let last = match self.admin_addr {
-                None => "admin address not written yet".to_owned(),
-                Some(admin) => match http::get(admin.port(), "/ready").await {
+        let (admin_addr, admin_address_path) = (&mut self.admin_addr, &self.admin_address_path);
+        self.process
+            .wait_until_ready(patience, "LIVE", async || {
+                if admin_addr.is_none() {
+                    *admin_addr = read_admin_address(admin_address_path);
+                }
+                let Some(admin) = *admin_addr else {
+                    return Err("admin address not written yet".to_owned());
+                };
+                match http::get(admin.port(), "/ready").await {
                     Ok(response) if response.status == 200 && response.text().trim() == "LIVE" => {
-                        return
+                        Ok(())
                     }
-                    Ok(response) => format!(
+                    Ok(response) => Err(format!(
                         "/ready answered {}: {}",
                         response.status,
                         response.text().trim()
-                    ),
-                    Err(error) => format!("{error:#}"),
-                },
-            };
-            assert!(
-                Instant::now() < deadline,
-                "envoy {} not LIVE after {patience:?}: {last}",
-                self.node_id
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+                    )),
+                    Err(error) => Err(format!("{error:#}")),
+                }
+            })
+            .await;
     }
 }
 

@@ -5,6 +5,7 @@
 //! while idle (for instance when a listener is drained after an update) would otherwise
 //! surface as a spurious failure that says nothing about routing.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -14,6 +15,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tollgate_testkit::process::Process;
 
 /// Longer than any route timeout a test configures, so a gateway timeout (504) is what a
 /// test observes, never a client-side one.
@@ -34,6 +36,23 @@ pub fn request(port: u16) -> RequestBuilder {
 /// Sends `GET path` to `127.0.0.1:port`.
 pub async fn get(port: u16, path: &str) -> anyhow::Result<Response> {
     request(port).path(path).send().await
+}
+
+/// Polls `GET http://{addr}{path}` (a loopback address) until it answers 200. Panics with
+/// the last answer once `patience` runs out, and at once if `process` exits (a service that
+/// failed to start must not look ready because something else answers its port).
+pub async fn wait_until_ok(
+    process: &mut Process,
+    addr: SocketAddr,
+    path: &str,
+    patience: Duration,
+) {
+    process
+        .wait_until_ready(patience, &format!("answering 200 on {path}"), async || {
+            get(addr.port(), path).await?.expect_status(200)?;
+            anyhow::Ok(())
+        })
+        .await;
 }
 
 /// A request being built; see [`request`].

@@ -3,10 +3,10 @@
 //! checks (`ControlPlane::new().routes(yaml).start()`, `Envoy::new().control_plane(&cp).start()`,
 //! `Upstream::new("a").spawn()`, then plain HTTP through the gateway).
 //!
-//! Every spawned process is owned by a [`Process`] guard that kills it on drop, so a failing
-//! or panicking test never leaves Envoy or the control plane behind; on failure the guard
-//! prints the tail of the process's logs. Readiness is always polled ([`eventually`]), never
-//! slept for, and nothing here asserts on timing.
+//! Every spawned process is owned by a [`Process`](tollgate_testkit::process::Process) guard
+//! that kills it on drop, so a failing or panicking test never leaves Envoy or the control
+//! plane behind; on failure the guard prints the tail of the process's logs. Readiness is
+//! always polled ([`eventually`]), never slept for, and nothing here asserts on timing.
 //!
 //! Environment:
 //! - `ENVOY_BIN`: the Envoy binary (default `.venv/bin/envoy`);
@@ -28,11 +28,9 @@ pub mod ext_authz;
 pub mod gateway;
 pub mod http;
 pub mod otlp;
-pub mod ports;
-pub mod process;
 pub mod ratelimit;
-pub mod redis;
 pub mod routes_yaml;
+pub mod sidecar;
 pub mod tls;
 pub mod traffic;
 pub mod upstream;
@@ -40,13 +38,12 @@ pub mod upstream;
 pub use control_plane::{validate, ControlPlane, RunningControlPlane, Validation, WriteStyle};
 pub use envoy::{Envoy, RunningEnvoy, XdsVariant};
 pub use eventually::{eventually, eventually_within, DEFAULT_PATIENCE};
-pub use ext_authz::{tokens, ExtAuthz, RunningExtAuthz};
+pub use ext_authz::{ExtAuthz, RunningExtAuthz};
 pub use gateway::Gateway;
 pub use http::{get, request, Response};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
-pub use ports::reserve_port;
-pub use process::Process;
 pub use routes_yaml::RoutesYaml;
 pub use tls::{IssuedCertificate, TestCa, TlsClient, TlsResponse};
+pub use tollgate_testkit::ports::reserve_port;
 pub use traffic::{traffic, Traffic, TrafficReport};
 pub use upstream::{Upstream, UpstreamHandle};

@@ -15,11 +15,13 @@
 //! [`RateLimitService::redis`]) answers.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::redis::Redis;
-use crate::{binaries, http, ports, process::Process};
+use tollgate_testkit::process::{scratch_dir, Process};
+use tollgate_testkit::redis::RedisServer;
+
+use crate::http;
+use crate::sidecar::Sidecar;
 
 /// The longest `x-ratelimit-reset` or `retry-after` a per-minute sliding window announces:
 /// its oldest hit is forgotten between one window and one window plus one bucket (a
@@ -30,92 +32,44 @@ pub const LONGEST_RESET_SECS: u64 = 63;
 const READY_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Builder for a `tollgate-ratelimit`.
-#[derive(Debug, Clone)]
-pub struct RateLimitService {
-    grpc_addr: SocketAddr,
-    metrics_addr: SocketAddr,
-    routes: Option<PathBuf>,
+pub type RateLimitService = Sidecar<RateLimitSettings>;
+
+/// What only the rate-limit service is started with.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimitSettings {
     redis_url: Option<String>,
     redis_timeout: Option<Duration>,
-    log: Option<String>,
 }
 
-impl Default for RateLimitService {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl RateLimitService {
-    /// Reserves the service's gRPC and metrics ports.
-    pub fn new() -> Self {
-        Self {
-            grpc_addr: ports::reserve_addr(),
-            metrics_addr: ports::reserve_addr(),
-            routes: None,
-            redis_url: None,
-            redis_timeout: None,
-            log: None,
-        }
-    }
-
-    /// The service's `TOLLGATE_LOG` filter, e.g. `info,tollgate_ratelimit=debug` to see a
-    /// line per decision (default: the test process's `TOLLGATE_LOG`, or `info`).
-    pub fn log_filter(mut self, filter: &str) -> Self {
-        self.log = Some(filter.to_owned());
-        self
-    }
-
-    /// Where Envoy will call it: the `sidecars.rate_limit.address` of routes.yaml.
-    pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_addr
-    }
-
-    /// The routes.yaml whose limits it serves (`--routes`), normally the control plane's.
-    pub fn routes_file(mut self, path: &Path) -> Self {
-        self.routes = Some(path.to_path_buf());
-        self
-    }
-
+impl Sidecar<RateLimitSettings> {
     /// Keep the counters in `redis` (`--redis-url`) instead of in memory.
-    pub fn redis(mut self, redis: &Redis) -> Self {
-        self.redis_url = Some(redis.url());
+    pub fn redis(mut self, redis: &RedisServer) -> Self {
+        self.settings.redis_url = Some(redis.url());
         self
     }
 
     /// The longest wait for Redis per request (`--redis-timeout`).
     pub fn redis_timeout(mut self, timeout: Duration) -> Self {
-        self.redis_timeout = Some(timeout);
+        self.settings.redis_timeout = Some(timeout);
         self
     }
 
     /// Starts the service and waits until `/readyz` answers 200.
     pub async fn start(self) -> RunningRateLimitService {
-        let routes = self
-            .routes
-            .expect("call .routes_file(cp.routes_path()) before .start()");
-        let dir = crate::process::scratch_dir("tollgate-ratelimit-");
-        let mut command = binaries::tollgate_command("tollgate-ratelimit");
-        command
-            .arg("--routes")
-            .arg(&routes)
-            .args(["--grpc-addr", &self.grpc_addr.to_string()])
-            .args(["--metrics-addr", &self.metrics_addr.to_string()]);
-        if let Some(url) = &self.redis_url {
+        let dir = scratch_dir("tollgate-ratelimit-");
+        let mut command = self.command("tollgate-ratelimit");
+        if let Some(url) = &self.settings.redis_url {
             command.args(["--redis-url", url]);
         }
-        if let Some(filter) = &self.log {
-            command.env("TOLLGATE_LOG", filter);
-        }
-        if let Some(timeout) = self.redis_timeout {
+        if let Some(timeout) = self.settings.redis_timeout {
             command.args(["--redis-timeout", &format!("{}ms", timeout.as_millis())]);
         }
         let process =
             Process::spawn("ratelimit", command, dir.path()).expect("spawn tollgate-ratelimit");
         let mut service = RunningRateLimitService {
             process,
-            grpc_addr: self.grpc_addr,
-            metrics_addr: self.metrics_addr,
+            grpc_addr: self.grpc_addr(),
+            metrics_addr: self.metrics_addr(),
             _dir: dir,
         };
         service.wait_until_ready().await;
@@ -165,7 +119,8 @@ impl RunningRateLimitService {
         // A reserved-then-released port can be taken by another run's service, whose /readyz
         // would answer for ours: /readyz counts only once our own process says it serves
         // that address.
-        let metrics_addr = self.metrics_addr.to_string();
+        let metrics_addr = self.metrics_addr;
+        let serving = metrics_addr.to_string();
         let process = &mut self.process;
         crate::eventually_within(
             READY_PATIENCE,
@@ -176,15 +131,13 @@ impl RunningRateLimitService {
                     process
                         .stderr()
                         .lines()
-                        .any(|line| line.contains("serving") && line.contains(&metrics_addr)),
-                    "no \"serving {metrics_addr}\" log line"
+                        .any(|line| line.contains("serving") && line.contains(&serving)),
+                    "no \"serving {serving}\" log line"
                 );
                 Ok(())
             },
         )
         .await;
-        self.process
-            .wait_until_ok(self.metrics_addr.port(), "/readyz", READY_PATIENCE)
-            .await;
+        http::wait_until_ok(&mut self.process, metrics_addr, "/readyz", READY_PATIENCE).await;
     }
 }

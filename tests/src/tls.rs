@@ -16,6 +16,7 @@ use rustls::{ClientConfig, ProtocolVersion, RootCertStore, SupportedProtocolVers
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tollgate_testkit::process::scratch_dir;
 
 use crate::http::{read_response, RequestBuilder, Response};
 
@@ -66,7 +67,7 @@ fn read(path: PathBuf) -> Vec<u8> {
 
 impl TestCa {
     pub fn new() -> Self {
-        let dir = crate::process::scratch_dir("tollgate-ca-");
+        let dir = scratch_dir("tollgate-ca-");
         openssl(
             dir.path(),
             &[

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use tollgate_conformance::{
-    eventually, eventually_within, get, request, reserve_port, Envoy, Process, Upstream,
+    eventually, eventually_within, get, request, reserve_port, Envoy, Upstream,
 };
+use tollgate_testkit::process::Process;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_echoes_what_it_received_and_counts_requests() {

@@ -17,12 +17,12 @@ use tollgate_conformance::http::RequestBuilder;
 use tollgate_conformance::ratelimit::{
     RateLimitService, RunningRateLimitService, LONGEST_RESET_SECS,
 };
-use tollgate_conformance::redis::Redis;
-use tollgate_conformance::tokens::{self, TestKey};
 use tollgate_conformance::{
     eventually, get, request, reserve_port, ControlPlane, Envoy, ExtAuthz, Response,
     RunningControlPlane, RunningEnvoy, Upstream, UpstreamHandle,
 };
+use tollgate_testkit::jwt::{self, TestKey};
+use tollgate_testkit::redis::RedisServer;
 
 /// The window of every rule in this file (`per: minute`).
 const WINDOW: Duration = Duration::from_secs(60);
@@ -270,8 +270,8 @@ sidecars:
   rate_limit: {{address: "{rls}", timeout: {SIDECAR_TIMEOUT}, failure_mode_deny: false, domain: tollgate}}
 "#,
             api = api.endpoint(),
-            issuer = tokens::ISSUER,
-            audience = tokens::AUDIENCE,
+            issuer = jwt::ISSUER,
+            audience = jwt::AUDIENCE,
             authz = authz.grpc_addr(),
             rls = rls.grpc_addr(),
         ))
@@ -280,13 +280,13 @@ sidecars:
     let key = TestKey::p256("rate-limit-test");
     let _authz = authz
         .routes_file(cp.routes_path())
-        .jwks(&tokens::jwks(&[&key]))
+        .jwks(&jwt::jwks(&[&key]))
         .start()
         .await;
     let _rls = rls.routes_file(cp.routes_path()).start().await;
     let _envoy = Envoy::new().control_plane(&cp).start().await;
     let token = |sub: &str, tier: Option<&str>| {
-        let mut claims = tokens::claims();
+        let mut claims = jwt::claims();
         claims["sub"] = json!(sub);
         if let Some(tier) = tier {
             claims["tier"] = json!(tier);
@@ -386,7 +386,7 @@ sidecars:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_fails_open_or_closed_as_configured_and_recovery_restores_limits() {
-    let mut redis = Redis::start().await;
+    let mut redis = RedisServer::start();
     let api = Upstream::new("api").spawn().await;
     let port = reserve_port();
     let rls = RateLimitService::new();
@@ -467,7 +467,7 @@ async fn a_redis_outage_fails_open_or_closed_as_configured_and_recovery_restores
 
     // Redis back on the same port (empty): the service reconnects by itself. While failing
     // closed, a 200 means the service answered from Redis again.
-    redis.restart().await;
+    redis.restart();
     let mut probe = 0;
     eventually("requests pass again once redis is back", async || {
         probe += 1;

@@ -11,6 +11,7 @@ use tollgate_conformance::tls::TestCa;
 use tollgate_conformance::{
     eventually, get, request, reserve_port, ControlPlane, Envoy, RunningEnvoy, Upstream,
 };
+use tollgate_testkit::process::{scratch_dir, Process};
 
 /// A routes.yaml with one listener on `port`, one catch-all route to `svc`, and `service`
 /// (the lines under `svc:`, indented four spaces).
@@ -330,7 +331,7 @@ fn tls_upstream(
     dir: &std::path::Path,
     cert: &std::path::Path,
     key: &std::path::Path,
-) -> (tollgate_conformance::Process, u16) {
+) -> (Process, u16) {
     tls_upstream_with(dir, cert, key, None)
 }
 
@@ -341,7 +342,7 @@ fn tls_upstream_with(
     cert: &std::path::Path,
     key: &std::path::Path,
     client_ca: Option<&std::path::Path>,
-) -> (tollgate_conformance::Process, u16) {
+) -> (Process, u16) {
     let port = reserve_port();
     let mut command = std::process::Command::new("openssl");
     command
@@ -354,14 +355,13 @@ fn tls_upstream_with(
     if let Some(ca) = client_ca {
         command.args(["-Verify", "1"]).arg("-CAfile").arg(ca);
     }
-    let server = tollgate_conformance::Process::spawn("s_server", command, dir)
-        .expect("start openssl s_server");
+    let server = Process::spawn("s_server", command, dir).expect("start openssl s_server");
     (server, port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_tls_verifies_the_certificate_name() {
-    let dir = tollgate_conformance::process::scratch_dir("tollgate-tls-");
+    let dir = scratch_dir("tollgate-tls-");
     let (cert, key) = self_signed(dir.path(), "invoices.internal");
     let (_server, upstream_port) = tls_upstream(dir.path(), &cert, &key);
     let port = reserve_port();
@@ -415,9 +415,9 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_ca_file_is_trusted_without_a_restart() {
-    let dir = tollgate_conformance::process::scratch_dir("tollgate-tls-");
+    let dir = scratch_dir("tollgate-tls-");
     let (cert, key) = self_signed(dir.path(), "invoices.internal");
-    let elsewhere = tollgate_conformance::process::scratch_dir("tollgate-tls-other-");
+    let elsewhere = scratch_dir("tollgate-tls-other-");
     let (other_ca, _) = self_signed(elsewhere.path(), "invoices.internal");
     let (_server, upstream_port) = tls_upstream(dir.path(), &cert, &key);
     let port = reserve_port();
@@ -459,7 +459,7 @@ async fn a_replaced_ca_file_is_trusted_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_presents_the_client_certificate_and_rotates_it_without_a_restart() {
-    let dir = tollgate_conformance::process::scratch_dir("tollgate-mtls-");
+    let dir = scratch_dir("tollgate-mtls-");
     let (cert, key) = self_signed(dir.path(), "invoices.internal");
     let client_ca = TestCa::new();
     let client = client_ca.issue_client("tollgate-gateway");

@@ -12,12 +12,12 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 use tollgate_conformance::ratelimit::{RateLimitService, RunningRateLimitService};
-use tollgate_conformance::tokens::{self, TestKey};
 use tollgate_conformance::{
     eventually_within, request, reserve_port, ControlPlane, Envoy, ExtAuthz, OtlpReceiver,
     ReceivedSpan, Response, RunningControlPlane, RunningEnvoy, RunningExtAuthz, Upstream,
     UpstreamHandle,
 };
+use tollgate_testkit::jwt::{self, TestKey};
 
 /// Two 5-second flush intervals on a busy machine, and then some.
 const EXPORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -76,8 +76,8 @@ observability:
   tracing: {{otlp_endpoint: "{collector}", sample_rate: {sample_rate}}}
 "#,
                 api = api.endpoint(),
-                issuer = tokens::ISSUER,
-                audience = tokens::AUDIENCE,
+                issuer = jwt::ISSUER,
+                audience = jwt::AUDIENCE,
                 authz = authz.grpc_addr(),
                 rls = rls.grpc_addr(),
                 collector = endpoint,
@@ -87,12 +87,12 @@ observability:
         let key = TestKey::p256("tracing-test");
         let authz = authz
             .routes_file(cp.routes_path())
-            .jwks(&tokens::jwks(&[&key]))
+            .jwks(&jwt::jwks(&[&key]))
             .start()
             .await;
         let rls = rls.routes_file(cp.routes_path()).start().await;
         let envoy = Envoy::new().control_plane(&cp).start().await;
-        let token = key.mint(&tokens::claims());
+        let token = key.mint(&jwt::claims());
         let gateway = Gateway {
             port,
             token,
@@ -216,7 +216,7 @@ async fn one_request_is_one_trace_across_envoy_both_sidecars_and_the_upstream() 
     // The log lines about the request name it: ext-authz by request id and trace id, the
     // rate-limit service (which gets no request headers from Envoy) by trace id, and Envoy's
     // access log by both, which joins them.
-    let authz_logs = gw.authz.process().expect("running").stderr();
+    let authz_logs = gw.authz.process().stderr();
     assert!(
         authz_logs.lines().any(|l| l.contains("checked")
             && l.contains("request_id=\"trace-me-1\"")
@@ -292,7 +292,7 @@ async fn at_sample_rate_zero_nothing_of_a_request_is_exported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_fails_no_request() {
     // A port nobody listens on: every export is refused.
-    let nowhere = tollgate_conformance::ports::reserve_addr().to_string();
+    let nowhere = tollgate_testkit::ports::reserve_addr().to_string();
     let gw = Gateway::start_exporting_to("1.0", Some(nowhere)).await;
     // Each request passes ext-authz and the rate limit, both of which made and ended a span.
     for i in 0..20 {

@@ -5,8 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::metrics::Metrics;
-use crate::testkeys::server::JwksServer;
-use crate::testkeys::{jwks, TestKey};
+use tollgate_testkit::jwt::{b64, jwks, JwksServer, TestKey};
 
 /// Generous: the test machine is small and busy.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -39,7 +38,7 @@ fn unusable_keys_are_skipped_and_usable_ones_kept() {
         {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
         {"kty": "EC", "kid": "p521", "crv": "P-521", "x": "AA", "y": "AA"},
         {"kty": "oct", "kid": "secret", "k": "c2VjcmV0"},
-        {"kty": "RSA", "kid": "short", "n": crate::testkeys::b64(&[0xff; 128]), "e": "AQAB"},
+        {"kty": "RSA", "kid": "short", "n": b64(&[0xff; 128]), "e": "AQAB"},
         {"kty": "EC", "kid": "bad-alg", "crv": "P-256", "alg": "RS256", "x": good.jwk["x"], "y": good.jwk["y"]},
         good.jwk,
     ]});

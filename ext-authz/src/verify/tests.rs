@@ -6,7 +6,7 @@ use tollgate_routes::policy::{Algorithm, AuthProvider, KeySource, TokenSource};
 
 use super::*;
 use crate::jwks::{KeyKind, KeySet};
-use crate::testkeys::{self, b64, claims, now, TestKey, AUDIENCE, ISSUER};
+use tollgate_testkit::jwt::{self, b64, claims, now, TestKey, AUDIENCE, ISSUER};
 
 fn provider(algorithms: &[Algorithm]) -> AuthProvider {
     AuthProvider {
@@ -36,7 +36,7 @@ fn public_provider() -> AuthProvider {
 }
 
 fn keyset(keys: &[&TestKey]) -> KeySet {
-    KeySet::parse_jwks(testkeys::jwks(keys).as_bytes()).expect("jwks")
+    KeySet::parse_jwks(jwt::jwks(keys).as_bytes()).expect("jwks")
 }
 
 /// A key set of the one JWK `jwk`, loaded as the service loads a JWKS.
@@ -586,10 +586,10 @@ fn parsed_keys_give_jsonwebtokens_verdict_on_every_asymmetric_algorithm() {
 
 #[test]
 fn rsa_keys_under_2048_bits_are_refused_by_both_verifiers() {
-    let n = URL_SAFE_NO_PAD.decode(testkeys::SMALL_RSA_N).expect("n");
-    let e = URL_SAFE_NO_PAD.decode(testkeys::SMALL_RSA_E).expect("e");
-    let jwk = json!({"kty": "RSA", "n": testkeys::SMALL_RSA_N, "e": testkeys::SMALL_RSA_E});
-    let input = testkeys::SMALL_RSA_INPUT;
+    let n = URL_SAFE_NO_PAD.decode(jwt::SMALL_RSA_N).expect("n");
+    let e = URL_SAFE_NO_PAD.decode(jwt::SMALL_RSA_E).expect("e");
+    let jwk = json!({"kty": "RSA", "n": jwt::SMALL_RSA_N, "e": jwt::SMALL_RSA_E});
+    let input = jwt::SMALL_RSA_INPUT;
     // The signatures are genuine: verifiers that allow 1024-bit keys accept them, so the
     // refusals below are for the key's size.
     let components = aws_lc_rs::signature::RsaPublicKeyComponents { n: &n, e: &e };
@@ -603,7 +603,7 @@ fn rsa_keys_under_2048_bits_are_refused_by_both_verifiers() {
             &aws_lc_rs::signature::RSA_PKCS1_1024_8192_SHA512_FOR_LEGACY_USE_ONLY,
         ),
     ] {
-        let (_, signature) = testkeys::SMALL_RSA_SIGNATURES[alg];
+        let (_, signature) = jwt::SMALL_RSA_SIGNATURES[alg];
         let signature = URL_SAFE_NO_PAD.decode(signature).expect("signature");
         assert!(components
             .verify(legacy, input.as_bytes(), &signature)
@@ -615,7 +615,7 @@ fn rsa_keys_under_2048_bits_are_refused_by_both_verifiers() {
         load_jwk(&jwk),
         Err(crate::jwks::JwksError::NoUsableKey(_))
     ));
-    for (name, signature) in testkeys::SMALL_RSA_SIGNATURES {
+    for (name, signature) in jwt::SMALL_RSA_SIGNATURES {
         let alg = Algorithm::parse(name).expect("alg");
         let bytes = crate::jwks::PublicKeyBytes::Rsa {
             n: n.clone(),

@@ -32,23 +32,19 @@
 //! Usage: `e2e_bench [SECONDS_PER_RUN] [ROUNDS]` (default 5 and 3: about 5 minutes of timed
 //! runs, then about 5 of counting).
 
-#[path = "../../../runtime/bench/proc_stat.rs"]
-#[allow(dead_code)] // CPU time as a Duration is for the benches that include it
-mod proc_stat;
-
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use proc_stat::{ProcStat, TICKS_PER_SECOND};
 use serde_json::json;
 use tollgate_conformance::ratelimit::{RateLimitService, RunningRateLimitService};
-use tollgate_conformance::redis::Redis;
-use tollgate_conformance::tokens::{self, TestKey};
 use tollgate_conformance::{
     eventually, request, reserve_port, ControlPlane, Envoy, ExtAuthz, OtlpReceiver, Response,
     RunningEnvoy, Upstream, UpstreamHandle,
 };
+use tollgate_testkit::bench::{ProcStat, TICKS_PER_SECOND};
+use tollgate_testkit::jwt::{self, TestKey};
+use tollgate_testkit::redis::RedisServer;
 
 const ISSUER: &str = "https://id.example.com";
 const AUDIENCE: &str = "bench-api";
@@ -147,8 +143,8 @@ async fn main() {
 
     let upstream = Upstream::new("bench").spawn().await;
     let key = TestKey::rsa("bench-rsa", 0);
-    let jwks = tokens::jwks(&[&key]);
-    let now = tokens::now();
+    let jwks = jwt::jwks(&[&key]);
+    let now = jwt::now();
     let token = key.mint(&json!({
         "iss": ISSUER,
         "aud": AUDIENCE,
@@ -158,7 +154,7 @@ async fn main() {
         "exp": now + 3600,
     }));
 
-    let redis = Redis::start().await;
+    let redis = RedisServer::start();
     let collector = OtlpReceiver::start().await;
     let setup = Setup {
         upstream: &upstream,
@@ -203,7 +199,7 @@ async fn main() {
 struct Setup<'a> {
     upstream: &'a UpstreamHandle,
     jwks: &'a str,
-    redis: &'a Redis,
+    redis: &'a RedisServer,
     collector: &'a OtlpReceiver,
     token: &'a str,
 }
@@ -435,7 +431,7 @@ impl TollgateGateway {
         envoy: &Envoy,
         upstream: &UpstreamHandle,
         jwks: &str,
-        redis: &Redis,
+        redis: &RedisServer,
         otlp_endpoint: Option<&str>,
     ) -> Self {
         let port = reserve_port();
@@ -463,7 +459,7 @@ impl TollgateGateway {
     fn pids(&self) -> Pids {
         Pids {
             envoy: self.envoy.process().pid(),
-            ext_authz: self._authz.process().map(|p| p.pid()),
+            ext_authz: Some(self._authz.process().pid()),
             ratelimit: Some(self._rls.process().pid()),
         }
     }

@@ -1,4 +1,4 @@
-//! The latency quantile every bench reports (each includes this file with `#[path]`).
+//! The latency quantile every bench reports.
 
 use std::time::Duration;
 

@@ -1,7 +1,8 @@
-//! Test support: fresh signing keys, their JWKS, and tokens minted by hand so tests can
-//! also build the malformed and hostile ones. Shared by unit tests, integration tests and
-//! the bench (included with `#[path]`), never compiled into the service.
-#![allow(dead_code)]
+//! Fresh signing keys, their JWKS, and tokens minted by hand, so that tests can also build
+//! the malformed and hostile ones; and a JWKS endpoint ([`JwksServer`]). ext-authz's unit
+//! tests, integration tests and bench and the conformance suite all build tokens this way.
+
+mod server;
 
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +18,8 @@ use aws_lc_rs::signature::{
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
+
+pub use server::JwksServer;
 
 pub fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
@@ -212,101 +215,4 @@ pub fn claims() -> Value {
         "exp": now + 3600,
         "scope": "invoices:read profile",
     })
-}
-
-/// A tiny JWKS endpoint: serves `body` with `status`, counts requests, and can hold every
-/// answer until released (to test that concurrent callers share one fetch).
-pub mod server {
-    use std::convert::Infallible;
-    use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    use bytes::Bytes;
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    use hyper::{Request, Response};
-    use hyper_util::rt::TokioIo;
-    use tokio::net::TcpListener;
-
-    #[derive(Default)]
-    struct State {
-        status: u16,
-        body: String,
-    }
-
-    #[derive(Clone)]
-    pub struct JwksServer {
-        pub addr: SocketAddr,
-        state: Arc<Mutex<State>>,
-        hits: Arc<AtomicUsize>,
-        task: Arc<tokio::task::JoinHandle<()>>,
-    }
-
-    impl JwksServer {
-        pub async fn start(body: String) -> JwksServer {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let state = Arc::new(Mutex::new(State { status: 200, body }));
-            let hits = Arc::new(AtomicUsize::new(0));
-            let (s, h) = (Arc::clone(&state), Arc::clone(&hits));
-            let task = tokio::spawn(async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        return;
-                    };
-                    let (s, h) = (Arc::clone(&s), Arc::clone(&h));
-                    tokio::spawn(async move {
-                        let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
-                            h.fetch_add(1, Ordering::SeqCst);
-                            let (status, body) = {
-                                let st = s.lock().expect("state");
-                                (st.status, st.body.clone())
-                            };
-                            async move {
-                                Ok::<_, Infallible>(
-                                    Response::builder()
-                                        .status(status)
-                                        .header("content-type", "application/json")
-                                        .body(Full::new(Bytes::from(body)))
-                                        .expect("response"),
-                                )
-                            }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            });
-            JwksServer {
-                addr,
-                state,
-                hits,
-                task: Arc::new(task),
-            }
-        }
-
-        pub fn uri(&self) -> String {
-            format!("http://{}/.well-known/jwks.json", self.addr)
-        }
-
-        pub fn hits(&self) -> usize {
-            self.hits.load(Ordering::SeqCst)
-        }
-
-        pub fn set(&self, status: u16, body: String) {
-            let mut st = self.state.lock().expect("state");
-            st.status = status;
-            st.body = body;
-        }
-    }
-
-    impl Drop for JwksServer {
-        fn drop(&mut self) {
-            if Arc::strong_count(&self.task) == 1 {
-                self.task.abort();
-            }
-        }
-    }
 }

@@ -1,5 +1,4 @@
-//! A benchmark fixture the services' benches share (each includes this file with
-//! `#[path]`, so no service depends on it): the server under test runs on its own OS
+//! A benchmark fixture the services' benches share: the server under test runs on its own OS
 //! thread with a single-threaded Tokio runtime. Everything it does for a call (HTTP/2,
 //! gRPC, the handler, its Redis client) is then that one thread's CPU time, read in
 //! nanoseconds from `/proc/self/task/<tid>/schedstat`. Calls per server-CPU-second is

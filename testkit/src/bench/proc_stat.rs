@@ -1,5 +1,5 @@
 //! CPU time of a process from `/proc/PID/stat`, for the benchmarks that measure processes
-//! they start (each includes this file with `#[path]`, so no service depends on it).
+//! they start.
 
 use std::time::Duration;
 
@@ -45,23 +45,23 @@ impl ProcStat {
     }
 }
 
-// Written without a `use`: a bench with `harness = false` compiles this module without its
-// test functions, and an import would then be unused.
 #[cfg(test)]
 mod tests {
+    use super::ProcStat;
+
     #[test]
     fn a_command_name_with_spaces_and_parentheses_does_not_shift_the_fields() {
         let line = "4242 (tokio (runtime) 1) S 17 4242 4242 0 -1 4194560 100 0 0 0 \
                     250 30 7 5 20 0 3 0 1000 0 0";
         assert_eq!(
-            super::ProcStat::parse(line),
-            Some(super::ProcStat {
+            ProcStat::parse(line),
+            Some(ProcStat {
                 comm: "tokio (runtime) 1".into(),
                 ppid: 17,
                 ticks: 280,
                 reaped_children_ticks: 12,
             })
         );
-        assert_eq!(super::ProcStat::parse("4242 (cut short) S 17"), None);
+        assert_eq!(ProcStat::parse("4242 (cut short) S 17"), None);
     }
 }
