@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::destination::{Destination, HttpsRedirect, Mirror};
 use crate::endpoint::Endpoint;
 use crate::policy::{AuthProvider, RateLimitRule, RouteAuth, Sidecars};
 
@@ -24,11 +25,16 @@ pub struct RoutesConfig {
 }
 
 impl RoutesConfig {
-    /// The routes served on `listener`, in match order.
+    /// The routes served on `listener`, in match order: none on a listener that redirects
+    /// every request to https.
     pub fn routes_on<'a>(&'a self, listener: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
+        let redirects = self
+            .listeners
+            .iter()
+            .any(|l| l.name == listener && l.redirect_to_https.is_some());
         self.routes
             .iter()
-            .filter(move |r| r.listener.as_deref().is_none_or(|l| l == listener))
+            .filter(move |r| !redirects && r.listener.as_deref().is_none_or(|l| l == listener))
     }
 }
 
@@ -41,6 +47,8 @@ pub struct Listener {
     pub escaped_slashes: EscapedSlashes,
     /// `None`: plaintext (HTTP/1.1, or HTTP/2 with prior knowledge).
     pub tls: Option<crate::listener_tls::ListenerTls>,
+    /// Every request (but the health path) is sent to this TLS listener instead of routed.
+    pub redirect_to_https: Option<HttpsRedirect>,
 }
 
 /// What to do with `%2F`, `%5C` (encoded `/` and `\\`) in a path. Left alone they let a
@@ -99,7 +107,9 @@ pub struct Route {
     /// The one listener this route is served on; `None` means every listener.
     pub listener: Option<String>,
     pub matcher: RouteMatch,
-    pub service: String,
+    pub destination: Destination,
+    /// A copy of some requests to another service.
+    pub mirror: Option<Mirror>,
     pub rewrite_prefix: Option<String>,
     pub timeout: Option<Duration>,
     /// `None`: a public route.

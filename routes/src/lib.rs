@@ -10,6 +10,7 @@
 mod certificate_expiry;
 pub mod certificates;
 mod config;
+pub mod destination;
 mod document;
 pub mod duration;
 mod endpoint;
@@ -25,6 +26,9 @@ pub use certificates::{CertificateAndKey, CertificateFiles, Certificates, Served
 pub use config::{
     host_covers, AccessLogSink, EscapedSlashes, Listener, Observability, PathMatch, QueryMatch,
     Route, RouteMatch, RoutesConfig, Service, Tracing,
+};
+pub use destination::{
+    Destination, HttpsRedirect, Mirror, Redirect, RedirectPath, WeightedService,
 };
 pub use endpoint::Endpoint;
 pub use error::{ConfigError, ConfigErrors};

@@ -59,3 +59,23 @@ fn every_problem_is_reported_with_its_line_and_column() {
         );
     }
 }
+
+#[test]
+fn a_route_an_earlier_prefix_covers_is_refused_naming_both_lines() {
+    let bad = format!(
+        "{GOOD}  - name: invoice-by-id\n    match:\n      prefix: /api/v1/invoices/\n    service: invoice-service\n"
+    );
+    let outcome = validate(&bad);
+    assert_eq!(outcome.code, Some(1), "stderr: {}", outcome.stderr);
+    assert!(
+        outcome
+            .stderr
+            .lines()
+            .any(|l| l.contains("routes.yaml:16:7: ")
+                && l.contains(
+                    "route \"invoice-by-id\" is never matched: route \"invoices\" (line 12)"
+                )),
+        "stderr: {}",
+        outcome.stderr
+    );
+}

@@ -4,19 +4,32 @@
 
 use std::collections::BTreeMap;
 
+use tollgate_proto::envoy::config::core::v3::RuntimeFractionalPercent;
 use tollgate_proto::envoy::config::route::v3::{
-    header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
-    route::Action, route_action::ClusterSpecifier, route_action::HostRewriteSpecifier,
-    route_match::PathSpecifier, DirectResponseAction, HeaderMatcher, QueryParameterMatcher,
+    header_matcher::HeaderMatchSpecifier,
+    query_parameter_matcher::QueryParameterMatchSpecifier,
+    redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier},
+    route::Action,
+    route_action::ClusterSpecifier,
+    route_action::HostRewriteSpecifier,
+    route_action::RequestMirrorPolicy,
+    route_match::PathSpecifier,
+    weighted_cluster::ClusterWeight,
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction,
     Route as EnvoyRoute, RouteAction, RouteConfiguration, RouteMatch as EnvoyRouteMatch,
-    VirtualHost,
+    VirtualHost, WeightedCluster,
 };
 use tollgate_proto::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
 };
+use tollgate_proto::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
 use tollgate_proto::google::protobuf::Any;
+use tollgate_proto::google::protobuf::UInt32Value;
 use tollgate_routes::route_policy::{CorsPolicy, RouteCors};
-use tollgate_routes::{Listener, PathMatch, QueryMatch, Route, RouteMatch, Service};
+use tollgate_routes::{
+    Destination, HttpsRedirect, Listener, Mirror, PathMatch, QueryMatch, Redirect, RedirectPath,
+    Route, RouteMatch, Service, WeightedService,
+};
 
 use super::json_format::json_format;
 use super::{
@@ -63,14 +76,39 @@ pub(super) fn route_configuration(
         .into_iter()
         .chain(buffering.then(|| (body_limit::FILTER_NAME.to_string(), listener::filter_off())))
         .collect();
+    let first: Vec<EnvoyRoute> = health
+        .into_iter()
+        .chain(
+            listener
+                .redirect_to_https
+                .as_ref()
+                .map(|to| https_redirect_route(to, table)),
+        )
+        .collect();
     let envoy_routes: Vec<(&Route, EnvoyRoute)> =
         routes.iter().map(|r| (*r, route(r, table))).collect();
-    by_host(
-        &listener.name,
-        health.as_slice(),
-        &envoy_routes,
-        &virtual_host_filters,
-    )
+    by_host(&listener.name, &first, &envoy_routes, &virtual_host_filters)
+}
+
+/// A plain-HTTP listener's one route after its health path: every request is sent, with its
+/// host, path and query, to the same URL on the TLS listener, permanently.
+fn https_redirect_route(to: &HttpsRedirect, table: &RouteTable) -> EnvoyRoute {
+    EnvoyRoute {
+        name: "tollgate_https_redirect".into(),
+        r#match: Some(EnvoyRouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(Action::Redirect(RedirectAction {
+            scheme_rewrite_specifier: Some(SchemeRewriteSpecifier::HttpsRedirect(true)),
+            // 443 is https' own port: Envoy then leaves the port out of the location.
+            port_redirect: u32::from(to.port),
+            response_code: RedirectResponseCode::MovedPermanently as i32,
+            ..Default::default()
+        })),
+        typed_per_filter_config: stable_map(sidecar_filters_off(table, false, false)),
+        ..Default::default()
+    }
 }
 
 /// The routes the cache filter's side channel reaches through the internal listener
@@ -277,32 +315,22 @@ fn route(route: &Route, table: &RouteTable) -> EnvoyRoute {
 }
 
 /// What the router does with a request of this route, wherever it is served: the match
-/// (`cors`: see [`route_match`]), the upstream and every route action, and the header edits.
+/// (`cors`: see [`route_match`]), the destination and every route action, and the header
+/// edits.
 fn forwarding_route(route: &Route, cors: bool, table: &RouteTable) -> EnvoyRoute {
     let traffic = &route.traffic;
-    let action = RouteAction {
-        cluster_specifier: Some(ClusterSpecifier::Cluster(route.service.clone())),
-        prefix_rewrite: route.rewrite_prefix.clone().unwrap_or_default(),
-        regex_rewrite: traffic
-            .rewrite_regex
-            .as_ref()
-            .map(|r| RegexMatchAndSubstitute {
-                pattern: Some(regex_matcher(r.pattern.clone())),
-                substitution: r.substitution.clone(),
-            }),
-        host_rewrite_specifier: traffic
-            .host_rewrite
-            .clone()
-            .map(HostRewriteSpecifier::HostRewriteLiteral),
-        timeout: route.timeout.map(proto_duration),
-        idle_timeout: traffic.idle_timeout.map(proto_duration),
-        retry_policy: traffic.retries.as_ref().map(retry::retry_policy),
-        hash_policy: table
-            .services
-            .get(&route.service)
-            .map(cluster::hash_policy)
-            .unwrap_or_default(),
-        ..Default::default()
+    let action = match &route.destination {
+        Destination::Service(service) => Action::Route(route_action(
+            route,
+            ClusterSpecifier::Cluster(service.clone()),
+            table,
+        )),
+        Destination::Split(split) => Action::Route(route_action(
+            route,
+            ClusterSpecifier::WeightedClusters(weighted_clusters(split)),
+            table,
+        )),
+        Destination::Redirect(redirect) => Action::Redirect(redirect_action(redirect)),
     };
     let (request_headers_to_add, request_headers_to_remove) =
         headers::header_edits(&traffic.request_headers);
@@ -319,12 +347,107 @@ fn forwarding_route(route: &Route, cors: bool, table: &RouteTable) -> EnvoyRoute
             String::new()
         },
         r#match: Some(route_match(&route.matcher, cors)),
-        action: Some(Action::Route(action)),
+        action: Some(action),
         request_headers_to_add,
         request_headers_to_remove,
         response_headers_to_add,
         response_headers_to_remove,
         ..Default::default()
+    }
+}
+
+/// Forwarding to `clusters`, with the route's rewrites, timeouts, retries and mirror.
+fn route_action(route: &Route, clusters: ClusterSpecifier, table: &RouteTable) -> RouteAction {
+    let traffic = &route.traffic;
+    // A service balanced by a hash of the request needs the route to say what to hash; for
+    // a split, each service's own, in the order written.
+    let mut hash_policy = Vec::new();
+    for policy in route
+        .destination
+        .services()
+        .filter_map(|name| table.services.get(name))
+        .flat_map(cluster::hash_policy)
+    {
+        if !hash_policy.contains(&policy) {
+            hash_policy.push(policy);
+        }
+    }
+    RouteAction {
+        cluster_specifier: Some(clusters),
+        prefix_rewrite: route.rewrite_prefix.clone().unwrap_or_default(),
+        regex_rewrite: traffic
+            .rewrite_regex
+            .as_ref()
+            .map(|r| RegexMatchAndSubstitute {
+                pattern: Some(regex_matcher(r.pattern.clone())),
+                substitution: r.substitution.clone(),
+            }),
+        host_rewrite_specifier: traffic
+            .host_rewrite
+            .clone()
+            .map(HostRewriteSpecifier::HostRewriteLiteral),
+        timeout: route.timeout.map(proto_duration),
+        idle_timeout: traffic.idle_timeout.map(proto_duration),
+        retry_policy: traffic.retries.as_ref().map(retry::retry_policy),
+        hash_policy,
+        request_mirror_policies: route.mirror.iter().map(mirror_policy).collect(),
+        ..Default::default()
+    }
+}
+
+/// Each request to one service of the split, by weight. A weight edit is a route-table
+/// update: connections stay, and only later requests are spread anew.
+fn weighted_clusters(split: &[WeightedService]) -> WeightedCluster {
+    WeightedCluster {
+        clusters: split
+            .iter()
+            .map(|s| ClusterWeight {
+                name: s.service.clone(),
+                weight: Some(UInt32Value { value: s.weight }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Envoy sends the copy without waiting for it, and drops its answer and its failure.
+fn mirror_policy(mirror: &Mirror) -> RequestMirrorPolicy {
+    // Per million, so a fractional percent (0.5) keeps its precision.
+    let per_million = (mirror.percent * 10_000.0).round() as u32;
+    RequestMirrorPolicy {
+        cluster: mirror.service.clone(),
+        runtime_fraction: Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: per_million,
+                denominator: DenominatorType::Million as i32,
+            }),
+            runtime_key: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn redirect_action(redirect: &Redirect) -> RedirectAction {
+    let response_code = match redirect.code {
+        302 => RedirectResponseCode::Found,
+        303 => RedirectResponseCode::SeeOther,
+        307 => RedirectResponseCode::TemporaryRedirect,
+        308 => RedirectResponseCode::PermanentRedirect,
+        _ => RedirectResponseCode::MovedPermanently,
+    };
+    RedirectAction {
+        scheme_rewrite_specifier: redirect
+            .https
+            .then_some(SchemeRewriteSpecifier::HttpsRedirect(true)),
+        host_redirect: redirect.host.clone().unwrap_or_default(),
+        port_redirect: redirect.port.map(u32::from).unwrap_or_default(),
+        path_rewrite_specifier: redirect.path.as_ref().map(|path| match path {
+            RedirectPath::Path(path) => PathRewriteSpecifier::PathRedirect(path.clone()),
+            RedirectPath::Prefix(prefix) => PathRewriteSpecifier::PrefixRewrite(prefix.clone()),
+        }),
+        response_code: response_code as i32,
+        strip_query: redirect.strip_query,
     }
 }
 

@@ -74,6 +74,7 @@ pub(crate) struct ListenerDoc {
     pub health_path: Option<Spanned<String>>,
     pub escaped_slashes: Option<Spanned<String>>,
     pub tls: Option<Spanned<ListenerTlsDoc>>,
+    pub redirect_to_https: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,7 +114,10 @@ pub(crate) struct RouteDoc {
     pub listener: Option<Spanned<String>>,
     #[serde(rename = "match")]
     pub matcher: Spanned<MatchDoc>,
-    pub service: Spanned<String>,
+    pub service: Option<Spanned<String>>,
+    pub split: Option<Spanned<Vec<Spanned<SplitDoc>>>>,
+    pub mirror: Option<Spanned<MirrorDoc>>,
+    pub redirect: Option<Spanned<RedirectDoc>>,
     pub rewrite_prefix: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub auth: Option<Spanned<RouteAuthDoc>>,
@@ -128,6 +132,34 @@ pub(crate) struct RouteDoc {
     pub host_rewrite: Option<Spanned<String>>,
     pub max_request_bytes: Option<Spanned<u64>>,
     pub cache: Option<Spanned<CacheDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SplitDoc {
+    pub service: Spanned<String>,
+    pub weight: Spanned<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MirrorDoc {
+    pub service: Spanned<String>,
+    pub percent: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedirectDoc {
+    #[serde(default)]
+    pub https: bool,
+    pub host: Option<Spanned<String>>,
+    pub port: Option<Spanned<u64>>,
+    pub path: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub code: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub strip_query: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
+mod destination;
 mod listener_tls;
 mod observability;
 mod policy;
@@ -178,12 +179,14 @@ fn listeners(
         if !served.is_empty() {
             certificates.insert_listener(listener.name.value.clone(), served);
         }
+        let redirect_to_https = destination::https_redirect(doc, listener, errors);
         valid.push(Listener {
             name: listener.name.value.clone(),
             address,
             health_path,
             escaped_slashes,
             tls,
+            redirect_to_https,
         });
     }
     (valid, certificates)
@@ -276,26 +279,28 @@ fn route(
     let before = errors.found.len();
     let name = &route.name.value;
     if let Some(listener) = &route.listener {
-        if !doc.listeners.iter().any(|l| l.name.value == listener.value) {
-            errors.at(
+        match doc.listeners.iter().find(|l| l.name.value == listener.value) {
+            None => errors.at(
                 listener,
                 format!(
                     "unknown listener \"{}\" in route \"{name}\"",
                     listener.value
                 ),
-            );
+            ),
+            Some(l) if l.redirect_to_https.is_some() => errors.at(
+                listener,
+                format!(
+                    "route \"{name}\" is never matched: listener \"{}\" redirects every request to https",
+                    listener.value
+                ),
+            ),
+            Some(_) => {}
         }
     }
-    if !doc.services.contains_key(&route.service.value) {
-        errors.at(
-            &route.service,
-            format!(
-                "unknown service \"{}\" in route \"{name}\"",
-                route.service.value
-            ),
-        );
-    }
     let matcher = route_match::route_match(name, &route.matcher, errors);
+    let destination =
+        destination::destination(doc, route, matcher.as_ref().map(|m| &m.path), errors);
+    let mirror = destination::mirror(doc, route, errors);
     if let Some(rewrite) = &route.rewrite_prefix {
         if !rewrite.value.starts_with('/') {
             errors.at(
@@ -351,11 +356,13 @@ fn route(
     let rate_limits = policy::rate_limits(doc, route, errors);
     let traffic = route_policy::traffic_policy(route, identity_headers, errors);
     let matcher = matcher?;
+    let destination = destination?;
     (errors.found.len() == before).then(|| Route {
         name: name.clone(),
         listener: route.listener.as_ref().map(|l| l.value.clone()),
         matcher,
-        service: route.service.value.clone(),
+        destination,
+        mirror,
         rewrite_prefix: route.rewrite_prefix.as_ref().map(|r| r.value.clone()),
         timeout,
         auth,
