@@ -24,6 +24,9 @@ pub struct TrafficPolicy {
     pub max_request_bytes: Option<u32>,
     /// GET and HEAD answers kept by the gateway and served without an upstream hop.
     pub cache: Option<ResponseCache>,
+    /// WebSocket upgrades pass (HTTP/1.1 `Upgrade`, HTTP/2 extended CONNECT); refused on
+    /// every route without it.
+    pub websocket: bool,
 }
 
 /// A shared response cache for GET and HEAD (Envoy's `cache_v2` filter): an answer is

@@ -23,6 +23,11 @@ use tollgate_proto::envoy::extensions::filters::network::http_connection_manager
 use tollgate_routes::{EscapedSlashes, Listener as ListenerConfig};
 
 use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::UpgradeConfig;
+use tollgate_proto::envoy::config::core::v3::Http2ProtocolOptions;
+
+/// The upgrade type of WebSockets, in Envoy's upgrade configs.
+pub(super) const WEBSOCKET: &str = "websocket";
 
 use super::{
     ads_config_source, any, auth, body_limit, cors, listener_tls, local_reply, rate_limit,
@@ -101,6 +106,8 @@ pub(super) struct ListenerFilters {
     pub access_log: Option<AccessLog>,
     /// OpenTelemetry tracing, when routes.yaml turns it on.
     pub tracing: Option<HcmTracing>,
+    /// A route on this listener lets WebSocket upgrades through.
+    pub websocket: bool,
 }
 
 pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Listener {
@@ -149,6 +156,22 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
         // limit, on public routes too.
         early_header_mutation_extensions: vec![strip_headers(&filters.strip_headers)],
         http_filters,
+        // Upgrades stay off by default and only the routes with `websocket` turn them on
+        // (RouteAction.upgrade_configs); HTTP/2 clients upgrade by extended CONNECT (RFC
+        // 8441), which Envoy turns into an HTTP/1.1 Upgrade towards the upstream.
+        upgrade_configs: filters
+            .websocket
+            .then(|| UpgradeConfig {
+                upgrade_type: WEBSOCKET.to_string(),
+                enabled: Some(BoolValue { value: false }),
+                ..Default::default()
+            })
+            .into_iter()
+            .collect(),
+        http2_protocol_options: filters.websocket.then(|| Http2ProtocolOptions {
+            allow_connect: true,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     Listener {

@@ -170,6 +170,7 @@ fn add_listener(
         cache: cached.then(|| response_cache::filter(&l.name)),
         access_log: shared.access_log.clone(),
         tracing: shared.tracing.clone(),
+        websocket: routes.iter().any(|r| r.traffic.websocket),
     };
     resources.add(
         type_url::LISTENER,

@@ -13,6 +13,7 @@ use tollgate_proto::envoy::config::route::v3::{
     route_action::ClusterSpecifier,
     route_action::HostRewriteSpecifier,
     route_action::RequestMirrorPolicy,
+    route_action::UpgradeConfig as RouteUpgradeConfig,
     route_match::PathSpecifier,
     weighted_cluster::ClusterWeight,
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction,
@@ -24,7 +25,7 @@ use tollgate_proto::envoy::r#type::matcher::v3::{
 };
 use tollgate_proto::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
 use tollgate_proto::google::protobuf::Any;
-use tollgate_proto::google::protobuf::UInt32Value;
+use tollgate_proto::google::protobuf::{BoolValue, UInt32Value};
 use tollgate_routes::route_policy::{CorsPolicy, RouteCors};
 use tollgate_routes::{
     Destination, HttpsRedirect, Listener, Mirror, PathMatch, QueryMatch, Redirect, RedirectPath,
@@ -391,6 +392,15 @@ fn route_action(route: &Route, clusters: ClusterSpecifier, table: &RouteTable) -
         retry_policy: traffic.retries.as_ref().map(retry::retry_policy),
         hash_policy,
         request_mirror_policies: route.mirror.iter().map(mirror_policy).collect(),
+        upgrade_configs: traffic
+            .websocket
+            .then(|| RouteUpgradeConfig {
+                upgrade_type: listener::WEBSOCKET.to_string(),
+                enabled: Some(BoolValue { value: true }),
+                ..Default::default()
+            })
+            .into_iter()
+            .collect(),
         ..Default::default()
     }
 }

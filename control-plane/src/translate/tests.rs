@@ -547,3 +547,50 @@ routes:
     assert_eq!(query[0].name, "debug");
     assert_eq!(query[1].name, "v");
 }
+
+#[test]
+fn websocket_upgrades_are_on_for_websocket_routes_only() {
+    let config = "\
+version: 1
+listeners: [{name: public, address: 0.0.0.0:8080}, {name: other, address: 0.0.0.0:8081}]
+services: {chat: {endpoints: [\"127.0.0.1:3000\"]}}
+routes:
+  - {name: chat, listener: public, match: {prefix: /ws/}, service: chat, websocket: true}
+  - {name: rest, match: {prefix: /}, service: chat}
+";
+    let snapshot = translate(
+        &tollgate_routes::parse("routes.yaml", config).expect("valid"),
+        &Default::default(),
+    );
+    let public = manager(&snapshot, "public");
+    assert_eq!(public.upgrade_configs.len(), 1);
+    assert_eq!(public.upgrade_configs[0].upgrade_type, "websocket");
+    assert_eq!(
+        public.upgrade_configs[0].enabled.map(|b| b.value),
+        Some(false)
+    );
+    assert!(
+        public
+            .http2_protocol_options
+            .expect("h2 options")
+            .allow_connect
+    );
+    let other = manager(&snapshot, "other");
+    assert!(other.upgrade_configs.is_empty() && other.http2_protocol_options.is_none());
+
+    let table: RouteConfiguration = decode(&snapshot, type_url::ROUTE, "public");
+    let upgrades = |name: &str| match &route_named(&table, name).action {
+        Some(Action::Route(action)) => action.upgrade_configs.clone(),
+        other => panic!("{name}: {other:?}"),
+    };
+    let chat = upgrades("chat");
+    assert_eq!(chat.len(), 1);
+    assert_eq!(
+        (
+            chat[0].upgrade_type.as_str(),
+            chat[0].enabled.map(|b| b.value)
+        ),
+        ("websocket", Some(true))
+    );
+    assert!(upgrades("rest").is_empty());
+}

@@ -132,6 +132,7 @@ pub(crate) struct RouteDoc {
     pub host_rewrite: Option<Spanned<String>>,
     pub max_request_bytes: Option<Spanned<u64>>,
     pub cache: Option<Spanned<CacheDoc>>,
+    pub websocket: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

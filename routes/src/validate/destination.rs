@@ -224,6 +224,7 @@ fn redirect_only(route: &RouteDoc, errors: &mut Errors) {
         route.request_headers.as_ref(),
     );
     refuse(errors, name, "rate_limit", route.rate_limit.first());
+    refuse(errors, name, "websocket", route.websocket.as_ref());
 }
 
 fn refuse<T>(errors: &mut Errors, route: &str, field: &str, node: Option<&Spanned<T>>) {

@@ -116,6 +116,7 @@ pub(super) fn traffic_policy(
             .cache
             .as_ref()
             .and_then(|c| response_cache(route, c, errors)),
+        websocket: route.websocket.as_ref().is_some_and(|w| w.value),
     }
 }
 
