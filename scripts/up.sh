@@ -35,6 +35,8 @@ python3 scripts/demo_token.py init "$RUN"
 python3 scripts/demo_upstream.py invoice-service 3000 & pids+=($!)
 python3 scripts/demo_upstream.py invoice-service-2 3001 & pids+=($!)
 python3 scripts/demo_upstream.py account-service 3100 & pids+=($!)
+python3 scripts/demo_upstream.py storefront 3200 & pids+=($!)
+python3 scripts/demo_upstream.py storefront-v2 3201 & pids+=($!)
 
 export TOLLGATE_LOG=${TOLLGATE_LOG:-info}
 "$BIN_DIR/tollgate-control-plane" serve --routes "$ROUTES" \
@@ -63,6 +65,7 @@ Tollgate is up. Logs and demo tokens are in $RUN/ (access log: $RUN/access.log).
   protected, token:   curl -s -H "authorization: Bearer \$(cat $RUN/token-free)" localhost:8080/api/v1/invoices/42
   tier limits:        free: 10/minute, premium ($RUN/token-premium): 100/minute, then 429
   mobile listener:    curl -s -H "authorization: Bearer \$(cat $RUN/token-premium)" localhost:8090/mobile/v1/accounts/7
+  second host, canary: for i in \$(seq 10); do curl -s -H 'host: shop.localhost' localhost:8080/; echo; done
   gateway health:     curl -s localhost:8080/health
   control plane:      curl -s localhost:18001/status
   Envoy admin:        http://127.0.0.1:9901 (loopback only)

@@ -89,6 +89,23 @@ async fn demo_routes_answer_through_the_published_port(stack: &RunningStack) {
     mobile
         .expect_status(200)
         .expect("the mobile listener is published too");
+
+    // The second host name, released as a canary (90/10): over 100 requests both versions
+    // answer (the chance that v2 gets none is 0.9^100, about 3 in 100,000).
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let response = http::request(port)
+            .path("/")
+            .header("host", "shop.localhost")
+            .send()
+            .await
+            .expect("the storefront's host");
+        answered.insert(response.upstream().expect("an upstream answered"));
+    }
+    assert_eq!(
+        answered,
+        std::collections::BTreeSet::from(["storefront".to_string(), "storefront-v2".to_string()])
+    );
 }
 
 async fn a_routes_edit_on_the_host_changes_the_gateway(stack: &RunningStack) {
