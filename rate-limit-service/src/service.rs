@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tollgate_proto::envoy::config::core::v3::HeaderValue;
+use tollgate_proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit as PbUnit;
 use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit,
@@ -27,7 +28,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::algorithm::{seconds_rounded_up, Clock, Decision};
-use crate::limits::{detailed_stats_key, DescriptorTree, Limit, Unit};
+use crate::limits::{detailed_stats_key, DescriptorTree, Limit, Rate, Unit};
 use crate::metrics::{LimitStats, Metrics};
 use crate::store::{Check, Store, StoreError};
 
@@ -116,6 +117,7 @@ struct Planned<'a> {
     limit: &'a Limit,
     counter_key: String,
     hits: u64,
+    /// The descriptor's own counters under `detailed_metric`; otherwise its limit's.
     stats: Option<LimitStats>,
 }
 
@@ -145,21 +147,36 @@ impl<S: Store, C: Clock> RateLimiter<S, C> {
         request: &RateLimitRequest,
         trace_id: Option<TraceId>,
     ) -> Result<RateLimitResponse, ServiceError> {
-        if request.domain.is_empty() {
-            return Err(ServiceError::InvalidRequest(
-                "rate limit domain must not be empty",
-            ));
-        }
-        if request.descriptors.is_empty() {
-            return Err(ServiceError::InvalidRequest(
-                "rate limit descriptor list must not be empty",
-            ));
-        }
+        require_domain_and_descriptors(request)?;
+        // One configuration for the whole request, even if a reload swaps it meanwhile.
         let limits = self.limits.get();
         let now_us = self.clock.now_us();
-        let domain = request.domain.as_str();
+        let mut planned = self.plan(&limits, request, trace_id);
+        leave_out_replaced(&mut planned);
+        // One call for every check, so that Redis answers them in one round trip; a
+        // request with nothing to count does not reach the store.
+        let checks = checks(&planned);
+        let decisions = if checks.is_empty() {
+            Vec::new()
+        } else {
+            self.store.check(&checks, now_us).await?
+        };
+        let (statuses, verdict) = judge(&limits, &planned, decisions)?;
+        Ok(respond(statuses, &verdict))
+    }
 
-        let mut planned: Vec<Option<Planned<'_>>> = Vec::with_capacity(request.descriptors.len());
+    /// Each descriptor's limit, counter key and hits, in request order; `None` where no
+    /// limit matches, so that statuses can still be answered one per descriptor.
+    fn plan<'l>(
+        &self,
+        limits: &'l LimitSet,
+        request: &RateLimitRequest,
+        trace_id: Option<TraceId>,
+    ) -> Vec<Option<Planned<'l>>> {
+        let domain = request.domain.as_str();
+        let mut planned = Vec::with_capacity(request.descriptors.len());
+        // The tree matches `(&str, &str)` pairs: one buffer, reused for every descriptor,
+        // is one allocation per request rather than one per descriptor.
         let mut entries: Vec<(&str, &str)> = Vec::new();
         for descriptor in &request.descriptors {
             entries.clear();
@@ -179,12 +196,7 @@ impl<S: Store, C: Clock> RateLimiter<S, C> {
                 planned.push(None);
                 continue;
             };
-            let hits = match (&descriptor.hits_addend, descriptor.is_negative_hits) {
-                // Refunds are not supported: count nothing rather than the opposite.
-                (_, true) => 0,
-                (Some(h), false) => h.value,
-                (None, false) => u64::from(request.hits_addend.max(1)),
-            };
+            // `detailed_metric`: counters labelled with every entry's value, not only the limit's.
             let stats = found.limit.detailed_metric.then(|| {
                 self.metrics
                     .limit_stats(domain, &detailed_stats_key(domain, &entries))
@@ -192,122 +204,203 @@ impl<S: Store, C: Clock> RateLimiter<S, C> {
             planned.push(Some(Planned {
                 limit: found.limit,
                 counter_key: found.counter_key,
-                hits,
+                hits: hits(descriptor, request.hits_addend),
                 stats,
             }));
         }
-
-        // A limit named in another matched limit's `replaces` does not apply.
-        if planned
-            .iter()
-            .flatten()
-            .any(|p| !p.limit.replaces.is_empty())
-        {
-            let replaced: HashSet<&str> = planned
-                .iter()
-                .flatten()
-                .flat_map(|p| p.limit.replaces.iter().map(String::as_str))
-                .collect();
-            for slot in planned.iter_mut() {
-                if slot
-                    .as_ref()
-                    .and_then(|p| p.limit.name.as_deref())
-                    .is_some_and(|name| replaced.contains(name))
-                {
-                    *slot = None;
-                }
-            }
-        }
-
-        let checks: Vec<Check<'_>> = planned
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                p.limit.rate.as_ref().map(|(_, policy)| Check {
-                    key: &p.counter_key,
-                    policy,
-                    hits: p.hits,
-                })
-            })
-            .collect();
-        let decisions = if checks.is_empty() {
-            Vec::new()
-        } else {
-            self.store.check(&checks, now_us).await?
-        };
-
-        let mut decisions = decisions.into_iter();
-        let mut statuses = Vec::with_capacity(planned.len());
-        let mut over = false;
-        let (mut quota_total, mut quota_over) = (0, 0);
-        let mut retry_after: Option<Duration> = None;
-        for slot in &planned {
-            let Some(plan) = slot else {
-                statuses.push(DescriptorStatus {
-                    code: Code::Ok as i32,
-                    ..DescriptorStatus::default()
-                });
-                continue;
-            };
-            let stats = plan.stats.as_ref().unwrap_or(&limits.stats[plan.limit.id]);
-            let Some((rate, _)) = &plan.limit.rate else {
-                statuses.push(DescriptorStatus {
-                    code: Code::Ok as i32,
-                    limit_remaining: u32::MAX,
-                    ..DescriptorStatus::default()
-                });
-                continue;
-            };
-            let Some(decision) = decisions.next() else {
-                return Err(StoreError::BadReply("fewer decisions than checks".into()).into());
-            };
-            stats.hits.inc_by(plan.hits);
-            let mut code = Code::Ok;
-            if !decision.allowed {
-                stats.over_limit.inc_by(plan.hits);
-                if plan.limit.shadow_mode {
-                    stats.shadow_mode.inc_by(plan.hits);
-                } else {
-                    code = Code::OverLimit;
-                    if plan.limit.quota_mode {
-                        quota_over += 1;
-                    } else {
-                        over = true;
-                    }
-                    let wait = decision.retry_after.unwrap_or(rate.unit.duration());
-                    retry_after = retry_after.max(Some(wait));
-                }
-            } else if decision.is_near_limit() {
-                stats.near_limit.inc_by(plan.hits);
-            }
-            if plan.limit.quota_mode && !plan.limit.shadow_mode {
-                quota_total += 1;
-            }
-            statuses.push(status(
-                code,
-                plan.limit,
-                rate.requests,
-                rate.unit,
-                &decision,
-            ));
-        }
-
-        let over = over || (quota_total > 0 && quota_total == quota_over);
-        let mut response = RateLimitResponse {
-            overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
-            statuses,
-            ..RateLimitResponse::default()
-        };
-        if over {
-            let seconds = retry_after.map_or(1, |d| seconds_rounded_up(d).max(1));
-            response.response_headers_to_add.push(HeaderValue {
-                key: "retry-after".to_string(),
-                value: seconds.to_string(),
-                ..HeaderValue::default()
-            });
-        }
-        Ok(response)
+        planned
     }
+}
+
+/// The refusals envoyproxy/ratelimit makes, in its words: Envoy's filter sends neither
+/// an empty domain nor an empty list, so such a call is a client's mistake to report, not
+/// to answer OK.
+fn require_domain_and_descriptors(request: &RateLimitRequest) -> Result<(), ServiceError> {
+    if request.domain.is_empty() {
+        return Err(ServiceError::InvalidRequest(
+            "rate limit domain must not be empty",
+        ));
+    }
+    if request.descriptors.is_empty() {
+        return Err(ServiceError::InvalidRequest(
+            "rate limit descriptor list must not be empty",
+        ));
+    }
+    Ok(())
+}
+
+/// How many hits a descriptor adds: its own `hits_addend` when set (0 asks without
+/// counting), else the request's, where 0 (unset) means 1.
+fn hits(descriptor: &RateLimitDescriptor, request_hits_addend: u32) -> u64 {
+    match (&descriptor.hits_addend, descriptor.is_negative_hits) {
+        // Refunds are not supported: count nothing rather than the opposite.
+        (_, true) => 0,
+        (Some(h), false) => h.value,
+        (None, false) => u64::from(request_hits_addend.max(1)),
+    }
+}
+
+/// What the store is asked: the planned limits that have a rate, in their order (an
+/// unlimited descriptor counts nothing).
+fn checks<'p>(planned: &'p [Option<Planned<'_>>]) -> Vec<Check<'p>> {
+    planned
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            p.limit.rate.as_ref().map(|(_, policy)| Check {
+                key: &p.counter_key,
+                policy,
+                hits: p.hits,
+            })
+        })
+        .collect()
+}
+
+/// A limit named in another matched limit's `replaces` does not apply: it is neither
+/// counted nor judged, and its descriptor answers as one without a limit.
+fn leave_out_replaced(planned: &mut [Option<Planned<'_>>]) {
+    // Most requests replace nothing: no set is built for them.
+    if !planned
+        .iter()
+        .flatten()
+        .any(|p| !p.limit.replaces.is_empty())
+    {
+        return;
+    }
+    let replaced: HashSet<&str> = planned
+        .iter()
+        .flatten()
+        .flat_map(|p| p.limit.replaces.iter().map(String::as_str))
+        .collect();
+    for slot in planned.iter_mut() {
+        if slot
+            .as_ref()
+            .and_then(|p| p.limit.name.as_deref())
+            .is_some_and(|name| replaced.contains(name))
+        {
+            *slot = None;
+        }
+    }
+}
+
+/// What the request's limits add up to, gathered as each descriptor is judged.
+#[derive(Default)]
+struct Verdict {
+    /// A limit outside `quota_mode` is over.
+    over: bool,
+    /// `quota_mode` limits judged, and how many of them are over.
+    quota_total: u32,
+    quota_over: u32,
+    /// The longest wait among the limits that are over.
+    retry_after: Option<Duration>,
+}
+
+impl Verdict {
+    /// Adds one limit's decision and returns its descriptor's code. A `shadow_mode` limit
+    /// is counted but never enforced, so it leaves the verdict as it was.
+    fn add(&mut self, limit: &Limit, rate: &Rate, decision: &Decision) -> Code {
+        if limit.shadow_mode {
+            return Code::Ok;
+        }
+        if limit.quota_mode {
+            self.quota_total += 1;
+        }
+        if decision.allowed {
+            return Code::Ok;
+        }
+        if limit.quota_mode {
+            self.quota_over += 1;
+        } else {
+            self.over = true;
+        }
+        let wait = decision.retry_after.unwrap_or(rate.unit.duration());
+        self.retry_after = self.retry_after.max(Some(wait));
+        Code::OverLimit
+    }
+
+    /// Over when any limit is, or when every `quota_mode` limit is: as in
+    /// envoyproxy/ratelimit, a request is refused on quotas only once all of them are spent.
+    fn is_over(&self) -> bool {
+        self.over || (self.quota_total > 0 && self.quota_total == self.quota_over)
+    }
+}
+
+/// One status per descriptor, in request order, and the verdict they add up to;
+/// `decisions` are the store's, in the order of [`checks`].
+fn judge(
+    limits: &LimitSet,
+    planned: &[Option<Planned<'_>>],
+    decisions: Vec<Decision>,
+) -> Result<(Vec<DescriptorStatus>, Verdict), StoreError> {
+    let mut decisions = decisions.into_iter();
+    let mut statuses = Vec::with_capacity(planned.len());
+    let mut verdict = Verdict::default();
+    for slot in planned {
+        let Some(plan) = slot else {
+            statuses.push(DescriptorStatus {
+                code: Code::Ok as i32,
+                ..DescriptorStatus::default()
+            });
+            continue;
+        };
+        let stats = plan.stats.as_ref().unwrap_or(&limits.stats[plan.limit.id]);
+        let Some((rate, _)) = &plan.limit.rate else {
+            statuses.push(DescriptorStatus {
+                code: Code::Ok as i32,
+                limit_remaining: u32::MAX,
+                ..DescriptorStatus::default()
+            });
+            continue;
+        };
+        let Some(decision) = decisions.next() else {
+            return Err(StoreError::BadReply("fewer decisions than checks".into()));
+        };
+        record(stats, plan, &decision);
+        let code = verdict.add(plan.limit, rate, &decision);
+        statuses.push(status(
+            code,
+            plan.limit,
+            rate.requests,
+            rate.unit,
+            &decision,
+        ));
+    }
+    Ok((statuses, verdict))
+}
+
+/// A decision in its limit's counters: every hit, and those over the limit (in shadow
+/// mode too, which is what shadow mode is for) or near it.
+fn record(stats: &LimitStats, plan: &Planned<'_>, decision: &Decision) {
+    stats.hits.inc_by(plan.hits);
+    if !decision.allowed {
+        stats.over_limit.inc_by(plan.hits);
+        if plan.limit.shadow_mode {
+            stats.shadow_mode.inc_by(plan.hits);
+        }
+    } else if decision.is_near_limit() {
+        stats.near_limit.inc_by(plan.hits);
+    }
+}
+
+/// The answer: the overall code, the statuses, and `retry-after` when over.
+fn respond(statuses: Vec<DescriptorStatus>, verdict: &Verdict) -> RateLimitResponse {
+    let over = verdict.is_over();
+    let mut response = RateLimitResponse {
+        overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
+        statuses,
+        ..RateLimitResponse::default()
+    };
+    if over {
+        let seconds = verdict
+            .retry_after
+            .map_or(1, |d| seconds_rounded_up(d).max(1));
+        response.response_headers_to_add.push(HeaderValue {
+            key: "retry-after".to_string(),
+            value: seconds.to_string(),
+            ..HeaderValue::default()
+        });
+    }
+    response
 }
 
 fn status(
