@@ -507,9 +507,9 @@ impl<S: Store, C: Clock> RateLimiter<S, C> {
 
 #[cfg(test)]
 mod tests {
-    use tollgate_proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
     use tollgate_proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
     use tollgate_proto::google::protobuf::UInt64Value;
+    use tollgate_testkit::rate_limit::descriptor;
 
     use super::*;
     use crate::algorithm::ManualClock;
@@ -558,19 +558,6 @@ descriptors:
             ManualClock::at(T0),
             metrics,
         )
-    }
-
-    fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
-        RateLimitDescriptor {
-            entries: entries
-                .iter()
-                .map(|(k, v)| Entry {
-                    key: k.to_string(),
-                    value: v.to_string(),
-                })
-                .collect(),
-            ..RateLimitDescriptor::default()
-        }
     }
 
     fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
