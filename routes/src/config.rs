@@ -132,6 +132,8 @@ pub struct RouteMatch {
     pub hosts: Vec<String>,
     /// Query parameters by name (case-sensitive, as in the URL).
     pub query: BTreeMap<String, QueryMatch>,
+    /// Only gRPC requests (`content-type: application/grpc…`): `grpc_service` was matched.
+    pub grpc: bool,
 }
 
 impl RouteMatch {

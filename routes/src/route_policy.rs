@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Everything a route may say about how its traffic is handled, beyond where it goes.
+/// A route's timeout when it sets none: Envoy's own default.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TrafficPolicy {
     pub retries: Option<RetryPolicy>,

@@ -17,6 +17,8 @@ use crate::certificates::CertificateFiles;
 /// are. [`ServicePolicy::default`] is what a service with none of the fields gets.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServicePolicy {
+    /// How requests reach the endpoints.
+    pub protocol: Protocol,
     /// `None`: no active checks; an endpoint is used until passive checks (if any) eject it.
     pub health_check: Option<HealthCheck>,
     pub load_balancing: LoadBalancing,
@@ -28,10 +30,27 @@ pub struct ServicePolicy {
     pub tls: Option<UpstreamTls>,
 }
 
-/// An active HTTP health check: `GET path` on every endpoint every `interval`.
+/// The protocol a service speaks to its endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), or by ALPN over `tls`.
+    Http2,
+    /// gRPC: HTTP/2, and gRPC health checks.
+    Grpc,
+}
+
+impl Protocol {
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+/// An active health check on every endpoint every `interval`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheck {
-    pub path: String,
+    pub probe: HealthProbe,
     pub interval: Duration,
     /// A check that takes longer counts as failed.
     pub timeout: Duration,
@@ -39,6 +58,16 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
     /// Consecutive passed checks that put an unhealthy endpoint back.
     pub healthy_threshold: u32,
+}
+
+/// What a health check asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// `GET path`; any 2xx is healthy.
+    Http { path: String },
+    /// `grpc.health.v1.Health/Check` for this service name (`""`: the whole server); SERVING
+    /// is healthy.
+    Grpc { service: String },
 }
 
 /// How a request picks one of the service's healthy endpoints.

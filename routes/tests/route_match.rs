@@ -167,3 +167,64 @@ routes:
         "{errors:?}"
     );
 }
+
+#[test]
+fn grpc_service_is_a_prefix_match_for_grpc_requests_to_grpc_services() {
+    let text = "version: 1
+listeners: [{name: public, address: 127.0.0.1:8080}]
+services:
+  orders: {endpoints: [\"127.0.0.1:50051\"], protocol: grpc, health_check: {interval: 2s}}
+  web: {endpoints: [\"127.0.0.1:3000\"]}
+routes:
+  - {name: orders, match: {grpc_service: shop.v1.Orders}, service: orders}
+";
+    let config = parse("routes.yaml", text).expect("valid");
+    let matcher = &config.routes[0].matcher;
+    assert_eq!(
+        matcher.path,
+        tollgate_routes::PathMatch::Prefix("/shop.v1.Orders/".into())
+    );
+    assert!(matcher.grpc);
+
+    let to_http1 = text.replace("service: orders}\n", "service: web}\n");
+    assert_error_at(
+        &to_http1,
+        "7:27:",
+        "service \"web\" has no `protocol: grpc`",
+    );
+    let with_prefix = text.replace(
+        "{grpc_service: shop.v1.Orders}",
+        "{grpc_service: shop.v1.Orders, prefix: /x}",
+    );
+    assert_error_at(
+        &with_prefix,
+        "7:42:",
+        "give it without prefix, path or regex",
+    );
+    let bad_name = text.replace("{grpc_service: shop.v1.Orders}", "{grpc_service: shop/v1}");
+    assert_error_at(&bad_name, "7:42:", "expected a full service name");
+}
+
+#[test]
+fn a_grpc_service_is_checked_by_grpc_health_and_an_http_one_by_path() {
+    let text = "version: 1
+services:
+  a: {endpoints: [\"127.0.0.1:1\"], protocol: grpc, health_check: {path: /health}}
+  b: {endpoints: [\"127.0.0.1:2\"], health_check: {path: /health, grpc_service: x.Y}}
+  c: {endpoints: [\"127.0.0.1:3\"], protocol: http3}
+";
+    let found = errors(text);
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(
+        found[0].starts_with("3:72: service \"a\": a grpc service is checked by grpc.health.v1"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].starts_with("4:79: service \"b\": grpc_service needs protocol: grpc"),
+        "{found:?}"
+    );
+    assert!(
+        found[2].starts_with("5:45: unknown protocol \"http3\""),
+        "{found:?}"
+    );
+}

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tollgate_routes::service_policy::{
-    CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy, UpstreamTls,
+    CircuitBreaker, HealthCheck, HealthProbe, LoadBalancing, OutlierDetection, Protocol,
+    ServicePolicy, UpstreamTls,
 };
 use tollgate_routes::CertificateFiles;
 use tollgate_routes::{parse, parse_with_files};
@@ -57,8 +58,11 @@ fn every_field_of_the_contract_is_accepted() {
     assert_eq!(
         policy,
         ServicePolicy {
+            protocol: Protocol::Http1,
             health_check: Some(HealthCheck {
-                path: "/health".into(),
+                probe: HealthProbe::Http {
+                    path: "/health".into()
+                },
                 interval: Duration::from_secs(5),
                 timeout: Duration::from_secs(1),
                 unhealthy_threshold: 3,

@@ -191,7 +191,11 @@ fn match_needs_exactly_one_path_kind() {
         "match: {path: /healthz}",
         "match: {path: /healthz, prefix: /h}",
     );
-    assert_error_at(&text, "22:12:", "exactly one of prefix, path or regex");
+    assert_error_at(
+        &text,
+        "22:12:",
+        "exactly one of prefix, path, regex or grpc_service",
+    );
 }
 
 #[test]

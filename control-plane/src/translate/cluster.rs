@@ -44,7 +44,8 @@ use tollgate_proto::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, S
 use tollgate_proto::envoy::r#type::v3::Int64Range;
 use tollgate_proto::google::protobuf::UInt32Value;
 use tollgate_routes::service_policy::{
-    CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy, UpstreamTls,
+    CircuitBreaker, HealthCheck, HealthProbe, LoadBalancing, OutlierDetection, ServicePolicy,
+    UpstreamTls,
 };
 use tollgate_routes::{Endpoint, Service};
 
@@ -63,6 +64,17 @@ pub(super) fn sidecar(name: &str, address: &Endpoint) -> (Cluster, Option<Cluste
         policy: ServicePolicy::default(),
     };
     let mut cluster = cluster(&service);
+    cluster.typed_extension_protocol_options = http2_only();
+    let assignment = uses_eds(&service).then(|| load_assignment(&service));
+    (cluster, assignment)
+}
+
+pub(super) fn uses_eds(service: &Service) -> bool {
+    service.endpoints.iter().all(|e| e.is_ip())
+}
+
+/// Requests to the cluster's endpoints go over HTTP/2 (prior knowledge, or TLS).
+fn http2_only() -> std::collections::HashMap<String, tollgate_proto::google::protobuf::Any> {
     let http2 = HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
@@ -73,16 +85,10 @@ pub(super) fn sidecar(name: &str, address: &Endpoint) -> (Cluster, Option<Cluste
         )),
         ..Default::default()
     };
-    cluster.typed_extension_protocol_options = stable_map([(
+    stable_map([(
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
         any(&http2),
-    )]);
-    let assignment = uses_eds(&service).then(|| load_assignment(&service));
-    (cluster, assignment)
-}
-
-pub(super) fn uses_eds(service: &Service) -> bool {
-    service.endpoints.iter().all(|e| e.is_ip())
+    )])
 }
 
 pub(super) fn cluster(service: &Service) -> Cluster {
@@ -100,6 +106,9 @@ pub(super) fn cluster(service: &Service) -> Cluster {
             .map(|tls| upstream_tls(&service.name, tls)),
         ..Default::default()
     };
+    if policy.protocol.is_http2() {
+        cluster.typed_extension_protocol_options = http2_only();
+    }
     if uses_eds(service) {
         cluster.cluster_discovery_type =
             Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
@@ -181,18 +190,26 @@ fn health_check(check: &HealthCheck) -> EnvoyHealthCheck {
         healthy_threshold: Some(UInt32Value {
             value: check.healthy_threshold,
         }),
-        health_checker: Some(health_check::HealthChecker::HttpHealthCheck(
-            health_check::HttpHealthCheck {
-                path: check.path.clone(),
-                // Any 2xx is healthy (Envoy's default accepts only 200): 204 No Content is a
-                // common health answer.
-                expected_statuses: vec![Int64Range {
-                    start: 200,
-                    end: 300,
-                }],
-                ..Default::default()
-            },
-        )),
+        health_checker: Some(match &check.probe {
+            HealthProbe::Http { path } => {
+                health_check::HealthChecker::HttpHealthCheck(health_check::HttpHealthCheck {
+                    path: path.clone(),
+                    // Any 2xx is healthy (Envoy's default accepts only 200): 204 No Content
+                    // is a common health answer.
+                    expected_statuses: vec![Int64Range {
+                        start: 200,
+                        end: 300,
+                    }],
+                    ..Default::default()
+                })
+            }
+            HealthProbe::Grpc { service } => {
+                health_check::HealthChecker::GrpcHealthCheck(health_check::GrpcHealthCheck {
+                    service_name: service.clone(),
+                    ..Default::default()
+                })
+            }
+        }),
         ..Default::default()
     }
 }

@@ -37,6 +37,8 @@ pub(super) fn filter(sidecar: &RateLimitSidecar) -> Any {
         }),
         enable_x_ratelimit_headers: XRateLimitHeadersRfcVersion::DraftVersion03 as i32,
         enable_retry_after_header: true,
+        // A refused gRPC call reads RESOURCE_EXHAUSTED, not the UNAVAILABLE that 429 maps to.
+        rate_limited_as_resource_exhausted: true,
         ..Default::default()
     })
 }

@@ -12,8 +12,10 @@ use tollgate_proto::envoy::config::route::v3::{
     route::Action,
     route_action::ClusterSpecifier,
     route_action::HostRewriteSpecifier,
+    route_action::MaxStreamDuration,
     route_action::RequestMirrorPolicy,
     route_action::UpgradeConfig as RouteUpgradeConfig,
+    route_match::GrpcRouteMatchOptions,
     route_match::PathSpecifier,
     weighted_cluster::ClusterWeight,
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction,
@@ -26,7 +28,8 @@ use tollgate_proto::envoy::r#type::matcher::v3::{
 use tollgate_proto::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
 use tollgate_proto::google::protobuf::Any;
 use tollgate_proto::google::protobuf::{BoolValue, UInt32Value};
-use tollgate_routes::route_policy::{CorsPolicy, RouteCors};
+use tollgate_routes::route_policy::{CorsPolicy, RouteCors, DEFAULT_ROUTE_TIMEOUT};
+use tollgate_routes::service_policy::Protocol;
 use tollgate_routes::{
     Destination, HttpsRedirect, Listener, Mirror, PathMatch, QueryMatch, Redirect, RedirectPath,
     Route, RouteMatch, Service, WeightedService,
@@ -392,6 +395,18 @@ fn route_action(route: &Route, clusters: ClusterSpecifier, table: &RouteTable) -
         retry_policy: traffic.retries.as_ref().map(retry::retry_policy),
         hash_policy,
         request_mirror_policies: route.mirror.iter().map(mirror_policy).collect(),
+        // A gRPC client's `grpc-timeout` is its deadline, honoured up to the route's timeout.
+        max_stream_duration: route
+            .destination
+            .services()
+            .filter_map(|name| table.services.get(name))
+            .any(|s| s.policy.protocol == Protocol::Grpc)
+            .then(|| MaxStreamDuration {
+                grpc_timeout_header_max: Some(proto_duration(
+                    route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT),
+                )),
+                ..Default::default()
+            }),
         upgrade_configs: traffic
             .websocket
             .then(|| RouteUpgradeConfig {
@@ -507,6 +522,7 @@ fn route_match(matcher: &RouteMatch, cors: bool) -> EnvoyRouteMatch {
         path_specifier: Some(path_specifier),
         headers,
         query_parameters,
+        grpc: matcher.grpc.then_some(GrpcRouteMatchOptions {}),
         ..Default::default()
     }
 }

@@ -594,3 +594,62 @@ routes:
     );
     assert!(upgrades("rest").is_empty());
 }
+
+#[test]
+fn a_grpc_service_is_http2_with_grpc_health_checks_and_its_routes_honour_grpc_timeout() {
+    use tollgate_proto::envoy::config::cluster::v3::Cluster;
+    use tollgate_proto::envoy::config::core::v3::health_check::HealthChecker;
+    let config = "\
+version: 1
+listeners: [{name: public, address: 0.0.0.0:8080}]
+services:
+  orders: {endpoints: [\"127.0.0.1:50051\"], protocol: grpc, health_check: {grpc_service: shop.v1.Orders}}
+  web: {endpoints: [\"127.0.0.1:3000\"], protocol: http2}
+  legacy: {endpoints: [\"127.0.0.1:3001\"]}
+routes:
+  - {name: orders, match: {grpc_service: shop.v1.Orders}, service: orders, timeout: 20s}
+  - {name: web, match: {prefix: /}, service: web}
+";
+    let snapshot = translate(
+        &tollgate_routes::parse("routes.yaml", config).expect("valid"),
+        &Default::default(),
+    );
+    let http2 = |name: &str| {
+        decode::<Cluster>(&snapshot, type_url::CLUSTER, name)
+            .typed_extension_protocol_options
+            .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+    };
+    assert!(http2("orders") && http2("web") && !http2("legacy"));
+    let orders: Cluster = decode(&snapshot, type_url::CLUSTER, "orders");
+    let Some(HealthChecker::GrpcHealthCheck(check)) = &orders.health_checks[0].health_checker
+    else {
+        panic!("a gRPC health check: {:?}", orders.health_checks);
+    };
+    assert_eq!(check.service_name, "shop.v1.Orders");
+
+    let table: RouteConfiguration = decode(&snapshot, type_url::ROUTE, "public");
+    let route = route_named(&table, "orders");
+    let matcher = route.r#match.as_ref().expect("match");
+    assert_eq!(
+        matcher.path_specifier,
+        Some(PathSpecifier::Prefix("/shop.v1.Orders/".into()))
+    );
+    assert!(matcher.grpc.is_some(), "gRPC requests only");
+    let Some(Action::Route(action)) = &route.action else {
+        panic!("a forwarding route");
+    };
+    let cap = action
+        .max_stream_duration
+        .as_ref()
+        .and_then(|d| d.grpc_timeout_header_max.as_ref())
+        .map(|d| d.seconds);
+    assert_eq!(
+        cap,
+        Some(20),
+        "grpc-timeout is honoured up to the route's timeout"
+    );
+    let Some(Action::Route(web)) = &route_named(&table, "web").action else {
+        panic!("a forwarding route");
+    };
+    assert!(web.max_stream_duration.is_none());
+}

@@ -99,6 +99,7 @@ pub(crate) struct CertificateFilesDoc {
 pub(crate) struct ServiceDoc {
     pub endpoints: Spanned<Vec<Spanned<String>>>,
     pub connect_timeout: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
     pub health_check: Option<Spanned<HealthCheckDoc>>,
     pub load_balancing: Option<Spanned<String>>,
     pub hash_on: Option<Spanned<HashOnDoc>>,
@@ -240,6 +241,7 @@ pub(crate) struct RateLimitSidecarDoc {
 #[serde(deny_unknown_fields)]
 pub(crate) struct MatchDoc {
     pub prefix: Option<Spanned<String>>,
+    pub grpc_service: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
     pub regex: Option<Spanned<String>>,
     #[serde(default)]

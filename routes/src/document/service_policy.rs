@@ -7,6 +7,7 @@ use serde_saphyr::Spanned;
 #[serde(deny_unknown_fields)]
 pub(crate) struct HealthCheckDoc {
     pub path: Option<Spanned<String>>,
+    pub grpc_service: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub unhealthy_threshold: Option<Spanned<u64>>,

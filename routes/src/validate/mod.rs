@@ -301,6 +301,11 @@ fn route(
     let destination =
         destination::destination(doc, route, matcher.as_ref().map(|m| &m.path), errors);
     let mirror = destination::mirror(doc, route, errors);
+    if let (Some(m), Some(destination)) = (&matcher, &destination) {
+        if m.grpc {
+            grpc_services_only(doc, route, destination, errors);
+        }
+    }
     if let Some(rewrite) = &route.rewrite_prefix {
         if !rewrite.value.starts_with('/') {
             errors.at(
@@ -369,6 +374,31 @@ fn route(
         rate_limits,
         traffic,
     })
+}
+
+/// A `grpc_service` route forwards to services that speak gRPC: an HTTP/1.1 upstream cannot
+/// carry it.
+fn grpc_services_only(
+    doc: &Document,
+    route: &RouteDoc,
+    destination: &crate::destination::Destination,
+    errors: &mut Errors,
+) {
+    for service in destination.services() {
+        let speaks_grpc = doc
+            .services
+            .get(service)
+            .is_some_and(|s| s.protocol.as_ref().is_some_and(|p| p.value == "grpc"));
+        if !speaks_grpc {
+            errors.at(
+                &route.matcher,
+                format!(
+                    "route \"{}\" matches gRPC, but service \"{service}\" has no `protocol: grpc`",
+                    route.name.value
+                ),
+            );
+        }
+    }
 }
 
 /// Compiles `pattern` (the regex of `node`, perhaps anchored); a bad one is reported at `node`

@@ -15,7 +15,27 @@ pub(super) fn route_match(
     errors: &mut Errors,
 ) -> Option<RouteMatch> {
     let m = &doc.value;
+    if let Some(service) = &m.grpc_service {
+        if m.prefix.is_some() || m.path.is_some() || m.regex.is_some() {
+            errors.at(
+                service,
+                format!("route \"{route}\": grpc_service is a path match; give it without prefix, path or regex"),
+            );
+        } else if !is_grpc_service_name(&service.value) {
+            errors.at(
+                service,
+                format!(
+                    "grpc_service \"{}\": expected a full service name, e.g. shop.v1.Orders",
+                    service.value
+                ),
+            );
+        }
+    }
     let path = match (&m.prefix, &m.path, &m.regex) {
+        (None, None, None) if m.grpc_service.is_some() => m
+            .grpc_service
+            .as_ref()
+            .map(|service| PathMatch::Prefix(format!("/{}/", service.value))),
         (Some(prefix), None, None) => {
             absolute_path(prefix, "prefix", errors).then(|| PathMatch::Prefix(prefix.value.clone()))
         }
@@ -29,7 +49,7 @@ pub(super) fn route_match(
         _ => {
             errors.at(
                 doc,
-                format!("route \"{route}\": match needs exactly one of prefix, path or regex"),
+                format!("route \"{route}\": match needs exactly one of prefix, path, regex or grpc_service"),
             );
             None
         }
@@ -55,6 +75,15 @@ pub(super) fn route_match(
         headers,
         hosts: hosts(&m.hosts, errors),
         query: query(&m.query, errors),
+        grpc: m.grpc_service.is_some(),
+    })
+}
+
+/// A protobuf full name: dot-separated identifiers (package, then service).
+fn is_grpc_service_name(name: &str) -> bool {
+    name.split('.').all(|part| {
+        part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     })
 }
 
@@ -184,5 +213,6 @@ fn covers(earlier: &Route, later: &Route) -> bool {
         (PathMatch::Regex(regex), PathMatch::Regex(other)) => regex == other,
         _ => false,
     };
-    listener && hosts && methods && headers && query && path
+    let grpc = !a.grpc || b.grpc;
+    listener && hosts && methods && headers && query && path && grpc
 }

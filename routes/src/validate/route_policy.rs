@@ -24,9 +24,6 @@ const MAX_ATTEMPTS: u64 = 10;
 /// retrying a POST can never apply it twice.
 const DEFAULT_RETRY_ON: [RetryOn; 2] = [RetryOn::ConnectFailure, RetryOn::RefusedStream];
 
-/// Envoy's route timeout when a route sets none.
-const ENVOY_DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Headers no route may add, set or remove: they frame the message or name the hop
 /// (RFC 9110 §7.6.1), and Envoy refuses edits of `host` and pseudo-headers outright
 /// (`host_rewrite` is the way to change the host).
@@ -60,7 +57,7 @@ pub(super) fn traffic_policy(
         .timeout
         .as_ref()
         .and_then(|t| duration::parse(&t.value).ok())
-        .unwrap_or(ENVOY_DEFAULT_ROUTE_TIMEOUT);
+        .unwrap_or(crate::route_policy::DEFAULT_ROUTE_TIMEOUT);
     TrafficPolicy {
         retries: route
             .retries

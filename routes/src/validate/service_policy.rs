@@ -17,8 +17,8 @@ use crate::document::{CircuitBreakerDoc, HealthCheckDoc, OutlierDetectionDoc, Se
 use crate::endpoint::Endpoint;
 use crate::listener_tls::FileSource;
 use crate::service_policy::{
-    check_ca_bundle, CircuitBreaker, HealthCheck, LoadBalancing, OutlierDetection, ServicePolicy,
-    UpstreamTls,
+    check_ca_bundle, CircuitBreaker, HealthCheck, HealthProbe, LoadBalancing, OutlierDetection,
+    Protocol, ServicePolicy, UpstreamTls,
 };
 
 /// Frequent enough to notice a dead endpoint within half a minute at the default threshold,
@@ -49,11 +49,13 @@ pub(super) fn service_policy(
     certificates: &mut Certificates,
     errors: &mut Errors,
 ) -> ServicePolicy {
+    let protocol = protocol(doc, errors);
     ServicePolicy {
+        protocol,
         health_check: doc
             .health_check
             .as_ref()
-            .and_then(|h| health_check(name, h, errors)),
+            .and_then(|h| health_check(name, protocol, h, errors)),
         load_balancing: load_balancing(name, doc, errors),
         circuit_breaker: doc
             .circuit_breaker
@@ -70,32 +72,54 @@ pub(super) fn service_policy(
     }
 }
 
+/// `http1` (the default), `http2` or `grpc`.
+pub(super) fn protocol(doc: &ServiceDoc, errors: &mut Errors) -> Protocol {
+    match doc.protocol.as_ref().map(|p| p.value.as_str()) {
+        None | Some("http1") => Protocol::Http1,
+        Some("http2") => Protocol::Http2,
+        Some("grpc") => Protocol::Grpc,
+        Some(other) => {
+            if let Some(node) = &doc.protocol {
+                errors.at(
+                    node,
+                    format!("unknown protocol \"{other}\": expected http1, http2 or grpc"),
+                );
+            }
+            Protocol::Http1
+        }
+    }
+}
+
 fn health_check(
     service: &str,
+    protocol: Protocol,
     node: &Spanned<HealthCheckDoc>,
     errors: &mut Errors,
 ) -> Option<HealthCheck> {
     let doc = &node.value;
-    let path = match &doc.path {
-        None => {
-            errors.at(
-                node,
-                format!("service \"{service}\": health_check needs a path, e.g. /health"),
-            );
-            None
-        }
-        // Envoy writes the path into the request line as is.
-        Some(path) if path.value.bytes().any(|b| !b.is_ascii_graphic()) => {
+    let probe = if protocol == Protocol::Grpc {
+        // A gRPC server answers grpc.health.v1, not a path.
+        if let Some(path) = &doc.path {
             errors.at(
                 path,
-                format!(
-                    "health_check path \"{}\" has spaces or characters that need escaping",
-                    path.value
-                ),
+                format!("service \"{service}\": a grpc service is checked by grpc.health.v1; give grpc_service (or nothing, for the whole server) instead of path"),
             );
-            None
         }
-        Some(path) => absolute_path(path, "health_check path", errors).then(|| path.value.clone()),
+        Some(HealthProbe::Grpc {
+            service: doc
+                .grpc_service
+                .as_ref()
+                .map(|s| s.value.clone())
+                .unwrap_or_default(),
+        })
+    } else {
+        if let Some(grpc) = &doc.grpc_service {
+            errors.at(
+                grpc,
+                format!("service \"{service}\": grpc_service needs protocol: grpc"),
+            );
+        }
+        http_path(service, node, errors).map(|path| HealthProbe::Http { path })
     };
     let interval =
         positive_duration(doc.interval.as_ref(), errors).unwrap_or(DEFAULT_HEALTH_INTERVAL);
@@ -115,12 +139,37 @@ fn health_check(
     let healthy_threshold =
         count(doc.healthy_threshold.as_ref(), 1, errors).unwrap_or(DEFAULT_HEALTHY_THRESHOLD);
     Some(HealthCheck {
-        path: path?,
+        probe: probe?,
         interval,
         timeout,
         unhealthy_threshold,
         healthy_threshold,
     })
+}
+
+/// The path of an HTTP health check, written as Envoy puts it in the request line.
+fn http_path(service: &str, node: &Spanned<HealthCheckDoc>, errors: &mut Errors) -> Option<String> {
+    match &node.value.path {
+        None => {
+            errors.at(
+                node,
+                format!("service \"{service}\": health_check needs a path, e.g. /health"),
+            );
+            None
+        }
+        // Envoy writes the path into the request line as is.
+        Some(path) if path.value.bytes().any(|b| !b.is_ascii_graphic()) => {
+            errors.at(
+                path,
+                format!(
+                    "health_check path \"{}\" has spaces or characters that need escaping",
+                    path.value
+                ),
+            );
+            None
+        }
+        Some(path) => absolute_path(path, "health_check path", errors).then(|| path.value.clone()),
+    }
 }
 
 fn load_balancing(service: &str, doc: &ServiceDoc, errors: &mut Errors) -> LoadBalancing {
