@@ -107,6 +107,23 @@ async fn the_request_filling_the_cache_gets_the_routes_rewrite_and_header_edits(
         Some(client),
         "the fill names the client as a plain route does, not the internal hop"
     );
+    // The request id the client sent (or the gateway made) is the one the upstream sees
+    // through the fill, and the one the client gets back: one id for the whole exchange.
+    let traced = request(gw.port)
+        .path("/cached/traced")
+        .header("x-request-id", "fill-7f3c2a")
+        .send()
+        .await
+        .expect("GET a cached route");
+    assert_eq!(
+        upstream.paths().last().map(String::as_str),
+        Some("/origin/traced")
+    );
+    assert_eq!(
+        traced.upstream_header("x-request-id").as_deref(),
+        Some("fill-7f3c2a")
+    );
+    assert_eq!(traced.header("x-request-id"), Some("fill-7f3c2a"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
