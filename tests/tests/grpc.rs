@@ -29,6 +29,32 @@ async fn health_server() -> (std::net::SocketAddr, HealthReporter) {
     (addr, reporter)
 }
 
+/// An HTTP/2 server that answers every call only after `delay`: a gRPC method too slow for
+/// its caller's deadline.
+async fn slow_server(delay: Duration) -> std::net::SocketAddr {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| async move {
+                    tokio::time::sleep(delay).await;
+                    hyper::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "0")
+                        .body(Full::new(bytes::Bytes::new()))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// A client of the gateway's port that names `host` as its `:authority`.
 async fn client(port: u16, host: &str) -> anyhow::Result<HealthClient<Channel>> {
     let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
@@ -63,6 +89,9 @@ services:
     endpoints: ["{server}"]
     protocol: grpc
     health_check: {{interval: 1s, timeout: 500ms}}
+  slow:
+    endpoints: ["{slow}"]
+    protocol: grpc
   gone:
     endpoints: ["127.0.0.1:{closed}"]
     protocol: grpc
@@ -70,6 +99,10 @@ services:
 auth_providers:
   main: {{issuer: "{issuer}", audiences: [{audience}], jwks_file: jwks.json}}
 routes:
+  - name: slow
+    match: {{grpc_service: grpc.health.v1.Health, hosts: [slow.test]}}
+    service: slow
+    timeout: 1s
   - name: gone
     match: {{grpc_service: grpc.health.v1.Health, hosts: [gone.test]}}
     service: gone
@@ -85,6 +118,7 @@ sidecars:
   ext_authz: {{address: "{authz}", timeout: 1s, failure_mode_allow: false}}
 "#,
             closed = reserve_port(),
+            slow = slow_server(Duration::from_secs(20)).await,
             issuer = tollgate_testkit::jwt::ISSUER,
             audience = tollgate_testkit::jwt::AUDIENCE,
             authz = authz.grpc_addr(),
@@ -189,4 +223,14 @@ sidecars:
         .await
         .expect_err("nothing listens there");
     assert_eq!(unavailable.code(), Code::Unavailable, "{unavailable:?}");
+
+    // A unary call whose deadline passes before the service answers.
+    let mut slow = client(port, "slow.test").await.expect("a channel");
+    let mut hurried = tonic::Request::new(check(""));
+    hurried.set_timeout(Duration::from_millis(300));
+    let late = slow
+        .check(hurried)
+        .await
+        .expect_err("the deadline passes first");
+    assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
 }
