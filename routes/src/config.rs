@@ -110,6 +110,8 @@ pub struct Route {
     pub destination: Destination,
     /// A copy of some requests to another service.
     pub mirror: Option<Mirror>,
+    /// JSON requests transcoded to the service's gRPC methods.
+    pub transcode: Option<crate::destination::Transcode>,
     pub rewrite_prefix: Option<String>,
     pub timeout: Option<Duration>,
     /// `None`: a public route.

@@ -61,6 +61,19 @@ pub enum RedirectPath {
     Prefix(String),
 }
 
+/// REST in, gRPC out: JSON requests mapped to gRPC methods by their `google.api.http`
+/// annotations, and the answers back to JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transcode {
+    /// As written, relative to routes.yaml's directory.
+    pub descriptor_file: std::path::PathBuf,
+    /// Full names of the gRPC services whose methods are mapped.
+    pub services: Vec<String>,
+    /// The compiled descriptor set (`protoc --include_imports --descriptor_set_out`). Read
+    /// only by `parse_with_files`, for the control plane; empty otherwise.
+    pub descriptor_set: Vec<u8>,
+}
+
 /// A plain-HTTP listener that answers every request with a redirect to a TLS listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpsRedirect {

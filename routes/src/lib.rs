@@ -28,7 +28,7 @@ pub use config::{
     Route, RouteMatch, RoutesConfig, Service, Tracing,
 };
 pub use destination::{
-    Destination, HttpsRedirect, Mirror, Redirect, RedirectPath, WeightedService,
+    Destination, HttpsRedirect, Mirror, Redirect, RedirectPath, Transcode, WeightedService,
 };
 pub use endpoint::Endpoint;
 pub use error::{ConfigError, ConfigErrors};

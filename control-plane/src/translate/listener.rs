@@ -108,6 +108,8 @@ pub(super) struct ListenerFilters {
     pub tracing: Option<HcmTracing>,
     /// A route on this listener lets WebSocket upgrades through.
     pub websocket: bool,
+    /// The gRPC-JSON transcoder, off unless a route turns it on, when a route transcodes.
+    pub transcode: Option<HttpFilter>,
 }
 
 pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Listener {
@@ -125,6 +127,8 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
     .filter_map(|(name, config)| config.map(|c| http_filter(name, c.clone())))
     .collect();
     http_filters.extend(filters.cache.iter().cloned());
+    // Last before the router: auth, limits and the cache see the REST request as sent.
+    http_filters.extend(filters.transcode.iter().cloned());
     http_filters.push(router_filter());
     let manager = HttpConnectionManager {
         stat_prefix: config.name.clone(),

@@ -20,6 +20,7 @@ mod retry;
 mod route;
 mod secret;
 mod tracing;
+mod transcode;
 
 use tollgate_proto::envoy::config::accesslog::v3::AccessLog;
 use tollgate_proto::envoy::config::cluster::v3::Cluster;
@@ -171,6 +172,10 @@ fn add_listener(
         access_log: shared.access_log.clone(),
         tracing: shared.tracing.clone(),
         websocket: routes.iter().any(|r| r.traffic.websocket),
+        transcode: routes
+            .iter()
+            .find_map(|r| r.transcode.as_ref())
+            .map(transcode::filter),
     };
     resources.add(
         type_url::LISTENER,

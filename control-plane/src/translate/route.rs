@@ -38,7 +38,7 @@ use tollgate_routes::{
 use super::json_format::json_format;
 use super::{
     auth, body_limit, cluster, cors, headers, listener, proto_duration, rate_limit, response_cache,
-    retry, stable_map,
+    retry, stable_map, transcode,
 };
 
 /// What every route of one listener's table is built with.
@@ -313,6 +313,12 @@ fn route(route: &Route, table: &RouteTable) -> EnvoyRoute {
                     response_cache::FILTER_NAME.to_string(),
                     response_cache::per_route(),
                 )
+            }))
+            .chain(route.transcode.as_ref().map(|transcode| {
+                (
+                    transcode::FILTER_NAME.to_string(),
+                    transcode::per_route(transcode),
+                )
             })),
     );
     envoy_route
@@ -401,11 +407,18 @@ fn route_action(route: &Route, clusters: ClusterSpecifier, table: &RouteTable) -
             .services()
             .filter_map(|name| table.services.get(name))
             .any(|s| s.policy.protocol == Protocol::Grpc)
-            .then(|| MaxStreamDuration {
-                grpc_timeout_header_max: Some(proto_duration(
+            .then(|| {
+                // With a grpc-timeout cap, Envoy no longer applies the route's timeout to
+                // gRPC calls (it waits for ever on a call that sends none), so the route's
+                // timeout is also the stream's longest life.
+                let timeout = Some(proto_duration(
                     route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT),
-                )),
-                ..Default::default()
+                ));
+                MaxStreamDuration {
+                    max_stream_duration: timeout,
+                    grpc_timeout_header_max: timeout,
+                    ..Default::default()
+                }
             }),
         upgrade_configs: traffic
             .websocket

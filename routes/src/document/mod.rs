@@ -134,6 +134,14 @@ pub(crate) struct RouteDoc {
     pub max_request_bytes: Option<Spanned<u64>>,
     pub cache: Option<Spanned<CacheDoc>>,
     pub websocket: Option<Spanned<bool>>,
+    pub transcode: Option<Spanned<TranscodeDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TranscodeDoc {
+    pub descriptor_set: Spanned<String>,
+    pub services: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

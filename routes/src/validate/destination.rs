@@ -225,6 +225,7 @@ fn redirect_only(route: &RouteDoc, errors: &mut Errors) {
     );
     refuse(errors, name, "rate_limit", route.rate_limit.first());
     refuse(errors, name, "websocket", route.websocket.as_ref());
+    refuse(errors, name, "transcode", route.transcode.as_ref());
 }
 
 fn refuse<T>(errors: &mut Errors, route: &str, field: &str, node: Option<&Spanned<T>>) {

@@ -14,6 +14,7 @@ mod policy;
 mod route_match;
 mod route_policy;
 mod service_policy;
+mod transcode;
 
 use crate::certificates::{CertificateAndKey, CertificateError, CertificateFiles, Certificates};
 use crate::config::{
@@ -66,6 +67,7 @@ pub(crate) fn validate(
     let routes = routes(
         &doc,
         &crate::policy::identity_headers(&auth_providers),
+        files,
         &mut errors,
     );
     let observability = observability::observability(&doc, &mut errors);
@@ -249,7 +251,12 @@ fn service(
 }
 
 /// `identity_headers`: what ext-authz sets, which no route may set instead.
-fn routes(doc: &Document, identity_headers: &[String], errors: &mut Errors) -> Vec<Route> {
+fn routes(
+    doc: &Document,
+    identity_headers: &[String],
+    files: Option<&dyn FileSource>,
+    errors: &mut Errors,
+) -> Vec<Route> {
     let mut names = HashMap::new();
     let mut valid = Vec::new();
     for route in &doc.routes {
@@ -260,7 +267,7 @@ fn routes(doc: &Document, identity_headers: &[String], errors: &mut Errors) -> V
                 format!("duplicate route name \"{}\"", route.name.value),
             );
         }
-        if let Some(valid_route) = self::route(doc, route, identity_headers, errors) {
+        if let Some(valid_route) = self::route(doc, route, identity_headers, files, errors) {
             valid.push((route, valid_route));
         }
     }
@@ -274,6 +281,7 @@ fn route(
     doc: &Document,
     route: &RouteDoc,
     identity_headers: &[String],
+    files: Option<&dyn FileSource>,
     errors: &mut Errors,
 ) -> Option<Route> {
     let before = errors.found.len();
@@ -301,8 +309,12 @@ fn route(
     let destination =
         destination::destination(doc, route, matcher.as_ref().map(|m| &m.path), errors);
     let mirror = destination::mirror(doc, route, errors);
+    let transcode = route
+        .transcode
+        .as_ref()
+        .and_then(|t| transcode::transcode(t, files, errors));
     if let (Some(m), Some(destination)) = (&matcher, &destination) {
-        if m.grpc {
+        if m.grpc || route.transcode.is_some() {
             grpc_services_only(doc, route, destination, errors);
         }
     }
@@ -368,6 +380,7 @@ fn route(
         matcher,
         destination,
         mirror,
+        transcode,
         rewrite_prefix: route.rewrite_prefix.as_ref().map(|r| r.value.clone()),
         timeout,
         auth,
@@ -393,7 +406,7 @@ fn grpc_services_only(
             errors.at(
                 &route.matcher,
                 format!(
-                    "route \"{}\" matches gRPC, but service \"{service}\" has no `protocol: grpc`",
+                    "route \"{}\" forwards gRPC, but service \"{service}\" has no `protocol: grpc`",
                     route.name.value
                 ),
             );
@@ -443,7 +456,7 @@ pub(super) fn absolute_path(node: &Spanned<String>, field: &str, errors: &mut Er
 }
 
 /// The file routes.yaml names at `node` (as its `field`), or an error there saying why not.
-fn read_file(
+pub(super) fn read_file(
     files: &dyn FileSource,
     node: &Spanned<String>,
     field: &str,
