@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tollgate_conformance::ratelimit::RateLimitService;
 use tollgate_conformance::{eventually, reserve_port, ControlPlane, Envoy, ExtAuthz};
 use tollgate_testkit::jwt::{claims, jwks, TestKey};
 use tonic::transport::{Channel, Endpoint};
@@ -79,6 +80,7 @@ async fn grpc_calls_pass_and_gateway_errors_read_as_grpc_statuses() {
     let key = TestKey::rsa("grpc-1", 0);
     let port = reserve_port();
     let authz = ExtAuthz::new();
+    let limits = RateLimitService::new();
     let cp = ControlPlane::new()
         .routes(format!(
             r#"version: 1
@@ -110,18 +112,29 @@ routes:
     match: {{grpc_service: grpc.health.v1.Health, hosts: [guarded.test]}}
     service: orders
     auth: {{provider: main}}
+  - name: scoped
+    match: {{grpc_service: grpc.health.v1.Health, hosts: [scoped.test]}}
+    service: orders
+    auth: {{provider: main, scopes: ["orders:admin"]}}
+  - name: limited
+    match: {{grpc_service: grpc.health.v1.Health, hosts: [limited.test]}}
+    service: orders
+    rate_limit:
+      - {{by: client_ip, requests: 1, per: minute}}
   - name: health
     match: {{grpc_service: grpc.health.v1.Health}}
     service: orders
     timeout: 30s
 sidecars:
   ext_authz: {{address: "{authz}", timeout: 1s, failure_mode_allow: false}}
+  rate_limit: {{address: "{limits}", timeout: 1s, failure_mode_deny: false, domain: tollgate}}
 "#,
             closed = reserve_port(),
             slow = slow_server(Duration::from_secs(20)).await,
             issuer = tollgate_testkit::jwt::ISSUER,
             audience = tollgate_testkit::jwt::AUDIENCE,
             authz = authz.grpc_addr(),
+            limits = limits.grpc_addr(),
         ))
         .start()
         .await;
@@ -130,6 +143,7 @@ sidecars:
         .jwks(&jwks(&[&key]))
         .start()
         .await;
+    let _limits = limits.routes_file(cp.routes_path()).start().await;
     let _envoy = Envoy::new().control_plane(&cp).start().await;
 
     // Unary, once the gRPC health check has found the endpoint healthy.
@@ -216,6 +230,33 @@ sidecars:
         .check(with_token)
         .await
         .expect("a valid token passes");
+
+    // A token without the route's scope.
+    let mut scoped = client(port, "scoped.test").await.expect("a channel");
+    let mut unscoped = tonic::Request::new(check("shop.v1.Orders"));
+    unscoped.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", key.mint(&claims()))
+            .parse()
+            .expect("metadata"),
+    );
+    let forbidden = scoped
+        .check(unscoped)
+        .await
+        .expect_err("the scope is missing");
+    assert_eq!(forbidden.code(), Code::PermissionDenied, "{forbidden:?}");
+
+    // One call a minute: the next is refused (the limit fails open until the rate-limit
+    // service answers, so calls are repeated until one is counted over it).
+    let mut limited = client(port, "limited.test").await.expect("a channel");
+    let exhausted = eventually("a call over the limit is refused", async || {
+        match limited.check(check("shop.v1.Orders")).await {
+            Ok(_) => anyhow::bail!("still within the limit"),
+            Err(status) => Ok(status),
+        }
+    })
+    .await;
+    assert_eq!(exhausted.code(), Code::ResourceExhausted, "{exhausted:?}");
 
     let mut gone = client(port, "gone.test").await.expect("a channel");
     let unavailable = gone
