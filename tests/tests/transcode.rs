@@ -37,14 +37,21 @@ struct Order {
     quantity: i32,
 }
 
-/// `protoc --include_imports --descriptor_set_out` over the test's orders.proto.
-fn descriptor_set() -> Vec<u8> {
+/// `protoc --include_imports --descriptor_set_out` over the test's orders.proto, with
+/// GetOrder's path as `get_path`.
+fn descriptor_set(get_path: &str) -> Vec<u8> {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/transcode");
     let out = tempfile::tempdir().expect("tempdir");
+    let proto = std::fs::read_to_string(fixtures.join("orders.proto"))
+        .expect("orders.proto")
+        .replace("/v1/orders/{id}", get_path);
+    std::fs::write(out.path().join("orders.proto"), proto).expect("write orders.proto");
     let set = out.path().join("orders.pb");
     let status = Command::new("protoc")
         .arg("--include_imports")
         .arg(format!("--descriptor_set_out={}", set.display()))
+        .arg("-I")
+        .arg(out.path())
         .arg("-I")
         .arg(&fixtures)
         .arg("orders.proto")
@@ -145,7 +152,7 @@ fn unframe(mut body: Bytes) -> Bytes {
 async fn rest_requests_reach_grpc_methods_and_answer_json() {
     let server = orders_server().await;
     let port = reserve_port();
-    let _cp = ControlPlane::new()
+    let mut cp = ControlPlane::new()
         .routes(format!(
             r#"version: 1
 listeners:
@@ -159,10 +166,10 @@ routes:
     transcode: {{descriptor_set: orders.pb, services: [shop.v1.Orders]}}
 "#
         ))
-        .file("orders.pb", descriptor_set())
+        .file("orders.pb", descriptor_set("/v1/orders/{id}"))
         .start()
         .await;
-    let _envoy = Envoy::new().control_plane(&_cp).start().await;
+    let _envoy = Envoy::new().control_plane(&cp).start().await;
 
     let order = eventually("GET /v1/orders/7 reaches Orders/GetOrder", async || {
         let response = request(port).path("/v1/orders/7").send().await?;
@@ -194,4 +201,15 @@ routes:
         .expect("GET a missing order")
         .expect_status(404)
         .expect("NOT_FOUND as 404");
+
+    // A recompiled descriptor set is read again, as a rotated certificate is: the method's
+    // new path is served without a restart.
+    cp.write_file("orders.pb", &descriptor_set("/v1/orders/by-id/{id}"));
+    let moved = eventually("the new descriptor set is served", async || {
+        let response = request(port).path("/v1/orders/by-id/8").send().await?;
+        response.expect_status(200)?;
+        response.json()
+    })
+    .await;
+    assert_eq!(moved, json!({"id": 8, "item": "book", "quantity": 2}));
 }
