@@ -22,8 +22,8 @@ use tollgate_proto::envoy::config::core::v3::{
     address, socket_address::PortSpecifier, Address, SocketAddress,
 };
 use tollgate_proto::envoy::config::core::v3::{
-    data_source, health_check, transport_socket, DataSource, HealthCheck as EnvoyHealthCheck,
-    RoutingPriority, TransportSocket,
+    data_source, health_check, DataSource, HealthCheck as EnvoyHealthCheck, RoutingPriority,
+    TransportSocket,
 };
 use tollgate_proto::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint,
@@ -50,7 +50,7 @@ use tollgate_routes::service_policy::{
 use tollgate_routes::{Endpoint, Service};
 
 use super::secret::{sds_reference, upstream_client_secret_name};
-use super::{ads_config_source, any, proto_duration, stable_map};
+use super::{ads_config_source, any, proto_duration, stable_map, tls_transport_socket};
 
 /// How long Envoy waits to connect to a sidecar; its call timeouts bound the rest.
 const SIDECAR_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -290,10 +290,7 @@ fn upstream_tls(service: &str, tls: &UpstreamTls) -> TransportSocket {
         }),
         ..Default::default()
     };
-    TransportSocket {
-        name: "envoy.transport_sockets.tls".to_string(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
-    }
+    tls_transport_socket(&context)
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! TLS termination on a listener: a `DownstreamTlsContext` whose certificate comes over SDS
 //! (see [`super::secret`] for why).
 
-use tollgate_proto::envoy::config::core::v3::{transport_socket, TransportSocket};
+use tollgate_proto::envoy::config::core::v3::TransportSocket;
 use tollgate_proto::envoy::extensions::transport_sockets::tls::v3::{
     tls_parameters::TlsProtocol, CommonTlsContext, DownstreamTlsContext, TlsParameters,
 };
 use tollgate_routes::{ListenerTls, TlsVersion};
 
-use super::any;
 use super::secret::{listener_secret_name, sds_reference};
+use super::tls_transport_socket;
 
 /// Offered by ALPN, most preferred first (RFC 7301 §3.2): HTTP/2 to every client that can,
 /// HTTP/1.1 to the rest.
@@ -40,10 +40,7 @@ pub(super) fn downstream_tls(listener: &str, tls: &ListenerTls) -> TransportSock
         }),
         ..Default::default()
     };
-    TransportSocket {
-        name: "envoy.transport_sockets.tls".to_string(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
-    }
+    tls_transport_socket(&context)
 }
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ mod transcode;
 use tollgate_proto::envoy::config::accesslog::v3::AccessLog;
 use tollgate_proto::envoy::config::cluster::v3::Cluster;
 use tollgate_proto::envoy::config::core::v3::{
-    config_source::ConfigSourceSpecifier, AggregatedConfigSource, ApiVersion, ConfigSource,
+    config_source::ConfigSourceSpecifier, transport_socket, AggregatedConfigSource, ApiVersion,
+    ConfigSource, TransportSocket,
 };
 use tollgate_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
@@ -246,6 +247,14 @@ fn stable_map<K: Eq + std::hash::Hash + Ord, V>(
 }
 
 /// Packs a message into an `Any` with its canonical type URL.
+/// Envoy's TLS transport socket with `context`, an upstream or a downstream TLS context.
+fn tls_transport_socket<M: Name>(context: &M) -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_string(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(context))),
+    }
+}
+
 fn any<M: Name>(message: &M) -> Any {
     Any {
         type_url: M::type_url(),
