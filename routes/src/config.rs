@@ -49,6 +49,8 @@ pub struct Listener {
     pub tls: Option<crate::listener_tls::ListenerTls>,
     /// Every request (but the health path) is sent to this TLS listener instead of routed.
     pub redirect_to_https: Option<HttpsRedirect>,
+    /// Client addresses every route here admits (the health path excepted).
+    pub ip_rules: crate::ip_rules::IpRules,
 }
 
 /// What to do with `%2F`, `%5C` (encoded `/` and `\\`) in a path. Left alone they let a
@@ -112,6 +114,8 @@ pub struct Route {
     pub mirror: Option<Mirror>,
     /// JSON requests transcoded to the service's gRPC methods.
     pub transcode: Option<crate::destination::Transcode>,
+    /// Client addresses this route admits, besides its listener's rules.
+    pub ip_rules: crate::ip_rules::IpRules,
     pub rewrite_prefix: Option<String>,
     pub timeout: Option<Duration>,
     /// `None`: a public route.

@@ -15,6 +15,7 @@ mod document;
 pub mod duration;
 mod endpoint;
 mod error;
+pub mod ip_rules;
 pub mod listener_tls;
 pub mod load;
 pub mod policy;

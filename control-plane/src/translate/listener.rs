@@ -30,7 +30,7 @@ use tollgate_proto::envoy::config::core::v3::Http2ProtocolOptions;
 pub(super) const WEBSOCKET: &str = "websocket";
 
 use super::{
-    ads_config_source, any, auth, body_limit, cors, listener_tls, local_reply, rate_limit,
+    ads_config_source, any, auth, body_limit, cors, ip_rules, listener_tls, local_reply, rate_limit,
 };
 
 fn escaped_slashes_action(escaped: EscapedSlashes) -> PathWithEscapedSlashesAction {
@@ -91,6 +91,8 @@ pub(super) fn rds(name: &str) -> RouteSpecifier {
 
 /// The HTTP filters one listener runs, decided from the routes it serves.
 pub(super) struct ListenerFilters {
+    /// The RBAC filter config, when the listener or a route on it has IP rules.
+    pub ip_rules: Option<Any>,
     /// The cors filter config, when a route on this listener has a CORS policy.
     pub cors: Option<Any>,
     /// Request headers no client may send: the identity ext-authz vouches for.
@@ -117,7 +119,9 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
     // token. Buffering after auth and rate limits, so a client refused by them never makes
     // the gateway hold its body in memory. The cache last: an answer from the cache still
     // needs the token and counts against the limits, as one from the upstream does.
+    // IP rules first of all: a refused client costs nothing else, not even a preflight.
     let mut http_filters: Vec<HttpFilter> = [
+        (ip_rules::FILTER_NAME, filters.ip_rules.as_ref()),
         (cors::FILTER_NAME, filters.cors.as_ref()),
         (auth::FILTER_NAME, filters.ext_authz.as_ref()),
         (rate_limit::FILTER_NAME, filters.rate_limit.as_ref()),

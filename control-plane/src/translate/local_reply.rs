@@ -1,15 +1,16 @@
 //! Every reply Envoy makes itself gets a small JSON body and a JSON content type, as an API's
 //! clients expect: `{"error":"service unavailable","request_id":"…"}`.
 //!
-//! Only the statuses Envoy itself produces are mapped. 401 and 403 are deliberately absent:
-//! ext-authz already answers those with a JSON body and `WWW-Authenticate`, which a
-//! catch-all body format would overwrite.
+//! Only the statuses Envoy itself produces are mapped. ext-authz's 401 and 403 are left
+//! alone: ext-authz already answers those with a JSON body and `WWW-Authenticate`, which a
+//! catch-all body format would overwrite. Any other 403 (an `allow_ips` refusal) is mapped.
 
 use tollgate_proto::envoy::config::accesslog::v3::{
-    access_log_filter::FilterSpecifier, comparison_filter::Op, AccessLogFilter, ComparisonFilter,
-    StatusCodeFilter,
+    access_log_filter::FilterSpecifier, comparison_filter::Op, AccessLogFilter, AndFilter,
+    ComparisonFilter, ResponseFlagFilter, StatusCodeFilter,
 };
 use tollgate_proto::envoy::config::core::v3::RuntimeUInt32;
+use tollgate_proto::envoy::config::core::v3::SubstitutionFormatString;
 use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     LocalReplyConfig, ResponseMapper,
 };
@@ -30,20 +31,47 @@ const ERRORS: [(u32, &str); 9] = [
 ];
 
 pub(super) fn local_reply_config() -> LocalReplyConfig {
+    // Mappers are tried in order and the first that matches rewrites. ext-authz's own 403
+    // (flagged UAEX) keeps its body; any other 403 is the gateway's, such as the RBAC
+    // filter's refusal of a client address (`allow_ips`, `deny_ips`), whose response flag
+    // Envoy's access-log filters cannot name.
+    let ext_authz_403 = ResponseMapper {
+        filter: Some(AccessLogFilter {
+            filter_specifier: Some(FilterSpecifier::AndFilter(AndFilter {
+                filters: vec![
+                    status_is(403),
+                    AccessLogFilter {
+                        filter_specifier: Some(FilterSpecifier::ResponseFlagFilter(
+                            ResponseFlagFilter {
+                                flags: vec!["UAEX".to_string()],
+                            },
+                        )),
+                    },
+                ],
+            })),
+        }),
+        ..Default::default()
+    };
+    let forbidden = ResponseMapper {
+        filter: Some(status_is(403)),
+        body_format_override: Some(error_body("forbidden")),
+        ..Default::default()
+    };
     LocalReplyConfig {
-        mappers: ERRORS
-            .iter()
-            .map(|(status, error)| ResponseMapper {
+        mappers: [ext_authz_403, forbidden]
+            .into_iter()
+            .chain(ERRORS.iter().map(|(status, error)| ResponseMapper {
                 filter: Some(status_is(*status)),
-                body_format_override: Some(json_format(&[
-                    ("error", error),
-                    ("request_id", "%REQ(X-REQUEST-ID)%"),
-                ])),
+                body_format_override: Some(error_body(error)),
                 ..Default::default()
-            })
+            }))
             .collect(),
         body_format: None,
     }
+}
+
+fn error_body(error: &str) -> SubstitutionFormatString {
+    json_format(&[("error", error), ("request_id", "%REQ(X-REQUEST-ID)%")])
 }
 
 fn status_is(status: u32) -> AccessLogFilter {

@@ -10,6 +10,7 @@ mod body_limit;
 mod cluster;
 mod cors;
 mod headers;
+mod ip_rules;
 mod json_format;
 mod listener;
 mod listener_tls;
@@ -159,7 +160,10 @@ fn add_listener(
         || routes
             .iter()
             .any(|r| matches!(r.traffic.cors, RouteCors::Own(_)));
+    let ip_rules = (!l.ip_rules.is_empty() || routes.iter().any(|r| !r.ip_rules.is_empty()))
+        .then(|| ip_rules::filter(&l.ip_rules));
     let filters = listener::ListenerFilters {
+        ip_rules,
         strip_headers: shared.strip_headers.clone(),
         ext_authz: ext_authz.map(|sidecar| auth::filter(sidecar, &config.auth_providers)),
         rate_limit: rate_limit.map(rate_limit::filter),
@@ -190,6 +194,7 @@ fn add_listener(
         default_cors: config.cors.as_ref(),
         services: &config.services,
         route_stats: config.observability.route_stats,
+        ip_rules: filters.ip_rules.is_some().then_some(&l.ip_rules),
     };
     resources.add(
         type_url::ROUTE,

@@ -28,6 +28,7 @@ use tollgate_proto::envoy::r#type::matcher::v3::{
 use tollgate_proto::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
 use tollgate_proto::google::protobuf::Any;
 use tollgate_proto::google::protobuf::{BoolValue, UInt32Value};
+use tollgate_routes::ip_rules::IpRules;
 use tollgate_routes::route_policy::{CorsPolicy, RouteCors, DEFAULT_ROUTE_TIMEOUT};
 use tollgate_routes::service_policy::Protocol;
 use tollgate_routes::{
@@ -37,8 +38,8 @@ use tollgate_routes::{
 
 use super::json_format::json_format;
 use super::{
-    auth, body_limit, cluster, cors, headers, listener, proto_duration, rate_limit, response_cache,
-    retry, stable_map, transcode,
+    auth, body_limit, cluster, cors, headers, ip_rules, listener, proto_duration, rate_limit,
+    response_cache, retry, stable_map, transcode,
 };
 
 /// What every route of one listener's table is built with.
@@ -60,6 +61,8 @@ pub(super) struct RouteTable<'a> {
     pub services: &'a BTreeMap<String, Service>,
     /// `observability.route_stats`: whether routes carry a stat prefix.
     pub route_stats: bool,
+    /// The listener runs the RBAC filter, with these rules of its own.
+    pub ip_rules: Option<&'a IpRules>,
 }
 
 pub(super) fn route_configuration(
@@ -250,7 +253,14 @@ fn health_route(path: &str, table: &RouteTable) -> EnvoyRoute {
             body: None,
             body_format: Some(json_format(&[("status", "ok")])),
         })),
-        typed_per_filter_config: stable_map(sidecar_filters_off(table, false, false)),
+        typed_per_filter_config: stable_map(
+            sidecar_filters_off(table, false, false).chain(
+                table
+                    .ip_rules
+                    .filter(|rules| !rules.is_empty())
+                    .map(|_| (ip_rules::FILTER_NAME.to_string(), ip_rules::off())),
+            ),
+        ),
         ..Default::default()
     }
 }
@@ -314,6 +324,17 @@ fn route(route: &Route, table: &RouteTable) -> EnvoyRoute {
                     response_cache::per_route(),
                 )
             }))
+            .chain(
+                table
+                    .ip_rules
+                    .filter(|_| !route.ip_rules.is_empty())
+                    .map(|listener| {
+                        (
+                            ip_rules::FILTER_NAME.to_string(),
+                            ip_rules::per_route(listener, &route.ip_rules),
+                        )
+                    }),
+            )
             .chain(route.transcode.as_ref().map(|transcode| {
                 (
                     transcode::FILTER_NAME.to_string(),

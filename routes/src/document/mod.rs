@@ -75,6 +75,8 @@ pub(crate) struct ListenerDoc {
     pub escaped_slashes: Option<Spanned<String>>,
     pub tls: Option<Spanned<ListenerTlsDoc>>,
     pub redirect_to_https: Option<Spanned<String>>,
+    pub allow_ips: Option<Spanned<Vec<Spanned<String>>>>,
+    pub deny_ips: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +137,8 @@ pub(crate) struct RouteDoc {
     pub cache: Option<Spanned<CacheDoc>>,
     pub websocket: Option<Spanned<bool>>,
     pub transcode: Option<Spanned<TranscodeDoc>>,
+    pub allow_ips: Option<Spanned<Vec<Spanned<String>>>>,
+    pub deny_ips: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 mod destination;
+mod ip_rules;
 mod listener_tls;
 mod observability;
 mod policy;
@@ -182,6 +183,7 @@ fn listeners(
             certificates.insert_listener(listener.name.value.clone(), served);
         }
         let redirect_to_https = destination::https_redirect(doc, listener, errors);
+        let ip_rules = ip_rules::ip_rules(&listener.allow_ips, &listener.deny_ips, errors);
         valid.push(Listener {
             name: listener.name.value.clone(),
             address,
@@ -189,6 +191,7 @@ fn listeners(
             escaped_slashes,
             tls,
             redirect_to_https,
+            ip_rules,
         });
     }
     (valid, certificates)
@@ -309,6 +312,7 @@ fn route(
     let destination =
         destination::destination(doc, route, matcher.as_ref().map(|m| &m.path), errors);
     let mirror = destination::mirror(doc, route, errors);
+    let ip_rules = ip_rules::ip_rules(&route.allow_ips, &route.deny_ips, errors);
     let transcode = route
         .transcode
         .as_ref()
@@ -381,6 +385,7 @@ fn route(
         destination,
         mirror,
         transcode,
+        ip_rules,
         rewrite_prefix: route.rewrite_prefix.as_ref().map(|r| r.value.clone()),
         timeout,
         auth,
