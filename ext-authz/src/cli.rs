@@ -14,9 +14,13 @@ use tollgate_sidecar::telemetry::Telemetry;
 
 use crate::server::{self, Options, StartError};
 
-/// Parses the process's arguments, serves until a signal and returns the exit status.
+/// Parses the process's arguments, serves until a signal (or runs the subcommand) and
+/// returns the exit status.
 pub fn run() -> i32 {
     let cli = Cli::parse();
+    if let Some(Command::HashKey { consumer, tier }) = &cli.command {
+        return hash_key(consumer, tier.as_deref());
+    }
     let telemetry = Telemetry::init("tollgate-ext-authz");
     crate::install_crypto();
     let runtime = match tollgate_sidecar::grpc::acceptor_runtime() {
@@ -49,15 +53,19 @@ pub fn run() -> i32 {
 #[command(
     name = "tollgate-ext-authz",
     version,
-    about = "Validates JWTs for Envoy's external authorization API"
+    about = "Validates JWTs for Envoy's external authorization API",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Where Envoy calls envoy.service.auth.v3.Authorization/Check (and grpc.health.v1).
     #[arg(long, env = "TOLLGATE_GRPC_ADDR", default_value = "127.0.0.1:9191")]
     pub grpc_addr: SocketAddr,
     /// The routes.yaml whose auth_providers are served; reloaded when it changes.
-    #[arg(long, env = "TOLLGATE_ROUTES")]
-    pub routes: PathBuf,
+    #[arg(long, env = "TOLLGATE_ROUTES", required = true)]
+    pub routes: Option<PathBuf>,
     /// /metrics, /healthz and /readyz.
     #[arg(long, env = "TOLLGATE_METRICS_ADDR", default_value = "127.0.0.1:9192")]
     pub metrics_addr: SocketAddr,
@@ -79,10 +87,41 @@ pub struct Cli {
     pub serving_threads: Option<NonZeroUsize>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Reads an API key on stdin and prints its entry for a keys file: the key's SHA-256,
+    /// never the key itself.
+    HashKey {
+        /// Whose key it is (sent upstream as x-consumer-id).
+        #[arg(long)]
+        consumer: String,
+        /// The consumer's rate-limit tier.
+        #[arg(long)]
+        tier: Option<String>,
+    },
+}
+
+/// `hash-key`: one line of YAML on stdout, ready to add under `keys:`.
+fn hash_key(consumer: &str, tier: Option<&str>) -> i32 {
+    let mut key = String::new();
+    if let Err(error) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut key) {
+        eprintln!("error: cannot read the key from stdin: {error}");
+        return exit::FAILURE;
+    }
+    // A key typed or piped ends with a newline, which is not part of it.
+    let key = key.trim_end_matches(['\n', '\r']);
+    if key.is_empty() {
+        eprintln!("error: no key on stdin");
+        return exit::BAD_CONFIG;
+    }
+    println!("{}", crate::api_keys::entry(key, consumer, tier));
+    0
+}
+
 impl Cli {
     pub fn options(&self, telemetry: Telemetry) -> Options {
         Options {
-            routes: self.routes.clone(),
+            routes: self.routes.clone().unwrap_or_default(),
             realm: self.realm.clone(),
             token_cache_size: self.token_cache_size,
             jwks_refresh_interval: self.jwks_refresh_interval,

@@ -10,6 +10,7 @@
 //! [`server`] runs it all with health and metrics.
 #![forbid(unsafe_code)]
 
+pub mod api_keys;
 pub mod cache;
 pub mod cli;
 pub mod extract;

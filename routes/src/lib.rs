@@ -7,6 +7,7 @@
 //! [`load_with_files`] are the same reading from disk, for the services.
 #![forbid(unsafe_code)]
 
+pub mod api_keys;
 mod certificate_expiry;
 pub mod certificates;
 mod config;

@@ -296,8 +296,12 @@ pub(crate) fn read_quick(text: &str) -> Option<Document> {
     serde_yaml_ng::from_value(value).ok()
 }
 
-/// Reads the YAML into a [`Document`]; a syntax or schema error is reported at its location.
-pub(crate) fn read(file: &str, text: &str) -> Result<Document, ConfigErrors> {
+/// Reads the YAML into a [`Document`] (or another document of ours, such as an API key
+/// file); a syntax or schema error is reported at its location.
+pub(crate) fn read<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+) -> Result<T, ConfigErrors> {
     let mut options = Options::default();
     options.with_snippet = false;
     serde_saphyr::from_str_with_options(text, options).map_err(|e| {

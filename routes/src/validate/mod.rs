@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
+pub(crate) mod api_keys;
 mod destination;
 mod ip_rules;
 mod listener_tls;
@@ -94,6 +95,25 @@ pub(crate) fn validate(
 pub(crate) struct Errors<'f> {
     file: &'f str,
     found: Vec<ConfigError>,
+}
+
+impl<'f> Errors<'f> {
+    pub(crate) fn new(file: &'f str) -> Self {
+        Errors {
+            file,
+            found: Vec::new(),
+        }
+    }
+
+    /// `value` if nothing was found wrong; every problem otherwise, in file order.
+    pub(crate) fn into_result<T>(mut self, value: T) -> Result<T, ConfigErrors> {
+        if self.found.is_empty() {
+            Ok(value)
+        } else {
+            self.found.sort_by_key(|e| (e.line, e.column));
+            Err(ConfigErrors(self.found))
+        }
+    }
 }
 
 impl Errors<'_> {
