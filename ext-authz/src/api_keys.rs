@@ -52,11 +52,11 @@ mod tests {
     #[test]
     fn a_printed_entry_is_a_valid_keys_file_entry() {
         let file = format!("keys:\n  {}\n", entry("k", "acme, inc", None));
-        let keys = tollgate_routes::api_keys::parse_keys("keys.yaml", &file);
+        let keys = tollgate_routes::parse_keys("keys.yaml", &file);
         // A consumer is sent as a header: a space is refused, at the entry printed.
         assert!(keys.is_err());
         let file = format!("keys:\n  {}\n", entry("k", "acme", Some("free")));
-        let keys = tollgate_routes::api_keys::parse_keys("keys.yaml", &file).expect("valid");
+        let keys = tollgate_routes::parse_keys("keys.yaml", &file).expect("valid");
         assert_eq!(keys[0].consumer, "acme");
         assert_eq!(keys[0].tier.as_deref(), Some("free"));
         assert_eq!(hex_of(&keys[0].sha256), sha256_hex("k"));

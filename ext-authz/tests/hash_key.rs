@@ -36,7 +36,7 @@ fn a_key_on_stdin_becomes_an_entry_with_its_hash_only() {
         "- {consumer: \"acme\", tier: \"premium\", sha256: \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"}\n"
     );
     let file = format!("keys:\n  {line}");
-    let keys = tollgate_routes::api_keys::parse_keys("keys.yaml", &file).expect("a valid entry");
+    let keys = tollgate_routes::parse_keys("keys.yaml", &file).expect("a valid entry");
     assert_eq!(keys[0].consumer, "acme");
 }
 

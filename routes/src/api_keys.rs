@@ -1,6 +1,6 @@
-//! An API key file (the `keys_file` of an `api_key` provider): who each key belongs to, its
-//! tier, expiry and attributes, and the SHA-256 of the key. The keys themselves are never
-//! stored: a lookup hashes the key a client presents.
+//! An API key file (the `keys_file` of an `api_key` provider), as [`crate::parse_keys`]
+//! reads it: who each key belongs to, its tier, expiry and attributes, and the SHA-256 of the
+//! key. The keys themselves are never stored: a lookup hashes the key a client presents.
 //!
 //! ```yaml
 //! keys:
@@ -9,8 +9,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-
-use crate::error::ConfigErrors;
 
 /// One key's entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,11 +21,4 @@ pub struct ApiKey {
     /// Unix seconds after which the key is refused.
     pub expires: Option<i64>,
     pub attributes: BTreeMap<String, String>,
-}
-
-/// Parses and validates a key file; `file` is the name errors are reported against. Every
-/// problem is reported, each as `file:line:col: message`.
-pub fn parse_keys(file: &str, text: &str) -> Result<Vec<ApiKey>, ConfigErrors> {
-    let doc = crate::document::read(file, text)?;
-    crate::validate::api_keys::keys(file, doc)
 }

@@ -48,6 +48,12 @@ pub fn parse(file: &str, text: &str) -> Result<RoutesConfig, ConfigErrors> {
     read_and_validate(file, text, None).map(|(config, _)| config)
 }
 
+/// Parses and validates an API key file (see [`api_keys`]); `file` is the name errors are
+/// reported against, each as `file:line:col: message`.
+pub fn parse_keys(file: &str, text: &str) -> Result<Vec<api_keys::ApiKey>, ConfigErrors> {
+    validate::api_keys::keys(file, document::read(file, text)?)
+}
+
 /// Like [`parse`], and also reads through `files` every certificate and key routes.yaml
 /// names (TLS listeners', services' client certificates) and every service's CA bundle; a
 /// missing file, one that is not PEM, or a key that does not match its certificate is

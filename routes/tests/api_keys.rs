@@ -1,6 +1,6 @@
 //! API key files: entries into the model, and every refusal at its line and column.
 
-use tollgate_routes::api_keys::parse_keys;
+use tollgate_routes::parse_keys;
 
 const ACME: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 const GLOBEX: &str = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
