@@ -653,3 +653,125 @@ routes:
     };
     assert!(web.max_stream_duration.is_none());
 }
+
+#[test]
+fn ip_rules_run_first_with_the_listeners_rules_and_a_routes_own_on_top() {
+    use tollgate_proto::envoy::config::rbac::v3::principal::Identifier;
+    use tollgate_proto::envoy::extensions::filters::http::rbac::v3::{Rbac, RbacPerRoute};
+    use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+    let config = "\
+version: 1
+listeners: [{name: public, address: 0.0.0.0:8080, deny_ips: [192.0.2.0/24]}, {name: other, address: 0.0.0.0:8081}]
+services: {app: {endpoints: [\"127.0.0.1:3000\"]}}
+routes:
+  - {name: admin, listener: public, match: {prefix: /admin/}, service: app, allow_ips: [10.0.0.0/8]}
+  - {name: rest, match: {prefix: /}, service: app}
+";
+    let snapshot = translate(
+        &tollgate_routes::parse("routes.yaml", config).expect("valid"),
+        &Default::default(),
+    );
+    let public = manager(&snapshot, "public");
+    assert_eq!(public.http_filters[0].name, "envoy.filters.http.rbac");
+    let Some(HttpFilterConfig::TypedConfig(any)) = &public.http_filters[0].config_type else {
+        panic!("a typed config");
+    };
+    let listener_rules = Rbac::decode(any.value.as_slice()).expect("RBAC");
+    let policy = &listener_rules.rules.expect("the listener's rules").policies["tollgate_ip_rules"];
+    assert!(
+        matches!(policy.principals[0].identifier, Some(Identifier::NotId(_))),
+        "a deny list alone: not in it"
+    );
+    assert!(
+        manager(&snapshot, "other")
+            .http_filters
+            .iter()
+            .all(|f| f.name != "envoy.filters.http.rbac"),
+        "a listener without rules, on it or its routes, runs no RBAC filter"
+    );
+
+    let table: RouteConfiguration = decode(&snapshot, type_url::ROUTE, "public");
+    let own = RbacPerRoute::decode(
+        route_named(&table, "admin").typed_per_filter_config["envoy.filters.http.rbac"]
+            .value
+            .as_slice(),
+    )
+    .expect("per-route RBAC");
+    let principal =
+        &own.rbac.expect("rules").rules.expect("rules").policies["tollgate_ip_rules"].principals[0];
+    let Some(Identifier::AndIds(both)) = &principal.identifier else {
+        panic!("the route's allow list and the listener's deny list, together: {principal:?}");
+    };
+    assert_eq!(both.ids.len(), 2);
+    assert!(!route_named(&table, "rest")
+        .typed_per_filter_config
+        .contains_key("envoy.filters.http.rbac"));
+    let health = RbacPerRoute::decode(
+        route_named(&table, "tollgate_health").typed_per_filter_config["envoy.filters.http.rbac"]
+            .value
+            .as_slice(),
+    )
+    .expect("per-route RBAC");
+    assert!(health.rbac.is_none(), "the health path is never fenced");
+}
+
+#[test]
+fn a_transcoding_route_turns_the_listeners_transcoder_on_with_its_descriptor_set() {
+    use tollgate_proto::envoy::config::route::v3::FilterConfig;
+    use tollgate_proto::envoy::extensions::filters::http::grpc_json_transcoder::v3::{
+        grpc_json_transcoder::DescriptorSet, GrpcJsonTranscoder,
+    };
+    let mut config = tollgate_routes::parse(
+        "routes.yaml",
+        "\
+version: 1
+listeners: [{name: public, address: 0.0.0.0:8080}]
+services: {orders: {endpoints: [\"127.0.0.1:50051\"], protocol: grpc}, web: {endpoints: [\"127.0.0.1:3000\"]}}
+routes:
+  - {name: orders-rest, match: {prefix: /v1/orders}, service: orders, transcode: {descriptor_set: orders.pb, services: [shop.v1.Orders]}}
+  - {name: web, match: {prefix: /}, service: web}
+",
+    )
+    .expect("valid");
+    // What the control plane reads through the files routes.yaml names.
+    let descriptor_set = b"a descriptor set".to_vec();
+    if let Some(transcode) = config.routes[0].transcode.as_mut() {
+        transcode.descriptor_set = descriptor_set.clone();
+    }
+    let snapshot = translate(&config, &Default::default());
+    let filters = &manager(&snapshot, "public").http_filters;
+    let names: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names[names.len() - 2..],
+        [
+            "envoy.filters.http.grpc_json_transcoder",
+            "envoy.filters.http.router"
+        ],
+        "last before the router"
+    );
+    assert!(
+        filters[names.len() - 2].disabled,
+        "off unless a route turns it on"
+    );
+
+    let table: RouteConfiguration = decode(&snapshot, type_url::ROUTE, "public");
+    let on = FilterConfig::decode(
+        route_named(&table, "orders-rest").typed_per_filter_config
+            ["envoy.filters.http.grpc_json_transcoder"]
+            .value
+            .as_slice(),
+    )
+    .expect("a filter config");
+    assert!(!on.disabled);
+    let transcoder = GrpcJsonTranscoder::decode(on.config.expect("its config").value.as_slice())
+        .expect("decodes");
+    assert_eq!(
+        transcoder.descriptor_set,
+        Some(DescriptorSet::ProtoDescriptorBin(descriptor_set))
+    );
+    assert_eq!(transcoder.services, ["shop.v1.Orders"]);
+    assert!(transcoder.match_incoming_request_route && transcoder.convert_grpc_status);
+    assert!(!route_named(&table, "web")
+        .typed_per_filter_config
+        .contains_key("envoy.filters.http.grpc_json_transcoder"));
+}
