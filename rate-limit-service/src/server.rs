@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +96,30 @@ pub struct Loaded {
 
 /// Reads and validates the limits from their files.
 pub fn load(source: &LimitsSource) -> Result<Loaded, LoadError> {
+    load_from(source, &drop_in_files(source)?)
+}
+
+/// The files of a drop-in source: the file itself, or every *.yaml and *.yml file of the
+/// directory. None for routes.yaml, which is read by path.
+fn drop_in_files(source: &LimitsSource) -> Result<Vec<PathBuf>, LoadError> {
+    match source {
+        LimitsSource::Routes(_) => Ok(Vec::new()),
+        LimitsSource::DropIn(path) if path.is_dir() => {
+            let paths = dropin::config_files(path).map_err(|source| ReadError {
+                path: path.display().to_string(),
+                source,
+            })?;
+            if paths.is_empty() {
+                return Err(LoadError::NoFiles(path.display().to_string()));
+            }
+            Ok(paths)
+        }
+        LimitsSource::DropIn(path) => Ok(vec![path.clone()]),
+    }
+}
+
+/// [`load`], with the drop-in files already listed.
+fn load_from(source: &LimitsSource, drop_in_files: &[PathBuf]) -> Result<Loaded, LoadError> {
     match source {
         LimitsSource::Routes(path) => {
             let config = tollgate_routes::load(path)?;
@@ -107,20 +131,8 @@ pub fn load(source: &LimitsSource) -> Result<Loaded, LoadError> {
                     .map(|t| t.otlp_endpoint.to_string()),
             })
         }
-        LimitsSource::DropIn(path) => {
-            let files = if path.is_dir() {
-                let paths = dropin::config_files(path).map_err(|source| ReadError {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                if paths.is_empty() {
-                    return Err(LoadError::NoFiles(path.display().to_string()));
-                }
-                paths
-            } else {
-                vec![path.clone()]
-            };
-            let files = files
+        LimitsSource::DropIn(_) => {
+            let files = drop_in_files
                 .iter()
                 .map(|p| {
                     Ok(SourceFile {
@@ -358,15 +370,13 @@ impl Config for Limits {
     const NAME: &'static str = "limits";
 
     async fn read(&self, _path: &Path) -> Read<Self> {
-        // A directory's files are what the reload loop compares between events, whether or
-        // not this version of them is valid.
-        let files = match &self.source {
-            LimitsSource::DropIn(dir) if dir.is_dir() => {
-                dropin::config_files(dir).unwrap_or_default()
-            }
-            _ => Vec::new(),
+        // The directory is listed once: its files are what is parsed and what the reload
+        // loop compares between events, whether or not this version of them is valid.
+        let (outcome, files) = match drop_in_files(&self.source) {
+            Ok(files) => (load_from(&self.source, &files), files),
+            Err(error) => (Err(error), Vec::new()),
         };
-        let outcome = load(&self.source).and_then(|loaded| {
+        let outcome = outcome.and_then(|loaded| {
             if let Some(telemetry) = &self.telemetry {
                 telemetry.configure(loaded.otlp_endpoint.as_deref())?;
             }
