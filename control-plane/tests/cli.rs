@@ -96,7 +96,18 @@ fn compose_demo_is_the_example_but_for_addresses() {
         service.endpoints = example.services[name].endpoints.clone();
     }
     for (name, provider) in &mut compose.auth_providers {
-        provider.keys = example.auth_providers[name].keys.clone();
+        // Key files are where the image keeps them.
+        use tollgate_routes::policy::Credentials;
+        match (
+            &mut provider.credentials,
+            &example.auth_providers[name].credentials,
+        ) {
+            (Credentials::Jwt(ours), Credentials::Jwt(theirs)) => ours.keys = theirs.keys.clone(),
+            (Credentials::ApiKey(ours), Credentials::ApiKey(theirs)) => {
+                ours.keys_file = theirs.keys_file.clone()
+            }
+            _ => {}
+        }
     }
     let (sidecars, example_sidecars) = (&mut compose.sidecars, &example.sidecars);
     if let (Some(ours), Some(theirs)) = (&mut sidecars.ext_authz, &example_sidecars.ext_authz) {

@@ -40,7 +40,7 @@ use tollgate_proto::envoy::service::auth::v3::authorization_server::{
 };
 use tollgate_proto::envoy::service::auth::v3::check_response::HttpResponse;
 use tollgate_proto::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
-use tollgate_routes::policy::{Algorithm, AuthProvider, KeySource, TokenSource};
+use tollgate_routes::policy::{Algorithm, JwtProvider, KeySource, TokenSource};
 use tollgate_sidecar::grpc::GrpcServer;
 use tollgate_sidecar::telemetry::Telemetry;
 use tollgate_testkit::bench::{percentile, ServerThread, Shutdown};
@@ -359,15 +359,13 @@ async fn reused_token_runs(
 /// Verifications per second of the pure verifier on one core (no cache, no gRPC).
 fn verify_rate(key: &TestKey, tokens: &[String]) -> f64 {
     let keys = KeySet::parse_jwks(jwks(&[key]).as_bytes()).expect("jwks");
-    let provider = AuthProvider {
-        name: "bench".into(),
+    let provider = JwtProvider {
         issuer: jwt::ISSUER.into(),
         audiences: vec![jwt::AUDIENCE.into()],
         keys: KeySource::JwksFile("unused".into()),
         algorithms: vec![Algorithm::RS256, Algorithm::ES256],
         clock_skew: Duration::from_secs(60),
         consumer_claim: "sub".into(),
-        forward_claims: Default::default(),
         token: TokenSource::BearerHeader("authorization".into()),
     };
     let now = jwt::now();
@@ -375,7 +373,7 @@ fn verify_rate(key: &TestKey, tokens: &[String]) -> f64 {
     let mut count = 0usize;
     while started.elapsed() < Duration::from_millis(700) {
         let token = &tokens[count % tokens.len()];
-        let verified = tollgate_ext_authz::verify::verify(token, &keys, &provider, now);
+        let verified = tollgate_ext_authz::verify::verify(token, &keys, &provider, &Default::default(), now);
         assert!(verified.is_ok(), "{verified:?}");
         count += 1;
     }

@@ -131,9 +131,11 @@ mod tests {
         Arc::new(VerifiedToken {
             expires_at,
             scopes: vec![],
-            consumer: None,
-            claim_headers: vec![],
-            absent_headers: vec![],
+            identity: crate::identity::Identity {
+                consumer: None,
+                claim_headers: vec![],
+                absent_headers: vec![],
+            },
         })
     }
 

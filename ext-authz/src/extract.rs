@@ -1,10 +1,11 @@
-//! Finding the token in the request Envoy describes: a `Bearer` header (RFC 6750 §2.1),
-//! a query parameter (§2.3) or a cookie, as the provider's `token` setting says. Pure.
+//! Finding the credential in the request Envoy describes: a token in a `Bearer` header
+//! (RFC 6750 §2.1), a query parameter (§2.3) or a cookie, as the provider's `token` setting
+//! says; an API key in its header or query parameter. Pure.
 
 use std::borrow::Cow;
 
 use tollgate_proto::envoy::config::core::v3::HeaderMap;
-use tollgate_routes::policy::TokenSource;
+use tollgate_routes::policy::{KeyLocation, TokenSource};
 
 use tollgate_proto::check_request::{lookup, Entry};
 
@@ -75,20 +76,7 @@ pub fn find_token<'a>(source: &TokenSource, request: &RequestView<'a>) -> Found<
                 .map(|t| Found::Token(Cow::Owned(t.to_string())))
                 .unwrap_or(Found::Missing),
         },
-        TokenSource::Query(name) => {
-            let query = request
-                .path
-                .split_once('?')
-                .map(|(_, q)| q.split('#').next().unwrap_or(q))
-                .unwrap_or("");
-            single(
-                query
-                    .split('&')
-                    .filter_map(|pair| pair.split_once('='))
-                    .filter(|(key, _)| percent_decode(key) == name.as_str())
-                    .map(|(_, value)| percent_decode(value)),
-            )
-        }
+        TokenSource::Query(name) => query_parameter(request.path, name),
         TokenSource::Cookie(name) => {
             let Some(cookies) = request.header("cookie") else {
                 return Found::Missing;
@@ -110,6 +98,35 @@ pub fn find_token<'a>(source: &TokenSource, request: &RequestView<'a>) -> Found<
             )
         }
     }
+}
+
+/// Finds an API key where `location` says it is: the whole value of a header, or a query
+/// parameter. A header repeated (Envoy joins repeats with ",") holds more than one key.
+pub fn find_key<'a>(location: &KeyLocation, request: &RequestView<'a>) -> Found<'a> {
+    match location {
+        KeyLocation::Header(name) => match request.header(name) {
+            None => Found::Missing,
+            Some(value) if value.contains(',') => Found::Ambiguous,
+            Some(Cow::Borrowed(value)) => single(std::iter::once(Cow::Borrowed(value.trim()))),
+            Some(Cow::Owned(value)) => single(std::iter::once(Cow::Owned(value.trim().to_string()))),
+        },
+        KeyLocation::Query(name) => query_parameter(request.path, name),
+    }
+}
+
+/// The one value of the query parameter `name` in `path`.
+fn query_parameter<'a>(path: &'a str, name: &str) -> Found<'a> {
+    let query = path
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or(q))
+        .unwrap_or("");
+    single(
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .filter(|(key, _)| percent_decode(key) == name)
+            .map(|(_, value)| percent_decode(value)),
+    )
 }
 
 /// `Bearer <token>`: the scheme is case-insensitive (RFC 9110 §11.1); other schemes are
@@ -182,6 +199,26 @@ mod tests {
 
     fn bearer_source() -> TokenSource {
         TokenSource::BearerHeader("authorization".into())
+    }
+
+    #[test]
+    fn an_api_key_is_a_whole_header_value_or_one_query_parameter() {
+        let header = KeyLocation::Header("x-api-key".into());
+        let h = headers(&[("x-api-key", " k-123 ")]);
+        assert_eq!(find_key(&header, &view(&h, "/")), Found::Token("k-123".into()));
+        let h = headers(&[("x-api-key", "k-1,k-2")]);
+        assert_eq!(find_key(&header, &view(&h, "/")), Found::Ambiguous);
+        assert_eq!(find_key(&header, &view(&[], "/")), Found::Missing);
+        let query = KeyLocation::Query("api_key".into());
+        assert_eq!(
+            find_key(&query, &view(&[], "/v1?x=1&api_key=k%2D9")),
+            Found::Token("k-9".into())
+        );
+        assert_eq!(
+            find_key(&query, &view(&[], "/v1?api_key=a&api_key=b")),
+            Found::Ambiguous
+        );
+        assert_eq!(find_key(&query, &view(&[], "/v1?api_keyx=a")), Found::Missing);
     }
 
     #[test]

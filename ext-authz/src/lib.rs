@@ -1,19 +1,24 @@
 //! Tollgate's ext-authz service: it answers Envoy's `envoy.service.auth.v3.Authorization`
-//! checks by validating JWTs against the auth providers of routes.yaml.
+//! checks by validating the credentials routes.yaml's auth providers accept: JWTs, API keys
+//! and client certificates.
 //!
-//! The pieces: [`jwks`] keeps each provider's keys (local file or remote JWKS, with
+//! The pieces: [`jwks`] keeps each JWT provider's keys (local file or remote JWKS, with
 //! rotation and a refetch cooldown), [`verify`] checks a token purely (token, keys, policy,
 //! time in; claims or a typed rejection out), [`cache`] remembers verified tokens,
-//! [`providers`] holds the live table built from routes.yaml, [`extract`] finds the token
-//! in a request ([`tollgate_proto::check_request`]: the parts of Envoy's request it reads),
+//! [`api_keys`] hashes and looks up API keys in their live keys file, [`certificate`] reads
+//! the consumer from a verified client certificate, [`identity`] is what the upstream is told
+//! whichever way the caller proved itself, [`providers`] holds the live table built from
+//! routes.yaml, [`extract`] finds the credential in a request ([`tollgate_proto::check_request`]: the parts of Envoy's request it reads),
 //! [`service`] decides a `CheckRequest` and [`response`] renders the `CheckResponse`,
 //! [`server`] runs it all with health and metrics.
 #![forbid(unsafe_code)]
 
 pub mod api_keys;
 pub mod cache;
+pub mod certificate;
 pub mod cli;
 pub mod extract;
+pub mod identity;
 pub mod jwks;
 pub mod metrics;
 pub mod providers;

@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::response::Outcome;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabels {
     /// `allowed` or `denied`.
@@ -34,6 +36,13 @@ struct ProviderLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderOutcomeLabels {
+    provider: String,
+    /// A [`crate::response::Outcome`]: allowed, missing, invalid, expired or forbidden.
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     outcome: &'static str,
 }
@@ -49,6 +58,8 @@ pub struct Metrics {
     cache: Family<CacheLabels, Counter>,
     jwks_fetches: Family<FetchLabels, Counter>,
     keys: Family<ProviderLabels, Gauge>,
+    provider_checks: Family<ProviderOutcomeLabels, Counter>,
+    api_keys: Family<ProviderLabels, Gauge>,
     reloads: Family<ReloadLabels, Counter>,
     check_duration: Histogram,
 }
@@ -77,6 +88,16 @@ impl Metrics {
             "jwks_keys",
             "Usable keys in each provider's current key set",
             metrics.keys.clone(),
+        );
+        registry.register(
+            "provider_checks",
+            "Credentials checked, by provider and outcome (allowed, missing, invalid, expired, forbidden); a route with any_of counts each provider it tried",
+            metrics.provider_checks.clone(),
+        );
+        registry.register(
+            "api_keys",
+            "Keys in each API key provider's current keys file",
+            metrics.api_keys.clone(),
         );
         registry.register(
             "config_reloads",
@@ -126,6 +147,39 @@ impl Metrics {
                 provider: provider.to_string(),
             })
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// The counters of `provider`'s outcomes, resolved once so a check only increments one.
+    pub fn provider_outcomes(&self, provider: &str) -> ProviderOutcomes {
+        let counter = |outcome: Outcome| {
+            self.provider_checks
+                .get_or_create(&ProviderOutcomeLabels {
+                    provider: provider.to_string(),
+                    outcome: outcome.as_str(),
+                })
+                .clone()
+        };
+        ProviderOutcomes {
+            counters: Outcome::ALL.map(counter),
+        }
+    }
+
+    pub fn set_api_keys(&self, provider: &str, count: usize) {
+        self.api_keys
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// How many checks of `provider` had `outcome` (for tests).
+    pub fn provider_check_count(&self, provider: &str, outcome: Outcome) -> u64 {
+        self.provider_checks
+            .get_or_create(&ProviderOutcomeLabels {
+                provider: provider.to_string(),
+                outcome: outcome.as_str(),
+            })
+            .get()
     }
 
     pub fn reload(&self, ok: bool) {
@@ -182,11 +236,26 @@ impl Default for Metrics {
             cache,
             jwks_fetches: Family::default(),
             keys: Family::default(),
+            provider_checks: Family::default(),
+            api_keys: Family::default(),
             reloads: Family::default(),
             // 50 µs (a cache hit) to ~1.6 s (an unknown-kid fetch near its timeout).
             check_duration: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16),
             ),
         }
+    }
+}
+
+/// One provider's outcome counters, in [`Outcome::ALL`]'s order.
+#[derive(Debug, Clone)]
+pub struct ProviderOutcomes {
+    counters: [Counter; 5],
+}
+
+impl ProviderOutcomes {
+    pub fn record(&self, outcome: Outcome) {
+        // `Outcome::ALL` lists the variants in declaration order.
+        self.counters[outcome as usize].inc();
     }
 }

@@ -2,9 +2,10 @@
 //! from a validated [`RoutesConfig`] and swapped whole (an `Arc`) on reload, so a check
 //! sees one consistent table from start to end.
 //!
-//! Building reads key files and secrets (the I/O edge); everything after is data. A
-//! provider whose configuration did not change keeps its key store across reloads, so an
-//! edit elsewhere in routes.yaml neither refetches its JWKS nor empties its token cache.
+//! Building reads key files, keys files and secrets (the I/O edge); everything after is
+//! data. A provider whose configuration did not change keeps its key store across reloads,
+//! so an edit elsewhere in routes.yaml neither refetches its JWKS, nor empties its token
+//! cache, nor re-reads its API keys.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,12 +13,17 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tollgate_routes::policy::{AuthProvider, KeySource};
+use tollgate_routes::policy::{
+    AuthProvider, CertificateField, ConsumerProfile, Credentials, JwtProvider, KeyLocation,
+    KeySource,
+};
 use tollgate_routes::RoutesConfig;
 use tollgate_runtime::file_watch::{FileChanges, WatchError};
 
+use crate::api_keys::{KeyFile, KeyFileError};
+use crate::identity::Identity;
 use crate::jwks::{FetchError, HttpClient, JwksError, KeyOrigin, KeySet, KeyStore, RemoteJwks};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ProviderOutcomes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -39,6 +45,11 @@ pub enum ProviderError {
     Remote {
         provider: String,
         source: FetchError,
+    },
+    #[error("auth provider \"{provider}\": {source}")]
+    KeyFile {
+        provider: String,
+        source: KeyFileError,
     },
     #[error("auth provider \"{provider}\": {source}")]
     Watch {
@@ -70,13 +81,54 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One auth provider, ready to verify.
+/// One auth provider, ready to check credentials.
 #[derive(Debug)]
 pub struct Provider {
-    /// As configured, with key paths made absolute.
+    /// As configured, with file paths made absolute.
     pub config: AuthProvider,
-    pub keys: Arc<KeyStore>,
+    pub verifier: Verifier,
+    /// This provider's outcome counters.
+    pub outcomes: ProviderOutcomes,
     _refresh: Option<AbortOnDrop>,
+}
+
+/// What a provider checks a credential against, built from its configuration.
+#[derive(Debug)]
+pub enum Verifier {
+    Jwt {
+        rules: JwtProvider,
+        keys: Arc<KeyStore>,
+    },
+    ApiKey {
+        location: KeyLocation,
+        keys: Arc<KeyFile>,
+    },
+    ClientCertificate {
+        field: CertificateField,
+        /// The consumers admitted with their identities; `None` admits every verified
+        /// certificate.
+        consumers: Option<HashMap<String, Arc<Identity>>>,
+        forward_claims: std::collections::BTreeMap<String, String>,
+    },
+}
+
+impl Verifier {
+    /// The identity of a certificate's consumer `id`, or `None` when the provider's consumer
+    /// list does not admit it.
+    pub fn certificate_identity(
+        consumers: &Option<HashMap<String, Arc<Identity>>>,
+        forward_claims: &std::collections::BTreeMap<String, String>,
+        id: &str,
+    ) -> Option<Arc<Identity>> {
+        match consumers {
+            Some(admitted) => admitted.get(id).cloned(),
+            None => Some(Arc::new(Identity::of_consumer(
+                id,
+                &ConsumerProfile::default(),
+                forward_claims,
+            ))),
+        }
+    }
 }
 
 impl Provider {
@@ -85,71 +137,151 @@ impl Provider {
         settings: &ProviderSettings,
     ) -> Result<Provider, ProviderError> {
         let name = config.name.clone();
-        let metrics = Arc::clone(&settings.metrics);
-        let store = |origin, keys| {
-            Arc::new(KeyStore::new(
-                &name,
-                origin,
-                keys,
-                settings.cooldown,
-                Arc::clone(&metrics),
-            ))
-        };
-        let keys_error = |origin: &dyn std::fmt::Display, source| ProviderError::Keys {
-            provider: name.clone(),
-            origin: origin.to_string(),
-            source,
-        };
-        let (keys, refresh) = match &config.keys {
-            KeySource::SharedSecretFile(path) => {
-                let secret = read(&name, path).await?;
-                let set =
-                    KeySet::from_secret(&secret).map_err(|e| keys_error(&path.display(), e))?;
-                (store(KeyOrigin::Secret, set), None)
+        let (verifier, refresh) = match &config.credentials {
+            Credentials::Jwt(rules) => {
+                let (keys, refresh) = jwt_keys(&name, rules, settings).await?;
+                let rules = rules.clone();
+                (Verifier::Jwt { rules, keys }, refresh)
             }
-            KeySource::SharedSecretEnv(var) => {
-                let secret = std::env::var(var).map_err(|_| ProviderError::Env {
-                    provider: name.clone(),
-                    var: var.clone(),
-                })?;
-                let set = KeySet::from_secret(secret.as_bytes())
-                    .map_err(|e| keys_error(&format!("${var}"), e))?;
-                (store(KeyOrigin::Secret, set), None)
-            }
-            KeySource::JwksFile(path) => {
-                let bytes = read(&name, path).await?;
-                let set = KeySet::parse_jwks(&bytes).map_err(|e| keys_error(&path.display(), e))?;
-                let changes = FileChanges::watch(path).map_err(|source| ProviderError::Watch {
+            Credentials::ApiKey(key) => {
+                let error = |source| ProviderError::KeyFile {
                     provider: name.clone(),
                     source,
-                })?;
-                let keys = store(KeyOrigin::File(path.clone()), set);
-                let task = tokio::spawn(watch_file(Arc::clone(&keys), changes));
-                (keys, Some(AbortOnDrop(task)))
-            }
-            KeySource::JwksUri(uri) => {
-                let remote = RemoteJwks::new(uri, settings.client.clone()).map_err(|source| {
-                    ProviderError::Remote {
+                };
+                let keys = KeyFile::load(
+                    &name,
+                    &key.keys_file,
+                    &config.forward_claims,
+                    Arc::clone(&settings.metrics),
+                )
+                .await
+                .map_err(error)?;
+                let changes =
+                    FileChanges::watch(&key.keys_file).map_err(|source| ProviderError::Watch {
                         provider: name.clone(),
                         source,
-                    }
-                })?;
-                // Empty until the first fetch; tokens meanwhile get "unknown key", which
-                // joins the in-flight fetch.
-                let keys = store(KeyOrigin::Remote(Box::new(remote)), KeySet::default());
-                let task = tokio::spawn(refresh_remote(
-                    Arc::clone(&keys),
-                    settings.refresh_interval,
-                    settings.cooldown,
-                ));
-                (keys, Some(AbortOnDrop(task)))
+                    })?;
+                let keys = Arc::new(keys);
+                let task = tokio::spawn(watch_keys_file(Arc::clone(&keys), changes));
+                let location = key.location.clone();
+                (Verifier::ApiKey { location, keys }, Some(AbortOnDrop(task)))
+            }
+            Credentials::ClientCertificate(certificates) => {
+                let forward_claims = config.forward_claims.clone();
+                let consumers = certificates.consumers.as_ref().map(|listed| {
+                    listed
+                        .iter()
+                        .map(|(id, profile)| {
+                            let identity = Identity::of_consumer(id, profile, &forward_claims);
+                            (id.clone(), Arc::new(identity))
+                        })
+                        .collect()
+                });
+                let verifier = Verifier::ClientCertificate {
+                    field: certificates.consumer_from,
+                    consumers,
+                    forward_claims,
+                };
+                (verifier, None)
             }
         };
         Ok(Provider {
+            outcomes: settings.metrics.provider_outcomes(&name),
             config,
-            keys,
+            verifier,
             _refresh: refresh,
         })
+    }
+
+    /// Waits until the provider can answer as configured: a remote JWKS's first fetch tried.
+    async fn wait_loaded(&self) {
+        if let Verifier::Jwt { keys, .. } = &self.verifier {
+            keys.wait_loaded().await;
+        }
+    }
+}
+
+/// A JWT provider's key store, and the task that keeps it current (file watch or refresh).
+async fn jwt_keys(
+    name: &str,
+    rules: &JwtProvider,
+    settings: &ProviderSettings,
+) -> Result<(Arc<KeyStore>, Option<AbortOnDrop>), ProviderError> {
+    let metrics = Arc::clone(&settings.metrics);
+    let store = |origin, keys| {
+        Arc::new(KeyStore::new(
+            name,
+            origin,
+            keys,
+            settings.cooldown,
+            Arc::clone(&metrics),
+        ))
+    };
+    let keys_error = |origin: &dyn std::fmt::Display, source| ProviderError::Keys {
+        provider: name.to_string(),
+        origin: origin.to_string(),
+        source,
+    };
+    Ok(match &rules.keys {
+        KeySource::SharedSecretFile(path) => {
+            let secret = read(name, path).await?;
+            let set = KeySet::from_secret(&secret).map_err(|e| keys_error(&path.display(), e))?;
+            (store(KeyOrigin::Secret, set), None)
+        }
+        KeySource::SharedSecretEnv(var) => {
+            let secret = std::env::var(var).map_err(|_| ProviderError::Env {
+                provider: name.to_string(),
+                var: var.clone(),
+            })?;
+            let set = KeySet::from_secret(secret.as_bytes())
+                .map_err(|e| keys_error(&format!("${var}"), e))?;
+            (store(KeyOrigin::Secret, set), None)
+        }
+        KeySource::JwksFile(path) => {
+            let bytes = read(name, path).await?;
+            let set = KeySet::parse_jwks(&bytes).map_err(|e| keys_error(&path.display(), e))?;
+            let changes = FileChanges::watch(path).map_err(|source| ProviderError::Watch {
+                provider: name.to_string(),
+                source,
+            })?;
+            let keys = store(KeyOrigin::File(path.clone()), set);
+            let task = tokio::spawn(watch_file(Arc::clone(&keys), changes));
+            (keys, Some(AbortOnDrop(task)))
+        }
+        KeySource::JwksUri(uri) => {
+            let remote = RemoteJwks::new(uri, settings.client.clone()).map_err(|source| {
+                ProviderError::Remote {
+                    provider: name.to_string(),
+                    source,
+                }
+            })?;
+            // Empty until the first fetch; tokens meanwhile get "unknown key", which
+            // joins the in-flight fetch.
+            let keys = store(KeyOrigin::Remote(Box::new(remote)), KeySet::default());
+            let task = tokio::spawn(refresh_remote(
+                Arc::clone(&keys),
+                settings.refresh_interval,
+                settings.cooldown,
+            ));
+            (keys, Some(AbortOnDrop(task)))
+        }
+    })
+}
+
+/// Re-reads a keys file whenever it changes; a version that does not read or validate is
+/// logged with its `file:line:col` errors (which never hold a key: the file has hashes)
+/// and the current keys keep serving.
+async fn watch_keys_file(keys: Arc<KeyFile>, mut changes: FileChanges) {
+    loop {
+        changes.changed().await;
+        match keys.reload().await {
+            Ok(count) => {
+                tracing::info!(file = %keys.path().display(), keys = count, "API keys reloaded")
+            }
+            Err(error) => {
+                tracing::warn!(file = %keys.path().display(), %error, "API keys not reloaded; keeping the current keys")
+            }
+        }
     }
 }
 
@@ -239,18 +371,23 @@ impl ProviderTable {
     /// Waits until every remote provider has tried its first fetch (for readiness).
     pub async fn wait_loaded(&self) {
         for provider in self.providers.values() {
-            provider.keys.wait_loaded().await;
+            provider.wait_loaded().await;
         }
     }
 }
 
 fn resolve_paths(provider: &AuthProvider, base: &Path) -> AuthProvider {
     let mut resolved = provider.clone();
-    match &mut resolved.keys {
-        KeySource::JwksFile(path) | KeySource::SharedSecretFile(path) if path.is_relative() => {
-            *path = base.join(&*path);
-        }
-        _ => {}
+    let path = match &mut resolved.credentials {
+        Credentials::Jwt(jwt) => match &mut jwt.keys {
+            KeySource::JwksFile(path) | KeySource::SharedSecretFile(path) => Some(path),
+            KeySource::JwksUri(_) | KeySource::SharedSecretEnv(_) => None,
+        },
+        Credentials::ApiKey(key) => Some(&mut key.keys_file),
+        Credentials::ClientCertificate(_) => None,
+    };
+    if let Some(path) = path.filter(|p| p.is_relative()) {
+        *path = base.join(&*path);
     }
     resolved
 }

@@ -1,7 +1,7 @@
 //! The `envoy.service.auth.v3.Authorization` service: a `CheckRequest` in, a
-//! `CheckResponse` out. The route's provider and required scopes arrive in the request's
-//! `context_extensions` (set per route by the control plane), so this service needs no
-//! copy of the routes.
+//! `CheckResponse` out. The route's providers, required scopes and admitted consumers arrive
+//! in the request's `context_extensions` (set per route by the control plane), so this
+//! service needs no copy of the routes.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -13,12 +13,17 @@ use tollgate_sidecar::telemetry::{self, TraceId, TraceParent, SPAN_TARGET};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
+use tollgate_routes::policy::JwtProvider;
+
+use crate::api_keys::KeyMatch;
 use crate::cache::{cache_key, TokenCache};
-use crate::extract::{find_token, Found, RequestView};
-use crate::jwks::KeyOrigin;
+use crate::certificate::{self, CertificateProblem};
+use crate::extract::{find_key, find_token, Found, RequestView};
+use crate::identity::Identity;
+use crate::jwks::{KeyOrigin, KeyStore};
 use crate::metrics::Metrics;
-use crate::providers::{Provider, Providers};
-use crate::response::{self, Denial};
+use crate::providers::{Provider, Providers, Verifier};
+use crate::response::{self, Challenge, Denial, Outcome};
 use crate::verify::{self, Rejection, VerifiedToken, MAX_TOKEN_BYTES};
 use tollgate_proto::check_request::CheckCall;
 
@@ -30,12 +35,62 @@ pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 pub const ROUTE_KEY: &str = "route";
 pub const PROVIDER_KEY: &str = "provider";
 pub const SCOPES_KEY: &str = "scopes";
+/// Present only on routes that name the consumers they admit.
+pub const CONSUMERS_KEY: &str = "consumers";
 
 /// The outcome of one check.
 #[derive(Debug)]
 pub enum Decision {
-    Allow(Arc<VerifiedToken>),
+    /// Admitted by `provider`, with the identity the upstream is told.
+    Allow {
+        provider: Arc<Provider>,
+        grant: Grant,
+    },
     Deny(Denial),
+}
+
+/// The identity a credential proved.
+#[derive(Debug)]
+pub enum Grant {
+    /// A verified (possibly cached) token.
+    Token(Arc<VerifiedToken>),
+    /// A key's or a certificate's consumer.
+    Consumer(Arc<Identity>),
+}
+
+impl Grant {
+    pub fn identity(&self) -> &Identity {
+        match self {
+            Grant::Token(token) => &token.identity,
+            Grant::Consumer(identity) => identity,
+        }
+    }
+}
+
+/// What one provider made of a request.
+enum Attempt {
+    Allowed(Grant),
+    /// No credential of this provider's kind: the challenge that asks for one.
+    Missing(Challenge),
+    Denied(Denial),
+}
+
+/// What a route requires besides a valid credential, from its `context_extensions`.
+struct RouteRequirements<'a> {
+    route: &'a str,
+    scopes: Vec<&'a str>,
+    /// Empty admits every consumer.
+    consumers: Vec<&'a str>,
+}
+
+impl RouteRequirements<'_> {
+    fn admits(&self, identity: &Identity) -> bool {
+        self.consumers.is_empty()
+            || identity
+                .consumer
+                .as_deref()
+                .is_some_and(|c| self.consumers.contains(&c))
+    }
 }
 
 /// Seconds since the epoch; injected so tests can move time.
@@ -74,7 +129,10 @@ impl AuthService {
         }
     }
 
-    /// Decides one request; log lines name the call by `ids`.
+    /// Decides one request; log lines name the call by `ids`. The route's providers are
+    /// tried in order: the first whose credential holds admits the request; otherwise the
+    /// first refusal of a credential that was presented answers, or, when none was, a 401
+    /// naming every kind the route accepts.
     async fn decide_logged(
         &self,
         request: &CheckCall,
@@ -82,7 +140,8 @@ impl AuthService {
         ids: &CallIds<'_>,
     ) -> Decision {
         let route = request.context(ROUTE_KEY).unwrap_or("");
-        let Some(provider_name) = request.context(PROVIDER_KEY) else {
+        let names = request.context(PROVIDER_KEY).unwrap_or("");
+        if names.trim().is_empty() {
             tracing::warn!(
                 request_id = ids.request_id(),
                 trace_id = ids.trace_id(),
@@ -90,63 +149,161 @@ impl AuthService {
                 "check without a provider in context_extensions; denying"
             );
             return Decision::Deny(Denial::UnknownProvider);
+        }
+        let requirements = RouteRequirements {
+            route,
+            scopes: request
+                .context(SCOPES_KEY)
+                .unwrap_or("")
+                .split_ascii_whitespace()
+                .collect(),
+            consumers: request
+                .context(CONSUMERS_KEY)
+                .unwrap_or("")
+                .split_ascii_whitespace()
+                .collect(),
         };
         let table = self.providers.load();
-        let Some(provider) = table.get(provider_name) else {
-            tracing::warn!(
-                request_id = ids.request_id(),
-                trace_id = ids.trace_id(),
-                route,
-                provider = %provider_name,
-                "unknown auth provider; denying"
-            );
-            return Decision::Deny(Denial::UnknownProvider);
-        };
-
-        let token = match find_token(&provider.config.token, &view) {
-            Found::Token(token) => token,
-            Found::Missing => return Decision::Deny(Denial::MissingToken),
-            Found::Ambiguous => return Decision::Deny(Denial::AmbiguousToken),
-        };
-        let verified = match self.verify_cached(provider, &token).await {
-            Ok(verified) => verified,
-            Err(rejection) => {
-                // The kid and the class are safe to log; the token never is.
-                tracing::debug!(
+        let mut refusal = None;
+        let mut challenges = Vec::new();
+        for name in names.split_ascii_whitespace() {
+            let Some(provider) = table.get(name) else {
+                tracing::warn!(
                     request_id = ids.request_id(),
                     trace_id = ids.trace_id(),
                     route,
-                    provider = %provider_name,
-                    reason = rejection.class(),
-                    detail = ?rejection,
-                    "token rejected"
+                    provider = %name,
+                    "unknown auth provider; denying"
                 );
-                return Decision::Deny(Denial::InvalidToken(rejection));
+                return Decision::Deny(Denial::UnknownProvider);
+            };
+            let attempt = self
+                .attempt(provider, request, view, &requirements, ids)
+                .await;
+            match attempt {
+                Attempt::Allowed(grant) => {
+                    provider.outcomes.record(Outcome::Allowed);
+                    return Decision::Allow {
+                        provider: Arc::clone(provider),
+                        grant,
+                    };
+                }
+                Attempt::Missing(challenge) => {
+                    provider.outcomes.record(Outcome::Missing);
+                    challenges.push(challenge);
+                }
+                Attempt::Denied(denial) => {
+                    provider.outcomes.record(denial.outcome());
+                    refusal.get_or_insert(denial);
+                }
+            }
+        }
+        Decision::Deny(refusal.unwrap_or(Denial::Missing(challenges)))
+    }
+
+    /// What `provider` makes of the request's credential of its kind.
+    async fn attempt(
+        &self,
+        provider: &Provider,
+        request: &CheckCall,
+        view: RequestView<'_>,
+        requirements: &RouteRequirements<'_>,
+        ids: &CallIds<'_>,
+    ) -> Attempt {
+        let grant = match &provider.verifier {
+            Verifier::Jwt { rules, keys } => {
+                let token = match find_token(&rules.token, &view) {
+                    Found::Token(token) => token,
+                    Found::Missing => return Attempt::Missing(Challenge::Bearer),
+                    Found::Ambiguous => return Attempt::Denied(Denial::AmbiguousToken),
+                };
+                let verified = match self.verify_cached(provider, rules, keys, &token).await {
+                    Ok(verified) => verified,
+                    Err(rejection) => {
+                        // The kid and the class are safe to log; the token never is.
+                        tracing::debug!(
+                            request_id = ids.request_id(),
+                            trace_id = ids.trace_id(),
+                            route = requirements.route,
+                            provider = %provider.config.name,
+                            reason = rejection.class(),
+                            detail = ?rejection,
+                            "token rejected"
+                        );
+                        return Attempt::Denied(Denial::InvalidToken(rejection));
+                    }
+                };
+                if !verified.missing_scopes(&requirements.scopes).is_empty() {
+                    return Attempt::Denied(Denial::InsufficientScope {
+                        required: requirements.scopes.join(" "),
+                    });
+                }
+                Grant::Token(verified)
+            }
+            Verifier::ApiKey { location, keys } => {
+                let presented = match find_key(location, &view) {
+                    Found::Token(key) => key,
+                    Found::Missing => return Attempt::Missing(Challenge::ApiKey(location.clone())),
+                    Found::Ambiguous => {
+                        return Attempt::Denied(Denial::InvalidKey(location.clone()))
+                    }
+                };
+                let table = keys.current();
+                match table.lookup(&presented, (self.clock)()) {
+                    KeyMatch::Valid(identity) => Grant::Consumer(Arc::clone(identity)),
+                    KeyMatch::Expired => {
+                        return Attempt::Denied(Denial::ExpiredKey(location.clone()))
+                    }
+                    KeyMatch::Unknown => {
+                        return Attempt::Denied(Denial::InvalidKey(location.clone()))
+                    }
+                }
+            }
+            Verifier::ClientCertificate {
+                field,
+                consumers,
+                forward_claims,
+            } => {
+                let Some(sent) = request.peer_certificate() else {
+                    return Attempt::Missing(Challenge::ClientCertificate);
+                };
+                let id = match certificate::consumer_of(sent, *field) {
+                    Ok(id) => id,
+                    Err(CertificateProblem::NoConsumer(field)) => {
+                        return Attempt::Denied(Denial::CertificateWithoutConsumer(field))
+                    }
+                    Err(CertificateProblem::Unreadable) => {
+                        return Attempt::Denied(Denial::UnreadableCertificate)
+                    }
+                };
+                match Verifier::certificate_identity(consumers, forward_claims, &id) {
+                    Some(identity) => Grant::Consumer(identity),
+                    None => return Attempt::Denied(Denial::ConsumerNotAllowed),
+                }
             }
         };
-
-        let required = request.context(SCOPES_KEY).unwrap_or("");
-        let required: Vec<&str> = required.split_ascii_whitespace().collect();
-        if !verified.missing_scopes(&required).is_empty() {
-            return Decision::Deny(Denial::InsufficientScope {
-                required: required.join(" "),
-            });
+        if !requirements.admits(grant.identity()) {
+            return Attempt::Denied(Denial::ConsumerNotAllowed);
         }
-        Decision::Allow(verified)
+        Attempt::Allowed(grant)
     }
 
     async fn verify_cached(
         &self,
         provider: &Provider,
+        rules: &JwtProvider,
+        keys: &KeyStore,
         token: &str,
     ) -> Result<Arc<VerifiedToken>, Rejection> {
         // Checked here too so an oversized token is not even hashed.
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejection::TooLarge);
         }
+        let name = &provider.config.name;
+        let forward_claims = &provider.config.forward_claims;
         let now = (self.clock)();
-        let key = cache_key(&provider.config.name, token);
-        let epoch = provider.keys.epoch();
+        let key = cache_key(name, token);
+        let epoch = keys.epoch();
         if let Some(hit) = self.cache.get(&key, epoch, now) {
             self.metrics.cache_lookup(true);
             return Ok(hit);
@@ -154,16 +311,16 @@ impl AuthService {
         self.metrics.cache_lookup(false);
         // Epoch before keys: if they change in between, the entry is stored under the old
         // epoch and simply never hits, rather than vouching for keys it was not checked with.
-        let mut epoch = provider.keys.epoch();
-        let mut keys = provider.keys.current();
-        let mut result = verify::verify(token, &keys, &provider.config, now);
+        let mut epoch = keys.epoch();
+        let mut current = keys.current();
+        let mut result = verify::verify(token, &current, rules, forward_claims, now);
         if let Err(Rejection::UnknownKey { kid }) = &result {
-            if matches!(provider.keys.origin(), KeyOrigin::Remote(_)) {
-                tracing::debug!(provider = %provider.config.name, kid = ?kid, "unknown kid; refreshing the JWKS");
-                if provider.keys.refresh_for_unknown_kid().await {
-                    epoch = provider.keys.epoch();
-                    keys = provider.keys.current();
-                    result = verify::verify(token, &keys, &provider.config, now);
+            if matches!(keys.origin(), KeyOrigin::Remote(_)) {
+                tracing::debug!(provider = %name, kid = ?kid, "unknown kid; refreshing the JWKS");
+                if keys.refresh_for_unknown_kid().await {
+                    epoch = keys.epoch();
+                    current = keys.current();
+                    result = verify::verify(token, &current, rules, forward_claims, now);
                 }
             }
         }
@@ -184,9 +341,13 @@ impl AuthService {
         let decision = self.decide_logged(request, view, ids).await;
         let seconds = started.elapsed().as_secs_f64();
         match decision {
-            Decision::Allow(token) => {
+            Decision::Allow { provider, grant } => {
                 self.metrics.check(true, "ok", seconds);
-                (response::allowed(&token), "ok")
+                let credential = match &provider.verifier {
+                    Verifier::ApiKey { location, .. } => Some(location),
+                    _ => None,
+                };
+                (response::allowed(grant.identity(), credential), "ok")
             }
             Decision::Deny(denial) => {
                 self.metrics.check(false, denial.class(), seconds);

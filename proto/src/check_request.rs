@@ -2,10 +2,10 @@
 //!
 //! envoy-types' generated `CheckRequest` decodes everything Envoy sends: the peers'
 //! addresses, the request time, and every map (headers, context extensions) into a
-//! `HashMap` of owned strings hashed with SipHash. A check reads the route's three context
-//! extensions, one or two headers and the path. These messages declare only those fields,
-//! under the field numbers of `envoy.service.auth.v3.AttributeContext`, so they read the
-//! same bytes and skip the rest. A protobuf map is on the wire a repeated message of
+//! `HashMap` of owned strings hashed with SipHash. A check reads the route's context
+//! extensions, one or two headers, the path and, for client certificates, the peer's
+//! certificate. These messages declare only those fields, under the field numbers of
+//! `envoy.service.auth.v3.AttributeContext`, so they read the same bytes and skip the rest. A protobuf map is on the wire a repeated message of
 //! key (1) and value (2), so each map here is a list of [`Entry`]; as when a map is
 //! decoded, the last entry for a key wins. Their keys and values are `bytes` on the wire
 //! as `string`s are, and kept as slices of the received message rather than copied; a value
@@ -23,13 +23,23 @@ pub struct CheckCall {
     pub attributes: Option<Attributes>,
 }
 
-/// `AttributeContext`: `request` (4) and `context_extensions` (10).
+/// `AttributeContext`: `source` (1), `request` (4) and `context_extensions` (10).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Attributes {
+    #[prost(message, optional, tag = "1")]
+    pub source: Option<PeerAttributes>,
     #[prost(message, optional, tag = "4")]
     pub request: Option<RequestAttributes>,
     #[prost(message, repeated, tag = "10")]
     pub context_extensions: Vec<Entry>,
+}
+
+/// `AttributeContext.Peer`: `certificate` (5), the client's verified certificate, PEM and
+/// URL-encoded, which Envoy sends when its `include_peer_certificate` is on.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PeerAttributes {
+    #[prost(bytes = "bytes", tag = "5")]
+    pub certificate: Bytes,
 }
 
 /// `AttributeContext.Request`: `http` (2).
@@ -75,6 +85,13 @@ impl CheckCall {
         lookup(&self.attributes.as_ref()?.context_extensions, key)
     }
 
+    /// The client certificate Envoy verified, as it sends it (URL-encoded PEM); `None`
+    /// without one or when Envoy was not asked to send it.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        let certificate = &self.attributes.as_ref()?.source.as_ref()?.certificate;
+        (!certificate.is_empty()).then_some(certificate.as_ref())
+    }
+
     pub fn http(&self) -> Option<&HttpAttributes> {
         self.attributes.as_ref()?.request.as_ref()?.http.as_ref()
     }
@@ -104,6 +121,7 @@ mod tests {
                 })),
             }),
             principal: "spiffe://peer".into(),
+            certificate: format!("-----BEGIN%20CERTIFICATE-----%0A{ip}%0A").into(),
             ..Default::default()
         })
     }
@@ -173,6 +191,11 @@ mod tests {
         assert_eq!(http.headers.len(), expected.headers.len());
         assert_eq!(http.path, expected.path);
         assert_eq!(http.header_map, expected.header_map);
+        let source = attributes.source.as_ref().expect("source");
+        assert_eq!(
+            call.peer_certificate(),
+            Some(source.certificate.as_bytes())
+        );
     }
 
     #[test]
@@ -183,6 +206,7 @@ mod tests {
         };
         let call = CheckCall {
             attributes: Some(Attributes {
+                source: None,
                 context_extensions: vec![entry("route", "first"), entry("route", "second")],
                 request: None,
             }),
@@ -199,6 +223,7 @@ mod tests {
     fn a_header_that_is_not_utf8_reads_as_absent_and_the_rest_still_reads() {
         let call = CheckCall {
             attributes: Some(Attributes {
+                source: None,
                 context_extensions: Vec::new(),
                 request: Some(RequestAttributes {
                     http: Some(HttpAttributes {
@@ -233,5 +258,6 @@ mod tests {
         let call = CheckCall::decode(&[][..]).expect("decodes");
         assert_eq!(call.context("route"), None);
         assert!(call.http().is_none());
+        assert!(call.peer_certificate().is_none());
     }
 }

@@ -85,10 +85,59 @@ pub fn identity_headers(providers: &BTreeMap<String, AuthProvider>) -> Vec<Strin
     headers.into_iter().collect()
 }
 
-/// A JWT issuer whose tokens routes can require.
+/// A way API consumers prove who they are, and what the upstream learns when they do.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuthProvider {
     pub name: String,
+    /// Claim name → header name, forwarded upstream on success. A token's claims for JWT;
+    /// for API keys and client certificates, the consumer's `tier` and its attributes.
+    pub forward_claims: BTreeMap<String, String>,
+    pub credentials: Credentials,
+}
+
+impl AuthProvider {
+    /// The request header the credential travels in, which ext-authz must be sent: none for
+    /// a query parameter (the path is always sent) or a certificate (the connection's).
+    pub fn credential_header(&self) -> Option<&str> {
+        match &self.credentials {
+            Credentials::Jwt(jwt) => jwt.token.header(),
+            Credentials::ApiKey(key) => key.location.header(),
+            Credentials::ClientCertificate(_) => None,
+        }
+    }
+
+    /// The JWT settings, when this is a JWT provider.
+    pub fn jwt(&self) -> Option<&JwtProvider> {
+        match &self.credentials {
+            Credentials::Jwt(jwt) => Some(jwt),
+            _ => None,
+        }
+    }
+
+    /// The provider's `type` as routes.yaml writes it.
+    pub fn type_name(&self) -> &'static str {
+        match &self.credentials {
+            Credentials::Jwt(_) => "jwt",
+            Credentials::ApiKey(_) => "api_key",
+            Credentials::ClientCertificate(_) => "client_certificate",
+        }
+    }
+}
+
+/// What a provider accepts as proof.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Credentials {
+    /// A signed token from an issuer (`type: jwt`, the default).
+    Jwt(JwtProvider),
+    /// A key from a keys file, stored as its SHA-256.
+    ApiKey(ApiKeyProvider),
+    /// The TLS client certificate Envoy verified against the listener's `client_ca_file`.
+    ClientCertificate(CertificateProvider),
+}
+
+/// A JWT issuer whose tokens routes can require.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JwtProvider {
     pub issuer: String,
     /// A token must carry at least one of these in `aud`.
     pub audiences: Vec<String>,
@@ -97,9 +146,93 @@ pub struct AuthProvider {
     pub clock_skew: Duration,
     /// The claim whose value becomes `x-consumer-id`.
     pub consumer_claim: String,
-    /// Claim name → header name, forwarded upstream on success.
-    pub forward_claims: BTreeMap<String, String>,
     pub token: TokenSource,
+}
+
+/// API keys: where a request carries its key, and the file of keys accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyProvider {
+    pub location: KeyLocation,
+    /// The keys file (see [`crate::api_keys`]); relative to routes.yaml's directory as
+    /// written, reloaded live when it changes.
+    pub keys_file: PathBuf,
+}
+
+/// Where a request carries its API key: the whole value of a header, or a query parameter.
+/// Either is removed before the request goes upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyLocation {
+    /// A lower-case header name.
+    Header(String),
+    Query(String),
+}
+
+impl KeyLocation {
+    pub fn header(&self) -> Option<&str> {
+        match self {
+            KeyLocation::Header(name) => Some(name),
+            KeyLocation::Query(_) => None,
+        }
+    }
+}
+
+/// Client certificates: which field of the verified certificate names the consumer, and
+/// what is known about each consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateProvider {
+    pub consumer_from: CertificateField,
+    /// When given, only these consumers are admitted (any other certificate is a 403),
+    /// each with its tier and attributes; when `None`, every verified certificate is.
+    pub consumers: Option<BTreeMap<String, ConsumerProfile>>,
+}
+
+/// The certificate field a consumer id is taken from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateField {
+    /// The first DNS name among the subject alternative names (RFC 5280 §4.2.1.6).
+    SanDns,
+    /// The first URI among the subject alternative names (a SPIFFE id, for example).
+    SanUri,
+    /// The subject's common name.
+    SubjectCn,
+}
+
+impl CertificateField {
+    pub const NAMES: &'static str = "san_dns, san_uri or subject_cn";
+
+    pub fn parse(text: &str) -> Option<CertificateField> {
+        match text {
+            "san_dns" => Some(CertificateField::SanDns),
+            "san_uri" => Some(CertificateField::SanUri),
+            "subject_cn" => Some(CertificateField::SubjectCn),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertificateField::SanDns => "san_dns",
+            CertificateField::SanUri => "san_uri",
+            CertificateField::SubjectCn => "subject_cn",
+        }
+    }
+}
+
+/// What is known about a consumer besides its id: sent upstream by `forward_claims`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerProfile {
+    pub tier: Option<String>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl ConsumerProfile {
+    /// The value of a forwarded "claim": `tier`, or an attribute.
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        match name {
+            "tier" => self.tier.as_deref(),
+            _ => self.attributes.get(name).map(String::as_str),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,11 +268,16 @@ impl TokenSource {
     }
 }
 
-/// A route's requirement: a valid token from `provider` carrying every scope listed.
+/// A route's requirement: a valid credential from one of `providers` (tried in order),
+/// a token carrying every scope listed, and a consumer among `consumers` when any are named.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteAuth {
-    pub provider: String,
+    /// One provider, or `any_of` several; never empty.
+    pub providers: Vec<String>,
+    /// Only for routes whose providers are all JWT.
     pub scopes: Vec<String>,
+    /// Consumer ids admitted; empty admits every consumer.
+    pub consumers: Vec<String>,
 }
 
 /// The services Envoy consults on the request path.

@@ -51,16 +51,17 @@ sidecars:
 #[test]
 fn the_issue_example_parses_into_policies() {
     let config = parse("routes.yaml", GOOD).expect("valid");
-    let main = &config.auth_providers["main"];
+    let main_provider = &config.auth_providers["main"];
+    assert_eq!(main_provider.forward_claims["email"], "x-user-email");
+    let main = main_provider.jwt().expect("a JWT provider by default");
     assert_eq!(main.algorithms, [Algorithm::RS256, Algorithm::ES256]);
     assert_eq!(main.clock_skew, Duration::from_secs(30));
-    assert_eq!(main.forward_claims["email"], "x-user-email");
     assert!(matches!(main.keys, KeySource::JwksUri(_)));
     assert_eq!(
         main.token,
         TokenSource::BearerHeader("authorization".into())
     );
-    let partners = &config.auth_providers["partners"];
+    let partners = config.auth_providers["partners"].jwt().expect("jwt");
     assert_eq!(
         partners.algorithms,
         [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]

@@ -20,7 +20,9 @@ use tollgate_proto::envoy::r#type::matcher::v3::{
 };
 use tollgate_proto::envoy::r#type::v3::{HttpStatus, StatusCode};
 use tollgate_proto::google::protobuf::Any;
-use tollgate_routes::policy::{AuthProvider, ExtAuthzSidecar, RouteAuth, REQUEST_ID_HEADER};
+use tollgate_routes::policy::{
+    AuthProvider, Credentials, ExtAuthzSidecar, RouteAuth, REQUEST_ID_HEADER,
+};
 
 use super::{any, proto_duration, stable_map};
 
@@ -32,8 +34,8 @@ pub use tollgate_routes::policy::CONSUMER_HEADER;
 
 pub(super) fn filter(sidecar: &ExtAuthzSidecar, providers: &BTreeMap<String, AuthProvider>) -> Any {
     any(&ExtAuthz {
-        // Only the headers a check reads: the providers' token headers (or `cookie`) and
-        // the request id. Envoy otherwise copies every request header into each
+        // Only the headers a check reads: the providers' token and key headers (or
+        // `cookie`) and the request id. Envoy otherwise copies every request header into each
         // CheckRequest, which costs its worker time per call and hands ext-authz cookies
         // and credentials it has no use for. Query-parameter tokens travel in the path,
         // which is always sent.
@@ -52,6 +54,11 @@ pub(super) fn filter(sidecar: &ExtAuthzSidecar, providers: &BTreeMap<String, Aut
         ))),
         transport_api_version: ApiVersion::V3 as i32,
         failure_mode_allow: sidecar.failure_mode_allow,
+        // Client-certificate providers read the certificate Envoy verified; Envoy encodes it
+        // once per connection. Without them, no certificate is sent.
+        include_peer_certificate: providers
+            .values()
+            .any(|p| matches!(p.credentials, Credentials::ClientCertificate(_))),
         // An unreachable auth service is an outage, not a verdict on the client: answer
         // 503 rather than Envoy's default 403.
         status_on_error: Some(HttpStatus {
@@ -65,7 +72,7 @@ pub(super) fn filter(sidecar: &ExtAuthzSidecar, providers: &BTreeMap<String, Aut
 fn check_headers(providers: &BTreeMap<String, AuthProvider>) -> BTreeSet<String> {
     providers
         .values()
-        .filter_map(|provider| provider.token.header())
+        .filter_map(AuthProvider::credential_header)
         .chain([REQUEST_ID_HEADER])
         .map(str::to_ascii_lowercase)
         .collect()
@@ -76,11 +83,20 @@ fn check_headers(providers: &BTreeMap<String, AuthProvider>) -> BTreeSet<String>
 pub(super) fn per_route(route: &str, auth: &RouteAuth) -> Any {
     any(&ExtAuthzPerRoute {
         r#override: Some(Override::CheckSettings(CheckSettings {
-            context_extensions: stable_map([
-                ("route".to_string(), route.to_string()),
-                ("provider".to_string(), auth.provider.clone()),
-                ("scopes".to_string(), auth.scopes.join(" ")),
-            ]),
+            context_extensions: stable_map(
+                [
+                    ("route".to_string(), route.to_string()),
+                    // Provider names have no spaces: `any_of` travels as a list, in order.
+                    ("provider".to_string(), auth.providers.join(" ")),
+                    ("scopes".to_string(), auth.scopes.join(" ")),
+                ]
+                .into_iter()
+                .chain(
+                    // Sent only where a route names its consumers: every call carries these.
+                    (!auth.consumers.is_empty())
+                        .then(|| ("consumers".to_string(), auth.consumers.join(" "))),
+                ),
+            ),
             ..Default::default()
         })),
     })

@@ -231,7 +231,10 @@ async fn a_rotated_jwks_file_is_picked_up_without_restart() {
         .await
         .expect("providers");
     let provider = table.get("main").expect("provider");
-    let epoch = provider.keys.epoch();
+    let crate::providers::Verifier::Jwt { keys, .. } = &provider.verifier else {
+        panic!("a JWT provider");
+    };
+    let epoch = keys.epoch();
 
     // Replace by rename, as editors and deployers do.
     let temp = dir.path().join(".jwks.json.tmp");
@@ -239,14 +242,13 @@ async fn a_rotated_jwks_file_is_picked_up_without_restart() {
     std::fs::rename(&temp, dir.path().join("jwks.json")).expect("rename");
 
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut changed = provider.keys.epoch() != epoch;
+    let mut changed = keys.epoch() != epoch;
     while !changed && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        changed = provider.keys.epoch() != epoch;
+        changed = keys.epoch() != epoch;
     }
     assert!(changed, "the new file was not loaded within {PATIENCE:?}");
-    let kids: Vec<_> = provider
-        .keys
+    let kids: Vec<_> = keys
         .current()
         .keys()
         .iter()
@@ -256,6 +258,6 @@ async fn a_rotated_jwks_file_is_picked_up_without_restart() {
 
     // A broken file keeps the last good keys.
     std::fs::write(dir.path().join("jwks.json"), "{broken").expect("write");
-    assert!(provider.keys.reload_file().await.is_err());
-    assert_eq!(provider.keys.current().len(), 1);
+    assert!(keys.reload_file().await.is_err());
+    assert_eq!(keys.current().len(), 1);
 }

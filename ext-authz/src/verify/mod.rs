@@ -11,8 +11,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tollgate_routes::policy::{Algorithm, AuthProvider};
+use std::collections::BTreeMap;
 
+use tollgate_routes::policy::{Algorithm, JwtProvider};
+
+use crate::identity::Identity;
 use crate::jwks::{KeyLookup, KeyMaterial, KeySet};
 
 /// Larger tokens are refused before any decoding or cryptography. 8 KiB is Envoy's
@@ -88,13 +91,8 @@ pub struct VerifiedToken {
     pub expires_at: f64,
     /// From `scope` (RFC 8693 §4.2, space-separated) and `scp` (string or array).
     pub scopes: Vec<String>,
-    /// The `consumer_claim` value, for `x-consumer-id`.
-    pub consumer: Option<String>,
-    /// `forward_claims` headers with their values, in configuration order.
-    pub claim_headers: Vec<(String, String)>,
-    /// `forward_claims` headers the token had no usable value for: removed upstream so a
-    /// client cannot supply its own.
-    pub absent_headers: Vec<String>,
+    /// The consumer (`consumer_claim`) and forwarded claims, as the upstream is told.
+    pub identity: Identity,
 }
 
 impl VerifiedToken {
@@ -117,11 +115,12 @@ struct Header {
 }
 
 /// Verifies `token` against `keys` under `provider`'s rules at time `now` (seconds since
-/// the epoch).
+/// the epoch); on success the claims named in `forward_claims` are read for the upstream.
 pub fn verify(
     token: &str,
     keys: &KeySet,
-    provider: &AuthProvider,
+    provider: &JwtProvider,
+    forward_claims: &BTreeMap<String, String>,
     now: u64,
 ) -> Result<VerifiedToken, Rejection> {
     if token.len() > MAX_TOKEN_BYTES {
@@ -164,10 +163,10 @@ pub fn verify(
     let claims: Map<String, Value> = serde_json::from_slice(&payload)
         .map_err(|_| Rejection::Malformed("payload is not a JSON object"))?;
     check_claims(&claims, provider, now)?;
-    let token = extract(&claims, provider);
+    let token = extract(&claims, provider, forward_claims);
     // A token that names no consumer cannot be attributed: accepting it would let it pass
     // every per-consumer rate limit (no `x-consumer-id`, so Envoy sends no descriptor).
-    if token.consumer.is_none() {
+    if token.identity.consumer.is_none() {
         return Err(Rejection::MissingConsumer);
     }
     Ok(token)
@@ -224,7 +223,7 @@ fn jwt_algorithm(alg: Algorithm) -> jsonwebtoken::Algorithm {
 /// RFC 7519 §4.1: the registered claims, with the provider's clock skew as leeway.
 fn check_claims(
     claims: &Map<String, Value>,
-    provider: &AuthProvider,
+    provider: &JwtProvider,
     now: u64,
 ) -> Result<(), Rejection> {
     let now = now as f64;
@@ -275,7 +274,11 @@ fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Optio
     }
 }
 
-fn extract(claims: &Map<String, Value>, provider: &AuthProvider) -> VerifiedToken {
+fn extract(
+    claims: &Map<String, Value>,
+    provider: &JwtProvider,
+    forward_claims: &BTreeMap<String, String>,
+) -> VerifiedToken {
     let mut scopes = Vec::new();
     for name in ["scope", "scp"] {
         match claims.get(name) {
@@ -290,7 +293,7 @@ fn extract(claims: &Map<String, Value>, provider: &AuthProvider) -> VerifiedToke
     }
     let mut claim_headers = Vec::new();
     let mut absent_headers = Vec::new();
-    for (claim, header) in &provider.forward_claims {
+    for (claim, header) in forward_claims {
         match claims.get(claim).and_then(header_value) {
             Some(value) => claim_headers.push((header.clone(), value)),
             None => absent_headers.push(header.clone()),
@@ -299,9 +302,11 @@ fn extract(claims: &Map<String, Value>, provider: &AuthProvider) -> VerifiedToke
     VerifiedToken {
         expires_at: claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0),
         scopes,
-        consumer: claims.get(&provider.consumer_claim).and_then(scalar_value),
-        claim_headers,
-        absent_headers,
+        identity: Identity {
+            consumer: claims.get(&provider.consumer_claim).and_then(scalar_value),
+            claim_headers,
+            absent_headers,
+        },
     }
 }
 

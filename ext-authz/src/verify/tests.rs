@@ -2,31 +2,34 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
-use tollgate_routes::policy::{Algorithm, AuthProvider, KeySource, TokenSource};
+use tollgate_routes::policy::{Algorithm, JwtProvider, KeySource, TokenSource};
 
 use super::*;
 use crate::jwks::{KeyKind, KeySet};
 use tollgate_testkit::jwt::{self, b64, claims, now, TestKey, AUDIENCE, ISSUER};
 
-fn provider(algorithms: &[Algorithm]) -> AuthProvider {
-    AuthProvider {
-        name: "main".into(),
+fn provider(algorithms: &[Algorithm]) -> JwtProvider {
+    JwtProvider {
         issuer: ISSUER.into(),
         audiences: vec![AUDIENCE.into(), "other".into()],
         keys: KeySource::JwksFile("jwks.json".into()),
         algorithms: algorithms.to_vec(),
         clock_skew: Duration::from_secs(60),
         consumer_claim: "sub".into(),
-        forward_claims: BTreeMap::from([
-            ("tier".to_string(), "x-tier".to_string()),
-            ("groups".to_string(), "x-groups".to_string()),
-            ("email".to_string(), "x-email".to_string()),
-        ]),
         token: TokenSource::BearerHeader("authorization".into()),
     }
 }
 
-fn public_provider() -> AuthProvider {
+/// The claims every test provider forwards.
+fn forward() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("tier".to_string(), "x-tier".to_string()),
+        ("groups".to_string(), "x-groups".to_string()),
+        ("email".to_string(), "x-email".to_string()),
+    ])
+}
+
+fn public_provider() -> JwtProvider {
     provider(
         &Algorithm::ALL
             .into_iter()
@@ -45,7 +48,7 @@ fn load_jwk(jwk: &serde_json::Value) -> Result<KeySet, crate::jwks::JwksError> {
 }
 
 fn check(key: &TestKey, token: &str) -> Result<VerifiedToken, Rejection> {
-    verify(token, &keyset(&[key]), &public_provider(), now())
+    verify(token, &keyset(&[key]), &public_provider(), &forward(), now())
 }
 
 fn with_claims(key: &TestKey, edit: impl FnOnce(&mut serde_json::Value)) -> String {
@@ -58,7 +61,7 @@ fn with_claims(key: &TestKey, edit: impl FnOnce(&mut serde_json::Value)) -> Stri
 fn valid_rs256_token_passes() {
     let key = TestKey::rsa("r1", 0);
     let verified = check(&key, &key.mint(&claims())).expect("valid");
-    assert_eq!(verified.consumer.as_deref(), Some("user-42"));
+    assert_eq!(verified.identity.consumer.as_deref(), Some("user-42"));
     assert_eq!(verified.scopes, vec!["invoices:read", "profile"]);
 }
 
@@ -93,7 +96,7 @@ fn valid_hs256_token_passes_with_the_shared_secret() {
     let key = TestKey::hmac(&secret);
     let keys = KeySet::from_secret(&secret).expect("secret");
     let token = key.mint(&claims());
-    let verified = verify(&token, &keys, &provider(&[Algorithm::HS256]), now());
+    let verified = verify(&token, &keys, &provider(&[Algorithm::HS256]), &forward(), now());
     assert!(verified.is_ok(), "{verified:?}");
 }
 
@@ -218,7 +221,7 @@ fn hs256_signed_with_the_rsa_public_key_is_rejected() {
     let mut lax = public_provider();
     lax.algorithms.push(Algorithm::HS256);
     assert_eq!(
-        verify(&token, &keyset(&[&key]), &lax, now()),
+        verify(&token, &keyset(&[&key]), &lax, &forward(), now()),
         Err(Rejection::KeyMismatch)
     );
 }
@@ -330,7 +333,7 @@ fn alg_outside_the_allow_list_is_rejected() {
     let token = key.mint(&claims());
     let rsa_only = provider(&[Algorithm::RS256]);
     assert_eq!(
-        verify(&token, &keyset(&[&key]), &rsa_only, now()),
+        verify(&token, &keyset(&[&key]), &rsa_only, &forward(), now()),
         Err(Rejection::AlgorithmNotAllowed)
     );
 }
@@ -377,10 +380,10 @@ fn token_without_kid_uses_the_only_fitting_key() {
     let ec = TestKey::p256("e1");
     let rsa = TestKey::rsa("r1", 0);
     let token = ec.mint_with(&json!({"alg": "ES256"}), &claims());
-    assert!(verify(&token, &keyset(&[&rsa, &ec]), &public_provider(), now()).is_ok());
+    assert!(verify(&token, &keyset(&[&rsa, &ec]), &public_provider(), &forward(), now()).is_ok());
     let other = TestKey::p256("e2");
     assert_eq!(
-        verify(&token, &keyset(&[&ec, &other]), &public_provider(), now()),
+        verify(&token, &keyset(&[&ec, &other]), &public_provider(), &forward(), now()),
         Err(Rejection::AmbiguousKey)
     );
 }
@@ -394,15 +397,15 @@ fn forwarded_claims_become_headers_and_absent_ones_are_listed() {
         c["sub"] = json!(42);
     });
     let verified = check(&key, &token).expect("valid");
-    assert_eq!(verified.consumer.as_deref(), Some("42"));
+    assert_eq!(verified.identity.consumer.as_deref(), Some("42"));
     assert_eq!(
-        verified.claim_headers,
+        verified.identity.claim_headers,
         vec![
             ("x-groups".to_string(), "a,b,3,true".to_string()),
             ("x-tier".to_string(), "gold".to_string()),
         ]
     );
-    assert_eq!(verified.absent_headers, vec!["x-email".to_string()]);
+    assert_eq!(verified.identity.absent_headers, vec!["x-email".to_string()]);
 }
 
 #[test]
@@ -413,9 +416,9 @@ fn claims_with_control_characters_are_not_forwarded() {
         c["email"] = json!({"nested": true});
     });
     let verified = check(&key, &token).expect("valid");
-    assert!(verified.claim_headers.iter().all(|(h, _)| h == "x-groups"));
-    assert!(verified.absent_headers.contains(&"x-tier".to_string()));
-    assert!(verified.absent_headers.contains(&"x-email".to_string()));
+    assert!(verified.identity.claim_headers.iter().all(|(h, _)| h == "x-groups"));
+    assert!(verified.identity.absent_headers.contains(&"x-tier".to_string()));
+    assert!(verified.identity.absent_headers.contains(&"x-email".to_string()));
 }
 
 #[test]
@@ -653,10 +656,10 @@ fn a_modulus_padded_with_zero_octets_is_the_same_key() {
     }
     let keys = load_jwk(&jwk).expect("the padded key loads");
     let token = rsa.mint(&claims());
-    assert!(verify(&token, &keys, &public_provider(), now()).is_ok());
+    assert!(verify(&token, &keys, &public_provider(), &forward(), now()).is_ok());
     let forged = TestKey::rsa("k", 1).mint(&claims());
     assert_eq!(
-        verify(&forged, &keys, &public_provider(), now()),
+        verify(&forged, &keys, &public_provider(), &forward(), now()),
         Err(Rejection::BadSignature)
     );
 }
@@ -677,7 +680,7 @@ fn a_key_that_does_not_parse_refuses_its_tokens_as_jsonwebtoken_did() {
     assert_same_verdict(&jwk, alg, input, signature, Ok(false), "unparsable key");
     let keys = load_jwk(&jwk).expect("the loader keeps the key");
     assert_eq!(
-        verify(&token, &keys, &public_provider(), now()),
+        verify(&token, &keys, &public_provider(), &forward(), now()),
         Err(Rejection::BadSignature)
     );
 }
@@ -690,7 +693,7 @@ fn one_rsa_key_without_alg_verifies_each_rsa_algorithm_in_turn() {
     let rsa_algorithms = asymmetric().filter(|a| KeyKind::Rsa.accepts(*a));
     for alg in rsa_algorithms.clone().chain(rsa_algorithms) {
         let token = key.mint_with(&json!({"alg": alg.as_str(), "kid": "r1"}), &claims());
-        let verified = verify(&token, &keys, &public_provider(), now());
+        let verified = verify(&token, &keys, &public_provider(), &forward(), now());
         assert!(verified.is_ok(), "{}: {verified:?}", alg.as_str());
     }
 }

@@ -179,9 +179,13 @@ pub(crate) struct RedirectDoc {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RouteAuthDoc {
-    pub provider: Spanned<String>,
+    /// One provider; or `any_of` several, tried in order.
+    pub provider: Option<Spanned<String>>,
+    pub any_of: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub scopes: Vec<Spanned<String>>,
+    /// Consumer ids admitted; absent admits every consumer.
+    pub consumers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,7 +205,10 @@ pub(crate) struct RateLimitDoc {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuthProviderDoc {
-    pub issuer: Spanned<String>,
+    /// `jwt` (the default), `api_key` or `client_certificate`.
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub issuer: Option<Spanned<String>>,
     pub audiences: Option<Spanned<Vec<Spanned<String>>>>,
     pub jwks_uri: Option<Spanned<String>>,
     pub jwks_file: Option<Spanned<String>>,
@@ -213,6 +220,21 @@ pub(crate) struct AuthProviderDoc {
     #[serde(default)]
     pub forward_claims: BTreeMap<String, Spanned<String>>,
     pub token: Option<Spanned<TokenDoc>>,
+    /// api_key: the header or query parameter the key travels in, and the keys file.
+    pub header: Option<Spanned<String>>,
+    pub query: Option<Spanned<String>>,
+    pub keys_file: Option<Spanned<String>>,
+    /// client_certificate: the field naming the consumer, and the consumers admitted.
+    pub consumer_from: Option<Spanned<String>>,
+    pub consumers: Option<Spanned<BTreeMap<String, Spanned<ConsumerDoc>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsumerDoc {
+    pub tier: Option<Spanned<String>>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

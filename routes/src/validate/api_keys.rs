@@ -45,7 +45,7 @@ pub(crate) fn keys(file: &str, doc: KeysDoc) -> Result<Vec<ApiKey>, ConfigErrors
             continue;
         }
         let consumer = &entry.consumer.value;
-        if consumer.is_empty() || !consumer.bytes().all(|b| b.is_ascii_graphic()) {
+        if !is_consumer_id(consumer) {
             errors.at(
                 &entry.consumer,
                 format!("consumer \"{consumer}\": expected printable ASCII without spaces (it is sent as a header)"),
@@ -117,6 +117,12 @@ pub(crate) fn keys(file: &str, doc: KeysDoc) -> Result<Vec<ApiKey>, ConfigErrors
         });
     }
     errors.into_result(keys)
+}
+
+/// A consumer id is sent upstream as `x-consumer-id` and counted by rate limits: printable
+/// ASCII without spaces.
+pub(crate) fn is_consumer_id(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn tier_name(tier: Option<&str>) -> String {

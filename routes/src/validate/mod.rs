@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 pub(crate) mod api_keys;
+mod auth;
 mod destination;
 mod ip_rules;
 mod listener_tls;
@@ -64,7 +65,7 @@ pub(crate) fn validate(
         })
         .map(|s| (s.name.clone(), s))
         .collect();
-    let auth_providers = policy::auth_providers(&doc, &mut errors);
+    let auth_providers = auth::auth_providers(&doc, &mut errors);
     let sidecars = policy::sidecars(&doc, &mut errors);
     let routes = routes(
         &doc,
@@ -118,10 +119,14 @@ impl<'f> Errors<'f> {
 
 impl Errors<'_> {
     pub(crate) fn at<T>(&mut self, node: &Spanned<T>, message: String) {
+        self.at_location(node.referenced, message);
+    }
+
+    pub(crate) fn at_location(&mut self, location: serde_saphyr::Location, message: String) {
         self.found.push(ConfigError {
             file: self.file.to_string(),
-            line: node.referenced.line(),
-            column: node.referenced.column(),
+            line: location.line(),
+            column: location.column(),
             message,
         });
     }
@@ -393,7 +398,7 @@ fn route(
     let auth = route
         .auth
         .as_ref()
-        .and_then(|a| policy::route_auth(doc, name, a, errors));
+        .and_then(|a| auth::route_auth(doc, name, a, errors));
     let rate_limits = policy::rate_limits(doc, route, errors);
     let traffic = route_policy::traffic_policy(route, identity_headers, errors);
     let matcher = matcher?;
