@@ -373,7 +373,8 @@ fn verify_rate(key: &TestKey, tokens: &[String]) -> f64 {
     let mut count = 0usize;
     while started.elapsed() < Duration::from_millis(700) {
         let token = &tokens[count % tokens.len()];
-        let verified = tollgate_ext_authz::verify::verify(token, &keys, &provider, &Default::default(), now);
+        let verified =
+            tollgate_ext_authz::verify::verify(token, &keys, &provider, &Default::default(), now);
         assert!(verified.is_ok(), "{verified:?}");
         count += 1;
     }

@@ -88,8 +88,7 @@ impl KeyTable {
         // Every candidate is compared, so the time spent does not say which one matched.
         let mut found = None;
         for entry in bucket {
-            if aws_lc_rs::constant_time::verify_slices_are_equal(&entry.sha256, &digest).is_ok()
-            {
+            if aws_lc_rs::constant_time::verify_slices_are_equal(&entry.sha256, &digest).is_ok() {
                 found = Some(entry);
             }
         }
@@ -288,7 +287,10 @@ mod tests {
         assert_eq!(identity.absent_headers, vec!["x-tier".to_string()]);
         assert_eq!(keys.lookup("alpha-key ", 0), KeyMatch::Unknown);
         assert_eq!(keys.lookup("", 0), KeyMatch::Unknown);
-        assert_eq!(keys.lookup(&"a".repeat(MAX_KEY_BYTES + 1), 0), KeyMatch::Unknown);
+        assert_eq!(
+            keys.lookup(&"a".repeat(MAX_KEY_BYTES + 1), 0),
+            KeyMatch::Unknown
+        );
     }
 
     #[test]

@@ -140,7 +140,12 @@ mod tests {
 
     #[test]
     fn what_is_not_a_certificate_is_unreadable() {
-        for sent in [&b""[..], b"%", b"%zz", b"-----BEGIN CERTIFICATE-----%0Anope%0A"] {
+        for sent in [
+            &b""[..],
+            b"%",
+            b"%zz",
+            b"-----BEGIN CERTIFICATE-----%0Anope%0A",
+        ] {
             assert_eq!(
                 consumer_of(sent, CertificateField::SubjectCn),
                 Err(CertificateProblem::Unreadable),

@@ -108,7 +108,9 @@ pub fn find_key<'a>(location: &KeyLocation, request: &RequestView<'a>) -> Found<
             None => Found::Missing,
             Some(value) if value.contains(',') => Found::Ambiguous,
             Some(Cow::Borrowed(value)) => single(std::iter::once(Cow::Borrowed(value.trim()))),
-            Some(Cow::Owned(value)) => single(std::iter::once(Cow::Owned(value.trim().to_string()))),
+            Some(Cow::Owned(value)) => {
+                single(std::iter::once(Cow::Owned(value.trim().to_string())))
+            }
         },
         KeyLocation::Query(name) => query_parameter(request.path, name),
     }
@@ -205,7 +207,10 @@ mod tests {
     fn an_api_key_is_a_whole_header_value_or_one_query_parameter() {
         let header = KeyLocation::Header("x-api-key".into());
         let h = headers(&[("x-api-key", " k-123 ")]);
-        assert_eq!(find_key(&header, &view(&h, "/")), Found::Token("k-123".into()));
+        assert_eq!(
+            find_key(&header, &view(&h, "/")),
+            Found::Token("k-123".into())
+        );
         let h = headers(&[("x-api-key", "k-1,k-2")]);
         assert_eq!(find_key(&header, &view(&h, "/")), Found::Ambiguous);
         assert_eq!(find_key(&header, &view(&[], "/")), Found::Missing);
@@ -218,7 +223,10 @@ mod tests {
             find_key(&query, &view(&[], "/v1?api_key=a&api_key=b")),
             Found::Ambiguous
         );
-        assert_eq!(find_key(&query, &view(&[], "/v1?api_keyx=a")), Found::Missing);
+        assert_eq!(
+            find_key(&query, &view(&[], "/v1?api_keyx=a")),
+            Found::Missing
+        );
     }
 
     #[test]

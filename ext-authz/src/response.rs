@@ -134,7 +134,10 @@ impl Denial {
                 [only] => format!("{} is required", only.wanted()),
                 many => format!(
                     "one of these is required: {}",
-                    many.iter().map(Challenge::wanted).collect::<Vec<_>>().join(", ")
+                    many.iter()
+                        .map(Challenge::wanted)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             },
             Denial::AmbiguousToken => "the request carries more than one token".into(),

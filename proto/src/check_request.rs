@@ -192,10 +192,7 @@ mod tests {
         assert_eq!(http.path, expected.path);
         assert_eq!(http.header_map, expected.header_map);
         let source = attributes.source.as_ref().expect("source");
-        assert_eq!(
-            call.peer_certificate(),
-            Some(source.certificate.as_bytes())
-        );
+        assert_eq!(call.peer_certificate(), Some(source.certificate.as_bytes()));
     }
 
     #[test]

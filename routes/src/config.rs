@@ -51,6 +51,11 @@ pub struct Listener {
     pub redirect_to_https: Option<HttpsRedirect>,
     /// Client addresses every route here admits (the health path excepted).
     pub ip_rules: crate::ip_rules::IpRules,
+    /// How many proxies (load balancers) in front of the listener append to
+    /// `x-forwarded-for`: the client is the address that many entries from its right end.
+    /// 0 (the default): the client is the peer of the connection, and `x-forwarded-for` is
+    /// not trusted at all.
+    pub trusted_proxies: u32,
 }
 
 /// What to do with `%2F`, `%5C` (encoded `/` and `\\`) in a path. Left alone they let a

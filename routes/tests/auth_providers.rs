@@ -90,7 +90,10 @@ fn an_unknown_type_and_fields_of_another_type_are_refused_where_written() {
     );
     // A JWT provider with `header` means a forgotten `type: api_key`.
     assert_error_at(
-        &TEXT.replace("    jwks_file: jwks.json\n", "    jwks_file: jwks.json\n    header: x-key\n"),
+        &TEXT.replace(
+            "    jwks_file: jwks.json\n",
+            "    jwks_file: jwks.json\n    header: x-key\n",
+        ),
         "7:13:",
         "header belongs to type api_key, and this provider has type jwt",
     );
@@ -99,17 +102,26 @@ fn an_unknown_type_and_fields_of_another_type_are_refused_where_written() {
 #[test]
 fn an_api_key_provider_needs_one_place_for_the_key_and_a_keys_file() {
     assert_error_at(
-        &TEXT.replace("{type: api_key, query: api_key, keys_file: keys.yaml}", "{type: api_key, keys_file: keys.yaml}"),
+        &TEXT.replace(
+            "{type: api_key, query: api_key, keys_file: keys.yaml}",
+            "{type: api_key, keys_file: keys.yaml}",
+        ),
         "13:15:",
         "auth provider \"query-keys\" needs a header or a query parameter to read the key from",
     );
     assert_error_at(
-        &TEXT.replace("query: api_key, keys_file", "query: api_key, header: x-k, keys_file"),
+        &TEXT.replace(
+            "query: api_key, keys_file",
+            "query: api_key, header: x-k, keys_file",
+        ),
         "13:38:",
         "give header or query, not both",
     );
     assert_error_at(
-        &TEXT.replace("{type: api_key, query: api_key, keys_file: keys.yaml}", "{type: api_key, query: api_key}"),
+        &TEXT.replace(
+            "{type: api_key, query: api_key, keys_file: keys.yaml}",
+            "{type: api_key, query: api_key}",
+        ),
         "13:15:",
         "needs a keys_file",
     );
@@ -148,12 +160,18 @@ fn a_certificate_provider_needs_a_known_field_and_valid_consumers() {
 #[test]
 fn a_route_names_one_provider_or_any_of_known_ones_and_scopes_only_for_tokens() {
     assert_error_at(
-        &TEXT.replace("any_of: [partner-keys, partner-certs]", "any_of: [partner-keys, partner-keys]"),
+        &TEXT.replace(
+            "any_of: [partner-keys, partner-certs]",
+            "any_of: [partner-keys, partner-keys]",
+        ),
         "24:35:",
         "auth provider \"partner-keys\" is listed twice",
     );
     assert_error_at(
-        &TEXT.replace("any_of: [partner-keys, partner-certs]", "any_of: [partner-keys, nobody]"),
+        &TEXT.replace(
+            "any_of: [partner-keys, partner-certs]",
+            "any_of: [partner-keys, nobody]",
+        ),
         "24:35:",
         "unknown auth provider \"nobody\" in route \"partner-api\"",
     );
@@ -163,7 +181,10 @@ fn a_route_names_one_provider_or_any_of_known_ones_and_scopes_only_for_tokens() 
         "any_of is empty",
     );
     assert_error_at(
-        &TEXT.replace("auth: {any_of: [partner-keys, partner-certs],", "auth: {provider: tokens, any_of: [partner-keys],"),
+        &TEXT.replace(
+            "auth: {any_of: [partner-keys, partner-certs],",
+            "auth: {provider: tokens, any_of: [partner-keys],",
+        ),
         "24:38:",
         "give provider or any_of, not both",
     );

@@ -52,3 +52,25 @@ fn a_bad_block_and_an_empty_allow_list_are_reported_where_they_stand() {
     );
     assert_eq!(errors(&empty).len(), 1);
 }
+
+#[test]
+fn trusted_proxies_is_a_small_count_of_hops() {
+    let behind = TEXT.replace(
+        "deny_ips: [192.0.2.0/24]}",
+        "deny_ips: [192.0.2.0/24], trusted_proxies: 2}",
+    );
+    let config = parse("routes.yaml", &behind).expect("valid");
+    assert_eq!(config.listeners[0].trusted_proxies, 2);
+    assert_eq!(
+        parse("routes.yaml", TEXT).expect("valid").listeners[0].trusted_proxies,
+        0
+    );
+    assert_error_at(
+        &TEXT.replace(
+            "deny_ips: [192.0.2.0/24]}",
+            "deny_ips: [192.0.2.0/24], trusted_proxies: 40}",
+        ),
+        "3:88:",
+        "trusted_proxies 40 is out of range: expected 0 to 8",
+    );
+}

@@ -71,7 +71,11 @@ fn hash_key(key: &str, consumer: &str, tier: &str) -> String {
         .write_all(format!("{key}\n").as_bytes())
         .expect("write the key");
     let out = child.wait_with_output().expect("hash-key exits");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = String::from_utf8(out.stdout).expect("UTF-8");
     assert!(!line.contains(key), "hash-key printed the key: {line}");
     line.trim_end().to_string()
@@ -136,8 +140,8 @@ impl Gateway {
         let port = reserve_port();
         // Debug logs: the most a service ever writes about a request must hold no key.
         let authz = ExtAuthz::new().log_filter("debug");
-        let acme = hash_key(&keys.acme, "acme", "premium")
-            .replace('}', ", attributes: {plan: gold}}");
+        let acme =
+            hash_key(&keys.acme, "acme", "premium").replace('}', ", attributes: {plan: gold}}");
         let expired = format!(
             "{}, expires: \"2020-01-01T00:00:00Z\"}}",
             hash_key(&keys.expired, "initech", "free").trim_end_matches('}')
@@ -204,7 +208,12 @@ fn token(key: &TestKey, sub: &str) -> String {
 
 /// Asserts a 401 from the gateway that names the `ApiKey` scheme and `error`, and that the
 /// upstream saw nothing.
-fn assert_refused(response: &Response, error: Option<&str>, upstream_before: usize, gateway: &Gateway) {
+fn assert_refused(
+    response: &Response,
+    error: Option<&str>,
+    upstream_before: usize,
+    gateway: &Gateway,
+) {
     assert_eq!(response.status, 401, "{}", response.text());
     let challenge = response.header("www-authenticate").unwrap_or_default();
     assert!(
@@ -214,7 +223,10 @@ fn assert_refused(response: &Response, error: Option<&str>, upstream_before: usi
     let body = response.json().expect("a JSON body");
     match error {
         Some(error) => {
-            assert!(challenge.contains(&format!("error=\"{error}\"")), "{challenge}");
+            assert!(
+                challenge.contains(&format!("error=\"{error}\"")),
+                "{challenge}"
+            );
             assert_eq!(body["error"], error);
         }
         None => {
@@ -222,7 +234,11 @@ fn assert_refused(response: &Response, error: Option<&str>, upstream_before: usi
             assert_eq!(body["error"], "unauthorized");
         }
     }
-    assert_eq!(gateway.upstream.requests(), upstream_before, "the upstream was reached");
+    assert_eq!(
+        gateway.upstream.requests(),
+        upstream_before,
+        "the upstream was reached"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,10 +258,20 @@ async fn api_keys_admit_their_consumer_refuse_the_rest_and_never_leave_the_gatew
         .await
         .expect("request");
     response.expect_status(200).expect("admitted");
-    assert_eq!(response.upstream_header("x-consumer-id").as_deref(), Some("acme"));
-    assert_eq!(response.upstream_header("x-consumer-tier").as_deref(), Some("premium"));
+    assert_eq!(
+        response.upstream_header("x-consumer-id").as_deref(),
+        Some("acme")
+    );
+    assert_eq!(
+        response.upstream_header("x-consumer-tier").as_deref(),
+        Some("premium")
+    );
     assert_eq!(response.upstream_header("x-plan").as_deref(), Some("gold"));
-    assert_eq!(response.upstream_header("x-api-key"), None, "the key reached the upstream");
+    assert_eq!(
+        response.upstream_header("x-api-key"),
+        None,
+        "the key reached the upstream"
+    );
     // A consumer without the attribute: its header is removed, not left to the client.
     let response = request(gateway.port)
         .path("/keys/x")
@@ -254,17 +280,29 @@ async fn api_keys_admit_their_consumer_refuse_the_rest_and_never_leave_the_gatew
         .send()
         .await
         .expect("request");
-    assert_eq!(response.upstream_header("x-consumer-id").as_deref(), Some("globex"));
+    assert_eq!(
+        response.upstream_header("x-consumer-id").as_deref(),
+        Some("globex")
+    );
     assert_eq!(response.upstream_header("x-plan"), None);
 
     // In the query: admitted, and the parameter gone from the URL the upstream gets.
     let response = gateway
-        .get(&format!("/query/list?page=2&api_key={}&sort=asc", keys.globex))
+        .get(&format!(
+            "/query/list?page=2&api_key={}&sort=asc",
+            keys.globex
+        ))
         .await
         .expect("request");
     response.expect_status(200).expect("admitted");
-    assert_eq!(response.upstream_path().as_deref(), Some("/query/list?page=2&sort=asc"));
-    assert_eq!(response.upstream_header("x-consumer-id").as_deref(), Some("globex"));
+    assert_eq!(
+        response.upstream_path().as_deref(),
+        Some("/query/list?page=2&sort=asc")
+    );
+    assert_eq!(
+        response.upstream_header("x-consumer-id").as_deref(),
+        Some("globex")
+    );
     let response = gateway
         .get(&format!("/query/list?api_key={}", keys.wrong))
         .await
@@ -277,12 +315,24 @@ async fn api_keys_admit_their_consumer_refuse_the_rest_and_never_leave_the_gatew
 
     // Wrong, expired, missing: 401s before the upstream.
     let before = gateway.upstream.requests();
-    let wrong = gateway.with_key("/keys/x", &keys.wrong).await.expect("request");
+    let wrong = gateway
+        .with_key("/keys/x", &keys.wrong)
+        .await
+        .expect("request");
     assert_refused(&wrong, Some("invalid_key"), before, &gateway);
-    assert_eq!(wrong.json().expect("JSON")["error_description"], "the API key is not valid");
-    let expired = gateway.with_key("/keys/x", &keys.expired).await.expect("request");
+    assert_eq!(
+        wrong.json().expect("JSON")["error_description"],
+        "the API key is not valid"
+    );
+    let expired = gateway
+        .with_key("/keys/x", &keys.expired)
+        .await
+        .expect("request");
     assert_refused(&expired, Some("invalid_key"), before, &gateway);
-    assert_eq!(expired.json().expect("JSON")["error_description"], "the API key has expired");
+    assert_eq!(
+        expired.json().expect("JSON")["error_description"],
+        "the API key has expired"
+    );
     let missing = gateway.get("/keys/x").await.expect("request");
     assert_refused(&missing, None, before, &gateway);
     assert_eq!(
@@ -291,17 +341,32 @@ async fn api_keys_admit_their_consumer_refuse_the_rest_and_never_leave_the_gatew
     );
 
     // any_of: a key alone, a token alone, and neither (both schemes named).
-    let by_key = gateway.with_key("/either/x", &keys.acme).await.expect("request");
-    assert_eq!(by_key.upstream_header("x-consumer-id").as_deref(), Some("acme"));
+    let by_key = gateway
+        .with_key("/either/x", &keys.acme)
+        .await
+        .expect("request");
+    assert_eq!(
+        by_key.upstream_header("x-consumer-id").as_deref(),
+        Some("acme")
+    );
     let by_token = request(gateway.port)
         .path("/either/x")
-        .header("authorization", &format!("Bearer {}", token(&token_key, "user-7")))
+        .header(
+            "authorization",
+            &format!("Bearer {}", token(&token_key, "user-7")),
+        )
         .send()
         .await
         .expect("request");
     by_token.expect_status(200).expect("a token is enough");
-    assert_eq!(by_token.upstream_header("x-consumer-id").as_deref(), Some("user-7"));
-    assert_eq!(by_token.upstream_header("x-consumer-tier").as_deref(), Some("gold"));
+    assert_eq!(
+        by_token.upstream_header("x-consumer-id").as_deref(),
+        Some("user-7")
+    );
+    assert_eq!(
+        by_token.upstream_header("x-consumer-tier").as_deref(),
+        Some("gold")
+    );
     let neither = gateway.get("/either/x").await.expect("request");
     assert_eq!(neither.status, 401);
     assert_eq!(
@@ -316,7 +381,10 @@ async fn api_keys_admit_their_consumer_refuse_the_rest_and_never_leave_the_gatew
         .expect("request")
         .expect_status(200)
         .expect("acme is admitted");
-    let other = gateway.with_key("/acme/x", &keys.globex).await.expect("request");
+    let other = gateway
+        .with_key("/acme/x", &keys.globex)
+        .await
+        .expect("request");
     assert_eq!(other.status, 403, "{}", other.text());
     assert_eq!(
         other.json().expect("JSON"),
@@ -343,7 +411,9 @@ async fn api_keys_admit_their_consumer_refuse_the_rest_and_never_leave_the_gatew
     })
     .await;
     // A broken edit keeps the keys that serve.
-    gateway.cp.write_file("keys.yaml", b"keys:\n  - {consumer: x, key: plaintext}\n");
+    gateway
+        .cp
+        .write_file("keys.yaml", b"keys:\n  - {consumer: x, key: plaintext}\n");
     eventually("the broken keys file is reported", async || {
         let logs = gateway.authz.process().stdout() + &gateway.authz.process().stderr();
         anyhow::ensure!(logs.contains("API keys not reloaded"), "not yet");

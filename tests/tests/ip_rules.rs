@@ -9,10 +9,23 @@ use tollgate_conformance::{eventually, reserve_port, ControlPlane, Envoy, Upstre
 
 /// `GET path` over HTTP/1.1 from whichever loopback `to` is on: the status and the body.
 async fn get_from(to: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    get_forwarded(to, path, None).await
+}
+
+/// `GET path` with `x-forwarded-for: forwarded`, as a load balancer in front would send it.
+async fn get_forwarded(
+    to: SocketAddr,
+    path: &str,
+    forwarded: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect(to).await?;
+    let forwarded = forwarded
+        .map(|chain| format!("x-forwarded-for: {chain}\r\n"))
+        .unwrap_or_default();
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nhost: gw.test\r\n{forwarded}connection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await?;
     let mut response = String::new();
@@ -109,4 +122,72 @@ routes:
         1,
         "only the admitted admin request reached the upstream"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_trusted_proxies_the_client_is_read_from_x_forwarded_for_and_nowhere_else() {
+    let app = Upstream::new("app").spawn().await;
+    let (behind_lb, edge) = (reserve_port(), reserve_port());
+    let cp = ControlPlane::new()
+        .routes(format!(
+            r#"version: 1
+listeners:
+  - {{name: behind-lb, address: "127.0.0.1:{behind_lb}", trusted_proxies: 1}}
+  - {{name: edge, address: "127.0.0.1:{edge}"}}
+services:
+  app: {{endpoints: ["{app}"]}}
+routes:
+  - name: partners
+    match: {{prefix: /partners/}}
+    service: app
+    allow_ips: [203.0.113.0/24]
+  - {{name: open, match: {{prefix: /}}, service: app}}
+"#,
+            app = app.endpoint(),
+        ))
+        .start()
+        .await;
+    let _envoy = Envoy::new().control_plane(&cp).start().await;
+    let behind_lb: SocketAddr = format!("127.0.0.1:{behind_lb}").parse().expect("address");
+    let edge: SocketAddr = format!("127.0.0.1:{edge}").parse().expect("address");
+    eventually("both listeners serve the open route", async || {
+        for to in [behind_lb, edge] {
+            let (status, _) = get_from(to, "/hello").await?;
+            anyhow::ensure!(status == 200, "{to}: {status}");
+        }
+        Ok(())
+    })
+    .await;
+    for (to, forwarded, expected, why) in [
+        (
+            behind_lb,
+            Some("203.0.113.7"),
+            200,
+            "the load balancer vouches for the client",
+        ),
+        // The client prepended its own entry; the load balancer appended the real one.
+        (
+            behind_lb,
+            Some("203.0.113.9, 198.51.100.4"),
+            403,
+            "only the trusted hop counts",
+        ),
+        (
+            behind_lb,
+            None,
+            403,
+            "without the header the client is the load balancer",
+        ),
+        (
+            edge,
+            Some("203.0.113.7"),
+            403,
+            "at the edge x-forwarded-for is the client's word",
+        ),
+    ] {
+        let (status, body) = get_forwarded(to, "/partners/x", forwarded)
+            .await
+            .expect("an answer");
+        assert_eq!(status, expected, "{to} {forwarded:?}: {why}: {body}");
+    }
 }

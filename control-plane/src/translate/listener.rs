@@ -141,8 +141,11 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(rds(&config.name)),
         // The gateway is the edge: trust the peer address, not a client-supplied
-        // x-forwarded-for, when deciding who the client is.
+        // x-forwarded-for, when deciding who the client is; behind `trusted_proxies` load
+        // balancers, the address that many entries from the right of x-forwarded-for (what
+        // RBAC's `remote_ip` and rate limits by client address then see).
         use_remote_address: Some(BoolValue { value: true }),
+        xff_num_trusted_hops: config.trusted_proxies,
         // Correlation ids: keep the client's, make one otherwise, and echo it back.
         generate_request_id: Some(BoolValue { value: true }),
         preserve_external_request_id: true,

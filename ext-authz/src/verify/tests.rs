@@ -48,7 +48,13 @@ fn load_jwk(jwk: &serde_json::Value) -> Result<KeySet, crate::jwks::JwksError> {
 }
 
 fn check(key: &TestKey, token: &str) -> Result<VerifiedToken, Rejection> {
-    verify(token, &keyset(&[key]), &public_provider(), &forward(), now())
+    verify(
+        token,
+        &keyset(&[key]),
+        &public_provider(),
+        &forward(),
+        now(),
+    )
 }
 
 fn with_claims(key: &TestKey, edit: impl FnOnce(&mut serde_json::Value)) -> String {
@@ -96,7 +102,13 @@ fn valid_hs256_token_passes_with_the_shared_secret() {
     let key = TestKey::hmac(&secret);
     let keys = KeySet::from_secret(&secret).expect("secret");
     let token = key.mint(&claims());
-    let verified = verify(&token, &keys, &provider(&[Algorithm::HS256]), &forward(), now());
+    let verified = verify(
+        &token,
+        &keys,
+        &provider(&[Algorithm::HS256]),
+        &forward(),
+        now(),
+    );
     assert!(verified.is_ok(), "{verified:?}");
 }
 
@@ -380,10 +392,23 @@ fn token_without_kid_uses_the_only_fitting_key() {
     let ec = TestKey::p256("e1");
     let rsa = TestKey::rsa("r1", 0);
     let token = ec.mint_with(&json!({"alg": "ES256"}), &claims());
-    assert!(verify(&token, &keyset(&[&rsa, &ec]), &public_provider(), &forward(), now()).is_ok());
+    assert!(verify(
+        &token,
+        &keyset(&[&rsa, &ec]),
+        &public_provider(),
+        &forward(),
+        now()
+    )
+    .is_ok());
     let other = TestKey::p256("e2");
     assert_eq!(
-        verify(&token, &keyset(&[&ec, &other]), &public_provider(), &forward(), now()),
+        verify(
+            &token,
+            &keyset(&[&ec, &other]),
+            &public_provider(),
+            &forward(),
+            now()
+        ),
         Err(Rejection::AmbiguousKey)
     );
 }
@@ -405,7 +430,10 @@ fn forwarded_claims_become_headers_and_absent_ones_are_listed() {
             ("x-tier".to_string(), "gold".to_string()),
         ]
     );
-    assert_eq!(verified.identity.absent_headers, vec!["x-email".to_string()]);
+    assert_eq!(
+        verified.identity.absent_headers,
+        vec!["x-email".to_string()]
+    );
 }
 
 #[test]
@@ -416,9 +444,19 @@ fn claims_with_control_characters_are_not_forwarded() {
         c["email"] = json!({"nested": true});
     });
     let verified = check(&key, &token).expect("valid");
-    assert!(verified.identity.claim_headers.iter().all(|(h, _)| h == "x-groups"));
-    assert!(verified.identity.absent_headers.contains(&"x-tier".to_string()));
-    assert!(verified.identity.absent_headers.contains(&"x-email".to_string()));
+    assert!(verified
+        .identity
+        .claim_headers
+        .iter()
+        .all(|(h, _)| h == "x-groups"));
+    assert!(verified
+        .identity
+        .absent_headers
+        .contains(&"x-tier".to_string()));
+    assert!(verified
+        .identity
+        .absent_headers
+        .contains(&"x-email".to_string()));
 }
 
 #[test]

@@ -77,6 +77,8 @@ pub(crate) struct ListenerDoc {
     pub redirect_to_https: Option<Spanned<String>>,
     pub allow_ips: Option<Spanned<Vec<Spanned<String>>>>,
     pub deny_ips: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Proxies in front of the listener whose `x-forwarded-for` entries are trusted.
+    pub trusted_proxies: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -142,7 +142,11 @@ fn foreign_fields(name: &str, doc: &AuthProviderDoc, kind: Kind, errors: &mut Er
         ("header", at(&doc.header), Kind::ApiKey),
         ("query", at(&doc.query), Kind::ApiKey),
         ("keys_file", at(&doc.keys_file), Kind::ApiKey),
-        ("consumer_from", at(&doc.consumer_from), Kind::ClientCertificate),
+        (
+            "consumer_from",
+            at(&doc.consumer_from),
+            Kind::ClientCertificate,
+        ),
         ("consumers", at(&doc.consumers), Kind::ClientCertificate),
     ];
     for (field, location, owner) in fields {
@@ -213,7 +217,10 @@ fn api_key(
             if !is_header_name(&lower) || lower.starts_with(':') {
                 errors.at(
                     header,
-                    format!("auth provider \"{name}\": invalid header name \"{}\"", header.value),
+                    format!(
+                        "auth provider \"{name}\": invalid header name \"{}\"",
+                        header.value
+                    ),
                 );
             } else if lower != "authorization" && RESERVED_HEADERS.contains(&lower.as_str())
                 || lower == REQUEST_ID_HEADER
@@ -247,7 +254,10 @@ fn api_key(
     };
     let keys_file = match &doc.keys_file {
         Some(file) if file.value.is_empty() => {
-            errors.at(file, format!("auth provider \"{name}\": keys_file is empty"));
+            errors.at(
+                file,
+                format!("auth provider \"{name}\": keys_file is empty"),
+            );
             None
         }
         Some(file) => Some(PathBuf::from(&file.value)),
@@ -330,7 +340,10 @@ fn consumer_profile(node: &Spanned<ConsumerDoc>, errors: &mut Errors) -> Consume
         if value.value.is_empty() || value.value.chars().any(char::is_control) {
             errors.at(
                 value,
-                format!("\"{}\" cannot be sent as a header value", value.value.escape_debug()),
+                format!(
+                    "\"{}\" cannot be sent as a header value",
+                    value.value.escape_debug()
+                ),
             );
         }
         value.value.clone()
@@ -668,14 +681,19 @@ pub(super) fn route_auth(
         if consumers.value.is_empty() {
             errors.at(
                 consumers,
-                format!("route \"{route}\": consumers is empty: leave it out to admit every consumer"),
+                format!(
+                    "route \"{route}\": consumers is empty: leave it out to admit every consumer"
+                ),
             );
         }
         for consumer in &consumers.value {
             if !is_consumer_id(&consumer.value) {
                 errors.at(
                     consumer,
-                    format!("consumer \"{}\": expected printable ASCII without spaces", consumer.value),
+                    format!(
+                        "consumer \"{}\": expected printable ASCII without spaces",
+                        consumer.value
+                    ),
                 );
             }
         }

@@ -209,6 +209,7 @@ fn listeners(
         }
         let redirect_to_https = destination::https_redirect(doc, listener, errors);
         let ip_rules = ip_rules::ip_rules(&listener.allow_ips, &listener.deny_ips, errors);
+        let trusted_proxies = trusted_proxies(listener.trusted_proxies.as_ref(), errors);
         valid.push(Listener {
             name: listener.name.value.clone(),
             address,
@@ -217,9 +218,31 @@ fn listeners(
             tls,
             redirect_to_https,
             ip_rules,
+            trusted_proxies,
         });
     }
     (valid, certificates)
+}
+
+/// More hops than any real chain of load balancers: a larger number is a typo, and would
+/// let clients choose their address by padding `x-forwarded-for`.
+const MAX_TRUSTED_PROXIES: u64 = 8;
+
+fn trusted_proxies(node: Option<&Spanned<u64>>, errors: &mut Errors) -> u32 {
+    match node {
+        None => 0,
+        Some(node) if node.value > MAX_TRUSTED_PROXIES => {
+            errors.at(
+                node,
+                format!(
+                    "trusted_proxies {} is out of range: expected 0 to {MAX_TRUSTED_PROXIES}, the number of proxies in front of the listener",
+                    node.value
+                ),
+            );
+            0
+        }
+        Some(node) => node.value as u32,
+    }
 }
 
 fn service(
