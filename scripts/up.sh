@@ -56,6 +56,7 @@ wait_for http://127.0.0.1:9901/ready
 FREE=$(python3 scripts/demo_token.py mint "$RUN" alice free)
 PREMIUM=$(python3 scripts/demo_token.py mint "$RUN" bob premium)
 echo "$FREE" > "$RUN/token-free"; echo "$PREMIUM" > "$RUN/token-premium"
+API_KEY=$(python3 scripts/demo_token.py api-key "$RUN")
 
 cat <<MSG
 
@@ -64,6 +65,8 @@ Tollgate is up. Logs and demo tokens are in $RUN/ (access log: $RUN/access.log).
   protected, 401:     curl -si localhost:8080/api/v1/invoices/42
   protected, token:   curl -s -H "authorization: Bearer \$(cat $RUN/token-free)" localhost:8080/api/v1/invoices/42
   tier limits:        free: 10/minute, premium ($RUN/token-premium): 100/minute, then 429
+  API key (partner):  curl -s -H "x-api-key: $API_KEY" localhost:8080/partner/v1/invoices/42
+                      (the key is in $RUN/demo-api-key; $RUN/demo-keys.yaml holds only its hash)
   mobile listener:    curl -s -H "authorization: Bearer \$(cat $RUN/token-premium)" localhost:8090/mobile/v1/accounts/7
   second host, canary: for i in \$(seq 10); do curl -s -H 'host: shop.localhost' localhost:8080/; echo; done
   gateway health:     curl -s localhost:8080/health

@@ -181,6 +181,16 @@ impl RunningStack {
         Ok(token.to_owned())
     }
 
+    /// The demo API key, as the stack's own `api-key` service prints it for a user.
+    pub fn api_key(&self) -> anyhow::Result<String> {
+        let key = self.compose(&["run", "--rm", "-T", "api-key"])?;
+        let key = key.trim();
+        if !key.starts_with("tgk_") {
+            bail!("the api-key service printed no key: {key:?}");
+        }
+        Ok(key.to_owned())
+    }
+
     /// The log lines one service wrote, as `docker compose logs` shows them.
     pub fn logs(&self, service: &str) -> anyhow::Result<String> {
         self.compose(&["logs", "--no-color", service])

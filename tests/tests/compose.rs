@@ -80,6 +80,23 @@ async fn demo_routes_answer_through_the_published_port(stack: &RunningStack) {
     );
     the_free_tier_is_limited(stack, "free-tier").await;
 
+    // The partner route takes the demo API key: its consumer upstream, the key not.
+    let key = stack.api_key().expect("the demo API key");
+    let partner = http::request(port)
+        .path("/partner/v1/invoices/42")
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .expect("partner route");
+    partner.expect_status(200).expect("with the demo API key: 200");
+    assert_eq!(
+        partner.upstream_header("x-consumer-id").as_deref(),
+        Some("partner-acme"),
+        "identity forwarded: {}",
+        partner.text()
+    );
+    assert_eq!(partner.upstream_header("x-api-key"), None, "the key went upstream");
+
     let mobile = http::request(stack.mobile_port())
         .path("/mobile/v1/accounts/7")
         .header("authorization", &format!("Bearer {token}"))
