@@ -88,14 +88,20 @@ async fn demo_routes_answer_through_the_published_port(stack: &RunningStack) {
         .send()
         .await
         .expect("partner route");
-    partner.expect_status(200).expect("with the demo API key: 200");
+    partner
+        .expect_status(200)
+        .expect("with the demo API key: 200");
     assert_eq!(
         partner.upstream_header("x-consumer-id").as_deref(),
         Some("partner-acme"),
         "identity forwarded: {}",
         partner.text()
     );
-    assert_eq!(partner.upstream_header("x-api-key"), None, "the key went upstream");
+    assert_eq!(
+        partner.upstream_header("x-api-key"),
+        None,
+        "the key went upstream"
+    );
 
     let mobile = http::request(stack.mobile_port())
         .path("/mobile/v1/accounts/7")

@@ -13,6 +13,9 @@
 //!   then both with OpenTelemetry tracing at 1% sampling, on a second gateway (tracing is
 //!   per routes.yaml) whose Envoy and sidecars export to an OTLP/gRPC receiver in this
 //!   process.
+//! - Issue 20: a route taking an API key (tollgate-ext-authz hashes it and looks it up)
+//!   beside the JWT route, and a route with an `allow_ips` rule (Envoy's RBAC filter)
+//!   beside the bare route.
 //!
 //! Load comes from `wrk` (keep-alive HTTP/1.1, a fixed connection count); every case runs
 //! once per round, rounds interleave the cases so that drift on this noisy machine hits them
@@ -55,18 +58,26 @@ const SINGLE_CONNECTION_SECONDS: u64 = 2;
 /// No request in a run gets near it: a refused request would be counted as throughput.
 const GENEROUS_LIMIT: u64 = 1_000_000_000;
 
-/// One load target: a gateway, a path on it, and the token to send, if any.
+/// One load target: a gateway, a path on it, and the credential header to send, if any.
 struct Case {
     label: &'static str,
     port: u16,
     /// The processes serving `port`, whose CPU time the case is charged.
     pids: Pids,
     path: &'static str,
-    token: Option<String>,
+    /// `name: value`, e.g. `authorization: Bearer …`.
+    credential: Option<String>,
 }
 
 /// The header the references' jwt_authn fills from `sub`, as tollgate-ext-authz does.
 const CONSUMER_HEADER: &str = "x-consumer-id";
+
+/// The API key every request of the API-key row presents; the keys file holds its hash.
+const BENCH_API_KEY: &str = "tgk_bench_0123456789abcdefghijklmnopqrstuv";
+
+/// The rows of issue 20's table.
+const API_KEY_ROW: &str = "(b-key) + API key (tollgate-ext-authz)";
+const IP_RULE_ROW: &str = "(a-ip) + IP rule (Envoy RBAC)";
 
 /// The sampling rate of the traced gateway: the issue's 1%.
 const TRACED_SAMPLE_RATE: &str = "0.01";
@@ -234,7 +245,7 @@ impl Gateways {
     }
 
     fn cases(&self, token: &str) -> Vec<Case> {
-        let bearer = || Some(token.to_owned());
+        let bearer = || Some(format!("authorization: Bearer {token}"));
         let reference = self.reference.gateway();
         let matched = self.matched.gateway();
         let tollgate = (self.tollgate.port, self.tollgate.pids());
@@ -263,6 +274,13 @@ impl Gateways {
                 "/auth/x",
                 bearer(),
             ),
+            case(
+                API_KEY_ROW,
+                tollgate,
+                "/key/x",
+                Some(format!("x-api-key: {BENCH_API_KEY}")),
+            ),
+            case(IP_RULE_ROW, tollgate, "/ip/x", None),
             case(
                 "(c) + rate limit (tollgate-ratelimit, Redis)",
                 tollgate,
@@ -322,8 +340,8 @@ async fn count_instructions(gateways: &Gateways, cases: &[Case]) -> Vec<f64> {
 async fn h2load(case: &Case, requests: u32) {
     let mut command = tokio::process::Command::new("h2load");
     command.args(["--h1", "-c", "4", "-n", &requests.to_string()]);
-    if let Some(token) = &case.token {
-        command.args(["-H", &format!("authorization: Bearer {token}")]);
+    if let Some(credential) = &case.credential {
+        command.args(["-H", credential]);
     }
     command.arg(format!("http://127.0.0.1:{}{}", case.port, case.path));
     let output = command.output().await.expect("run h2load");
@@ -391,14 +409,14 @@ fn case(
     label: &'static str,
     (port, pids): (u16, Pids),
     path: &'static str,
-    token: Option<String>,
+    credential: Option<String>,
 ) -> Case {
     Case {
         label,
         port,
         pids,
         path,
-        token,
+        credential,
     }
 }
 
@@ -443,7 +461,11 @@ impl TollgateGateway {
                 "  tracing: {{otlp_endpoint: \"{endpoint}\", sample_rate: {TRACED_SAMPLE_RATE}}}\n"
             ));
         }
-        let cp = ControlPlane::new().routes(routes).start().await;
+        let cp = ControlPlane::new()
+            .routes(routes)
+            .file("keys.yaml", keys_file())
+            .start()
+            .await;
         let authz = authz.routes_file(cp.routes_path()).jwks(jwks).start().await;
         let rls = rls.routes_file(cp.routes_path()).redis(redis).start().await;
         let envoy = envoy.clone().control_plane(&cp).start().await;
@@ -488,8 +510,11 @@ auth_providers:
     jwks_file: jwks.json
     algorithms: [RS256]
     consumer_claim: sub
+  keys: {{type: api_key, header: x-api-key, keys_file: keys.yaml}}
 routes:
   - {{name: bare, match: {{prefix: /bare/}}, service: bench}}
+  - {{name: key, match: {{prefix: /key/}}, service: bench, auth: {{provider: keys}}}}
+  - {{name: ip, match: {{prefix: /ip/}}, service: bench, allow_ips: [127.0.0.0/8]}}
   - name: auth
     match: {{prefix: /auth/}}
     service: bench
@@ -513,6 +538,22 @@ observability:
 "#,
         upstream = upstream.endpoint(),
     )
+}
+
+/// The keys file of the API-key route: [`BENCH_API_KEY`]'s hash among 999 others, so the
+/// lookup is one in a realistic table, not in a table of one.
+fn keys_file() -> String {
+    use sha2::Digest as _;
+    let mut file = String::from("keys:\n");
+    for n in 0..1000 {
+        let key = match n {
+            500 => BENCH_API_KEY.to_owned(),
+            n => format!("tgk_other_{n}"),
+        };
+        let digest = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+        let _ = writeln!(file, "  - {{consumer: consumer-{n}, sha256: \"{digest}\"}}");
+    }
+    file
 }
 
 /// The hand-written Envoy: one listener whose routes are guarded by `jwt_authn` rules.
@@ -669,7 +710,7 @@ async fn check_routes(tollgate: &TollgateGateway, references: &[&Reference], tok
             .iter()
             .flat_map(move |r| paths.iter().map(move |path| (r.port, *path)))
     };
-    let tollgate_paths = ["/bare/x", "/auth/x", "/limited/x", "/both/x"];
+    let tollgate_paths = ["/bare/x", "/auth/x", "/limited/x", "/both/x", "/ip/x"];
     for (port, path) in reference_paths(&["/bare/x", "/auth/x", "/auth-cached/x"])
         .chain(tollgate_paths.map(|path| (tollgate.port, path)))
     {
@@ -683,8 +724,18 @@ async fn check_routes(tollgate: &TollgateGateway, references: &[&Reference], tok
             expect_rate_limit_headers(&response).expect("a limited route is rate limited");
         }
     }
+    eventually("the API-key route admits the bench key", async || {
+        request(tollgate.port)
+            .path("/key/x")
+            .header("x-api-key", BENCH_API_KEY)
+            .send()
+            .await?
+            .expect_upstream("bench")?;
+        Ok(())
+    })
+    .await;
     for (port, path) in reference_paths(&["/auth/x", "/auth-cached/x"])
-        .chain(["/auth/x", "/both/x"].map(|path| (tollgate.port, path)))
+        .chain(["/auth/x", "/both/x", "/key/x"].map(|path| (tollgate.port, path)))
     {
         let response = request(port).path(path).send().await.expect("a request");
         response
@@ -710,8 +761,8 @@ async fn wrk(case: &Case, connections: u32, seconds: u64) -> Run {
     command
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
         .arg("--latency");
-    if let Some(token) = &case.token {
-        command.args(["-H", &format!("authorization: Bearer {token}")]);
+    if let Some(credential) = &case.credential {
+        command.args(["-H", credential]);
     }
     command.arg(format!("http://127.0.0.1:{}{}", case.port, case.path));
     let output = command.output().await.expect("run wrk");
@@ -942,6 +993,37 @@ fn print_tables(
                 ratio(s.requests_per_second, jwt_authn_matched),
                 ratio(s.requests_per_second, jwt_authn_cached_matched),
                 ratio(s.requests_per_second, jwt_authn),
+            ],
+        );
+    }
+    println!();
+    println!("### API keys and IP rules through Envoy (issue 20)");
+    println!();
+    println!(
+        "The API-key route (one key reused, looked up by its SHA-256 among 1,000 entries of a \
+         keys file) beside the JWT route (b), both checked by tollgate-ext-authz on the same \
+         gateway; the route with an `allow_ips` rule (Envoy's RBAC filter, no sidecar call) \
+         beside the bare route (a). Targets: API key ≥ 0.95 × JWT; IP rule ≥ 0.95 × bare."
+    );
+    println!();
+    let jwt = by_label("(b) + JWT (tollgate-ext-authz)")
+        .1
+        .requests_per_second;
+    let bare_rate = by_label("(a) bare route").1.requests_per_second;
+    header(&["× (b) JWT", "× (a) bare"]);
+    for label in [
+        "(a) bare route",
+        IP_RULE_ROW,
+        "(b) + JWT (tollgate-ext-authz)",
+        API_KEY_ROW,
+    ] {
+        let (case, s) = by_label(label);
+        row(
+            case,
+            s,
+            &[
+                ratio(s.requests_per_second, jwt),
+                ratio(s.requests_per_second, bare_rate),
             ],
         );
     }
