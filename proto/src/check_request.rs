@@ -121,7 +121,7 @@ mod tests {
                 })),
             }),
             principal: "spiffe://peer".into(),
-            certificate: format!("-----BEGIN%20CERTIFICATE-----%0A{ip}%0A").into(),
+            certificate: format!("-----BEGIN%20CERTIFICATE-----%0A{ip}%0A"),
             ..Default::default()
         })
     }
