@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tollgate_ext_authz::metrics::Metrics;
 use tollgate_ext_authz::server::{App, Options};
 use tollgate_proto::envoy::config::core::v3::HeaderValueOption;
-use tollgate_proto::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use tollgate_proto::envoy::service::auth::v3::attribute_context::{self, HttpRequest, Request};
 use tollgate_proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use tollgate_proto::envoy::service::auth::v3::check_response::HttpResponse;
 use tollgate_proto::envoy::service::auth::v3::{
@@ -51,6 +51,16 @@ auth_providers:
     audiences: [tollgate]
     jwks_file: keys/jwks.json
     token: {{cookie: session}}
+  partners:
+    type: client_certificate
+    consumer_from: san_dns
+    consumers:
+      partner-a.example.com: {{tier: premium}}
+    forward_claims: {{tier: x-tier}}
+  by-cn:
+    type: client_certificate
+    consumer_from: subject_cn
+    forward_claims: {{tier: x-tier}}
 "
     )
 }
@@ -540,4 +550,94 @@ fn a_bad_routes_yaml_at_start_exits_64() {
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("routes.yaml:"), "{stderr}");
+}
+
+/// As Envoy sends a client certificate (`include_peer_certificate`): PEM, URL-encoded.
+fn sent_certificate(pem: &str) -> String {
+    pem.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// A request for `provider` (a space-separated list for `any_of`) from a client that
+/// presented `certificate` (PEM), or none.
+fn with_certificate(provider: &str, certificate: Option<&str>) -> CheckRequest {
+    let mut request = request(provider, "", &[]);
+    let attributes = request.attributes.as_mut().expect("attributes");
+    attributes.source = certificate.map(|pem| attribute_context::Peer {
+        certificate: sent_certificate(pem),
+        ..Default::default()
+    });
+    request
+}
+
+const WITH_SANS: &str = include_str!("fixtures/client-with-sans.pem");
+const CN_ONLY: &str = include_str!("fixtures/client-cn-only.pem");
+
+#[tokio::test]
+async fn a_client_certificate_names_its_consumer_with_the_listed_tier() {
+    let key = TestKey::p256("k1");
+    let mut running = start(&key, "http://127.0.0.1:9/jwks").await;
+    let response = check(&mut running, with_certificate("partners", Some(WITH_SANS))).await;
+    let admitted = ok(&response);
+    assert_eq!(
+        header(&admitted.headers, "x-consumer-id"),
+        Some("partner-a.example.com")
+    );
+    assert_eq!(header(&admitted.headers, "x-tier"), Some("premium"));
+    // Without a consumer list every certificate is a consumer, with no tier.
+    let response = check(&mut running, with_certificate("by-cn", Some(CN_ONLY))).await;
+    let admitted = ok(&response);
+    assert_eq!(
+        header(&admitted.headers, "x-consumer-id"),
+        Some("only-a-cn")
+    );
+    assert_eq!(admitted.headers_to_remove, vec!["x-tier".to_string()]);
+}
+
+#[tokio::test]
+async fn a_certificate_without_the_field_or_off_the_list_is_forbidden_and_none_is_401() {
+    let key = TestKey::p256("k1");
+    let mut running = start(&key, "http://127.0.0.1:9/jwks").await;
+    let response = check(&mut running, with_certificate("partners", Some(CN_ONLY))).await;
+    let refused = denied(&response);
+    assert_eq!(refused.status.as_ref().map(|s| s.code), Some(403));
+    assert_eq!(header(&refused.headers, "www-authenticate"), None);
+    let body: serde_json::Value = serde_json::from_str(&refused.body).expect("JSON");
+    assert_eq!(
+        body,
+        json!({"error": "forbidden", "error_description": "the client certificate has no san_dns to name its consumer"})
+    );
+
+    let response = check(&mut running, with_certificate("partners", None)).await;
+    let refused = denied(&response);
+    assert_eq!(refused.status.as_ref().map(|s| s.code), Some(401));
+    assert_eq!(
+        header(&refused.headers, "www-authenticate"),
+        Some("ClientCertificate realm=\"tollgate\"")
+    );
+
+    // any_of: neither a certificate nor a token, so both kinds are asked for.
+    let response = check(&mut running, with_certificate("partners main", None)).await;
+    let refused = denied(&response);
+    assert_eq!(
+        header(&refused.headers, "www-authenticate"),
+        Some("ClientCertificate realm=\"tollgate\", Bearer realm=\"tollgate\"")
+    );
+    let metrics = &running.metrics;
+    use tollgate_ext_authz::response::Outcome;
+    assert_eq!(
+        metrics.provider_check_count("partners", Outcome::Forbidden),
+        1
+    );
+    assert_eq!(
+        metrics.provider_check_count("partners", Outcome::Missing),
+        2
+    );
+    assert_eq!(metrics.provider_check_count("main", Outcome::Missing), 1);
 }
