@@ -297,9 +297,9 @@ pub fn denied(realm: &str, denial: &Denial) -> CheckResponse {
     }
 }
 
-/// The OK response: identity and forwarded claims set, absent claim headers removed, and an
-/// API key (`credential`) removed so it never reaches the upstream.
-pub fn allowed(identity: &Identity, credential: Option<&KeyLocation>) -> CheckResponse {
+/// The OK response: identity and forwarded claims set, absent claim headers removed, and
+/// API keys (where `keys` says they travel) removed so they never reach the upstream.
+pub fn allowed(identity: &Identity, keys: &[KeyLocation]) -> CheckResponse {
     let mut headers = Vec::with_capacity(identity.claim_headers.len() + 1);
     let mut headers_to_remove = identity.absent_headers.clone();
     let mut query_parameters_to_remove = Vec::new();
@@ -313,10 +313,11 @@ pub fn allowed(identity: &Identity, credential: Option<&KeyLocation>) -> CheckRe
             .iter()
             .map(|(name, value)| header(name, value.clone())),
     );
-    match credential {
-        Some(KeyLocation::Header(name)) => headers_to_remove.push(name.clone()),
-        Some(KeyLocation::Query(name)) => query_parameters_to_remove.push(name.clone()),
-        None => {}
+    for key in keys {
+        match key {
+            KeyLocation::Header(name) => headers_to_remove.push(name.clone()),
+            KeyLocation::Query(name) => query_parameters_to_remove.push(name.clone()),
+        }
     }
     CheckResponse {
         status: Some(rpc::Status {

@@ -13,7 +13,7 @@ use tollgate_sidecar::telemetry::{self, TraceId, TraceParent, SPAN_TARGET};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
-use tollgate_routes::policy::JwtProvider;
+use tollgate_routes::policy::{JwtProvider, KeyLocation};
 
 use crate::api_keys::KeyMatch;
 use crate::cache::{cache_key, TokenCache};
@@ -41,10 +41,12 @@ pub const CONSUMERS_KEY: &str = "consumers";
 /// The outcome of one check.
 #[derive(Debug)]
 pub enum Decision {
-    /// Admitted by `provider`, with the identity the upstream is told.
+    /// Admitted, with the identity the upstream is told.
     Allow {
-        provider: Arc<Provider>,
         grant: Grant,
+        /// Where the route's API-key providers read keys: every such key is removed
+        /// before the upstream, whichever credential admitted the request.
+        keys: Vec<KeyLocation>,
     },
     Deny(Denial),
 }
@@ -183,10 +185,14 @@ impl AuthService {
             match attempt {
                 Attempt::Allowed(grant) => {
                     provider.outcomes.record(Outcome::Allowed);
-                    return Decision::Allow {
-                        provider: Arc::clone(provider),
-                        grant,
-                    };
+                    let keys = names
+                        .split_ascii_whitespace()
+                        .filter_map(|name| match &table.get(name)?.verifier {
+                            Verifier::ApiKey { location, .. } => Some(location.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    return Decision::Allow { grant, keys };
                 }
                 Attempt::Missing(challenge) => {
                     provider.outcomes.record(Outcome::Missing);
@@ -341,13 +347,9 @@ impl AuthService {
         let decision = self.decide_logged(request, view, ids).await;
         let seconds = started.elapsed().as_secs_f64();
         match decision {
-            Decision::Allow { provider, grant } => {
+            Decision::Allow { grant, keys } => {
                 self.metrics.check(true, "ok", seconds);
-                let credential = match &provider.verifier {
-                    Verifier::ApiKey { location, .. } => Some(location),
-                    _ => None,
-                };
-                (response::allowed(grant.identity(), credential), "ok")
+                (response::allowed(grant.identity(), &keys), "ok")
             }
             Decision::Deny(denial) => {
                 self.metrics.check(false, denial.class(), seconds);

@@ -367,6 +367,27 @@ async fn api_keys_admit_their_consumer_refuse_the_rest_and_never_leave_the_gatew
         by_token.upstream_header("x-consumer-tier").as_deref(),
         Some("gold")
     );
+    // A token admits even beside a wrong key, and that key goes no further either.
+    let token_and_wrong_key = request(gateway.port)
+        .path("/either/x")
+        .header(
+            "authorization",
+            &format!("Bearer {}", token(&token_key, "user-8")),
+        )
+        .header("x-api-key", &keys.wrong)
+        .send()
+        .await
+        .expect("request");
+    token_and_wrong_key
+        .expect_status(200)
+        .expect("the token admits");
+    assert_eq!(
+        token_and_wrong_key
+            .upstream_header("x-consumer-id")
+            .as_deref(),
+        Some("user-8")
+    );
+    assert_eq!(token_and_wrong_key.upstream_header("x-api-key"), None);
     let neither = gateway.get("/either/x").await.expect("request");
     assert_eq!(neither.status, 401);
     assert_eq!(
