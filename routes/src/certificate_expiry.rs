@@ -5,6 +5,8 @@
 //! Only called on certificates rustls has already parsed, and only informs (a log line, a
 //! metric): a certificate this reader cannot follow yields `None`, never an error.
 
+use crate::der::{any_element, element, EXPLICIT_0, GENERALIZED_TIME, INTEGER, SEQUENCE, UTC_TIME};
+
 /// `notAfter` of a DER X.509 certificate, in seconds since the Unix epoch.
 pub fn not_after_unix(certificate: &[u8]) -> Option<i64> {
     // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
@@ -13,8 +15,8 @@ pub fn not_after_unix(certificate: &[u8]) -> Option<i64> {
     //                               validity, ... }
     let (tbs, _) = element(certificate, SEQUENCE)?;
     let mut rest = tbs;
-    if rest.first() == Some(&EXPLICIT_VERSION) {
-        rest = element(rest, EXPLICIT_VERSION)?.1;
+    if rest.first() == Some(&EXPLICIT_0) {
+        rest = element(rest, EXPLICIT_0)?.1;
     }
     rest = element(rest, INTEGER)?.1;
     rest = element(rest, SEQUENCE)?.1;
@@ -30,40 +32,6 @@ pub fn not_after_unix(certificate: &[u8]) -> Option<i64> {
         GENERALIZED_TIME => generalized_time(text),
         _ => None,
     }
-}
-
-const INTEGER: u8 = 0x02;
-const SEQUENCE: u8 = 0x30;
-const UTC_TIME: u8 = 0x17;
-const GENERALIZED_TIME: u8 = 0x18;
-const EXPLICIT_VERSION: u8 = 0xa0;
-
-/// The content of the element at the start of `der`, which must carry `tag`, and what follows.
-fn element(der: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    match der.first() {
-        Some(&found) if found == tag => any_element(der),
-        _ => None,
-    }
-}
-
-/// The content of the element at the start of `der`, whatever its tag, and what follows.
-fn any_element(der: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (&first_length, rest) = der.get(1..)?.split_first()?;
-    let (length, rest) = if first_length < 0x80 {
-        (usize::from(first_length), rest)
-    } else {
-        // Long form: the low bits count the length octets (DER: at most what fits a usize).
-        let count = usize::from(first_length & 0x7f);
-        if count == 0 || count > std::mem::size_of::<usize>() || rest.len() < count {
-            return None;
-        }
-        let (octets, rest) = rest.split_at(count);
-        let length = octets
-            .iter()
-            .fold(0usize, |length, &octet| (length << 8) | usize::from(octet));
-        (length, rest)
-    };
-    (rest.len() >= length).then(|| rest.split_at(length))
 }
 
 /// `YYMMDDHHMMSSZ`; RFC 5280 §4.1.2.5.1: YY below 50 is 20YY, otherwise 19YY.

@@ -11,6 +11,7 @@ pub mod api_keys;
 mod certificate_expiry;
 pub mod certificates;
 mod config;
+mod der;
 pub mod destination;
 mod document;
 pub mod duration;
@@ -20,6 +21,7 @@ pub mod ip_rules;
 pub mod listener_tls;
 pub mod load;
 pub mod policy;
+pub mod revocation;
 pub mod route_policy;
 pub mod service_policy;
 mod validate;
@@ -34,7 +36,7 @@ pub use destination::{
 };
 pub use endpoint::Endpoint;
 pub use error::{ConfigError, ConfigErrors};
-pub use listener_tls::{FileSource, ListenerTls, TlsVersion};
+pub use listener_tls::{ClientCertificates, FileSource, ListenerTls, TlsVersion};
 pub use load::{load, load_with_files, read_text, FilesBeside, LoadError, ReadError};
 pub use validate::is_valid_name;
 
@@ -55,9 +57,10 @@ pub fn parse_keys(file: &str, text: &str) -> Result<Vec<api_keys::ApiKey>, Confi
 }
 
 /// Like [`parse`], and also reads through `files` every certificate and key routes.yaml
-/// names (TLS listeners', services' client certificates) and every service's CA bundle; a
-/// missing file, one that is not PEM, or a key that does not match its certificate is
-/// reported at its field like any other error.
+/// names (TLS listeners', services' client certificates), every CA bundle (services', and
+/// listeners' for client certificates) and every listener's CRLs; a missing file, one that
+/// is not PEM, or a key that does not match its certificate is reported at its field like
+/// any other error.
 pub fn parse_with_files(
     file: &str,
     text: &str,

@@ -2,8 +2,10 @@
 //! are read.
 //!
 //! The settings ([`ListenerTls`]) are plain configuration and travel in every
-//! [`crate::RoutesConfig`]. The certificate and key they name do not (see
-//! [`crate::certificates`]). Reading files goes through a [`FileSource`] the caller provides.
+//! [`crate::RoutesConfig`], with the client CA bundle and revocation lists they name once
+//! read (public material, as for a service's `ca_file`). The certificate and key they name do
+//! not (see [`crate::certificates`]). Reading files goes through a [`FileSource`] the caller
+//! provides.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,33 @@ pub struct ListenerTls {
     /// its DNS names (Envoy picks among them; `cert_file` is the default for any other name
     /// and for clients that send none).
     pub sni_certificates: Vec<CertificateFiles>,
+    /// Client certificate verification (mutual TLS); `None`: the listener asks clients for
+    /// no certificate.
+    pub client_certificates: Option<ClientCertificates>,
+}
+
+/// How a listener verifies the certificates clients present: routes.yaml's `client_ca_file`,
+/// `client_certificate` and `crl_file`. A certificate that is presented must always verify;
+/// `required` says whether a client may present none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertificates {
+    /// PEM bundle of the CAs client certificate chains must lead to, as written in
+    /// routes.yaml (relative to routes.yaml's directory).
+    pub ca_file: PathBuf,
+    /// The bundle `ca_file` named, read and checked when validation was given the files:
+    /// Envoy gets these bytes, so what was checked is what it trusts. `None` when validation
+    /// read no files, as the sidecars' does.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM certificate revocation lists, as written in routes.yaml; `None`: revocation is not
+    /// checked.
+    pub crl_file: Option<PathBuf>,
+    /// The lists `crl_file` named, read and checked (see [`crate::revocation`]) when
+    /// validation was given the files.
+    pub crl_pem: Option<Vec<u8>>,
+    /// `true` (`client_certificate: required`, the default): a handshake without a client
+    /// certificate fails. `false` (`optional`): a client may present none, and routes decide
+    /// what such a client may do.
+    pub required: bool,
 }
 
 /// The lowest TLS version a listener accepts. Nothing below 1.2: RFC 8996 deprecates 1.0 and

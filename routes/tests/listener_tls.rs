@@ -34,6 +34,7 @@ fn a_tls_listener_defaults_to_tls_1_2_and_carries_its_checked_certificate() {
             key_file: "certs/gw.key".into(),
             min_version: TlsVersion::Tls12,
             sni_certificates: Vec::new(),
+            client_certificates: None,
         })
     );
     let [served] = certificates.listener("secure") else {

@@ -19,7 +19,7 @@ use tollgate_testkit::process::Process;
 
 /// Longer than any route timeout a test configures, so a gateway timeout (504) is what a
 /// test observes, never a client-side one.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts building a request to `127.0.0.1:port`.
 pub fn request(port: u16) -> RequestBuilder {

@@ -43,7 +43,10 @@ pub use gateway::Gateway;
 pub use http::{get, request, Response};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use routes_yaml::RoutesYaml;
-pub use tls::{IssuedCertificate, TestCa, TlsClient, TlsResponse};
+pub use tls::{
+    ClientCa, ClientCertificate, ClientCertificateRequest, IssuedCertificate, TestCa, TlsClient,
+    TlsResponse,
+};
 pub use tollgate_testkit::ports::reserve_port;
 pub use traffic::{traffic, Traffic, TrafficReport};
 pub use upstream::{Upstream, UpstreamHandle};

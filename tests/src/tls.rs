@@ -1,24 +1,28 @@
-//! TLS for conformance tests: a throwaway certificate authority made with the `openssl` CLI
-//! (which `scripts/provision.sh` installs), and an HTTPS client on rustls and hyper that
-//! reports what the handshake settled: the ALPN protocol, the TLS version and the certificate
-//! the gateway presented.
+//! TLS for conformance tests: throwaway certificate authorities made with the `openssl` CLI
+//! (which `scripts/provision.sh` installs), one for servers ([`TestCa`]) and one for clients
+//! that can also revoke ([`ClientCa`]), and an HTTPS client on rustls and hyper that presents
+//! a client certificate when given one and reports what the handshake settled: the ALPN
+//! protocol, the TLS version and the certificate the gateway presented.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{
+    AlertDescription, ClientConfig, ProtocolVersion, RootCertStore, SupportedProtocolVersion,
+};
+use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tollgate_testkit::process::scratch_dir;
 
-use crate::http::{read_response, RequestBuilder, Response};
+use crate::http::{read_response, RequestBuilder, Response, CLIENT_TIMEOUT};
 
 /// The DNS name every issued certificate is for, and the SNI the client sends.
 pub const SERVER_NAME: &str = "gateway.test";
@@ -195,6 +199,7 @@ impl TestCa {
             server_name: SERVER_NAME.to_string(),
             alpn: vec!["h2".into(), "http/1.1".into()],
             versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
+            client_certificate: None,
         }
     }
 }
@@ -202,6 +207,246 @@ impl TestCa {
 impl Default for TestCa {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A certificate authority for client certificates in a temporary directory (deleted on
+/// drop), kept with `openssl ca` so it can revoke what it issued and publish a CRL.
+///
+/// ```no_run
+/// # let ca = tollgate_conformance::ClientCa::new("Partners CA");
+/// let alice = ca
+///     .certificate("alice")
+///     .dns_san("alice.partners.test")
+///     .uri_san("spiffe://partners.test/alice")
+///     .issue();
+/// let lapsed = ca.certificate("lapsed").expired().issue();
+/// ca.revoke(&lapsed);
+/// let crl = ca.crl_pem();
+/// ```
+#[derive(Debug)]
+pub struct ClientCa {
+    dir: tempfile::TempDir,
+    /// Certificates issued so far. `openssl ca` keeps its database in files, so it runs
+    /// under this lock, one command at a time.
+    issued: Mutex<u32>,
+}
+
+/// A client certificate issued by a [`ClientCa`]: PEM files that stay in the CA's directory
+/// while it lives, and their content.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// A client certificate about to be issued; see [`ClientCa::certificate`].
+#[derive(Debug)]
+#[must_use = "call .issue()"]
+pub struct ClientCertificateRequest<'ca> {
+    ca: &'ca ClientCa,
+    common_name: String,
+    subject_alt_names: Vec<String>,
+    expired: bool,
+}
+
+/// The `openssl ca` configuration of a [`ClientCa`]: its files, and any subject with a CN.
+const CLIENT_CA_CONFIG: &str = "[ca]
+default_ca = client_ca
+[client_ca]
+database = index.txt
+new_certs_dir = issued
+certificate = ca.pem
+private_key = ca.key
+serial = serial
+crlnumber = crlnumber
+default_md = sha256
+policy = any_subject
+unique_subject = no
+[any_subject]
+commonName = supplied
+";
+
+impl ClientCa {
+    /// A new CA with subject `CN=common_name`, valid for two days, that may sign
+    /// certificates and CRLs.
+    pub fn new(common_name: &str) -> Self {
+        let dir = scratch_dir("tollgate-client-ca-");
+        let path = dir.path();
+        std::fs::write(path.join("ca.cnf"), CLIENT_CA_CONFIG).expect("write ca.cnf");
+        std::fs::write(path.join("index.txt"), "").expect("write index.txt");
+        std::fs::write(path.join("serial"), "1000\n").expect("write serial");
+        // A CRL number makes a version 2 CRL, as CAs publish them.
+        std::fs::write(path.join("crlnumber"), "1000\n").expect("write crlnumber");
+        std::fs::create_dir(path.join("issued")).expect("create issued/");
+        let subject = format!("/CN={common_name}");
+        openssl(
+            path,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &subject,
+                // RFC 5280 §4.2.1.9 and §4.2.1.3: a CA, for certificates and CRLs. BoringSSL
+                // refuses a CRL from a CA whose key usage leaves out cRLSign.
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        );
+        ClientCa {
+            dir,
+            issued: Mutex::new(0),
+        }
+    }
+
+    /// The CA's own certificate, a PEM file: what a `client_ca_file` names to trust it.
+    pub fn cert_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The CA's own certificate, PEM.
+    pub fn cert_pem(&self) -> Vec<u8> {
+        read(self.cert_file())
+    }
+
+    /// Starts a client certificate with subject `CN=common_name`, no subject alternative
+    /// names, valid from now for a day (each has its own key and serial number).
+    pub fn certificate(&self, common_name: &str) -> ClientCertificateRequest<'_> {
+        ClientCertificateRequest {
+            ca: self,
+            common_name: common_name.to_owned(),
+            subject_alt_names: Vec::new(),
+            expired: false,
+        }
+    }
+
+    /// Marks `certificate` revoked: every [`Self::crl_pem`] from now on lists it.
+    pub fn revoke(&self, certificate: &ClientCertificate) {
+        let _database = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
+        let cert = certificate.cert_file.to_string_lossy();
+        openssl(
+            self.dir.path(),
+            &["ca", "-config", "ca.cnf", "-batch", "-revoke", &cert],
+        );
+    }
+
+    /// A CRL signed now, valid for a day, listing every certificate revoked so far, PEM.
+    pub fn crl_pem(&self) -> Vec<u8> {
+        let _database = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
+        openssl(
+            self.dir.path(),
+            &[
+                "ca", "-config", "ca.cnf", "-batch", "-gencrl", "-crldays", "1", "-out", "crl.pem",
+            ],
+        );
+        read(self.dir.path().join("crl.pem"))
+    }
+}
+
+impl ClientCertificateRequest<'_> {
+    /// Adds the DNS name `name` to the subject alternative names.
+    pub fn dns_san(mut self, name: &str) -> Self {
+        self.subject_alt_names.push(format!("DNS:{name}"));
+        self
+    }
+
+    /// Adds the URI `uri` (a SPIFFE ID, say) to the subject alternative names.
+    pub fn uri_san(mut self, uri: &str) -> Self {
+        self.subject_alt_names.push(format!("URI:{uri}"));
+        self
+    }
+
+    /// Makes the certificate one that expired long ago (valid for a day in January 2020).
+    pub fn expired(mut self) -> Self {
+        self.expired = true;
+        self
+    }
+
+    /// Signs the certificate: a new key, and a certificate for client authentication.
+    pub fn issue(self) -> ClientCertificate {
+        let dir = self.ca.dir.path();
+        let mut issued = self
+            .ca
+            .issued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = *issued;
+        *issued += 1;
+        let (key, csr, cert, ext) = (
+            format!("client{n}.key"),
+            format!("client{n}.csr"),
+            format!("client{n}.pem"),
+            format!("client{n}.ext"),
+        );
+        // What a TLS server checks of a client certificate: not a CA, for clientAuth.
+        let mut extensions = String::from(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+        );
+        if !self.subject_alt_names.is_empty() {
+            extensions.push_str(&format!(
+                "subjectAltName={}\n",
+                self.subject_alt_names.join(",")
+            ));
+        }
+        std::fs::write(dir.join(&ext), extensions).expect("write the extensions file");
+        let subject = format!("/CN={}", self.common_name);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                &subject,
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+            ],
+        );
+        // `openssl ca` rather than `openssl x509 -req`: it records the certificate so it can
+        // be revoked, and OpenSSL 3.0's x509 has no way to set dates in the past.
+        let validity: &[&str] = if self.expired {
+            &[
+                "-startdate",
+                "20200101000000Z",
+                "-enddate",
+                "20200102000000Z",
+            ]
+        } else {
+            &["-days", "1"]
+        };
+        let mut args = vec![
+            "ca", "-config", "ca.cnf", "-batch", "-notext", "-in", &csr, "-out", &cert, "-extfile",
+            &ext,
+        ];
+        args.extend_from_slice(validity);
+        openssl(dir, &args);
+        ClientCertificate {
+            cert_file: dir.join(&cert),
+            key_file: dir.join(&key),
+            cert_pem: read(dir.join(&cert)),
+            key_pem: read(dir.join(&key)),
+        }
     }
 }
 
@@ -213,6 +458,8 @@ pub struct TlsClient {
     server_name: String,
     alpn: Vec<String>,
     versions: Vec<&'static SupportedProtocolVersion>,
+    /// The certificate presented when the server asks for one: its chain and key, PEM.
+    client_certificate: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A response over TLS and what the handshake settled.
@@ -244,6 +491,13 @@ impl TlsClient {
         &self.server_name
     }
 
+    /// Presents `certificate` when the server asks for a client certificate (whatever CAs
+    /// the server says it trusts: a test decides what is presented, the gateway what passes).
+    pub fn client_certificate(mut self, certificate: &ClientCertificate) -> Self {
+        self.client_certificate = Some((certificate.cert_pem.clone(), certificate.key_pem.clone()));
+        self
+    }
+
     /// Offers TLS 1.2 only.
     pub fn tls12_only(mut self) -> Self {
         self.versions = vec![&rustls::version::TLS12];
@@ -259,11 +513,23 @@ impl TlsClient {
     /// Connects to `127.0.0.1:port` and completes the TLS handshake.
     pub async fn handshake(&self, port: u16) -> anyhow::Result<TlsStream<TcpStream>> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&self.versions)
             .context("protocol versions")?
-            .with_root_certificates(self.roots.clone())
-            .with_no_client_auth();
+            .with_root_certificates(self.roots.clone());
+        let mut config = match &self.client_certificate {
+            None => builder.with_no_client_auth(),
+            Some((cert_pem, key_pem)) => {
+                let chain = CertificateDer::pem_slice_iter(cert_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("the client certificate is PEM")?;
+                let key =
+                    PrivateKeyDer::from_pem_slice(key_pem).context("the client key is PEM")?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .context("the client certificate and key")?
+            }
+        };
         config.alpn_protocols = self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         let tcp = TcpStream::connect(("127.0.0.1", port))
             .await
@@ -273,6 +539,34 @@ impl TlsClient {
             .connect(name, tcp)
             .await
             .with_context(|| format!("TLS handshake with 127.0.0.1:{port}"))
+    }
+
+    /// The fatal alert the server at `127.0.0.1:port` refuses this client's handshake with;
+    /// an error if it sends none (it accepted the client, or the connection failed
+    /// otherwise) within the client timeout.
+    ///
+    /// Nothing is sent after the handshake. In TLS 1.3 the server judges the client's
+    /// certificate only after the client has finished its side of the handshake, so the
+    /// verdict arrives as the first record read; a request written meanwhile could have the
+    /// server reset the connection, and the alert, which says why, be lost.
+    pub async fn refusal_alert(&self, port: u16) -> anyhow::Result<AlertDescription> {
+        let verdict = async {
+            let mut stream = match self.handshake(port).await {
+                Ok(stream) => stream,
+                Err(refused) => return alert_in(&refused),
+            };
+            let mut first = [0u8; 1];
+            match stream.read(&mut first).await {
+                Ok(0) => anyhow::bail!("the server closed the connection without an alert"),
+                Ok(_) => anyhow::bail!("the server accepted the handshake and sent data"),
+                Err(error) => alert_in(&anyhow::Error::from(error)),
+            }
+        };
+        tokio::time::timeout(CLIENT_TIMEOUT, verdict)
+            .await
+            .with_context(|| {
+                format!("no alert from 127.0.0.1:{port} within {CLIENT_TIMEOUT:?}: the server accepted the handshake")
+            })?
     }
 
     /// Sends `request` over a new TLS connection, in HTTP/2 if ALPN chose `h2`, else HTTP/1.1.
@@ -318,5 +612,18 @@ impl TlsClient {
                 })
             })
             .await
+    }
+}
+
+/// The alert the server sent, when that is what `error` comes down to.
+fn alert_in(error: &anyhow::Error) -> anyhow::Result<AlertDescription> {
+    // tokio-rustls reports rustls' errors as `io::Error`s wrapping them.
+    let rustls_error = error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .find_map(|io| io.get_ref()?.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::AlertReceived(alert)) => Ok(*alert),
+        _ => Err(anyhow::anyhow!("no alert from the server: {error:#}")),
     }
 }

@@ -1,13 +1,15 @@
-//! TLS termination on a listener: a `DownstreamTlsContext` whose certificate comes over SDS
-//! (see [`super::secret`] for why).
+//! TLS termination on a listener: a `DownstreamTlsContext` whose certificate, and the CAs it
+//! verifies client certificates against, come over SDS (see [`super::secret`] for why).
 
 use tollgate_proto::envoy::config::core::v3::TransportSocket;
 use tollgate_proto::envoy::extensions::transport_sockets::tls::v3::{
-    tls_parameters::TlsProtocol, CommonTlsContext, DownstreamTlsContext, TlsParameters,
+    common_tls_context::ValidationContextType, tls_parameters::TlsProtocol, CommonTlsContext,
+    DownstreamTlsContext, TlsParameters,
 };
+use tollgate_proto::google::protobuf::BoolValue;
 use tollgate_routes::{ListenerTls, TlsVersion};
 
-use super::secret::{listener_secret_name, sds_reference};
+use super::secret::{client_ca_secret_name, listener_secret_name, sds_reference};
 use super::tls_transport_socket;
 
 /// Offered by ALPN, most preferred first (RFC 7301 §3.2): HTTP/2 to every client that can,
@@ -36,7 +38,18 @@ pub(super) fn downstream_tls(listener: &str, tls: &ListenerTls) -> TransportSock
                 .map(|index| sds_reference(listener_secret_name(listener, index)))
                 .collect(),
             alpn_protocols: ALPN.iter().map(|p| (*p).to_string()).collect(),
+            // With a validation context Envoy asks every client for a certificate and refuses
+            // the handshake when a presented one does not verify; whether a client may present
+            // none is `require_client_certificate`'s to say.
+            validation_context_type: tls.client_certificates.as_ref().map(|_| {
+                ValidationContextType::ValidationContextSdsSecretConfig(sds_reference(
+                    client_ca_secret_name(listener),
+                ))
+            }),
             ..Default::default()
+        }),
+        require_client_certificate: tls.client_certificates.as_ref().map(|client| BoolValue {
+            value: client.required,
         }),
         ..Default::default()
     };

@@ -136,7 +136,8 @@ impl SharedFilters {
 }
 
 /// One listener: its filter chain (only the filters its routes use), its route table, the
-/// certificates it serves and, when a route caches, the response cache's fill path.
+/// certificates it serves, the CAs it verifies client certificates against and, when a route
+/// caches, the response cache's fill path.
 fn add_listener(
     resources: &mut Resources,
     config: &RoutesConfig,
@@ -201,10 +202,14 @@ fn add_listener(
         &l.name,
         &route::route_configuration(l, &routes, &table),
     );
-    if l.tls.is_some() {
+    if let Some(tls) = &l.tls {
         for (index, served) in certificates.listener(&l.name).iter().enumerate() {
             let name = secret::listener_secret_name(&l.name, index);
             resources.add_secret(secret::certificate_secret(name, &served.certificate));
+        }
+        if let Some(client) = &tls.client_certificates {
+            let name = secret::client_ca_secret_name(&l.name);
+            resources.add_secret(secret::validation_context_secret(name, client));
         }
     }
     if cached {

@@ -89,6 +89,9 @@ pub(crate) struct ListenerTlsDoc {
     pub min_version: Option<Spanned<String>>,
     #[serde(default)]
     pub sni_certificates: Vec<Spanned<CertificateFilesDoc>>,
+    pub client_ca_file: Option<Spanned<String>>,
+    pub client_certificate: Option<Spanned<String>>,
+    pub crl_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

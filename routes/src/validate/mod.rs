@@ -39,8 +39,9 @@ const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-/// Validates `doc`; with `files`, also reads and checks the certificate of every TLS listener,
-/// and the CA bundle and client certificate of every TLS service that names them.
+/// Validates `doc`; with `files`, also reads and checks the certificate of every TLS listener
+/// and the client CA bundle and CRLs of one that verifies clients, and the CA bundle and
+/// client certificate of every TLS service that names them.
 pub(crate) fn validate(
     file: &str,
     doc: Document,
@@ -519,6 +520,24 @@ pub(super) fn read_file(
         Ok(bytes) => Some(bytes),
         Err(e) => {
             errors.at(node, format!("cannot read {field} \"{}\": {e}", node.value));
+            None
+        }
+    }
+}
+
+/// The bundle the CA file at `node` (the `field` there) names, when it is PEM and at least
+/// one of its certificates can be trusted (see [`crate::service_policy::check_ca_bundle`]).
+pub(super) fn ca_bundle(
+    files: &dyn FileSource,
+    node: &Spanned<String>,
+    field: &str,
+    errors: &mut Errors,
+) -> Option<Vec<u8>> {
+    let pem = read_file(files, node, field, errors)?;
+    match crate::service_policy::check_ca_bundle(&pem) {
+        Ok(()) => Some(pem),
+        Err(problem) => {
+            errors.at(node, format!("{field} \"{}\" {problem}", node.value));
             None
         }
     }

@@ -9,16 +9,16 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 use super::{
-    absolute_path, certificate_and_key, certificate_files, certificate_pair, is_dns_name,
-    is_header_name, positive_duration, read_file, Errors,
+    absolute_path, ca_bundle, certificate_and_key, certificate_files, certificate_pair,
+    is_dns_name, is_header_name, positive_duration, Errors,
 };
 use crate::certificates::Certificates;
 use crate::document::{CircuitBreakerDoc, HealthCheckDoc, OutlierDetectionDoc, ServiceDoc, TlsDoc};
 use crate::endpoint::Endpoint;
 use crate::listener_tls::FileSource;
 use crate::service_policy::{
-    check_ca_bundle, CircuitBreaker, HealthCheck, HealthProbe, LoadBalancing, OutlierDetection,
-    Protocol, ServicePolicy, UpstreamTls,
+    CircuitBreaker, HealthCheck, HealthProbe, LoadBalancing, OutlierDetection, Protocol,
+    ServicePolicy, UpstreamTls,
 };
 
 /// Frequent enough to notice a dead endpoint within half a minute at the default threshold,
@@ -322,7 +322,7 @@ fn tls(
             (None, None)
         }
         Some(file) => {
-            let pem = files.and_then(|files| ca_bundle(files, file, errors));
+            let pem = files.and_then(|files| ca_bundle(files, file, "ca_file", errors));
             (Some(PathBuf::from(&file.value)), pem)
         }
     };
@@ -355,23 +355,6 @@ fn tls(
         ca_pem,
         client_certificate: client_certificate.ok()?,
     })
-}
-
-/// The bundle `ca_file` names, when it is PEM and at least one of its certificates can be
-/// trusted (see [`check_ca_bundle`]).
-fn ca_bundle(
-    files: &dyn FileSource,
-    node: &Spanned<String>,
-    errors: &mut Errors,
-) -> Option<Vec<u8>> {
-    let pem = read_file(files, node, "ca_file", errors)?;
-    match check_ca_bundle(&pem) {
-        Ok(()) => Some(pem),
-        Err(problem) => {
-            errors.at(node, format!("ca_file \"{}\" {problem}", node.value));
-            None
-        }
-    }
 }
 
 /// A count that Envoy stores as a `uint32`, at least `min`.
