@@ -201,3 +201,37 @@ fn a_route_names_one_provider_or_any_of_known_ones_and_scopes_only_for_tokens() 
         "consumers is empty",
     );
 }
+
+#[test]
+fn certificates_are_accepted_only_on_routes_served_where_listeners_ask_for_them() {
+    let listeners = "listeners:
+  - {name: public, address: 127.0.0.1:8080}
+  - name: partners
+    address: 127.0.0.1:8443
+    tls: {cert_file: gw.pem, key_file: gw-key.pem, client_ca_file: partners-ca.pem}
+";
+    let with_listeners = |text: &str| text.replacen("version: 1\n", &format!("version: 1\n{listeners}"), 1);
+    // any_of with keys: keys work on `public`, certificates on `partners`.
+    parse("routes.yaml", &with_listeners(TEXT)).expect("valid");
+    // Certificates alone, on every listener: `public` would refuse every request.
+    let only_certificates = with_listeners(&TEXT.replace(
+        "any_of: [partner-keys, partner-certs]",
+        "provider: partner-certs",
+    ));
+    assert_error_at(
+        &only_certificates,
+        "29:11:",
+        "route \"partner-api\" accepts only client certificates, but listener \"public\" serving it has no tls.client_ca_file",
+    );
+    let on_partners = only_certificates.replace(
+        "  - name: partner-api\n",
+        "  - name: partner-api\n    listener: partners\n",
+    );
+    parse("routes.yaml", &on_partners).expect("served only where certificates are asked for");
+    // No listener asks for certificates at all.
+    assert_error_at(
+        &with_listeners(TEXT).replace(", client_ca_file: partners-ca.pem", ""),
+        "29:11:",
+        "provider \"partner-certs\" reads client certificates, but no listener serving the route has tls.client_ca_file",
+    );
+}

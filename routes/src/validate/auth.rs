@@ -9,6 +9,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::api_keys::is_consumer_id;
 use super::{is_header_name, is_valid_name, Errors};
+use crate::config::{Listener, Route};
 use crate::document::{AuthProviderDoc, ConsumerDoc, Document, RouteAuthDoc, TokenDoc};
 use crate::duration;
 use crate::policy::{
@@ -707,4 +708,71 @@ pub(super) fn route_auth(
             .map(|list| list.value.iter().map(|c| c.value.clone()).collect())
             .unwrap_or_default(),
     })
+}
+
+/// A client certificate exists only on a listener that asks for one (`tls.client_ca_file`):
+/// a route that accepts certificates must be served on at least one such listener, and a
+/// route that accepts nothing else only on such listeners, or every request elsewhere would
+/// be refused.
+pub(super) fn certificate_listeners(
+    doc: &Document,
+    listeners: &[Listener],
+    routes: &[Route],
+    providers: &BTreeMap<String, AuthProvider>,
+    errors: &mut Errors,
+) {
+    let reads_certificates = |name: &String| {
+        providers
+            .get(name)
+            .is_some_and(|p| matches!(p.credentials, Credentials::ClientCertificate(_)))
+    };
+    let asks_for_certificates = |listener: &&Listener| {
+        listener
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_certificates.is_some())
+    };
+    for route in routes {
+        let Some(auth) = &route.auth else {
+            continue;
+        };
+        let Some(certificates) = auth.providers.iter().find(|p| reads_certificates(p)) else {
+            continue;
+        };
+        let serving: Vec<&Listener> = listeners
+            .iter()
+            .filter(|l| l.redirect_to_https.is_none())
+            .filter(|l| route.listener.as_deref().is_none_or(|name| name == l.name))
+            .collect();
+        let Some(node) = doc
+            .routes
+            .iter()
+            .find(|r| r.name.value == route.name)
+            .and_then(|r| r.auth.as_ref())
+        else {
+            continue;
+        };
+        let without: Vec<&str> = serving
+            .iter()
+            .filter(|l| !asks_for_certificates(l))
+            .map(|l| l.name.as_str())
+            .collect();
+        if !serving.is_empty() && without.len() == serving.len() {
+            errors.at(
+                node,
+                format!(
+                    "route \"{}\": provider \"{certificates}\" reads client certificates, but no listener serving the route has tls.client_ca_file",
+                    route.name
+                ),
+            );
+        } else if auth.providers.iter().all(reads_certificates) && !without.is_empty() {
+            errors.at(
+                node,
+                format!(
+                    "route \"{}\" accepts only client certificates, but listener \"{}\" serving it has no tls.client_ca_file: give the route a `listener` that has one",
+                    route.name, without[0]
+                ),
+            );
+        }
+    }
 }

@@ -74,6 +74,7 @@ pub(crate) fn validate(
         files,
         &mut errors,
     );
+    auth::certificate_listeners(&doc, &listeners, &routes, &auth_providers, &mut errors);
     let observability = observability::observability(&doc, &mut errors);
     let cors = route_policy::global_cors(&doc, &mut errors);
 
