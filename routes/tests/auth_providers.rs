@@ -210,7 +210,8 @@ fn certificates_are_accepted_only_on_routes_served_where_listeners_ask_for_them(
     address: 127.0.0.1:8443
     tls: {cert_file: gw.pem, key_file: gw-key.pem, client_ca_file: partners-ca.pem}
 ";
-    let with_listeners = |text: &str| text.replacen("version: 1\n", &format!("version: 1\n{listeners}"), 1);
+    let with_listeners =
+        |text: &str| text.replacen("version: 1\n", &format!("version: 1\n{listeners}"), 1);
     // any_of with keys: keys work on `public`, certificates on `partners`.
     parse("routes.yaml", &with_listeners(TEXT)).expect("valid");
     // Certificates alone, on every listener: `public` would refuse every request.
