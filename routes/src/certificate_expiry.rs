@@ -5,20 +5,12 @@
 //! Only called on certificates rustls has already parsed, and only informs (a log line, a
 //! metric): a certificate this reader cannot follow yields `None`, never an error.
 
-use crate::der::{any_element, element, EXPLICIT_0, GENERALIZED_TIME, INTEGER, SEQUENCE, UTC_TIME};
+use crate::der::{any_element, element, tbs_after_serial, GENERALIZED_TIME, SEQUENCE, UTC_TIME};
 
 /// `notAfter` of a DER X.509 certificate, in seconds since the Unix epoch.
 pub fn not_after_unix(certificate: &[u8]) -> Option<i64> {
-    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
-    let (certificate, _) = element(certificate, SEQUENCE)?;
-    // TBSCertificate ::= SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer,
-    //                               validity, ... }
-    let (tbs, _) = element(certificate, SEQUENCE)?;
-    let mut rest = tbs;
-    if rest.first() == Some(&EXPLICIT_0) {
-        rest = element(rest, EXPLICIT_0)?.1;
-    }
-    rest = element(rest, INTEGER)?.1;
+    // After the serial number: signature, issuer, then validity.
+    let mut rest = tbs_after_serial(certificate)?;
     rest = element(rest, SEQUENCE)?.1;
     rest = element(rest, SEQUENCE)?.1;
     // Validity ::= SEQUENCE { notBefore Time, notAfter Time }

@@ -40,3 +40,18 @@ pub(crate) fn any_element(der: &[u8]) -> Option<(&[u8], &[u8])> {
     };
     (rest.len() >= length).then(|| rest.split_at(length))
 }
+
+/// The fields of a DER X.509 certificate's `tbsCertificate` after its serial number
+/// (`signature`, `issuer`, `validity`, `subject`, …), each still an element to step over.
+pub(crate) fn tbs_after_serial(certificate: &[u8]) -> Option<&[u8]> {
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
+    let (certificate, _) = element(certificate, SEQUENCE)?;
+    // TBSCertificate ::= SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer,
+    //                               validity, subject, ... }
+    let (tbs, _) = element(certificate, SEQUENCE)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&EXPLICIT_0) {
+        rest = element(rest, EXPLICIT_0)?.1;
+    }
+    Some(element(rest, INTEGER)?.1)
+}

@@ -12,8 +12,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 
 use crate::der::{
-    any_element, element, BIT_STRING, EXPLICIT_0, GENERALIZED_TIME, INTEGER, OBJECT_IDENTIFIER,
-    SEQUENCE, SET, UTC_TIME,
+    any_element, element, tbs_after_serial, BIT_STRING, GENERALIZED_TIME, INTEGER,
+    OBJECT_IDENTIFIER, SEQUENCE, SET, UTC_TIME,
 };
 
 /// Why a `crl_file` cannot be given to Envoy.
@@ -90,15 +90,7 @@ fn crl_issuer(crl: &[u8]) -> Option<&[u8]> {
 
 /// The content of a certificate's `subject` Name.
 fn certificate_subject(certificate: &[u8]) -> Option<&[u8]> {
-    // TBSCertificate ::= SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer,
-    //                               validity, subject, ... }
-    let (certificate, _) = element(certificate, SEQUENCE)?;
-    let (tbs, _) = element(certificate, SEQUENCE)?;
-    let mut rest = tbs;
-    if rest.first() == Some(&EXPLICIT_0) {
-        rest = element(rest, EXPLICIT_0)?.1;
-    }
-    rest = element(rest, INTEGER)?.1;
+    let mut rest = tbs_after_serial(certificate)?;
     for _signature_issuer_validity in 0..3 {
         rest = element(rest, SEQUENCE)?.1;
     }

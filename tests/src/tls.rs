@@ -51,6 +51,29 @@ impl IssuedCertificate {
     }
 }
 
+/// A new P-256 key in `key` and a request for a certificate of `/CN=common_name` in `csr`.
+fn key_and_request(dir: &Path, common_name: &str, key: &str, csr: &str) {
+    let subject = format!("/CN={common_name}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &subject,
+            "-keyout",
+            key,
+            "-out",
+            csr,
+        ],
+    );
+}
+
 fn openssl(dir: &Path, args: &[&str]) {
     let output = Command::new("openssl")
         .args(args)
@@ -139,25 +162,7 @@ impl TestCa {
             format!("leaf{n}.ext"),
         );
         std::fs::write(self.dir.path().join(&ext), extensions).expect("write the extensions file");
-        let subject = format!("/CN={common_name}");
-        openssl(
-            self.dir.path(),
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-subj",
-                &subject,
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-            ],
-        );
+        key_and_request(self.dir.path(), common_name, &key, &csr);
         let serial = (1000 + n).to_string();
         openssl(
             self.dir.path(),
@@ -404,25 +409,7 @@ impl ClientCertificateRequest<'_> {
             ));
         }
         std::fs::write(dir.join(&ext), extensions).expect("write the extensions file");
-        let subject = format!("/CN={}", self.common_name);
-        openssl(
-            dir,
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-subj",
-                &subject,
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-            ],
-        );
+        key_and_request(dir, &self.common_name, &key, &csr);
         // `openssl ca` rather than `openssl x509 -req`: it records the certificate so it can
         // be revoked, and OpenSSL 3.0's x509 has no way to set dates in the past.
         let validity: &[&str] = if self.expired {
