@@ -2,7 +2,9 @@
 //!
 //! Only the xDS cluster and the admin interface are static; everything else arrives over one
 //! ADS stream, which is what lets the server order updates (xDS protocol, "Aggregated
-//! Discovery Service").
+//! Discovery Service"). The xDS cluster lists every control-plane replica: Envoy keeps one
+//! stream to one of them, notices within a few seconds when it dies or is cut off (HTTP/2
+//! keepalive), and reopens the stream to another, serving its last config meanwhile.
 
 use std::fmt::Write as _;
 
@@ -20,8 +22,9 @@ pub enum XdsVariant {
 pub struct BootstrapOptions {
     pub node_id: String,
     pub cluster: String,
-    /// The control plane's ADS address, `host:port`; a DNS name is resolved by Envoy.
-    pub xds_addr: String,
+    /// Every control-plane replica's ADS address, `host:port`; a DNS name is resolved by
+    /// Envoy. At least one.
+    pub xds_addrs: Vec<String>,
     /// Envoy's admin interface, `host:port`. Loopback by default: it can stop Envoy.
     pub admin_addr: String,
     pub variant: XdsVariant,
@@ -33,11 +36,20 @@ pub enum BootstrapError {
     Address(String),
     #[error("invalid node id \"{0}\": use letters, digits, '.', '_' and '-'")]
     NodeId(String),
+    #[error("no control-plane address: give --xds-addr")]
+    NoControlPlane,
 }
 
 /// Renders the bootstrap YAML.
 pub fn render(options: &BootstrapOptions) -> Result<String, BootstrapError> {
-    let (xds_host, xds_port) = split_host_port(&options.xds_addr)?;
+    let control_planes = options
+        .xds_addrs
+        .iter()
+        .map(|addr| split_host_port(addr))
+        .collect::<Result<Vec<_>, _>>()?;
+    if control_planes.is_empty() {
+        return Err(BootstrapError::NoControlPlane);
+    }
     let (admin_host, admin_port) = split_host_port(&options.admin_addr)?;
     // Node ids become stat prefixes and /status keys: the routes.yaml name alphabet.
     for id in [&options.node_id, &options.cluster] {
@@ -45,11 +57,21 @@ pub fn render(options: &BootstrapOptions) -> Result<String, BootstrapError> {
             return Err(BootstrapError::NodeId(id.clone()));
         }
     }
-    let discovery = if xds_host.parse::<std::net::IpAddr>().is_ok() {
+    let discovery = if control_planes
+        .iter()
+        .all(|(host, _)| host.parse::<std::net::IpAddr>().is_ok())
+    {
         "STATIC"
     } else {
         "STRICT_DNS"
     };
+    let mut endpoints = String::new();
+    for (host, port) in &control_planes {
+        let _ = write!(
+            endpoints,
+            "\n              - endpoint:\n                  address:\n                    socket_address: {{address: \"{host}\", port_value: {port}}}"
+        );
+    }
     let api_type = match options.variant {
         XdsVariant::Sotw => "GRPC",
         XdsVariant::Delta => "DELTA_GRPC",
@@ -70,7 +92,11 @@ dynamic_resources:
     transport_api_version: V3
     set_node_on_first_message_only: true
     grpc_services:
-      - envoy_grpc: {{cluster_name: tollgate_xds}}
+      # A lost stream is reopened after 0.25 s, then at most every 2 s (Envoy's default
+      # backoff grows to 30 s), each time to the next replica.
+      - envoy_grpc:
+          cluster_name: tollgate_xds
+          retry_policy: {{retry_back_off: {{base_interval: 0.25s, max_interval: 2s}}}}
   cds_config: {{ads: {{}}, resource_api_version: V3}}
   lds_config: {{ads: {{}}, resource_api_version: V3}}
 bootstrap_extensions:
@@ -109,16 +135,14 @@ static_resources:
         envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
           "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
           explicit_http_config:
-            # Keepalive pings notice a control plane that vanished without closing.
+            # Keepalive pings notice a control plane that vanished without closing (a host
+            # or a network lost, not a process) within 4 s: a ping every 2 s, 2 s to answer.
             http2_protocol_options:
-              connection_keepalive: {{interval: 15s, timeout: 5s}}
+              connection_keepalive: {{interval: 2s, timeout: 2s}}
       load_assignment:
         cluster_name: tollgate_xds
         endpoints:
-          - lb_endpoints:
-              - endpoint:
-                  address:
-                    socket_address: {{address: "{xds_host}", port_value: {xds_port}}}
+          - lb_endpoints:{endpoints}
 "#,
         node_id = options.node_id,
         cluster = options.cluster,
@@ -152,7 +176,7 @@ mod tests {
         BootstrapOptions {
             node_id: "edge-1".into(),
             cluster: "tollgate".into(),
-            xds_addr: "127.0.0.1:18000".into(),
+            xds_addrs: vec!["127.0.0.1:18000".into()],
             admin_addr: "127.0.0.1:9901".into(),
             variant: XdsVariant::Sotw,
         }
@@ -170,13 +194,30 @@ mod tests {
     #[test]
     fn named_control_plane_is_resolved_by_envoy() {
         let yaml = render(&BootstrapOptions {
-            xds_addr: "control-plane:18000".into(),
+            xds_addrs: vec!["control-plane:18000".into()],
             variant: XdsVariant::Delta,
             ..options()
         })
         .expect("renders");
         assert!(yaml.contains("type: STRICT_DNS"));
         assert!(yaml.contains("api_type: DELTA_GRPC"));
+    }
+
+    #[test]
+    fn every_replica_is_an_endpoint_of_the_xds_cluster() {
+        let yaml = render(&BootstrapOptions {
+            xds_addrs: vec!["10.0.0.1:18000".into(), "cp-2.internal:18000".into()],
+            ..options()
+        })
+        .expect("renders");
+        assert!(yaml.contains(r#"socket_address: {address: "10.0.0.1", port_value: 18000}"#));
+        assert!(yaml.contains(r#"socket_address: {address: "cp-2.internal", port_value: 18000}"#));
+        assert!(
+            yaml.contains("type: STRICT_DNS"),
+            "a name among them is resolved"
+        );
+        assert!(yaml.contains("connection_keepalive: {interval: 2s, timeout: 2s}"));
+        assert!(yaml.contains("max_interval: 2s"));
     }
 
     #[test]
@@ -189,10 +230,15 @@ mod tests {
     #[test]
     fn bad_addresses_and_ids_are_refused() {
         let bad_addr = BootstrapOptions {
-            xds_addr: "nowhere".into(),
+            xds_addrs: vec!["127.0.0.1:18000".into(), "nowhere".into()],
             ..options()
         };
         assert!(matches!(render(&bad_addr), Err(BootstrapError::Address(_))));
+        let none = BootstrapOptions {
+            xds_addrs: Vec::new(),
+            ..options()
+        };
+        assert!(matches!(render(&none), Err(BootstrapError::NoControlPlane)));
         let bad_id = BootstrapOptions {
             node_id: "a\nb: c".into(),
             ..options()

@@ -20,7 +20,7 @@ pub fn run() -> i32 {
         Command::Bootstrap(args) => match bootstrap::render(&BootstrapOptions {
             node_id: args.node_id,
             cluster: args.node_cluster,
-            xds_addr: args.xds_addr,
+            xds_addrs: args.xds_addr,
             admin_addr: args.admin_addr,
             variant: args.xds_variant,
         }) {
@@ -123,9 +123,15 @@ pub struct BootstrapArgs {
     /// The Envoy node cluster (a label for a group of Envoys).
     #[arg(long, env = "TOLLGATE_NODE_CLUSTER", default_value = "tollgate")]
     pub node_cluster: String,
-    /// The control plane's ADS address, HOST:PORT.
-    #[arg(long, env = "TOLLGATE_XDS_ADDR", default_value = "127.0.0.1:18000")]
-    pub xds_addr: String,
+    /// The control plane's ADS address, HOST:PORT; repeat the flag (or give a comma list) for
+    /// every replica: Envoy connects to one and moves to another when it fails.
+    #[arg(
+        long,
+        env = "TOLLGATE_XDS_ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:18000"
+    )]
+    pub xds_addr: Vec<String>,
     /// Envoy's own admin interface, HOST:PORT; keep it on loopback.
     #[arg(
         long,

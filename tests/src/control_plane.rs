@@ -107,30 +107,36 @@ impl ControlPlane {
                     .expect("create the routes.yaml -> ..data/routes.yaml symlink");
             }
         }
-        let (xds_addr, admin_addr) = (reserve_addr(), reserve_addr());
-        let mut command = binaries::tollgate_command("tollgate-control-plane");
-        command
-            .arg("serve")
-            .arg("--routes")
-            .arg(&config.routes_path)
-            .args(["--xds-addr", &xds_addr.to_string()])
-            .args(["--admin-addr", &admin_addr.to_string()]);
-        let process = Process::spawn("control-plane", command, dir.path())
-            .expect("spawn tollgate-control-plane serve");
-        let mut cp = RunningControlPlane {
-            process,
-            _dir: dir,
-            config,
-            xds_addr,
-            admin_addr,
-        };
-        cp.wait_until_healthy().await;
-        cp
+        serve(dir, config).await
     }
 }
 
+/// Starts `tollgate-control-plane serve` on `config`'s routes.yaml, on fresh ports, logging
+/// into `dir`, and waits for `/healthz`.
+async fn serve(dir: tempfile::TempDir, config: ConfigDir) -> RunningControlPlane {
+    let (xds_addr, admin_addr) = (reserve_addr(), reserve_addr());
+    let mut command = binaries::tollgate_command("tollgate-control-plane");
+    command
+        .arg("serve")
+        .arg("--routes")
+        .arg(&config.routes_path)
+        .args(["--xds-addr", &xds_addr.to_string()])
+        .args(["--admin-addr", &admin_addr.to_string()]);
+    let process = Process::spawn("control-plane", command, dir.path())
+        .expect("spawn tollgate-control-plane serve");
+    let mut cp = RunningControlPlane {
+        process,
+        _dir: dir,
+        config,
+        xds_addr,
+        admin_addr,
+    };
+    cp.wait_until_healthy().await;
+    cp
+}
+
 /// The directory holding routes.yaml and the files it names, laid out as in production.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ConfigDir {
     config_dir: PathBuf,
     routes_path: PathBuf,
@@ -291,6 +297,12 @@ impl RunningControlPlane {
     /// Sends `GET path` to the admin server.
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<http::Response> {
         http::get(self.admin_addr.port(), path).await
+    }
+
+    /// Another control plane serving the same routes.yaml (and the files beside it), on its
+    /// own ports, as a second replica would. Drop it before this one: this one owns the files.
+    pub async fn replica(&self) -> RunningControlPlane {
+        serve(scratch_dir("tollgate-cp-replica-"), self.config.clone()).await
     }
 
     /// Kills the control plane (SIGKILL); Envoys keep serving what they last received.
