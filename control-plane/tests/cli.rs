@@ -111,10 +111,10 @@ fn compose_demo_is_the_example_but_for_addresses() {
     }
     let (sidecars, example_sidecars) = (&mut compose.sidecars, &example.sidecars);
     if let (Some(ours), Some(theirs)) = (&mut sidecars.ext_authz, &example_sidecars.ext_authz) {
-        ours.address = theirs.address.clone();
+        ours.addresses = theirs.addresses.clone();
     }
     if let (Some(ours), Some(theirs)) = (&mut sidecars.rate_limit, &example_sidecars.rate_limit) {
-        ours.address = theirs.address.clone();
+        ours.addresses = theirs.addresses.clone();
     }
     // No collector runs in the stack; compose/routes.yaml says how to add one.
     compose.observability.tracing = example.observability.tracing.clone();

@@ -289,7 +289,9 @@ pub struct Sidecars {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExtAuthzSidecar {
-    pub address: Endpoint,
+    /// Every replica: Envoy balances the checks over them, skipping those its health checks
+    /// find down. Never empty.
+    pub addresses: Vec<Endpoint>,
     pub timeout: Duration,
     /// Let requests through when the service fails or is slow; default false (fail closed).
     pub failure_mode_allow: bool,
@@ -297,7 +299,8 @@ pub struct ExtAuthzSidecar {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RateLimitSidecar {
-    pub address: Endpoint,
+    /// Every replica, as for ext-authz. Never empty.
+    pub addresses: Vec<Endpoint>,
     pub timeout: Duration,
     /// Deny requests when the service fails or is slow; default false (fail open).
     pub failure_mode_deny: bool,

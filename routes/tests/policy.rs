@@ -241,3 +241,49 @@ fn unknown_limit_key_is_rejected() {
         "unknown rate limit key \"ip\"",
     );
 }
+
+#[test]
+fn a_sidecar_address_is_one_replica_or_a_list_of_distinct_ones() {
+    let config = parse(
+        "routes.yaml",
+        &GOOD.replace(
+            "ext_authz: {address: 127.0.0.1:9191,",
+            "ext_authz: {address: [127.0.0.1:9191, \"authz-2.internal:9191\"],",
+        ),
+    )
+    .expect("valid");
+    let addresses: Vec<String> = config
+        .sidecars
+        .ext_authz
+        .expect("ext_authz")
+        .addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(addresses, ["127.0.0.1:9191", "authz-2.internal:9191"]);
+    let rate_limit = parse("routes.yaml", GOOD)
+        .expect("valid")
+        .sidecars
+        .rate_limit;
+    assert_eq!(rate_limit.expect("rate_limit").addresses.len(), 1);
+    for (list, message) in [
+        ("[]", "sidecar address list is empty"),
+        (
+            "[127.0.0.1:9191, 127.0.0.1:9191]",
+            "sidecar address \"127.0.0.1:9191\" is listed twice",
+        ),
+        (
+            "[127.0.0.1:9191, nowhere]",
+            "invalid sidecar address \"nowhere\": expected HOST:PORT",
+        ),
+    ] {
+        let errors = common::errors(&GOOD.replace(
+            "ext_authz: {address: 127.0.0.1:9191,",
+            &format!("ext_authz: {{address: {list},"),
+        ));
+        assert!(
+            errors.iter().any(|e| e.contains(message)),
+            "{list}: {errors:?}"
+        );
+    }
+}

@@ -100,6 +100,11 @@ impl RunningRateLimitService {
         &self.process
     }
 
+    /// Kills the service (SIGKILL), as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
     /// Whether `/readyz` answers 200 (the store answers).
     pub async fn ready(&self) -> anyhow::Result<bool> {
         Ok(http::get(self.metrics_addr.port(), "/readyz").await?.status == 200)

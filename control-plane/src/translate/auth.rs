@@ -10,16 +10,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use tollgate_proto::envoy::config::core::v3::{
     grpc_service::{EnvoyGrpc, TargetSpecifier},
-    ApiVersion, GrpcService,
+    retry_policy::{retry_host_predicate::ConfigType, RetryHostPredicate},
+    ApiVersion, BackoffStrategy, GrpcService, RetryPolicy,
 };
 use tollgate_proto::envoy::extensions::filters::http::ext_authz::v3::{
     ext_authz::Services, ext_authz_per_route::Override, CheckSettings, ExtAuthz, ExtAuthzPerRoute,
 };
+use tollgate_proto::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use tollgate_proto::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, ListStringMatcher, StringMatcher,
 };
 use tollgate_proto::envoy::r#type::v3::{HttpStatus, StatusCode};
 use tollgate_proto::google::protobuf::Any;
+use tollgate_proto::google::protobuf::UInt32Value;
 use tollgate_routes::policy::{
     AuthProvider, Credentials, ExtAuthzSidecar, RouteAuth, REQUEST_ID_HEADER,
 };
@@ -28,6 +31,8 @@ use super::{any, proto_duration, stable_map};
 
 pub(super) const FILTER_NAME: &str = "envoy.filters.http.ext_authz";
 pub(super) const CLUSTER: &str = "tollgate_ext_authz";
+/// The `grpc.health.v1` service name tollgate-ext-authz reports SERVING under.
+pub(super) const HEALTH_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
 /// The header ext-authz sets from the provider's `consumer_claim`.
 pub use tollgate_routes::policy::CONSUMER_HEADER;
@@ -51,6 +56,7 @@ pub(super) fn filter(sidecar: &ExtAuthzSidecar, providers: &BTreeMap<String, Aut
         services: Some(Services::GrpcService(grpc_service(
             CLUSTER,
             sidecar.timeout,
+            sidecar.addresses.len(),
         ))),
         transport_api_version: ApiVersion::V3 as i32,
         failure_mode_allow: sidecar.failure_mode_allow,
@@ -102,13 +108,34 @@ pub(super) fn per_route(route: &str, auth: &RouteAuth) -> Any {
     })
 }
 
-pub(super) fn grpc_service(cluster: &str, timeout: std::time::Duration) -> GrpcService {
+/// Calls to `cluster`, each bounded by `timeout`. With several `replicas`, a call that could
+/// not reach one (refused, reset, or answered UNAVAILABLE) is tried once more on another at
+/// once, so a replica that just died costs no request; a call that timed out is not retried.
+pub(super) fn grpc_service(
+    cluster: &str,
+    timeout: std::time::Duration,
+    replicas: usize,
+) -> GrpcService {
     GrpcService {
         target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
             cluster_name: cluster.to_string(),
             ..Default::default()
         })),
         timeout: Some(proto_duration(timeout)),
+        retry_policy: (replicas > 1).then(|| RetryPolicy {
+            retry_on: "connect-failure,refused-stream,reset,unavailable".to_string(),
+            num_retries: Some(UInt32Value { value: 1 }),
+            retry_back_off: Some(BackoffStrategy {
+                base_interval: Some(proto_duration(std::time::Duration::from_millis(5))),
+                max_interval: Some(proto_duration(std::time::Duration::from_millis(50))),
+            }),
+            retry_host_predicate: vec![RetryHostPredicate {
+                name: "envoy.retry_host_predicates.previous_hosts".to_string(),
+                config_type: Some(ConfigType::TypedConfig(any(&PreviousHostsPredicate {}))),
+            }],
+            host_selection_retry_max_attempts: 3,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

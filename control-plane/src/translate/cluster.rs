@@ -54,14 +54,44 @@ use super::{ads_config_source, any, proto_duration, stable_map, tls_transport_so
 
 /// How long Envoy waits to connect to a sidecar; its call timeouts bound the rest.
 const SIDECAR_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often Envoy checks each replica of a replicated sidecar.
+const SIDECAR_HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A cluster for a gRPC sidecar (ext-authz, rate limit): HTTP/2 to one address.
-pub(super) fn sidecar(name: &str, address: &Endpoint) -> (Cluster, Option<ClusterLoadAssignment>) {
+/// A cluster for a gRPC sidecar (ext-authz, rate limit): HTTP/2 to its replicas.
+///
+/// With several replicas, `grpc.health.v1` checks of `health_service` (which both sidecars
+/// serve) every second take one that stopped answering out of rotation within 2 s, and
+/// outlier detection ejects one that refuses or drops two calls in a row at once, so a
+/// lost replica costs at most a call or two, not a timeout per request. One replica is
+/// called whatever its state: there is nowhere else to go.
+pub(super) fn sidecar(
+    name: &str,
+    addresses: &[Endpoint],
+    health_service: &str,
+) -> (Cluster, Option<ClusterLoadAssignment>) {
+    let replicated = addresses.len() > 1;
     let service = Service {
         name: name.to_string(),
-        endpoints: vec![address.clone()],
+        endpoints: addresses.to_vec(),
         connect_timeout: SIDECAR_CONNECT_TIMEOUT,
-        policy: ServicePolicy::default(),
+        policy: ServicePolicy {
+            health_check: replicated.then(|| HealthCheck {
+                probe: HealthProbe::Grpc {
+                    service: health_service.to_string(),
+                },
+                interval: SIDECAR_HEALTH_INTERVAL,
+                timeout: SIDECAR_HEALTH_INTERVAL,
+                unhealthy_threshold: 2,
+                healthy_threshold: 1,
+            }),
+            outlier_detection: replicated.then_some(OutlierDetection {
+                consecutive_5xx: 2,
+                interval: SIDECAR_HEALTH_INTERVAL,
+                base_ejection_time: std::time::Duration::from_secs(5),
+                max_ejection_percent: 50,
+            }),
+            ..ServicePolicy::default()
+        },
     };
     let mut cluster = cluster(&service);
     cluster.typed_extension_protocol_options = http2_only();

@@ -85,10 +85,18 @@ fn add_clusters(resources: &mut Resources, config: &RoutesConfig) {
         resources.add_cluster((cluster::cluster(service), assignment));
     }
     if let Some(sidecar) = &config.sidecars.ext_authz {
-        resources.add_cluster(cluster::sidecar(auth::CLUSTER, &sidecar.address));
+        resources.add_cluster(cluster::sidecar(
+            auth::CLUSTER,
+            &sidecar.addresses,
+            auth::HEALTH_SERVICE,
+        ));
     }
     if let Some(sidecar) = &config.sidecars.rate_limit {
-        resources.add_cluster(cluster::sidecar(rate_limit::CLUSTER, &sidecar.address));
+        resources.add_cluster(cluster::sidecar(
+            rate_limit::CLUSTER,
+            &sidecar.addresses,
+            rate_limit::HEALTH_SERVICE,
+        ));
     }
     if let Some(tracing) = &config.observability.tracing {
         resources.add_cluster(tracing::collector_cluster(tracing));

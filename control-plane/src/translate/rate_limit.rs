@@ -25,6 +25,9 @@ use super::{any, proto_duration};
 
 pub(super) const FILTER_NAME: &str = "envoy.filters.http.ratelimit";
 pub(super) const CLUSTER: &str = "tollgate_ratelimit";
+/// The `grpc.health.v1` service name tollgate-ratelimit reports SERVING under (while its
+/// counters are reachable).
+pub(super) const HEALTH_SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 
 pub(super) fn filter(sidecar: &RateLimitSidecar) -> Any {
     any(&RateLimit {
@@ -32,7 +35,11 @@ pub(super) fn filter(sidecar: &RateLimitSidecar) -> Any {
         timeout: Some(proto_duration(sidecar.timeout)),
         failure_mode_deny: sidecar.failure_mode_deny,
         rate_limit_service: Some(RateLimitServiceConfig {
-            grpc_service: Some(grpc_service(CLUSTER, sidecar.timeout)),
+            grpc_service: Some(grpc_service(
+                CLUSTER,
+                sidecar.timeout,
+                sidecar.addresses.len(),
+            )),
             transport_api_version: ApiVersion::V3 as i32,
         }),
         enable_x_ratelimit_headers: XRateLimitHeadersRfcVersion::DraftVersion03 as i32,

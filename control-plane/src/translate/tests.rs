@@ -13,6 +13,12 @@ use tollgate_proto::envoy::extensions::filters::network::http_connection_manager
 use tollgate_proto::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
 use tollgate_proto::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 
+use tollgate_proto::envoy::config::core::v3::health_check::HealthChecker;
+use tollgate_proto::envoy::extensions::filters::http::ext_authz::v3::{
+    ext_authz::Services, ExtAuthz,
+};
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
+
 use super::translate;
 use crate::snapshot::{type_url, Snapshot};
 
@@ -232,6 +238,71 @@ fn sidecars_get_http2_clusters() {
             "{name} speaks HTTP/2"
         );
     }
+}
+
+#[test]
+fn replicated_sidecars_are_health_checked_and_their_calls_retried_on_another() {
+    let one = protected();
+    let replicated_yaml = PROTECTED
+        .replace(
+            "ext_authz: {address: 127.0.0.1:9191}",
+            "ext_authz: {address: [127.0.0.1:9191, 127.0.0.2:9191]}",
+        )
+        .replace(
+            "rate_limit: {address: 127.0.0.1:8082, domain: edge}",
+            "rate_limit: {address: [\"127.0.0.1:8082\", \"127.0.0.2:8082\"], domain: edge}",
+        );
+    let replicated = translate(
+        &tollgate_routes::parse("routes.yaml", &replicated_yaml).expect("valid"),
+        &Default::default(),
+    );
+    for (name, health_service) in [
+        ("tollgate_ext_authz", "envoy.service.auth.v3.Authorization"),
+        (
+            "tollgate_ratelimit",
+            "envoy.service.ratelimit.v3.RateLimitService",
+        ),
+    ] {
+        let single: Cluster = decode(&one, type_url::CLUSTER, name);
+        assert!(single.health_checks.is_empty() && single.outlier_detection.is_none());
+        let cluster: Cluster = decode(&replicated, type_url::CLUSTER, name);
+        let Some(HealthChecker::GrpcHealthCheck(grpc)) = &cluster.health_checks[0].health_checker
+        else {
+            panic!(
+                "{name}: a gRPC health check expected: {:?}",
+                cluster.health_checks
+            )
+        };
+        assert_eq!(grpc.service_name, health_service);
+        assert!(cluster.outlier_detection.is_some(), "{name}");
+    }
+    let grpc_retry = |snapshot: &Snapshot| {
+        let manager = manager(snapshot, "public");
+        let filter = manager
+            .http_filters
+            .iter()
+            .find(|f| f.name == "envoy.filters.http.ext_authz")
+            .expect("ext_authz");
+        let Some(http_filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+            panic!("typed config expected")
+        };
+        let ext_authz = ExtAuthz::decode(any.value.as_slice()).expect("ext_authz");
+        let Some(Services::GrpcService(service)) = ext_authz.services else {
+            panic!("a gRPC service expected")
+        };
+        service.retry_policy
+    };
+    assert!(grpc_retry(&one).is_none(), "one replica: nowhere to retry");
+    let retry = grpc_retry(&replicated).expect("a retry policy with two replicas");
+    assert!(
+        retry.retry_on.contains("connect-failure"),
+        "{}",
+        retry.retry_on
+    );
+    assert_eq!(
+        retry.retry_host_predicate[0].name,
+        "envoy.retry_host_predicates.previous_hosts"
+    );
 }
 
 #[test]

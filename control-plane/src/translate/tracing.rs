@@ -41,7 +41,8 @@ const MAX_CACHED_SPANS: u32 = 1024;
 
 /// The collector's cluster: HTTP/2 to `otlp_endpoint`, like the sidecars' clusters.
 pub(super) fn collector_cluster(tracing: &Tracing) -> (Cluster, Option<ClusterLoadAssignment>) {
-    cluster::sidecar(CLUSTER, &tracing.otlp_endpoint)
+    // One collector: no health service is ever asked for.
+    cluster::sidecar(CLUSTER, std::slice::from_ref(&tracing.otlp_endpoint), "")
 }
 
 /// The connection manager's tracing settings.
@@ -49,7 +50,7 @@ pub(super) fn hcm_tracing(tracing: &Tracing) -> HcmTracing {
     let provider = TracingProvider {
         name: TRACER.to_string(),
         config_type: Some(http::ConfigType::TypedConfig(any(&OpenTelemetryConfig {
-            grpc_service: Some(grpc_service(CLUSTER, EXPORT_TIMEOUT)),
+            grpc_service: Some(grpc_service(CLUSTER, EXPORT_TIMEOUT, 1)),
             service_name: tracing.service_name.clone(),
             max_cache_size: Some(UInt32Value {
                 value: MAX_CACHED_SPANS,

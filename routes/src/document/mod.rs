@@ -260,7 +260,7 @@ pub(crate) struct SidecarsDoc {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ExtAuthzDoc {
-    pub address: Spanned<String>,
+    pub address: Spanned<SidecarAddressDoc>,
     pub timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub failure_mode_allow: bool,
@@ -269,11 +269,19 @@ pub(crate) struct ExtAuthzDoc {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RateLimitSidecarDoc {
-    pub address: Spanned<String>,
+    pub address: Spanned<SidecarAddressDoc>,
     pub timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub failure_mode_deny: bool,
     pub domain: Option<Spanned<String>>,
+}
+
+/// A sidecar's `HOST:PORT`, or a list of them, one per replica.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum SidecarAddressDoc {
+    One(String),
+    Replicas(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]

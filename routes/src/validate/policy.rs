@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 use super::{host_port, is_header_name, is_valid_name, positive_duration, Errors};
-use crate::document::{Document, RateLimitDoc, RouteDoc};
+use crate::document::{Document, RateLimitDoc, RouteDoc, SidecarAddressDoc};
+use crate::endpoint::Endpoint;
 use crate::policy::{
     ExtAuthzSidecar, LimitAlgorithm, LimitKey, LimitQuota, Per, Quota, RateLimitRule,
     RateLimitSidecar, Sidecars,
@@ -256,14 +257,41 @@ fn parse_quota(text: &str) -> Option<Quota> {
     })
 }
 
+/// A sidecar's replicas: one `HOST:PORT` or a list of distinct ones. The list's entries are
+/// reported at the `address` field.
+fn sidecar_addresses(
+    node: &Spanned<SidecarAddressDoc>,
+    errors: &mut Errors,
+) -> Option<Vec<Endpoint>> {
+    let texts: Vec<&String> = match &node.value {
+        SidecarAddressDoc::One(text) => vec![text],
+        SidecarAddressDoc::Replicas(list) => list.iter().collect(),
+    };
+    if texts.is_empty() {
+        errors.at(node, "sidecar address list is empty".to_string());
+        return None;
+    }
+    let mut addresses = Vec::new();
+    for text in texts {
+        let at = Spanned::new(text.clone(), node.referenced, node.defined);
+        let address = host_port(&at, "sidecar address", errors)?;
+        if addresses.contains(&address) {
+            errors.at(node, format!("sidecar address \"{text}\" is listed twice"));
+            return None;
+        }
+        addresses.push(address);
+    }
+    Some(addresses)
+}
+
 pub(super) fn sidecars(doc: &Document, errors: &mut Errors) -> Sidecars {
     let Some(sidecars) = &doc.sidecars else {
         return Sidecars::default();
     };
     let ext_authz = sidecars.ext_authz.as_ref().and_then(|node| {
-        let address = host_port(&node.value.address, "sidecar address", errors)?;
+        let addresses = sidecar_addresses(&node.value.address, errors)?;
         Some(ExtAuthzSidecar {
-            address,
+            addresses,
             timeout: positive_duration(node.value.timeout.as_ref(), errors)
                 .unwrap_or(DEFAULT_EXT_AUTHZ_TIMEOUT),
             failure_mode_allow: node.value.failure_mode_allow,
@@ -278,9 +306,9 @@ pub(super) fn sidecars(doc: &Document, errors: &mut Errors) -> Sidecars {
             Some(d) => d.value.clone(),
             None => "tollgate".to_string(),
         };
-        let address = host_port(&node.value.address, "sidecar address", errors)?;
+        let addresses = sidecar_addresses(&node.value.address, errors)?;
         Some(RateLimitSidecar {
-            address,
+            addresses,
             timeout: positive_duration(node.value.timeout.as_ref(), errors)
                 .unwrap_or(DEFAULT_RATE_LIMIT_TIMEOUT),
             failure_mode_deny: node.value.failure_mode_deny,
