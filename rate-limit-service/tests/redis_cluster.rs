@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use futures::future::join_all;
-use support::{clock_now, instance_on, race, routes_tree, Instance, PATIENCE};
+use support::{clock_now, instance_on, race, race_among, routes_tree, Instance, PATIENCE};
 use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use tollgate_proto::envoy::service::ratelimit::v3::RateLimitRequest;
 use tollgate_ratelimit::algorithm::{Clock, ManualClock};
@@ -165,6 +165,23 @@ async fn exactly_the_limit_passes_in_a_fixed_window_when_two_instances_share_a_c
     let key = redis_key(&integrated(), "fixed", "key-1", clock.now_us());
     let node = cluster.node_of(&key).await;
     assert_eq!(keys_on(&cluster, node).await, BTreeSet::from([key]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_limit_passes_when_three_instances_share_a_cluster() {
+    let cluster = RedisCluster::start(NODES);
+    let clock = clock_now();
+    let a = cluster_instance(&cluster, &clock).await;
+    let b = cluster_instance(&cluster, &clock).await;
+    let c = cluster_instance(&cluster, &clock).await;
+    for (descriptor, value) in [("fixed", "key-3"), ("sliding", "10.0.0.9")] {
+        let r = rule_request(&[descriptor], value);
+        assert_eq!(
+            race_among(&[&a, &b, &c], &r, 35).await,
+            (20, 15),
+            "{descriptor}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

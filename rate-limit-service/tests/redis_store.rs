@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use redis::AsyncCommands;
-use support::{clock_now, instance_on, race, routes_tree, Instance, PATIENCE};
+use support::{clock_now, instance_on, race, race_among, routes_tree, Instance, PATIENCE};
 use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use tollgate_ratelimit::algorithm::{Clock, ManualClock};
 use tollgate_ratelimit::limits::{dropin, DescriptorTree};
@@ -103,6 +103,27 @@ async fn exactly_the_limit_passes_when_two_instances_share_redis() {
     let b = instance(&redis, integrated(), clock.clone(), TIMEOUT).await;
     let r = rule("fixed", "header", "key-1");
     assert_eq!(race(&a, &b, &r, 35).await, (20, 15));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_limit_passes_when_three_instances_share_redis() {
+    let redis = RedisServer::start();
+    let clock = clock_now();
+    let a = instance(&redis, integrated(), clock.clone(), TIMEOUT).await;
+    let b = instance(&redis, integrated(), clock.clone(), TIMEOUT).await;
+    let c = instance(&redis, integrated(), clock.clone(), TIMEOUT).await;
+    // The fixed window admits 20 a minute, the sliding one 5 a second.
+    for (algorithm, by, key, limit) in [
+        ("fixed", "header", "key-3", 20),
+        ("sliding", "remote_address", "10.0.0.9", 5),
+    ] {
+        let r = rule(algorithm, by, key);
+        assert_eq!(
+            race_among(&[&a, &b, &c], &r, 35).await,
+            (limit, 35 - limit),
+            "{algorithm}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,7 +93,16 @@ pub async fn race(
     r: &RateLimitRequest,
     calls: usize,
 ) -> (usize, usize) {
-    let calls = (0..calls).map(|i| call(if i % 2 == 0 { &a.client } else { &b.client }, r));
+    race_among(&[a, b], r, calls).await
+}
+
+/// `calls` concurrent requests, spread in turn over `instances`: (admitted, over limit).
+pub async fn race_among(
+    instances: &[&Instance],
+    r: &RateLimitRequest,
+    calls: usize,
+) -> (usize, usize) {
+    let calls = (0..calls).map(|i| call(&instances[i % instances.len()].client, r));
     tally(futures::future::join_all(calls).await)
 }
 
