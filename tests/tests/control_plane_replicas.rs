@@ -1,13 +1,15 @@
 //! Several control-plane replicas (issue 21, in part): an Envoy bootstrapped with every
 //! replica (`tollgate-control-plane bootstrap --xds-addr A --xds-addr B`) keeps serving when
 //! the replica it is connected to dies, moves its stream to the other, and takes later edits
-//! from there; `/status` of the replica it moved to shows it.
+//! from there; `/status` of the replica it moved to shows it. With every replica gone it
+//! keeps serving its last configuration, and when one returns it resyncs without replacing,
+//! draining or removing a listener or a cluster.
 
 use std::time::Instant;
 
 use tollgate_conformance::{
-    eventually, get, reserve_port, traffic, ControlPlane, Envoy, RunningControlPlane, Upstream,
-    UpstreamHandle,
+    eventually, get, reserve_port, traffic, ControlPlane, Envoy, RunningControlPlane, RunningEnvoy,
+    Upstream, UpstreamHandle, XdsVariant,
 };
 
 const NODE: &str = "edge-replicas";
@@ -107,4 +109,102 @@ async fn an_envoy_moves_to_a_live_replica_without_failing_a_request_and_takes_ed
         report.sent,
         report.failures
     );
+}
+
+/// Envoy's counters of listeners and clusters replaced or removed, and of filter chains
+/// drained: what a resync must leave alone.
+async fn churn(envoy: &RunningEnvoy) -> Vec<(String, u64)> {
+    let mut counters = Vec::new();
+    for filter in [
+        "^listener_manager\\.(listener_modified|listener_removed|total_filter_chains_draining)$",
+        "^cluster_manager\\.(cluster_modified|cluster_removed)$",
+    ] {
+        counters.extend(envoy.stats(filter).await.expect("Envoy stats"));
+    }
+    counters.sort();
+    counters
+}
+
+async fn outage_then_resync(variant: XdsVariant) {
+    let app = Upstream::new("app").spawn().await;
+    let other = Upstream::new("other").spawn().await;
+    let port = reserve_port();
+    let mut first = ControlPlane::new()
+        .routes(routes(port, &app, &other, false))
+        .start()
+        .await;
+    let mut second = first.replica().await;
+    let envoy = Envoy::new()
+        .node_id(NODE)
+        .xds_variant(variant)
+        .control_planes(&[&first, &second])
+        .start()
+        .await;
+    eventually("the gateway serves", async || {
+        get(port, "/added/x").await?.expect_upstream("app")?;
+        Ok(())
+    })
+    .await;
+    eventually("the node is in sync", async || {
+        let on = if serves_node(&first).await {
+            &first
+        } else {
+            &second
+        };
+        let node = on.node_status(NODE).await?;
+        anyhow::ensure!(node["in_sync"] == true, "{node}");
+        Ok(())
+    })
+    .await;
+    let before = churn(&envoy).await;
+    assert_eq!(before.len(), 5, "{before:?}");
+
+    // Every control plane gone: the gateway serves on what it has.
+    let stream = traffic(port, "/steady", "app");
+    first.kill();
+    second.kill();
+    while stream.sent() < 100 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // One returns: Envoy reconnects and resyncs, and nothing it holds is replaced.
+    first.restart().await;
+    eventually("the node reconnects and is in sync", async || {
+        let node = first.node_status(NODE).await?;
+        anyhow::ensure!(
+            node["connected"] == true && node["in_sync"] == true,
+            "{node}"
+        );
+        Ok(())
+    })
+    .await;
+    assert_eq!(
+        churn(&envoy).await,
+        before,
+        "the resync replaced or removed something"
+    );
+    let report = stream.stop().await;
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} requests failed during the outage: {:?}",
+        report.failures.len(),
+        report.sent,
+        report.failures
+    );
+    // And an edit after the outage reaches Envoy.
+    first.write_by_rename(&routes(port, &app, &other, true));
+    eventually("the edit reaches Envoy", async || {
+        get(port, "/added/x").await?.expect_upstream("other")?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_replica_gone_envoy_serves_on_and_resyncs_without_churn_sotw() {
+    outage_then_resync(XdsVariant::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_replica_gone_envoy_serves_on_and_resyncs_without_churn_delta() {
+    outage_then_resync(XdsVariant::Delta).await;
 }
