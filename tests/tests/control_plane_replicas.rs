@@ -208,3 +208,34 @@ async fn with_every_replica_gone_envoy_serves_on_and_resyncs_without_churn_sotw(
 async fn with_every_replica_gone_envoy_serves_on_and_resyncs_without_churn_delta() {
     outage_then_resync(XdsVariant::Delta).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_starting_while_a_replica_is_down_gets_its_config_from_the_other() {
+    let app = Upstream::new("app").spawn().await;
+    let other = Upstream::new("other").spawn().await;
+    let port = reserve_port();
+    let mut first = ControlPlane::new()
+        .routes(routes(port, &app, &other, true))
+        .start()
+        .await;
+    let second = first.replica().await;
+    // The first replica listed, and so the first tried, is the one that is down.
+    first.kill();
+    let _envoy = Envoy::new()
+        .node_id(NODE)
+        .control_planes(&[&first, &second])
+        .start()
+        .await;
+    eventually(
+        "the new Envoy serves the config from the live replica",
+        async || {
+            get(port, "/added/x").await?.expect_upstream("other")?;
+            Ok(())
+        },
+    )
+    .await;
+    assert!(
+        serves_node(&second).await,
+        "the live replica serves the node"
+    );
+}
