@@ -36,6 +36,57 @@ routes:
     )
 }
 
+/// Two control-plane replicas serving one routes.yaml in front of two upstreams: everything
+/// goes to `app` until the edit that sends `/added/` to `other`.
+struct Replicas {
+    app: UpstreamHandle,
+    other: UpstreamHandle,
+    port: u16,
+    first: RunningControlPlane,
+    second: RunningControlPlane,
+}
+
+impl Replicas {
+    async fn start(added: bool) -> Replicas {
+        let app = Upstream::new("app").spawn().await;
+        let other = Upstream::new("other").spawn().await;
+        let port = reserve_port();
+        let first = ControlPlane::new()
+            .routes(routes(port, &app, &other, added))
+            .start()
+            .await;
+        let second = first.replica().await;
+        Replicas {
+            app,
+            other,
+            port,
+            first,
+            second,
+        }
+    }
+
+    /// An Envoy bootstrapped with both replicas (the first listed first), once it serves.
+    async fn envoy(&self, variant: XdsVariant) -> RunningEnvoy {
+        let envoy = Envoy::new()
+            .node_id(NODE)
+            .xds_variant(variant)
+            .control_planes(&[&self.first, &self.second])
+            .start()
+            .await;
+        eventually("the gateway serves", async || {
+            get(self.port, "/").await?.expect_upstream("app")?;
+            Ok(())
+        })
+        .await;
+        envoy
+    }
+
+    /// The routes with `/added/` sent to `other`.
+    fn edited(&self) -> String {
+        routes(self.port, &self.app, &self.other, true)
+    }
+}
+
 /// Whether `cp`'s `/status` shows the node with an open stream.
 async fn serves_node(cp: &RunningControlPlane) -> bool {
     cp.node_status(NODE)
@@ -45,27 +96,19 @@ async fn serves_node(cp: &RunningControlPlane) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envoy_moves_to_a_live_replica_without_failing_a_request_and_takes_edits_from_it() {
-    let app = Upstream::new("app").spawn().await;
-    let other = Upstream::new("other").spawn().await;
-    let port = reserve_port();
-    let mut first = ControlPlane::new()
-        .routes(routes(port, &app, &other, false))
-        .start()
-        .await;
-    let mut second = first.replica().await;
-    let _envoy = Envoy::new()
-        .node_id(NODE)
-        .control_planes(&[&first, &second])
-        .start()
-        .await;
-    eventually("the gateway serves", async || {
-        get(port, "/added/x").await?.expect_upstream("app")?;
-        Ok(())
-    })
-    .await;
+    let mut replicas = Replicas::start(false).await;
+    let _envoy = replicas.envoy(XdsVariant::Sotw).await;
+    let edited = replicas.edited();
+    let Replicas {
+        port,
+        first,
+        second,
+        ..
+    } = &mut replicas;
+    let port = *port;
     // Kill whichever replica holds the stream; the other must take it over.
     let on_first = eventually("one replica holds the node's stream", async || {
-        match (serves_node(&first).await, serves_node(&second).await) {
+        match (serves_node(first).await, serves_node(second).await) {
             (true, false) => Ok(true),
             (false, true) => Ok(false),
             both => anyhow::bail!("connected to first, second: {both:?}"),
@@ -73,9 +116,9 @@ async fn an_envoy_moves_to_a_live_replica_without_failing_a_request_and_takes_ed
     })
     .await;
     let (dead, live) = if on_first {
-        (&mut first, &mut second)
+        (first, second)
     } else {
-        (&mut second, &mut first)
+        (second, first)
     };
 
     let stream = traffic(port, "/steady", "app");
@@ -91,7 +134,7 @@ async fn an_envoy_moves_to_a_live_replica_without_failing_a_request_and_takes_ed
         killed.elapsed()
     );
     // An edit now reaches Envoy through the live replica.
-    live.write_by_rename(&routes(port, &app, &other, true));
+    live.write_by_rename(&edited);
     eventually(
         "the edit reaches Envoy through the live replica",
         async || {
@@ -126,30 +169,21 @@ async fn churn(envoy: &RunningEnvoy) -> Vec<(String, u64)> {
 }
 
 async fn outage_then_resync(variant: XdsVariant) {
-    let app = Upstream::new("app").spawn().await;
-    let other = Upstream::new("other").spawn().await;
-    let port = reserve_port();
-    let mut first = ControlPlane::new()
-        .routes(routes(port, &app, &other, false))
-        .start()
-        .await;
-    let mut second = first.replica().await;
-    let envoy = Envoy::new()
-        .node_id(NODE)
-        .xds_variant(variant)
-        .control_planes(&[&first, &second])
-        .start()
-        .await;
-    eventually("the gateway serves", async || {
-        get(port, "/added/x").await?.expect_upstream("app")?;
-        Ok(())
-    })
-    .await;
+    let mut replicas = Replicas::start(false).await;
+    let envoy = replicas.envoy(variant).await;
+    let edited = replicas.edited();
+    let Replicas {
+        port,
+        first,
+        second,
+        ..
+    } = &mut replicas;
+    let port = *port;
     eventually("the node is in sync", async || {
-        let on = if serves_node(&first).await {
-            &first
+        let on = if serves_node(first).await {
+            &*first
         } else {
-            &second
+            &*second
         };
         let node = on.node_status(NODE).await?;
         anyhow::ensure!(node["in_sync"] == true, "{node}");
@@ -191,7 +225,7 @@ async fn outage_then_resync(variant: XdsVariant) {
         report.failures
     );
     // And an edit after the outage reaches Envoy.
-    first.write_by_rename(&routes(port, &app, &other, true));
+    first.write_by_rename(&edited);
     eventually("the edit reaches Envoy", async || {
         get(port, "/added/x").await?.expect_upstream("other")?;
         Ok(())
@@ -211,31 +245,17 @@ async fn with_every_replica_gone_envoy_serves_on_and_resyncs_without_churn_delta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envoy_starting_while_a_replica_is_down_gets_its_config_from_the_other() {
-    let app = Upstream::new("app").spawn().await;
-    let other = Upstream::new("other").spawn().await;
-    let port = reserve_port();
-    let mut first = ControlPlane::new()
-        .routes(routes(port, &app, &other, true))
-        .start()
-        .await;
-    let second = first.replica().await;
+    let mut replicas = Replicas::start(true).await;
     // The first replica listed, and so the first tried, is the one that is down.
-    first.kill();
-    let _envoy = Envoy::new()
-        .node_id(NODE)
-        .control_planes(&[&first, &second])
-        .start()
-        .await;
-    eventually(
-        "the new Envoy serves the config from the live replica",
-        async || {
-            get(port, "/added/x").await?.expect_upstream("other")?;
-            Ok(())
-        },
-    )
-    .await;
+    replicas.first.kill();
+    let _envoy = replicas.envoy(XdsVariant::Sotw).await;
+    get(replicas.port, "/added/x")
+        .await
+        .expect("a request")
+        .expect_upstream("other")
+        .expect("the config from the live replica");
     assert!(
-        serves_node(&second).await,
+        serves_node(&replicas.second).await,
         "the live replica serves the node"
     );
 }
