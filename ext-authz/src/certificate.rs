@@ -3,11 +3,11 @@
 //! leaf in the check request, PEM and URL-encoded, and this reads the one field a
 //! `client_certificate` provider takes the consumer from. Pure: bytes in, id out.
 
-use std::borrow::Cow;
-
 use tollgate_routes::policy::CertificateField;
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::parse_x509_pem;
+
+use crate::extract::percent_decode_bytes;
 
 /// Why no consumer could be read from a certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub enum CertificateProblem {
 
 /// The consumer id in `field` of the certificate Envoy sent (`sent`: URL-encoded PEM).
 pub fn consumer_of(sent: &[u8], field: CertificateField) -> Result<String, CertificateProblem> {
-    let pem_text = percent_decode(sent);
+    let pem_text = percent_decode_bytes(sent);
     let (_, pem) = parse_x509_pem(&pem_text).map_err(|_| CertificateProblem::Unreadable)?;
     let certificate = pem
         .parse_x509()
@@ -50,32 +50,6 @@ pub fn consumer_of(sent: &[u8], field: CertificateField) -> Result<String, Certi
     value
         .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or(CertificateProblem::NoConsumer(field))
-}
-
-/// Decodes `%XX` escapes only: `+` is a base64 character in PEM, not a space.
-fn percent_decode(sent: &[u8]) -> Cow<'_, [u8]> {
-    if !sent.contains(&b'%') {
-        return Cow::Borrowed(sent);
-    }
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(sent.len());
-    let mut i = 0;
-    while i < sent.len() {
-        let escaped = (sent[i] == b'%')
-            .then(|| Some((hex(*sent.get(i + 1)?)?, hex(*sent.get(i + 2)?)?)))
-            .flatten();
-        match escaped {
-            Some((high, low)) => {
-                out.push(high << 4 | low);
-                i += 3;
-            }
-            None => {
-                out.push(sent[i]);
-                i += 1;
-            }
-        }
-    }
-    Cow::Owned(out)
 }
 
 #[cfg(test)]

@@ -151,27 +151,40 @@ fn single<'a>(mut values: impl Iterator<Item = Cow<'a, str>>) -> Found<'a> {
     }
 }
 
-/// RFC 3986 §2.1 percent-decoding; invalid escapes are kept as they are.
+/// RFC 3986 §2.1 percent-decoding of text; invalid escapes are kept as they are, and decoded
+/// bytes that are not UTF-8 are replaced.
 fn percent_decode(text: &str) -> Cow<'_, str> {
-    if !text.contains('%') {
-        return Cow::Borrowed(text);
+    match percent_decode_bytes(text.as_bytes()) {
+        Cow::Borrowed(_) => Cow::Borrowed(text),
+        Cow::Owned(bytes) => Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()),
     }
-    let bytes = text.as_bytes();
+}
+
+/// RFC 3986 §2.1 percent-decoding: `%XX` escapes only (`+` stays `+`: in a PEM certificate
+/// it is a base64 character, not a space); invalid escapes are kept as they are.
+pub(crate) fn percent_decode_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
+    if !bytes.contains(&b'%') {
+        return Cow::Borrowed(bytes);
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
+        let escaped = (bytes[i] == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match escaped {
+            Some((high, low)) => {
+                out.push(high << 4 | low);
                 i += 3;
-                continue;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
             }
         }
-        out.push(bytes[i]);
-        i += 1;
     }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
