@@ -103,29 +103,51 @@ pub enum Verifier {
         location: KeyLocation,
         keys: Arc<KeyFile>,
     },
-    ClientCertificate {
-        field: CertificateField,
-        /// The consumers admitted with their identities; `None` admits every verified
-        /// certificate.
-        consumers: Option<HashMap<String, Arc<Identity>>>,
-        forward_claims: std::collections::BTreeMap<String, String>,
-    },
+    ClientCertificate(CertificateConsumers),
 }
 
-impl Verifier {
-    /// The identity of a certificate's consumer `id`, or `None` when the provider's consumer
-    /// list does not admit it.
-    pub fn certificate_identity(
-        consumers: &Option<HashMap<String, Arc<Identity>>>,
+/// Who a client certificate names, and what the upstream is told about them.
+#[derive(Debug)]
+pub struct CertificateConsumers {
+    /// The certificate field naming the consumer.
+    pub field: CertificateField,
+    /// The consumers admitted with their identities, built once; `None` admits every
+    /// verified certificate.
+    listed: Option<HashMap<String, Arc<Identity>>>,
+    forward_claims: std::collections::BTreeMap<String, String>,
+}
+
+impl CertificateConsumers {
+    fn new(
+        field: CertificateField,
+        listed: Option<&std::collections::BTreeMap<String, ConsumerProfile>>,
         forward_claims: &std::collections::BTreeMap<String, String>,
-        id: &str,
-    ) -> Option<Arc<Identity>> {
-        match consumers {
+    ) -> CertificateConsumers {
+        let listed = listed.map(|profiles| {
+            profiles
+                .iter()
+                .map(|(id, profile)| {
+                    let identity = Identity::of_consumer(id, profile, forward_claims);
+                    (id.clone(), Arc::new(identity))
+                })
+                .collect()
+        });
+        CertificateConsumers {
+            field,
+            listed,
+            forward_claims: forward_claims.clone(),
+        }
+    }
+
+    /// The identity of the consumer `id`, or `None` when the provider's consumer list does
+    /// not admit it.
+    pub fn identity(&self, id: &str) -> Option<Arc<Identity>> {
+        match &self.listed {
             Some(admitted) => admitted.get(id).cloned(),
             None => Some(Arc::new(Identity::of_consumer(
                 id,
                 &ConsumerProfile::default(),
-                forward_claims,
+                &self.forward_claims,
             ))),
         }
     }
@@ -167,22 +189,12 @@ impl Provider {
                 (Verifier::ApiKey { location, keys }, Some(AbortOnDrop(task)))
             }
             Credentials::ClientCertificate(certificates) => {
-                let forward_claims = config.forward_claims.clone();
-                let consumers = certificates.consumers.as_ref().map(|listed| {
-                    listed
-                        .iter()
-                        .map(|(id, profile)| {
-                            let identity = Identity::of_consumer(id, profile, &forward_claims);
-                            (id.clone(), Arc::new(identity))
-                        })
-                        .collect()
-                });
-                let verifier = Verifier::ClientCertificate {
-                    field: certificates.consumer_from,
-                    consumers,
-                    forward_claims,
-                };
-                (verifier, None)
+                let consumers = CertificateConsumers::new(
+                    certificates.consumer_from,
+                    certificates.consumers.as_ref(),
+                    &config.forward_claims,
+                );
+                (Verifier::ClientCertificate(consumers), None)
             }
         };
         Ok(Provider {

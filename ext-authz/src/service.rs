@@ -265,15 +265,11 @@ impl AuthService {
                     }
                 }
             }
-            Verifier::ClientCertificate {
-                field,
-                consumers,
-                forward_claims,
-            } => {
+            Verifier::ClientCertificate(consumers) => {
                 let Some(sent) = request.peer_certificate() else {
                     return Attempt::Missing(Challenge::ClientCertificate);
                 };
-                let id = match certificate::consumer_of(sent, *field) {
+                let id = match certificate::consumer_of(sent, consumers.field) {
                     Ok(id) => id,
                     Err(CertificateProblem::NoConsumer(field)) => {
                         return Attempt::Denied(Denial::CertificateWithoutConsumer(field))
@@ -282,7 +278,7 @@ impl AuthService {
                         return Attempt::Denied(Denial::UnreadableCertificate)
                     }
                 };
-                match Verifier::certificate_identity(consumers, forward_claims, &id) {
+                match consumers.identity(&id) {
                     Some(identity) => Grant::Consumer(identity),
                     None => return Attempt::Denied(Denial::ConsumerNotAllowed),
                 }

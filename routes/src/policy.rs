@@ -113,15 +113,6 @@ impl AuthProvider {
             _ => None,
         }
     }
-
-    /// The provider's `type` as routes.yaml writes it.
-    pub fn type_name(&self) -> &'static str {
-        match &self.credentials {
-            Credentials::Jwt(_) => "jwt",
-            Credentials::ApiKey(_) => "api_key",
-            Credentials::ClientCertificate(_) => "client_certificate",
-        }
-    }
 }
 
 /// What a provider accepts as proof.

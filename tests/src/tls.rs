@@ -51,6 +51,28 @@ impl IssuedCertificate {
     }
 }
 
+/// A self-signed P-256 CA of `/CN=common_name`, valid for two days, in `ca.pem` and `ca.key`,
+/// with `extensions` (`-addext` arguments) beside OpenSSL's defaults.
+fn self_signed_ca(dir: &Path, common_name: &str, extensions: &[&str]) {
+    let subject = format!("/CN={common_name}");
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &subject,
+    ];
+    args.extend_from_slice(extensions);
+    args.extend_from_slice(&["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &args);
+}
+
 /// A new P-256 key in `key` and a request for a certificate of `/CN=common_name` in `csr`.
 fn key_and_request(dir: &Path, common_name: &str, key: &str, csr: &str) {
     let subject = format!("/CN={common_name}");
@@ -95,26 +117,7 @@ fn read(path: PathBuf) -> Vec<u8> {
 impl TestCa {
     pub fn new() -> Self {
         let dir = scratch_dir("tollgate-ca-");
-        openssl(
-            dir.path(),
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=Tollgate test CA",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-            ],
-        );
+        self_signed_ca(dir.path(), "Tollgate test CA", &[]);
         let cert_pem = read(dir.path().join("ca.pem"));
         TestCa {
             dir,
@@ -286,31 +289,16 @@ impl ClientCa {
         // A CRL number makes a version 2 CRL, as CAs publish them.
         std::fs::write(path.join("crlnumber"), "1000\n").expect("write crlnumber");
         std::fs::create_dir(path.join("issued")).expect("create issued/");
-        let subject = format!("/CN={common_name}");
-        openssl(
+        // RFC 5280 §4.2.1.9 and §4.2.1.3: a CA, for certificates and CRLs. BoringSSL
+        // refuses a CRL from a CA whose key usage leaves out cRLSign.
+        self_signed_ca(
             path,
+            common_name,
             &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                &subject,
-                // RFC 5280 §4.2.1.9 and §4.2.1.3: a CA, for certificates and CRLs. BoringSSL
-                // refuses a CRL from a CA whose key usage leaves out cRLSign.
                 "-addext",
                 "basicConstraints=critical,CA:TRUE",
                 "-addext",
                 "keyUsage=critical,keyCertSign,cRLSign",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
             ],
         );
         ClientCa {
