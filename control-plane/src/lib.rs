@@ -1,12 +1,14 @@
 //! Tollgate's control plane: routes.yaml in, Envoy configuration out over ADS.
 //!
 //! `translate` turns a validated config into a [`snapshot::Snapshot`] (pure); `snapshot`
-//! holds the current one; `xds` speaks the ADS protocol against it; `reload` brings file
+//! holds the current one, its resources encoded by `canonical` so that equal configs give
+//! equal bytes in every replica; `xds` speaks the ADS protocol against it; `reload` brings file
 //! edits in; `admin` reports; `bootstrap` tells Envoy where to connect.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod bootstrap;
+pub mod canonical;
 pub mod cli;
 pub mod reload;
 pub mod serve;

@@ -42,7 +42,7 @@ pub struct Resource {
 
 impl Resource {
     pub fn new(name: impl Into<String>, type_url: &str, message: &impl Message) -> Self {
-        let value = message.encode_to_vec();
+        let value = crate::canonical::encode(type_url, message);
         let version = hex::encode(Sha256::digest(&value));
         Resource {
             name: name.into(),

@@ -27,7 +27,7 @@ use tollgate_routes::policy::{
     AuthProvider, Credentials, ExtAuthzSidecar, RouteAuth, REQUEST_ID_HEADER,
 };
 
-use super::{any, proto_duration, stable_map};
+use super::{any, proto_duration, proto_map};
 
 pub(super) const FILTER_NAME: &str = "envoy.filters.http.ext_authz";
 pub(super) const CLUSTER: &str = "tollgate_ext_authz";
@@ -89,7 +89,7 @@ fn check_headers(providers: &BTreeMap<String, AuthProvider>) -> BTreeSet<String>
 pub(super) fn per_route(route: &str, auth: &RouteAuth) -> Any {
     any(&ExtAuthzPerRoute {
         r#override: Some(Override::CheckSettings(CheckSettings {
-            context_extensions: stable_map(
+            context_extensions: proto_map(
                 [
                     ("route".to_string(), route.to_string()),
                     // Provider names have no spaces: `any_of` travels as a list, in order.

@@ -50,7 +50,7 @@ use tollgate_routes::service_policy::{
 use tollgate_routes::{Endpoint, Service};
 
 use super::secret::{sds_reference, upstream_client_secret_name};
-use super::{ads_config_source, any, proto_duration, stable_map, tls_transport_socket};
+use super::{ads_config_source, any, proto_duration, proto_map, tls_transport_socket};
 
 /// How long Envoy waits to connect to a sidecar; its call timeouts bound the rest.
 const SIDECAR_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -115,7 +115,7 @@ fn http2_only() -> std::collections::HashMap<String, tollgate_proto::google::pro
         )),
         ..Default::default()
     };
-    stable_map([(
+    proto_map([(
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
         any(&http2),
     )])

@@ -13,7 +13,7 @@ use tollgate_proto::envoy::extensions::filters::http::rbac::v3::{Rbac, RbacPerRo
 use tollgate_proto::google::protobuf::{Any, UInt32Value};
 use tollgate_routes::ip_rules::{IpNet, IpRules};
 
-use super::{any, stable_map};
+use super::{any, proto_map};
 
 pub(super) const FILTER_NAME: &str = "envoy.filters.http.rbac";
 
@@ -70,7 +70,7 @@ fn rules(sets: &[&IpRules]) -> RbacRules {
     };
     RbacRules {
         action: Action::Allow as i32,
-        policies: stable_map([(
+        policies: proto_map([(
             "tollgate_ip_rules".to_string(),
             Policy {
                 permissions: vec![Permission {

@@ -6,7 +6,7 @@ use tollgate_proto::envoy::config::core::v3::{
 };
 use tollgate_proto::google::protobuf::{value::Kind, Struct, Value};
 
-use super::stable_map;
+use super::proto_map;
 
 /// A JSON object of `fields`, each value a format string.
 pub(super) fn json_format(fields: &[(&str, &str)]) -> SubstitutionFormatString {
@@ -20,7 +20,7 @@ pub(super) fn json_format(fields: &[(&str, &str)]) -> SubstitutionFormatString {
 
 pub(super) fn json_struct(fields: &[(&str, &str)]) -> Struct {
     Struct {
-        fields: stable_map(fields.iter().map(|(key, value)| {
+        fields: proto_map(fields.iter().map(|(key, value)| {
             (
                 key.to_string(),
                 Value {

@@ -240,31 +240,18 @@ fn add_listener(
     }
 }
 
-/// A protobuf map with a deterministic encoding.
+/// A protobuf map.
 ///
-/// Protobuf maps are `HashMap`s, and prost encodes them in iteration order, which differs
-/// between maps with different hashers: without this, an unchanged config would hash to a
-/// new version on every translation and be pushed again. Maps built from one shared hasher
-/// with the same insertions iterate alike. (Only within this process: versions of
-/// resources with maps differ between control-plane processes, which costs a no-op re-apply
-/// on reconnect, nothing more.)
-fn stable_map<K: Eq + std::hash::Hash + Ord, V>(
+/// Prost encodes a map in its iteration order, which follows the map's hasher;
+/// [`crate::canonical`] sorts the entries when a resource is encoded, so versions do not
+/// depend on it. Each map gets a hasher of its own, on purpose: a map that the canonical
+/// encoding missed then gives a new version on each translation, which the tests catch.
+fn proto_map<K: Eq + std::hash::Hash, V>(
     entries: impl IntoIterator<Item = (K, V)>,
 ) -> std::collections::HashMap<K, V> {
-    static HASHER: std::sync::OnceLock<std::collections::hash_map::RandomState> =
-        std::sync::OnceLock::new();
-    let mut sorted: Vec<(K, V)> = entries.into_iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut map = std::collections::HashMap::with_hasher(
-        HASHER
-            .get_or_init(std::collections::hash_map::RandomState::new)
-            .clone(),
-    );
-    map.extend(sorted);
-    map
+    entries.into_iter().collect()
 }
 
-/// Packs a message into an `Any` with its canonical type URL.
 /// Envoy's TLS transport socket with `context`, an upstream or a downstream TLS context.
 fn tls_transport_socket<M: Name>(context: &M) -> TransportSocket {
     TransportSocket {
@@ -273,6 +260,7 @@ fn tls_transport_socket<M: Name>(context: &M) -> TransportSocket {
     }
 }
 
+/// Packs a message into an `Any` with its canonical type URL.
 fn any<M: Name>(message: &M) -> Any {
     Any {
         type_url: M::type_url(),

@@ -38,8 +38,8 @@ use tollgate_routes::{
 
 use super::json_format::json_format;
 use super::{
-    auth, body_limit, cluster, cors, headers, ip_rules, listener, proto_duration, rate_limit,
-    response_cache, retry, stable_map, transcode,
+    auth, body_limit, cluster, cors, headers, ip_rules, listener, proto_duration, proto_map,
+    rate_limit, response_cache, retry, transcode,
 };
 
 /// What every route of one listener's table is built with.
@@ -113,7 +113,7 @@ fn https_redirect_route(to: &HttpsRedirect, table: &RouteTable) -> EnvoyRoute {
             response_code: RedirectResponseCode::MovedPermanently as i32,
             ..Default::default()
         })),
-        typed_per_filter_config: stable_map(sidecar_filters_off(table, false, false)),
+        typed_per_filter_config: proto_map(sidecar_filters_off(table, false, false)),
         ..Default::default()
     }
 }
@@ -198,7 +198,7 @@ fn by_host(
                     .cloned()
                     .chain(serving.iter().map(|&i| routes[i].1.clone()))
                     .collect(),
-                typed_per_filter_config: stable_map(per_filter.iter().cloned()),
+                typed_per_filter_config: proto_map(per_filter.iter().cloned()),
                 ..Default::default()
             }
         })
@@ -253,7 +253,7 @@ fn health_route(path: &str, table: &RouteTable) -> EnvoyRoute {
             body: None,
             body_format: Some(json_format(&[("status", "ok")])),
         })),
-        typed_per_filter_config: stable_map(
+        typed_per_filter_config: proto_map(
             sidecar_filters_off(table, false, false).chain(
                 table
                     .ip_rules
@@ -295,7 +295,7 @@ fn route(route: &Route, table: &RouteTable) -> EnvoyRoute {
     if let Some(Action::Route(action)) = envoy_route.action.as_mut() {
         action.rate_limits = rate_limit::route_rate_limits(&route.name, &route.rate_limits);
     }
-    envoy_route.typed_per_filter_config = stable_map(
+    envoy_route.typed_per_filter_config = proto_map(
         sidecar_filters_off(table, route.auth.is_some(), !route.rate_limits.is_empty())
             .chain(route.auth.as_ref().filter(|_| table.ext_authz).map(|auth| {
                 (

@@ -495,9 +495,27 @@ fn each_rate_limit_rule_becomes_one_descriptor_named_like_the_service_expects() 
 
 #[test]
 fn resources_with_maps_hash_the_same_every_time() {
-    // Protobuf maps are HashMaps, encoded in iteration order; versions must not depend on it.
+    // Protobuf maps are HashMaps, each built with its own hasher (`proto_map`), so their
+    // iteration order differs every time; versions must not depend on it.
     let versions: std::collections::HashSet<String> =
         (0..20).map(|_| protected().version().to_string()).collect();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+}
+
+#[test]
+fn the_example_config_with_every_feature_hashes_the_same_every_time() {
+    let example = tollgate_routes::parse(
+        "examples/routes.yaml",
+        include_str!("../../../examples/routes.yaml"),
+    )
+    .expect("the example is valid");
+    let versions: std::collections::HashSet<String> = (0..20)
+        .map(|_| {
+            translate(&example, &Default::default())
+                .version()
+                .to_string()
+        })
+        .collect();
     assert_eq!(versions.len(), 1, "{versions:?}");
 }
 
