@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN_DIR=${1:-target/release}
 EDITS=${TOLLGATE_BENCH_EDITS:-60}
+FLEET_EDITS=${TOLLGATE_BENCH_FLEET_EDITS:-20}
 # Seconds per load run and rounds of the end-to-end benchmarks (under 3 minutes at 5 and 3).
 E2E_SECONDS=${TOLLGATE_BENCH_E2E_SECONDS:-5}
 E2E_ROUNDS=${TOLLGATE_BENCH_E2E_ROUNDS:-3}
@@ -30,6 +31,17 @@ TOLLGATE_PROVISION_BENCH=1 scripts/provision.sh
   echo "watches itself (\`path_config_source\` + \`watched_directory\`), no control plane."
   echo
   "$BIN_DIR/reload_latency" "$EDITS"
+  echo
+  echo "## A fleet of Envoys: routes.yaml write → every node has ACKed the new route table (issue 21)"
+  echo
+  echo "\`$BIN_DIR/xds_fleet $FLEET_EDITS\`: simulated Envoys (an ADS client on envoy-types, one"
+  echo "connection and stream per node, subscribing CDS and LDS as wildcards and RDS for its"
+  echo "listeners' route tables, ACKing every response), then three real Envoys. Each edit"
+  echo "changes one route and one cluster of R routes (each with its own service, so R clusters);"
+  echo "the time runs from the write to the last node's ACK of the new route table. CPU and RSS"
+  echo "are the control plane's (\`/proc\`), CPU per edit from the write to the last ACK."
+  echo
+  "$BIN_DIR/xds_fleet" "$FLEET_EDITS"
   echo
   echo "## JWT checks: direct gRPC Check calls (issue 3)"
   echo

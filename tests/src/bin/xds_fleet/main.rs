@@ -1,0 +1,324 @@
+//! `make bench`: how fast one control plane brings a fleet of Envoys to a new config.
+//!
+//! Simulated Envoys ([`node`]) open one ADS stream each, on a connection of their own, and
+//! ACK what they receive. Each row loads a routes.yaml of R routes (each to a service of its
+//! own, so R clusters too), connects N nodes, then makes 20 edits, each changing one route
+//! and one cluster, and times the write until every node has ACKed the new route table.
+//! Beside it, the control plane's CPU time per edit (from /proc) and its resident memory.
+//! The last rows do the same with three real Envoys, timed until each has applied the new
+//! route table.
+//!
+//! Usage: `xds_fleet [EDITS] [MAX_NODES]` (default 20 and 10,000). Prints a markdown table.
+
+mod node;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tollgate_conformance::{
+    eventually, reserve_port, ControlPlane, Envoy, RunningControlPlane, XdsVariant,
+};
+use tollgate_testkit::bench::{percentile, ProcStat, TICKS_PER_SECOND};
+
+use node::{Progress, Variant};
+
+/// An edit every node has not ACKed after this long fails the run.
+const GIVE_UP: Duration = Duration::from_secs(120);
+/// Connections opened at once while the fleet connects (not measured).
+const CONNECTING_AT_ONCE: usize = 64;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let edits: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(20);
+    let max_nodes: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    println!(
+        "| xDS | nodes | routes | edits | every node ACKed, p50 ms | p99 ms | control plane CPU s per edit (median) | control plane RSS MB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows: Vec<(Variant, usize, usize)> = Vec::new();
+    for variant in [Variant::Sotw, Variant::Delta] {
+        for nodes in [1, 100, 1_000, 10_000] {
+            if nodes <= max_nodes {
+                rows.push((variant, nodes, 1_000));
+            }
+        }
+        rows.push((variant, 1, 10_000));
+    }
+    for (variant, nodes, routes) in rows {
+        let row = simulated_fleet(variant, nodes, routes, edits).await;
+        println!(
+            "| {} | {nodes} | {routes} | {edits} | {:.1} | {:.1} | {:.3} | {:.0} |",
+            variant.name(),
+            ms(quantile(&row.latencies, 0.5)),
+            ms(quantile(&row.latencies, 0.99)),
+            median(&row.cpu_seconds),
+            row.rss_mb
+        );
+    }
+    for variant in [XdsVariant::Sotw, XdsVariant::Delta] {
+        let row = real_envoys(variant, 3, 1_000, edits).await;
+        println!(
+            "| {} (real Envoys, until each applied the new route table) | 3 | 1000 | {edits} | {:.1} | {:.1} | {:.3} | {:.0} |",
+            match variant {
+                XdsVariant::Sotw => "SotW",
+                XdsVariant::Delta => "Delta",
+            },
+            ms(quantile(&row.latencies, 0.5)),
+            ms(quantile(&row.latencies, 0.99)),
+            median(&row.cpu_seconds),
+            row.rss_mb
+        );
+    }
+}
+
+struct Row {
+    latencies: Vec<Duration>,
+    cpu_seconds: Vec<f64>,
+    rss_mb: f64,
+}
+
+/// R routes, each to its own service; edit `k` (from 1) moves route 0's timeout and
+/// service 0's connect timeout, so the route table and one cluster change each time.
+fn routes_yaml(port: u16, routes: usize, edit: usize) -> String {
+    let mut yaml = format!(
+        "version: 1\nlisteners:\n  - {{name: public, address: 127.0.0.1:{port}}}\nservices:\n"
+    );
+    for i in 0..routes {
+        let connect = if i == 0 { 100 + edit } else { 250 };
+        yaml.push_str(&format!(
+            "  s{i}: {{endpoints: [\"s{i}.fleet.internal:80\"], connect_timeout: {connect}ms}}\n"
+        ));
+    }
+    yaml.push_str("routes:\n");
+    for i in 0..routes {
+        let timeout = if i == 0 { 1000 + edit } else { 15_000 };
+        yaml.push_str(&format!(
+            "  - {{name: r{i}, match: {{prefix: /r/{i}/}}, service: s{i}, timeout: {timeout}ms}}\n"
+        ));
+    }
+    yaml
+}
+
+async fn simulated_fleet(variant: Variant, nodes: usize, routes: usize, edits: usize) -> Row {
+    let port = reserve_port();
+    let mut cp = ControlPlane::new()
+        .routes(routes_yaml(port, routes, 0))
+        .start()
+        .await;
+    let fleet = connect(&cp, variant, nodes).await;
+    wait_for_all(&fleet, 1, Instant::now()).await;
+    let mut latencies = Vec::with_capacity(edits);
+    let mut cpu_seconds = Vec::with_capacity(edits);
+    for edit in 1..=edits {
+        let yaml = routes_yaml(port, routes, edit);
+        let before = cpu_ticks(&cp);
+        let written = Instant::now();
+        cp.write_by_rename(&yaml);
+        let last = wait_for_all(&fleet, 1 + edit as u64, written).await;
+        latencies.push(last.duration_since(written));
+        cpu_seconds.push((cpu_ticks(&cp) - before) as f64 / TICKS_PER_SECOND as f64);
+    }
+    let rss_mb = rss_mb(&cp);
+    for task in fleet.tasks {
+        task.abort();
+    }
+    Row {
+        latencies,
+        cpu_seconds,
+        rss_mb,
+    }
+}
+
+struct Fleet {
+    progress: Vec<Arc<Progress>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// N nodes, each on its own connection, `CONNECTING_AT_ONCE` connecting at a time.
+async fn connect(cp: &RunningControlPlane, variant: Variant, nodes: usize) -> Fleet {
+    let address = format!("http://{}", cp.xds_addr());
+    let gate = Arc::new(Semaphore::new(CONNECTING_AT_ONCE));
+    let mut progress = Vec::with_capacity(nodes);
+    let mut tasks = Vec::with_capacity(nodes);
+    for i in 0..nodes {
+        let permit = Arc::clone(&gate).acquire_owned().await.expect("semaphore");
+        let endpoint = tonic::transport::Endpoint::from_shared(address.clone())
+            .expect("xds address")
+            // As Envoy's defaults for its gRPC clusters: large windows, so a big response is
+            // not paced by WINDOW_UPDATEs.
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(16 << 20)
+            .connect_timeout(Duration::from_secs(30));
+        let node_progress = Arc::new(Progress::default());
+        progress.push(Arc::clone(&node_progress));
+        tasks.push(tokio::spawn(async move {
+            let channel = endpoint.connect().await;
+            drop(permit);
+            let outcome = match channel {
+                Ok(channel) => {
+                    node::run(variant, channel, format!("fleet-{i}"), &node_progress).await
+                }
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = outcome {
+                eprintln!("node fleet-{i}: {e:#}");
+            }
+        }));
+    }
+    Fleet { progress, tasks }
+}
+
+/// Waits until every node has ACKed `route_tables` route tables; returns when the last did.
+async fn wait_for_all(fleet: &Fleet, route_tables: u64, since: Instant) -> Instant {
+    loop {
+        let behind = fleet
+            .progress
+            .iter()
+            .filter(|p| p.route_tables() < route_tables)
+            .count();
+        if behind == 0 {
+            break;
+        }
+        assert!(
+            since.elapsed() < GIVE_UP,
+            "{behind} of {} nodes never ACKed route table {route_tables}",
+            fleet.progress.len()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    fleet
+        .progress
+        .iter()
+        .map(|p| p.last_route_ack())
+        .max()
+        .expect("at least one node")
+}
+
+/// `envoys` real Envoys on one control plane, sharing its listener's port (Envoy binds
+/// with SO_REUSEPORT); each edit is timed until every Envoy has ACKed the new route table,
+/// which Envoy does once it has applied it, as the control plane's `/status` shows. (Envoy's
+/// own `/stats` would say so too, but listing the stats of 1,000 clusters takes Envoy's
+/// main thread longer than the update itself.)
+async fn real_envoys(variant: XdsVariant, envoys: usize, routes: usize, edits: usize) -> Row {
+    let port = reserve_port();
+    let mut cp = ControlPlane::new()
+        .routes(routes_yaml(port, routes, 0))
+        .start()
+        .await;
+    let ids: Vec<String> = (0..envoys).map(|i| format!("real-{i}")).collect();
+    let mut running = Vec::with_capacity(envoys);
+    for id in &ids {
+        running.push(
+            Envoy::new()
+                .node_id(id)
+                .xds_variant(variant)
+                .control_plane(&cp)
+                .start()
+                .await,
+        );
+    }
+    let mut latencies = Vec::with_capacity(edits);
+    let mut cpu_seconds = Vec::with_capacity(edits);
+    for edit in 0..=edits {
+        let before = route_versions(&cp, &ids).await;
+        if edit == 0 {
+            // Every Envoy holds the first route table before the first edit.
+            assert!(before.iter().all(Option::is_some), "{before:?}");
+            continue;
+        }
+        let yaml = routes_yaml(port, routes, edit);
+        let ticks = cpu_ticks(&cp);
+        let written = Instant::now();
+        cp.write_by_rename(&yaml);
+        loop {
+            let now = acked_route_versions(&cp, &ids).await.unwrap_or_default();
+            let all_moved = now.len() == before.len()
+                && now
+                    .iter()
+                    .zip(&before)
+                    .all(|(now, then)| now.is_some() && now != then);
+            if all_moved {
+                break;
+            }
+            assert!(
+                written.elapsed() < GIVE_UP,
+                "an Envoy never took edit {edit}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        latencies.push(written.elapsed());
+        cpu_seconds.push((cpu_ticks(&cp) - ticks) as f64 / TICKS_PER_SECOND as f64);
+    }
+    drop(running);
+    let rss_mb = rss_mb(&cp);
+    Row {
+        latencies,
+        cpu_seconds,
+        rss_mb,
+    }
+}
+
+/// The route-table version each node has ACKed, by the control plane's `/status`, once every
+/// node has ACKed one.
+async fn route_versions(cp: &RunningControlPlane, ids: &[String]) -> Vec<Option<String>> {
+    eventually("every Envoy has ACKed a route table", async || {
+        let versions = acked_route_versions(cp, ids).await?;
+        anyhow::ensure!(
+            versions.iter().all(Option::is_some),
+            "not yet: {versions:?}"
+        );
+        Ok(versions)
+    })
+    .await
+}
+
+async fn acked_route_versions(
+    cp: &RunningControlPlane,
+    ids: &[String],
+) -> anyhow::Result<Vec<Option<String>>> {
+    let status = cp.status().await?;
+    Ok(ids
+        .iter()
+        .map(|id| {
+            status["nodes"]
+                .as_array()
+                .and_then(|nodes| nodes.iter().find(|n| n["id"] == id.as_str()))
+                .and_then(|n| n["types"]["route"]["acked_version"].as_str())
+                .map(str::to_owned)
+        })
+        .collect())
+}
+
+fn cpu_ticks(cp: &RunningControlPlane) -> u64 {
+    ProcStat::read(cp.process().pid())
+        .map(|stat| stat.ticks)
+        .unwrap_or(0)
+}
+
+fn rss_mb(cp: &RunningControlPlane) -> f64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", cp.process().pid())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn quantile(samples: &[Duration], q: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    percentile(&sorted, q)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
