@@ -9,14 +9,14 @@ use tollgate_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
 };
 use tollgate_proto::google::rpc::Status as RpcStatus;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::snapshot::{Resource, Snapshot};
 
 use super::nodes::{StreamRecords, TypeRecord};
 use super::sequencing::{
-    announced_version, changed_resources, find_resource, retained_names, Answer, InFlight,
-    NonceSource, RetainedResources, WILDCARD,
+    announced_version, changed_resources, find_resource, Answer, InFlight, NonceSource,
+    RetainedResources, WILDCARD,
 };
 use super::served::ServedType;
 use super::stream::TransportVariant;
@@ -67,6 +67,10 @@ impl Diff<'_> {
 
 /// Compares what the client holds with what `target` (plus retained resources) offers for the
 /// names it tracks; `None` when the client never asked for the type.
+///
+/// For a wildcard, every resource offered is compared as it is iterated, and only the names
+/// offered nowhere (deleted, or subscribed but absent) are collected: this runs at each step
+/// of every stream, against every cluster of the snapshot.
 fn diff<'a>(
     target: &'a Snapshot,
     retained: Option<&'a RetainedResources>,
@@ -74,24 +78,10 @@ fn diff<'a>(
     state: &TypeState,
 ) -> Option<Diff<'a>> {
     let subscription = state.subscription.as_ref()?;
-    let mut candidates: BTreeSet<&str> = subscription.names.iter().map(String::as_str).collect();
-    if subscription.wildcard {
-        candidates.extend(
-            target
-                .resources(served.url())
-                .resources
-                .keys()
-                .map(String::as_str),
-        );
-        candidates.extend(retained_names(retained, served).map(String::as_str));
-    }
-    candidates.extend(state.client_versions.keys().map(String::as_str));
-    candidates.extend(state.must_answer.iter().map(String::as_str));
-
     let mut diff = Diff::default();
-    for name in candidates {
+    let mut compare = |name: &str, offered: Option<&'a Resource>| {
         let must_answer = state.must_answer.contains(name);
-        match find_resource(target, retained, served, name) {
+        match offered {
             Some(resource) => {
                 let held = state.client_versions.get(name);
                 if must_answer || held != Some(&resource.version) {
@@ -105,7 +95,39 @@ fn diff<'a>(
             }
             None => {}
         }
+    };
+    let offered_set = &target.resources(served.url()).resources;
+    let retained_set = retained.and_then(|r| r.of(served));
+    let is_offered = |name: &str| {
+        offered_set.contains_key(name) || retained_set.is_some_and(|set| set.contains_key(name))
+    };
+    let mut others: BTreeSet<&str> = BTreeSet::new();
+    if subscription.wildcard {
+        for resource in offered_set.values() {
+            compare(&resource.name, Some(resource));
+        }
+        for resource in retained_set.into_iter().flat_map(|set| set.values()) {
+            if !offered_set.contains_key(&resource.name) {
+                compare(&resource.name, Some(resource));
+            }
+        }
+    } else {
+        others.extend(subscription.names.iter().map(String::as_str));
     }
+    others.extend(
+        state
+            .client_versions
+            .keys()
+            .chain(&state.must_answer)
+            .map(String::as_str)
+            .filter(|name| !subscription.wildcard || !is_offered(name)),
+    );
+    for name in others {
+        compare(name, find_resource(target, retained, served, name));
+    }
+    // One order, by name, as the names were visited before.
+    diff.updated.sort_by(|a, b| a.name.cmp(&b.name));
+    diff.removed.sort();
     Some(diff)
 }
 
@@ -196,7 +218,7 @@ impl DeltaStream {
                 state.record.nack_version = Some(version);
             }
             None => {
-                info!(node = %node, type = short, version = %version, "acked");
+                debug!(node = %node, type = short, version = %version, "acked");
                 state.answer = Answer::Acked;
                 state.record.acked_version = Some(version);
                 state.record.nack = None;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tollgate_proto::envoy::config::core::v3::Node;
 use tollgate_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::snapshot::Snapshot;
 
@@ -58,7 +58,11 @@ struct Held {
 /// The response the client should have for one type.
 struct Desired {
     subscription: Subscription,
-    resources: Versions,
+    /// The versions of the requested resources, for a named subscription. A wildcard's are
+    /// listed only when a response is built ([`SotwStream::versions`]): its version already
+    /// names them all, and the list (every cluster, on every stream) is what a fleet of
+    /// thousands of nodes would otherwise rebuild at each step of each stream.
+    named: Option<Versions>,
     version: String,
 }
 
@@ -71,18 +75,19 @@ impl Desired {
         let Some(held) = held else {
             return true;
         };
-        match &self.subscription {
-            Subscription::Wildcard => {
-                held.answered != Subscription::Wildcard || held.resources != self.resources
+        match (&self.subscription, &self.named) {
+            // A wildcard's version is a hash of every (name, version) it holds, stale clusters
+            // included (`announced_version`): equal versions, equal resources.
+            (Subscription::Wildcard, _) | (_, None) => {
+                held.answered != self.subscription || held.version != self.version
             }
-            Subscription::Named(names) => {
+            (Subscription::Named(names), Some(named)) => {
                 let newly_requested = match &held.answered {
                     Subscription::Wildcard => false,
                     Subscription::Named(answered) => !names.is_subset(answered),
                 };
                 newly_requested
-                    || self
-                        .resources
+                    || named
                         .iter()
                         .any(|(name, version)| held.resources.get(name) != Some(version))
             }
@@ -132,29 +137,46 @@ impl SotwStream {
     fn desired(&self, served: ServedType, retained: Option<&RetainedResources>) -> Option<Desired> {
         let target = self.target.as_deref()?;
         let subscription = self.state(served).subscription.as_ref()?;
-        let resources: Versions = match subscription {
-            Subscription::Wildcard => {
-                let set = &target.resources(served.url()).resources;
-                set.keys()
+        let named = match subscription {
+            Subscription::Wildcard => None,
+            // An empty list of names means "no longer interested"; Envoy does not ACK an empty
+            // answer to it, so none is sent.
+            Subscription::Named(names) if names.is_empty() => return None,
+            Subscription::Named(names) => Some(
+                names
+                    .iter()
+                    .filter_map(|name| find_resource(target, retained, served, name))
+                    .map(|resource| (resource.name.clone(), resource.version.clone()))
+                    .collect(),
+            ),
+        };
+        Some(Desired {
+            subscription: subscription.clone(),
+            named,
+            version: announced_version(target, retained, served),
+        })
+    }
+
+    /// The versions of every resource `desired` stands for.
+    fn versions(&self, served: ServedType, desired: Desired) -> (Subscription, Versions, String) {
+        let versions = match desired.named {
+            Some(named) => named,
+            None => {
+                let Some(target) = self.target.as_deref() else {
+                    return (desired.subscription, Versions::new(), desired.version);
+                };
+                let retained = Some(&self.retained);
+                target
+                    .resources(served.url())
+                    .resources
+                    .keys()
                     .chain(retained_names(retained, served))
                     .filter_map(|name| find_resource(target, retained, served, name))
                     .map(|resource| (resource.name.clone(), resource.version.clone()))
                     .collect()
             }
-            // An empty list of names means "no longer interested"; Envoy does not ACK an empty
-            // answer to it, so none is sent.
-            Subscription::Named(names) if names.is_empty() => return None,
-            Subscription::Named(names) => names
-                .iter()
-                .filter_map(|name| find_resource(target, retained, served, name))
-                .map(|resource| (resource.name.clone(), resource.version.clone()))
-                .collect(),
         };
-        Some(Desired {
-            subscription: subscription.clone(),
-            resources,
-            version: announced_version(target, retained, served),
-        })
+        (desired.subscription, versions, desired.version)
     }
 
     /// A reconnecting client that already holds the current version needs no resend (xDS
@@ -168,16 +190,18 @@ impl SotwStream {
             let Some(desired) = self.desired(served, Some(&self.retained)) else {
                 continue;
             };
-            let state = self.state_mut(served);
-            if state.held.is_none() && desired.version == announced {
-                state.held = Some(Held {
-                    answered: desired.subscription,
-                    resources: desired.resources,
-                    version: desired.version.clone(),
-                });
-                state.answer = Answer::Acked;
-                state.record.acked_version = Some(desired.version);
+            if self.state(served).held.is_some() || desired.version != announced {
+                continue;
             }
+            let (answered, resources, version) = self.versions(served, desired);
+            let state = self.state_mut(served);
+            state.record.acked_version = Some(version.clone());
+            state.held = Some(Held {
+                answered,
+                resources,
+                version,
+            });
+            state.answer = Answer::Acked;
         }
     }
 
@@ -210,30 +234,30 @@ impl SotwStream {
 
     fn respond(&mut self, served: ServedType, desired: Desired) -> DiscoveryResponse {
         let nonce = self.nonces.next_nonce();
+        let (answered, versions, version) = self.versions(served, desired);
         let target = self.target.as_deref();
         let retained = Some(&self.retained);
-        let resources = desired
-            .resources
+        let resources = versions
             .keys()
             .filter_map(|name| target.and_then(|t| find_resource(t, retained, served, name)))
             .map(|resource| resource.body.clone())
             .collect();
         let response = DiscoveryResponse {
-            version_info: desired.version.clone(),
+            version_info: version.clone(),
             resources,
             type_url: served.url().to_string(),
             nonce: nonce.clone(),
             ..Default::default()
         };
         if served == ServedType::Cluster {
-            self.resend_endpoints_of_changed_clusters(&desired.resources);
+            self.resend_endpoints_of_changed_clusters(&versions);
         }
         let state = self.state_mut(served);
         state.latest_nonce = Some(nonce.clone());
         state.held = Some(Held {
-            answered: desired.subscription,
-            resources: desired.resources,
-            version: desired.version,
+            answered,
+            resources: versions,
+            version,
         });
         state.answer = Answer::Pending;
         self.in_flight.push(served);
@@ -280,7 +304,7 @@ impl SotwStream {
                 state.record.nack_version = Some(sent_version);
             }
             None => {
-                info!(node = %node, type = short, version = %sent_version, "acked");
+                debug!(node = %node, type = short, version = %sent_version, "acked");
                 state.answer = Answer::Acked;
                 state.record.acked_version = Some(sent_version);
                 state.record.nack = None;
