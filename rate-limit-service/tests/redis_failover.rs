@@ -218,6 +218,34 @@ impl Traffic {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.stop().await
+    }
+
+    /// Waits until [`RECOVERED_AFTER`] calls started after `since` succeeded in a row;
+    /// stops the traffic and returns every call.
+    async fn stop_once_answering_since(self, since: Duration) -> Vec<Call> {
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        loop {
+            let calls = self.calls();
+            let tail = calls
+                .iter()
+                .rev()
+                .take_while(|c| c.at >= since && c.answer.is_ok())
+                .count();
+            if tail >= RECOVERED_AFTER {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "calls fail {FAILOVER_PATIENCE:?} after the switchover: last {:?}",
+                calls.last()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.stop().await
+    }
+
+    async fn stop(self) -> Vec<Call> {
         let _ = self.stop.send(true);
         let calls = self.calls.clone();
         self.task.await.expect("the traffic did not panic");
@@ -345,6 +373,40 @@ async fn is_primary(server: &RedisServer) -> bool {
     matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master")
 }
 
+/// Whether a client of `server` runs the service's scripts (`CLIENT LIST` names each
+/// connection's last command): the service checks there. Sentinel disconnects every client
+/// of a server it promotes, so on a new primary this is the service's new connection.
+async fn runs_scripts(server: &RedisServer) -> bool {
+    let Ok(client) = redis::Client::open(server.url()) else {
+        return false;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return false;
+    };
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    clients
+        .lines()
+        .any(|c| c.contains("cmd=evalsha") || c.contains("cmd=eval "))
+}
+
+/// The flag as envoyproxy/ratelimit users write it: `MASTER_NAME,HOST:PORT,…`.
+fn sentinel_target(redis: &RedisSentinels) -> RedisTarget {
+    Settings::try_parse_from([
+        "tollgate-ratelimit",
+        "--config",
+        "ratelimit.yaml",
+        "--redis-sentinel-url",
+        &redis.sentinel_list(),
+    ])
+    .expect("flags parse")
+    .redis_target()
+    .expect("a redis target")
+}
+
 fn report(what: &str, window: &Window, promoted: Duration, lost: i64) {
     eprintln!(
         "{what}: calls failed (UNAVAILABLE) for {:?} after the kill (a replica was a primary \
@@ -358,18 +420,7 @@ fn report(what: &str, window: &Window, promoted: Duration, lost: i64) {
 async fn behind_sentinel_calls_follow_a_failover_to_the_promoted_replica_without_a_restart() {
     let mut redis = RedisSentinels::start(2);
     let clock = clock_now();
-    // The flag as envoyproxy/ratelimit users write it: MASTER_NAME,HOST:PORT,…
-    let target = Settings::try_parse_from([
-        "tollgate-ratelimit",
-        "--config",
-        "ratelimit.yaml",
-        "--redis-sentinel-url",
-        &redis.sentinel_list(),
-    ])
-    .expect("flags parse")
-    .redis_target()
-    .expect("a redis target");
-    let a = instance_on(&target, limits(), clock.clone(), TIMEOUT).await;
+    let a = instance_on(&sentinel_target(&redis), limits(), clock.clone(), TIMEOUT).await;
     let primary = redis.primary();
     let (steady, budget) = (steady("10.0.0.1"), budget("key-1"));
 
@@ -409,6 +460,74 @@ async fn behind_sentinel_calls_follow_a_failover_to_the_promoted_replica_without
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinel_a_switchover_with_the_old_primary_alive_is_followed() {
+    let redis = RedisSentinels::start(1);
+    let clock = clock_now();
+    let a = instance_on(&sentinel_target(&redis), limits(), clock.clone(), TIMEOUT).await;
+    let old = redis.primary();
+    let traffic = Traffic::start(&a, steady("10.0.0.2"));
+    traffic.wait_for_successes(20).await;
+    let switched = traffic.started.elapsed();
+    redis.fail_over();
+    let new = tokio::task::block_in_place(|| redis.wait_for_new_primary(old));
+    assert_ne!(new, old);
+    let named = traffic.started.elapsed();
+    // The old primary accepts writes until Sentinel demotes it (up to 10 s later); the
+    // service must not wait for that to move: it asks the sentinels every second.
+    let deadline = Instant::now() + FAILOVER_PATIENCE;
+    while !runs_scripts(&redis.servers()[new]).await {
+        assert!(
+            Instant::now() < deadline,
+            "the service never moved to the new primary"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let moved = traffic.started.elapsed();
+    // Sentinel demotes the old primary only once it has reported itself a primary for 8 s
+    // (4 × its 2 s publish period) after the switch: the service moved well before that,
+    // on its own recheck, not because its connection broke.
+    assert!(
+        is_primary(&redis.servers()[old]).await,
+        "the old primary was demoted before the service moved ({:?} after the switch)",
+        moved - switched
+    );
+    // Once the old primary is a replica it refuses writes (READONLY): the calls answered
+    // from then on were counted on the new one.
+    let deadline = Instant::now() + FAILOVER_PATIENCE;
+    while is_primary(&redis.servers()[old]).await {
+        assert!(
+            Instant::now() < deadline,
+            "the old primary was never demoted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let demoted = traffic.started.elapsed();
+    let calls = traffic.stop_once_answering_since(demoted).await;
+    for c in &calls {
+        assert!(c.took < TIMEOUT + SLACK, "a call took {:?}: {c:?}", c.took);
+        if let Err(code) = c.answer {
+            assert_eq!(code, tonic::Code::Unavailable, "{c:?}");
+        }
+    }
+    let failed: Vec<&Call> = calls.iter().filter(|c| c.answer.is_err()).collect();
+    eprintln!(
+        "sentinel switchover: the sentinels named the new primary {:?} after SENTINEL \
+         FAILOVER, the service wrote there from {:?}, the old primary was a replica after \
+         {:?}; {} calls failed, the last ending {:?} after SENTINEL FAILOVER",
+        named - switched,
+        moved - switched,
+        demoted - switched,
+        failed.len(),
+        failed.last().map(|c| c.end().saturating_sub(switched)),
+    );
+    let response = call(&a.client, &steady("10.0.0.2"))
+        .await
+        .expect("a decision");
+    assert_eq!(response.overall_code, Code::Ok as i32);
+    a.store.probe().await.expect("ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_with_replicas_calls_follow_a_failover_to_the_promoted_replica() {
     let mut cluster = RedisCluster::start_with_replicas(3);
     let clock = clock_now();
@@ -432,16 +551,47 @@ async fn on_a_cluster_with_replicas_calls_follow_a_failover_to_the_promoted_repl
     }
     let budget = budget_on_primary.expect("a budget key on the primary");
     let replica = cluster.replica_of(primary);
+    // A client whose counter another primary holds.
+    let mut elsewhere = None;
+    for i in 2..1_000 {
+        let r = crate::steady(&format!("10.0.{}.{}", i / 256, i % 256));
+        if cluster.node_of(&redis_key(&r, clock.now_us())).await != primary {
+            elsewhere = Some(r);
+            break;
+        }
+    }
+    let elsewhere = elsewhere.expect("a client on another primary");
 
     spend(&a, &budget, SPENT_BEFORE).await;
     wait_for_replicas(&mut cluster.nodes()[primary].client().await, 1).await;
     let traffic = Traffic::start(&a, steady.clone());
+    let traffic_elsewhere = Traffic::start(&a, elsewhere);
     traffic.wait_for_successes(20).await;
     let killed = traffic.started.elapsed();
+    let killed_elsewhere = traffic_elsewhere.started.elapsed();
     cluster.kill_node(primary);
     let promoted = promoted_at(&[&cluster.nodes()[replica]], &traffic).await - killed;
     let calls = traffic.stop_once_recovered(killed).await;
     let window = judge(&calls, killed);
+    // With Redis's default `cluster-require-full-coverage yes`, the whole cluster refuses
+    // keys (CLUSTERDOWN) from the moment the dead primary is declared failed until its
+    // replica takes over: the other primaries' keys fail too, for less time.
+    let calls_elsewhere = traffic_elsewhere.stop().await;
+    for c in &calls_elsewhere {
+        assert!(c.took < TIMEOUT + SLACK, "a call took {:?}: {c:?}", c.took);
+    }
+    let failed_elsewhere: Vec<&Call> = calls_elsewhere
+        .iter()
+        .filter(|c| c.answer.is_err() && c.end() >= killed_elsewhere)
+        .collect();
+    eprintln!(
+        "cluster failover: on another primary {} calls failed, from {:?} to {:?} after the kill",
+        failed_elsewhere.len(),
+        failed_elsewhere
+            .first()
+            .map(|c| c.at.saturating_sub(killed_elsewhere)),
+        failed_elsewhere.last().map(|c| c.end() - killed_elsewhere),
+    );
 
     cluster.wait_until_promoted(replica);
     assert_eq!(

@@ -588,6 +588,17 @@ impl RedisSentinels {
             .unwrap_or_else(|| panic!("the sentinels name an unknown primary on {port}"))
     }
 
+    /// Has a sentinel hand the primary's role to a replica while the primary runs
+    /// (`SENTINEL FAILOVER`, a switchover as for maintenance): the old primary becomes a
+    /// replica of the new one.
+    pub fn fail_over(&self) {
+        let reply = redis_cli(
+            self.sentinels[0].port(),
+            &["sentinel", "failover", Self::MASTER_NAME],
+        );
+        assert_eq!(reply.trim(), "OK", "SENTINEL FAILOVER");
+    }
+
     /// Kills server `index` (SIGKILL).
     pub fn kill(&mut self, index: usize) {
         self.servers[index].kill();

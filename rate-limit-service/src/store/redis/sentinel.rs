@@ -3,10 +3,11 @@
 //! This follows the Sentinel client guidelines (redis.io, "Sentinel client spec"): ask the
 //! sentinels for the master's address, connect, and check with `ROLE` that the node is a
 //! master; when the connection fails, or a write is refused with `READONLY` (the node was
-//! demoted while the connection stayed open), ask again. A background task does the asking
-//! and publishes the connection; requests only read the latest one, so none of them ever
-//! waits on a sentinel: while no master is known they fail at once, and the store maps that
-//! to `UNAVAILABLE` like any other Redis failure.
+//! demoted while the connection stayed open), ask again; and ask every
+//! [`RECHECK_INTERVAL`] anyway. A background task does the asking and publishes the
+//! connection; requests only read the latest one, so none of them ever waits on a
+//! sentinel: while no master is known they fail at once, and the store maps that to
+//! `UNAVAILABLE` like any other Redis failure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,14 @@ const ROUND_PATIENCE: Duration = Duration::from_secs(2);
 /// 25 ms only loads them. The cap bounds how long after the promotion the service notices.
 const MIN_RETRY_DELAY: Duration = Duration::from_millis(25);
 const MAX_RETRY_DELAY: Duration = Duration::from_millis(250);
+
+/// How often the sentinels are asked while every request succeeds. A switchover
+/// (`SENTINEL FAILOVER`, for maintenance) promotes a replica while the old primary runs on
+/// and accepts writes until Sentinel demotes it, which it does only when its next `INFO`
+/// (every 10 s) shows it still a primary: increments written there meanwhile are lost when
+/// it resyncs. Asking every second bounds that to about a second after the sentinels name
+/// the new primary, for one sentinel lookup and one `ROLE` per second per connection.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The least time between two rounds: a burst of failing requests asks once.
 const MIN_ROUND_SPACING: Duration = Duration::from_millis(20);
@@ -70,9 +79,9 @@ impl SentinelPrimary {
     }
 }
 
-/// Finds the master, publishes a connection to it, and waits for a suspicion; then checks
-/// whether the master moved or the connection broke, and replaces it if so. Ends when no
-/// store reads `publish` any more.
+/// Finds the master, publishes a connection to it, and waits for a suspicion or the next
+/// recheck; then checks whether the master moved or the connection broke, and replaces it
+/// if so. Ends when no store reads `publish` any more.
 async fn follow_master(
     mut sentinel: Sentinel,
     master: String,
@@ -122,6 +131,7 @@ async fn follow_master(
         }
         tokio::select! {
             () = suspect.notified() => {}
+            () = tokio::time::sleep(RECHECK_INTERVAL) => {}
             () = publish.closed() => return,
         }
     }
