@@ -64,9 +64,10 @@ const SPENT_BEFORE: u32 = 12;
 /// slow answers before the kill into failures, still far below the slack below.
 const TIMEOUT: Duration = Duration::from_millis(100);
 
-/// What a call may take beyond the timeout on a loaded machine (gRPC, scheduling). A call
-/// that waited on a dead master, or on the sentinels, would take seconds.
-const SLACK: Duration = Duration::from_millis(900);
+/// What a call may take beyond the timeout on a loaded machine (gRPC, scheduling: 0.7 s
+/// was seen with two builds running). A call that waited on a dead master or on the
+/// sentinels would wait for as long as the outage lasts.
+const SLACK: Duration = Duration::from_millis(1900);
 
 /// Between two calls of the traffic: calls answered at once while Redis is down must not
 /// spin a core.
@@ -327,7 +328,8 @@ async fn wait_for_replicas(conn: &mut redis::aio::MultiplexedConnection, replica
 }
 
 /// The counter of `steady` after the failover against the calls admitted: how many
-/// increments the failover lost (those not yet replicated when the primary died).
+/// increments the failover lost (those not yet replicated when the primary died), less
+/// those of failed calls that counted all the same (their reply was lost).
 async fn lost_increments(instance: &Instance, r: &RateLimitRequest, calls: &[Call]) -> i64 {
     let response = call(&instance.client, r).await.expect("a decision");
     let counted = 100_000 - i64::from(response.statuses[0].limit_remaining);
@@ -411,7 +413,7 @@ fn report(what: &str, window: &Window, promoted: Duration, lost: i64) {
     eprintln!(
         "{what}: calls failed (UNAVAILABLE) for {:?} after the kill (a replica was a primary \
          after {promoted:?}): {} failed, {} answered since; slowest call {:?}; increments \
-         lost: {lost}",
+         lost less failed calls counted: {lost}",
         window.unavailable, window.failed, window.answered, window.slowest
     );
 }

@@ -30,9 +30,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_millis(250);
 
 /// How often the sentinels are asked while every request succeeds. A switchover
 /// (`SENTINEL FAILOVER`, for maintenance) promotes a replica while the old primary runs on
-/// and accepts writes until Sentinel demotes it, which it does only when its next `INFO`
-/// (every 10 s) shows it still a primary: increments written there meanwhile are lost when
-/// it resyncs. Asking every second bounds that to about a second after the sentinels name
+/// and accepts writes until Sentinel demotes it, 8-10 s later (once it has reported itself
+/// a primary for 8 s, through an `INFO` sent every 10 s): increments written there
+/// meanwhile are lost when it resyncs, and no request fails to say so. Asking every second bounds that to about a second after the sentinels name
 /// the new primary, for one sentinel lookup and one `ROLE` per second per connection.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -101,29 +101,26 @@ async fn follow_master(
             found = round => found,
             () = publish.closed() => return,
         };
-        match found {
-            Ok(Ok(Found::Same)) => {}
+        let error = match found {
+            Ok(Ok(Found::Same)) => None,
             Ok(Ok(Found::New(address, connection))) => {
-                tracing::info!(master = %master, %address, "connected to the redis master named by sentinel");
+                tracing::info!(%master, %address, "connected to the redis master named by sentinel");
                 publish.send_replace(Some(connection.clone()));
                 current = Some((address, connection));
+                None
             }
-            Ok(Err(error)) => {
-                tracing::warn!(master = %master, %error, retry_in = ?delay, "no redis master found through sentinel");
-                if !pause(delay, &publish).await {
-                    return;
-                }
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
-                continue;
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some(format!("no answer within {ROUND_PATIENCE:?}")),
+        };
+        if let Some(error) = error {
+            // The connection already published stays: if the master still answers there,
+            // requests go on meanwhile.
+            tracing::warn!(%master, %error, retry_in = ?delay, "no redis master found through sentinel");
+            if !pause(delay, &publish).await {
+                return;
             }
-            Err(_) => {
-                tracing::warn!(master = %master, patience = ?ROUND_PATIENCE, retry_in = ?delay, "sentinels or master too slow to answer");
-                if !pause(delay, &publish).await {
-                    return;
-                }
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
-                continue;
-            }
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
+            continue;
         }
         delay = MIN_RETRY_DELAY;
         if !pause(MIN_ROUND_SPACING, &publish).await {
