@@ -55,6 +55,8 @@ sidecars:
     domain: edge
 "#;
 
+/// `steady`'s and `budget`'s limits, as ROUTES says.
+const STEADY_LIMIT: u32 = 100_000;
 const BUDGET: u32 = 20;
 
 /// Spent before the kill, and replicated (`WAIT`) before it.
@@ -332,7 +334,7 @@ async fn wait_for_replicas(conn: &mut redis::aio::MultiplexedConnection, replica
 /// those of failed calls that counted all the same (their reply was lost).
 async fn lost_increments(instance: &Instance, r: &RateLimitRequest, calls: &[Call]) -> i64 {
     let response = call(&instance.client, r).await.expect("a decision");
-    let counted = 100_000 - i64::from(response.statuses[0].limit_remaining);
+    let counted = i64::from(STEADY_LIMIT - response.statuses[0].limit_remaining);
     let admitted = calls.iter().filter(|c| c.answer.is_ok()).count() as i64 + 1;
     let made = calls.len() as i64 + 1;
     // A failed call may have counted (its reply was lost), so the counter can exceed the
