@@ -40,13 +40,27 @@ pub struct Settings {
     /// *.yaml and *.yml, one domain each), reloaded when they change.
     #[arg(long, env = "TOLLGATE_RATELIMIT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Redis holding the counters, redis://HOST:PORT[/DB]; without it (or a cluster),
-    /// counters live in this process's memory.
-    #[arg(long, env = "TOLLGATE_REDIS_URL", conflicts_with = "redis_cluster_url")]
+    /// Redis holding the counters, redis://HOST:PORT[/DB]; without it (or a cluster, or
+    /// sentinels), counters live in this process's memory.
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_URL",
+        conflicts_with_all = ["redis_cluster_url", "redis_sentinel_url"]
+    )]
     pub redis_url: Option<String>,
     /// Redis Cluster seed nodes, comma-separated redis:// URLs.
-    #[arg(long, env = "TOLLGATE_REDIS_CLUSTER_URL", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_CLUSTER_URL",
+        value_delimiter = ',',
+        conflicts_with = "redis_sentinel_url"
+    )]
     pub redis_cluster_url: Vec<String>,
+    /// Redis behind Sentinel: the master's name, then the sentinels, comma-separated, as
+    /// envoyproxy/ratelimit's REDIS_URL with REDIS_TYPE=sentinel
+    /// (mymaster,10.0.0.1:26379,10.0.0.2:26379); each sentinel HOST:PORT or a redis:// URL.
+    #[arg(long, env = "TOLLGATE_REDIS_SENTINEL_URL", value_parser = parse_sentinel_list)]
+    pub redis_sentinel_url: Option<RedisTarget>,
     /// Longest wait for Redis per request (e.g. 40ms, 1s); past it the answer is UNAVAILABLE.
     #[arg(
         long,
@@ -113,6 +127,9 @@ impl Settings {
         if let Some(url) = &self.redis_url {
             return Some(RedisTarget::Single(url.clone()));
         }
+        if let Some(sentinel) = &self.redis_sentinel_url {
+            return Some(sentinel.clone());
+        }
         let nodes: Vec<String> = self
             .redis_cluster_url
             .iter()
@@ -136,6 +153,47 @@ fn parse_host_port(text: &str) -> Result<String, String> {
             "expected HOST:PORT of an OTLP/gRPC collector (e.g. otel-collector:4317), without a scheme; got \"{text}\""
         ))
     }
+}
+
+/// `MASTER_NAME,SENTINEL[,SENTINEL…]`, each sentinel `HOST:PORT` (envoyproxy/ratelimit's
+/// form, which this takes unchanged) or a `redis://` URL; every sentinel becomes a URL.
+fn parse_sentinel_list(text: &str) -> Result<RedisTarget, String> {
+    const FORM: &str =
+        "expected MASTER_NAME,HOST:PORT[,HOST:PORT…] (the sentinels may be redis:// URLs)";
+    let mut items = text.split(',').map(str::trim);
+    let master = items.next().unwrap_or_default();
+    if master.is_empty() || master.contains("://") || is_host_port(master) {
+        return Err(format!(
+            "{FORM}: the master's name comes first; got \"{master}\""
+        ));
+    }
+    let sentinels = items
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let url = if item.contains("://") {
+                item.to_string()
+            } else if is_host_port(item) {
+                format!("redis://{item}")
+            } else {
+                return Err(format!("{FORM}: sentinel \"{item}\" is not HOST:PORT"));
+            };
+            redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                .map_err(|e| format!("sentinel \"{item}\": {e}"))?;
+            Ok(url)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if sentinels.is_empty() {
+        return Err(format!("{FORM}: no sentinel after \"{master}\""));
+    }
+    Ok(RedisTarget::Sentinel {
+        master: master.to_string(),
+        sentinels,
+    })
+}
+
+fn is_host_port(text: &str) -> bool {
+    text.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -195,6 +253,75 @@ mod tests {
                 "redis://b:7001".into()
             ]))
         );
+    }
+
+    fn sentinel_target(list: &str) -> Result<Option<RedisTarget>, clap::Error> {
+        Settings::try_parse_from(["t", "--config", "c", "--redis-sentinel-url", list])
+            .map(|s| s.redis_target())
+    }
+
+    #[test]
+    fn sentinels_take_envoyproxy_ratelimits_form() {
+        assert_eq!(
+            sentinel_target("mymaster,10.0.0.1:26379, sentinel-2:26379").expect("parses"),
+            Some(RedisTarget::Sentinel {
+                master: "mymaster".into(),
+                sentinels: vec![
+                    "redis://10.0.0.1:26379".into(),
+                    "redis://sentinel-2:26379".into()
+                ],
+            })
+        );
+    }
+
+    #[test]
+    fn sentinels_may_be_urls() {
+        assert_eq!(
+            sentinel_target("mymaster,redis://:secret@10.0.0.1:26379,[::1]:26380").expect("parses"),
+            Some(RedisTarget::Sentinel {
+                master: "mymaster".into(),
+                sentinels: vec![
+                    "redis://:secret@10.0.0.1:26379".into(),
+                    "redis://[::1]:26380".into()
+                ],
+            })
+        );
+    }
+
+    #[test]
+    fn a_sentinel_list_without_a_master_name_or_a_sentinel_is_refused() {
+        for bad in [
+            "10.0.0.1:26379,10.0.0.2:26379",
+            "redis://10.0.0.1:26379",
+            "mymaster",
+            "mymaster,",
+            ",10.0.0.1:26379",
+            "mymaster,10.0.0.1",
+            "mymaster,10.0.0.1:0",
+            "mymaster,http://10.0.0.1:26379",
+        ] {
+            let error = sentinel_target(bad).expect_err(bad);
+            assert!(
+                error.to_string().contains("MASTER_NAME") || error.to_string().contains("sentinel"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn sentinels_exclude_the_other_redis_flags() {
+        for other in ["--redis-url", "--redis-cluster-url"] {
+            assert!(Settings::try_parse_from([
+                "t",
+                "--config",
+                "c",
+                "--redis-sentinel-url",
+                "mymaster,a:26379",
+                other,
+                "redis://b:6379",
+            ])
+            .is_err());
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! A real Redis as a guarded process, and a Redis Cluster of them.
+//! A real Redis as a guarded process, a Redis Cluster of them (with or without replicas),
+//! and a primary with replicas watched by Redis Sentinel.
 //!
 //! [`RedisServer::start`] runs `redis-server` on a reserved loopback port, without
 //! persistence (`--save "" --appendonly no`: a restart starts empty, as a fresh cache node
@@ -6,7 +7,9 @@
 //! port taken by another test's server is noticed. A test can kill it to simulate an outage,
 //! freeze it, and restart it on the same port, so that the clients already configured with
 //! its URL find it again. [`RedisCluster`] joins several into one cluster with `redis-cli`,
-//! as an operator would.
+//! as an operator would. [`RedisSentinels`] runs a primary, its replicas and three sentinels
+//! (`redis-server --sentinel`: Debian's redis-server package has no `redis-sentinel`), with
+//! failure detection short enough for a test to watch a failover.
 //!
 //! Starting blocks: Redis starts in milliseconds, and benches start it where no runtime
 //! runs.
@@ -27,6 +30,28 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// 2-core machine.
 const CLUSTER_PATIENCE: Duration = Duration::from_secs(60);
 
+/// A cluster without replicas: a node a test pauses must not be declared failed meanwhile,
+/// since with no replica to promote that takes the whole cluster down (default 15 s).
+const NODE_TIMEOUT_WITHOUT_REPLICAS: Duration = Duration::from_secs(120);
+
+/// A cluster with replicas: how long a primary may be unreachable before its replica takes
+/// over. Short, so that a test sees a failover within seconds; not so short that a busy
+/// 2-core machine, where a node can miss a beat for a few hundred milliseconds, fails a
+/// primary over that nobody killed.
+pub const NODE_TIMEOUT_WITH_REPLICAS: Duration = Duration::from_millis(2000);
+
+/// Sentinel's `down-after-milliseconds`: how long the primary may not answer before the
+/// sentinels call it down and elect a replica; short for the same reasons as above.
+pub const SENTINEL_DOWN_AFTER: Duration = Duration::from_millis(1000);
+
+/// Sentinel's `failover-timeout`: how long a failover may take before it is retried (by
+/// another sentinel, after twice this). A few times what a promotion takes on loopback.
+const SENTINEL_FAILOVER_TIMEOUT: Duration = Duration::from_millis(3000);
+
+/// Sentinels learn of replicas from the primary's `INFO` (every 10 s) and of each other
+/// from hello messages (every 2 s); this allows for both and a busy machine.
+const SENTINEL_PATIENCE: Duration = Duration::from_secs(60);
+
 /// A running (or deliberately killed or paused) `redis-server`; dropping it kills the
 /// process.
 #[derive(Debug)]
@@ -43,9 +68,17 @@ impl RedisServer {
         Self::start_with(reserve_port(), |_| Vec::new())
     }
 
+    /// A replica of `primary`, returned once it answers (its copy may still be syncing).
+    pub fn start_replica_of(primary: &RedisServer) -> Self {
+        let primary_port = primary.port().to_string();
+        Self::start_with(reserve_port(), |_| {
+            vec!["--replicaof".into(), "127.0.0.1".into(), primary_port]
+        })
+    }
+
     /// A cluster-enabled node that belongs to no cluster yet (see [`RedisCluster`]). Its
     /// `nodes.conf` lives in its own directory, so a restart rejoins with the same identity.
-    fn start_cluster_node() -> Self {
+    fn start_cluster_node(node_timeout: Duration) -> Self {
         // The cluster bus defaults to the port + 10000; a port of its own keeps it among
         // the reserved ones.
         let bus_port = reserve_port();
@@ -58,14 +91,36 @@ impl RedisServer {
                 &nodes_conf,
                 "--cluster-port",
                 &bus_port.to_string(),
-                // A node a test pauses must not be declared failed meanwhile: without
-                // replicas, that takes the whole cluster down (default 15 s).
                 "--cluster-node-timeout",
-                "120000",
+                &node_timeout.as_millis().to_string(),
             ]
             .map(String::from)
             .to_vec()
         })
+    }
+
+    /// A sentinel watching the primary on `primary_port` under `master_name`, with a quorum
+    /// of 2 (of the three [`RedisSentinels`] runs). Sentinel rewrites its configuration file
+    /// as it learns, so the file lives in the sentinel's own directory.
+    fn start_sentinel(master_name: &str, primary_port: u16) -> Self {
+        let port = reserve_port();
+        let dir = scratch_dir("tollgate-sentinel-");
+        let config = dir.path().join("sentinel.conf");
+        let text = format!(
+            "port {port}\n\
+             bind 127.0.0.1\n\
+             dir {dir}\n\
+             sentinel monitor {master_name} 127.0.0.1 {primary_port} 2\n\
+             sentinel down-after-milliseconds {master_name} {down_after}\n\
+             sentinel failover-timeout {master_name} {failover_timeout}\n",
+            dir = dir.path().display(),
+            down_after = SENTINEL_DOWN_AFTER.as_millis(),
+            failover_timeout = SENTINEL_FAILOVER_TIMEOUT.as_millis(),
+        );
+        std::fs::write(&config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+        let mut command = Command::new("redis-server");
+        command.arg(&config).arg("--sentinel");
+        Self::spawn(port, dir, command, "sentinel")
     }
 
     /// `extra_args`, given the server's directory, follow the standalone arguments.
@@ -79,7 +134,13 @@ impl RedisServer {
             .arg("--dir")
             .arg(dir.path())
             .args(extra_args(dir.path()));
-        let process = Process::spawn(&format!("redis-{port}"), command, dir.path())
+        Self::spawn(port, dir, command, "redis")
+    }
+
+    /// Runs `command` (a server that will listen on `port`) with its logs in `dir`, and
+    /// waits until it answers.
+    fn spawn(port: u16, dir: tempfile::TempDir, command: Command, kind: &str) -> Self {
+        let process = Process::spawn(&format!("{kind}-{port}"), command, dir.path())
             .expect("spawn redis-server (scripts/provision.sh installs it)");
         let mut server = RedisServer {
             process,
@@ -199,10 +260,13 @@ fn url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}")
 }
 
-/// A Redis Cluster of primaries without replicas, each a [`RedisServer`] (so each is
-/// killed on drop), formed with `redis-cli --cluster create` as an operator would.
+/// A Redis Cluster, each node a [`RedisServer`] (so each is killed on drop), formed with
+/// `redis-cli --cluster create` as an operator would: primaries only, or each primary with
+/// one replica that takes over when it fails.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// `--cluster-replicas`: 0, or 1 for a replica per primary.
+    replicas_per_primary: usize,
     /// Where `redis-cli --cluster create` logs.
     dir: tempfile::TempDir,
 }
@@ -217,13 +281,45 @@ impl RedisCluster {
         cluster
     }
 
+    /// `primaries` primaries and as many replicas, one each, with a node timeout of
+    /// [`NODE_TIMEOUT_WITH_REPLICAS`]; returns once the cluster is formed (as
+    /// [`Self::start`]) and every replica has copied its primary, so that killing a primary
+    /// promotes its replica.
+    pub fn start_with_replicas(primaries: usize) -> Self {
+        let cluster = RedisCluster {
+            nodes: (0..primaries * 2)
+                .map(|_| RedisServer::start_cluster_node(NODE_TIMEOUT_WITH_REPLICAS))
+                .collect(),
+            replicas_per_primary: 1,
+            dir: scratch_dir("tollgate-redis-cluster-"),
+        };
+        cluster.form();
+        let deadline = Instant::now() + CLUSTER_PATIENCE;
+        for node in &cluster.nodes {
+            loop {
+                let info = redis_cli(node.port(), &["info", "replication"]);
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {} not in sync after {CLUSTER_PATIENCE:?}:\n{info}",
+                    node.port()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
     /// The nodes, running but not yet joined: each answers `PING` and serves no slot.
     pub fn start_unformed(primaries: usize) -> Self {
         let nodes = (0..primaries)
-            .map(|_| RedisServer::start_cluster_node())
+            .map(|_| RedisServer::start_cluster_node(NODE_TIMEOUT_WITHOUT_REPLICAS))
             .collect();
         RedisCluster {
             nodes,
+            replicas_per_primary: 0,
             dir: scratch_dir("tollgate-redis-cluster-"),
         }
     }
@@ -262,7 +358,11 @@ impl RedisCluster {
         command
             .args(["--cluster", "create"])
             .args(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())))
-            .args(["--cluster-replicas", "0", "--cluster-yes"]);
+            .args([
+                "--cluster-replicas",
+                &self.replicas_per_primary.to_string(),
+                "--cluster-yes",
+            ]);
         // Its output is printed by the guard if forming the cluster fails.
         let mut create = Process::spawn("redis-cli-create", command, self.dir.path())
             .expect("redis-cli runs (scripts/provision.sh installs it)");
@@ -300,10 +400,62 @@ impl RedisCluster {
         }
     }
 
+    /// The index of the replica of primary `index`, as `CLUSTER NODES` says.
+    pub fn replica_of(&self, index: usize) -> usize {
+        let nodes = redis_cli(self.nodes[index].port(), &["cluster", "nodes"]);
+        let lines: Vec<Vec<&str>> = nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let primary_id = lines
+            .iter()
+            .find(|f| f.get(2).is_some_and(|flags| flags.contains("myself")))
+            .and_then(|f| f.first())
+            .unwrap_or_else(|| panic!("no myself line:\n{nodes}"));
+        let replica_port = lines
+            .iter()
+            .find(|f| f.get(3) == Some(primary_id))
+            .and_then(|f| node_port(f.get(1)?))
+            .unwrap_or_else(|| panic!("node {index} has no replica:\n{nodes}"));
+        self.index_of_port(replica_port)
+    }
+
+    /// Waits until node `index` is a primary serving slots and sees the cluster whole
+    /// (`cluster_state:ok`), as after its primary failed and it was promoted.
+    pub fn wait_until_promoted(&self, index: usize) {
+        let port = self.nodes[index].port();
+        let deadline = Instant::now() + CLUSTER_PATIENCE;
+        loop {
+            let role = redis_cli(port, &["role"]);
+            let info = redis_cli(port, &["cluster", "info"]);
+            if role.starts_with("master") && info.contains("cluster_state:ok") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {port} not promoted after {CLUSTER_PATIENCE:?}:\n{role}\n{info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn index_of_port(&self, port: u16) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"))
+    }
+
     /// The index in [`Self::nodes`] of the node serving `key`'s hash slot, as the cluster
-    /// itself says (`CLUSTER KEYSLOT`, then `CLUSTER NODES`' slot ranges).
+    /// itself says (`CLUSTER KEYSLOT`, then `CLUSTER NODES`' slot ranges), asked of the
+    /// first node that answers.
     pub async fn node_of(&self, key: &str) -> usize {
-        let mut conn = self.nodes[0].client().await;
+        let live = self
+            .nodes
+            .iter()
+            .find(|n| n.ping().is_ok())
+            .expect("a node that answers");
+        let mut conn = live.client().await;
         let slot: u16 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -325,12 +477,7 @@ impl RedisCluster {
                     matches!((first.parse::<u16>(), last.parse::<u16>()),
                         (Ok(first), Ok(last)) if (first..=last).contains(&slot))
                 });
-                let port = fields
-                    .get(1)?
-                    .split(['@', ':'])
-                    .nth(1)?
-                    .parse::<u16>()
-                    .ok()?;
+                let port = node_port(fields.get(1)?)?;
                 serves.then_some(port)
             })
             .unwrap_or_else(|| panic!("no node serves slot {slot}:\n{nodes}"));
@@ -339,6 +486,179 @@ impl RedisCluster {
             .position(|n| n.port() == owner)
             .unwrap_or_else(|| panic!("slot {slot} served by unknown port {owner}"))
     }
+}
+
+/// The port in `CLUSTER NODES`' `ip:port@bus` field.
+fn node_port(address: &str) -> Option<u16> {
+    address.split(['@', ':']).nth(1)?.parse().ok()
+}
+
+/// A primary, its replicas and three sentinels watching them (quorum 2), each a
+/// [`RedisServer`] killed on drop.
+pub struct RedisSentinels {
+    /// `servers[0]` is the first primary; the sentinels may promote any of them.
+    servers: Vec<RedisServer>,
+    sentinels: Vec<RedisServer>,
+}
+
+impl RedisSentinels {
+    /// The name the sentinels monitor the primary under.
+    pub const MASTER_NAME: &'static str = "tollgate";
+
+    /// Starts a primary and `replicas` replicas, waits until the replicas have copied it,
+    /// then starts three sentinels and returns once each knows the primary, every replica
+    /// and the two other sentinels: before that a failover could not be agreed on.
+    pub fn start(replicas: usize) -> Self {
+        let primary = RedisServer::start();
+        let mut servers = vec![];
+        for _ in 0..replicas {
+            servers.push(RedisServer::start_replica_of(&primary));
+        }
+        servers.insert(0, primary);
+        let deadline = Instant::now() + SENTINEL_PATIENCE;
+        for replica in &servers[1..] {
+            loop {
+                let info = redis_cli(replica.port(), &["info", "replication"]);
+                if info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {} not in sync after {SENTINEL_PATIENCE:?}:\n{info}",
+                    replica.port()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let sentinels: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_sentinel(Self::MASTER_NAME, servers[0].port()))
+            .collect();
+        for sentinel in &sentinels {
+            loop {
+                let master = sentinel_master(sentinel.port());
+                let known = |field: &str, n: usize| {
+                    master.get(field).map(String::as_str) == Some(&n.to_string())
+                };
+                if master.get("flags").map(String::as_str) == Some("master")
+                    && known("num-slaves", replicas)
+                    && known("num-other-sentinels", 2)
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "sentinel {} does not know the whole set after {SENTINEL_PATIENCE:?}: {master:?}",
+                    sentinel.port()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        RedisSentinels { servers, sentinels }
+    }
+
+    /// The primary and replicas, in the order they were started.
+    pub fn servers(&self) -> &[RedisServer] {
+        &self.servers
+    }
+
+    /// `MASTER_NAME,127.0.0.1:PORT,…`: what `--redis-sentinel-url` takes, in
+    /// envoyproxy/ratelimit's form.
+    pub fn sentinel_list(&self) -> String {
+        std::iter::once(Self::MASTER_NAME.to_string())
+            .chain(
+                self.sentinels
+                    .iter()
+                    .map(|s| format!("127.0.0.1:{}", s.port())),
+            )
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index in [`Self::servers`] of the server the (first answering) sentinel names as
+    /// the primary.
+    pub fn primary(&self) -> usize {
+        let port = self
+            .sentinels
+            .iter()
+            .find_map(|s| named_primary(s.port()))
+            .expect("a sentinel that names the primary");
+        self.servers
+            .iter()
+            .position(|s| s.port() == port)
+            .unwrap_or_else(|| panic!("the sentinels name an unknown primary on {port}"))
+    }
+
+    /// Has a sentinel hand the primary's role to a replica while the primary runs
+    /// (`SENTINEL FAILOVER`, a switchover as for maintenance): the old primary becomes a
+    /// replica of the new one.
+    pub fn fail_over(&self) {
+        let reply = redis_cli(
+            self.sentinels[0].port(),
+            &["sentinel", "failover", Self::MASTER_NAME],
+        );
+        assert_eq!(reply.trim(), "OK", "SENTINEL FAILOVER");
+    }
+
+    /// Kills server `index` (SIGKILL).
+    pub fn kill(&mut self, index: usize) {
+        self.servers[index].kill();
+    }
+
+    /// Waits until every sentinel names a primary other than `old` and that server says it
+    /// is one (`ROLE`); returns its index.
+    pub fn wait_for_new_primary(&self, old: usize) -> usize {
+        let old_port = self.servers[old].port();
+        let deadline = Instant::now() + SENTINEL_PATIENCE;
+        loop {
+            let named: Vec<Option<u16>> = self
+                .sentinels
+                .iter()
+                .map(|s| named_primary(s.port()))
+                .collect();
+            if let Some(Some(port)) = named.first() {
+                let agreed = named.iter().all(|n| *n == Some(*port));
+                if agreed && *port != old_port && redis_cli(*port, &["role"]).starts_with("master")
+                {
+                    return self
+                        .servers
+                        .iter()
+                        .position(|s| s.port() == *port)
+                        .unwrap_or_else(|| {
+                            panic!("the sentinels name an unknown primary on {port}")
+                        });
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new primary after {SENTINEL_PATIENCE:?}: sentinels name {named:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `SENTINEL MASTER <name>` on the sentinel on `port`, as field → value.
+fn sentinel_master(port: u16) -> std::collections::HashMap<String, String> {
+    let reply = redis_cli(port, &["sentinel", "master", RedisSentinels::MASTER_NAME]);
+    let lines: Vec<&str> = reply.lines().collect();
+    lines
+        .chunks_exact(2)
+        .map(|pair| (pair[0].to_string(), pair[1].to_string()))
+        .collect()
+}
+
+/// The primary's port as the sentinel on `port` names it (`SENTINEL
+/// GET-MASTER-ADDR-BY-NAME`); `None` if it does not answer.
+fn named_primary(port: u16) -> Option<u16> {
+    let reply = redis_cli(
+        port,
+        &[
+            "sentinel",
+            "get-master-addr-by-name",
+            RedisSentinels::MASTER_NAME,
+        ],
+    );
+    reply.lines().nth(1)?.trim().parse().ok()
 }
 
 /// `redis-cli -p PORT ARGS…`'s output (stdout and stderr); a failure to run is a panic.

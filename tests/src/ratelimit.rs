@@ -12,13 +12,13 @@
 //!
 //! `start` returns once the process has bound its sockets and `/readyz` answers 200, i.e.
 //! once the limits are loaded and the store (memory, or the Redis given with
-//! [`RateLimitService::redis`]) answers.
+//! [`RateLimitService::redis`] or [`RateLimitService::redis_sentinels`]) answers.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tollgate_testkit::process::{scratch_dir, Process};
-use tollgate_testkit::redis::RedisServer;
+use tollgate_testkit::redis::{RedisSentinels, RedisServer};
 
 use crate::http;
 use crate::sidecar::Sidecar;
@@ -38,6 +38,7 @@ pub type RateLimitService = Sidecar<RateLimitSettings>;
 #[derive(Debug, Clone, Default)]
 pub struct RateLimitSettings {
     redis_url: Option<String>,
+    redis_sentinel_url: Option<String>,
     redis_timeout: Option<Duration>,
 }
 
@@ -45,6 +46,13 @@ impl Sidecar<RateLimitSettings> {
     /// Keep the counters in `redis` (`--redis-url`) instead of in memory.
     pub fn redis(mut self, redis: &RedisServer) -> Self {
         self.settings.redis_url = Some(redis.url());
+        self
+    }
+
+    /// Keep the counters in the primary `redis`'s sentinels name (`--redis-sentinel-url`,
+    /// in envoyproxy/ratelimit's `MASTER_NAME,HOST:PORT,…` form).
+    pub fn redis_sentinels(mut self, redis: &RedisSentinels) -> Self {
+        self.settings.redis_sentinel_url = Some(redis.sentinel_list());
         self
     }
 
@@ -60,6 +68,9 @@ impl Sidecar<RateLimitSettings> {
         let mut command = self.command("tollgate-ratelimit");
         if let Some(url) = &self.settings.redis_url {
             command.args(["--redis-url", url]);
+        }
+        if let Some(list) = &self.settings.redis_sentinel_url {
+            command.args(["--redis-sentinel-url", list]);
         }
         if let Some(timeout) = self.settings.redis_timeout {
             command.args(["--redis-timeout", &format!("{}ms", timeout.as_millis())]);

@@ -2,7 +2,9 @@
 //! over its budget gets 429 with `x-ratelimit-*` and `retry-after` headers and the gateway's
 //! JSON body, and the upstream sees exactly the budget; API keys, consumers and tiers each
 //! get their own budget; routes without limits are untouched; with Redis holding the
-//! counters, an outage fails open or closed as configured and recovery restores the limits.
+//! counters, an outage fails open or closed as configured and recovery restores the limits,
+//! and behind Redis Sentinel a failover fails closed until a replica is promoted, after
+//! which the limits hold again with no restart.
 //!
 //! Every limit here is per minute and sliding (the default algorithm), which never forgets
 //! an admitted request sooner than one window after it. A burst of requests therefore
@@ -22,7 +24,7 @@ use tollgate_conformance::{
     RunningControlPlane, RunningEnvoy, Upstream, UpstreamHandle,
 };
 use tollgate_testkit::jwt::{self, TestKey};
-use tollgate_testkit::redis::RedisServer;
+use tollgate_testkit::redis::{RedisSentinels, RedisServer};
 
 /// The window of every rule in this file (`per: minute`).
 const WINDOW: Duration = Duration::from_secs(60);
@@ -480,6 +482,99 @@ async fn a_redis_outage_fails_open_or_closed_as_configured_and_recovery_restores
     .await;
     let after = send_burst(3 + EXTRA, |_| keyed("after-recovery")).await;
     let passed = assert_budget("x-api-key after redis recovered", &after, 3, "api");
+    if after.within_window() {
+        assert_eq!(passed, 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_sentinel_failover_limited_routes_fail_closed_then_are_limited_again() {
+    /// What a request may take while failing closed: the service answers UNAVAILABLE at
+    /// once or within its Redis timeout (500 ms), far below the 2 s sidecar timeout; the
+    /// rest is slack for a busy machine.
+    const LONGEST_REQUEST: Duration = Duration::from_secs(3);
+    /// Sentinel's down-after (1 s) and an election take seconds; this allows for a busy
+    /// machine.
+    const FAILOVER_PATIENCE: Duration = Duration::from_secs(60);
+
+    let mut redis = RedisSentinels::start(1);
+    let api = Upstream::new("api").spawn().await;
+    let port = reserve_port();
+    let rls = RateLimitService::new();
+    let rls_addr = rls.grpc_addr();
+    let cp = ControlPlane::new()
+        .routes(redis_routes(port, &api, rls_addr, true))
+        .start()
+        .await;
+    let _rls = rls
+        .routes_file(cp.routes_path())
+        .redis_sentinels(&redis)
+        .redis_timeout(Duration::from_millis(500))
+        .start()
+        .await;
+    let _envoy = Envoy::new().control_plane(&cp).start().await;
+    eventually("the routes are served", async || {
+        get(port, "/open/probe").await?.expect_upstream("api")?;
+        Ok(())
+    })
+    .await;
+    let keyed = |key: &str| request(port).path("/limited/x").header("x-api-key", key);
+    let before = send_burst(3 + 1, |_| keyed("before-failover")).await;
+    assert_budget("x-api-key before the failover", &before, 3, "api");
+
+    // Kill the primary; each request carries a fresh key, so none is over its limit and
+    // each is either checked (passes) or fails closed (5xx, by failure_mode_deny).
+    let primary = redis.primary();
+    redis.kill(primary);
+    let killed = Instant::now();
+    let (mut refused, mut passed_after_refusal, mut last_refused) = (0, 0, Duration::ZERO);
+    let mut upstream_expected = api.requests();
+    for i in 0.. {
+        let sent = Instant::now();
+        let response = keyed(&format!("during-failover-{i}"))
+            .send()
+            .await
+            .expect("request");
+        let took = sent.elapsed();
+        assert!(took < LONGEST_REQUEST, "request {i} took {took:?}");
+        if response.status.is_server_error() {
+            refused += 1;
+            last_refused = killed.elapsed();
+        } else {
+            response
+                .expect_upstream("api")
+                .unwrap_or_else(|e| panic!("request {i}: {e:#}"));
+            upstream_expected += 1;
+            if refused > 0 {
+                passed_after_refusal += 1;
+            }
+        }
+        // Recovered: a few requests in a row checked again after the outage.
+        if passed_after_refusal >= 5 {
+            break;
+        }
+        assert!(
+            killed.elapsed() < FAILOVER_PATIENCE,
+            "no recovery after {FAILOVER_PATIENCE:?}: {refused} refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused > 0, "killing the primary failed no request");
+    assert_eq!(
+        api.requests(),
+        upstream_expected,
+        "a request failing closed reached the upstream"
+    );
+    eprintln!(
+        "sentinel failover through envoy: {refused} requests failed closed, the last {last_refused:?} after the kill"
+    );
+
+    // After the failover, with no restart: the client over its budget is still refused,
+    // and a fresh budget holds exactly.
+    let again = keyed("before-failover").send().await.expect("request");
+    assert_eq!(again.status, 429, "{:?}", again.text());
+    let after = send_burst(3 + EXTRA, |_| keyed("after-failover")).await;
+    let passed = assert_budget("x-api-key after the failover", &after, 3, "api");
     if after.within_window() {
         assert_eq!(passed, 3);
     }

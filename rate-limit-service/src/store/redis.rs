@@ -12,18 +12,28 @@
 //! Every batch is bounded by the configured timeout; a Redis that is down or slow yields a
 //! [`StoreError`], never a wait on a client default. The connection reconnects by itself in
 //! the background when Redis comes back.
+//!
+//! Behind Redis Sentinel the connection goes to the master the sentinels name
+//! ([`sentinel`]); a failure that a failover would explain (a broken or refused connection,
+//! a timeout, a `READONLY` reply from a demoted master) has the sentinels asked again, so
+//! the service follows a failover by itself.
+
+mod sentinel;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 use tokio::sync::OnceCell;
 
+use self::sentinel::SentinelPrimary;
 use super::over_limit::OverLimitCache;
 use super::{storage_key, Check, Store, StoreError};
 use crate::algorithm::{Decision, Policy, SlidingCounts, SLIDING_BUCKETS};
@@ -38,6 +48,11 @@ pub enum RedisTarget {
     Single(String),
     /// Seed nodes of a Redis Cluster.
     Cluster(Vec<String>),
+    /// The primary that the sentinels (`redis://host:port` each) monitor under `master`.
+    Sentinel {
+        master: String,
+        sentinels: Vec<String>,
+    },
 }
 
 /// A Lua script and its SHA1, what `EVALSHA` names it by.
@@ -61,6 +76,7 @@ impl LoadedScript {
 enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(MultiplexedConnection),
 }
 
 impl ConnectionLike for Connection {
@@ -68,6 +84,7 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.req_packed_command(cmd),
             Connection::Cluster(c) => c.req_packed_command(cmd),
+            Connection::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -80,6 +97,7 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -87,6 +105,7 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.get_db(),
             Connection::Cluster(c) => c.get_db(),
+            Connection::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -100,6 +119,7 @@ enum Source {
         connection: Arc<OnceCell<ClusterConnection>>,
         seeds: Vec<redis::Client>,
     },
+    Sentinel(SentinelPrimary),
 }
 
 impl Source {
@@ -131,6 +151,9 @@ impl Source {
                     connection: cell,
                     seeds,
                 }
+            }
+            RedisTarget::Sentinel { master, sentinels } => {
+                Source::Sentinel(SentinelPrimary::open(master, sentinels, timeout)?)
             }
         })
     }
@@ -188,6 +211,11 @@ impl RedisStore {
     /// Loads both scripts (`SCRIPT LOAD`) so that the first checks find them; also tells
     /// whether Redis answers. Bounded by the timeout.
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let loaded = self.load_scripts_once().await;
+        self.follow_failover(loaded)
+    }
+
+    async fn load_scripts_once(&self) -> Result<(), StoreError> {
         let mut connection = self.connection()?;
         let load = async {
             for script in [&self.shared.sliding, &self.shared.bucket] {
@@ -236,7 +264,27 @@ impl RedisStore {
                 .cloned()
                 .map(Connection::Cluster)
                 .ok_or_else(|| StoreError::NotConnected("no cluster node answered yet".into())),
+            Source::Sentinel(primary) => {
+                primary
+                    .connection()
+                    .map(Connection::Sentinel)
+                    .ok_or_else(|| {
+                        StoreError::NotConnected("no master found through sentinel yet".into())
+                    })
+            }
         }
+    }
+
+    /// Behind Sentinel, has the sentinels asked again when `result` failed in a way that a
+    /// failover explains; passes `result` on. A Redis Cluster's connection follows failovers
+    /// by itself (it refreshes its slot map on `MOVED`, `READONLY` and lost connections).
+    fn follow_failover<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let (Source::Sentinel(primary), Err(error)) = (&self.source, &result) {
+            if may_mean_failover(error) {
+                primary.suspect();
+            }
+        }
+        result
     }
 
     async fn bounded<T>(
@@ -345,6 +393,24 @@ impl RedisStore {
     }
 }
 
+/// Whether `error` is what a request sees while its master is dead, unreachable, stuck or
+/// demoted: then the master may have moved. A script error or a bad reply is not.
+fn may_mean_failover(error: &StoreError) -> bool {
+    match error {
+        StoreError::Timeout(_) | StoreError::NotConnected(_) => true,
+        StoreError::Command(e) => {
+            e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_unrecoverable_error()
+                || matches!(
+                    e.kind(),
+                    ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+                )
+        }
+        StoreError::BadReply(_) => false,
+    }
+}
+
 /// `PING` on a connection of its own, so that nothing queued elsewhere delays it.
 async fn ping(node: &redis::Client, timeout: Duration) -> Result<(), StoreError> {
     let config = AsyncConnectionConfig::new()
@@ -387,7 +453,8 @@ impl Store for RedisStore {
         now_us: u64,
     ) -> Result<Vec<Decision>, StoreError> {
         let all = futures::future::try_join_all(checks.iter().map(|c| self.check_one(c, now_us)));
-        self.bounded(all).await
+        let decided = self.bounded(all).await;
+        self.follow_failover(decided)
     }
 
     /// Ready when the scripts load everywhere or, on a cluster, when at least one node
@@ -435,5 +502,47 @@ impl Store for RedisStore {
             source: Source::open(&self.shared.target, self.shared.timeout)?,
             shared: self.shared.clone(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply_error(reply: &[u8]) -> StoreError {
+        let value = redis::parse_redis_value(reply).expect("a RESP error");
+        let Value::ServerError(error) = value else {
+            panic!("not an error reply: {value:?}");
+        };
+        StoreError::Command(error.into())
+    }
+
+    #[test]
+    fn a_demoted_master_or_a_lost_connection_has_sentinel_asked_again() {
+        let demoted = reply_error(b"-READONLY You can't write against a read only replica.\r\n");
+        let reset =
+            StoreError::Command(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into());
+        let refused =
+            StoreError::Command(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into());
+        for error in [
+            demoted,
+            reset,
+            refused,
+            StoreError::Timeout(Duration::from_millis(40)),
+            StoreError::NotConnected("no master yet".into()),
+        ] {
+            assert!(may_mean_failover(&error), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_script_failure_is_no_reason_to_look_for_another_master() {
+        for error in [
+            reply_error(b"-NOSCRIPT No matching script.\r\n"),
+            reply_error(b"-ERR user_script:1: bad argument\r\n"),
+            StoreError::BadReply("3 numbers from the sliding window script".into()),
+        ] {
+            assert!(!may_mean_failover(&error), "{error}");
+        }
     }
 }
