@@ -4,15 +4,9 @@
 //! a certificate, with one from another CA, or (with `--bind-node-id-to-certificate`) asking
 //! under another node's id is refused; rotated certificate files are used for new connections.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use rustls::AlertDescription;
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tollgate_conformance::{
     eventually, get, reserve_port, ClientCa, ClientCertificate, ControlPlane, Envoy,
     RunningControlPlane, TestCa, TlsClient, Upstream, XdsClientTls, XdsServerTls,
@@ -60,28 +54,6 @@ impl Pki {
     }
 }
 
-/// A tonic connector that reaches the control plane through [`TlsClient::handshake`].
-#[derive(Clone)]
-struct ThroughTls {
-    client: TlsClient,
-    port: u16,
-}
-
-impl tonic::codegen::Service<hyper::Uri> for ThroughTls {
-    type Response = TokioIo<TlsStream<TcpStream>>;
-    type Error = anyhow::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: hyper::Uri) -> Self::Future {
-        let (client, port) = (self.client.clone(), self.port);
-        Box::pin(async move { Ok(TokioIo::new(client.handshake(port).await?)) })
-    }
-}
-
 /// Opens an ADS stream to `cp` as node `node_id` through `client` and returns the first
 /// answer to a CDS request, or the status the stream ended with.
 async fn first_cds_response(
@@ -89,15 +61,11 @@ async fn first_cds_response(
     client: &TlsClient,
     node_id: &str,
 ) -> Result<DiscoveryResponse, tonic::Status> {
-    let connector = ThroughTls {
-        client: client.clone(),
-        port: cp.xds_addr().port(),
-    };
     let exchange = async {
-        let channel = tonic::transport::Endpoint::from_static("http://xds.test")
-            .connect_with_connector(connector)
+        let channel = client
+            .grpc_channel(cp.xds_addr().port())
             .await
-            .map_err(|error| tonic::Status::unavailable(format!("connect: {error:?}")))?;
+            .map_err(|error| tonic::Status::unavailable(format!("{error:#}")))?;
         let request = DiscoveryRequest {
             node: Some(Node {
                 id: node_id.to_owned(),
