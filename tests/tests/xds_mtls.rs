@@ -13,7 +13,9 @@ use tollgate_conformance::{
 };
 use tollgate_proto::envoy::config::core::v3::Node;
 use tollgate_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use tollgate_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tollgate_proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+};
 
 const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 
@@ -85,6 +87,43 @@ async fn first_cds_response(
         let first = responses.message().await?;
         drop(requests);
         first.ok_or_else(|| tonic::Status::unknown("the stream ended without an answer"))
+    };
+    tokio::time::timeout(XDS_PATIENCE, exchange)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
+}
+
+/// Like [`first_cds_response`] on an incremental (Delta) stream: `Ok` once an answer comes.
+async fn first_delta_cds_answer(
+    cp: &RunningControlPlane,
+    client: &TlsClient,
+    node_id: &str,
+) -> Result<(), tonic::Status> {
+    let exchange = async {
+        let channel = client
+            .grpc_channel(cp.xds_addr().port())
+            .await
+            .map_err(|error| tonic::Status::unavailable(format!("{error:#}")))?;
+        let request = DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: node_id.to_owned(),
+                cluster: "tollgate".to_owned(),
+                ..Default::default()
+            }),
+            type_url: CLUSTER_TYPE.to_owned(),
+            ..Default::default()
+        };
+        let (requests, outbound) = tokio::sync::mpsc::channel(1);
+        requests.send(request).await.expect("queue the request");
+        let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+            .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(outbound))
+            .await?
+            .into_inner();
+        let first = responses.message().await?;
+        drop(requests);
+        first
+            .map(|_| ())
+            .ok_or_else(|| tonic::Status::unknown("the stream ended without an answer"))
     };
     tokio::time::timeout(XDS_PATIENCE, exchange)
         .await
@@ -185,7 +224,11 @@ async fn a_client_without_a_certificate_or_with_one_from_another_ca_is_refused()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_may_only_use_the_id_its_certificate_names() {
     let pki = Pki::new();
+    // One cluster, so that a Delta stream has something to answer with.
     let cp = ControlPlane::new()
+        .routes(
+            "version: 1\nlisteners: []\nservices: {app: {endpoints: [\"127.0.0.1:9\"]}}\nroutes: []\n",
+        )
         .xds_tls(pki.server_tls())
         .bind_node_id_to_certificate()
         .start()
@@ -201,6 +244,14 @@ async fn a_node_may_only_use_the_id_its_certificate_names() {
     first_cds_response(&cp, &edge_1, "edge-1")
         .await
         .expect("edge-1's certificate asks as edge-1");
+    // The same rule on incremental (Delta) streams.
+    let refused = first_delta_cds_answer(&cp, &edge_1, "edge-2")
+        .await
+        .expect_err("edge-1's certificate cannot ask as edge-2 over Delta");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    first_delta_cds_answer(&cp, &edge_1, "edge-1")
+        .await
+        .expect("edge-1's certificate asks as edge-1 over Delta");
 
     // A SPIFFE ID names the node in its last segment.
     let spiffe = pki.client().client_certificate(
