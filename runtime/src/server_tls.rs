@@ -246,6 +246,50 @@ mod tests {
         }
     }
 
+    // Test-only material from the routes crate's fixtures (see their README).
+    const CERT: &[u8] = include_bytes!("../../routes/tests/fixtures/gateway.pem");
+    const KEY: &[u8] = include_bytes!("../../routes/tests/fixtures/gateway.key");
+    const OTHER_KEY: &[u8] = include_bytes!("../../routes/tests/fixtures/other.key");
+    const CLIENT_CA: &[u8] = include_bytes!("../../routes/tests/fixtures/client-ca.pem");
+
+    fn pem(key: &[u8], client_ca: Option<&[u8]>) -> ServerTlsPem {
+        ServerTlsPem {
+            cert: CERT.to_vec(),
+            key: key.to_vec(),
+            client_ca: client_ca.map(<[u8]>::to_vec),
+        }
+    }
+
+    #[test]
+    fn a_certificate_and_its_key_make_an_h2_server() {
+        let config = server_config(&pem(KEY, None), &files(), &[ALPN_H2]).expect("a server");
+        assert_eq!(config.alpn_protocols, [b"h2".to_vec()]);
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let error = server_config(&pem(OTHER_KEY, None), &files(), &[ALPN_H2])
+            .expect_err("the key does not match");
+        assert!(
+            error.to_string().starts_with(
+                "the certificate in cert.pem and the key in key.pem do not make a TLS server"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_client_ca_makes_a_server_that_verifies_clients() {
+        let files = ServerTlsFiles {
+            client_ca: Some("ca.pem".into()),
+            ..files()
+        };
+        server_config(&pem(KEY, Some(CLIENT_CA)), &files, &[ALPN_H2]).expect("a server");
+        let error =
+            server_config(&pem(KEY, Some(b"not pem")), &files, &[ALPN_H2]).expect_err("no CA");
+        assert_eq!(error.to_string(), "no usable CA certificate in ca.pem");
+    }
+
     #[test]
     fn files_without_pem_are_refused_with_their_names() {
         let pem = ServerTlsPem {

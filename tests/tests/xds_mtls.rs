@@ -334,3 +334,36 @@ async fn rotated_certificate_files_are_used_for_new_connections() {
         "the old client CA is no longer trusted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_certificate_files_fail_the_start_with_status_64() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(
+        path("routes.yaml"),
+        "version: 1\nlisteners: []\nservices: {}\nroutes: []\n",
+    )
+    .expect("write routes.yaml");
+    std::fs::write(path("cert.pem"), "not a certificate").expect("write cert.pem");
+    std::fs::write(path("key.pem"), "not a key").expect("write key.pem");
+    let run = tokio::process::Command::new(tollgate_conformance::binaries::tollgate(
+        "tollgate-control-plane",
+    ))
+    .arg("serve")
+    .arg("--routes")
+    .arg(path("routes.yaml"))
+    .args(["--xds-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+    .arg("--tls-cert")
+    .arg(path("cert.pem"))
+    .arg("--tls-key")
+    .arg(path("key.pem"))
+    .kill_on_drop(true)
+    .output();
+    let output = tokio::time::timeout(XDS_PATIENCE, run)
+        .await
+        .expect("the control plane exits rather than serve")
+        .expect("run tollgate-control-plane");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("no PEM certificate in"), "{stderr}");
+}
