@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use tollgate_routes::FilesBeside;
-use tollgate_runtime::{exit, logging, shutdown};
-
 use tollgate_runtime::server_tls::ServerTlsFiles;
+use tollgate_runtime::{exit, logging, shutdown};
 
 use crate::bootstrap::{self, BootstrapOptions, XdsClientTls, XdsVariant};
 use crate::serve::{self, ServeError, ServeOptions};
