@@ -43,7 +43,14 @@ pub struct XdsClientTls {
     pub key_file: PathBuf,
     /// When set, the DNS name the control plane's certificate must carry, also sent as SNI.
     pub server_name: Option<String>,
+    /// When set, Envoy takes its certificate and key through this SDS file (see
+    /// [`client_certificate_sds`]) and re-reads them when they are replaced; otherwise it
+    /// reads them once, at start.
+    pub sds_file: Option<PathBuf>,
 }
+
+/// The name of Envoy's xDS client certificate in the SDS file.
+const CLIENT_CERTIFICATE_SECRET: &str = "tollgate_xds_client";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -57,6 +64,32 @@ pub enum BootstrapError {
     Path(String),
     #[error("invalid server name \"{0}\": expected a DNS name")]
     ServerName(String),
+}
+
+/// A path as a YAML double-quoted scalar (a JSON string is one).
+fn quoted(path: &std::path::Path) -> Result<String, BootstrapError> {
+    path.to_str()
+        .map(|text| serde_json::Value::from(text).to_string())
+        .ok_or_else(|| BootstrapError::Path(path.display().to_string()))
+}
+
+/// The SDS file that gives Envoy its xDS client certificate: one secret naming the
+/// certificate and key files. Envoy watches the files a file-based SDS secret names and
+/// re-reads them when they are replaced, which a certificate in a static `tls_certificates`
+/// never is (Envoy's "Certificate Management"): a rotated client certificate is then used
+/// for the next connection to the control plane, without a restart.
+pub fn client_certificate_sds(tls: &XdsClientTls) -> Result<String, BootstrapError> {
+    let (cert, key) = (quoted(&tls.cert_file)?, quoted(&tls.key_file)?);
+    Ok(format!(
+        r#"# Envoy's client certificate for the control plane: made by `tollgate-control-plane bootstrap`.
+resources:
+  - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: {CLIENT_CERTIFICATE_SECRET}
+    tls_certificate:
+      certificate_chain: {{filename: {cert}}}
+      private_key: {{filename: {key}}}
+"#
+    ))
 }
 
 /// Renders the bootstrap YAML.
@@ -174,21 +207,22 @@ static_resources:
 }
 
 /// The xDS cluster's `transport_socket`: mutual TLS with files Envoy reads itself, ALPN h2
-/// (the control plane speaks gRPC, HTTP/2 only). Envoy reads these files when it starts;
-/// rotating them means restarting Envoy (an xDS connection cannot be reconfigured over
-/// itself).
+/// (the control plane speaks gRPC, HTTP/2 only). Envoy's certificate comes through the SDS
+/// file when there is one (re-read on rotation), else from the files once at start; the CA
+/// file is read at start either way.
 fn tls_transport_socket(tls: &XdsClientTls) -> Result<String, BootstrapError> {
-    let quoted = |path: &PathBuf| {
-        path.to_str()
-            // A JSON string is a YAML double-quoted scalar.
-            .map(|text| serde_json::Value::from(text).to_string())
-            .ok_or_else(|| BootstrapError::Path(path.display().to_string()))
+    let ca = quoted(&tls.ca_file)?;
+    let client_certificate = match &tls.sds_file {
+        Some(sds_file) => format!(
+            "tls_certificate_sds_secret_configs:\n              - name: {CLIENT_CERTIFICATE_SECRET}\n                sds_config:\n                  path_config_source: {{path: {path}}}\n                  resource_api_version: V3",
+            path = quoted(sds_file)?
+        ),
+        None => format!(
+            "tls_certificates:\n              - certificate_chain: {{filename: {cert}}}\n                private_key: {{filename: {key}}}",
+            cert = quoted(&tls.cert_file)?,
+            key = quoted(&tls.key_file)?
+        ),
     };
-    let (ca, cert, key) = (
-        quoted(&tls.ca_file)?,
-        quoted(&tls.cert_file)?,
-        quoted(&tls.key_file)?,
-    );
     let (sni, san) = match &tls.server_name {
         Some(name) => {
             if !is_dns_name(name) {
@@ -210,9 +244,7 @@ fn tls_transport_socket(tls: &XdsClientTls) -> Result<String, BootstrapError> {
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext{sni}
           common_tls_context:
             alpn_protocols: [h2]
-            tls_certificates:
-              - certificate_chain: {{filename: {cert}}}
-                private_key: {{filename: {key}}}
+            {client_certificate}
             validation_context:
               trusted_ca: {{filename: {ca}}}{san}
 "#
@@ -270,7 +302,31 @@ mod tests {
             cert_file: "/etc/tollgate/xds/envoy.pem".into(),
             key_file: "/etc/tollgate/xds/envoy.key".into(),
             server_name: server_name.map(str::to_owned),
+            sds_file: None,
         }
+    }
+
+    #[test]
+    fn with_an_sds_file_envoys_certificate_comes_through_it() {
+        let tls = XdsClientTls {
+            sds_file: Some("/etc/tollgate/xds/client-sds.yaml".into()),
+            ..tls(None)
+        };
+        let yaml = render(&BootstrapOptions {
+            tls: Some(tls.clone()),
+            ..options()
+        })
+        .expect("renders");
+        assert!(yaml.contains("- name: tollgate_xds_client"));
+        assert!(yaml.contains(r#"path_config_source: {path: "/etc/tollgate/xds/client-sds.yaml"}"#));
+        assert!(
+            !yaml.contains("tls_certificates:"),
+            "not read once, at start"
+        );
+        let sds = client_certificate_sds(&tls).expect("renders");
+        assert!(sds.contains("name: tollgate_xds_client"));
+        assert!(sds.contains(r#"certificate_chain: {filename: "/etc/tollgate/xds/envoy.pem"}"#));
+        assert!(sds.contains(r#"private_key: {filename: "/etc/tollgate/xds/envoy.key"}"#));
     }
 
     #[test]

@@ -18,29 +18,7 @@ pub fn run() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => validate(&file),
-        Command::Bootstrap(args) => match bootstrap::render(&BootstrapOptions {
-            node_id: args.node_id,
-            cluster: args.node_cluster,
-            xds_addrs: args.xds_addr,
-            admin_addr: args.admin_addr,
-            variant: args.xds_variant,
-            tls: args.xds_ca.map(|ca_file| XdsClientTls {
-                ca_file,
-                // clap makes --xds-ca, --xds-cert and --xds-key go together.
-                cert_file: args.xds_cert.unwrap_or_default(),
-                key_file: args.xds_key.unwrap_or_default(),
-                server_name: args.xds_server_name,
-            }),
-        }) {
-            Ok(yaml) => {
-                print!("{yaml}");
-                0
-            }
-            Err(error) => {
-                eprintln!("error: {error}");
-                exit::BAD_CONFIG
-            }
-        },
+        Command::Bootstrap(args) => print_bootstrap(args),
         Command::Serve(args) => {
             logging::init();
             let options = ServeOptions {
@@ -71,6 +49,65 @@ pub fn run() -> i32 {
             }
         }
     }
+}
+
+/// `bootstrap`: the YAML on stdout, and the SDS file for Envoy's client certificate when
+/// asked for.
+fn print_bootstrap(args: BootstrapArgs) -> i32 {
+    let options = BootstrapOptions {
+        node_id: args.node_id,
+        cluster: args.node_cluster,
+        xds_addrs: args.xds_addr,
+        admin_addr: args.admin_addr,
+        variant: args.xds_variant,
+        tls: args.xds_ca.map(|ca_file| XdsClientTls {
+            ca_file,
+            // clap makes --xds-ca, --xds-cert and --xds-key go together.
+            cert_file: args.xds_cert.unwrap_or_default(),
+            key_file: args.xds_key.unwrap_or_default(),
+            server_name: args.xds_server_name,
+            sds_file: args.xds_sds_file,
+        }),
+    };
+    let rendered = bootstrap::render(&options).and_then(|yaml| {
+        let sds = match &options.tls {
+            Some(
+                tls @ XdsClientTls {
+                    sds_file: Some(path),
+                    ..
+                },
+            ) => Some((path, bootstrap::client_certificate_sds(tls)?)),
+            _ => None,
+        };
+        Ok((yaml, sds))
+    });
+    let (yaml, sds) = match rendered {
+        Ok(rendered) => rendered,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return exit::BAD_CONFIG;
+        }
+    };
+    if let Some((path, contents)) = sds {
+        if let Err(error) = write_by_rename(path, &contents) {
+            eprintln!("error: cannot write {}: {error}", path.display());
+            return exit::FAILURE;
+        }
+    }
+    print!("{yaml}");
+    0
+}
+
+/// Writes `contents` beside `path` and renames it over `path`: Envoy, which may be watching
+/// the file, never reads half of it.
+fn write_by_rename(path: &Path, contents: &str) -> std::io::Result<()> {
+    let name = path.file_name().map_or_else(
+        || "sds.yaml".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let temporary = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&temporary, contents)?;
+    std::fs::rename(&temporary, path)
 }
 
 /// Exit 0 for a valid file, 1 with every error on stderr otherwise (the contract).
@@ -189,4 +226,9 @@ pub struct BootstrapArgs {
     /// also sent as SNI; without it any certificate from --xds-ca is accepted.
     #[arg(long, env = "TOLLGATE_XDS_SERVER_NAME", requires = "xds_ca")]
     pub xds_server_name: Option<String>,
+    /// Write an SDS file here naming --xds-cert and --xds-key, and have Envoy take its
+    /// certificate through it: Envoy then re-reads them when they are replaced (by rename)
+    /// instead of only at start. A path on Envoy's host, written by this command.
+    #[arg(long, env = "TOLLGATE_XDS_SDS_FILE", requires = "xds_ca")]
+    pub xds_sds_file: Option<PathBuf>,
 }

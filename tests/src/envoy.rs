@@ -45,6 +45,15 @@ pub struct XdsClientTls {
     pub key_pem: Vec<u8>,
     /// `--xds-server-name`: the DNS name the control plane's certificate must carry.
     pub server_name: Option<String>,
+    /// `--xds-sds-file`: Envoy takes its certificate through an SDS file and re-reads it
+    /// when [`RunningEnvoy::write_file`] replaces it.
+    pub rotatable: bool,
+}
+
+impl XdsClientTls {
+    /// Envoy's certificate and key, in its directory.
+    pub const CERT_FILE: &str = "xds-client.pem";
+    pub const KEY_FILE: &str = "xds-client.key";
 }
 
 /// Which ADS protocol variant Envoy speaks to the control plane.
@@ -147,8 +156,8 @@ impl Envoy {
                 if let Some(tls) = &self.xds_tls {
                     for (name, contents, flag) in [
                         ("xds-ca.pem", &tls.ca_pem, "--xds-ca"),
-                        ("xds-client.pem", &tls.cert_pem, "--xds-cert"),
-                        ("xds-client.key", &tls.key_pem, "--xds-key"),
+                        (XdsClientTls::CERT_FILE, &tls.cert_pem, "--xds-cert"),
+                        (XdsClientTls::KEY_FILE, &tls.key_pem, "--xds-key"),
                     ] {
                         let path = dir.path().join(name);
                         std::fs::write(&path, contents).expect("write an xDS TLS file");
@@ -157,6 +166,10 @@ impl Envoy {
                     }
                     if let Some(name) = &tls.server_name {
                         flags.extend(["--xds-server-name".to_owned(), name.clone()]);
+                    }
+                    if tls.rotatable {
+                        let sds = dir.path().join("xds-client-sds.yaml");
+                        flags.extend(["--xds-sds-file".to_owned(), sds.display().to_string()]);
                     }
                 }
                 generate_bootstrap(&node_id, &xds_addrs, admin, self.variant, &flags).await
@@ -270,6 +283,17 @@ impl RunningEnvoy {
 
     pub fn process(&self) -> &Process {
         &self.process
+    }
+
+    /// Replaces the file `name` in Envoy's directory atomically (written aside, then renamed
+    /// over it), as a certificate manager rotates a certificate.
+    pub fn write_file(&self, name: &str, contents: &[u8]) {
+        let path = self.dir.path().join(name);
+        let temporary = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&temporary, contents)
+            .unwrap_or_else(|e| panic!("write {}: {e}", temporary.display()));
+        std::fs::rename(&temporary, &path)
+            .unwrap_or_else(|e| panic!("rename over {}: {e}", path.display()));
     }
 
     /// Sends `GET path` to the admin server.

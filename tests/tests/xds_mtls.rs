@@ -159,6 +159,7 @@ routes:
             cert_pem: envoy_cert.cert_pem,
             key_pem: envoy_cert.key_pem,
             server_name: Some(tollgate_conformance::tls::SERVER_NAME.to_owned()),
+            rotatable: false,
         })
         .control_plane(&cp)
         .start()
@@ -333,6 +334,59 @@ async fn rotated_certificate_files_are_used_for_new_connections() {
         AlertDescription::UnknownCA,
         "the old client CA is no longer trusted"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_reconnects_with_its_rotated_client_certificate() {
+    let pki = Pki::new();
+    let mut cp = ControlPlane::new().xds_tls(pki.server_tls()).start().await;
+    let first = pki.node_certificate("edge-rotating");
+    let envoy = Envoy::new()
+        .node_id("edge-rotating")
+        .xds_tls(XdsClientTls {
+            ca_pem: pki.server_ca.cert_pem().to_vec(),
+            cert_pem: first.cert_pem,
+            key_pem: first.key_pem,
+            server_name: None,
+            rotatable: true,
+        })
+        .control_plane(&cp)
+        .start()
+        .await;
+    assert!(
+        envoy.bootstrap().contains("path_config_source"),
+        "{}",
+        envoy.bootstrap()
+    );
+
+    // Both sides rotate to a new client CA: the control plane trusts only it from now on,
+    // and Envoy's certificate files are replaced by one it issued.
+    let next_ca = ClientCa::new("Next xDS client CA");
+    let next = next_ca
+        .certificate("edge-rotating")
+        .dns_san("edge-rotating")
+        .issue();
+    cp.write_file(XdsServerTls::CLIENT_CA_FILE, &next_ca.cert_pem());
+    envoy.write_file(XdsClientTls::KEY_FILE, &next.key_pem);
+    envoy.write_file(XdsClientTls::CERT_FILE, &next.cert_pem);
+    let old_client = pki
+        .client()
+        .client_certificate(&pki.node_certificate("edge-rotating"));
+    eventually("the control plane trusts only the new CA", async || {
+        let alert = old_client.refusal_alert(cp.xds_addr().port()).await?;
+        anyhow::ensure!(alert == AlertDescription::UnknownCA, "{alert:?}");
+        Ok(())
+    })
+    .await;
+
+    // A restart closes Envoy's stream: it reconnects, which only the new certificate can.
+    cp.restart().await;
+    eventually("Envoy reconnects with its new certificate", async || {
+        let node = cp.node_status("edge-rotating").await?;
+        anyhow::ensure!(node["connected"] == true, "{node}");
+        Ok(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
