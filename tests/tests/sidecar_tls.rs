@@ -2,7 +2,7 @@
 //! `--client-ca`) a sidecar answers only over TLS, and the `tls` block of
 //! `sidecars.ext_authz` / `sidecars.rate_limit` in routes.yaml gives Envoy the CA to verify it
 //! with and the client certificate to present, so a check or a decision cannot be spoofed
-//! from the network.
+//! from the network. A rotated client CA file is used for new connections.
 
 use rustls::AlertDescription;
 use sha2::Digest as _;
@@ -46,7 +46,7 @@ async fn envoy_calls_both_sidecars_over_mutual_tls_and_plaintext_callers_are_ref
     let tls_block = format!(
         "{{sni: {SERVER_NAME}, ca_file: sidecar-ca.pem, cert_file: envoy.pem, key_file: envoy.key}}"
     );
-    let cp = ControlPlane::new()
+    let mut cp = ControlPlane::new()
         .routes(format!(
             r#"version: 1
 listeners:
@@ -164,6 +164,38 @@ sidecars:
             .grpc_channel(addr.port())
             .await
             .expect("a TLS connection with Envoy's certificate");
+        assert_eq!(
+            health(channel, service).await.expect("answered"),
+            ServingStatus::Serving,
+            "{name}"
+        );
+    }
+
+    // The client CA file rotates: both sidecars trust only the new CA for new connections.
+    let next_ca = ClientCa::new("Next Envoy CA");
+    cp.write_file("envoy-ca.pem", &next_ca.cert_pem());
+    let next_client = sidecar_ca
+        .client()
+        .alpn(&["h2"])
+        .client_certificate(&next_ca.certificate("gateway").issue());
+    let old_client = sidecar_ca
+        .client()
+        .alpn(&["h2"])
+        .client_certificate(&envoy_cert);
+    for (name, addr, service) in [
+        ("ext-authz", authz.grpc_addr(), AUTHORIZATION),
+        ("rate limit", rls.grpc_addr(), ""),
+    ] {
+        eventually(&format!("{name} trusts only the new CA"), async || {
+            let alert = old_client.refusal_alert(addr.port()).await?;
+            anyhow::ensure!(alert == AlertDescription::UnknownCA, "{alert:?}");
+            Ok(())
+        })
+        .await;
+        let channel = next_client
+            .grpc_channel(addr.port())
+            .await
+            .expect("a TLS connection with the new CA's certificate");
         assert_eq!(
             health(channel, service).await.expect("answered"),
             ServingStatus::Serving,
