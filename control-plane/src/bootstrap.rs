@@ -7,6 +7,7 @@
 //! keepalive), and reopens the stream to another, serving its last config meanwhile.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 /// Which ADS variant Envoy should speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -28,7 +29,28 @@ pub struct BootstrapOptions {
     /// Envoy's admin interface, `host:port`. Loopback by default: it can stop Envoy.
     pub admin_addr: String,
     pub variant: XdsVariant,
+    /// Speak to the control plane over mutual TLS; plaintext when `None`.
+    pub tls: Option<XdsClientTls>,
 }
+
+/// Envoy's side of an mTLS xDS connection. The paths are on Envoy's host, read by Envoy.
+#[derive(Clone, Debug)]
+pub struct XdsClientTls {
+    /// The CAs the control plane's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Envoy's client certificate and its key.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, the DNS name the control plane's certificate must carry, also sent as SNI.
+    pub server_name: Option<String>,
+    /// When set, Envoy takes its certificate and key through this SDS file (see
+    /// [`client_certificate_sds`]) and re-reads them when they are replaced; otherwise it
+    /// reads them once, at start.
+    pub sds_file: Option<PathBuf>,
+}
+
+/// The name of Envoy's xDS client certificate in the SDS file.
+const CLIENT_CERTIFICATE_SECRET: &str = "tollgate_xds_client";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -38,6 +60,36 @@ pub enum BootstrapError {
     NodeId(String),
     #[error("no control-plane address: give --xds-addr")]
     NoControlPlane,
+    #[error("invalid path \"{0}\": not UTF-8")]
+    Path(String),
+    #[error("invalid server name \"{0}\": expected a DNS name")]
+    ServerName(String),
+}
+
+/// A path as a YAML double-quoted scalar (a JSON string is one).
+fn quoted(path: &std::path::Path) -> Result<String, BootstrapError> {
+    path.to_str()
+        .map(|text| serde_json::Value::from(text).to_string())
+        .ok_or_else(|| BootstrapError::Path(path.display().to_string()))
+}
+
+/// The SDS file that gives Envoy its xDS client certificate: one secret naming the
+/// certificate and key files. Envoy watches the files a file-based SDS secret names and
+/// re-reads them when they are replaced, which a certificate in a static `tls_certificates`
+/// never is (Envoy's "Certificate Management"): a rotated client certificate is then used
+/// for the next connection to the control plane, without a restart.
+pub fn client_certificate_sds(tls: &XdsClientTls) -> Result<String, BootstrapError> {
+    let (cert, key) = (quoted(&tls.cert_file)?, quoted(&tls.key_file)?);
+    Ok(format!(
+        r#"# Envoy's client certificate for the control plane: made by `tollgate-control-plane bootstrap`.
+resources:
+  - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: {CLIENT_CERTIFICATE_SECRET}
+    tls_certificate:
+      certificate_chain: {{filename: {cert}}}
+      private_key: {{filename: {key}}}
+"#
+    ))
 }
 
 /// Renders the bootstrap YAML.
@@ -72,6 +124,10 @@ pub fn render(options: &BootstrapOptions) -> Result<String, BootstrapError> {
             "\n              - endpoint:\n                  address:\n                    socket_address: {{address: \"{host}\", port_value: {port}}}"
         );
     }
+    let transport_socket = match &options.tls {
+        Some(tls) => tls_transport_socket(tls)?,
+        None => String::new(),
+    };
     let api_type = match options.variant {
         XdsVariant::Sotw => "GRPC",
         XdsVariant::Delta => "DELTA_GRPC",
@@ -139,7 +195,7 @@ static_resources:
             # or a network lost, not a process) within 4 s: a ping every 2 s, 2 s to answer.
             http2_protocol_options:
               connection_keepalive: {{interval: 2s, timeout: 2s}}
-      load_assignment:
+{transport_socket}      load_assignment:
         cluster_name: tollgate_xds
         endpoints:
           - lb_endpoints:{endpoints}
@@ -148,6 +204,63 @@ static_resources:
         cluster = options.cluster,
     );
     Ok(out)
+}
+
+/// The xDS cluster's `transport_socket`: mutual TLS with files Envoy reads itself, ALPN h2
+/// (the control plane speaks gRPC, HTTP/2 only). Envoy's certificate comes through the SDS
+/// file when there is one (re-read on rotation), else from the files once at start; the CA
+/// file is read at start either way.
+fn tls_transport_socket(tls: &XdsClientTls) -> Result<String, BootstrapError> {
+    let ca = quoted(&tls.ca_file)?;
+    let client_certificate = match &tls.sds_file {
+        Some(sds_file) => format!(
+            "tls_certificate_sds_secret_configs:\n              - name: {CLIENT_CERTIFICATE_SECRET}\n                sds_config:\n                  path_config_source: {{path: {path}}}\n                  resource_api_version: V3",
+            path = quoted(sds_file)?
+        ),
+        None => format!(
+            "tls_certificates:\n              - certificate_chain: {{filename: {cert}}}\n                private_key: {{filename: {key}}}",
+            cert = quoted(&tls.cert_file)?,
+            key = quoted(&tls.key_file)?
+        ),
+    };
+    let (sni, san) = match &tls.server_name {
+        Some(name) => {
+            if !is_dns_name(name) {
+                return Err(BootstrapError::ServerName(name.clone()));
+            }
+            (
+                format!("\n          sni: {name}"),
+                format!("\n              match_typed_subject_alt_names:\n                - {{san_type: DNS, matcher: {{exact: {name}}}}}"),
+            )
+        }
+        None => (String::new(), String::new()),
+    };
+    Ok(format!(
+        r#"      # Mutual TLS: the control plane checks this Envoy's certificate, and this Envoy the
+      # control plane's, before any configuration (TLS keys included) crosses the network.
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext{sni}
+          common_tls_context:
+            alpn_protocols: [h2]
+            {client_certificate}
+            validation_context:
+              trusted_ca: {{filename: {ca}}}{san}
+"#
+    ))
+}
+
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 fn split_host_port(addr: &str) -> Result<(String, u16), BootstrapError> {
@@ -179,7 +292,79 @@ mod tests {
             xds_addrs: vec!["127.0.0.1:18000".into()],
             admin_addr: "127.0.0.1:9901".into(),
             variant: XdsVariant::Sotw,
+            tls: None,
         }
+    }
+
+    fn tls(server_name: Option<&str>) -> XdsClientTls {
+        XdsClientTls {
+            ca_file: "/etc/tollgate/xds/ca.pem".into(),
+            cert_file: "/etc/tollgate/xds/envoy.pem".into(),
+            key_file: "/etc/tollgate/xds/envoy.key".into(),
+            server_name: server_name.map(str::to_owned),
+            sds_file: None,
+        }
+    }
+
+    #[test]
+    fn with_an_sds_file_envoys_certificate_comes_through_it() {
+        let tls = XdsClientTls {
+            sds_file: Some("/etc/tollgate/xds/client-sds.yaml".into()),
+            ..tls(None)
+        };
+        let yaml = render(&BootstrapOptions {
+            tls: Some(tls.clone()),
+            ..options()
+        })
+        .expect("renders");
+        assert!(yaml.contains("- name: tollgate_xds_client"));
+        assert!(yaml.contains(r#"path_config_source: {path: "/etc/tollgate/xds/client-sds.yaml"}"#));
+        assert!(
+            !yaml.contains("tls_certificates:"),
+            "not read once, at start"
+        );
+        let sds = client_certificate_sds(&tls).expect("renders");
+        assert!(sds.contains("name: tollgate_xds_client"));
+        assert!(sds.contains(r#"certificate_chain: {filename: "/etc/tollgate/xds/envoy.pem"}"#));
+        assert!(sds.contains(r#"private_key: {filename: "/etc/tollgate/xds/envoy.key"}"#));
+    }
+
+    #[test]
+    fn plaintext_by_default() {
+        let yaml = render(&options()).expect("renders");
+        assert!(!yaml.contains("transport_socket"));
+    }
+
+    #[test]
+    fn tls_gives_the_xds_cluster_envoys_certificate_and_the_ca() {
+        let yaml = render(&BootstrapOptions {
+            tls: Some(tls(None)),
+            ..options()
+        })
+        .expect("renders");
+        assert!(yaml.contains("UpstreamTlsContext"));
+        assert!(yaml.contains("alpn_protocols: [h2]"));
+        assert!(yaml.contains(r#"certificate_chain: {filename: "/etc/tollgate/xds/envoy.pem"}"#));
+        assert!(yaml.contains(r#"private_key: {filename: "/etc/tollgate/xds/envoy.key"}"#));
+        assert!(yaml.contains(r#"trusted_ca: {filename: "/etc/tollgate/xds/ca.pem"}"#));
+        assert!(!yaml.contains("sni:"));
+        assert!(!yaml.contains("match_typed_subject_alt_names"));
+    }
+
+    #[test]
+    fn a_server_name_is_sent_as_sni_and_required_of_the_certificate() {
+        let yaml = render(&BootstrapOptions {
+            tls: Some(tls(Some("xds.tollgate.internal"))),
+            ..options()
+        })
+        .expect("renders");
+        assert!(yaml.contains("sni: xds.tollgate.internal"));
+        assert!(yaml.contains("- {san_type: DNS, matcher: {exact: xds.tollgate.internal}}"));
+        let bad = BootstrapOptions {
+            tls: Some(tls(Some("x: y"))),
+            ..options()
+        };
+        assert!(matches!(render(&bad), Err(BootstrapError::ServerName(_))));
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use tollgate_routes::FilesBeside;
+use tollgate_runtime::server_tls::ServerTlsFiles;
 use tollgate_runtime::{exit, logging, shutdown};
 
-use crate::bootstrap::{self, BootstrapOptions, XdsVariant};
+use crate::bootstrap::{self, BootstrapOptions, XdsClientTls, XdsVariant};
 use crate::serve::{self, ServeError, ServeOptions};
 
 /// Parses the process's arguments, runs the command and returns the exit status.
@@ -17,35 +18,27 @@ pub fn run() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => validate(&file),
-        Command::Bootstrap(args) => match bootstrap::render(&BootstrapOptions {
-            node_id: args.node_id,
-            cluster: args.node_cluster,
-            xds_addrs: args.xds_addr,
-            admin_addr: args.admin_addr,
-            variant: args.xds_variant,
-        }) {
-            Ok(yaml) => {
-                print!("{yaml}");
-                0
-            }
-            Err(error) => {
-                eprintln!("error: {error}");
-                exit::BAD_CONFIG
-            }
-        },
+        Command::Bootstrap(args) => print_bootstrap(args),
         Command::Serve(args) => {
             logging::init();
             let options = ServeOptions {
                 routes: args.routes,
                 xds_addr: args.xds_addr,
                 admin_addr: args.admin_addr,
+                xds_tls: args.tls_cert.map(|cert| ServerTlsFiles {
+                    cert,
+                    // clap makes --tls-cert and --tls-key go together.
+                    key: args.tls_key.unwrap_or_default(),
+                    client_ca: args.client_ca,
+                }),
+                bind_node_id_to_certificate: args.bind_node_id_to_certificate,
             };
             match tokio::runtime::Runtime::new()
                 .map_err(|e| ServeError::Xds(e.to_string()))
                 .and_then(|rt| rt.block_on(serve::run(options, shutdown::signal())))
             {
                 Ok(()) => 0,
-                Err(error @ ServeError::Config(_)) => {
+                Err(error @ (ServeError::Config(_) | ServeError::Tls(_))) => {
                     eprintln!("{error}");
                     exit::BAD_CONFIG
                 }
@@ -56,6 +49,65 @@ pub fn run() -> i32 {
             }
         }
     }
+}
+
+/// `bootstrap`: the YAML on stdout, and the SDS file for Envoy's client certificate when
+/// asked for.
+fn print_bootstrap(args: BootstrapArgs) -> i32 {
+    let options = BootstrapOptions {
+        node_id: args.node_id,
+        cluster: args.node_cluster,
+        xds_addrs: args.xds_addr,
+        admin_addr: args.admin_addr,
+        variant: args.xds_variant,
+        tls: args.xds_ca.map(|ca_file| XdsClientTls {
+            ca_file,
+            // clap makes --xds-ca, --xds-cert and --xds-key go together.
+            cert_file: args.xds_cert.unwrap_or_default(),
+            key_file: args.xds_key.unwrap_or_default(),
+            server_name: args.xds_server_name,
+            sds_file: args.xds_sds_file,
+        }),
+    };
+    let rendered = bootstrap::render(&options).and_then(|yaml| {
+        let sds = match &options.tls {
+            Some(
+                tls @ XdsClientTls {
+                    sds_file: Some(path),
+                    ..
+                },
+            ) => Some((path, bootstrap::client_certificate_sds(tls)?)),
+            _ => None,
+        };
+        Ok((yaml, sds))
+    });
+    let (yaml, sds) = match rendered {
+        Ok(rendered) => rendered,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return exit::BAD_CONFIG;
+        }
+    };
+    if let Some((path, contents)) = sds {
+        if let Err(error) = write_by_rename(path, &contents) {
+            eprintln!("error: cannot write {}: {error}", path.display());
+            return exit::FAILURE;
+        }
+    }
+    print!("{yaml}");
+    0
+}
+
+/// Writes `contents` beside `path` and renames it over `path`: Envoy, which may be watching
+/// the file, never reads half of it.
+fn write_by_rename(path: &Path, contents: &str) -> std::io::Result<()> {
+    let name = path.file_name().map_or_else(
+        || "sds.yaml".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let temporary = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&temporary, contents)?;
+    std::fs::rename(&temporary, path)
 }
 
 /// Exit 0 for a valid file, 1 with every error on stderr otherwise (the contract).
@@ -113,6 +165,24 @@ pub struct ServeArgs {
     /// The control plane's HTTP endpoints: /healthz, /readyz, /metrics, /status.
     #[arg(long, env = "TOLLGATE_ADMIN_ADDR", default_value = "127.0.0.1:18001")]
     pub admin_addr: SocketAddr,
+    /// Serve xDS over TLS with this certificate chain (PEM, leaf first); re-read when it
+    /// changes.
+    #[arg(long, env = "TOLLGATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "TOLLGATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require every xDS client to present a certificate issued by a CA in this PEM file.
+    #[arg(long, env = "TOLLGATE_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse an xDS stream whose node id is not named by its client certificate: a DNS
+    /// subject alternative name equal to the id, or a URI one ending in /ID.
+    #[arg(
+        long,
+        env = "TOLLGATE_BIND_NODE_ID_TO_CERTIFICATE",
+        requires = "client_ca"
+    )]
+    pub bind_node_id_to_certificate: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,4 +212,23 @@ pub struct BootstrapArgs {
     /// The ADS variant Envoy speaks.
     #[arg(long, env = "TOLLGATE_XDS_VARIANT", value_enum, default_value = "sotw")]
     pub xds_variant: XdsVariant,
+    /// Connect to the control plane over TLS, trusting the CAs in this PEM file (a path on
+    /// Envoy's host, read by Envoy).
+    #[arg(long, env = "TOLLGATE_XDS_CA", requires_all = ["xds_cert", "xds_key"])]
+    pub xds_ca: Option<PathBuf>,
+    /// Envoy's client certificate for the control plane (PEM, a path on Envoy's host).
+    #[arg(long, env = "TOLLGATE_XDS_CERT", requires = "xds_ca")]
+    pub xds_cert: Option<PathBuf>,
+    /// The private key of --xds-cert (PEM, a path on Envoy's host).
+    #[arg(long, env = "TOLLGATE_XDS_KEY", requires = "xds_ca")]
+    pub xds_key: Option<PathBuf>,
+    /// The name the control plane's certificate must carry (a DNS subject alternative name),
+    /// also sent as SNI; without it any certificate from --xds-ca is accepted.
+    #[arg(long, env = "TOLLGATE_XDS_SERVER_NAME", requires = "xds_ca")]
+    pub xds_server_name: Option<String>,
+    /// Write an SDS file here naming --xds-cert and --xds-key, and have Envoy take its
+    /// certificate through it: Envoy then re-reads them when they are replaced (by rename)
+    /// instead of only at start. A path on Envoy's host, written by this command.
+    #[arg(long, env = "TOLLGATE_XDS_SDS_FILE", requires = "xds_ca")]
+    pub xds_sds_file: Option<PathBuf>,
 }

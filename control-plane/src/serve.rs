@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tollgate_runtime::server_tls::{self, ServerTls, ServerTlsError, ServerTlsFiles, ALPN_H2};
 use tracing::info;
 
 use crate::admin::{self, AdminState};
@@ -20,6 +21,9 @@ pub enum ServeError {
     /// The routes file is unusable at start; nothing has been bound.
     #[error("{0}")]
     Config(#[from] ReloadError),
+    /// The TLS files are unusable at start; nothing has been bound.
+    #[error("xds TLS: {0}")]
+    Tls(#[from] ServerTlsError),
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -38,6 +42,11 @@ pub struct ServeOptions {
     pub routes: PathBuf,
     pub xds_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Serve xDS over TLS with these files (client certificates required when they name a
+    /// client CA); plaintext when `None`.
+    pub xds_tls: Option<ServerTlsFiles>,
+    /// Refuse a stream whose node id its client certificate does not name.
+    pub bind_node_id_to_certificate: bool,
 }
 
 /// Runs the control plane until `shutdown` resolves.
@@ -55,6 +64,10 @@ pub async fn run(
     if let Some(snapshot) = cache.current() {
         info!(version = %snapshot.version(), file = %options.routes.display(), "routes.yaml loaded");
     }
+    let xds_tls = options
+        .xds_tls
+        .map(|files| ServerTls::load(files, &[ALPN_H2]))
+        .transpose()?;
 
     let bind = |what, addr| async move {
         TcpListener::bind(addr)
@@ -79,17 +92,28 @@ pub async fn run(
     });
 
     let nodes = Arc::new(NodeRegistry::new());
-    let ads = AdsServer::new(cache.clone(), nodes.clone());
+    let mut ads = AdsServer::new(cache.clone(), nodes.clone());
+    if options.bind_node_id_to_certificate {
+        ads = ads.bind_node_ids_to_certificates();
+    }
+    let (xds_tls, tls_reloads) = match xds_tls {
+        Some(tls) => {
+            let (tls, reloads) = server_tls::watch(tls, until_stopped()).await?;
+            (Some(tls), futures::future::Either::Left(reloads))
+        }
+        None => (None, futures::future::Either::Right(std::future::ready(()))),
+    };
     let admin_state = AdminState {
         reloader: reloader.clone(),
         cache,
         nodes,
     };
     let reloads = tollgate_runtime::reload::watch(reloader, until_stopped())?;
-    let (xds, admin, ()) = tokio::join!(
-        xds::serve(xds_listener, ads, until_stopped()),
+    let (xds, admin, (), ()) = tokio::join!(
+        xds::serve(xds_listener, ads, xds_tls, until_stopped()),
         admin::serve(admin_listener, admin_state, until_stopped()),
         reloads,
+        tls_reloads,
     );
     xds.map_err(|e| ServeError::Xds(e.to_string()))?;
     admin.map_err(ServeError::Admin)?;

@@ -431,6 +431,7 @@ fn main() {
         telemetry: Some(Telemetry::init("tollgate-ext-authz")),
         // On the server thread, whose CPU time is measured.
         serving_threads: None,
+        grpc_tls: None,
     };
     let server = server_thread(core, move |grpc, shutdown| async move {
         let app = App::load(options).await.expect("config");

@@ -42,6 +42,10 @@ pub fn run() -> i32 {
             eprintln!("{config}");
             exit::BAD_CONFIG
         }
+        Err(error @ StartError::GrpcTls(_)) => {
+            eprintln!("error: {error}");
+            exit::BAD_CONFIG
+        }
         Err(error) => {
             eprintln!("error: {error}");
             exit::FAILURE
@@ -85,6 +89,8 @@ pub struct Cli {
     /// served by one thread.
     #[arg(long, env = "TOLLGATE_EXT_AUTHZ_SERVING_THREADS")]
     pub serving_threads: Option<NonZeroUsize>,
+    #[command(flatten)]
+    pub tls: tollgate_sidecar::grpc::TlsFlags,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -131,6 +137,7 @@ impl Cli {
                 self.serving_threads
                     .unwrap_or_else(tollgate_sidecar::grpc::serving_threads_per_core),
             ),
+            grpc_tls: self.tls.files(),
         }
     }
 }

@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tollgate_runtime::file_watch::WatchError;
 use tollgate_runtime::http::{self, Readiness};
+use tollgate_runtime::server_tls::{self, ServerTls, ServerTlsError, ServerTlsFiles, ALPN_H2};
 use tollgate_sidecar::grpc::{self, serve_on_threads, GrpcServer, ServingThreadsError};
 use tollgate_sidecar::telemetry::Telemetry;
 use tonic::service::Routes;
@@ -41,6 +42,8 @@ pub struct Options {
     /// `tollgate_sidecar::grpc::serve_on_threads`); `None`: calls are served on the runtime
     /// `serve` runs on (tests, and the bench's server thread).
     pub serving_threads: Option<NonZeroUsize>,
+    /// Serve gRPC over TLS with these files; plaintext when `None`.
+    pub grpc_tls: Option<ServerTlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,9 @@ pub enum StartError {
     Watch(#[from] WatchError),
     #[error("cannot set up TLS for JWKS fetches: {0}")]
     Tls(#[from] rustls::Error),
+    /// The gRPC port's TLS files are unusable (exit 64).
+    #[error("gRPC TLS: {0}")]
+    GrpcTls(#[from] ServerTlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -71,11 +77,17 @@ pub struct App {
     pub providers: Arc<Providers>,
     registry: Arc<Registry>,
     reloader: Arc<Reloader>,
+    grpc_tls: Option<ServerTls>,
 }
 
 impl App {
     /// Reads routes.yaml and loads every provider's keys (remote ones start fetching).
     pub async fn load(options: Options) -> Result<App, StartError> {
+        let grpc_tls = options
+            .grpc_tls
+            .clone()
+            .map(|files| ServerTls::load(files, &[ALPN_H2]))
+            .transpose()?;
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
         let base_dir = match options.routes.parent() {
@@ -114,6 +126,7 @@ impl App {
             providers,
             registry: Arc::new(registry),
             reloader,
+            grpc_tls,
         })
     }
 
@@ -137,6 +150,14 @@ impl App {
             Arc::clone(&self.reloader),
             signal(stopped.clone()),
         )?);
+        let grpc_tls = match self.grpc_tls {
+            Some(tls) => {
+                let (tls, reloads) = server_tls::watch(tls, signal(stopped.clone())).await?;
+                tokio::spawn(reloads);
+                Some(tls)
+            }
+            None => None,
+        };
 
         let readiness = Readiness::default();
         let router = http::router(Arc::clone(&self.registry), readiness.clone());
@@ -156,13 +177,17 @@ impl App {
         let service = Arc::new(self.service);
         let server = move || {
             let service = Arc::clone(&service);
-            Ok::<_, Infallible>(GrpcServer::new(Routes::new(health_service.clone())).unary(
+            let server = GrpcServer::new(Routes::new(health_service.clone())).unary(
                 service::CHECK_PATH,
                 move |request| {
                     let service = Arc::clone(&service);
                     async move { service.check(request).await }
                 },
-            ))
+            );
+            Ok::<_, Infallible>(match &grpc_tls {
+                Some(tls) => server.tls(Arc::clone(tls)),
+                None => server,
+            })
         };
         let result = match self.options.serving_threads {
             None => {

@@ -84,6 +84,7 @@ async fn start_with_cooldown(key: &TestKey, remote_uri: &str, cooldown: Duration
         jwks_cooldown: cooldown,
         telemetry: None,
         serving_threads: None,
+        grpc_tls: None,
     })
     .await
     .expect("config loads");

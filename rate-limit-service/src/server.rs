@@ -16,8 +16,10 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tollgate_routes::{read_text, ReadError};
+use tollgate_runtime::file_watch::WatchError;
 use tollgate_runtime::http::{self, Readiness};
 use tollgate_runtime::reload::{Config, Outcome, Read};
+use tollgate_runtime::server_tls::{self, ServerTls, ServerTlsError, ALPN_H2};
 use tollgate_sidecar::grpc::{self, serve_on_threads, GrpcServer, ServingThreadsError};
 use tonic::service::Routes;
 
@@ -61,6 +63,10 @@ pub enum ServeError {
     NoLimits,
     #[error("invalid redis settings: {0}")]
     Redis(StoreError),
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] ServerTlsError),
+    #[error("cannot watch the gRPC TLS files: {0}")]
+    TlsWatch(#[from] WatchError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -81,6 +87,7 @@ impl ServeError {
                 | ServeError::Telemetry(_)
                 | ServeError::NoLimits
                 | ServeError::Redis(_)
+                | ServeError::Tls(_)
         )
     }
 }
@@ -182,6 +189,11 @@ pub async fn run(
         .map(|target| RedisStore::connect(&target, settings.redis_timeout))
         .transpose()
         .map_err(ServeError::Redis)?;
+    let grpc_tls = settings
+        .tls
+        .files()
+        .map(|files| ServerTls::load(files, &[ALPN_H2]))
+        .transpose()?;
 
     let grpc = bind(settings.grpc_addr).await?;
     let http = bind(settings.metrics_addr).await?;
@@ -191,6 +203,7 @@ pub async fn run(
         metrics = %settings.metrics_addr,
         store = if redis.is_some() { "redis" } else { "memory" },
         threads,
+        tls = grpc_tls.is_some(),
         "serving"
     );
     let readiness = Readiness::default();
@@ -213,12 +226,21 @@ pub async fn run(
             None
         }
     };
+    let tls = match grpc_tls {
+        Some(tls) => {
+            let (tls, reloads) = server_tls::watch(tls, wait()).await?;
+            tokio::spawn(reloads);
+            Some(tls)
+        }
+        None => None,
+    };
     let serving = Serving {
         clock: SystemClock,
         limits,
         metrics: metrics.clone(),
         readiness,
         threads,
+        tls,
     };
     let served = async {
         match redis {
@@ -261,6 +283,8 @@ pub struct Serving<C> {
     pub metrics: Metrics,
     pub readiness: Readiness,
     pub threads: NonZeroUsize,
+    /// Serve over TLS with these certificate files; plaintext when `None`.
+    pub tls: Option<Arc<tollgate_runtime::reload::Reloader<ServerTls>>>,
 }
 
 /// Serves ShouldRateLimit and gRPC health on `listener` from `serving.threads` threads,
@@ -278,6 +302,7 @@ pub async fn serve_with_health<S: Store, C: Clock + Clone>(
         metrics,
         readiness,
         threads,
+        tls,
     } = serving;
     let (health, health_service) = tonic_health::server::health_reporter();
     let probed = store.clone();
@@ -310,7 +335,11 @@ pub async fn serve_with_health<S: Store, C: Clock + Clone>(
     let server = move || -> Result<GrpcServer, StoreError> {
         let store = store.for_this_runtime()?;
         let limiter = RateLimiter::new(limits.clone(), store, clock.clone(), metrics.clone());
-        Ok(grpc_server(limiter, Routes::new(health_service.clone())))
+        let server = grpc_server(limiter, Routes::new(health_service.clone()));
+        Ok(match &tls {
+            Some(tls) => server.tls(Arc::clone(tls)),
+            None => server,
+        })
     };
     let result = serve_on_threads(listener, threads, server, shutdown).await;
     watch.abort();

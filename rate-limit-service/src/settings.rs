@@ -89,6 +89,8 @@ pub struct Settings {
     /// core. Each connection from Envoy is served by one thread.
     #[arg(long, env = "TOLLGATE_RATELIMIT_SERVING_THREADS")]
     pub serving_threads: Option<NonZeroUsize>,
+    #[command(flatten)]
+    pub tls: tollgate_sidecar::grpc::TlsFlags,
 }
 
 /// Where the limits come from.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::endpoint::Endpoint;
+use crate::service_policy::UpstreamTls;
 
 /// Signature algorithms a provider may accept (RFC 7518 §3.1, RFC 8037 for EdDSA).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -271,6 +272,12 @@ pub struct RouteAuth {
     pub consumers: Vec<String>,
 }
 
+/// The Envoy cluster of the ext-authz sidecar; its client certificate, if any, is kept in
+/// [`crate::Certificates`] under this name (service names cannot start with `tollgate_`).
+pub const EXT_AUTHZ_CLUSTER: &str = "tollgate_ext_authz";
+/// The Envoy cluster of the rate-limit sidecar, as [`EXT_AUTHZ_CLUSTER`].
+pub const RATE_LIMIT_CLUSTER: &str = "tollgate_ratelimit";
+
 /// The services Envoy consults on the request path.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sidecars {
@@ -286,6 +293,8 @@ pub struct ExtAuthzSidecar {
     pub timeout: Duration,
     /// Let requests through when the service fails or is slow; default false (fail closed).
     pub failure_mode_allow: bool,
+    /// TLS to the replicas (their `--tls-cert`); `None`: plaintext.
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -296,6 +305,8 @@ pub struct RateLimitSidecar {
     /// Deny requests when the service fails or is slow; default false (fail open).
     pub failure_mode_deny: bool,
     pub domain: String,
+    /// TLS to the replicas, as for ext-authz.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// A rate limit window length.

@@ -287,3 +287,43 @@ fn a_sidecar_address_is_one_replica_or_a_list_of_distinct_ones() {
         );
     }
 }
+
+#[test]
+fn a_sidecar_tls_block_is_a_services_tls_block() {
+    let config = parse(
+        "routes.yaml",
+        &GOOD.replace(
+            "ext_authz: {address: 127.0.0.1:9191,",
+            "ext_authz: {address: 127.0.0.1:9191, tls: {sni: authz.internal, ca_file: ca.pem},",
+        ),
+    )
+    .expect("valid");
+    let tls = config
+        .sidecars
+        .ext_authz
+        .expect("ext_authz")
+        .tls
+        .expect("tls");
+    assert_eq!(tls.sni, "authz.internal");
+    assert_eq!(tls.ca_file, std::path::PathBuf::from("ca.pem"));
+    assert!(tls.client_certificate.is_none());
+    for (block, message) in [
+        (
+            "{}",
+            "sidecars.ext_authz: tls needs an sni (the name the upstream certificate is issued for)",
+        ),
+        (
+            "{sni: a.internal, cert_file: envoy.pem}",
+            "sidecars.ext_authz: a client certificate needs both cert_file and key_file",
+        ),
+    ] {
+        let errors = common::errors(&GOOD.replace(
+            "ext_authz: {address: 127.0.0.1:9191,",
+            &format!("ext_authz: {{address: 127.0.0.1:9191, tls: {block},"),
+        ));
+        assert!(
+            errors.iter().any(|e| e.contains(message)),
+            "{block}: {errors:?}"
+        );
+    }
+}

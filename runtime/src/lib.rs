@@ -1,7 +1,8 @@
 //! Plumbing every Tollgate binary shares: logging set up the same way, the same shutdown
-//! signals and exit codes, config-file change notifications and the reloads they drive, and
-//! the health and metrics HTTP endpoints. What only the gRPC sidecars need (their gRPC server and allocator,
-//! OpenTelemetry) is `tollgate-sidecar`.
+//! signals and exit codes, config-file change notifications and the reloads they drive, TLS
+//! for the gRPC servers with certificate files re-read when they change, and the health and
+//! metrics HTTP endpoints. What only the gRPC sidecars need (their gRPC server and
+//! allocator, OpenTelemetry) is `tollgate-sidecar`.
 #![forbid(unsafe_code)]
 
 pub mod exit;
@@ -9,4 +10,5 @@ pub mod file_watch;
 pub mod http;
 pub mod logging;
 pub mod reload;
+pub mod server_tls;
 pub mod shutdown;

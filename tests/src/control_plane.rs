@@ -49,6 +49,25 @@ pub struct ControlPlane {
     layout: Layout,
     /// Written next to routes.yaml before start, by name.
     files: Vec<(String, Vec<u8>)>,
+    /// Flags for `serve` beyond the routes file and the addresses.
+    serve_flags: Vec<String>,
+}
+
+/// The control plane's side of mutual TLS on xDS: its certificate and key, and the CA its
+/// clients' certificates must come from, all PEM. They are written next to routes.yaml as
+/// [`XdsServerTls::CERT_FILE`], [`XdsServerTls::KEY_FILE`] and
+/// [`XdsServerTls::CLIENT_CA_FILE`], where [`RunningControlPlane::write_file`] rotates them.
+#[derive(Debug, Clone)]
+pub struct XdsServerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Vec<u8>,
+}
+
+impl XdsServerTls {
+    pub const CERT_FILE: &str = "xds-server.pem";
+    pub const KEY_FILE: &str = "xds-server.key";
+    pub const CLIENT_CA_FILE: &str = "xds-client-ca.pem";
 }
 
 impl Default for ControlPlane {
@@ -63,7 +82,35 @@ impl ControlPlane {
             routes: "version: 1\nlisteners: []\nservices: {}\nroutes: []\n".to_owned(),
             layout: Layout::File,
             files: Vec::new(),
+            serve_flags: Vec::new(),
         }
+    }
+
+    /// Serve xDS over mutual TLS (`--tls-cert`, `--tls-key`, `--client-ca`).
+    pub fn xds_tls(mut self, tls: XdsServerTls) -> Self {
+        for (name, contents, flag) in [
+            (XdsServerTls::CERT_FILE, tls.cert_pem, "--tls-cert"),
+            (XdsServerTls::KEY_FILE, tls.key_pem, "--tls-key"),
+            (
+                XdsServerTls::CLIENT_CA_FILE,
+                tls.client_ca_pem,
+                "--client-ca",
+            ),
+        ] {
+            self.files.push((name.to_owned(), contents));
+            self.serve_flags.push(flag.to_owned());
+            // Resolved against the config directory at start.
+            self.serve_flags.push(format!("{CONFIG_DIR_MARK}{name}"));
+        }
+        self
+    }
+
+    /// Refuse a node whose id its client certificate does not name
+    /// (`--bind-node-id-to-certificate`).
+    pub fn bind_node_id_to_certificate(mut self) -> Self {
+        self.serve_flags
+            .push("--bind-node-id-to-certificate".to_owned());
+        self
     }
 
     /// A file routes.yaml refers to by the relative path `name` (a certificate, a key),
@@ -107,13 +154,20 @@ impl ControlPlane {
                     .expect("create the routes.yaml -> ..data/routes.yaml symlink");
             }
         }
-        serve(dir, config).await
+        serve(dir, config, self.serve_flags).await
     }
 }
 
+/// Marks a flag value as a file name in the config directory.
+const CONFIG_DIR_MARK: &str = "config-dir:";
+
 /// Starts `tollgate-control-plane serve` on `config`'s routes.yaml, on fresh ports, logging
 /// into `dir`, and waits for `/healthz`.
-async fn serve(dir: tempfile::TempDir, config: ConfigDir) -> RunningControlPlane {
+async fn serve(
+    dir: tempfile::TempDir,
+    config: ConfigDir,
+    serve_flags: Vec<String>,
+) -> RunningControlPlane {
     let (xds_addr, admin_addr) = (reserve_addr(), reserve_addr());
     let mut command = binaries::tollgate_command("tollgate-control-plane");
     command
@@ -122,12 +176,19 @@ async fn serve(dir: tempfile::TempDir, config: ConfigDir) -> RunningControlPlane
         .arg(&config.routes_path)
         .args(["--xds-addr", &xds_addr.to_string()])
         .args(["--admin-addr", &admin_addr.to_string()]);
+    for flag in &serve_flags {
+        match flag.strip_prefix(CONFIG_DIR_MARK) {
+            Some(name) => command.arg(config.config_dir.join(name)),
+            None => command.arg(flag),
+        };
+    }
     let process = Process::spawn("control-plane", command, dir.path())
         .expect("spawn tollgate-control-plane serve");
     let mut cp = RunningControlPlane {
         process,
         _dir: dir,
         config,
+        serve_flags,
         xds_addr,
         admin_addr,
     };
@@ -214,6 +275,7 @@ pub struct RunningControlPlane {
     process: Process,
     _dir: tempfile::TempDir,
     config: ConfigDir,
+    serve_flags: Vec<String>,
     xds_addr: SocketAddr,
     admin_addr: SocketAddr,
 }
@@ -302,7 +364,12 @@ impl RunningControlPlane {
     /// Another control plane serving the same routes.yaml (and the files beside it), on its
     /// own ports, as a second replica would. Drop it before this one: this one owns the files.
     pub async fn replica(&self) -> RunningControlPlane {
-        serve(scratch_dir("tollgate-cp-replica-"), self.config.clone()).await
+        serve(
+            scratch_dir("tollgate-cp-replica-"),
+            self.config.clone(),
+            self.serve_flags.clone(),
+        )
+        .await
     }
 
     /// Kills the control plane (SIGKILL); Envoys keep serving what they last received.

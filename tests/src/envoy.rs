@@ -32,6 +32,28 @@ pub struct Envoy {
     variant: Option<XdsVariant>,
     bootstrap: Option<Bootstrap>,
     callgrind: bool,
+    xds_tls: Option<XdsClientTls>,
+}
+
+/// Envoy's side of mutual TLS on xDS, PEM; written into Envoy's directory and named by
+/// `bootstrap --xds-ca/--xds-cert/--xds-key`.
+#[derive(Debug, Clone)]
+pub struct XdsClientTls {
+    /// The CA the control plane's certificate must come from.
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// `--xds-server-name`: the DNS name the control plane's certificate must carry.
+    pub server_name: Option<String>,
+    /// `--xds-sds-file`: Envoy takes its certificate through an SDS file and re-reads it
+    /// when [`RunningEnvoy::write_file`] replaces it.
+    pub rotatable: bool,
+}
+
+impl XdsClientTls {
+    /// Envoy's certificate and key, in its directory.
+    pub const CERT_FILE: &str = "xds-client.pem";
+    pub const KEY_FILE: &str = "xds-client.key";
 }
 
 /// Which ADS protocol variant Envoy speaks to the control plane.
@@ -91,6 +113,12 @@ impl Envoy {
         self
     }
 
+    /// Connect to the control plane over mutual TLS.
+    pub fn xds_tls(mut self, tls: XdsClientTls) -> Self {
+        self.xds_tls = Some(tls);
+        self
+    }
+
     /// Run with this bootstrap YAML instead of one from the control plane. Its admin address
     /// may use port 0: the harness learns the real one from `--admin-address-path`.
     pub fn static_bootstrap(mut self, yaml: &str) -> Self {
@@ -124,7 +152,27 @@ impl Envoy {
             Bootstrap::Static(yaml) => yaml,
             Bootstrap::ControlPlane { xds_addrs } => {
                 let admin = reserve_addr();
-                generate_bootstrap(&node_id, &xds_addrs, admin, self.variant).await
+                let mut flags = Vec::new();
+                if let Some(tls) = &self.xds_tls {
+                    for (name, contents, flag) in [
+                        ("xds-ca.pem", &tls.ca_pem, "--xds-ca"),
+                        (XdsClientTls::CERT_FILE, &tls.cert_pem, "--xds-cert"),
+                        (XdsClientTls::KEY_FILE, &tls.key_pem, "--xds-key"),
+                    ] {
+                        let path = dir.path().join(name);
+                        std::fs::write(&path, contents).expect("write an xDS TLS file");
+                        flags.push(flag.to_owned());
+                        flags.push(path.display().to_string());
+                    }
+                    if let Some(name) = &tls.server_name {
+                        flags.extend(["--xds-server-name".to_owned(), name.clone()]);
+                    }
+                    if tls.rotatable {
+                        let sds = dir.path().join("xds-client-sds.yaml");
+                        flags.extend(["--xds-sds-file".to_owned(), sds.display().to_string()]);
+                    }
+                }
+                generate_bootstrap(&node_id, &xds_addrs, admin, self.variant, &flags).await
             }
         };
         let bootstrap_path = dir.path().join("bootstrap.yaml");
@@ -178,6 +226,7 @@ async fn generate_bootstrap(
     xds_addrs: &[SocketAddr],
     admin: SocketAddr,
     variant: Option<XdsVariant>,
+    flags: &[String],
 ) -> String {
     let mut command = tokio::process::Command::new(binaries::tollgate("tollgate-control-plane"));
     command
@@ -190,6 +239,7 @@ async fn generate_bootstrap(
     if let Some(variant) = variant {
         command.args(["--xds-variant", variant.flag_value()]);
     }
+    command.args(flags);
     let output = command
         .output()
         .await
@@ -233,6 +283,17 @@ impl RunningEnvoy {
 
     pub fn process(&self) -> &Process {
         &self.process
+    }
+
+    /// Replaces the file `name` in Envoy's directory atomically (written aside, then renamed
+    /// over it), as a certificate manager rotates a certificate.
+    pub fn write_file(&self, name: &str, contents: &[u8]) {
+        let path = self.dir.path().join(name);
+        let temporary = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&temporary, contents)
+            .unwrap_or_else(|e| panic!("write {}: {e}", temporary.display()));
+        std::fs::rename(&temporary, &path)
+            .unwrap_or_else(|e| panic!("rename over {}: {e}", path.display()));
     }
 
     /// Sends `GET path` to the admin server.

@@ -35,8 +35,10 @@ pub mod tls;
 pub mod traffic;
 pub mod upstream;
 
-pub use control_plane::{validate, ControlPlane, RunningControlPlane, Validation, WriteStyle};
-pub use envoy::{Envoy, RunningEnvoy, XdsVariant};
+pub use control_plane::{
+    validate, ControlPlane, RunningControlPlane, Validation, WriteStyle, XdsServerTls,
+};
+pub use envoy::{Envoy, RunningEnvoy, XdsClientTls, XdsVariant};
 pub use eventually::{eventually, eventually_within, DEFAULT_PATIENCE};
 pub use ext_authz::{ExtAuthz, RunningExtAuthz};
 pub use gateway::Gateway;

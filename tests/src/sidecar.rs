@@ -22,6 +22,8 @@ pub struct Sidecar<S> {
     metrics_addr: SocketAddr,
     routes: Option<PathBuf>,
     log: Option<String>,
+    /// `--tls-cert`, `--tls-key`, `--client-ca` and their files.
+    tls_flags: Vec<(&'static str, PathBuf)>,
     pub(crate) settings: S,
 }
 
@@ -40,6 +42,7 @@ impl<S: Default> Sidecar<S> {
             metrics_addr: reserve_addr(),
             routes: None,
             log: None,
+            tls_flags: Vec::new(),
             settings: S::default(),
         }
     }
@@ -70,6 +73,19 @@ impl<S> Sidecar<S> {
         self
     }
 
+    /// Serve gRPC over TLS with `cert` and `key` (PEM files), requiring client certificates
+    /// from `client_ca` when given.
+    pub fn grpc_tls(mut self, cert: &Path, key: &Path, client_ca: Option<&Path>) -> Self {
+        self.tls_flags = vec![
+            ("--tls-cert", cert.to_path_buf()),
+            ("--tls-key", key.to_path_buf()),
+        ];
+        if let Some(ca) = client_ca {
+            self.tls_flags.push(("--client-ca", ca.to_path_buf()));
+        }
+        self
+    }
+
     /// The routes.yaml given with [`Self::routes_file`].
     pub(crate) fn routes(&self) -> &Path {
         self.routes
@@ -85,6 +101,9 @@ impl<S> Sidecar<S> {
             .arg(self.routes())
             .args(["--grpc-addr", &self.grpc_addr.to_string()])
             .args(["--metrics-addr", &self.metrics_addr.to_string()]);
+        for (flag, path) in &self.tls_flags {
+            command.arg(flag).arg(path);
+        }
         if let Some(filter) = &self.log {
             command.env("TOLLGATE_LOG", filter);
         }

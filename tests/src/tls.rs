@@ -4,10 +4,13 @@
 //! a client certificate when given one and reports what the handshake settled: the ALPN
 //! protocol, the TLS version and the certificate the gateway presented.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
 use anyhow::Context as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -516,6 +519,19 @@ impl TlsClient {
             .with_context(|| format!("TLS handshake with 127.0.0.1:{port}"))
     }
 
+    /// A gRPC channel to `127.0.0.1:port` over this client's TLS (ALPN should offer `h2`),
+    /// connecting at once; each reconnection handshakes again.
+    pub async fn grpc_channel(&self, port: u16) -> anyhow::Result<tonic::transport::Channel> {
+        let connector = GrpcOverTls {
+            client: self.clone(),
+            port,
+        };
+        tonic::transport::Endpoint::from_static("http://grpc.test")
+            .connect_with_connector(connector)
+            .await
+            .with_context(|| format!("gRPC over TLS to 127.0.0.1:{port}"))
+    }
+
     /// The fatal alert the server at `127.0.0.1:port` refuses this client's handshake with;
     /// an error if it sends none (it accepted the client, or the connection failed
     /// otherwise) within the client timeout.
@@ -600,5 +616,28 @@ fn alert_in(error: &anyhow::Error) -> anyhow::Result<AlertDescription> {
     match rustls_error {
         Some(rustls::Error::AlertReceived(alert)) => Ok(*alert),
         _ => Err(anyhow::anyhow!("no alert from the server: {error:#}")),
+    }
+}
+
+/// Tonic's connector for [`TlsClient::grpc_channel`]: every connection is a
+/// [`TlsClient::handshake`].
+#[derive(Clone)]
+struct GrpcOverTls {
+    client: TlsClient,
+    port: u16,
+}
+
+impl tonic::codegen::Service<hyper::Uri> for GrpcOverTls {
+    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Error = anyhow::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper::Uri) -> Self::Future {
+        let (client, port) = (self.client.clone(), self.port);
+        Box::pin(async move { Ok(TokioIo::new(client.handshake(port).await?)) })
     }
 }

@@ -30,7 +30,7 @@ use tollgate_routes::policy::{
 use super::{any, proto_duration, proto_map};
 
 pub(super) const FILTER_NAME: &str = "envoy.filters.http.ext_authz";
-pub(super) const CLUSTER: &str = "tollgate_ext_authz";
+pub(super) const CLUSTER: &str = tollgate_routes::policy::EXT_AUTHZ_CLUSTER;
 /// The `grpc.health.v1` service name tollgate-ext-authz reports SERVING under.
 pub(super) const HEALTH_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 

@@ -64,10 +64,14 @@ const SIDECAR_HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_s
 /// outlier detection ejects one that refuses or drops two calls in a row at once, so a
 /// lost replica costs at most a call or two, not a timeout per request. One replica is
 /// called whatever its state: there is nowhere else to go.
+///
+/// With `tls` (the sidecars' `--tls-cert`), calls go over TLS verified against its CA and
+/// name, so that no one on the network can answer a check or a decision in a sidecar's place.
 pub(super) fn sidecar(
     name: &str,
     addresses: &[Endpoint],
     health_service: &str,
+    tls: Option<&UpstreamTls>,
 ) -> (Cluster, Option<ClusterLoadAssignment>) {
     let replicated = addresses.len() > 1;
     let service = Service {
@@ -90,6 +94,7 @@ pub(super) fn sidecar(
                 base_ejection_time: std::time::Duration::from_secs(5),
                 max_ejection_percent: 50,
             }),
+            tls: tls.cloned(),
             ..ServicePolicy::default()
         },
     };

@@ -384,3 +384,74 @@ fn a_rotated_client_certificate_changes_only_the_secret() {
         after.resources(type_url::SECRET).version
     );
 }
+
+const SIDECARS_OVER_TLS: &str = "version: 1
+sidecars:
+  ext_authz:
+    address: \"127.0.0.1:9191\"
+    tls: {sni: sidecars.internal, cert_file: client.pem, key_file: client.key}
+  rate_limit:
+    address: \"127.0.0.1:8081\"
+    tls: {sni: sidecars.internal}
+";
+
+#[test]
+fn a_sidecar_with_tls_is_called_over_tls_with_its_client_certificate_over_sds() {
+    let (config, certificates) = tollgate_routes::parse_with_files(
+        "routes.yaml",
+        SIDECARS_OVER_TLS,
+        &ClientPair { suffix: b"" },
+    )
+    .expect("valid");
+    let snapshot = crate::translate::translate(&config, &certificates);
+    let context = |name: &str| {
+        let cluster: Cluster = decode(&snapshot, type_url::CLUSTER, name);
+        let Some(ConfigType::TypedConfig(any)) =
+            cluster.transport_socket.and_then(|s| s.config_type)
+        else {
+            panic!("{name}: typed TLS config expected");
+        };
+        UpstreamTlsContext::decode(any.value.as_slice()).expect("upstream context")
+    };
+    let authz = context("tollgate_ext_authz");
+    assert_eq!(authz.sni, "sidecars.internal");
+    assert_eq!(
+        verification(&authz).1,
+        ["sidecars.internal"],
+        "the sidecar's certificate name is checked"
+    );
+    let references: Vec<_> = authz
+        .common_tls_context
+        .expect("common context")
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    assert_eq!(references, ["upstream_client/tollgate_ext_authz"]);
+    assert_eq!(
+        secret_pair(&snapshot, "upstream_client/tollgate_ext_authz"),
+        (CLIENT_CERT.to_vec(), CLIENT_KEY.to_vec())
+    );
+    let rate_limit = context("tollgate_ratelimit");
+    assert!(rate_limit
+        .common_tls_context
+        .expect("common context")
+        .tls_certificate_sds_secret_configs
+        .is_empty());
+    assert_eq!(
+        secret_names(&snapshot),
+        ["upstream_client/tollgate_ext_authz"]
+    );
+}
+
+#[test]
+fn a_sidecar_without_tls_is_called_in_plaintext() {
+    let config: RoutesConfig = tollgate_routes::parse(
+        "routes.yaml",
+        "version: 1\nsidecars:\n  ext_authz: {address: \"127.0.0.1:9191\"}\n",
+    )
+    .expect("valid");
+    let snapshot = crate::translate::translate(&config, &Default::default());
+    let cluster: Cluster = decode(&snapshot, type_url::CLUSTER, "tollgate_ext_authz");
+    assert!(cluster.transport_socket.is_none());
+}

@@ -89,6 +89,7 @@ fn add_clusters(resources: &mut Resources, config: &RoutesConfig) {
             auth::CLUSTER,
             &sidecar.addresses,
             auth::HEALTH_SERVICE,
+            sidecar.tls.as_ref(),
         ));
     }
     if let Some(sidecar) = &config.sidecars.rate_limit {
@@ -96,6 +97,7 @@ fn add_clusters(resources: &mut Resources, config: &RoutesConfig) {
             rate_limit::CLUSTER,
             &sidecar.addresses,
             rate_limit::HEALTH_SERVICE,
+            sidecar.tls.as_ref(),
         ));
     }
     if let Some(tracing) = &config.observability.tracing {
@@ -103,18 +105,23 @@ fn add_clusters(resources: &mut Resources, config: &RoutesConfig) {
     }
 }
 
-/// The client certificate of every service that presents one.
+/// The client certificate of every service and sidecar that presents one.
 fn add_upstream_client_secrets(
     resources: &mut Resources,
     config: &RoutesConfig,
     certificates: &Certificates,
 ) {
+    let sidecars = &config.sidecars;
     for (service, certificate) in certificates.upstream_clients() {
-        let presents = config
-            .services
-            .get(service)
-            .and_then(|s| s.policy.tls.as_ref())
-            .is_some_and(|tls| tls.client_certificate.is_some());
+        let tls = match service {
+            auth::CLUSTER => sidecars.ext_authz.as_ref().and_then(|s| s.tls.as_ref()),
+            rate_limit::CLUSTER => sidecars.rate_limit.as_ref().and_then(|s| s.tls.as_ref()),
+            _ => config
+                .services
+                .get(service)
+                .and_then(|s| s.policy.tls.as_ref()),
+        };
+        let presents = tls.is_some_and(|tls| tls.client_certificate.is_some());
         if presents {
             let name = secret::upstream_client_secret_name(service);
             resources.add_secret(secret::certificate_secret(name, certificate));

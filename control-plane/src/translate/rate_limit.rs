@@ -24,7 +24,7 @@ use super::auth::{grpc_service, CONSUMER_HEADER};
 use super::{any, proto_duration};
 
 pub(super) const FILTER_NAME: &str = "envoy.filters.http.ratelimit";
-pub(super) const CLUSTER: &str = "tollgate_ratelimit";
+pub(super) const CLUSTER: &str = tollgate_routes::policy::RATE_LIMIT_CLUSTER;
 /// The `grpc.health.v1` service name tollgate-ratelimit reports SERVING under (while its
 /// counters are reachable).
 pub(super) const HEALTH_SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";

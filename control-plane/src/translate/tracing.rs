@@ -42,7 +42,12 @@ const MAX_CACHED_SPANS: u32 = 1024;
 /// The collector's cluster: HTTP/2 to `otlp_endpoint`, like the sidecars' clusters.
 pub(super) fn collector_cluster(tracing: &Tracing) -> (Cluster, Option<ClusterLoadAssignment>) {
     // One collector: no health service is ever asked for.
-    cluster::sidecar(CLUSTER, std::slice::from_ref(&tracing.otlp_endpoint), "")
+    cluster::sidecar(
+        CLUSTER,
+        std::slice::from_ref(&tracing.otlp_endpoint),
+        "",
+        None,
+    )
 }
 
 /// The connection manager's tracing settings.

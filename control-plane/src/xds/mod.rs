@@ -8,6 +8,7 @@
 //! (<https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol>).
 
 mod delta;
+mod identity;
 mod nodes;
 mod sequencing;
 mod served;
@@ -15,6 +16,7 @@ mod sotw;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,8 +33,12 @@ use tollgate_proto::envoy::service::discovery::v3::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
+use tollgate_runtime::reload::Reloader;
+use tollgate_runtime::server_tls::ServerTls;
+
 use crate::snapshot::SnapshotCache;
 
+pub use identity::ClientIdentity;
 pub use nodes::{NodeRegistry, NodeStatus, TypeStatus};
 
 use stream::{StreamContext, TransportVariant};
@@ -60,6 +66,8 @@ pub struct AdsServer {
     /// Set when the server shuts down, so that long-lived streams end and graceful shutdown
     /// does not wait on them forever.
     stopping: Arc<watch::Sender<bool>>,
+    /// Whether a stream may only use a node id its client certificate names.
+    bind_node_ids: bool,
 }
 
 impl AdsServer {
@@ -68,21 +76,38 @@ impl AdsServer {
             cache,
             nodes,
             stopping: Arc::new(watch::channel(false).0),
+            bind_node_ids: false,
         }
+    }
+
+    /// Refuses every stream whose node id is not named by its client's certificate (see
+    /// [`ClientIdentity::permits_node`]). Only meaningful when serving with client
+    /// certificates required: a stream without a verified certificate is always refused.
+    pub fn bind_node_ids_to_certificates(mut self) -> Self {
+        self.bind_node_ids = true;
+        self
     }
 
     fn spawn_stream<V: TransportVariant>(
         &self,
         variant: V,
-        requests: Streaming<V::Request>,
+        request: Request<Streaming<V::Request>>,
     ) -> ReceiverStream<Result<V::Response, Status>> {
         let (responses, receiver) = mpsc::channel(RESPONSE_BUFFER);
+        let permitted_nodes = self.bind_node_ids.then(|| {
+            request
+                .extensions()
+                .get::<ClientIdentity>()
+                .cloned()
+                .unwrap_or_default()
+        });
         let context = StreamContext {
-            requests,
+            requests: request.into_inner(),
             responses,
             snapshots: self.cache.subscribe(),
             registry: Arc::clone(&self.nodes),
             stopping: self.stopping.subscribe(),
+            permitted_nodes,
         };
         tokio::spawn(stream::run(variant, context));
         ReceiverStream::new(receiver)
@@ -99,9 +124,7 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let variant = sotw::SotwStream::default();
-        Ok(Response::new(
-            self.spawn_stream(variant, request.into_inner()),
-        ))
+        Ok(Response::new(self.spawn_stream(variant, request)))
     }
 
     async fn delta_aggregated_resources(
@@ -109,16 +132,16 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let variant = delta::DeltaStream::default();
-        Ok(Response::new(
-            self.spawn_stream(variant, request.into_inner()),
-        ))
+        Ok(Response::new(self.spawn_stream(variant, request)))
     }
 }
 
-/// Serves ADS on an already-bound listener until `shutdown` resolves.
+/// Serves ADS on an already-bound listener until `shutdown` resolves: over TLS with the
+/// newest of `tls`'s certificate files when given, in plaintext otherwise.
 pub async fn serve(
     listener: TcpListener,
     server: AdsServer,
+    tls: Option<Arc<Reloader<ServerTls>>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), XdsError> {
     let address = listener.local_addr().map_or_else(
@@ -130,10 +153,25 @@ pub async fn serve(
         shutdown.await;
         stopping.send_replace(true);
     };
-    tracing::info!(address = %address, "serving xds");
-    tonic::transport::Server::builder()
-        .add_service(AggregatedDiscoveryServiceServer::new(server))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|source| XdsError::Serve { address, source })
+    let router = tonic::transport::Server::builder()
+        .add_service(AggregatedDiscoveryServiceServer::new(server));
+    let served = match tls {
+        Some(tls) => {
+            tracing::info!(
+                address = %address,
+                client_certificates = tls.config().requires_client_certificate(),
+                "serving xds over TLS"
+            );
+            router
+                .serve_with_incoming_shutdown(transport::tls_connections(listener, tls), shutdown)
+                .await
+        }
+        None => {
+            tracing::info!(address = %address, "serving xds");
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+    };
+    served.map_err(|source| XdsError::Serve { address, source })
 }

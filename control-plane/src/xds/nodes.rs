@@ -231,6 +231,11 @@ impl StreamNode {
         }
     }
 
+    /// Whether a request has named the node yet.
+    pub fn is_known(&self) -> bool {
+        self.registration.is_some()
+    }
+
     /// The node id for logs; "unknown" until a request names it.
     pub fn id(&self) -> &str {
         self.registration

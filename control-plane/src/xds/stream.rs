@@ -6,10 +6,11 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tollgate_proto::envoy::config::core::v3::Node;
 use tonic::{Status, Streaming};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::snapshot::Snapshot;
 
+use super::identity::ClientIdentity;
 use super::nodes::{NodeRegistry, StreamNode, StreamRecords};
 
 /// One of the two xDS transport variants (xDS protocol, "Variants of the xDS Transport
@@ -41,6 +42,8 @@ pub(crate) struct StreamContext<V: TransportVariant> {
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     pub registry: Arc<NodeRegistry>,
     pub stopping: watch::Receiver<bool>,
+    /// When set, the node ids this client's certificate permits; any other ends the stream.
+    pub permitted_nodes: Option<ClientIdentity>,
 }
 
 /// Serves one stream until the client goes away, the stream breaks or the server stops. Errors
@@ -52,8 +55,10 @@ pub(crate) async fn run<V: TransportVariant>(mut variant: V, context: StreamCont
         mut snapshots,
         registry,
         mut stopping,
+        permitted_nodes,
     } = context;
     let mut node = StreamNode::default();
+    let mut refusal = None;
     // Requests that arrive before the first valid configuration are held: the variant answers
     // nothing until it has a snapshot.
     if let Some(snapshot) = snapshots.borrow_and_update().clone() {
@@ -63,6 +68,14 @@ pub(crate) async fn run<V: TransportVariant>(mut variant: V, context: StreamCont
         tokio::select! {
             message = requests.message() => match message {
                 Ok(Some(request)) => {
+                    let permitted = permitted_nodes.as_ref().map_or(Ok(()), |identity| {
+                        check_node(identity, V::node(&request), node.is_known())
+                    });
+                    if let Err(status) = permitted {
+                        // Refused before the node is registered: it never shows in /status.
+                        refusal = Some(status);
+                        break;
+                    }
                     node.observe(&registry, V::node(&request));
                     variant.on_request(request, node.id());
                 }
@@ -93,4 +106,33 @@ pub(crate) async fn run<V: TransportVariant>(mut variant: V, context: StreamCont
         }
         node.publish(&variant.records());
     }
+    if let Some(status) = refusal {
+        let _ = responses.send(Err(status)).await;
+    }
+}
+
+/// Whether a client may go on: a request naming a node must name one `identity` permits, and
+/// the first request must name one (`known`: an earlier request did).
+fn check_node(identity: &ClientIdentity, named: Option<&Node>, known: bool) -> Result<(), Status> {
+    let id = match named {
+        Some(node) if !node.id.is_empty() => node.id.as_str(),
+        _ if known => return Ok(()),
+        _ => {
+            warn!(certificate = %identity.describe(), "xds stream refused: its first request names no node");
+            return Err(Status::permission_denied(
+                "the first request must name a node",
+            ));
+        }
+    };
+    if identity.permits_node(id) {
+        return Ok(());
+    }
+    warn!(
+        node = %id,
+        certificate = %identity.describe(),
+        "xds stream refused: the node id is not one the client certificate names"
+    );
+    Err(Status::permission_denied(format!(
+        "node id \"{id}\" is not named by the client certificate"
+    )))
 }

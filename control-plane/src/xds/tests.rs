@@ -177,7 +177,7 @@ impl Server {
         let address = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel::<()>();
         let server = AdsServer::new(Arc::clone(&cache), Arc::clone(&nodes));
-        let serving = tokio::spawn(serve(listener, server, async {
+        let serving = tokio::spawn(serve(listener, server, None, async {
             let _ = stopped.await;
         }));
         Server {

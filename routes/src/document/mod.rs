@@ -264,6 +264,7 @@ pub(crate) struct ExtAuthzDoc {
     pub timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub failure_mode_allow: bool,
+    pub tls: Option<Spanned<service_policy::TlsDoc>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +275,7 @@ pub(crate) struct RateLimitSidecarDoc {
     #[serde(default)]
     pub failure_mode_deny: bool,
     pub domain: Option<Spanned<String>>,
+    pub tls: Option<Spanned<service_policy::TlsDoc>>,
 }
 
 /// A sidecar's `HOST:PORT`, or a list of them, one per replica.

@@ -67,7 +67,7 @@ pub(crate) fn validate(
         .map(|s| (s.name.clone(), s))
         .collect();
     let auth_providers = auth::auth_providers(&doc, &mut errors);
-    let sidecars = policy::sidecars(&doc, &mut errors);
+    let sidecars = policy::sidecars(&doc, files, &mut certificates, &mut errors);
     let routes = routes(
         &doc,
         &crate::policy::identity_headers(&auth_providers),

@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::{host_port, is_header_name, is_valid_name, positive_duration, Errors};
+use super::{host_port, is_header_name, is_valid_name, positive_duration, service_policy, Errors};
+use crate::certificates::Certificates;
 use crate::document::{Document, RateLimitDoc, RouteDoc, SidecarAddressDoc};
 use crate::endpoint::Endpoint;
+use crate::listener_tls::FileSource;
 use crate::policy::{
     ExtAuthzSidecar, LimitAlgorithm, LimitKey, LimitQuota, Per, Quota, RateLimitRule,
-    RateLimitSidecar, Sidecars,
+    RateLimitSidecar, Sidecars, EXT_AUTHZ_CLUSTER, RATE_LIMIT_CLUSTER,
 };
 
 /// Envoy's ext_authz default; a JWT check with cached keys takes well under a millisecond.
@@ -284,17 +286,37 @@ fn sidecar_addresses(
     Some(addresses)
 }
 
-pub(super) fn sidecars(doc: &Document, errors: &mut Errors) -> Sidecars {
+/// The sidecars; with `files`, a `tls` block's CA bundle is read and checked and its client
+/// certificate put in `certificates` under the sidecar's cluster name.
+pub(super) fn sidecars(
+    doc: &Document,
+    files: Option<&dyn FileSource>,
+    certificates: &mut Certificates,
+    errors: &mut Errors,
+) -> Sidecars {
     let Some(sidecars) = &doc.sidecars else {
         return Sidecars::default();
     };
     let ext_authz = sidecars.ext_authz.as_ref().and_then(|node| {
         let addresses = sidecar_addresses(&node.value.address, errors)?;
+        let tls = match &node.value.tls {
+            Some(tls) => Some(service_policy::tls(
+                "sidecars.ext_authz",
+                EXT_AUTHZ_CLUSTER,
+                tls,
+                &addresses,
+                files,
+                certificates,
+                errors,
+            )?),
+            None => None,
+        };
         Some(ExtAuthzSidecar {
             addresses,
             timeout: positive_duration(node.value.timeout.as_ref(), errors)
                 .unwrap_or(DEFAULT_EXT_AUTHZ_TIMEOUT),
             failure_mode_allow: node.value.failure_mode_allow,
+            tls,
         })
     });
     let rate_limit = sidecars.rate_limit.as_ref().and_then(|node| {
@@ -307,12 +329,25 @@ pub(super) fn sidecars(doc: &Document, errors: &mut Errors) -> Sidecars {
             None => "tollgate".to_string(),
         };
         let addresses = sidecar_addresses(&node.value.address, errors)?;
+        let tls = match &node.value.tls {
+            Some(tls) => Some(service_policy::tls(
+                "sidecars.rate_limit",
+                RATE_LIMIT_CLUSTER,
+                tls,
+                &addresses,
+                files,
+                certificates,
+                errors,
+            )?),
+            None => None,
+        };
         Some(RateLimitSidecar {
             addresses,
             timeout: positive_duration(node.value.timeout.as_ref(), errors)
                 .unwrap_or(DEFAULT_RATE_LIMIT_TIMEOUT),
             failure_mode_deny: node.value.failure_mode_deny,
             domain,
+            tls,
         })
     });
     Sidecars {

@@ -65,10 +65,10 @@ pub(super) fn service_policy(
             .outlier_detection
             .as_ref()
             .map(|o| outlier_detection(&o.value, errors)),
-        tls: doc
-            .tls
-            .as_ref()
-            .and_then(|t| tls(name, t, endpoints, files, certificates, errors)),
+        tls: doc.tls.as_ref().and_then(|t| {
+            let owner = format!("service \"{name}\"");
+            tls(&owner, name, t, endpoints, files, certificates, errors)
+        }),
     }
 }
 
@@ -277,8 +277,11 @@ fn outlier_detection(doc: &OutlierDetectionDoc, errors: &mut Errors) -> OutlierD
     }
 }
 
-fn tls(
-    service: &str,
+/// Upstream TLS for `owner` (`service "api"`, `sidecars.ext_authz`, for messages), whose client
+/// certificate is kept in `certificates` under `certificate_key` (the Envoy cluster name).
+pub(super) fn tls(
+    owner: &str,
+    certificate_key: &str,
     node: &Spanned<TlsDoc>,
     endpoints: &[Endpoint],
     files: Option<&dyn FileSource>,
@@ -308,7 +311,7 @@ fn tls(
                 _ => {
                     errors.at(
                         node,
-                        format!("service \"{service}\": tls needs an sni (the name the upstream certificate is issued for) unless every endpoint is the same DNS name"),
+                        format!("{owner}: tls needs an sni (the name the upstream certificate is issued for) unless every endpoint is the same DNS name"),
                     );
                     None
                 }
@@ -334,7 +337,7 @@ fn tls(
             Some((cert, key)) => {
                 let pair = files.and_then(|files| certificate_and_key(files, cert, key, errors));
                 if let Some(pair) = pair {
-                    certificates.insert_upstream_client(service.to_string(), pair);
+                    certificates.insert_upstream_client(certificate_key.to_string(), pair);
                 }
                 Ok(Some(certificate_files(cert, key)))
             }
@@ -342,9 +345,7 @@ fn tls(
         (Some(only), None) | (None, Some(only)) => {
             errors.at(
                 only,
-                format!(
-                    "service \"{service}\": a client certificate needs both cert_file and key_file"
-                ),
+                format!("{owner}: a client certificate needs both cert_file and key_file"),
             );
             Err(())
         }

@@ -5,6 +5,7 @@
 //! the peer's delayed ACK (40 ms on Linux), which was once a sidecar's whole p99.
 
 mod server;
+mod tls_flags;
 
 use std::future::Future;
 use std::io;
@@ -18,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 pub use server::{GrpcServer, ReplyBody, MAX_REQUEST_MESSAGE};
+pub use tls_flags::TlsFlags;
 
 /// Serves `server` on `listener` on the caller's runtime until `shutdown`, then lets the
 /// calls in flight finish: what tests and benches that measure one thread start.
@@ -288,7 +290,7 @@ async fn serve_connections(
         tokio::select! {
             next = connections.next() => {
                 let Some((stream, guard)) = next else { break };
-                let serving = server.clone().serve_connection(stream, wait_for(stopped.clone()));
+                let serving = server.clone().serve_tcp(stream, wait_for(stopped.clone()));
                 open.spawn(async move {
                     serving.await;
                     drop(guard);

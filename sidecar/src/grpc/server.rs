@@ -24,6 +24,9 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tollgate_runtime::reload::Reloader;
+use tollgate_runtime::server_tls::ServerTls;
 use tonic::codegen::Service as _;
 use tonic::metadata::MetadataMap;
 use tonic::service::Routes;
@@ -41,12 +44,17 @@ const GRPC_STATUS_OK: HeaderValue = HeaderValue::from_static("0");
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// A client that has not finished its TLS handshake by then is dropped: it holds a socket
+/// and a task, and Envoy completes one in milliseconds.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The gRPC methods of one sidecar, as a hyper service: unary methods of its own, then
 /// tonic's `routes` for every other path.
 #[derive(Clone)]
 pub struct GrpcServer {
     unary: Vec<(&'static str, Arc<dyn UnaryMethod>)>,
     routes: Routes,
+    tls: Option<Arc<Reloader<ServerTls>>>,
 }
 
 impl GrpcServer {
@@ -55,7 +63,43 @@ impl GrpcServer {
         GrpcServer {
             unary: Vec::new(),
             routes,
+            tls: None,
         }
+    }
+
+    /// Serves over TLS: every connection is accepted with the newest of `tls`'s certificate
+    /// files (see `tollgate_runtime::server_tls`), and one that does not complete a handshake
+    /// is closed.
+    pub fn tls(mut self, tls: Arc<Reloader<ServerTls>>) -> GrpcServer {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Serves one accepted TCP connection: its TLS handshake first when serving TLS, then
+    /// HTTP/2 as [`GrpcServer::serve_connection`].
+    pub async fn serve_tcp(self, stream: TcpStream, stop: impl Future<Output = ()>) {
+        let Some(tls) = self.tls.clone() else {
+            return self.serve_connection(stream, stop).await;
+        };
+        let peer = stream.peer_addr().ok();
+        let handshake =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.config().acceptor().accept(stream));
+        tokio::pin!(stop);
+        let stream = tokio::select! {
+            handshake = handshake => match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::warn!(?peer, %error, "gRPC client refused: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(?peer, "gRPC client dropped: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+                    return;
+                }
+            },
+            () = &mut stop => return,
+        };
+        self.serve_connection(stream, stop).await;
     }
 
     /// Serves the unary method at `path` ("/package.Service/Method") with `handler`, ahead of

@@ -1,0 +1,151 @@
+//! The xDS server's connections over TLS: each accepted TCP connection is handshaken in a task
+//! of its own (so a slow or silent client holds up no other), with the newest certificate
+//! files, and handed to tonic with the client's verified identity attached.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_runtime::reload::Reloader;
+use tollgate_runtime::server_tls::ServerTls;
+use tonic::transport::server::Connected;
+use tracing::{debug, warn};
+
+use super::identity::ClientIdentity;
+
+/// A client that has not finished its handshake by then is dropped: it holds a socket and
+/// a task, and a legitimate Envoy completes one in milliseconds.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the accept loop rests after a failed accept (out of file descriptors, say).
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Handshaken connections waiting for tonic to take them.
+const READY_BACKLOG: usize = 64;
+
+/// One client connection after its TLS handshake.
+#[derive(Debug)]
+pub(crate) struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    identity: ClientIdentity,
+}
+
+impl Connected for TlsConnection {
+    type ConnectInfo = ClientIdentity;
+
+    /// Tonic puts this in every request's extensions.
+    fn connect_info(&self) -> ClientIdentity {
+        self.identity.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Accepts connections on `listener` and yields those whose handshake succeeds, until the
+/// returned stream is dropped. A refused handshake (no client certificate, one from another
+/// CA, an expired one) is logged with the peer's address.
+pub(crate) fn tls_connections(
+    listener: TcpListener,
+    tls: Arc<Reloader<ServerTls>>,
+) -> ReceiverStream<Result<TlsConnection, io::Error>> {
+    let (ready, connections) = mpsc::channel(READY_BACKLOG);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                // Tonic dropped the stream: the server has stopped.
+                () = ready.closed() => return,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let acceptor = tls.config().acceptor();
+                    let ready = ready.clone();
+                    tokio::spawn(async move {
+                        if let Some(connection) = handshake(acceptor, tcp, peer).await {
+                            let _ = ready.send(Ok(connection)).await;
+                        }
+                    });
+                }
+                Err(error) => {
+                    warn!(%error, "cannot accept an xds connection");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(connections)
+}
+
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<TlsConnection> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => {
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| ClientIdentity::of_certificate(leaf))
+                .unwrap_or_default();
+            Some(TlsConnection { stream, identity })
+        }
+        Ok(Err(error)) => {
+            warn!(%peer, %error, "xds client refused: TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "xds client dropped: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+            None
+        }
+    }
+}
