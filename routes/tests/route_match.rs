@@ -228,3 +228,32 @@ services:
         "{found:?}"
     );
 }
+
+#[test]
+fn the_first_covering_route_is_named_among_many() {
+    // Routes are compared only with the earlier ones whose path could cover theirs; the
+    // one named is still the first in the table that does, wherever it sits among them.
+    let mut routes = String::new();
+    for i in 0..500 {
+        routes.push_str(&format!(
+            "  - {{name: r{i}, match: {{prefix: /r/{i}/}}, service: shop}}\n"
+        ));
+    }
+    routes.push_str(
+        "  - {name: posts-get, match: {prefix: /blog/posts, methods: [GET]}, service: shop}\n",
+    );
+    routes.push_str("  - {name: blog, match: {prefix: /blog/}, service: shop}\n");
+    routes.push_str("  - {name: exact, match: {path: /blog/posts/1}, service: shop}\n");
+    routes.push_str("  - {name: again, match: {path: /blog/posts/1}, service: shop}\n");
+    let text = with_routes(&routes);
+    let errors = errors(&text);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains("route \"exact\" is never matched: route \"blog\""),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].contains("route \"again\" is never matched: route \"blog\""),
+        "{errors:?}"
+    );
+}

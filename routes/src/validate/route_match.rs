@@ -1,7 +1,7 @@
 //! A route's `match`: path, methods, headers, host names and query parameters, and the
 //! check that no route is made unreachable by one before it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_saphyr::Spanned;
 
@@ -162,11 +162,19 @@ fn query(
 /// Refuses every route that a route before it makes unreachable: one served on the same
 /// listeners that matches every request it would match. Both routes are named, each with
 /// its line, so the fix (reorder, or narrow the first) is plain.
+///
+/// Only a route whose path covers a later one's can cover it, so the routes seen so far are
+/// indexed by path and each route is compared with those alone: a table of 10,000 routes
+/// would otherwise take 50 million comparisons at every reload.
 pub(super) fn unreachable(routes: &[(&RouteDoc, &Route)], errors: &mut Errors) {
+    let mut seen = PathIndex::default();
     for (later_index, (later_doc, later)) in routes.iter().enumerate() {
-        let earlier = routes[..later_index]
-            .iter()
+        let earlier = seen
+            .candidates(&later.matcher.path)
+            .into_iter()
+            .map(|index| &routes[index])
             .find(|(_, earlier)| covers(earlier, later));
+        seen.insert(&later.matcher.path, later_index);
         if let Some((earlier_doc, earlier)) = earlier {
             errors.at(
                 &later_doc.matcher,
@@ -178,6 +186,53 @@ pub(super) fn unreachable(routes: &[(&RouteDoc, &Route)], errors: &mut Errors) {
                 ),
             );
         }
+    }
+}
+
+/// Routes by path, as positions in the table.
+#[derive(Default)]
+struct PathIndex<'r> {
+    prefixes: HashMap<&'r str, Vec<usize>>,
+    exact: HashMap<&'r str, Vec<usize>>,
+    regexes: HashMap<&'r str, Vec<usize>>,
+}
+
+impl<'r> PathIndex<'r> {
+    fn insert(&mut self, path: &'r PathMatch, index: usize) {
+        let (map, key) = match path {
+            PathMatch::Prefix(prefix) => (&mut self.prefixes, prefix),
+            PathMatch::Exact(exact) => (&mut self.exact, exact),
+            PathMatch::Regex(regex) => (&mut self.regexes, regex),
+        };
+        map.entry(key.as_str()).or_default().push(index);
+    }
+
+    /// The routes whose path may cover `path`, in table order: the prefixes of a prefix or
+    /// an exact path, the same exact path, the same regex.
+    fn candidates(&self, path: &PathMatch) -> Vec<usize> {
+        let leading = |path: &'_ str| -> Vec<usize> {
+            (0..=path.len())
+                .filter(|&end| path.is_char_boundary(end))
+                .filter_map(|end| self.prefixes.get(&path[..end]))
+                .flatten()
+                .copied()
+                .collect()
+        };
+        let mut found = match path {
+            PathMatch::Prefix(prefix) => leading(prefix),
+            PathMatch::Exact(exact) => {
+                let mut found = leading(exact);
+                found.extend(self.exact.get(exact.as_str()).into_iter().flatten());
+                found
+            }
+            PathMatch::Regex(regex) => self
+                .regexes
+                .get(regex.as_str())
+                .cloned()
+                .unwrap_or_default(),
+        };
+        found.sort_unstable();
+        found
     }
 }
 
