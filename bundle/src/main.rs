@@ -13,8 +13,8 @@ use std::path::Path;
 use tollgate_runtime::exit;
 use tollgate_sidecar::grpc::Allocator;
 
-/// See `Allocator` for why; the control plane, which used the system allocator alone,
-/// is not on the request path.
+/// See `Allocator` for why; the control plane's own binary uses jemalloc too (see its
+/// `main.rs`).
 #[global_allocator]
 static ALLOCATOR: Allocator = Allocator;
 
