@@ -45,17 +45,26 @@ impl NetworkNamespace {
     pub fn create() -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         require_root();
+        // Cutting needs nft: fail now rather than halfway through a test.
+        run(Command::new("nft").arg("--version"));
         // Start each test process at its own place in the range, so that concurrent runs
         // rarely try the same names; `ip netns add` settles the rare clash.
         let start = std::process::id().wrapping_mul(64);
         for _ in 0..SUBNETS {
             let index = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % SUBNETS;
             let name = format!("tgnc{index}");
-            if run_ok(Command::new("ip").args(["netns", "add", &name])) {
+            let output = output_of(Command::new("ip").args(["netns", "add", &name]));
+            if output.status.success() {
                 let ns = Self::new(index, name);
                 ns.link();
                 return ns;
             }
+            let error = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                error.contains("File exists"),
+                "ip netns add {name}: {}",
+                error.trim()
+            );
         }
         panic!("no free network namespace name tgnc0..tgnc{SUBNETS}: `ip netns list`")
     }
@@ -257,14 +266,14 @@ fn require_root() {
     );
 }
 
-fn run_ok(command: &mut Command) -> bool {
-    command.output().is_ok_and(|output| output.status.success())
+fn output_of(command: &mut Command) -> std::process::Output {
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e} (network-cut tests need `ip` and `nft`)"))
 }
 
 fn run(command: &mut Command) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("run {command:?}: {e} (network-cut tests need `ip` and `nft`)"));
+    let output = output_of(command);
     assert!(
         output.status.success(),
         "{command:?} exited with {}: {}",
