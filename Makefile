@@ -9,7 +9,7 @@ export ENVOY_BIN
 # compose/Dockerfile: one more whole-program link that `make up` and `make bench` never run.
 RELEASE_BINS = --workspace --exclude tollgate-bundle --bins
 
-.PHONY: up test test-compose lint fmt bench provision build clean
+.PHONY: up test test-netcut test-compose lint fmt bench provision build clean
 
 provision:
 	@if [ "$(ENVOY_BIN)" = "$(CURDIR)/.venv/bin/envoy" ]; then env -u ENVOY_BIN scripts/provision.sh; else scripts/provision.sh; fi
@@ -25,6 +25,13 @@ up: provision
 ## Every test: unit tests and the conformance suite against a real Envoy.
 test: provision build
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+## Replicas cut off the network: each control plane and ext-authz replica in a network
+## namespace of its own, cut by dropping its packets (nftables). Needs root, `ip` and `nft`;
+## fails, rather than skips, without them. `cargo test` leaves these out (#[ignore]).
+## TOLLGATE_NETCUT_OUTAGE_SECS sets how long every control plane is cut off (default 60).
+test-netcut: provision build
+	$(CARGO) test -p tollgate-conformance --test network_cuts --no-fail-fast -- --ignored --test-threads=3
 
 ## The container path: compose/ on a real Docker engine (installed and started if none runs).
 test-compose:

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use tollgate_testkit::ports::reserve_addr;
 use tollgate_testkit::process::{scratch_dir, Process};
 
+use crate::netns::{Host, NetworkNamespace};
 use crate::{binaries, http};
 
 /// The control plane should answer `/healthz` well within this on a busy 2-core machine.
@@ -51,6 +52,8 @@ pub struct ControlPlane {
     files: Vec<(String, Vec<u8>)>,
     /// Flags for `serve` beyond the routes file and the addresses.
     serve_flags: Vec<String>,
+    /// Where it runs: a network namespace of its own, or (`None`) loopback here.
+    host: Option<Host>,
 }
 
 /// The control plane's side of mutual TLS on xDS: its certificate and key, and the CA its
@@ -83,7 +86,15 @@ impl ControlPlane {
             layout: Layout::File,
             files: Vec::new(),
             serve_flags: Vec::new(),
+            host: None,
         }
+    }
+
+    /// Run inside `ns`, as on a host of its own, serving xDS on its address port 18000 and
+    /// the admin server on port 19000, so that [`NetworkNamespace::cut`] cuts it off.
+    pub fn in_namespace(mut self, ns: &NetworkNamespace) -> Self {
+        self.host = Some(ns.host());
+        self
     }
 
     /// Serve xDS over mutual TLS (`--tls-cert`, `--tls-key`, `--client-ca`).
@@ -154,21 +165,29 @@ impl ControlPlane {
                     .expect("create the routes.yaml -> ..data/routes.yaml symlink");
             }
         }
-        serve(dir, config, self.serve_flags).await
+        serve(dir, config, self.serve_flags, self.host.as_ref()).await
     }
 }
 
 /// Marks a flag value as a file name in the config directory.
 const CONFIG_DIR_MARK: &str = "config-dir:";
 
-/// Starts `tollgate-control-plane serve` on `config`'s routes.yaml, on fresh ports, logging
-/// into `dir`, and waits for `/healthz`.
+/// Starts `tollgate-control-plane serve` on `config`'s routes.yaml, on fresh loopback ports
+/// or on `host`, logging into `dir`, and waits for `/healthz`.
 async fn serve(
     dir: tempfile::TempDir,
     config: ConfigDir,
     serve_flags: Vec<String>,
+    host: Option<&Host>,
 ) -> RunningControlPlane {
-    let (xds_addr, admin_addr) = (reserve_addr(), reserve_addr());
+    let (xds_addr, admin_addr) = match host {
+        // The production defaults: nothing else binds in a namespace of its own.
+        Some(host) => (
+            SocketAddr::new(host.ip(), 18000),
+            SocketAddr::new(host.ip(), 19000),
+        ),
+        None => (reserve_addr(), reserve_addr()),
+    };
     let mut command = binaries::tollgate_command("tollgate-control-plane");
     command
         .arg("serve")
@@ -181,6 +200,9 @@ async fn serve(
             Some(name) => command.arg(config.config_dir.join(name)),
             None => command.arg(flag),
         };
+    }
+    if let Some(host) = host {
+        command = host.wrap(&command);
     }
     let process = Process::spawn("control-plane", command, dir.path())
         .expect("spawn tollgate-control-plane serve");
@@ -358,16 +380,29 @@ impl RunningControlPlane {
 
     /// Sends `GET path` to the admin server.
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<http::Response> {
-        http::get(self.admin_addr.port(), path).await
+        http::get_at(self.admin_addr, path).await
     }
 
     /// Another control plane serving the same routes.yaml (and the files beside it), on its
-    /// own ports, as a second replica would. Drop it before this one: this one owns the files.
+    /// own loopback ports, as a second replica would. Drop it before this one: this one owns
+    /// the files.
     pub async fn replica(&self) -> RunningControlPlane {
         serve(
             scratch_dir("tollgate-cp-replica-"),
             self.config.clone(),
             self.serve_flags.clone(),
+            None,
+        )
+        .await
+    }
+
+    /// [`Self::replica`] inside `ns` (see [`ControlPlane::in_namespace`]).
+    pub async fn replica_in(&self, ns: &NetworkNamespace) -> RunningControlPlane {
+        serve(
+            scratch_dir("tollgate-cp-replica-"),
+            self.config.clone(),
+            self.serve_flags.clone(),
+            Some(&ns.host()),
         )
         .await
     }

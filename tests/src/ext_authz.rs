@@ -104,7 +104,7 @@ impl RunningExtAuthz {
 
     /// Sends `GET path` to the metrics server (`/metrics`, `/healthz`, `/readyz`).
     pub async fn metrics_get(&self, path: &str) -> anyhow::Result<http::Response> {
-        http::get(self.metrics_addr.port(), path).await
+        http::get_at(self.metrics_addr, path).await
     }
 
     /// The value of the Prometheus sample whose name-and-labels is exactly `series`, e.g.

@@ -5,7 +5,7 @@
 //! while idle (for instance when a listener is drained after an update) would otherwise
 //! surface as a spurious failure that says nothing about routing.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,8 +23,13 @@ pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts building a request to `127.0.0.1:port`.
 pub fn request(port: u16) -> RequestBuilder {
+    request_to(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+}
+
+/// Starts building a request to `addr`, e.g. a service in a network namespace.
+pub fn request_to(addr: SocketAddr) -> RequestBuilder {
     RequestBuilder {
-        port,
+        addr,
         method: Method::GET,
         path: "/".to_owned(),
         headers: Vec::new(),
@@ -38,7 +43,12 @@ pub async fn get(port: u16, path: &str) -> anyhow::Result<Response> {
     request(port).path(path).send().await
 }
 
-/// Polls `GET http://{addr}{path}` (a loopback address) until it answers 200. Panics with
+/// Sends `GET path` to `addr`.
+pub async fn get_at(addr: SocketAddr, path: &str) -> anyhow::Result<Response> {
+    request_to(addr).path(path).send().await
+}
+
+/// Polls `GET http://{addr}{path}` until it answers 200. Panics with
 /// the last answer once `patience` runs out, and at once if `process` exits (a service that
 /// failed to start must not look ready because something else answers its port).
 pub async fn wait_until_ok(
@@ -49,7 +59,7 @@ pub async fn wait_until_ok(
 ) {
     process
         .wait_until_ready(patience, &format!("answering 200 on {path}"), async || {
-            get(addr.port(), path).await?.expect_status(200)?;
+            get_at(addr, path).await?.expect_status(200)?;
             anyhow::Ok(())
         })
         .await;
@@ -58,7 +68,7 @@ pub async fn wait_until_ok(
 /// A request being built; see [`request`].
 #[derive(Debug, Clone)]
 pub struct RequestBuilder {
-    port: u16,
+    addr: SocketAddr,
     method: Method,
     path: String,
     headers: Vec<(String, String)>,
@@ -95,7 +105,7 @@ impl RequestBuilder {
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
     }
 
     /// The request for `uri` (absolute, or origin-form with `host` set by the caller).
@@ -113,7 +123,7 @@ impl RequestBuilder {
 
     /// Sends the request and reads the whole response.
     pub async fn send(&self) -> anyhow::Result<Response> {
-        let uri = format!("http://127.0.0.1:{}{}", self.port, self.path);
+        let uri = format!("http://{}{}", self.addr, self.path);
         let request = self.build(&uri)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)

@@ -8,6 +8,9 @@
 //! plane behind; on failure the guard prints the tail of the process's logs. Readiness is
 //! always polled ([`eventually`]), never slept for, and nothing here asserts on timing.
 //!
+//! A service can also run on a host of its own ([`NetworkNamespace`]: a network namespace
+//! joined by a veth pair), which a test can cut off the network; that needs root.
+//!
 //! Environment:
 //! - `ENVOY_BIN`: the Envoy binary (default `.venv/bin/envoy`);
 //! - `TOLLGATE_BIN_DIR`: where `tollgate-control-plane` is (default: the cargo target directory
@@ -27,6 +30,7 @@ pub mod eventually;
 pub mod ext_authz;
 pub mod gateway;
 pub mod http;
+pub mod netns;
 pub mod otlp;
 pub mod ratelimit;
 pub mod routes_yaml;
@@ -43,6 +47,7 @@ pub use eventually::{eventually, eventually_within, DEFAULT_PATIENCE};
 pub use ext_authz::{ExtAuthz, RunningExtAuthz};
 pub use gateway::Gateway;
 pub use http::{get, request, Response};
+pub use netns::NetworkNamespace;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use routes_yaml::RoutesYaml;
 pub use tls::{
@@ -50,5 +55,5 @@ pub use tls::{
     TlsResponse,
 };
 pub use tollgate_testkit::ports::reserve_port;
-pub use traffic::{traffic, Traffic, TrafficReport};
+pub use traffic::{traffic, Sent, Traffic, TrafficReport};
 pub use upstream::{Upstream, UpstreamHandle};

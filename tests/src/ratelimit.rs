@@ -118,12 +118,12 @@ impl RunningRateLimitService {
 
     /// Whether `/readyz` answers 200 (the store answers).
     pub async fn ready(&self) -> anyhow::Result<bool> {
-        Ok(http::get(self.metrics_addr.port(), "/readyz").await?.status == 200)
+        Ok(http::get_at(self.metrics_addr, "/readyz").await?.status == 200)
     }
 
     /// `GET /metrics` text.
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        let response = http::get(self.metrics_addr.port(), "/metrics").await?;
+        let response = http::get_at(self.metrics_addr, "/metrics").await?;
         response.expect_status(200)?;
         Ok(response.text())
     }

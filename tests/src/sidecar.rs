@@ -14,6 +14,7 @@ use std::process::Command;
 use tollgate_testkit::ports::reserve_addr;
 
 use crate::binaries;
+use crate::netns::{Host, NetworkNamespace};
 
 /// Builder for a sidecar process, with `S` the settings only that sidecar has.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct Sidecar<S> {
     log: Option<String>,
     /// `--tls-cert`, `--tls-key`, `--client-ca` and their files.
     tls_flags: Vec<(&'static str, PathBuf)>,
+    /// A network namespace to run in, or (`None`) loopback here.
+    host: Option<Host>,
     pub(crate) settings: S,
 }
 
@@ -43,6 +46,23 @@ impl<S: Default> Sidecar<S> {
             routes: None,
             log: None,
             tls_flags: Vec::new(),
+            host: None,
+            settings: S::default(),
+        }
+    }
+
+    /// Runs inside `ns`, as on a host of its own, serving gRPC on its address port 9191 and
+    /// metrics on 9192 (the defaults, free in a namespace of its own), so that
+    /// [`NetworkNamespace::cut`] cuts it off.
+    pub fn in_namespace(ns: &NetworkNamespace) -> Self {
+        let host = ns.host();
+        Self {
+            grpc_addr: SocketAddr::new(host.ip(), 9191),
+            metrics_addr: SocketAddr::new(host.ip(), 9192),
+            routes: None,
+            log: None,
+            tls_flags: Vec::new(),
+            host: Some(host),
             settings: S::default(),
         }
     }
@@ -107,6 +127,9 @@ impl<S> Sidecar<S> {
         if let Some(filter) = &self.log {
             command.env("TOLLGATE_LOG", filter);
         }
-        command
+        match &self.host {
+            Some(host) => host.wrap(&command),
+            None => command,
+        }
     }
 }

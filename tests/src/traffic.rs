@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
@@ -48,6 +48,15 @@ struct Shared {
     stop: AtomicBool,
     sent: AtomicUsize,
     failures: Mutex<Vec<String>>,
+    requests: Mutex<Vec<Sent>>,
+}
+
+/// One request of a stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    /// From sending it to having the whole response (or the error).
+    pub took: Duration,
+    pub ok: bool,
 }
 
 /// What a stopped stream saw.
@@ -56,6 +65,8 @@ pub struct TrafficReport {
     pub sent: usize,
     /// One line per failed request: its number and what went wrong.
     pub failures: Vec<String>,
+    /// Every request, in order: how long it took and whether it succeeded.
+    pub requests: Vec<Sent>,
     /// Whether the stream ended by reaching its bound rather than being stopped.
     pub hit_bound: bool,
 }
@@ -80,9 +91,16 @@ impl Traffic {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
+        let requests = self
+            .shared
+            .requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
         TrafficReport {
             sent: self.sent(),
             failures,
+            requests,
             hit_bound,
         }
     }
@@ -103,16 +121,28 @@ async fn run(request: http::RequestBuilder, upstream: String, shared: Arc<Shared
             return;
         }
         pace.tick().await;
+        let started = Instant::now();
         let outcome = match request.send().await {
             Ok(response) => response.expect_upstream(&upstream).map(|_| ()),
             Err(error) => Err(error),
         };
+        shared
+            .requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(Sent {
+                took: started.elapsed(),
+                ok: outcome.is_ok(),
+            });
         if let Err(error) = outcome {
             shared
                 .failures
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(format!("request {number}: {error:#}"));
+                .push(format!(
+                    "request {number} ({:?}): {error:#}",
+                    started.elapsed()
+                ));
         }
         shared.sent.fetch_add(1, Ordering::SeqCst);
     }

@@ -1,0 +1,283 @@
+//! A host of its own for a service under test: a Linux network namespace joined to this one
+//! by a veth pair, which a test can cut off the network and reconnect.
+//!
+//! Each namespace gets a /30 of 10.213.0.0/16: this side is `.1`, the namespace `.2`
+//! ([`NetworkNamespace::addr`]). A process is put inside with [`Host::wrap`] (`ip netns exec
+//! NAME …`), and binds the namespace's address, where every port is free.
+//! Envoy, the upstreams and the test stay in this namespace and reach it through the veth,
+//! as they would reach another host.
+//!
+//! [`NetworkNamespace::cut`] is a network cut, not a stopped process: every packet arriving
+//! on either end of the veth is dropped (an nftables `netdev` ingress chain on each end), so
+//! nothing answers, not even with a reset or an ICMP error, and connections stay open until
+//! their keepalives or timeouts notice, as when a host or a link is lost between two
+//! machines. Dropping at the receiving ends rather than taking a link down is deliberate: a
+//! link taken down removes its routes, and the sender's own kernel then fails connections at
+//! once (`ENETUNREACH`), which is a refusal, not silence. For the same reason each end's
+//! neighbour entry is static: address resolution would otherwise fail during a long cut and
+//! report the host unreachable. [`NetworkNamespace::restore`] removes the drop.
+//!
+//! Names are `tgnc<index>`, with the index taken by creating the namespace (which fails if
+//! the name exists), so concurrent test processes never share one. Dropping the guard deletes
+//! the namespace (its veth pair goes with it) and this side's drop table. It needs root
+//! (`CAP_NET_ADMIN`) and the `ip` and `nft` commands; without them it panics saying so.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// 10.213.0.0/16 split into /30s: 16,384 namespaces.
+const SUBNETS: u32 = 1 << 14;
+
+/// A network namespace joined to this one by a veth pair; deleted on drop.
+#[derive(Debug)]
+pub struct NetworkNamespace {
+    name: String,
+    /// The veth end in this namespace, named `<name>h`; the other end, inside, is `<name>n`.
+    host_veth: String,
+    inner_veth: String,
+    host_ip: Ipv4Addr,
+    ip: Ipv4Addr,
+}
+
+impl NetworkNamespace {
+    /// Creates a namespace with a veth to this one, both ends up, and `lo` up inside.
+    pub fn create() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        require_root();
+        // Cutting needs nft: fail now rather than halfway through a test.
+        run(Command::new("nft").arg("--version"));
+        // Start each test process at its own place in the range, so that concurrent runs
+        // rarely try the same names; `ip netns add` settles the rare clash.
+        let start = std::process::id().wrapping_mul(64);
+        for _ in 0..SUBNETS {
+            let index = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % SUBNETS;
+            let name = format!("tgnc{index}");
+            let output = output_of(Command::new("ip").args(["netns", "add", &name]));
+            if output.status.success() {
+                let ns = Self::new(index, name);
+                ns.link();
+                return ns;
+            }
+            let error = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                error.contains("File exists"),
+                "ip netns add {name}: {}",
+                error.trim()
+            );
+        }
+        panic!("no free network namespace name tgnc0..tgnc{SUBNETS}: `ip netns list`")
+    }
+
+    fn new(index: u32, name: String) -> Self {
+        let base = u32::from(Ipv4Addr::new(10, 213, 0, 0)) + index * 4;
+        Self {
+            host_veth: format!("{name}h"),
+            inner_veth: format!("{name}n"),
+            host_ip: Ipv4Addr::from(base + 1),
+            ip: Ipv4Addr::from(base + 2),
+            name,
+        }
+    }
+
+    /// Creates the veth pair with fixed MAC addresses and static neighbour entries (see the
+    /// module documentation) and brings everything up.
+    fn link(&self) {
+        let (host_mac, inner_mac) = (mac(self.host_ip), mac(self.ip));
+        let (host_veth, inner_veth, ns) = (&self.host_veth, &self.inner_veth, &self.name);
+        let (host_cidr, cidr) = (format!("{}/30", self.host_ip), format!("{}/30", self.ip));
+        let (host_ip, ip) = (self.host_ip.to_string(), self.ip.to_string());
+        for args in [
+            vec![
+                "link", "add", host_veth, "address", &host_mac, "type", "veth", "peer", "name",
+                inner_veth, "address", &inner_mac, "netns", ns,
+            ],
+            vec!["addr", "add", &host_cidr, "dev", host_veth],
+            vec!["link", "set", host_veth, "up"],
+            vec![
+                "neigh",
+                "replace",
+                &ip,
+                "lladdr",
+                &inner_mac,
+                "dev",
+                host_veth,
+                "nud",
+                "permanent",
+            ],
+            vec!["-n", ns, "addr", "add", &cidr, "dev", inner_veth],
+            vec!["-n", ns, "link", "set", inner_veth, "up"],
+            vec!["-n", ns, "link", "set", "lo", "up"],
+            vec![
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                &host_ip,
+                "lladdr",
+                &host_mac,
+                "dev",
+                inner_veth,
+                "nud",
+                "permanent",
+            ],
+        ] {
+            run(Command::new("ip").args(&args));
+        }
+    }
+
+    /// The namespace's name (`ip netns exec NAME`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace's address, which processes inside bind and this side connects to.
+    pub fn addr(&self) -> IpAddr {
+        IpAddr::V4(self.ip)
+    }
+
+    /// Where a service in this namespace runs, for the builders that start one there.
+    pub fn host(&self) -> Host {
+        Host {
+            namespace: self.name.clone(),
+            ip: self.addr(),
+        }
+    }
+
+    /// Cuts the namespace off: from now on every packet either way is silently dropped.
+    pub fn cut(&self) {
+        for (namespace, device) in [
+            (None, &self.host_veth),
+            (Some(&self.name), &self.inner_veth),
+        ] {
+            let table = self.drop_table();
+            run(nft(namespace).args(["add", "table", "netdev", &table]));
+            run(nft(namespace).args([
+                "add",
+                "chain",
+                "netdev",
+                &table,
+                "ingress",
+                &format!(
+                    "{{ type filter hook ingress device \"{device}\" priority 0; policy drop; }}"
+                ),
+            ]));
+        }
+    }
+
+    /// Reconnects a namespace that was [`cut`](Self::cut) off.
+    pub fn restore(&self) {
+        for namespace in [None, Some(&self.name)] {
+            run(nft(namespace).args(["delete", "table", "netdev", &self.drop_table()]));
+        }
+    }
+
+    /// The nftables table holding the drop chains, named after the namespace because the
+    /// one on this side shares this namespace's ruleset with everything else.
+    fn drop_table(&self) -> String {
+        format!("{}_cut", self.name)
+    }
+}
+
+impl Drop for NetworkNamespace {
+    fn drop(&mut self) {
+        // Errors are ignored: the table exists only while cut, and a namespace that is
+        // already gone has nothing left to remove.
+        let _ = nft(None)
+            .args(["delete", "table", "netdev", &self.drop_table()])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
+        // The namespace itself (and its veth pair) ends when the last process in it does;
+        // their guards kill them. Delete this side's end now so that nothing is left even
+        // if one lingers.
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.host_veth])
+            .output();
+    }
+}
+
+/// A service's place in a [`NetworkNamespace`]: the namespace to run it in and the address
+/// to bind, where every port is free.
+#[derive(Debug, Clone)]
+pub struct Host {
+    namespace: String,
+    ip: IpAddr,
+}
+
+impl Host {
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// `command` run inside the namespace: `ip netns exec NAME program args…`, with the
+    /// same environment and working directory. `ip` execs the program, so the process
+    /// spawned is the program itself and killing it kills the program.
+    pub fn wrap(&self, command: &Command) -> Command {
+        let mut wrapped = Command::new("ip");
+        wrapped
+            .args(["netns", "exec", &self.namespace])
+            .arg(command.get_program())
+            .args(command.get_args());
+        for (key, value) in command.get_envs() {
+            match value {
+                Some(value) => wrapped.env(key, value),
+                None => wrapped.env_remove(key),
+            };
+        }
+        if let Some(dir) = command.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
+        wrapped
+    }
+}
+
+/// `nft`, inside `namespace` when given.
+fn nft(namespace: Option<&String>) -> Command {
+    match namespace {
+        Some(name) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", name, "nft"]);
+            command
+        }
+        None => Command::new("nft"),
+    }
+}
+
+/// A locally administered MAC address derived from `ip`, so each end's is known before the
+/// veth exists.
+fn mac(ip: Ipv4Addr) -> String {
+    let [_, b, c, d] = ip.octets();
+    format!("02:54:00:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// Panics with what these tests need unless the process is root.
+fn require_root() {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "network-cut tests need root (CAP_NET_ADMIN) to create network namespaces, veth pairs \
+         and nftables rules, and the `ip` and `nft` commands: run `make test-netcut` as root"
+    );
+}
+
+fn output_of(command: &mut Command) -> std::process::Output {
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e} (network-cut tests need `ip` and `nft`)"))
+}
+
+fn run(command: &mut Command) {
+    let output = output_of(command);
+    assert!(
+        output.status.success(),
+        "{command:?} exited with {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+}

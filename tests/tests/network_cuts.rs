@@ -1,0 +1,457 @@
+//! Replicas cut off the network (issue 21): each control plane and ext-authz replica runs in
+//! a network namespace of its own, as on a host of its own, and a cut drops every packet to
+//! and from it ([`NetworkNamespace::cut`]): nothing is refused or reset, so Envoy learns of
+//! the loss only from its keepalives, timeouts and health checks, as across real hosts.
+//! Requests flow through the Envoy all along, and each is accounted for.
+//!
+//! These tests need root (network namespaces, veth pairs, nftables), so `cargo test` skips
+//! them (`#[ignore]`) and `make test-netcut` runs them with `--ignored`, failing, not
+//! skipping, when it cannot create a namespace.
+//! `TOLLGATE_NETCUT_OUTAGE_SECS` sets how long every control plane stays cut off (default
+//! 60, the issue's figure).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sha2::Digest as _;
+use tollgate_conformance::{
+    eventually, get, request, reserve_port, traffic, traffic::traffic_of, ControlPlane, Envoy,
+    ExtAuthz, NetworkNamespace, RunningControlPlane, RunningEnvoy, Upstream, UpstreamHandle,
+};
+
+const NODE: &str = "edge-netcut";
+
+/// What the issue asks of a cut-off control plane: the Envoy on it is on another within 5 s.
+/// The bootstrap's keepalive sends a ping every 2 s (Envoy adds up to 15% jitter) and waits
+/// 2 s for the answer, so the loss is noticed 2–4.3 s after the cut; the stream is reopened
+/// to the next replica within 0.25 s, and `/status` is polled every 0.1 s.
+const RECONNECT_WITHIN: Duration = Duration::from_secs(5);
+
+/// How long every control plane stays cut off, from `TOLLGATE_NETCUT_OUTAGE_SECS`.
+fn outage() -> Duration {
+    let secs = std::env::var("TOLLGATE_NETCUT_OUTAGE_SECS")
+        .ok()
+        .map(|value| {
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("TOLLGATE_NETCUT_OUTAGE_SECS={value:?}: not a number"))
+        })
+        .unwrap_or(60);
+    Duration::from_secs(secs)
+}
+
+/// Everything to `app`; with `added`, `/added/` to `other` first.
+fn routes(port: u16, app: &UpstreamHandle, other: &UpstreamHandle, added: bool) -> String {
+    let extra = if added {
+        "  - {name: added, match: {prefix: /added/}, service: other}\n"
+    } else {
+        ""
+    };
+    format!(
+        "version: 1
+listeners:
+  - {{name: public, address: \"127.0.0.1:{port}\"}}
+services:
+  app: {{endpoints: [\"{app}\"]}}
+  other: {{endpoints: [\"{other}\"]}}
+routes:
+{extra}  - {{name: all, match: {{prefix: /}}, service: app}}
+",
+        app = app.endpoint(),
+        other = other.endpoint(),
+    )
+}
+
+/// Two control-plane replicas, each in a namespace of its own, serving one routes.yaml, and
+/// an Envoy bootstrapped with both. Field order matters for Drop: processes before the
+/// namespaces they run in.
+struct Replicas {
+    envoy: RunningEnvoy,
+    second: RunningControlPlane,
+    first: RunningControlPlane,
+    second_ns: NetworkNamespace,
+    first_ns: NetworkNamespace,
+    port: u16,
+    edited: String,
+    _upstreams: (UpstreamHandle, UpstreamHandle),
+}
+
+impl Replicas {
+    async fn start() -> Replicas {
+        let (first_ns, second_ns) = (NetworkNamespace::create(), NetworkNamespace::create());
+        let app = Upstream::new("app").spawn().await;
+        let other = Upstream::new("other").spawn().await;
+        let port = reserve_port();
+        let first = ControlPlane::new()
+            .routes(routes(port, &app, &other, false))
+            .in_namespace(&first_ns)
+            .start()
+            .await;
+        let second = first.replica_in(&second_ns).await;
+        let envoy = Envoy::new()
+            .node_id(NODE)
+            .control_planes(&[&first, &second])
+            .start()
+            .await;
+        eventually("the gateway serves", async || {
+            get(port, "/").await?.expect_upstream("app")?;
+            Ok(())
+        })
+        .await;
+        Replicas {
+            envoy,
+            second,
+            first,
+            second_ns,
+            first_ns,
+            port,
+            edited: routes(port, &app, &other, true),
+            _upstreams: (app, other),
+        }
+    }
+
+    /// Whether the first replica holds the node's stream (else the second does).
+    async fn stream_on_first(&self) -> bool {
+        eventually("one replica holds the node's stream", async || {
+            match (
+                serves_node(&self.first).await,
+                serves_node(&self.second).await,
+            ) {
+                (true, false) => Ok(true),
+                (false, true) => Ok(false),
+                both => anyhow::bail!("connected to first, second: {both:?}"),
+            }
+        })
+        .await
+    }
+
+    /// Waits until the edit (`/added/` to `other`) is what Envoy serves.
+    async fn edit_arrives(&self, what: &str) {
+        eventually(what, async || {
+            get(self.port, "/added/x").await?.expect_upstream("other")?;
+            Ok(())
+        })
+        .await;
+    }
+}
+
+/// Whether `cp`'s `/status` shows the node with an open stream.
+async fn serves_node(cp: &RunningControlPlane) -> bool {
+    cp.node_status(NODE)
+        .await
+        .is_ok_and(|node| node["connected"] == true)
+}
+
+/// Envoy's `control_plane.connected_state`: 1 while it holds an ADS stream.
+async fn connected_state(envoy: &RunningEnvoy) -> anyhow::Result<u64> {
+    let stats = envoy.stats("^control_plane\\.connected_state$").await?;
+    stats
+        .first()
+        .map(|(_, value)| *value)
+        .ok_or_else(|| anyhow::anyhow!("no control_plane.connected_state in {stats:?}"))
+}
+
+/// Envoy's counters of listeners and clusters replaced or removed, and of filter chains
+/// drained: what a resync must leave alone.
+async fn churn(envoy: &RunningEnvoy) -> Vec<(String, u64)> {
+    let mut counters = Vec::new();
+    for filter in [
+        "^listener_manager\\.(listener_modified|listener_removed|total_filter_chains_draining)$",
+        "^cluster_manager\\.(cluster_modified|cluster_removed)$",
+    ] {
+        counters.extend(envoy.stats(filter).await.expect("Envoy stats"));
+    }
+    counters.sort();
+    counters
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces: make test-netcut"]
+async fn an_envoy_whose_control_plane_is_cut_off_moves_to_the_other_within_5_s_without_failing_a_request(
+) {
+    let mut replicas = Replicas::start().await;
+    let on_first = replicas.stream_on_first().await;
+    let Replicas {
+        first,
+        second,
+        first_ns,
+        second_ns,
+        port,
+        edited,
+        ..
+    } = &mut replicas;
+    let (cut_ns, live) = if on_first {
+        (&*first_ns, second)
+    } else {
+        (&*second_ns, first)
+    };
+
+    let stream = traffic(*port, "/steady", "app");
+    let cut = Instant::now();
+    cut_ns.cut();
+    eventually("the node's stream moves to the live replica", async || {
+        anyhow::ensure!(serves_node(live).await, "not yet");
+        Ok(())
+    })
+    .await;
+    let moved = cut.elapsed();
+    eprintln!("the node's stream was on the live replica {moved:?} after the cut");
+    assert!(
+        moved <= RECONNECT_WITHIN,
+        "the node reached the live replica {moved:?} after its own was cut off, not within \
+         {RECONNECT_WITHIN:?}"
+    );
+    // An edit now reaches Envoy through the live replica.
+    live.write_by_rename(edited);
+    replicas
+        .edit_arrives("the edit reaches Envoy through the live replica")
+        .await;
+    let report = stream.stop().await;
+    assert!(report.sent > 0, "no traffic was sent");
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} requests failed while a replica was cut off: {:?}",
+        report.failures.len(),
+        report.sent,
+        report.failures
+    );
+    eprintln!(
+        "{} requests while a replica was cut off, none failed; slowest {:?}",
+        report.sent,
+        report.requests.iter().map(|sent| sent.took).max()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces: make test-netcut"]
+async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_made_meanwhile() {
+    let mut replicas = Replicas::start().await;
+    replicas.stream_on_first().await;
+    let before = churn(&replicas.envoy).await;
+    assert_eq!(before.len(), 5, "{before:?}");
+
+    let stream = traffic(replicas.port, "/steady", "app");
+    let cut = Instant::now();
+    replicas.first_ns.cut();
+    replicas.second_ns.cut();
+    // Keepalive, not a closed connection, is all that can tell Envoy.
+    eventually("Envoy notices it lost its control plane", async || {
+        anyhow::ensure!(
+            connected_state(&replicas.envoy).await? == 0,
+            "still connected"
+        );
+        Ok(())
+    })
+    .await;
+    eprintln!("Envoy noticed after {:?}", cut.elapsed());
+    // The edit is made during the outage; both replicas load it, and it waits for Envoy.
+    let edited = replicas.edited.clone();
+    replicas.first.write_by_rename(&edited);
+    let outage = outage();
+    // The length of the outage is the point here, not a wait for something to happen.
+    tokio::time::sleep(outage.saturating_sub(cut.elapsed())).await;
+    let still_old = get(replicas.port, "/added/x").await.expect("a request");
+    still_old
+        .expect_upstream("app")
+        .expect("the old configuration while cut off");
+    replicas.first_ns.restore();
+    replicas.second_ns.restore();
+    let restored = Instant::now();
+    replicas
+        .edit_arrives("the edit reaches Envoy once the control planes are back")
+        .await;
+    eprintln!(
+        "after {:?} cut off, the edit arrived {:?} after the network came back",
+        outage,
+        restored.elapsed()
+    );
+    assert_eq!(
+        connected_state(&replicas.envoy).await.expect("Envoy stats"),
+        1,
+        "Envoy applied the edit without a stream"
+    );
+    let report = stream.stop().await;
+    assert!(report.sent > 0, "no traffic was sent");
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} requests failed during the outage: {:?}",
+        report.failures.len(),
+        report.sent,
+        report.failures
+    );
+    eprintln!("{} requests during the outage, none failed", report.sent);
+    assert_eq!(
+        churn(&replicas.envoy).await,
+        before,
+        "the resync replaced, removed or drained a listener or a cluster"
+    );
+}
+
+/// The sidecars' call timeout in the ext-authz test's routes.yaml.
+const AUTHZ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The retry policy's longest backoff for sidecar calls (control-plane
+/// `translate::auth::grpc_service`), which Envoy also makes each try's timeout: it converts
+/// a gRPC service's `core.v3.RetryPolicy` into a route retry policy whose `per_try_timeout`
+/// is the backoff's `max_interval` (`Http::Utility::convertCoreToRouteRetryPolicy`).
+const AUTHZ_PER_TRY_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// How long the traffic runs after the cut: past outlier detection's 5 s ejection, so that
+/// a replica ejected but not yet marked unhealthy would be seen getting calls again.
+const AUTHZ_CUT_HELD: Duration = Duration::from_secs(8);
+
+const KEY: &str = "tgk_network_cuts_0123456789abcdef";
+
+/// The health flags Envoy's `/clusters` shows for `address` in `cluster` ("healthy" when
+/// none).
+async fn health_flags(envoy: &RunningEnvoy, cluster: &str, address: SocketAddr) -> String {
+    let text = envoy
+        .admin_get("/clusters")
+        .await
+        .map(|r| r.text())
+        .unwrap_or_default();
+    let prefix = format!("{cluster}::{address}::health_flags::");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or("absent")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces: make test-netcut"]
+async fn an_ext_authz_replica_cut_off_fails_no_request_and_none_waits_out_the_timeout() {
+    let (ns_a, ns_b) = (NetworkNamespace::create(), NetworkNamespace::create());
+    let api = Upstream::new("api").spawn().await;
+    let port = reserve_port();
+    let (authz_a, authz_b) = (ExtAuthz::in_namespace(&ns_a), ExtAuthz::in_namespace(&ns_b));
+    let (a_addr, b_addr) = (authz_a.grpc_addr(), authz_b.grpc_addr());
+    let hash = hex::encode(sha2::Sha256::digest(KEY.as_bytes()));
+    let cp = ControlPlane::new()
+        .routes(format!(
+            r#"version: 1
+listeners:
+  - {{name: public, address: "127.0.0.1:{port}"}}
+services:
+  api: {{endpoints: ["{api}"]}}
+auth_providers:
+  keys: {{type: api_key, header: x-api-key, keys_file: keys.yaml}}
+routes:
+  - {{name: guarded, match: {{prefix: /}}, service: api, auth: {{provider: keys}}}}
+sidecars:
+  ext_authz: {{address: ["{a_addr}", "{b_addr}"], timeout: {timeout}ms}}
+"#,
+            api = api.endpoint(),
+            timeout = AUTHZ_TIMEOUT.as_millis(),
+        ))
+        .file(
+            "keys.yaml",
+            format!("keys:\n  - {{consumer: acme, sha256: \"{hash}\"}}\n"),
+        )
+        .start()
+        .await;
+    let authz_a = authz_a.routes_file(cp.routes_path()).start().await;
+    let authz_b = authz_b.routes_file(cp.routes_path()).start().await;
+    let envoy = Envoy::new().control_plane(&cp).start().await;
+    let keyed = || request(port).path("/x").header("x-api-key", KEY);
+    eventually("checked requests are served", async || {
+        keyed().send().await?.expect_upstream("api")?;
+        Ok(())
+    })
+    .await;
+    eventually("both replicas are healthy and answer checks", async || {
+        for (address, authz) in [(a_addr, &authz_a), (b_addr, &authz_b)] {
+            let flags = health_flags(&envoy, "tollgate_ext_authz", address).await;
+            anyhow::ensure!(flags == "healthy", "{address}: {flags}");
+            let allowed = authz
+                .metric(
+                    "tollgate_ext_authz_provider_checks_total{provider=\"keys\",outcome=\"allowed\"}",
+                )
+                .await?;
+            anyhow::ensure!(allowed.is_some(), "{address} has answered no check yet");
+        }
+        keyed().send().await?.expect_upstream("api")?;
+        Ok(())
+    })
+    .await;
+
+    let stream = traffic_of(keyed(), "api");
+    let cut = Instant::now();
+    ns_a.cut();
+    let out = eventually("the cut-off replica is out of rotation", async || {
+        let flags = health_flags(&envoy, "tollgate_ext_authz", a_addr).await;
+        anyhow::ensure!(flags != "healthy", "{a_addr}: {flags}");
+        Ok(flags)
+    })
+    .await;
+    eprintln!(
+        "{a_addr} out of rotation ({out}) {:?} after the cut",
+        cut.elapsed()
+    );
+    // Through outlier detection's ejection time: the replica must stay out of rotation.
+    tokio::time::sleep(AUTHZ_CUT_HELD.saturating_sub(cut.elapsed())).await;
+    let flags = health_flags(&envoy, "tollgate_ext_authz", a_addr).await;
+    assert!(
+        flags.contains("failed_active_hc"),
+        "the cut-off replica should be failing its health checks: {flags}"
+    );
+    let report = stream.stop().await;
+    let cluster_stat = async |name: &str| {
+        let stats = envoy
+            .stats(&format!("^cluster\\.tollgate_ext_authz\\.{name}$"))
+            .await
+            .expect("Envoy stats");
+        stats.first().map_or(0, |(_, value)| *value)
+    };
+    let (per_try_timeouts, rescued) = (
+        cluster_stat("upstream_rq_per_try_timeout").await,
+        cluster_stat("upstream_rq_retry_success").await,
+    );
+    let slowest = report.requests.iter().map(|sent| sent.took).max();
+    let delayed = report
+        .requests
+        .iter()
+        .filter(|sent| sent.took >= AUTHZ_PER_TRY_TIMEOUT)
+        .count();
+    eprintln!(
+        "{} requests in the {AUTHZ_CUT_HELD:?} from the cut: {} failed, {delayed} took \
+         {AUTHZ_PER_TRY_TIMEOUT:?} or more (slowest {slowest:?}); Envoy counted \
+         {per_try_timeouts} tries timed out and {rescued} retries that succeeded",
+        report.sent,
+        report.failures.len(),
+    );
+    assert!(report.sent > 0, "no traffic was sent");
+    // The cut replica was called while silent, else this test saw nothing.
+    assert!(
+        per_try_timeouts > 0,
+        "no call to the cut-off replica timed out: did any reach it?"
+    );
+    // A try that gets no answer within the per-try timeout is retried on the other replica,
+    // and outlier detection, then health checks, take the silent one out of rotation: no
+    // request fails, and none waits out the call's timeout.
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} requests failed while an ext-authz replica was cut off: {:?}",
+        report.failures.len(),
+        report.sent,
+        report.failures
+    );
+    assert!(
+        slowest < Some(AUTHZ_TIMEOUT),
+        "a request waited out the check's {AUTHZ_TIMEOUT:?} timeout: slowest {slowest:?}"
+    );
+
+    // Reconnected, the replica passes a health check and is back in rotation.
+    ns_a.restore();
+    eventually("the replica is back in rotation", async || {
+        let flags = health_flags(&envoy, "tollgate_ext_authz", a_addr).await;
+        anyhow::ensure!(flags == "healthy", "{a_addr}: {flags}");
+        Ok(())
+    })
+    .await;
+    keyed()
+        .send()
+        .await
+        .expect("a request")
+        .expect_upstream("api")
+        .expect("served with both replicas back");
+}
