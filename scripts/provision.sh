@@ -35,6 +35,9 @@ command -v openssl >/dev/null || need_apt openssl
 # protoc and its well-known types compile the transcoding test's descriptor set.
 command -v protoc >/dev/null && [ -f /usr/include/google/protobuf/descriptor.proto ] \
   || need_apt protobuf-compiler libprotobuf-dev
+# `make test-netcut` puts replicas in network namespaces and cuts them off with nftables.
+command -v ip >/dev/null || need_apt iproute2
+command -v nft >/dev/null || need_apt nftables
 if [ "${TOLLGATE_PROVISION_BENCH:-}" = 1 ]; then
   command -v wrk >/dev/null || need_apt wrk
   command -v h2load >/dev/null || need_apt nghttp2-client
