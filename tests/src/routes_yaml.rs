@@ -67,3 +67,32 @@ impl fmt::Display for RoutesYaml {
         Ok(())
     }
 }
+
+/// Everything to `app` on a listener `public` at `port`; with `added`, `/added/` to `other`
+/// first. The edit the replica and network-cut tests make: its arrival shows as a request
+/// answered by another upstream.
+pub fn app_then_added(
+    port: u16,
+    app: &UpstreamHandle,
+    other: &UpstreamHandle,
+    added: bool,
+) -> String {
+    let extra = if added {
+        "  - {name: added, match: {prefix: /added/}, service: other}\n"
+    } else {
+        ""
+    };
+    format!(
+        "version: 1
+listeners:
+  - {{name: public, address: \"127.0.0.1:{port}\"}}
+services:
+  app: {{endpoints: [\"{app}\"]}}
+  other: {{endpoints: [\"{other}\"]}}
+routes:
+{extra}  - {{name: all, match: {{prefix: /}}, service: app}}
+",
+        app = app.endpoint(),
+        other = other.endpoint(),
+    )
+}

@@ -8,34 +8,13 @@
 
 use std::time::Instant;
 
+use tollgate_conformance::routes_yaml::app_then_added;
 use tollgate_conformance::{
     eventually, get, reserve_port, traffic, ControlPlane, Envoy, RunningControlPlane, RunningEnvoy,
     Upstream, UpstreamHandle, XdsVariant,
 };
 
 const NODE: &str = "edge-replicas";
-
-/// Everything to `app`; with `added`, `/added/` to `other` first.
-fn routes(port: u16, app: &UpstreamHandle, other: &UpstreamHandle, added: bool) -> String {
-    let extra = if added {
-        "  - {name: added, match: {prefix: /added/}, service: other}\n"
-    } else {
-        ""
-    };
-    format!(
-        "version: 1
-listeners:
-  - {{name: public, address: \"127.0.0.1:{port}\"}}
-services:
-  app: {{endpoints: [\"{app}\"]}}
-  other: {{endpoints: [\"{other}\"]}}
-routes:
-{extra}  - {{name: all, match: {{prefix: /}}, service: app}}
-",
-        app = app.endpoint(),
-        other = other.endpoint(),
-    )
-}
 
 /// Two control-plane replicas serving one routes.yaml in front of two upstreams: everything
 /// goes to `app` until the edit that sends `/added/` to `other`.
@@ -53,7 +32,7 @@ impl Replicas {
         let other = Upstream::new("other").spawn().await;
         let port = reserve_port();
         let first = ControlPlane::new()
-            .routes(routes(port, &app, &other, added))
+            .routes(app_then_added(port, &app, &other, added))
             .start()
             .await;
         let second = first.replica().await;
@@ -84,7 +63,27 @@ impl Replicas {
 
     /// The routes with `/added/` sent to `other`.
     fn edited(&self) -> String {
-        routes(self.port, &self.app, &self.other, true)
+        app_then_added(self.port, &self.app, &self.other, true)
+    }
+}
+
+/// The two replicas, the one holding the node's stream first, once one alone does.
+async fn holder_first<'a>(
+    first: &'a mut RunningControlPlane,
+    second: &'a mut RunningControlPlane,
+) -> (&'a mut RunningControlPlane, &'a mut RunningControlPlane) {
+    let on_first = eventually("one replica holds the node's stream", async || {
+        match (serves_node(first).await, serves_node(second).await) {
+            (true, false) => Ok(true),
+            (false, true) => Ok(false),
+            both => anyhow::bail!("connected to first, second: {both:?}"),
+        }
+    })
+    .await;
+    if on_first {
+        (first, second)
+    } else {
+        (second, first)
     }
 }
 
@@ -108,19 +107,7 @@ async fn an_envoy_moves_to_a_live_replica_without_failing_a_request_and_takes_ed
     } = &mut replicas;
     let port = *port;
     // Kill whichever replica holds the stream; the other must take it over.
-    let on_first = eventually("one replica holds the node's stream", async || {
-        match (serves_node(first).await, serves_node(second).await) {
-            (true, false) => Ok(true),
-            (false, true) => Ok(false),
-            both => anyhow::bail!("connected to first, second: {both:?}"),
-        }
-    })
-    .await;
-    let (dead, live) = if on_first {
-        (first, second)
-    } else {
-        (second, first)
-    };
+    let (dead, live) = holder_first(first, second).await;
 
     let stream = traffic(port, "/steady", "app");
     let killed = Instant::now();
@@ -188,19 +175,7 @@ async fn replicas_serve_identical_versions_so_an_envoy_that_moves_is_sent_nothin
         "the replicas serve different versions of one routes.yaml"
     );
 
-    let on_first = eventually("one replica holds the node's stream", async || {
-        match (serves_node(first).await, serves_node(second).await) {
-            (true, false) => Ok(true),
-            (false, true) => Ok(false),
-            both => anyhow::bail!("connected to first, second: {both:?}"),
-        }
-    })
-    .await;
-    let (dead, live) = if on_first {
-        (first, second)
-    } else {
-        (second, first)
-    };
+    let (dead, live) = holder_first(first, second).await;
     let before = updates(&envoy).await;
     dead.kill();
     eventually("the node's stream moves to the live replica", async || {

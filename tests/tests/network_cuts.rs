@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
+use tollgate_conformance::routes_yaml::app_then_added;
 use tollgate_conformance::{
     eventually, get, request, reserve_port, traffic, traffic::traffic_of, ControlPlane, Envoy,
     ExtAuthz, NetworkNamespace, RunningControlPlane, RunningEnvoy, Upstream, UpstreamHandle,
@@ -40,28 +41,6 @@ fn outage() -> Duration {
     Duration::from_secs(secs)
 }
 
-/// Everything to `app`; with `added`, `/added/` to `other` first.
-fn routes(port: u16, app: &UpstreamHandle, other: &UpstreamHandle, added: bool) -> String {
-    let extra = if added {
-        "  - {name: added, match: {prefix: /added/}, service: other}\n"
-    } else {
-        ""
-    };
-    format!(
-        "version: 1
-listeners:
-  - {{name: public, address: \"127.0.0.1:{port}\"}}
-services:
-  app: {{endpoints: [\"{app}\"]}}
-  other: {{endpoints: [\"{other}\"]}}
-routes:
-{extra}  - {{name: all, match: {{prefix: /}}, service: app}}
-",
-        app = app.endpoint(),
-        other = other.endpoint(),
-    )
-}
-
 /// Two control-plane replicas, each in a namespace of its own, serving one routes.yaml, and
 /// an Envoy bootstrapped with both. Field order matters for Drop: processes before the
 /// namespaces they run in.
@@ -83,7 +62,7 @@ impl Replicas {
         let other = Upstream::new("other").spawn().await;
         let port = reserve_port();
         let first = ControlPlane::new()
-            .routes(routes(port, &app, &other, false))
+            .routes(app_then_added(port, &app, &other, false))
             .in_namespace(&first_ns)
             .start()
             .await;
@@ -105,7 +84,7 @@ impl Replicas {
             second_ns,
             first_ns,
             port,
-            edited: routes(port, &app, &other, true),
+            edited: app_then_added(port, &app, &other, true),
             _upstreams: (app, other),
         }
     }
