@@ -269,11 +269,11 @@ async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_mad
 /// The sidecars' call timeout in the ext-authz test's routes.yaml.
 const AUTHZ_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The retry policy's longest backoff for sidecar calls (control-plane
-/// `translate::auth::grpc_service`), which Envoy also makes each try's timeout: it converts
-/// a gRPC service's `core.v3.RetryPolicy` into a route retry policy whose `per_try_timeout`
-/// is the backoff's `max_interval` (`Http::Utility::convertCoreToRouteRetryPolicy`).
-const AUTHZ_PER_TRY_TIMEOUT: Duration = Duration::from_millis(50);
+/// Each try's timeout: the control plane makes the retry policy's longest backoff half the
+/// call's timeout (`translate::auth::per_try_timeout`), and Envoy makes that each try's
+/// timeout (`Http::Utility::convertCoreToRouteRetryPolicy` sets `per_try_timeout` from
+/// `max_interval`).
+const AUTHZ_PER_TRY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How long the traffic runs after the cut: past outlier detection's 5 s ejection, so that
 /// a replica ejected but not yet marked unhealthy would be seen getting calls again.

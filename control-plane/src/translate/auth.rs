@@ -108,14 +108,30 @@ pub(super) fn per_route(route: &str, auth: &RouteAuth) -> Any {
     })
 }
 
+/// The wait before a sidecar call is tried on another replica.
+const RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How long one try of a replicated sidecar call may take: half the call's `timeout`, so
+/// that a try left unanswered leaves the other half for a retry, but never under 50 ms,
+/// where a slow check (a JWKS fetch, a busy Redis) would be cut short; so the rate-limit
+/// service's default 50 ms is never retried after a timeout, where a try that was only
+/// slow could count a hit twice.
+pub(super) fn per_try_timeout(timeout: std::time::Duration) -> std::time::Duration {
+    (timeout / 2)
+        .max(std::time::Duration::from_millis(50))
+        .min(timeout)
+}
+
 /// Calls to `cluster`, each bounded by `timeout`. With several `replicas`, a call that could
 /// not reach one (refused, reset, or answered UNAVAILABLE) is tried once more on another at
-/// once, so a replica that just died costs no request; a call that timed out is not retried.
+/// once, so a replica that just died costs no request, and so is a try that went unanswered
+/// for [`per_try_timeout`], so a replica cut off the network costs a delay, not a failure.
 pub(super) fn grpc_service(
     cluster: &str,
     timeout: std::time::Duration,
     replicas: usize,
 ) -> GrpcService {
+    let per_try = per_try_timeout(timeout);
     GrpcService {
         target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
             cluster_name: cluster.to_string(),
@@ -125,9 +141,12 @@ pub(super) fn grpc_service(
         retry_policy: (replicas > 1).then(|| RetryPolicy {
             retry_on: "connect-failure,refused-stream,reset,unavailable".to_string(),
             num_retries: Some(UInt32Value { value: 1 }),
+            // Envoy makes the longest backoff each try's timeout as well
+            // (`Http::Utility::convertCoreToRouteRetryPolicy` sets `per_try_timeout` from
+            // `max_interval`); the wait before the retry is the base interval.
             retry_back_off: Some(BackoffStrategy {
-                base_interval: Some(proto_duration(std::time::Duration::from_millis(5))),
-                max_interval: Some(proto_duration(std::time::Duration::from_millis(50))),
+                base_interval: Some(proto_duration(per_try.min(RETRY_WAIT))),
+                max_interval: Some(proto_duration(per_try)),
             }),
             retry_host_predicate: vec![RetryHostPredicate {
                 name: "envoy.retry_host_predicates.previous_hosts".to_string(),

@@ -303,6 +303,23 @@ fn replicated_sidecars_are_health_checked_and_their_calls_retried_on_another() {
         retry.retry_host_predicate[0].name,
         "envoy.retry_host_predicates.previous_hosts"
     );
+    // Envoy makes the longest backoff each try's timeout: half of ext-authz's default 200 ms.
+    let per_try = retry
+        .retry_back_off
+        .and_then(|b| b.max_interval)
+        .expect("a longest backoff");
+    assert_eq!((per_try.seconds, per_try.nanos), (0, 100_000_000));
+}
+
+#[test]
+fn a_sidecar_try_gets_half_the_timeout_but_never_under_50_ms() {
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    assert_eq!(super::auth::per_try_timeout(ms(1000)), ms(500));
+    assert_eq!(super::auth::per_try_timeout(ms(200)), ms(100));
+    assert_eq!(super::auth::per_try_timeout(ms(80)), ms(50));
+    assert_eq!(super::auth::per_try_timeout(ms(50)), ms(50));
+    assert_eq!(super::auth::per_try_timeout(ms(20)), ms(20));
 }
 
 #[test]
