@@ -308,6 +308,35 @@ impl RunningEnvoy {
         response.json()
     }
 
+    /// Envoy's counters of listeners and clusters replaced or removed, and of filter chains
+    /// drained, sorted: what a resync must leave alone.
+    pub async fn churn(&self) -> Vec<(String, u64)> {
+        let mut counters = Vec::new();
+        for filter in [
+            "^listener_manager\\.(listener_modified|listener_removed|total_filter_chains_draining)$",
+            "^cluster_manager\\.(cluster_modified|cluster_removed)$",
+        ] {
+            counters.extend(self.stats(filter).await.expect("Envoy stats"));
+        }
+        counters.sort();
+        counters
+    }
+
+    /// The health flags `/clusters` shows for `address` in `cluster` ("healthy" when none,
+    /// "absent" when the host is not listed or Envoy does not answer).
+    pub async fn health_flags(&self, cluster: &str, address: std::net::SocketAddr) -> String {
+        let text = self
+            .admin_get("/clusters")
+            .await
+            .map(|r| r.text())
+            .unwrap_or_default();
+        let prefix = format!("{cluster}::{address}::health_flags::");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or("absent")
+            .to_owned()
+    }
+
     /// Counters and gauges from `/stats` whose names match the RE2 `filter`, as (name, value).
     pub async fn stats(&self, filter: &str) -> anyhow::Result<Vec<(String, u64)>> {
         let response = self.admin_get(&format!("/stats?filter={filter}")).await?;

@@ -208,20 +208,6 @@ async fn replicas_serve_identical_versions_so_an_envoy_that_moves_is_sent_nothin
     );
 }
 
-/// Envoy's counters of listeners and clusters replaced or removed, and of filter chains
-/// drained: what a resync must leave alone.
-async fn churn(envoy: &RunningEnvoy) -> Vec<(String, u64)> {
-    let mut counters = Vec::new();
-    for filter in [
-        "^listener_manager\\.(listener_modified|listener_removed|total_filter_chains_draining)$",
-        "^cluster_manager\\.(cluster_modified|cluster_removed)$",
-    ] {
-        counters.extend(envoy.stats(filter).await.expect("Envoy stats"));
-    }
-    counters.sort();
-    counters
-}
-
 async fn outage_then_resync(variant: XdsVariant) {
     let mut replicas = Replicas::start(false).await;
     let envoy = replicas.envoy(variant).await;
@@ -244,7 +230,7 @@ async fn outage_then_resync(variant: XdsVariant) {
         Ok(())
     })
     .await;
-    let before = churn(&envoy).await;
+    let before = envoy.churn().await;
     assert_eq!(before.len(), 5, "{before:?}");
 
     // Every control plane gone: the gateway serves on what it has.
@@ -266,7 +252,7 @@ async fn outage_then_resync(variant: XdsVariant) {
     })
     .await;
     assert_eq!(
-        churn(&envoy).await,
+        envoy.churn().await,
         before,
         "the resync replaced or removed something"
     );

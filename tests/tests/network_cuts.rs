@@ -10,7 +10,6 @@
 //! `TOLLGATE_NETCUT_OUTAGE_SECS` sets how long every control plane stays cut off (default
 //! 60, the figure).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
@@ -130,20 +129,6 @@ async fn connected_state(envoy: &RunningEnvoy) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no control_plane.connected_state in {stats:?}"))
 }
 
-/// Envoy's counters of listeners and clusters replaced or removed, and of filter chains
-/// drained: what a resync must leave alone.
-async fn churn(envoy: &RunningEnvoy) -> Vec<(String, u64)> {
-    let mut counters = Vec::new();
-    for filter in [
-        "^listener_manager\\.(listener_modified|listener_removed|total_filter_chains_draining)$",
-        "^cluster_manager\\.(cluster_modified|cluster_removed)$",
-    ] {
-        counters.extend(envoy.stats(filter).await.expect("Envoy stats"));
-    }
-    counters.sort();
-    counters
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and network namespaces: make test-netcut"]
 async fn an_envoy_whose_control_plane_is_cut_off_moves_to_the_other_within_5_s_without_failing_a_request(
@@ -206,7 +191,7 @@ async fn an_envoy_whose_control_plane_is_cut_off_moves_to_the_other_within_5_s_w
 async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_made_meanwhile() {
     let mut replicas = Replicas::start().await;
     replicas.stream_on_first().await;
-    let before = churn(&replicas.envoy).await;
+    let before = replicas.envoy.churn().await;
     assert_eq!(before.len(), 5, "{before:?}");
 
     let stream = traffic(replicas.port, "/steady", "app");
@@ -260,7 +245,7 @@ async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_mad
     );
     eprintln!("{} requests during the outage, none failed", report.sent);
     assert_eq!(
-        churn(&replicas.envoy).await,
+        replicas.envoy.churn().await,
         before,
         "the resync replaced, removed or drained a listener or a cluster"
     );
@@ -280,21 +265,6 @@ const AUTHZ_PER_TRY_TIMEOUT: Duration = Duration::from_millis(500);
 const AUTHZ_CUT_HELD: Duration = Duration::from_secs(8);
 
 const KEY: &str = "tgk_network_cuts_0123456789abcdef";
-
-/// The health flags Envoy's `/clusters` shows for `address` in `cluster` ("healthy" when
-/// none).
-async fn health_flags(envoy: &RunningEnvoy, cluster: &str, address: SocketAddr) -> String {
-    let text = envoy
-        .admin_get("/clusters")
-        .await
-        .map(|r| r.text())
-        .unwrap_or_default();
-    let prefix = format!("{cluster}::{address}::health_flags::");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .unwrap_or("absent")
-        .to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and network namespaces: make test-netcut"]
@@ -339,7 +309,7 @@ sidecars:
     .await;
     eventually("both replicas are healthy and answer checks", async || {
         for (address, authz) in [(a_addr, &authz_a), (b_addr, &authz_b)] {
-            let flags = health_flags(&envoy, "tollgate_ext_authz", address).await;
+            let flags = envoy.health_flags("tollgate_ext_authz", address).await;
             anyhow::ensure!(flags == "healthy", "{address}: {flags}");
             let allowed = authz
                 .metric(
@@ -357,7 +327,7 @@ sidecars:
     let cut = Instant::now();
     ns_a.cut();
     let out = eventually("the cut-off replica is out of rotation", async || {
-        let flags = health_flags(&envoy, "tollgate_ext_authz", a_addr).await;
+        let flags = envoy.health_flags("tollgate_ext_authz", a_addr).await;
         anyhow::ensure!(flags != "healthy", "{a_addr}: {flags}");
         Ok(flags)
     })
@@ -368,7 +338,7 @@ sidecars:
     );
     // Through outlier detection's ejection time: the replica must stay out of rotation.
     tokio::time::sleep(AUTHZ_CUT_HELD.saturating_sub(cut.elapsed())).await;
-    let flags = health_flags(&envoy, "tollgate_ext_authz", a_addr).await;
+    let flags = envoy.health_flags("tollgate_ext_authz", a_addr).await;
     assert!(
         flags.contains("failed_active_hc"),
         "the cut-off replica should be failing its health checks: {flags}"
@@ -422,7 +392,7 @@ sidecars:
     // Reconnected, the replica passes a health check and is back in rotation.
     ns_a.restore();
     eventually("the replica is back in rotation", async || {
-        let flags = health_flags(&envoy, "tollgate_ext_authz", a_addr).await;
+        let flags = envoy.health_flags("tollgate_ext_authz", a_addr).await;
         anyhow::ensure!(flags == "healthy", "{a_addr}: {flags}");
         Ok(())
     })

@@ -3,31 +3,14 @@
 //! `grpc.health.v1` checks, so a stopped replica stops receiving calls within a couple of
 //! seconds, and a call that finds its replica gone is retried on another: no request fails.
 
-use std::net::SocketAddr;
-
 use sha2::Digest as _;
 use tollgate_conformance::ratelimit::RateLimitService;
 use tollgate_conformance::{
-    eventually, request, reserve_port, traffic::traffic_of, ControlPlane, Envoy, ExtAuthz,
-    RunningEnvoy, Upstream,
+    eventually, request, reserve_port, traffic::traffic_of, ControlPlane, Envoy, ExtAuthz, Upstream,
 };
 use tollgate_testkit::redis::RedisServer;
 
 const KEY: &str = "tgk_sidecar_replicas_0123456789";
-
-/// The health flags Envoy's `/clusters` shows for `address` in `cluster` (empty: healthy).
-async fn health_flags(envoy: &RunningEnvoy, cluster: &str, address: SocketAddr) -> String {
-    let text = envoy
-        .admin_get("/clusters")
-        .await
-        .map(|r| r.text())
-        .unwrap_or_default();
-    let prefix = format!("{cluster}::{address}::health_flags::");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .unwrap_or("absent")
-        .to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_sidecar_replica_is_taken_out_of_rotation_and_the_others_answer() {
@@ -94,7 +77,7 @@ sidecars:
             ("tollgate_ext_authz", a_addr),
             ("tollgate_ratelimit", ra_addr),
         ] {
-            let flags = health_flags(&envoy, cluster, address).await;
+            let flags = envoy.health_flags(cluster, address).await;
             anyhow::ensure!(flags == "healthy", "{cluster} {address}: {flags}");
         }
         Ok(())
@@ -111,7 +94,7 @@ sidecars:
                 ("tollgate_ext_authz", a_addr),
                 ("tollgate_ratelimit", ra_addr),
             ] {
-                let flags = health_flags(&envoy, cluster, address).await;
+                let flags = envoy.health_flags(cluster, address).await;
                 anyhow::ensure!(
                     flags.contains("failed_active_hc"),
                     "{cluster} {address}: {flags}"
