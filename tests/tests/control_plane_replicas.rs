@@ -87,6 +87,29 @@ async fn holder_first<'a>(
     }
 }
 
+/// Waits until the node's stream is on `live`.
+async fn stream_moves_to(live: &RunningControlPlane) {
+    eventually("the node's stream moves to the live replica", async || {
+        anyhow::ensure!(serves_node(live).await, "not yet");
+        Ok(())
+    })
+    .await;
+}
+
+/// Writes `edited` (which sends `/added/` to `other`) on `live`, and waits until Envoy on
+/// `port` routes by it.
+async fn edit_arrives_through(live: &mut RunningControlPlane, edited: &str, port: u16) {
+    live.write_by_rename(edited);
+    eventually(
+        "the edit reaches Envoy through the live replica",
+        async || {
+            get(port, "/added/x").await?.expect_upstream("other")?;
+            Ok(())
+        },
+    )
+    .await;
+}
+
 /// Whether `cp`'s `/status` shows the node with an open stream.
 async fn serves_node(cp: &RunningControlPlane) -> bool {
     cp.node_status(NODE)
@@ -112,25 +135,13 @@ async fn an_envoy_moves_to_a_live_replica_without_failing_a_request_and_takes_ed
     let stream = traffic(port, "/steady", "app");
     let killed = Instant::now();
     dead.kill();
-    eventually("the node's stream moves to the live replica", async || {
-        anyhow::ensure!(serves_node(live).await, "not yet");
-        Ok(())
-    })
-    .await;
+    stream_moves_to(live).await;
     eprintln!(
         "the node reconnected to the live replica {:?} after the kill",
         killed.elapsed()
     );
     // An edit now reaches Envoy through the live replica.
-    live.write_by_rename(&edited);
-    eventually(
-        "the edit reaches Envoy through the live replica",
-        async || {
-            get(port, "/added/x").await?.expect_upstream("other")?;
-            Ok(())
-        },
-    )
-    .await;
+    edit_arrives_through(live, &edited, port).await;
     let report = stream.stop().await;
     assert!(report.sent > 0, "no traffic was sent");
     assert!(
@@ -178,22 +189,10 @@ async fn replicas_serve_identical_versions_so_an_envoy_that_moves_is_sent_nothin
     let (dead, live) = holder_first(first, second).await;
     let before = updates(&envoy).await;
     dead.kill();
-    eventually("the node's stream moves to the live replica", async || {
-        anyhow::ensure!(serves_node(live).await, "not yet");
-        Ok(())
-    })
-    .await;
+    stream_moves_to(live).await;
     // The edit changes the route table only; responses on one stream arrive in order, so
     // once it applies, any resend at the reconnect has been counted too.
-    live.write_by_rename(&edited);
-    eventually(
-        "the edit reaches Envoy through the live replica",
-        async || {
-            get(port, "/added/x").await?.expect_upstream("other")?;
-            Ok(())
-        },
-    )
-    .await;
+    edit_arrives_through(live, &edited, port).await;
     let after = updates(&envoy).await;
     let grown: Vec<(&String, u64)> = before
         .iter()

@@ -64,16 +64,9 @@ async fn first_cds_response(
     node_id: &str,
 ) -> Result<DiscoveryResponse, tonic::Status> {
     let exchange = async {
-        let channel = client
-            .grpc_channel(cp.xds_addr().port())
-            .await
-            .map_err(|error| tonic::Status::unavailable(format!("{error:#}")))?;
+        let channel = xds_channel(cp, client).await?;
         let request = DiscoveryRequest {
-            node: Some(Node {
-                id: node_id.to_owned(),
-                cluster: "tollgate".to_owned(),
-                ..Default::default()
-            }),
+            node: node(node_id),
             type_url: CLUSTER_TYPE.to_owned(),
             ..Default::default()
         };
@@ -88,6 +81,32 @@ async fn first_cds_response(
         drop(requests);
         first.ok_or_else(|| tonic::Status::unknown("the stream ended without an answer"))
     };
+    within_patience(exchange).await
+}
+
+/// A TLS connection from `client` to `cp`'s xDS port; a failed handshake as UNAVAILABLE.
+async fn xds_channel(
+    cp: &RunningControlPlane,
+    client: &TlsClient,
+) -> Result<tonic::transport::Channel, tonic::Status> {
+    client
+        .grpc_channel(cp.xds_addr().port())
+        .await
+        .map_err(|error| tonic::Status::unavailable(format!("{error:#}")))
+}
+
+fn node(id: &str) -> Option<Node> {
+    Some(Node {
+        id: id.to_owned(),
+        cluster: "tollgate".to_owned(),
+        ..Default::default()
+    })
+}
+
+/// `exchange`, or DEADLINE_EXCEEDED when it takes longer than [`XDS_PATIENCE`].
+async fn within_patience<T>(
+    exchange: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
     tokio::time::timeout(XDS_PATIENCE, exchange)
         .await
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
@@ -100,16 +119,9 @@ async fn first_delta_cds_answer(
     node_id: &str,
 ) -> Result<(), tonic::Status> {
     let exchange = async {
-        let channel = client
-            .grpc_channel(cp.xds_addr().port())
-            .await
-            .map_err(|error| tonic::Status::unavailable(format!("{error:#}")))?;
+        let channel = xds_channel(cp, client).await?;
         let request = DeltaDiscoveryRequest {
-            node: Some(Node {
-                id: node_id.to_owned(),
-                cluster: "tollgate".to_owned(),
-                ..Default::default()
-            }),
+            node: node(node_id),
             type_url: CLUSTER_TYPE.to_owned(),
             ..Default::default()
         };
@@ -125,9 +137,7 @@ async fn first_delta_cds_answer(
             .map(|_| ())
             .ok_or_else(|| tonic::Status::unknown("the stream ended without an answer"))
     };
-    tokio::time::timeout(XDS_PATIENCE, exchange)
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
+    within_patience(exchange).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
