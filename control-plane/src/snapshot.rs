@@ -67,7 +67,9 @@ pub struct ResourceSet {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
     version: String,
-    sets: BTreeMap<&'static str, ResourceSet>,
+    /// Shared, so that a stream can hold "everything of this set" as a reference rather than
+    /// a copy of a thousand names and versions.
+    sets: BTreeMap<&'static str, Arc<ResourceSet>>,
 }
 
 impl Snapshot {
@@ -98,7 +100,10 @@ impl Snapshot {
         }
         Snapshot {
             version: short_hash(whole),
-            sets,
+            sets: sets
+                .into_iter()
+                .map(|(type_url, set)| (type_url, Arc::new(set)))
+                .collect(),
         }
     }
 
@@ -109,10 +114,15 @@ impl Snapshot {
 
     /// The resources of one type; an empty set for a type this snapshot does not serve.
     pub fn resources(&self, type_url: &str) -> &ResourceSet {
-        static EMPTY: std::sync::OnceLock<ResourceSet> = std::sync::OnceLock::new();
+        self.resource_set(type_url)
+    }
+
+    /// The resources of one type as a shared set (an empty one for a type not served).
+    pub fn resource_set(&self, type_url: &str) -> &Arc<ResourceSet> {
+        static EMPTY: std::sync::OnceLock<Arc<ResourceSet>> = std::sync::OnceLock::new();
         self.sets
             .get(type_url)
-            .unwrap_or_else(|| EMPTY.get_or_init(ResourceSet::default))
+            .unwrap_or_else(|| EMPTY.get_or_init(Arc::default))
     }
 }
 

@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use crate::snapshot::{Resource, Snapshot};
 
+use super::held::HeldVersions;
 use super::nodes::{StreamRecords, TypeRecord};
 use super::sequencing::{
     announced_version, changed_resources, find_resource, Answer, InFlight, NonceSource,
@@ -40,7 +41,7 @@ struct TypeState {
     subscription: Option<Subscription>,
     /// Resource name → version the client holds, as far as this stream knows: seeded from
     /// `initial_resource_versions` on a reconnect, updated as responses are pushed.
-    client_versions: BTreeMap<String, String>,
+    client_versions: HeldVersions,
     /// Names the client just subscribed to: they must be answered even if the client seems to
     /// hold them already (xDS protocol, "Subscribing to Resources"), or announced as absent.
     must_answer: BTreeSet<String>,
@@ -84,13 +85,13 @@ fn diff<'a>(
         match offered {
             Some(resource) => {
                 let held = state.client_versions.get(name);
-                if must_answer || held != Some(&resource.version) {
+                if must_answer || held != Some(resource.version.as_str()) {
                     diff.updated.push(resource);
                 }
             }
             // Deleted resources are named in `removed_resources` (xDS protocol, "Deleting
             // Resources"), as are subscribed names that do not exist.
-            None if must_answer || state.client_versions.contains_key(name) => {
+            None if must_answer || state.client_versions.contains(name) => {
                 diff.removed.push(name.to_string());
             }
             None => {}
@@ -102,6 +103,17 @@ fn diff<'a>(
         offered_set.contains_key(name) || retained_set.is_some_and(|set| set.contains_key(name))
     };
     let mut others: BTreeSet<&str> = BTreeSet::new();
+    let nothing_retained = retained_set.is_none_or(BTreeMap::is_empty);
+    if subscription.wildcard
+        && nothing_retained
+        && state.must_answer.is_empty()
+        && state
+            .client_versions
+            .is_exactly(target.resource_set(served.url()))
+    {
+        // In sync: what this stream checks after every request of every node.
+        return Some(diff);
+    }
     if subscription.wildcard {
         for resource in offered_set.values() {
             compare(&resource.name, Some(resource));
@@ -114,14 +126,23 @@ fn diff<'a>(
     } else {
         others.extend(subscription.names.iter().map(String::as_str));
     }
-    others.extend(
-        state
-            .client_versions
-            .keys()
-            .chain(&state.must_answer)
-            .map(String::as_str)
-            .filter(|name| !subscription.wildcard || !is_offered(name)),
-    );
+    if subscription.wildcard {
+        others.extend(
+            state
+                .client_versions
+                .missing_from(target.resources(served.url()))
+                .into_iter()
+                .chain(state.must_answer.iter().map(String::as_str))
+                .filter(|name| !is_offered(name)),
+        );
+    } else {
+        others.extend(
+            state
+                .client_versions
+                .names()
+                .chain(state.must_answer.iter().map(String::as_str)),
+        );
+    }
     for name in others {
         compare(name, find_resource(target, retained, served, name));
     }
@@ -267,7 +288,7 @@ impl TransportVariant for DeltaStream {
                 subscription.wildcard = true;
                 continue;
             }
-            if !(first && state.client_versions.contains_key(&name)) {
+            if !(first && state.client_versions.contains(&name)) {
                 state.must_answer.insert(name.clone());
             }
             subscription.names.insert(name);
@@ -280,9 +301,11 @@ impl TransportVariant for DeltaStream {
             }
         }
         // The client forgets what it no longer tracks; nothing needs removing for those.
-        state
-            .client_versions
-            .retain(|name, _| subscription.wants(name));
+        if !subscription.wildcard {
+            state
+                .client_versions
+                .retain(|name| subscription.wants(name));
+        }
         state.must_answer.retain(|name| subscription.wants(name));
         state.record.subscribed = true;
 
@@ -303,9 +326,11 @@ impl TransportVariant for DeltaStream {
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) {
         let previous = self.target.replace(Arc::clone(&snapshot));
         for served in [ServedType::Cluster, ServedType::Endpoint] {
-            let held = self.types[served.index()].client_versions.keys();
+            let gone = self.types[served.index()]
+                .client_versions
+                .missing_from(snapshot.resources(served.url()));
             self.retained
-                .on_new_snapshot(served, held, previous.as_deref(), &snapshot);
+                .on_new_snapshot(served, gone, previous.as_deref());
         }
     }
 
@@ -343,14 +368,25 @@ impl TransportVariant for DeltaStream {
             if served == ServedType::Cluster {
                 self.resend_endpoints_of_changed_clusters(&resources);
             }
+            let retained = &self.retained;
             let state = &mut self.types[served.index()];
-            for resource in &resources {
-                state
-                    .client_versions
-                    .insert(resource.name.clone(), resource.version.clone());
-            }
-            for name in &removed {
-                state.client_versions.remove(name);
+            if state.subscription.as_ref().is_some_and(|s| s.wildcard) {
+                // A wildcard client now holds exactly what is offered: the target's set by
+                // reference, and the retained resources.
+                let mut held = HeldVersions::whole(target.resource_set(served.url()));
+                for resource in retained.of(served).into_iter().flat_map(|set| set.values()) {
+                    held.insert(&resource.name, &resource.version);
+                }
+                state.client_versions = held;
+            } else {
+                for resource in &resources {
+                    state
+                        .client_versions
+                        .insert(&resource.name, &resource.version);
+                }
+                for name in &removed {
+                    state.client_versions.remove(name);
+                }
             }
             state.must_answer.clear();
             state.latest_nonce = Some(nonce.clone());

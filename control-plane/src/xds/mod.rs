@@ -8,6 +8,7 @@
 //! (<https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol>).
 
 mod delta;
+mod held;
 mod identity;
 mod nodes;
 mod sequencing;

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 
 use crate::snapshot::{Resource, Snapshot};
 
+use super::held::HeldVersions;
 use super::served::ServedType;
 
 /// The explicit wildcard resource name (xDS protocol, "How the client specifies what resources
@@ -87,31 +88,26 @@ pub(crate) struct RetainedResources {
 }
 
 impl RetainedResources {
-    /// Recomputes the stale set of `served` when `next` replaces `previous`: everything in
-    /// `held` (what the client has or is being sent) that `next` lacks is kept, with the newest
-    /// body known.
+    /// Recomputes the stale set of `served` when a new snapshot replaces `previous`: `gone`
+    /// names what the client has (or is being sent) that the new snapshot lacks; each is kept
+    /// with the newest body known.
     pub fn on_new_snapshot<'a>(
         &mut self,
         served: ServedType,
-        held: impl IntoIterator<Item = &'a String>,
+        gone: impl IntoIterator<Item = &'a str>,
         previous: Option<&Snapshot>,
-        next: &Snapshot,
     ) {
         let Some(retained) = self.map_mut(served) else {
             return;
         };
-        let next_set = &next.resources(served.url()).resources;
         let previous_set = previous.map(|p| &p.resources(served.url()).resources);
         let mut kept = BTreeMap::new();
-        for name in held {
-            if next_set.contains_key(name) {
-                continue;
-            }
+        for name in gone {
             let body = previous_set
                 .and_then(|set| set.get(name))
                 .or_else(|| retained.get(name));
             if let Some(body) = body {
-                kept.insert(name.clone(), body.clone());
+                kept.insert(name.to_string(), body.clone());
             }
         }
         *retained = kept;
@@ -160,17 +156,6 @@ pub(crate) fn find_resource<'a>(
                 .and_then(|r| r.of(served))
                 .and_then(|set| set.get(name))
         })
-}
-
-/// Names of the retained resources of `served`.
-pub(crate) fn retained_names(
-    retained: Option<&RetainedResources>,
-    served: ServedType,
-) -> impl Iterator<Item = &String> {
-    retained
-        .and_then(|r| r.of(served))
-        .into_iter()
-        .flat_map(|set| set.keys())
 }
 
 /// The version a type is announced at: the snapshot's, or a distinct one while stale resources
@@ -222,22 +207,19 @@ mod tests {
     fn clusters_dropped_by_the_new_snapshot_are_retained_with_their_bodies() {
         let old = clusters(&["a", "b"]);
         let new = clusters(&["a"]);
-        let held = ["a".to_string(), "b".to_string()];
         let mut retained = RetainedResources::default();
-        retained.on_new_snapshot(ServedType::Cluster, &held, Some(&old), &new);
+        retained.on_new_snapshot(ServedType::Cluster, ["b"], Some(&old));
         assert_eq!(
-            retained_names(Some(&retained), ServedType::Cluster).collect::<Vec<_>>(),
-            ["b"]
+            retained
+                .of(ServedType::Cluster)
+                .map(|set| set.keys().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec!["b"])
         );
         assert!(find_resource(&new, Some(&retained), ServedType::Cluster, "b").is_some());
         assert_ne!(
             announced_version(&new, Some(&retained), ServedType::Cluster),
             new.resources(type_url::CLUSTER).version
         );
-
-        // A cluster that comes back is served from the snapshot again, not retained.
-        retained.on_new_snapshot(ServedType::Cluster, &held, Some(&new), &old);
-        assert!(retained.is_empty());
     }
 
     #[test]
@@ -284,12 +266,12 @@ mod in_flight_tests {
 
 /// Names held at one version and now pushed at another: resources changed in place.
 pub(crate) fn changed_resources<'a>(
-    held: &BTreeMap<String, String>,
+    held: &HeldVersions,
     pushed: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Vec<String> {
     pushed
         .into_iter()
-        .filter(|(name, version)| held.get(*name).is_some_and(|old| old != version))
+        .filter(|(name, version)| held.get(name).is_some_and(|old| old != *version))
         .map(|(name, _)| name.to_string())
         .collect()
 }

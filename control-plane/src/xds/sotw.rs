@@ -10,10 +10,11 @@ use tracing::{debug, warn};
 
 use crate::snapshot::Snapshot;
 
+use super::held::HeldVersions;
 use super::nodes::{StreamRecords, TypeRecord};
 use super::sequencing::{
-    announced_version, changed_resources, find_resource, retained_names, Answer, InFlight,
-    NonceSource, RetainedResources, WILDCARD,
+    announced_version, changed_resources, find_resource, Answer, InFlight, NonceSource,
+    RetainedResources, WILDCARD,
 };
 use super::served::ServedType;
 use super::stream::TransportVariant;
@@ -50,7 +51,7 @@ struct Held {
     /// changed (xDS protocol, "How the client specifies what resources to return"; Envoy keeps
     /// a cluster warming until EDS answers for it).
     answered: Subscription,
-    resources: Versions,
+    resources: HeldVersions,
     /// `version_info` of the response that brought them.
     version: String,
 }
@@ -89,7 +90,7 @@ impl Desired {
                 newly_requested
                     || named
                         .iter()
-                        .any(|(name, version)| held.resources.get(name) != Some(version))
+                        .any(|(name, version)| held.resources.get(name) != Some(version.as_str()))
             }
         }
     }
@@ -157,23 +158,33 @@ impl SotwStream {
         })
     }
 
-    /// The versions of every resource `desired` stands for.
-    fn versions(&self, served: ServedType, desired: Desired) -> (Subscription, Versions, String) {
+    /// The versions of every resource `desired` stands for: for a wildcard, the target's
+    /// whole set by reference plus the retained resources sent with it.
+    fn versions(
+        &self,
+        served: ServedType,
+        desired: Desired,
+    ) -> (Subscription, HeldVersions, String) {
         let versions = match desired.named {
-            Some(named) => named,
+            Some(named) => named.into_iter().collect(),
             None => {
                 let Some(target) = self.target.as_deref() else {
-                    return (desired.subscription, Versions::new(), desired.version);
+                    return (
+                        desired.subscription,
+                        HeldVersions::default(),
+                        desired.version,
+                    );
                 };
-                let retained = Some(&self.retained);
-                target
-                    .resources(served.url())
-                    .resources
-                    .keys()
-                    .chain(retained_names(retained, served))
-                    .filter_map(|name| find_resource(target, retained, served, name))
-                    .map(|resource| (resource.name.clone(), resource.version.clone()))
-                    .collect()
+                let mut versions = HeldVersions::whole(target.resource_set(served.url()));
+                for resource in self
+                    .retained
+                    .of(served)
+                    .into_iter()
+                    .flat_map(|set| set.values())
+                {
+                    versions.insert(&resource.name, &resource.version);
+                }
+                versions
             }
         };
         (desired.subscription, versions, desired.version)
@@ -238,8 +249,7 @@ impl SotwStream {
         let target = self.target.as_deref();
         let retained = Some(&self.retained);
         let resources = versions
-            .keys()
-            .filter_map(|name| target.and_then(|t| find_resource(t, retained, served, name)))
+            .resources(|name| target.and_then(|t| find_resource(t, retained, served, name)))
             .map(|resource| resource.body.clone())
             .collect();
         let response = DiscoveryResponse {
@@ -268,11 +278,21 @@ impl SotwStream {
     /// EDS answer even when its endpoints did not change, for the whole initial fetch timeout
     /// (15 s) otherwise, holding back every later push (go-control-plane #245). Forgetting
     /// that the client holds those assignments makes them due, right after this CDS push.
-    fn resend_endpoints_of_changed_clusters(&mut self, clusters: &Versions) {
+    fn resend_endpoints_of_changed_clusters(&mut self, clusters: &HeldVersions) {
+        let holds_endpoints = self
+            .state(ServedType::Endpoint)
+            .held
+            .as_ref()
+            .is_some_and(|endpoints| endpoints.resources.names().next().is_some());
         let Some(held_clusters) = &self.state(ServedType::Cluster).held else {
             return;
         };
-        let pushed = clusters.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        if !holds_endpoints {
+            return;
+        }
+        let pushed = clusters
+            .names()
+            .filter_map(|name| clusters.get(name).map(|version| (name, version)));
         let changed = changed_resources(&held_clusters.resources, pushed);
         if let Some(endpoints) = &mut self.state_mut(ServedType::Endpoint).held {
             for name in &changed {
@@ -360,7 +380,7 @@ impl TransportVariant for SotwStream {
         if let (Some(held), Subscription::Named(names)) = (&mut state.held, &subscription) {
             // The client forgets resources it no longer asks for; asking again later must be
             // answered again.
-            held.resources.retain(|name, _| names.contains(name));
+            held.resources.retain(|name| names.contains(name));
             if let Subscription::Named(answered) = &mut held.answered {
                 answered.retain(|name| names.contains(name));
             }
@@ -373,16 +393,12 @@ impl TransportVariant for SotwStream {
         let previous = self.target.replace(Arc::clone(&snapshot));
         for served in [ServedType::Cluster, ServedType::Endpoint] {
             // What the client holds of this type: everything in the latest response.
-            let held = self.types[served.index()]
-                .held
-                .as_ref()
-                .map(|held| held.resources.keys());
-            self.retained.on_new_snapshot(
-                served,
-                held.into_iter().flatten(),
-                previous.as_deref(),
-                &snapshot,
-            );
+            let held = self.types[served.index()].held.as_ref().map(|held| {
+                held.resources
+                    .missing_from(snapshot.resources(served.url()))
+            });
+            self.retained
+                .on_new_snapshot(served, held.into_iter().flatten(), previous.as_deref());
         }
     }
 

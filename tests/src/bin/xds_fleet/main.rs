@@ -33,12 +33,25 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let edits: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(20);
     let max_nodes: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    // `sotw` or `delta`: only that variant's rows at exactly `max_nodes` nodes and no real
+    // Envoys, for profiling one case (`perf record -p` on the control plane meanwhile).
+    let only: Option<Variant> = args.next().map(|name| match name.as_str() {
+        "sotw" => Variant::Sotw,
+        "delta" => Variant::Delta,
+        other => panic!("unknown variant {other:?}: sotw or delta"),
+    });
     println!(
         "| xDS | nodes | routes | edits | every node ACKed, p50 ms | p99 ms | control plane CPU s per edit (median) | control plane RSS MB |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows: Vec<(Variant, usize, usize)> = Vec::new();
     for variant in [Variant::Sotw, Variant::Delta] {
+        if let Some(only) = only {
+            if only == variant {
+                rows.push((variant, max_nodes, 1_000));
+            }
+            continue;
+        }
         for nodes in [1, 100, 1_000, 10_000] {
             if nodes <= max_nodes {
                 rows.push((variant, nodes, 1_000));
@@ -58,6 +71,9 @@ async fn main() {
         );
     }
     for variant in [XdsVariant::Sotw, XdsVariant::Delta] {
+        if only.is_some() {
+            break;
+        }
         let row = real_envoys(variant, 3, 1_000, edits).await;
         println!(
             "| {} (real Envoys, until each applied the new route table) | 3 | 1000 | {edits} | {:.1} | {:.1} | {:.3} | {:.0} |",
