@@ -6,8 +6,9 @@
 //! content, so rebuilding an unchanged routes.yaml yields equal versions and pushes nothing.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -56,11 +57,34 @@ impl Resource {
 }
 
 /// The resources of one type, by name, and the version of that set.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct ResourceSet {
     /// Hash over every (name, resource version) pair: the SotW `version_info` of this type.
     pub version: String,
     pub resources: BTreeMap<String, Resource>,
+    /// Every resource as a `resources` field of a `DiscoveryResponse`, encoded on first use
+    /// and then shared by every stream that sends the whole set.
+    encoded_as_response_field: OnceLock<Bytes>,
+}
+
+impl PartialEq for ResourceSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version && self.resources == other.resources
+    }
+}
+
+impl ResourceSet {
+    /// The whole set as the repeated `resources` field (number 2) of a SotW
+    /// `DiscoveryResponse`, in name order: encoded once, however many streams send it.
+    pub fn encoded_as_response_field(&self) -> &Bytes {
+        self.encoded_as_response_field.get_or_init(|| {
+            let mut buf = Vec::new();
+            for resource in self.resources.values() {
+                prost::encoding::message::encode(2, &resource.body, &mut buf);
+            }
+            Bytes::from(buf)
+        })
+    }
 }
 
 /// An immutable, complete configuration for Envoy.
@@ -119,7 +143,7 @@ impl Snapshot {
 
     /// The resources of one type as a shared set (an empty one for a type not served).
     pub fn resource_set(&self, type_url: &str) -> &Arc<ResourceSet> {
-        static EMPTY: std::sync::OnceLock<Arc<ResourceSet>> = std::sync::OnceLock::new();
+        static EMPTY: OnceLock<Arc<ResourceSet>> = OnceLock::new();
         self.sets
             .get(type_url)
             .unwrap_or_else(|| EMPTY.get_or_init(Arc::default))

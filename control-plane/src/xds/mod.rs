@@ -13,6 +13,8 @@ mod identity;
 mod nodes;
 mod sequencing;
 mod served;
+mod service;
+mod shared_response;
 mod sotw;
 mod stream;
 #[cfg(test)]
@@ -26,13 +28,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tollgate_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use tollgate_proto::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 use tollgate_runtime::reload::Reloader;
 use tollgate_runtime::server_tls::ServerTls;
@@ -89,7 +85,7 @@ impl AdsServer {
         self
     }
 
-    fn spawn_stream<V: TransportVariant>(
+    pub(crate) fn spawn_stream<V: TransportVariant>(
         &self,
         variant: V,
         request: Request<Streaming<V::Request>>,
@@ -115,28 +111,6 @@ impl AdsServer {
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let variant = sotw::SotwStream::default();
-        Ok(Response::new(self.spawn_stream(variant, request)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let variant = delta::DeltaStream::default();
-        Ok(Response::new(self.spawn_stream(variant, request)))
-    }
-}
-
 /// Serves ADS on an already-bound listener until `shutdown` resolves: over TLS with the
 /// newest of `tls`'s certificate files when given, in plaintext otherwise.
 pub async fn serve(
@@ -154,8 +128,7 @@ pub async fn serve(
         shutdown.await;
         stopping.send_replace(true);
     };
-    let router = tonic::transport::Server::builder()
-        .add_service(AggregatedDiscoveryServiceServer::new(server));
+    let router = tonic::transport::Server::builder().add_service(service::AdsService(server));
     let served = match tls {
         Some(tls) => {
             tracing::info!(

@@ -17,6 +17,7 @@ use super::sequencing::{
     RetainedResources, WILDCARD,
 };
 use super::served::ServedType;
+use super::shared_response::SharedDiscoveryResponse;
 use super::stream::TransportVariant;
 
 /// Which resources of a type the client asked for.
@@ -121,7 +122,7 @@ pub(crate) struct SotwStream {
     in_flight: InFlight,
     nonces: NonceSource,
     /// Empty answers owed to requests for types Tollgate does not serve.
-    unserved_replies: VecDeque<DiscoveryResponse>,
+    unserved_replies: VecDeque<SharedDiscoveryResponse>,
 }
 
 impl SotwStream {
@@ -243,22 +244,28 @@ impl SotwStream {
         self.retained.clear();
     }
 
-    fn respond(&mut self, served: ServedType, desired: Desired) -> DiscoveryResponse {
+    fn respond(&mut self, served: ServedType, desired: Desired) -> SharedDiscoveryResponse {
         let nonce = self.nonces.next_nonce();
         let (answered, versions, version) = self.versions(served, desired);
-        let target = self.target.as_deref();
-        let retained = Some(&self.retained);
-        let resources = versions
-            .resources(|name| target.and_then(|t| find_resource(t, retained, served, name)))
-            .map(|resource| resource.body.clone())
-            .collect();
-        let response = DiscoveryResponse {
+        let mut response = SharedDiscoveryResponse::from(DiscoveryResponse {
             version_info: version.clone(),
-            resources,
             type_url: served.url().to_string(),
             nonce: nonce.clone(),
             ..Default::default()
-        };
+        });
+        if let Some(target) = self.target.as_deref() {
+            let set = target.resource_set(served.url());
+            if versions.is_exactly(set) {
+                // The common case, every node's CDS and LDS: bytes shared by all streams.
+                response.resources = set.encoded_as_response_field().clone();
+            } else {
+                let retained = Some(&self.retained);
+                response.head.resources = versions
+                    .resources(|name| find_resource(target, retained, served, name))
+                    .map(|resource| resource.body.clone())
+                    .collect();
+            }
+        }
         if served == ServedType::Cluster {
             self.resend_endpoints_of_changed_clusters(&versions);
         }
@@ -336,7 +343,7 @@ impl SotwStream {
 
 impl TransportVariant for SotwStream {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = SharedDiscoveryResponse;
 
     fn node(request: &DiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
@@ -349,11 +356,14 @@ impl TransportVariant for SotwStream {
             if request.response_nonce.is_empty() {
                 debug!(node = %node, type_url = %request.type_url, "request for unserved type");
                 let nonce = self.nonces.next_nonce();
-                self.unserved_replies.push_back(DiscoveryResponse {
-                    type_url: request.type_url,
-                    nonce,
-                    ..Default::default()
-                });
+                self.unserved_replies.push_back(
+                    DiscoveryResponse {
+                        type_url: request.type_url,
+                        nonce,
+                        ..Default::default()
+                    }
+                    .into(),
+                );
             }
             return;
         };
@@ -402,7 +412,7 @@ impl TransportVariant for SotwStream {
         }
     }
 
-    fn next_response(&mut self, node: &str) -> Option<DiscoveryResponse> {
+    fn next_response(&mut self, node: &str) -> Option<SharedDiscoveryResponse> {
         if let Some(reply) = self.unserved_replies.pop_front() {
             return Some(reply);
         }
@@ -427,9 +437,9 @@ impl TransportVariant for SotwStream {
             debug!(
                 node = %node,
                 type = served.short_name(),
-                version = %response.version_info,
-                nonce = %response.nonce,
-                resources = response.resources.len(),
+                version = %response.head.version_info,
+                nonce = %response.head.nonce,
+                resources = response.resource_count(),
                 "pushing"
             );
             return Some(response);
