@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Status, Streaming};
 
 use tollgate_runtime::reload::Reloader;
@@ -89,7 +89,7 @@ impl AdsServer {
         &self,
         variant: V,
         request: Request<Streaming<V::Request>>,
-    ) -> ReceiverStream<Result<V::Response, Status>> {
+    ) -> mpsc::Receiver<Result<V::Response, Status>> {
         let (responses, receiver) = mpsc::channel(RESPONSE_BUFFER);
         let permitted_nodes = self.bind_node_ids.then(|| {
             request
@@ -107,7 +107,7 @@ impl AdsServer {
             permitted_nodes,
         };
         tokio::spawn(stream::run(variant, context));
-        ReceiverStream::new(receiver)
+        receiver
     }
 }
 

@@ -1,22 +1,32 @@
-//! The ADS gRPC service, routed by hand instead of by tonic's generated server: the generated
-//! one fixes SotW's response type to `DiscoveryResponse`, and streams here send
-//! [`SharedDiscoveryResponse`]s, the same message on the wire with its resources shared.
+//! The ADS gRPC service, routed and framed by hand rather than by tonic's generated server and
+//! codec: those encode every message into a buffer of the stream's own, and a SotW response's
+//! resources are bytes shared by every stream ([`SharedDiscoveryResponse`]). Here each
+//! response goes to HTTP/2 as a small head chunk (length prefix and the fields of its own) and
+//! the shared chunk, referenced rather than copied, so ten thousand streams sending the same
+//! cluster set hold one copy of it between them.
+//!
+//! Requests are still decoded by tonic ([`Streaming`]); the response body writes the gRPC
+//! framing itself ("Length-Prefixed-Message" and trailers, gRPC over HTTP/2 protocol).
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
-use tokio_stream::wrappers::ReceiverStream;
-use tollgate_proto::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
-};
+use http_body::Frame;
+use prost::Message;
+use tokio::sync::mpsc;
+use tollgate_proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 use tonic::body::Body as TonicBody;
+use tonic::codec::Codec;
 use tonic::codegen::{http, Body, Service, StdError};
-use tonic::server::{Grpc, NamedService, StreamingService};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::server::NamedService;
+use tonic::{Request, Status, Streaming};
 use tonic_prost::ProstCodec;
 
 use super::shared_response::SharedDiscoveryResponse;
+use super::stream::TransportVariant;
 use super::{delta, sotw, AdsServer};
 
 const SOTW_PATH: &str =
@@ -24,38 +34,15 @@ const SOTW_PATH: &str =
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
+/// The largest request accepted, as tonic's default for servers.
+const MAX_REQUEST_BYTES: usize = 4 << 20;
+
 /// `envoy.service.discovery.v3.AggregatedDiscoveryService`, both methods.
 #[derive(Debug, Clone)]
 pub(crate) struct AdsService(pub AdsServer);
 
 impl NamedService for AdsService {
     const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
-}
-
-struct Sotw(AdsServer);
-
-impl StreamingService<DiscoveryRequest> for Sotw {
-    type Response = SharedDiscoveryResponse;
-    type ResponseStream = ReceiverStream<Result<SharedDiscoveryResponse, Status>>;
-    type Future = BoxFuture<'static, Result<Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let stream = self.0.spawn_stream(sotw::SotwStream::default(), request);
-        Box::pin(async move { Ok(Response::new(stream)) })
-    }
-}
-
-struct Delta(AdsServer);
-
-impl StreamingService<DeltaDiscoveryRequest> for Delta {
-    type Response = DeltaDiscoveryResponse;
-    type ResponseStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-    type Future = BoxFuture<'static, Result<Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let stream = self.0.spawn_stream(delta::DeltaStream::default(), request);
-        Box::pin(async move { Ok(Response::new(stream)) })
-    }
 }
 
 impl<B> Service<http::Request<B>> for AdsService
@@ -72,22 +59,114 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let server = self.0.clone();
-        match request.uri().path() {
-            SOTW_PATH => Box::pin(async move {
-                let mut grpc =
-                    Grpc::new(ProstCodec::<SharedDiscoveryResponse, DiscoveryRequest>::default());
-                Ok(grpc.streaming(Sotw(server), request).await)
-            }),
-            DELTA_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(
-                    ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::default(),
-                );
-                Ok(grpc.streaming(Delta(server), request).await)
-            }),
-            _ => {
-                Box::pin(async move { Ok(Status::unimplemented("not an ADS method").into_http()) })
-            }
+        let response = match request.uri().path() {
+            SOTW_PATH => self.serve(sotw::SotwStream::default(), request),
+            DELTA_PATH => self.serve(delta::DeltaStream::default(), request),
+            _ => Status::unimplemented("not an ADS method").into_http(),
+        };
+        Box::pin(async move { Ok(response) })
+    }
+}
+
+impl AdsService {
+    /// Starts a stream of `variant` on `request`'s body and answers with its responses.
+    fn serve<V, B>(&self, variant: V, request: http::Request<B>) -> http::Response<TonicBody>
+    where
+        V: TransportVariant,
+        V::Request: Message + Default,
+        V::Response: IntoGrpcMessage,
+        B: Body + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
+        let decoder = ProstCodec::<(), V::Request>::default().decoder();
+        let request = request
+            .map(|body| Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES)));
+        let responses = self.0.spawn_stream(variant, Request::from_http(request));
+        let mut response = http::Response::new(TonicBody::new(ResponseBody {
+            responses,
+            next_chunk: None,
+            finished: false,
+        }));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        response
+    }
+}
+
+/// A response message as gRPC's length-prefixed message, in one or two chunks.
+pub(crate) trait IntoGrpcMessage: Send + 'static {
+    fn into_chunks(self) -> (Bytes, Option<Bytes>);
+}
+
+impl IntoGrpcMessage for SharedDiscoveryResponse {
+    fn into_chunks(self) -> (Bytes, Option<Bytes>) {
+        let head = prefixed(&self.head, self.resources.len());
+        (head, (!self.resources.is_empty()).then_some(self.resources))
+    }
+}
+
+impl IntoGrpcMessage for DeltaDiscoveryResponse {
+    fn into_chunks(self) -> (Bytes, Option<Bytes>) {
+        (prefixed(&self, 0), None)
+    }
+}
+
+/// `message`'s gRPC length prefix (uncompressed) and fields, for a message of
+/// `message.encoded_len() + tail` bytes whose last `tail` bytes follow in a chunk of their own.
+fn prefixed(message: &impl Message, tail: usize) -> Bytes {
+    let own = message.encoded_len();
+    let length = u32::try_from(own + tail).expect("an xDS response under 4 GiB");
+    let mut buf = BytesMut::with_capacity(5 + own);
+    buf.put_u8(0);
+    buf.put_u32(length);
+    message.encode_raw(&mut buf);
+    buf.freeze()
+}
+
+/// The body of one stream's response: its messages, then its status as trailers.
+struct ResponseBody<M> {
+    responses: mpsc::Receiver<Result<M, Status>>,
+    /// The second chunk of the message whose first went out last.
+    next_chunk: Option<Bytes>,
+    finished: bool,
+}
+
+impl<M: IntoGrpcMessage> http_body::Body for ResponseBody<M> {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if let Some(chunk) = this.next_chunk.take() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        let status = match ready!(this.responses.poll_recv(cx)) {
+            Some(Ok(message)) => {
+                let (head, rest) = message.into_chunks();
+                this.next_chunk = rest;
+                return Poll::Ready(Some(Ok(Frame::data(head))));
+            }
+            Some(Err(status)) => status,
+            None => Status::ok(""),
+        };
+        this.finished = true;
+        let mut trailers = http::HeaderMap::new();
+        if let Err(unsendable) = status.add_header(&mut trailers) {
+            trailers = http::HeaderMap::new();
+            let _ = Status::internal(unsendable.message().to_string()).add_header(&mut trailers);
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished && self.next_chunk.is_none()
     }
 }
