@@ -12,6 +12,7 @@ use bytes::Bytes;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+use tollgate_proto::envoy::service::discovery::v3::Resource as DeltaResource;
 use tollgate_proto::google::protobuf::Any;
 
 /// The xDS type URLs Tollgate serves, in make-before-break order (xDS protocol,
@@ -33,12 +34,23 @@ pub mod type_url {
 }
 
 /// One named resource with the hash of its encoded bytes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Resource {
     pub name: String,
     /// Hex SHA-256 of `body.value`: the per-resource version used by Delta xDS.
     pub version: String,
     pub body: Any,
+    /// The resource as a SotW response carries it, encoded on first use and then shared by
+    /// every stream that sends it.
+    as_sotw_field: OnceLock<Bytes>,
+    /// The same for Delta responses.
+    as_delta_field: OnceLock<Bytes>,
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.version == other.version && self.body == other.body
+    }
 }
 
 impl Resource {
@@ -52,7 +64,34 @@ impl Resource {
                 type_url: type_url.to_string(),
                 value,
             },
+            as_sotw_field: OnceLock::new(),
+            as_delta_field: OnceLock::new(),
         }
+    }
+
+    /// This resource as one `resources` field (number 2) of a SotW `DiscoveryResponse`.
+    pub fn as_sotw_field(&self) -> &Bytes {
+        self.as_sotw_field.get_or_init(|| {
+            let mut buf = Vec::new();
+            prost::encoding::message::encode(2, &self.body, &mut buf);
+            Bytes::from(buf)
+        })
+    }
+
+    /// This resource as one `resources` field (number 2) of a `DeltaDiscoveryResponse`:
+    /// its name, version and body.
+    pub fn as_delta_field(&self) -> &Bytes {
+        self.as_delta_field.get_or_init(|| {
+            let resource = DeltaResource {
+                name: self.name.clone(),
+                version: self.version.clone(),
+                resource: Some(self.body.clone()),
+                ..Default::default()
+            };
+            let mut buf = Vec::new();
+            prost::encoding::message::encode(2, &resource, &mut buf);
+            Bytes::from(buf)
+        })
     }
 }
 
@@ -65,6 +104,8 @@ pub struct ResourceSet {
     /// Every resource as a `resources` field of a `DiscoveryResponse`, encoded on first use
     /// and then shared by every stream that sends the whole set.
     encoded_as_response_field: OnceLock<Bytes>,
+    /// Hash over the names alone: sets with equal digests name the same resources.
+    names_digest: [u8; 16],
 }
 
 impl PartialEq for ResourceSet {
@@ -78,12 +119,18 @@ impl ResourceSet {
     /// `DiscoveryResponse`, in name order: encoded once, however many streams send it.
     pub fn encoded_as_response_field(&self) -> &Bytes {
         self.encoded_as_response_field.get_or_init(|| {
-            let mut buf = Vec::new();
-            for resource in self.resources.values() {
-                prost::encoding::message::encode(2, &resource.body, &mut buf);
+            let fields = self.resources.values().map(Resource::as_sotw_field);
+            let mut buf = Vec::with_capacity(fields.clone().map(Bytes::len).sum());
+            for field in fields {
+                buf.extend_from_slice(field);
             }
             Bytes::from(buf)
         })
+    }
+
+    /// Whether `other` (a set of the same type) has the same names, whatever their versions.
+    pub fn has_names_of(&self, other: &ResourceSet) -> bool {
+        self.names_digest == other.names_digest
     }
 }
 
@@ -112,13 +159,17 @@ impl Snapshot {
         let mut whole = Sha256::new();
         for (type_url, set) in sets.iter_mut() {
             let mut hasher = Sha256::new();
+            let mut names = Sha256::new();
             for (name, resource) in &set.resources {
                 hasher.update(name.as_bytes());
                 hasher.update([0]);
                 hasher.update(resource.version.as_bytes());
                 hasher.update([0]);
+                names.update(name.as_bytes());
+                names.update([0]);
             }
             set.version = short_hash(hasher);
+            set.names_digest.copy_from_slice(&names.finalize()[..16]);
             whole.update(type_url.as_bytes());
             whole.update(set.version.as_bytes());
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tollgate_proto::envoy::config::core::v3::Node;
 use tollgate_proto::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use tollgate_proto::google::rpc::Status as RpcStatus;
 use tracing::{debug, warn};
@@ -20,6 +20,7 @@ use super::sequencing::{
     RetainedResources, WILDCARD,
 };
 use super::served::ServedType;
+use super::shared_response::DeltaResponse;
 use super::stream::TransportVariant;
 
 /// Which resources of a type the client tracks.
@@ -165,7 +166,7 @@ pub(crate) struct DeltaStream {
     in_flight: InFlight,
     nonces: NonceSource,
     /// Empty answers owed to requests for types Tollgate does not serve.
-    unserved_replies: VecDeque<DeltaDiscoveryResponse>,
+    unserved_replies: VecDeque<DeltaResponse>,
 }
 
 impl DeltaStream {
@@ -202,11 +203,11 @@ impl DeltaStream {
     /// EDS answer even when its endpoints did not change, for the whole initial fetch timeout
     /// (15 s) otherwise, holding back every later push (go-control-plane #245). The changed
     /// clusters' assignments must therefore be answered again, right after this CDS push.
-    fn resend_endpoints_of_changed_clusters(&mut self, clusters: &[DeltaResource]) {
+    fn resend_endpoints_of_changed_clusters(&mut self, clusters: &[(String, String)]) {
         let held = &self.types[ServedType::Cluster.index()].client_versions;
         let pushed = clusters
             .iter()
-            .map(|c| (c.name.as_str(), c.version.as_str()));
+            .map(|(name, version)| (name.as_str(), version.as_str()));
         let changed = changed_resources(held, pushed);
         let endpoints = &mut self.types[ServedType::Endpoint.index()];
         let Some(subscription) = &endpoints.subscription else {
@@ -251,7 +252,7 @@ impl DeltaStream {
 
 impl TransportVariant for DeltaStream {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = DeltaResponse;
 
     fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
@@ -262,11 +263,14 @@ impl TransportVariant for DeltaStream {
             if request.response_nonce.is_empty() {
                 debug!(node = %node, type_url = %request.type_url, "request for unserved type");
                 let nonce = self.nonces.next_nonce();
-                self.unserved_replies.push_back(DeltaDiscoveryResponse {
-                    type_url: request.type_url,
-                    nonce,
-                    ..Default::default()
-                });
+                self.unserved_replies.push_back(
+                    DeltaDiscoveryResponse {
+                        type_url: request.type_url,
+                        nonce,
+                        ..Default::default()
+                    }
+                    .into(),
+                );
             }
             return;
         };
@@ -334,7 +338,7 @@ impl TransportVariant for DeltaStream {
         }
     }
 
-    fn next_response(&mut self, node: &str) -> Option<DeltaDiscoveryResponse> {
+    fn next_response(&mut self, node: &str) -> Option<DeltaResponse> {
         if let Some(reply) = self.unserved_replies.pop_front() {
             return Some(reply);
         }
@@ -352,15 +356,15 @@ impl TransportVariant for DeltaStream {
                 continue;
             }
             let version = announced_version(&target, Some(&self.retained), served);
-            let resources: Vec<DeltaResource> = diff
+            let shared: Vec<_> = diff
                 .updated
                 .iter()
-                .map(|resource| DeltaResource {
-                    name: resource.name.clone(),
-                    version: resource.version.clone(),
-                    resource: Some(resource.body.clone()),
-                    ..Default::default()
-                })
+                .map(|resource| resource.as_delta_field().clone())
+                .collect();
+            let resources: Vec<(String, String)> = diff
+                .updated
+                .iter()
+                .map(|resource| (resource.name.clone(), resource.version.clone()))
                 .collect();
             let removed = diff.removed;
             let nonce = self.nonces.next_nonce();
@@ -379,10 +383,8 @@ impl TransportVariant for DeltaStream {
                 }
                 state.client_versions = held;
             } else {
-                for resource in &resources {
-                    state
-                        .client_versions
-                        .insert(&resource.name, &resource.version);
+                for (name, version) in &resources {
+                    state.client_versions.insert(name, version);
                 }
                 for name in &removed {
                     state.client_versions.remove(name);
@@ -402,13 +404,15 @@ impl TransportVariant for DeltaStream {
                 removed = removed.len(),
                 "pushing"
             );
-            return Some(DeltaDiscoveryResponse {
-                system_version_info: version,
-                resources,
-                type_url: served.url().to_string(),
-                removed_resources: removed,
-                nonce,
-                ..Default::default()
+            return Some(DeltaResponse {
+                head: DeltaDiscoveryResponse {
+                    system_version_info: version,
+                    type_url: served.url().to_string(),
+                    removed_resources: removed,
+                    nonce,
+                    ..Default::default()
+                },
+                shared,
             });
         }
         None

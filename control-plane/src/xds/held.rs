@@ -133,7 +133,8 @@ impl HeldVersions {
     pub fn missing_from<'a>(&'a self, set: &'a ResourceSet) -> Vec<&'a str> {
         let mut missing = Vec::new();
         if let Some(base) = &self.base {
-            if !same_set(base, set) {
+            // Usually an edit changes versions, not names: then nothing is missing.
+            if !base.has_names_of(set) {
                 let mut offered = set.resources.keys().peekable();
                 for name in base.resources.keys() {
                     while offered.next_if(|o| *o < name).is_some() {}

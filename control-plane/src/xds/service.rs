@@ -1,6 +1,6 @@
 //! The ADS gRPC service, routed and framed by hand rather than by tonic's generated server and
 //! codec: those encode every message into a buffer of the stream's own, and a SotW response's
-//! resources are bytes shared by every stream ([`SharedDiscoveryResponse`]). Here each
+//! resources are bytes shared by every stream ([`SharedResponse`]). Here each
 //! response goes to HTTP/2 as a small head chunk (length prefix and the fields of its own) and
 //! the shared chunk, referenced rather than copied, so ten thousand streams sending the same
 //! cluster set hold one copy of it between them.
@@ -17,7 +17,6 @@ use futures::future::BoxFuture;
 use http_body::Frame;
 use prost::Message;
 use tokio::sync::mpsc;
-use tollgate_proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 use tonic::body::Body as TonicBody;
 use tonic::codec::Codec;
 use tonic::codegen::{http, Body, Service, StdError};
@@ -25,7 +24,7 @@ use tonic::server::NamedService;
 use tonic::{Request, Status, Streaming};
 use tonic_prost::ProstCodec;
 
-use super::shared_response::SharedDiscoveryResponse;
+use super::shared_response::SharedResponse;
 use super::stream::TransportVariant;
 use super::{delta, sotw, AdsServer};
 
@@ -84,7 +83,7 @@ impl AdsService {
         let responses = self.0.spawn_stream(variant, Request::from_http(request));
         let mut response = http::Response::new(TonicBody::new(ResponseBody {
             responses,
-            next_chunk: None,
+            next_chunks: Vec::new().into_iter(),
             finished: false,
         }));
         response.headers_mut().insert(
@@ -95,21 +94,15 @@ impl AdsService {
     }
 }
 
-/// A response message as gRPC's length-prefixed message, in one or two chunks.
+/// A response message as gRPC's length-prefixed message: a head chunk, then shared ones.
 pub(crate) trait IntoGrpcMessage: Send + 'static {
-    fn into_chunks(self) -> (Bytes, Option<Bytes>);
+    fn into_chunks(self) -> (Bytes, Vec<Bytes>);
 }
 
-impl IntoGrpcMessage for SharedDiscoveryResponse {
-    fn into_chunks(self) -> (Bytes, Option<Bytes>) {
-        let head = prefixed(&self.head, self.resources.len());
-        (head, (!self.resources.is_empty()).then_some(self.resources))
-    }
-}
-
-impl IntoGrpcMessage for DeltaDiscoveryResponse {
-    fn into_chunks(self) -> (Bytes, Option<Bytes>) {
-        (prefixed(&self, 0), None)
+impl<H: Message + Send + 'static> IntoGrpcMessage for SharedResponse<H> {
+    fn into_chunks(self) -> (Bytes, Vec<Bytes>) {
+        let shared_length = self.shared.iter().map(Bytes::len).sum();
+        (prefixed(&self.head, shared_length), self.shared)
     }
 }
 
@@ -128,8 +121,8 @@ fn prefixed(message: &impl Message, tail: usize) -> Bytes {
 /// The body of one stream's response: its messages, then its status as trailers.
 struct ResponseBody<M> {
     responses: mpsc::Receiver<Result<M, Status>>,
-    /// The second chunk of the message whose first went out last.
-    next_chunk: Option<Bytes>,
+    /// The shared chunks of the message whose head went out last.
+    next_chunks: std::vec::IntoIter<Bytes>,
     finished: bool,
 }
 
@@ -142,7 +135,7 @@ impl<M: IntoGrpcMessage> http_body::Body for ResponseBody<M> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
-        if let Some(chunk) = this.next_chunk.take() {
+        if let Some(chunk) = this.next_chunks.next() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if this.finished {
@@ -150,8 +143,8 @@ impl<M: IntoGrpcMessage> http_body::Body for ResponseBody<M> {
         }
         let status = match ready!(this.responses.poll_recv(cx)) {
             Some(Ok(message)) => {
-                let (head, rest) = message.into_chunks();
-                this.next_chunk = rest;
+                let (head, shared) = message.into_chunks();
+                this.next_chunks = shared.into_iter();
                 return Poll::Ready(Some(Ok(Frame::data(head))));
             }
             Some(Err(status)) => status,
@@ -167,6 +160,6 @@ impl<M: IntoGrpcMessage> http_body::Body for ResponseBody<M> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished && self.next_chunk.is_none()
+        self.finished && self.next_chunks.len() == 0
     }
 }

@@ -1,44 +1,51 @@
-//! A SotW response whose resources may be bytes encoded once and shared by every stream.
+//! xDS responses whose resources are bytes encoded once and shared by every stream.
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType};
 use prost::{DecodeError, Message};
-use tollgate_proto::envoy::service::discovery::v3::DiscoveryResponse;
+use tollgate_proto::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 
-/// A `DiscoveryResponse` on the wire: the fields of `head`, then `resources`, a run of
-/// already-encoded `resources` fields (field 2) that every stream sending the same set shares.
+/// A response on the wire: the fields of `head`, then `shared`, runs of already-encoded
+/// `resources` fields that every stream sending the same resources shares.
 ///
-/// The two halves make one valid message: protobuf allows a message's fields in any order and
+/// The parts make one valid message: protobuf allows a message's fields in any order and
 /// concatenates the elements of a repeated field wherever they appear (protobuf encoding
 /// guide, "Last One Wins" and "Repeated Elements"). Sending a cluster set to ten thousand
-/// streams so costs one copy of its bytes per stream instead of cloning and re-encoding
-/// every cluster for each.
+/// streams so costs one copy of its bytes per stream, made by the kernel, instead of cloning
+/// and re-encoding every cluster for each.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct SharedDiscoveryResponse {
-    pub head: DiscoveryResponse,
-    pub resources: Bytes,
+pub(crate) struct SharedResponse<H> {
+    pub head: H,
+    pub shared: Vec<Bytes>,
 }
 
-impl SharedDiscoveryResponse {
-    /// How many resources the response carries (for logs; counts the shared block's fields).
-    pub fn resource_count(&self) -> usize {
-        self.head.resources.len() + count_fields(&self.resources)
+/// A State-of-the-World response.
+pub(crate) type SotwResponse = SharedResponse<DiscoveryResponse>;
+/// An incremental response.
+pub(crate) type DeltaResponse = SharedResponse<DeltaDiscoveryResponse>;
+
+impl<H> SharedResponse<H> {
+    /// How many resources the shared chunks carry (for logs).
+    pub fn shared_count(&self) -> usize {
+        self.shared.iter().map(|chunk| count_fields(chunk)).sum()
     }
 }
 
-impl From<DiscoveryResponse> for SharedDiscoveryResponse {
-    fn from(head: DiscoveryResponse) -> Self {
-        SharedDiscoveryResponse {
+impl<H> From<H> for SharedResponse<H> {
+    fn from(head: H) -> Self {
+        SharedResponse {
             head,
-            resources: Bytes::new(),
+            shared: Vec::new(),
         }
     }
 }
 
-impl Message for SharedDiscoveryResponse {
+impl<H: Message + Default> Message for SharedResponse<H> {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         self.head.encode_raw(buf);
-        buf.put_slice(&self.resources);
+        for chunk in &self.shared {
+            buf.put_slice(chunk);
+        }
     }
 
     /// Decoding (which only tests do) puts every field in `head`.
@@ -53,12 +60,12 @@ impl Message for SharedDiscoveryResponse {
     }
 
     fn encoded_len(&self) -> usize {
-        self.head.encoded_len() + self.resources.len()
+        self.head.encoded_len() + self.shared.iter().map(Bytes::len).sum::<usize>()
     }
 
     fn clear(&mut self) {
         self.head.clear();
-        self.resources = Bytes::new();
+        self.shared.clear();
     }
 }
 
@@ -82,41 +89,95 @@ fn count_fields(mut encoded: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_proto::google::protobuf::Any;
+    use crate::snapshot::{type_url, Resource, Snapshot};
+    use tollgate_proto::envoy::config::cluster::v3::Cluster;
+    use tollgate_proto::envoy::service::discovery::v3::Resource as DeltaResource;
 
-    fn any(value: &[u8]) -> Any {
-        Any {
-            type_url: "type.googleapis.com/x".into(),
-            value: value.to_vec(),
-        }
+    fn clusters(names: &[&str]) -> Vec<Resource> {
+        names
+            .iter()
+            .map(|name| {
+                let cluster = Cluster {
+                    name: name.to_string(),
+                    ..Default::default()
+                };
+                Resource::new(*name, type_url::CLUSTER, &cluster)
+            })
+            .collect()
     }
 
     #[test]
-    fn a_shared_block_decodes_as_the_same_response_as_resources_in_the_head() {
-        let resources = vec![any(b"one"), any(b"two"), any(b"")];
+    fn shared_chunks_decode_as_the_response_with_every_resource_in_it() {
+        let resources = clusters(&["a", "b", "c"]);
         let whole = DiscoveryResponse {
             version_info: "v1".into(),
-            resources: resources.clone(),
-            type_url: "type.googleapis.com/x".into(),
+            resources: resources.iter().map(|r| r.body.clone()).collect(),
+            type_url: type_url::CLUSTER.into(),
             nonce: "7".into(),
             ..Default::default()
         };
-        let shared = SharedDiscoveryResponse {
+        let shared = SotwResponse {
             head: DiscoveryResponse {
-                resources: Vec::new(),
+                resources: whole.resources[..1].to_vec(),
                 ..whole.clone()
             },
-            resources: {
-                let mut block = Vec::new();
-                for resource in &resources {
-                    prost::encoding::message::encode(2, resource, &mut block);
-                }
-                Bytes::from(block)
-            },
+            shared: resources[1..]
+                .iter()
+                .map(|r| r.as_sotw_field().clone())
+                .collect(),
         };
         let bytes = shared.encode_to_vec();
         assert_eq!(bytes.len(), shared.encoded_len());
         assert_eq!(DiscoveryResponse::decode(bytes.as_slice()).unwrap(), whole);
-        assert_eq!(shared.resource_count(), 3);
+        assert_eq!(shared.shared_count(), 2);
+
+        let set = Snapshot::new(resources.iter().map(|r| (type_url::CLUSTER, r.clone())));
+        let set = set.resources(type_url::CLUSTER);
+        let from_set = SotwResponse {
+            head: DiscoveryResponse {
+                resources: Vec::new(),
+                ..whole.clone()
+            },
+            shared: vec![set.encoded_as_response_field().clone()],
+        };
+        assert_eq!(
+            DiscoveryResponse::decode(from_set.encode_to_vec().as_slice()).unwrap(),
+            whole
+        );
+    }
+
+    #[test]
+    fn a_delta_field_is_the_resource_with_its_name_and_version() {
+        let resources = clusters(&["a", "b"]);
+        let whole = DeltaDiscoveryResponse {
+            system_version_info: "v1".into(),
+            resources: resources
+                .iter()
+                .map(|r| DeltaResource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: type_url::CLUSTER.into(),
+            removed_resources: vec!["gone".into()],
+            nonce: "3".into(),
+            ..Default::default()
+        };
+        let shared = DeltaResponse {
+            head: DeltaDiscoveryResponse {
+                resources: Vec::new(),
+                ..whole.clone()
+            },
+            shared: resources
+                .iter()
+                .map(|r| r.as_delta_field().clone())
+                .collect(),
+        };
+        assert_eq!(
+            DeltaDiscoveryResponse::decode(shared.encode_to_vec().as_slice()).unwrap(),
+            whole
+        );
     }
 }

@@ -17,7 +17,7 @@ use super::sequencing::{
     RetainedResources, WILDCARD,
 };
 use super::served::ServedType;
-use super::shared_response::SharedDiscoveryResponse;
+use super::shared_response::SotwResponse;
 use super::stream::TransportVariant;
 
 /// Which resources of a type the client asked for.
@@ -122,7 +122,7 @@ pub(crate) struct SotwStream {
     in_flight: InFlight,
     nonces: NonceSource,
     /// Empty answers owed to requests for types Tollgate does not serve.
-    unserved_replies: VecDeque<SharedDiscoveryResponse>,
+    unserved_replies: VecDeque<SotwResponse>,
 }
 
 impl SotwStream {
@@ -244,10 +244,10 @@ impl SotwStream {
         self.retained.clear();
     }
 
-    fn respond(&mut self, served: ServedType, desired: Desired) -> SharedDiscoveryResponse {
+    fn respond(&mut self, served: ServedType, desired: Desired) -> SotwResponse {
         let nonce = self.nonces.next_nonce();
         let (answered, versions, version) = self.versions(served, desired);
-        let mut response = SharedDiscoveryResponse::from(DiscoveryResponse {
+        let mut response = SotwResponse::from(DiscoveryResponse {
             version_info: version.clone(),
             type_url: served.url().to_string(),
             nonce: nonce.clone(),
@@ -256,13 +256,13 @@ impl SotwStream {
         if let Some(target) = self.target.as_deref() {
             let set = target.resource_set(served.url());
             if versions.is_exactly(set) {
-                // The common case, every node's CDS and LDS: bytes shared by all streams.
-                response.resources = set.encoded_as_response_field().clone();
+                // The common case, every node's CDS and LDS: one chunk for the whole set.
+                response.shared = vec![set.encoded_as_response_field().clone()];
             } else {
                 let retained = Some(&self.retained);
-                response.head.resources = versions
+                response.shared = versions
                     .resources(|name| find_resource(target, retained, served, name))
-                    .map(|resource| resource.body.clone())
+                    .map(|resource| resource.as_sotw_field().clone())
                     .collect();
             }
         }
@@ -343,7 +343,7 @@ impl SotwStream {
 
 impl TransportVariant for SotwStream {
     type Request = DiscoveryRequest;
-    type Response = SharedDiscoveryResponse;
+    type Response = SotwResponse;
 
     fn node(request: &DiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
@@ -412,7 +412,7 @@ impl TransportVariant for SotwStream {
         }
     }
 
-    fn next_response(&mut self, node: &str) -> Option<SharedDiscoveryResponse> {
+    fn next_response(&mut self, node: &str) -> Option<SotwResponse> {
         if let Some(reply) = self.unserved_replies.pop_front() {
             return Some(reply);
         }
@@ -439,7 +439,7 @@ impl TransportVariant for SotwStream {
                 type = served.short_name(),
                 version = %response.head.version_info,
                 nonce = %response.head.nonce,
-                resources = response.resource_count(),
+                resources = response.shared_count(),
                 "pushing"
             );
             return Some(response);
