@@ -35,6 +35,7 @@ pub mod otlp;
 pub mod ratelimit;
 pub mod routes_yaml;
 pub mod sidecar;
+pub mod simulated_envoy;
 pub mod tls;
 pub mod traffic;
 pub mod upstream;

@@ -96,3 +96,30 @@ routes:
         other = other.endpoint(),
     )
 }
+
+/// R routes on a listener `public` at `port`, each to a service of its own (so R clusters too);
+/// edit `k` (from 1; 0 is the unedited file) moves route 0's timeout and service 0's connect
+/// timeout, so the route table and one cluster change each time. The services are named by
+/// host (`localhost`, which Envoy resolves from /etc/hosts), so their clusters are DNS clusters
+/// without EDS, and a changed one warms at once. The `xds_fleet` bench's and the xDS isolation
+/// tests' configuration.
+pub fn many_routes(port: u16, routes: usize, edit: usize) -> String {
+    let mut yaml = format!(
+        "version: 1\nlisteners:\n  - {{name: public, address: 127.0.0.1:{port}}}\nservices:\n"
+    );
+    for i in 0..routes {
+        let connect = if i == 0 { 100 + edit } else { 250 };
+        yaml.push_str(&format!(
+            "  s{i}: {{endpoints: [\"localhost:{}\"], connect_timeout: {connect}ms}}\n",
+            10_000 + i
+        ));
+    }
+    yaml.push_str("routes:\n");
+    for i in 0..routes {
+        let timeout = if i == 0 { 1000 + edit } else { 15_000 };
+        yaml.push_str(&format!(
+            "  - {{name: r{i}, match: {{prefix: /r/{i}/}}, service: s{i}, timeout: {timeout}ms}}\n"
+        ));
+    }
+    yaml
+}

@@ -1,27 +1,26 @@
 //! `make bench`: how fast one control plane brings a fleet of Envoys to a new config.
 //!
-//! Simulated Envoys ([`node`]) open one ADS stream each, on a connection of their own, and
-//! ACK what they receive. Each row loads a routes.yaml of R routes (each to a service of its
-//! own, so R clusters too), connects N nodes, then makes 20 edits, each changing one route
-//! and one cluster, and times the write until every node has ACKed the new route table.
+//! Simulated Envoys ([`tollgate_conformance::simulated_envoy`]) open one ADS stream each, on
+//! a connection of their own, and ACK what they receive. Each row loads a routes.yaml of R
+//! routes (each to a service of its own, so R clusters too: [`many_routes`]), connects N
+//! nodes, then makes 20 edits, each changing one route and one cluster, and times the write
+//! until every node has ACKed the new route table.
 //! Beside it, the control plane's CPU time per edit (from /proc) and its resident memory.
 //! The last rows do the same with three real Envoys, timed until each has applied the new
 //! route table.
 //!
 //! Usage: `xds_fleet [EDITS] [MAX_NODES]` (default 20 and 10,000). Prints a markdown table.
 
-mod node;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+use tollgate_conformance::routes_yaml::many_routes;
+use tollgate_conformance::simulated_envoy::{xds_endpoint, Progress, SimulatedEnvoy, Variant};
 use tollgate_conformance::{
     eventually, reserve_port, ControlPlane, Envoy, RunningControlPlane, XdsVariant,
 };
 use tollgate_testkit::bench::{percentile, ProcStat, TICKS_PER_SECOND};
-
-use node::{Progress, Variant};
 
 /// An edit every node has not ACKed after this long fails the run.
 const GIVE_UP: Duration = Duration::from_secs(120);
@@ -95,35 +94,10 @@ struct Row {
     rss_mb: f64,
 }
 
-/// R routes, each to its own service; edit `k` (from 1) moves route 0's timeout and
-/// service 0's connect timeout, so the route table and one cluster change each time. The
-/// services are named by host (`localhost`, which Envoy resolves from /etc/hosts), so their
-/// clusters are DNS clusters without EDS, and a changed one warms at once.
-fn routes_yaml(port: u16, routes: usize, edit: usize) -> String {
-    let mut yaml = format!(
-        "version: 1\nlisteners:\n  - {{name: public, address: 127.0.0.1:{port}}}\nservices:\n"
-    );
-    for i in 0..routes {
-        let connect = if i == 0 { 100 + edit } else { 250 };
-        yaml.push_str(&format!(
-            "  s{i}: {{endpoints: [\"localhost:{}\"], connect_timeout: {connect}ms}}\n",
-            10_000 + i
-        ));
-    }
-    yaml.push_str("routes:\n");
-    for i in 0..routes {
-        let timeout = if i == 0 { 1000 + edit } else { 15_000 };
-        yaml.push_str(&format!(
-            "  - {{name: r{i}, match: {{prefix: /r/{i}/}}, service: s{i}, timeout: {timeout}ms}}\n"
-        ));
-    }
-    yaml
-}
-
 async fn simulated_fleet(variant: Variant, nodes: usize, routes: usize, edits: usize) -> Row {
     let port = reserve_port();
     let mut cp = ControlPlane::new()
-        .routes(routes_yaml(port, routes, 0))
+        .routes(many_routes(port, routes, 0))
         .start()
         .await;
     let fleet = connect(&cp, variant, nodes).await;
@@ -131,7 +105,7 @@ async fn simulated_fleet(variant: Variant, nodes: usize, routes: usize, edits: u
     let mut latencies = Vec::with_capacity(edits);
     let mut cpu_seconds = Vec::with_capacity(edits);
     for edit in 1..=edits {
-        let yaml = routes_yaml(port, routes, edit);
+        let yaml = many_routes(port, routes, edit);
         let before = cpu_ticks(&cp);
         let written = Instant::now();
         cp.write_by_rename(&yaml);
@@ -157,19 +131,12 @@ struct Fleet {
 
 /// N nodes, each on its own connection, `CONNECTING_AT_ONCE` connecting at a time.
 async fn connect(cp: &RunningControlPlane, variant: Variant, nodes: usize) -> Fleet {
-    let address = format!("http://{}", cp.xds_addr());
     let gate = Arc::new(Semaphore::new(CONNECTING_AT_ONCE));
     let mut progress = Vec::with_capacity(nodes);
     let mut tasks = Vec::with_capacity(nodes);
     for i in 0..nodes {
         let permit = Arc::clone(&gate).acquire_owned().await.expect("semaphore");
-        let endpoint = tonic::transport::Endpoint::from_shared(address.clone())
-            .expect("xds address")
-            // As Envoy's defaults for its gRPC clusters: large windows, so a big response is
-            // not paced by WINDOW_UPDATEs.
-            .initial_stream_window_size(16 << 20)
-            .initial_connection_window_size(16 << 20)
-            .connect_timeout(Duration::from_secs(30));
+        let endpoint = xds_endpoint(cp.xds_addr());
         let node_progress = Arc::new(Progress::default());
         progress.push(Arc::clone(&node_progress));
         tasks.push(tokio::spawn(async move {
@@ -177,7 +144,9 @@ async fn connect(cp: &RunningControlPlane, variant: Variant, nodes: usize) -> Fl
             drop(permit);
             let outcome = match channel {
                 Ok(channel) => {
-                    node::run(variant, channel, format!("fleet-{i}"), &node_progress).await
+                    SimulatedEnvoy::new(format!("fleet-{i}"), variant)
+                        .run(channel, &node_progress)
+                        .await
                 }
                 Err(e) => Err(e.into()),
             };
@@ -223,7 +192,7 @@ async fn wait_for_all(fleet: &Fleet, route_tables: u64, since: Instant) -> Insta
 async fn real_envoys(variant: XdsVariant, envoys: usize, routes: usize, edits: usize) -> Row {
     let port = reserve_port();
     let mut cp = ControlPlane::new()
-        .routes(routes_yaml(port, routes, 0))
+        .routes(many_routes(port, routes, 0))
         .start()
         .await;
     let ids: Vec<String> = (0..envoys).map(|i| format!("real-{i}")).collect();
@@ -247,7 +216,7 @@ async fn real_envoys(variant: XdsVariant, envoys: usize, routes: usize, edits: u
             assert!(before.iter().all(Option::is_some), "{before:?}");
             continue;
         }
-        let yaml = routes_yaml(port, routes, edit);
+        let yaml = many_routes(port, routes, edit);
         let ticks = cpu_ticks(&cp);
         let written = Instant::now();
         cp.write_by_rename(&yaml);
