@@ -106,6 +106,41 @@ pub struct ResourceSet {
     encoded_as_response_field: OnceLock<Bytes>,
     /// Hash over the names alone: sets with equal digests name the same resources.
     names_digest: [u8; 16],
+    /// What changed since the set this one replaced in the cache, if it replaced one.
+    changes: Option<SetChanges>,
+}
+
+/// The difference between two sets of one type, from the older to the newer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SetChanges {
+    /// The version of the older set.
+    pub since_version: String,
+    /// Names new in the newer set or at another version there.
+    pub changed: Vec<String>,
+    /// Names only the older set has.
+    pub removed: Vec<String>,
+}
+
+impl SetChanges {
+    /// Walks both sets side by side, once per new snapshot rather than once per stream.
+    fn between(older: &ResourceSet, newer: &ResourceSet) -> Self {
+        let mut changes = SetChanges {
+            since_version: older.version.clone(),
+            ..Default::default()
+        };
+        let mut old = older.resources.iter().peekable();
+        for (name, resource) in &newer.resources {
+            while let Some((gone, _)) = old.next_if(|(o, _)| *o < name) {
+                changes.removed.push(gone.clone());
+            }
+            match old.next_if(|(o, _)| *o == name) {
+                Some((_, before)) if before.version == resource.version => {}
+                _ => changes.changed.push(name.clone()),
+            }
+        }
+        changes.removed.extend(old.map(|(gone, _)| gone.clone()));
+        changes
+    }
 }
 
 impl PartialEq for ResourceSet {
@@ -126,6 +161,14 @@ impl ResourceSet {
             }
             Bytes::from(buf)
         })
+    }
+
+    /// What changed since `older`, when this set replaced it in the cache; `None` when the
+    /// set was made from another (the client is further behind) or the change is not known.
+    pub fn changes_since(&self, older: &ResourceSet) -> Option<&SetChanges> {
+        self.changes
+            .as_ref()
+            .filter(|changes| changes.since_version == older.version)
     }
 
     /// Whether `other` (a set of the same type) has the same names, whatever their versions.
@@ -182,6 +225,21 @@ impl Snapshot {
         }
     }
 
+    /// Notes in each set what changed since `previous`'s, so that every stream whose client
+    /// holds `previous` finds what to send without comparing whole sets.
+    fn record_changes_since(&mut self, previous: &Snapshot) {
+        for (type_url, set) in self.sets.iter_mut() {
+            let older = previous.resources(type_url);
+            if older.version == set.version {
+                continue;
+            }
+            let changes = SetChanges::between(older, set);
+            if let Some(set) = Arc::get_mut(set) {
+                set.changes = Some(changes);
+            }
+        }
+    }
+
     /// The version of the whole snapshot: changes when any resource changes.
     pub fn version(&self) -> &str {
         &self.version
@@ -228,10 +286,13 @@ impl SnapshotCache {
     }
 
     /// Installs `snapshot`; returns false (and wakes nobody) when its version is already current.
-    pub fn set(&self, snapshot: Snapshot) -> bool {
+    pub fn set(&self, mut snapshot: Snapshot) -> bool {
         self.current.send_if_modified(|current| {
             if current.as_ref().map(|s| s.version()) == Some(snapshot.version()) {
                 return false;
+            }
+            if let Some(previous) = current {
+                snapshot.record_changes_since(previous);
             }
             *current = Some(Arc::new(snapshot));
             true
@@ -285,6 +346,32 @@ mod tests {
             a.resources(type_url::CLUSTER).version,
             b.resources(type_url::CLUSTER).version
         );
+    }
+
+    #[test]
+    fn a_set_knows_what_changed_since_the_one_it_replaced() {
+        let cache = SnapshotCache::new();
+        let edited = |timeout: u32| {
+            let c = Cluster {
+                name: "b".into(),
+                per_connection_buffer_limit_bytes: Some(
+                    tollgate_proto::google::protobuf::UInt32Value { value: timeout },
+                ),
+                ..Default::default()
+            };
+            (type_url::CLUSTER, Resource::new("b", type_url::CLUSTER, &c))
+        };
+        cache.set(Snapshot::new([cluster("a"), edited(1), cluster("c")]));
+        let first = cache.current().unwrap();
+        cache.set(Snapshot::new([cluster("a"), edited(2), cluster("d")]));
+        let second = cache.current().unwrap();
+        let clusters = second.resources(type_url::CLUSTER);
+        let changes = clusters
+            .changes_since(first.resources(type_url::CLUSTER))
+            .expect("changes since the replaced set");
+        assert_eq!(changes.changed, ["b", "d"]);
+        assert_eq!(changes.removed, ["c"]);
+        assert!(clusters.changes_since(clusters).is_none());
     }
 
     #[test]

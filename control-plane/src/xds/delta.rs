@@ -115,6 +115,32 @@ fn diff<'a>(
         // In sync: what this stream checks after every request of every node.
         return Some(diff);
     }
+    let changes = state
+        .client_versions
+        .base()
+        .and_then(|base| target.resources(served.url()).changes_since(base));
+    if let (true, Some(changes)) = (subscription.wildcard, changes) {
+        // The client holds the set the target's replaced, apart from its exceptions: only
+        // what changed between the two, the exceptions, the retained and the names owed an
+        // answer can differ. This is every stream's first step after an edit.
+        let candidates: BTreeSet<&str> = changes
+            .changed
+            .iter()
+            .chain(&changes.removed)
+            .chain(&state.must_answer)
+            .map(String::as_str)
+            .chain(state.client_versions.exception_names())
+            .chain(
+                retained_set
+                    .into_iter()
+                    .flat_map(|set| set.keys().map(String::as_str)),
+            )
+            .collect();
+        for name in candidates {
+            compare(name, find_resource(target, retained, served, name));
+        }
+        return Some(diff);
+    }
     if subscription.wildcard {
         for resource in offered_set.values() {
             compare(&resource.name, Some(resource));

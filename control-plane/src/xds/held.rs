@@ -40,6 +40,16 @@ impl HeldVersions {
         self.exceptions.is_empty() && self.base.as_ref().is_some_and(|base| same_set(base, set))
     }
 
+    /// The set held entirely (apart from the exceptions), if any.
+    pub fn base(&self) -> Option<&ResourceSet> {
+        self.base.as_deref()
+    }
+
+    /// The names where the client differs from the base (every name, without a base).
+    pub fn exception_names(&self) -> impl Iterator<Item = &str> {
+        self.exceptions.keys().map(String::as_str)
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         match self.exceptions.get(name) {
             Some(exception) => exception.as_deref(),

@@ -83,7 +83,7 @@ impl AdsService {
         let responses = self.0.spawn_stream(variant, Request::from_http(request));
         let mut response = http::Response::new(TonicBody::new(ResponseBody {
             responses,
-            next_chunks: Vec::new().into_iter(),
+            chunks: Vec::new().into_iter(),
             finished: false,
         }));
         response.headers_mut().insert(
@@ -94,35 +94,45 @@ impl AdsService {
     }
 }
 
-/// A response message as gRPC's length-prefixed message: a head chunk, then shared ones.
+/// Shared chunks at least this long are sent by reference; shorter ones (a Delta push's
+/// resources are often a few hundred bytes each) are copied together, so that a response of a
+/// thousand small resources is a few HTTP/2 frames rather than a thousand.
+const SEND_BY_REFERENCE_FROM: usize = 4096;
+
+/// A response message as gRPC's length-prefixed message, in chunks.
 pub(crate) trait IntoGrpcMessage: Send + 'static {
-    fn into_chunks(self) -> (Bytes, Vec<Bytes>);
+    fn into_chunks(self) -> Vec<Bytes>;
 }
 
 impl<H: Message + Send + 'static> IntoGrpcMessage for SharedResponse<H> {
-    fn into_chunks(self) -> (Bytes, Vec<Bytes>) {
-        let shared_length = self.shared.iter().map(Bytes::len).sum();
-        (prefixed(&self.head, shared_length), self.shared)
+    fn into_chunks(self) -> Vec<Bytes> {
+        let own = self.head.encoded_len();
+        let shared: usize = self.shared.iter().map(Bytes::len).sum();
+        let length = u32::try_from(own + shared).expect("an xDS response under 4 GiB");
+        let mut copied = BytesMut::with_capacity(5 + own);
+        copied.put_u8(0);
+        copied.put_u32(length);
+        self.head.encode_raw(&mut copied);
+        let mut chunks = Vec::with_capacity(1 + self.shared.len().min(16));
+        for chunk in self.shared {
+            if chunk.len() >= SEND_BY_REFERENCE_FROM {
+                chunks.push(copied.split().freeze());
+                chunks.push(chunk);
+            } else {
+                copied.extend_from_slice(&chunk);
+            }
+        }
+        chunks.push(copied.freeze());
+        chunks.retain(|chunk| !chunk.is_empty());
+        chunks
     }
-}
-
-/// `message`'s gRPC length prefix (uncompressed) and fields, for a message of
-/// `message.encoded_len() + tail` bytes whose last `tail` bytes follow in a chunk of their own.
-fn prefixed(message: &impl Message, tail: usize) -> Bytes {
-    let own = message.encoded_len();
-    let length = u32::try_from(own + tail).expect("an xDS response under 4 GiB");
-    let mut buf = BytesMut::with_capacity(5 + own);
-    buf.put_u8(0);
-    buf.put_u32(length);
-    message.encode_raw(&mut buf);
-    buf.freeze()
 }
 
 /// The body of one stream's response: its messages, then its status as trailers.
 struct ResponseBody<M> {
     responses: mpsc::Receiver<Result<M, Status>>,
-    /// The shared chunks of the message whose head went out last.
-    next_chunks: std::vec::IntoIter<Bytes>,
+    /// The chunks of the message being sent that have not gone out yet.
+    chunks: std::vec::IntoIter<Bytes>,
     finished: bool,
 }
 
@@ -135,7 +145,7 @@ impl<M: IntoGrpcMessage> http_body::Body for ResponseBody<M> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
-        if let Some(chunk) = this.next_chunks.next() {
+        if let Some(chunk) = this.chunks.next() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if this.finished {
@@ -143,9 +153,9 @@ impl<M: IntoGrpcMessage> http_body::Body for ResponseBody<M> {
         }
         let status = match ready!(this.responses.poll_recv(cx)) {
             Some(Ok(message)) => {
-                let (head, shared) = message.into_chunks();
-                this.next_chunks = shared.into_iter();
-                return Poll::Ready(Some(Ok(Frame::data(head))));
+                this.chunks = message.into_chunks().into_iter();
+                let first = this.chunks.next().unwrap_or_default();
+                return Poll::Ready(Some(Ok(Frame::data(first))));
             }
             Some(Err(status)) => status,
             None => Status::ok(""),
@@ -160,6 +170,50 @@ impl<M: IntoGrpcMessage> http_body::Body for ResponseBody<M> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished && self.next_chunks.len() == 0
+        self.finished && self.chunks.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_proto::envoy::service::discovery::v3::DiscoveryResponse;
+
+    #[test]
+    fn a_response_is_its_grpc_message_with_large_chunks_by_reference_and_small_ones_copied() {
+        let large = Bytes::from(vec![0x12; SEND_BY_REFERENCE_FROM]);
+        let small = [
+            Bytes::from_static(b"\x12\x01a"),
+            Bytes::from_static(b"\x12\x01b"),
+        ];
+        let response = SharedResponse {
+            head: DiscoveryResponse {
+                version_info: "v1".into(),
+                nonce: "9".into(),
+                ..Default::default()
+            },
+            shared: vec![
+                small[0].clone(),
+                large.clone(),
+                small[1].clone(),
+                small[0].clone(),
+            ],
+        };
+        let mut expected = vec![0];
+        expected.extend((response.encoded_len() as u32).to_be_bytes());
+        expected.extend(response.encode_to_vec());
+
+        let chunks = response.into_chunks();
+        assert_eq!(chunks.concat(), expected);
+        assert_eq!(
+            chunks.len(),
+            3,
+            "head and small, large, then small ones together"
+        );
+        assert_eq!(
+            chunks[1].as_ptr(),
+            large.as_ptr(),
+            "the large chunk is not copied"
+        );
     }
 }
