@@ -537,7 +537,7 @@ def scenario(stack, checks, notes, running):
     checks.expect(True, f"{second} back serves the same version ({version})")
     measure(traffic, QUIET_SECONDS)
     traffic.stop()
-    notes.append(("scenario after up", f"{time.monotonic() - started:.1f} s in all"))
+    notes.append(("up and scenario", f"{time.monotonic() - started:.1f} s"))
 
     account(traffic, checks, envoy_stats(stack))
 
