@@ -9,7 +9,7 @@ export ENVOY_BIN
 # compose/Dockerfile: one more whole-program link that `make up` and `make bench` never run.
 RELEASE_BINS = --workspace --exclude tollgate-bundle --bins
 
-.PHONY: up test test-netcut test-compose lint fmt bench provision build clean
+.PHONY: up test test-netcut test-compose test-compose-ha lint fmt bench provision build clean
 
 provision:
 	@if [ "$(ENVOY_BIN)" = "$(CURDIR)/.venv/bin/envoy" ]; then env -u ENVOY_BIN scripts/provision.sh; else scripts/provision.sh; fi
@@ -36,6 +36,12 @@ test-netcut: provision build
 ## The container path: compose/ on a real Docker engine (installed and started if none runs).
 test-compose:
 	scripts/test-compose.sh
+
+## The high-availability topology, compose/ha.yaml, with mutual TLS on: replicas stopped,
+## killed and cut off the network under traffic through both Envoys (about 3 minutes once
+## the images are built).
+test-compose-ha:
+	scripts/test-compose-ha.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
