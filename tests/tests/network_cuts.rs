@@ -2,8 +2,8 @@
 //! a network namespace of its own, as on a host of its own, and a cut drops every packet to
 //! and from it ([`NetworkNamespace::cut`]): nothing is refused or reset, so Envoy learns of
 //! the loss only from its keepalives, timeouts and health checks, as across real hosts.
-//! Requests flow through the Envoy all along, and each is accounted for. A control plane
-//! cut off under load is tested with Envoy speaking either ADS variant (SotW and Delta).
+//! Requests flow through the Envoy all along, and each is accounted for. The control-plane
+//! cuts are tested with Envoy speaking either ADS variant (SotW and Delta).
 //! Cuts of a rate-limit replica and of the Redis primary are in `rate_limit_cuts.rs`.
 //!
 //! These tests need root (network namespaces, veth pairs, nftables), so `cargo test` skips
@@ -205,8 +205,21 @@ async fn cut_under_load(variant: XdsVariant) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and network namespaces: make test-netcut"]
-async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_made_meanwhile() {
-    let mut replicas = Replicas::start(XdsVariant::Sotw).await;
+async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_made_meanwhile_sotw() {
+    outage_then_edit(XdsVariant::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces: make test-netcut"]
+async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_made_meanwhile_delta()
+{
+    outage_then_edit(XdsVariant::Delta).await;
+}
+
+/// Every control plane is cut off for [`outage`] while requests flow and an edit is made:
+/// Envoy serves on, then resyncs without churn and takes the edit once the network is back.
+async fn outage_then_edit(variant: XdsVariant) {
+    let mut replicas = Replicas::start(variant).await;
     replicas.stream_on_first().await;
     let before = replicas.envoy.churn().await;
     assert_eq!(before.len(), 5, "{before:?}");
@@ -224,7 +237,7 @@ async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_mad
         Ok(())
     })
     .await;
-    eprintln!("Envoy noticed after {:?}", cut.elapsed());
+    eprintln!("{variant:?}: Envoy noticed after {:?}", cut.elapsed());
     // The edit is made during the outage; both replicas load it, and it waits for Envoy.
     let edited = replicas.edited.clone();
     replicas.first.write_by_rename(&edited);
@@ -242,7 +255,7 @@ async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_mad
         .edit_arrives("the edit reaches Envoy once the control planes are back")
         .await;
     eprintln!(
-        "after {:?} cut off, the edit arrived {:?} after the network came back",
+        "{variant:?}: after {:?} cut off, the edit arrived {:?} after the network came back",
         outage,
         restored.elapsed()
     );
@@ -260,7 +273,10 @@ async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_mad
         report.sent,
         report.failures
     );
-    eprintln!("{} requests during the outage, none failed", report.sent);
+    eprintln!(
+        "{variant:?}: {} requests during the outage, none failed",
+        report.sent
+    );
     assert_eq!(
         replicas.envoy.churn().await,
         before,
