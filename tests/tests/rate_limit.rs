@@ -19,8 +19,8 @@ use tollgate_conformance::ratelimit::{
     assert_budget, send_burst, RateLimitService, RunningRateLimitService,
 };
 use tollgate_conformance::{
-    eventually, get, request, reserve_port, ControlPlane, Envoy, ExtAuthz, Response,
-    RunningControlPlane, RunningEnvoy, Upstream, UpstreamHandle,
+    eventually, get, request, reserve_port, ControlPlane, Envoy, ExtAuthz, RunningControlPlane,
+    RunningEnvoy, Upstream, UpstreamHandle,
 };
 use tollgate_testkit::jwt::{self, TestKey};
 use tollgate_testkit::redis::{RedisSentinels, RedisServer};
