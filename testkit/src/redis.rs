@@ -67,35 +67,38 @@ pub struct RedisServer {
     /// Where it answers from here: loopback, or its namespace's address.
     ip: IpAddr,
     port: u16,
+    /// What it requires of clients (`--requirepass`), if anything.
+    password: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     /// Starts `redis-server` on a fresh port and waits until it answers.
     pub fn start() -> Self {
-        Self::start_with(reserve_port(), None, &[], |_| Vec::new())
+        Self::start_with(reserve_port(), None, &[], None, |_| Vec::new())
     }
 
     /// Starts `redis-server` inside `host`'s network namespace, bound to its address, as on a
     /// host of its own, and waits until it answers there.
     pub fn start_in(host: &Host) -> Self {
-        Self::start_with(reserve_port(), Some(host), &[], |_| Vec::new())
+        Self::start_with(reserve_port(), Some(host), &[], None, |_| Vec::new())
     }
 
     /// Starts `redis-server` on loopback and on this side's address of each of `hosts`'
     /// links, so that processes in those namespaces reach it too ([`Self::url_from`]).
     pub fn start_reachable_from(hosts: &[Host]) -> Self {
         let outside: Vec<IpAddr> = hosts.iter().map(Host::outside_ip).collect();
-        Self::start_with(reserve_port(), None, &outside, |_| Vec::new())
+        Self::start_with(reserve_port(), None, &outside, None, |_| Vec::new())
     }
 
-    /// A replica of `primary`, returned once it answers (its copy may still be syncing).
-    /// It announces its loopback address, which the sentinels here reach, rather than the
-    /// address its link to the primary comes from (another, when the primary runs in a
-    /// namespace).
+    /// A replica of `primary`, returned once it answers (its copy may still be syncing),
+    /// with the primary's password if it has one. It announces its loopback address, which
+    /// the sentinels here reach, rather than the address its link to the primary comes from
+    /// (another, when the primary runs in a namespace).
     pub fn start_replica_of(primary: &RedisServer) -> Self {
         let (primary_ip, primary_port) = (primary.ip.to_string(), primary.port().to_string());
-        Self::start_with(reserve_port(), None, &[], |_| {
+        let password = primary.password.as_deref();
+        Self::start_with(reserve_port(), None, &[], password, |_| {
             [
                 "--replicaof",
                 &primary_ip,
@@ -108,13 +111,18 @@ impl RedisServer {
         })
     }
 
+    /// A primary (on loopback) that requires `password` of every client, replicas included.
+    fn start_requiring(password: &str) -> Self {
+        Self::start_with(reserve_port(), None, &[], Some(password), |_| Vec::new())
+    }
+
     /// A cluster-enabled node that belongs to no cluster yet (see [`RedisCluster`]). Its
     /// `nodes.conf` lives in its own directory, so a restart rejoins with the same identity.
     fn start_cluster_node(node_timeout: Duration) -> Self {
         // The cluster bus defaults to the port + 10000; a port of its own keeps it among
         // the reserved ones.
         let bus_port = reserve_port();
-        Self::start_with(reserve_port(), None, &[], |dir| {
+        Self::start_with(reserve_port(), None, &[], None, |dir| {
             let nodes_conf = dir.join("nodes.conf").display().to_string();
             [
                 "--cluster-enabled",
@@ -147,25 +155,34 @@ impl RedisServer {
              sentinel announce-ip {LOOPBACK}\n\
              sentinel monitor {master_name} {primary_ip} {primary_port} 2\n\
              sentinel down-after-milliseconds {master_name} {down_after}\n\
-             sentinel failover-timeout {master_name} {failover_timeout}\n",
+             sentinel failover-timeout {master_name} {failover_timeout}\n\
+             {auth_pass}",
             dir = dir.path().display(),
             primary_ip = primary.ip,
             primary_port = primary.port,
             down_after = SENTINEL_DOWN_AFTER.as_millis(),
             failover_timeout = SENTINEL_FAILOVER_TIMEOUT.as_millis(),
+            auth_pass = primary
+                .password
+                .as_ref()
+                .map_or_else(String::new, |password| {
+                    format!("sentinel auth-pass {master_name} {password}\n")
+                }),
         );
         std::fs::write(&config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
         let mut command = Command::new("redis-server");
         command.arg(&config).arg("--sentinel");
-        Self::spawn(loopback(), port, dir, command, "sentinel")
+        Self::spawn(loopback(), port, None, dir, command, "sentinel")
     }
 
-    /// A server on `port`, on loopback or in `host`'s namespace, also bound to `also_bind`;
-    /// `extra_args`, given the server's directory, follow the standalone arguments.
+    /// A server on `port`, on loopback or in `host`'s namespace, also bound to `also_bind`,
+    /// requiring `password` when given (and using it with its primary, should it become a
+    /// replica); `extra_args`, given the server's directory, follow the standalone arguments.
     fn start_with(
         port: u16,
         host: Option<&Host>,
         also_bind: &[IpAddr],
+        password: Option<&str>,
         extra_args: impl FnOnce(&std::path::Path) -> Vec<String>,
     ) -> Self {
         let ip = host.map_or_else(loopback, Host::ip);
@@ -183,22 +200,33 @@ impl RedisServer {
             // addresses are a test's own veth link, which nothing else reaches.
             command.args(["--protected-mode", "no"]);
         }
+        if let Some(password) = password {
+            command.args(["--requirepass", password, "--masterauth", password]);
+        }
         command.args(extra_args(dir.path()));
         if let Some(host) = host {
             command = host.wrap(&command);
         }
-        Self::spawn(ip, port, dir, command, "redis")
+        Self::spawn(ip, port, password, dir, command, "redis")
     }
 
-    /// Runs `command` (a server that will listen on `ip`:`port`) with its logs in `dir`, and
-    /// waits until it answers.
-    fn spawn(ip: IpAddr, port: u16, dir: tempfile::TempDir, command: Command, kind: &str) -> Self {
+    /// Runs `command` (a server that will listen on `ip`:`port`, requiring `password`) with
+    /// its logs in `dir`, and waits until it answers.
+    fn spawn(
+        ip: IpAddr,
+        port: u16,
+        password: Option<&str>,
+        dir: tempfile::TempDir,
+        command: Command,
+        kind: &str,
+    ) -> Self {
         let process = Process::spawn(&format!("{kind}-{port}"), command, dir.path())
             .expect("spawn redis-server (scripts/provision.sh installs it)");
         let mut server = RedisServer {
             process,
             ip,
             port,
+            password: password.map(str::to_owned),
             _dir: dir,
         };
         server.wait_until_answering();
@@ -214,15 +242,27 @@ impl RedisServer {
         SocketAddr::new(self.ip, self.port)
     }
 
-    /// `redis://IP:PORT`, as given to `tollgate-ratelimit --redis-url`.
+    /// `redis://[:PASSWORD@]IP:PORT`, as given to `tollgate-ratelimit --redis-url`.
     pub fn url(&self) -> String {
-        url(self.addr())
+        self.url_at(self.addr())
     }
 
     /// The URL a process in `host`'s namespace reaches this server at, for one started
     /// [`Self::start_reachable_from`] that host.
     pub fn url_from(&self, host: &Host) -> String {
-        url(SocketAddr::new(host.outside_ip(), self.port))
+        self.url_at(SocketAddr::new(host.outside_ip(), self.port))
+    }
+
+    fn url_at(&self, addr: SocketAddr) -> String {
+        match &self.password {
+            Some(password) => format!("redis://:{password}@{addr}"),
+            None => format!("redis://{addr}"),
+        }
+    }
+
+    /// `redis-cli ARGS…` against this server, with its password.
+    fn cli(&self, args: &[&str]) -> String {
+        redis_cli_at(self.addr(), self.password.as_deref(), args)
     }
 
     /// Kills the server (SIGKILL): clients see their connections reset and new ones refused.
@@ -260,7 +300,7 @@ impl RedisServer {
 
     /// Sends `PING` on a fresh connection; fails unless the answer is `PONG`.
     pub fn ping(&self) -> redis::RedisResult<()> {
-        let pong: String = redis::cmd("PING").query(&mut connection(self.addr())?)?;
+        let pong: String = redis::cmd("PING").query(&mut connection(&self.url())?)?;
         if pong == "PONG" {
             Ok(())
         } else {
@@ -282,10 +322,10 @@ impl RedisServer {
     }
 
     fn wait_until_answering(&mut self) {
-        let (pid, addr) = (self.process.pid(), self.addr());
+        let (pid, addr, url) = (self.process.pid(), self.addr(), self.url());
         self.process
             .wait_until_ready_blocking(START_PATIENCE, "answering", || {
-                match answering_pid(addr) {
+                match answering_pid(&url) {
                     Ok(answering) if answering == pid => Ok(()),
                     // Our server is still starting or about to fail to bind (its log says so).
                     Ok(answering) => Err(format!(
@@ -297,32 +337,27 @@ impl RedisServer {
     }
 }
 
-/// A blocking connection to the server at `addr` that gives up on a server that does not
+/// A blocking connection to the server at `url` that gives up on a server that does not
 /// answer.
-fn connection(addr: SocketAddr) -> redis::RedisResult<redis::Connection> {
-    let connection =
-        redis::Client::open(url(addr))?.get_connection_with_timeout(COMMAND_TIMEOUT)?;
+fn connection(url: &str) -> redis::RedisResult<redis::Connection> {
+    let connection = redis::Client::open(url)?.get_connection_with_timeout(COMMAND_TIMEOUT)?;
     connection.set_read_timeout(Some(COMMAND_TIMEOUT))?;
     connection.set_write_timeout(Some(COMMAND_TIMEOUT))?;
     Ok(connection)
 }
 
-/// The process id of the server answering at `addr` (`INFO server`), which tells our own
+/// The process id of the server answering at `url` (`INFO server`), which tells our own
 /// server apart from another test's that took the port first.
-fn answering_pid(addr: SocketAddr) -> redis::RedisResult<u32> {
+fn answering_pid(url: &str) -> redis::RedisResult<u32> {
     let info: redis::InfoDict = redis::cmd("INFO")
         .arg("server")
-        .query(&mut connection(addr)?)?;
+        .query(&mut connection(url)?)?;
     info.get("process_id").ok_or_else(|| {
         redis::RedisError::from((
             redis::ErrorKind::UnexpectedReturnType,
             "no process_id in INFO server",
         ))
     })
-}
-
-fn url(addr: SocketAddr) -> String {
-    format!("redis://{addr}")
 }
 
 /// Where everything but a server started in a namespace listens.
@@ -585,6 +620,13 @@ impl RedisSentinels {
         Self::start_with_primary(RedisServer::start(), replicas)
     }
 
+    /// As [`Self::start`], with every server requiring `password` (`requirepass`, and
+    /// `masterauth` to replicate) and the sentinels given it (`auth-pass`); the sentinels
+    /// themselves require none.
+    pub fn start_with_password(replicas: usize, password: &str) -> Self {
+        Self::start_with_primary(RedisServer::start_requiring(password), replicas)
+    }
+
     /// As [`Self::start`], with the primary in `host`'s network namespace, as on a host of
     /// its own that a test can cut off while the replicas and the sentinels still see each
     /// other.
@@ -601,7 +643,7 @@ impl RedisSentinels {
         let deadline = Instant::now() + SENTINEL_PATIENCE;
         for replica in &servers[1..] {
             loop {
-                let info = redis_cli(replica.port(), &["info", "replication"]);
+                let info = replica.cli(&["info", "replication"]);
                 if info.contains("master_link_status:up") {
                     break;
                 }
@@ -704,7 +746,9 @@ impl RedisSentinels {
                 let agreed = named.iter().all(|n| *n == Some(*addr));
                 if agreed
                     && *addr != old_addr
-                    && redis_cli_at(*addr, &["role"]).starts_with("master")
+                    && self.servers[self.index_of(*addr)]
+                        .cli(&["role"])
+                        .starts_with("master")
                 {
                     return self.index_of(*addr);
                 }
@@ -745,14 +789,20 @@ fn named_primary(port: u16) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// `redis-cli -p PORT ARGS…`'s output on loopback (see [`redis_cli_at`]).
+/// `redis-cli -p PORT ARGS…`'s output on loopback, without a password (see
+/// [`redis_cli_at`]).
 fn redis_cli(port: u16, args: &[&str]) -> String {
-    redis_cli_at(SocketAddr::new(loopback(), port), args)
+    redis_cli_at(SocketAddr::new(loopback(), port), None, args)
 }
 
-/// `redis-cli -h IP -p PORT ARGS…`'s output (stdout and stderr); a failure to run is a panic.
-fn redis_cli_at(addr: SocketAddr, args: &[&str]) -> String {
-    let Output { stdout, stderr, .. } = Command::new("redis-cli")
+/// `redis-cli -h IP -p PORT [-a PASSWORD] ARGS…`'s output (stdout and stderr); a failure to
+/// run is a panic.
+fn redis_cli_at(addr: SocketAddr, password: Option<&str>, args: &[&str]) -> String {
+    let mut command = Command::new("redis-cli");
+    if let Some(password) = password {
+        command.args(["-a", password, "--no-auth-warning"]);
+    }
+    let Output { stdout, stderr, .. } = command
         .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
         .args(args)
         .stdin(Stdio::null())
