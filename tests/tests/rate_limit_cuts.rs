@@ -93,8 +93,10 @@ const REPLICA_CUT_HELD: Duration = Duration::from_secs(8);
 
 /// How many requests may wait out a try's timeout on the cut-off replica: outlier detection
 /// ejects it after two tries in a row time out (`consecutive_5xx: 2`), and the sequential
-/// traffic has one request in flight at a time; one more for a request already in flight
-/// when the cut came, whose answer is lost.
+/// traffic has one request in flight at a time; one more because Envoy ejects on its main
+/// thread and the worker learns of it a moment later, in which it may pick the replica
+/// again (seen with ext-authz on a loaded machine). Health checks alone would take 2-3 s,
+/// in which one request in three (round robin over three replicas) waits the 500 ms out.
 const MOST_DELAYED: usize = 3;
 
 /// The service's wait for Redis: well under a try's timeout, so that a Redis that fails
