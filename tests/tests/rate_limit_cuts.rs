@@ -180,7 +180,7 @@ async fn a_rate_limit_replica_cut_off_under_load_fails_no_request_is_ejected_and
         .filter(|sent| sent.took >= PER_TRY_TIMEOUT)
         .count();
     eprintln!(
-        "{} requests in the {REPLICA_CUT_HELD:?} from the cut: {} failed, {delayed} took \
+        "{} requests around the cut (held {REPLICA_CUT_HELD:?}): {} failed, {delayed} took \
          {PER_TRY_TIMEOUT:?} or more (slowest {slowest:?}); Envoy counted {per_try_timeouts} \
          tries timed out",
         report.sent,
@@ -299,7 +299,7 @@ async fn with_the_redis_primary_cut_off_limited_routes_fail_closed_until_the_sen
     );
     let slowest = report.requests.iter().map(|sent| sent.took).max();
     eprintln!(
-        "{} requests from the cut: {} failed closed ({statuses:?}), the first sent {first:?} \
+        "{} requests around the cut: {} failed closed ({statuses:?}), the first sent {first:?} \
          and the last answered {last:?} after the cut; slowest {slowest:?}; Envoy counted \
          {errors} rate limit service errors",
         report.sent,
