@@ -26,12 +26,13 @@ up: provision
 test: provision build
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 
-## Replicas cut off the network: each control plane and ext-authz replica in a network
-## namespace of its own, cut by dropping its packets (nftables). Needs root, `ip` and `nft`;
+## Replicas cut off the network: each control plane, ext-authz and rate-limit replica, and
+## the Redis primary behind Sentinel, in a network namespace of its own, cut by dropping its
+## packets (nftables). Needs root, `ip` and `nft`;
 ## fails, rather than skips, without them. `cargo test` leaves these out (#[ignore]).
 ## TOLLGATE_NETCUT_OUTAGE_SECS sets how long every control plane is cut off (default 60).
 test-netcut: provision build
-	$(CARGO) test -p tollgate-conformance --test network_cuts --no-fail-fast -- --ignored --test-threads=3
+	$(CARGO) test -p tollgate-conformance --test network_cuts --test rate_limit_cuts --no-fail-fast -- --ignored --test-threads=3
 
 ## The container path: compose/ on a real Docker engine (installed and started if none runs).
 test-compose:

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::store::redis::RedisTarget;
+use crate::store::redis::{RedisAuth, RedisTarget};
 
 /// Envoy waits 50 ms for the service by default (routes.yaml's `sidecars.rate_limit.timeout`);
 /// a Redis call must give up before that so the answer is our UNAVAILABLE, under Envoy's
@@ -61,6 +61,20 @@ pub struct Settings {
     /// (mymaster,10.0.0.1:26379,10.0.0.2:26379); each sentinel HOST:PORT or a redis:// URL.
     #[arg(long, env = "TOLLGATE_REDIS_SENTINEL_URL", value_parser = parse_sentinel_list)]
     pub redis_sentinel_url: Option<RedisTarget>,
+    /// Behind Sentinel: the password the master (and any replica promoted in its place)
+    /// requires, PASSWORD or USERNAME:PASSWORD, as envoyproxy/ratelimit's REDIS_AUTH (a
+    /// password with a colon in it goes as default:PASSWORD). The sentinels' own password
+    /// goes in their URLs; a standalone or cluster node's, in its URL.
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_AUTH",
+        // Both: clap lets a requirement go when the required flag conflicts with one given.
+        requires = "redis_sentinel_url",
+        conflicts_with_all = ["redis_url", "redis_cluster_url"],
+        hide_env_values = true,
+        value_parser = parse_auth
+    )]
+    pub redis_auth: Option<RedisAuth>,
     /// Longest wait for Redis per request (e.g. 40ms, 1s); past it the answer is UNAVAILABLE.
     #[arg(
         long,
@@ -129,8 +143,15 @@ impl Settings {
         if let Some(url) = &self.redis_url {
             return Some(RedisTarget::Single(url.clone()));
         }
-        if let Some(sentinel) = &self.redis_sentinel_url {
-            return Some(sentinel.clone());
+        if let Some(RedisTarget::Sentinel {
+            master, sentinels, ..
+        }) = &self.redis_sentinel_url
+        {
+            return Some(RedisTarget::Sentinel {
+                master: master.clone(),
+                sentinels: sentinels.clone(),
+                master_auth: self.redis_auth.clone(),
+            });
         }
         let nodes: Vec<String> = self
             .redis_cluster_url
@@ -190,6 +211,27 @@ fn parse_sentinel_list(text: &str) -> Result<RedisTarget, String> {
     Ok(RedisTarget::Sentinel {
         master: master.to_string(),
         sentinels,
+        master_auth: None,
+    })
+}
+
+/// `PASSWORD` or `USERNAME:PASSWORD` (split at the first colon, as envoyproxy/ratelimit
+/// does), neither part empty.
+fn parse_auth(text: &str) -> Result<RedisAuth, String> {
+    let (username, password) = match text.split_once(':') {
+        Some((username, password)) => (Some(username), password),
+        None => (None, text),
+    };
+    if password.is_empty() || username.is_some_and(str::is_empty) {
+        return Err(
+            "expected PASSWORD or USERNAME:PASSWORD, neither empty (a password with a colon \
+             in it goes as default:PASSWORD)"
+                .to_string(),
+        );
+    }
+    Ok(RedisAuth {
+        username: username.map(str::to_string),
+        password: password.to_string(),
     })
 }
 
@@ -272,6 +314,7 @@ mod tests {
                     "redis://10.0.0.1:26379".into(),
                     "redis://sentinel-2:26379".into()
                 ],
+                master_auth: None,
             })
         );
     }
@@ -286,8 +329,59 @@ mod tests {
                     "redis://:secret@10.0.0.1:26379".into(),
                     "redis://[::1]:26380".into()
                 ],
+                master_auth: None,
             })
         );
+    }
+
+    #[test]
+    fn the_masters_password_behind_sentinel_is_redis_auth_with_an_optional_user() {
+        let target = |auth: &str| {
+            Settings::try_parse_from([
+                "t",
+                "--config",
+                "c",
+                "--redis-sentinel-url",
+                "mymaster,10.0.0.1:26379",
+                "--redis-auth",
+                auth,
+            ])
+            .map(|s| s.redis_target())
+        };
+        let auth = |username: Option<&str>, password: &str| {
+            Some(RedisTarget::Sentinel {
+                master: "mymaster".into(),
+                sentinels: vec!["redis://10.0.0.1:26379".into()],
+                master_auth: Some(RedisAuth {
+                    username: username.map(str::to_string),
+                    password: password.into(),
+                }),
+            })
+        };
+        assert_eq!(target("s3cret").expect("parses"), auth(None, "s3cret"));
+        assert_eq!(
+            target("limiter:pa:ss").expect("parses"),
+            auth(Some("limiter"), "pa:ss")
+        );
+        for bad in ["", ":s3cret", "limiter:"] {
+            assert!(target(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn redis_auth_is_refused_without_sentinels() {
+        for store in [
+            &["--redis-url", "redis://10.0.0.1:6379"][..],
+            &["--redis-cluster-url", "redis://10.0.0.1:7000"],
+            &[],
+        ] {
+            let parsed = Settings::try_parse_from(
+                ["t", "--config", "c", "--redis-auth", "s3cret"]
+                    .iter()
+                    .chain(store),
+            );
+            assert!(parsed.is_err(), "{store:?}: {parsed:?}");
+        }
     }
 
     #[test]

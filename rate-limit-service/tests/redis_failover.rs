@@ -2,8 +2,9 @@
 //! Redis Cluster with replicas: calls go on while the primary holding their counters is
 //! killed (SIGKILL); every call answers a decision or `UNAVAILABLE` within the timeout,
 //! calls succeed again once a replica is promoted, with no restart, and a budget whose
-//! counts reached the replica before the kill is still enforced after it. Each test prints
-//! the window during which calls failed.
+//! counts reached the replica before the kill is still enforced after it; behind Sentinel
+//! also with a master that requires a password (`--redis-auth`). Each test prints the
+//! window during which calls failed.
 
 // Each test file uses its own part of the helpers.
 #[allow(dead_code)]
@@ -397,19 +398,28 @@ async fn runs_scripts(server: &RedisServer) -> bool {
         .any(|c| c.contains("cmd=evalsha") || c.contains("cmd=eval "))
 }
 
-/// The flag as envoyproxy/ratelimit users write it: `MASTER_NAME,HOST:PORT,…`.
-fn sentinel_target(redis: &RedisSentinels) -> RedisTarget {
-    Settings::try_parse_from([
+/// The flag as envoyproxy/ratelimit users write it: `MASTER_NAME,HOST:PORT,…`, and
+/// `--redis-auth PASSWORD` for a master that requires one.
+fn sentinel_target(redis: &RedisSentinels, password: Option<&str>) -> RedisTarget {
+    let list = redis.sentinel_list();
+    let mut flags = vec![
         "tollgate-ratelimit",
         "--config",
         "ratelimit.yaml",
         "--redis-sentinel-url",
-        &redis.sentinel_list(),
-    ])
-    .expect("flags parse")
-    .redis_target()
-    .expect("a redis target")
+        &list,
+    ];
+    if let Some(password) = password {
+        flags.extend(["--redis-auth", password]);
+    }
+    Settings::try_parse_from(flags)
+        .expect("flags parse")
+        .redis_target()
+        .expect("a redis target")
 }
+
+/// What the servers of the password test require (`requirepass`).
+const PASSWORD: &str = "tollgate-sentinel-test";
 
 fn report(what: &str, window: &Window, promoted: Duration, lost: i64) {
     eprintln!(
@@ -422,9 +432,25 @@ fn report(what: &str, window: &Window, promoted: Duration, lost: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_sentinel_calls_follow_a_failover_to_the_promoted_replica_without_a_restart() {
-    let mut redis = RedisSentinels::start(2);
+    let redis = RedisSentinels::start(2);
+    let target = sentinel_target(&redis, None);
+    follow_a_failover(redis, &target, "sentinel failover").await;
+}
+
+/// Every server requires the password, so nothing would answer a service that did not
+/// give it: not the first master, not the library's `ROLE` check, not the promoted replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinel_a_master_requiring_a_password_is_reached_with_redis_auth_and_followed() {
+    let redis = RedisSentinels::start_with_password(2, PASSWORD);
+    let target = sentinel_target(&redis, Some(PASSWORD));
+    follow_a_failover(redis, &target, "sentinel failover with a password").await;
+}
+
+/// Calls through `target` go on while the primary is killed, fail only until a replica is
+/// promoted, and a budget spent before the kill holds after it.
+async fn follow_a_failover(mut redis: RedisSentinels, target: &RedisTarget, what: &str) {
     let clock = clock_now();
-    let a = instance_on(&sentinel_target(&redis), limits(), clock.clone(), TIMEOUT).await;
+    let a = instance_on(target, limits(), clock.clone(), TIMEOUT).await;
     let primary = redis.primary();
     let (steady, budget) = (steady("10.0.0.1"), budget("key-1"));
 
@@ -460,14 +486,20 @@ async fn behind_sentinel_calls_follow_a_failover_to_the_promoted_replica_without
         "the counts replicated before the kill hold after it"
     );
     let lost = lost_increments(&a, &steady, &calls).await;
-    report("sentinel failover", &window, promoted, lost);
+    report(what, &window, promoted, lost);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_sentinel_a_switchover_with_the_old_primary_alive_is_followed() {
     let redis = RedisSentinels::start(1);
     let clock = clock_now();
-    let a = instance_on(&sentinel_target(&redis), limits(), clock.clone(), TIMEOUT).await;
+    let a = instance_on(
+        &sentinel_target(&redis, None),
+        limits(),
+        clock.clone(),
+        TIMEOUT,
+    )
+    .await;
     let old = redis.primary();
     let traffic = Traffic::start(&a, steady("10.0.0.2"));
     traffic.wait_for_successes(20).await;

@@ -11,12 +11,18 @@
 //! (`redis-server --sentinel`: Debian's redis-server package has no `redis-sentinel`), with
 //! failure detection short enough for a test to watch a failover.
 //!
+//! A server can also run in a network namespace, as on a host of its own that a test can
+//! cut off the network ([`RedisServer::start_in`]; the primary behind Sentinel too), or
+//! stay here and be reachable from such namespaces ([`RedisServer::start_reachable_from`]).
+//!
 //! Starting blocks: Redis starts in milliseconds, and benches start it where no runtime
 //! runs.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::host::Host;
 use crate::ports::reserve_port;
 use crate::process::{scratch_dir, Process};
 
@@ -58,22 +64,56 @@ const SENTINEL_PATIENCE: Duration = Duration::from_secs(60);
 pub struct RedisServer {
     // Field order matters for Drop: the process dies before its directory is removed.
     process: Process,
+    /// Where it answers from here: loopback, or its namespace's address.
+    ip: IpAddr,
     port: u16,
+    /// What it requires of clients (`--requirepass`), if anything.
+    password: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     /// Starts `redis-server` on a fresh port and waits until it answers.
     pub fn start() -> Self {
-        Self::start_with(reserve_port(), |_| Vec::new())
+        Self::start_with(reserve_port(), None, &[], None, |_| Vec::new())
     }
 
-    /// A replica of `primary`, returned once it answers (its copy may still be syncing).
+    /// Starts `redis-server` inside `host`'s network namespace, bound to its address, as on a
+    /// host of its own, and waits until it answers there.
+    pub fn start_in(host: &Host) -> Self {
+        Self::start_with(reserve_port(), Some(host), &[], None, |_| Vec::new())
+    }
+
+    /// Starts `redis-server` on loopback and on this side's address of each of `hosts`'
+    /// links, so that processes in those namespaces reach it too ([`Self::url_from`]).
+    pub fn start_reachable_from(hosts: &[Host]) -> Self {
+        let outside: Vec<IpAddr> = hosts.iter().map(Host::outside_ip).collect();
+        Self::start_with(reserve_port(), None, &outside, None, |_| Vec::new())
+    }
+
+    /// A replica of `primary`, returned once it answers (its copy may still be syncing),
+    /// with the primary's password if it has one. It announces its loopback address, which
+    /// the sentinels here reach, rather than the address its link to the primary comes from
+    /// (another, when the primary runs in a namespace).
     pub fn start_replica_of(primary: &RedisServer) -> Self {
-        let primary_port = primary.port().to_string();
-        Self::start_with(reserve_port(), |_| {
-            vec!["--replicaof".into(), "127.0.0.1".into(), primary_port]
+        let (primary_ip, primary_port) = (primary.ip.to_string(), primary.port().to_string());
+        let password = primary.password.as_deref();
+        Self::start_with(reserve_port(), None, &[], password, |_| {
+            [
+                "--replicaof",
+                &primary_ip,
+                &primary_port,
+                "--replica-announce-ip",
+                LOOPBACK,
+            ]
+            .map(String::from)
+            .to_vec()
         })
+    }
+
+    /// A primary (on loopback) that requires `password` of every client, replicas included.
+    fn start_requiring(password: &str) -> Self {
+        Self::start_with(reserve_port(), None, &[], Some(password), |_| Vec::new())
     }
 
     /// A cluster-enabled node that belongs to no cluster yet (see [`RedisCluster`]). Its
@@ -82,7 +122,7 @@ impl RedisServer {
         // The cluster bus defaults to the port + 10000; a port of its own keeps it among
         // the reserved ones.
         let bus_port = reserve_port();
-        Self::start_with(reserve_port(), |dir| {
+        Self::start_with(reserve_port(), None, &[], None, |dir| {
             let nodes_conf = dir.join("nodes.conf").display().to_string();
             [
                 "--cluster-enabled",
@@ -99,52 +139,94 @@ impl RedisServer {
         })
     }
 
-    /// A sentinel watching the primary on `primary_port` under `master_name`, with a quorum
-    /// of 2 (of the three [`RedisSentinels`] runs). Sentinel rewrites its configuration file
-    /// as it learns, so the file lives in the sentinel's own directory.
-    fn start_sentinel(master_name: &str, primary_port: u16) -> Self {
+    /// A sentinel watching `primary` under `master_name`, with a quorum of 2 (of the three
+    /// [`RedisSentinels`] runs). Sentinel rewrites its configuration file as it learns, so
+    /// the file lives in the sentinel's own directory. It announces its loopback address to
+    /// the other sentinels, rather than the address its link to the primary comes from
+    /// (another, when the primary runs in a namespace).
+    fn start_sentinel(master_name: &str, primary: &RedisServer) -> Self {
         let port = reserve_port();
         let dir = scratch_dir("tollgate-sentinel-");
         let config = dir.path().join("sentinel.conf");
         let text = format!(
             "port {port}\n\
-             bind 127.0.0.1\n\
+             bind {LOOPBACK}\n\
              dir {dir}\n\
-             sentinel monitor {master_name} 127.0.0.1 {primary_port} 2\n\
+             sentinel announce-ip {LOOPBACK}\n\
+             sentinel monitor {master_name} {primary_ip} {primary_port} 2\n\
              sentinel down-after-milliseconds {master_name} {down_after}\n\
-             sentinel failover-timeout {master_name} {failover_timeout}\n",
+             sentinel failover-timeout {master_name} {failover_timeout}\n\
+             {auth_pass}",
             dir = dir.path().display(),
+            primary_ip = primary.ip,
+            primary_port = primary.port,
             down_after = SENTINEL_DOWN_AFTER.as_millis(),
             failover_timeout = SENTINEL_FAILOVER_TIMEOUT.as_millis(),
+            auth_pass = primary
+                .password
+                .as_ref()
+                .map_or_else(String::new, |password| {
+                    format!("sentinel auth-pass {master_name} {password}\n")
+                }),
         );
         std::fs::write(&config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
         let mut command = Command::new("redis-server");
         command.arg(&config).arg("--sentinel");
-        Self::spawn(port, dir, command, "sentinel")
+        Self::spawn(loopback(), port, None, dir, command, "sentinel")
     }
 
-    /// `extra_args`, given the server's directory, follow the standalone arguments.
-    fn start_with(port: u16, extra_args: impl FnOnce(&std::path::Path) -> Vec<String>) -> Self {
+    /// A server on `port`, on loopback or in `host`'s namespace, also bound to `also_bind`,
+    /// requiring `password` when given (and using it with its primary, should it become a
+    /// replica); `extra_args`, given the server's directory, follow the standalone arguments.
+    fn start_with(
+        port: u16,
+        host: Option<&Host>,
+        also_bind: &[IpAddr],
+        password: Option<&str>,
+        extra_args: impl FnOnce(&std::path::Path) -> Vec<String>,
+    ) -> Self {
+        let ip = host.map_or_else(loopback, Host::ip);
         let dir = scratch_dir("tollgate-redis-");
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+            .arg("--bind")
+            .args(std::iter::once(&ip).chain(also_bind).map(IpAddr::to_string))
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(dir.path())
-            .args(extra_args(dir.path()));
-        Self::spawn(port, dir, command, "redis")
+            .arg(dir.path());
+        if host.is_some() || !also_bind.is_empty() {
+            // Without a password, protected mode answers only loopback clients; these
+            // addresses are a test's own veth link, which nothing else reaches.
+            command.args(["--protected-mode", "no"]);
+        }
+        if let Some(password) = password {
+            command.args(["--requirepass", password, "--masterauth", password]);
+        }
+        command.args(extra_args(dir.path()));
+        if let Some(host) = host {
+            command = host.wrap(&command);
+        }
+        Self::spawn(ip, port, password, dir, command, "redis")
     }
 
-    /// Runs `command` (a server that will listen on `port`) with its logs in `dir`, and
-    /// waits until it answers.
-    fn spawn(port: u16, dir: tempfile::TempDir, command: Command, kind: &str) -> Self {
+    /// Runs `command` (a server that will listen on `ip`:`port`, requiring `password`) with
+    /// its logs in `dir`, and waits until it answers.
+    fn spawn(
+        ip: IpAddr,
+        port: u16,
+        password: Option<&str>,
+        dir: tempfile::TempDir,
+        command: Command,
+        kind: &str,
+    ) -> Self {
         let process = Process::spawn(&format!("{kind}-{port}"), command, dir.path())
             .expect("spawn redis-server (scripts/provision.sh installs it)");
         let mut server = RedisServer {
             process,
+            ip,
             port,
+            password: password.map(str::to_owned),
             _dir: dir,
         };
         server.wait_until_answering();
@@ -155,9 +237,32 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT`, as given to `tollgate-ratelimit --redis-url`.
+    /// Where it answers from here.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+
+    /// `redis://[:PASSWORD@]IP:PORT`, as given to `tollgate-ratelimit --redis-url`.
     pub fn url(&self) -> String {
-        url(self.port)
+        self.url_at(self.addr())
+    }
+
+    /// The URL a process in `host`'s namespace reaches this server at, for one started
+    /// [`Self::start_reachable_from`] that host.
+    pub fn url_from(&self, host: &Host) -> String {
+        self.url_at(SocketAddr::new(host.outside_ip(), self.port))
+    }
+
+    fn url_at(&self, addr: SocketAddr) -> String {
+        match &self.password {
+            Some(password) => format!("redis://:{password}@{addr}"),
+            None => format!("redis://{addr}"),
+        }
+    }
+
+    /// `redis-cli ARGS…` against this server, with its password.
+    fn cli(&self, args: &[&str]) -> String {
+        redis_cli_at(self.addr(), self.password.as_deref(), args)
     }
 
     /// Kills the server (SIGKILL): clients see their connections reset and new ones refused.
@@ -195,7 +300,7 @@ impl RedisServer {
 
     /// Sends `PING` on a fresh connection; fails unless the answer is `PONG`.
     pub fn ping(&self) -> redis::RedisResult<()> {
-        let pong: String = redis::cmd("PING").query(&mut connection(self.port)?)?;
+        let pong: String = redis::cmd("PING").query(&mut connection(&self.url())?)?;
         if pong == "PONG" {
             Ok(())
         } else {
@@ -217,14 +322,14 @@ impl RedisServer {
     }
 
     fn wait_until_answering(&mut self) {
-        let (pid, port) = (self.process.pid(), self.port);
+        let (pid, addr, url) = (self.process.pid(), self.addr(), self.url());
         self.process
             .wait_until_ready_blocking(START_PATIENCE, "answering", || {
-                match answering_pid(port) {
+                match answering_pid(&url) {
                     Ok(answering) if answering == pid => Ok(()),
                     // Our server is still starting or about to fail to bind (its log says so).
                     Ok(answering) => Err(format!(
-                        "port {port} answered by another redis-server (pid {answering})"
+                        "{addr} answered by another redis-server (pid {answering})"
                     )),
                     Err(error) => Err(error.to_string()),
                 }
@@ -232,22 +337,21 @@ impl RedisServer {
     }
 }
 
-/// A blocking connection to the server on `port` that gives up on a server that does not
+/// A blocking connection to the server at `url` that gives up on a server that does not
 /// answer.
-fn connection(port: u16) -> redis::RedisResult<redis::Connection> {
-    let connection =
-        redis::Client::open(url(port))?.get_connection_with_timeout(COMMAND_TIMEOUT)?;
+fn connection(url: &str) -> redis::RedisResult<redis::Connection> {
+    let connection = redis::Client::open(url)?.get_connection_with_timeout(COMMAND_TIMEOUT)?;
     connection.set_read_timeout(Some(COMMAND_TIMEOUT))?;
     connection.set_write_timeout(Some(COMMAND_TIMEOUT))?;
     Ok(connection)
 }
 
-/// The process id of the server answering on `port` (`INFO server`), which tells our own
+/// The process id of the server answering at `url` (`INFO server`), which tells our own
 /// server apart from another test's that took the port first.
-fn answering_pid(port: u16) -> redis::RedisResult<u32> {
+fn answering_pid(url: &str) -> redis::RedisResult<u32> {
     let info: redis::InfoDict = redis::cmd("INFO")
         .arg("server")
-        .query(&mut connection(port)?)?;
+        .query(&mut connection(url)?)?;
     info.get("process_id").ok_or_else(|| {
         redis::RedisError::from((
             redis::ErrorKind::UnexpectedReturnType,
@@ -256,8 +360,11 @@ fn answering_pid(port: u16) -> redis::RedisResult<u32> {
     })
 }
 
-fn url(port: u16) -> String {
-    format!("redis://127.0.0.1:{port}")
+/// Where everything but a server started in a namespace listens.
+const LOOPBACK: &str = "127.0.0.1";
+
+fn loopback() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
 
 /// A Redis Cluster, each node a [`RedisServer`] (so each is killed on drop), formed with
@@ -494,7 +601,8 @@ fn node_port(address: &str) -> Option<u16> {
 }
 
 /// A primary, its replicas and three sentinels watching them (quorum 2), each a
-/// [`RedisServer`] killed on drop.
+/// [`RedisServer`] killed on drop. The replicas and the sentinels run on loopback; the
+/// primary too, or in a network namespace of its own ([`Self::start_with_primary_in`]).
 pub struct RedisSentinels {
     /// `servers[0]` is the first primary; the sentinels may promote any of them.
     servers: Vec<RedisServer>,
@@ -509,7 +617,24 @@ impl RedisSentinels {
     /// then starts three sentinels and returns once each knows the primary, every replica
     /// and the two other sentinels: before that a failover could not be agreed on.
     pub fn start(replicas: usize) -> Self {
-        let primary = RedisServer::start();
+        Self::start_with_primary(RedisServer::start(), replicas)
+    }
+
+    /// As [`Self::start`], with every server requiring `password` (`requirepass`, and
+    /// `masterauth` to replicate) and the sentinels given it (`auth-pass`); the sentinels
+    /// themselves require none.
+    pub fn start_with_password(replicas: usize, password: &str) -> Self {
+        Self::start_with_primary(RedisServer::start_requiring(password), replicas)
+    }
+
+    /// As [`Self::start`], with the primary in `host`'s network namespace, as on a host of
+    /// its own that a test can cut off while the replicas and the sentinels still see each
+    /// other.
+    pub fn start_with_primary_in(host: &Host, replicas: usize) -> Self {
+        Self::start_with_primary(RedisServer::start_in(host), replicas)
+    }
+
+    fn start_with_primary(primary: RedisServer, replicas: usize) -> Self {
         let mut servers = vec![];
         for _ in 0..replicas {
             servers.push(RedisServer::start_replica_of(&primary));
@@ -518,7 +643,7 @@ impl RedisSentinels {
         let deadline = Instant::now() + SENTINEL_PATIENCE;
         for replica in &servers[1..] {
             loop {
-                let info = redis_cli(replica.port(), &["info", "replication"]);
+                let info = replica.cli(&["info", "replication"]);
                 if info.contains("master_link_status:up") {
                     break;
                 }
@@ -531,7 +656,7 @@ impl RedisSentinels {
             }
         }
         let sentinels: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::start_sentinel(Self::MASTER_NAME, servers[0].port()))
+            .map(|_| RedisServer::start_sentinel(Self::MASTER_NAME, &servers[0]))
             .collect();
         for sentinel in &sentinels {
             loop {
@@ -561,15 +686,11 @@ impl RedisSentinels {
         &self.servers
     }
 
-    /// `MASTER_NAME,127.0.0.1:PORT,…`: what `--redis-sentinel-url` takes, in
+    /// `MASTER_NAME,IP:PORT,…`: what `--redis-sentinel-url` takes, in
     /// envoyproxy/ratelimit's form.
     pub fn sentinel_list(&self) -> String {
         std::iter::once(Self::MASTER_NAME.to_string())
-            .chain(
-                self.sentinels
-                    .iter()
-                    .map(|s| format!("127.0.0.1:{}", s.port())),
-            )
+            .chain(self.sentinels.iter().map(|s| s.addr().to_string()))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -577,15 +698,19 @@ impl RedisSentinels {
     /// The index in [`Self::servers`] of the server the (first answering) sentinel names as
     /// the primary.
     pub fn primary(&self) -> usize {
-        let port = self
+        let addr = self
             .sentinels
             .iter()
             .find_map(|s| named_primary(s.port()))
             .expect("a sentinel that names the primary");
+        self.index_of(addr)
+    }
+
+    fn index_of(&self, addr: SocketAddr) -> usize {
         self.servers
             .iter()
-            .position(|s| s.port() == port)
-            .unwrap_or_else(|| panic!("the sentinels name an unknown primary on {port}"))
+            .position(|s| s.addr() == addr)
+            .unwrap_or_else(|| panic!("the sentinels name an unknown primary at {addr}"))
     }
 
     /// Has a sentinel hand the primary's role to a replica while the primary runs
@@ -606,26 +731,26 @@ impl RedisSentinels {
 
     /// Waits until every sentinel names a primary other than `old` and that server says it
     /// is one (`ROLE`); returns its index.
+    /// The old primary is never asked anything: it may be cut off the network, where a
+    /// question would wait for TCP to give up.
     pub fn wait_for_new_primary(&self, old: usize) -> usize {
-        let old_port = self.servers[old].port();
+        let old_addr = self.servers[old].addr();
         let deadline = Instant::now() + SENTINEL_PATIENCE;
         loop {
-            let named: Vec<Option<u16>> = self
+            let named: Vec<Option<SocketAddr>> = self
                 .sentinels
                 .iter()
                 .map(|s| named_primary(s.port()))
                 .collect();
-            if let Some(Some(port)) = named.first() {
-                let agreed = named.iter().all(|n| *n == Some(*port));
-                if agreed && *port != old_port && redis_cli(*port, &["role"]).starts_with("master")
+            if let Some(Some(addr)) = named.first() {
+                let agreed = named.iter().all(|n| *n == Some(*addr));
+                if agreed
+                    && *addr != old_addr
+                    && self.servers[self.index_of(*addr)]
+                        .cli(&["role"])
+                        .starts_with("master")
                 {
-                    return self
-                        .servers
-                        .iter()
-                        .position(|s| s.port() == *port)
-                        .unwrap_or_else(|| {
-                            panic!("the sentinels name an unknown primary on {port}")
-                        });
+                    return self.index_of(*addr);
                 }
             }
             assert!(
@@ -647,9 +772,9 @@ fn sentinel_master(port: u16) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
-/// The primary's port as the sentinel on `port` names it (`SENTINEL
+/// The primary's address as the sentinel on `port` names it (`SENTINEL
 /// GET-MASTER-ADDR-BY-NAME`); `None` if it does not answer.
-fn named_primary(port: u16) -> Option<u16> {
+fn named_primary(port: u16) -> Option<SocketAddr> {
     let reply = redis_cli(
         port,
         &[
@@ -658,13 +783,27 @@ fn named_primary(port: u16) -> Option<u16> {
             RedisSentinels::MASTER_NAME,
         ],
     );
-    reply.lines().nth(1)?.trim().parse().ok()
+    let mut lines = reply.lines();
+    let ip = lines.next()?.trim().parse().ok()?;
+    let port = lines.next()?.trim().parse().ok()?;
+    Some(SocketAddr::new(ip, port))
 }
 
-/// `redis-cli -p PORT ARGS…`'s output (stdout and stderr); a failure to run is a panic.
+/// `redis-cli -p PORT ARGS…`'s output on loopback, without a password (see
+/// [`redis_cli_at`]).
 fn redis_cli(port: u16, args: &[&str]) -> String {
-    let Output { stdout, stderr, .. } = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
+    redis_cli_at(SocketAddr::new(loopback(), port), None, args)
+}
+
+/// `redis-cli -h IP -p PORT [-a PASSWORD] ARGS…`'s output (stdout and stderr); a failure to
+/// run is a panic.
+fn redis_cli_at(addr: SocketAddr, password: Option<&str>, args: &[&str]) -> String {
+    let mut command = Command::new("redis-cli");
+    if let Some(password) = password {
+        command.args(["-a", password, "--no-auth-warning"]);
+    }
+    let Output { stdout, stderr, .. } = command
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
         .args(args)
         .stdin(Stdio::null())
         .output()

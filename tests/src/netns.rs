@@ -5,7 +5,9 @@
 //! ([`NetworkNamespace::addr`]). A process is put inside with [`Host::wrap`] (`ip netns exec
 //! NAME …`), and binds the namespace's address, where every port is free.
 //! Envoy, the upstreams and the test stay in this namespace and reach it through the veth,
-//! as they would reach another host.
+//! as they would reach another host; a process inside reaches a server here at `.1`
+//! ([`NetworkNamespace::outside_addr`]), if that server binds it (a Redis shared by
+//! replicas in namespaces of their own).
 //!
 //! [`NetworkNamespace::cut`] is a network cut, not a stopped process: every packet arriving
 //! on either end of the veth is dropped (an nftables `netdev` ingress chain on each end), so
@@ -25,6 +27,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use tollgate_testkit::host::Host;
 
 /// 10.213.0.0/16 split into /30s: 16,384 namespaces.
 const SUBNETS: u32 = 1 << 14;
@@ -136,12 +140,15 @@ impl NetworkNamespace {
         IpAddr::V4(self.ip)
     }
 
+    /// This side's address on the veth, at which a process inside reaches a server here
+    /// that binds it.
+    pub fn outside_addr(&self) -> IpAddr {
+        IpAddr::V4(self.host_ip)
+    }
+
     /// Where a service in this namespace runs, for the builders that start one there.
     pub fn host(&self) -> Host {
-        Host {
-            namespace: self.name.clone(),
-            ip: self.addr(),
-        }
+        Host::new(&self.name, self.addr(), self.outside_addr())
     }
 
     /// Cuts the namespace off: from now on every packet either way is silently dropped.
@@ -195,41 +202,6 @@ impl Drop for NetworkNamespace {
         let _ = Command::new("ip")
             .args(["link", "delete", &self.host_veth])
             .output();
-    }
-}
-
-/// A service's place in a [`NetworkNamespace`]: the namespace to run it in and the address
-/// to bind, where every port is free.
-#[derive(Debug, Clone)]
-pub struct Host {
-    namespace: String,
-    ip: IpAddr,
-}
-
-impl Host {
-    pub fn ip(&self) -> IpAddr {
-        self.ip
-    }
-
-    /// `command` run inside the namespace: `ip netns exec NAME program args…`, with the
-    /// same environment and working directory. `ip` execs the program, so the process
-    /// spawned is the program itself and killing it kills the program.
-    pub fn wrap(&self, command: &Command) -> Command {
-        let mut wrapped = Command::new("ip");
-        wrapped
-            .args(["netns", "exec", &self.namespace])
-            .arg(command.get_program())
-            .args(command.get_args());
-        for (key, value) in command.get_envs() {
-            match value {
-                Some(value) => wrapped.env(key, value),
-                None => wrapped.env_remove(key),
-            };
-        }
-        if let Some(dir) = command.get_current_dir() {
-            wrapped.current_dir(dir);
-        }
-        wrapped
     }
 }
 

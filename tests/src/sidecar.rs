@@ -106,6 +106,11 @@ impl<S> Sidecar<S> {
         self
     }
 
+    /// The namespace it runs in, if not here.
+    pub(crate) fn host(&self) -> Option<&Host> {
+        self.host.as_ref()
+    }
+
     /// The routes.yaml given with [`Self::routes_file`].
     pub(crate) fn routes(&self) -> &Path {
         self.routes

@@ -54,9 +54,13 @@ struct Shared {
 /// One request of a stream.
 #[derive(Debug, Clone, Copy)]
 pub struct Sent {
+    /// When it was sent.
+    pub at: Instant,
     /// From sending it to having the whole response (or the error).
     pub took: Duration,
     pub ok: bool,
+    /// The response's status; `None` when none came.
+    pub status: Option<u16>,
 }
 
 /// What a stopped stream saw.
@@ -75,6 +79,19 @@ impl Traffic {
     /// Requests completed so far (successful or not).
     pub fn sent(&self) -> usize {
         self.shared.sent.load(Ordering::SeqCst)
+    }
+
+    /// How many of the latest requests passed, counting back from the last to the latest
+    /// that failed.
+    pub fn passing_in_a_row(&self) -> usize {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .rev()
+            .take_while(|sent| sent.ok)
+            .count()
     }
 
     /// Stops the stream after the request in flight and reports.
@@ -122,17 +139,22 @@ async fn run(request: http::RequestBuilder, upstream: String, shared: Arc<Shared
         }
         pace.tick().await;
         let started = Instant::now();
-        let outcome = match request.send().await {
-            Ok(response) => response.expect_upstream(&upstream).map(|_| ()),
-            Err(error) => Err(error),
+        let (outcome, status) = match request.send().await {
+            Ok(response) => (
+                response.expect_upstream(&upstream).map(|_| ()),
+                Some(response.status.as_u16()),
+            ),
+            Err(error) => (Err(error), None),
         };
         shared
             .requests
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(Sent {
+                at: started,
                 took: started.elapsed(),
                 ok: outcome.is_ok(),
+                status,
             });
         if let Err(error) = outcome {
             shared

@@ -2,7 +2,9 @@
 //! a network namespace of its own, as on a host of its own, and a cut drops every packet to
 //! and from it ([`NetworkNamespace::cut`]): nothing is refused or reset, so Envoy learns of
 //! the loss only from its keepalives, timeouts and health checks, as across real hosts.
-//! Requests flow through the Envoy all along, and each is accounted for.
+//! Requests flow through the Envoy all along, and each is accounted for. The control-plane
+//! cuts are tested with Envoy speaking either ADS variant (SotW and Delta).
+//! Cuts of a rate-limit replica and of the Redis primary are in `rate_limit_cuts.rs`.
 //!
 //! These tests need root (network namespaces, veth pairs, nftables), so `cargo test` skips
 //! them (`#[ignore]`) and `make test-netcut` runs them with `--ignored`, failing, not
@@ -17,6 +19,7 @@ use tollgate_conformance::routes_yaml::app_then_added;
 use tollgate_conformance::{
     eventually, get, request, reserve_port, traffic, traffic::traffic_of, ControlPlane, Envoy,
     ExtAuthz, NetworkNamespace, RunningControlPlane, RunningEnvoy, Upstream, UpstreamHandle,
+    XdsVariant,
 };
 
 const NODE: &str = "edge-netcut";
@@ -41,7 +44,7 @@ fn outage() -> Duration {
 }
 
 /// Two control-plane replicas, each in a namespace of its own, serving one routes.yaml, and
-/// an Envoy bootstrapped with both. Field order matters for Drop: processes before the
+/// an Envoy bootstrapped with both, speaking the given ADS variant. Field order matters for Drop: processes before the
 /// namespaces they run in.
 struct Replicas {
     envoy: RunningEnvoy,
@@ -55,7 +58,7 @@ struct Replicas {
 }
 
 impl Replicas {
-    async fn start() -> Replicas {
+    async fn start(variant: XdsVariant) -> Replicas {
         let (first_ns, second_ns) = (NetworkNamespace::create(), NetworkNamespace::create());
         let app = Upstream::new("app").spawn().await;
         let other = Upstream::new("other").spawn().await;
@@ -68,6 +71,7 @@ impl Replicas {
         let second = first.replica_in(&second_ns).await;
         let envoy = Envoy::new()
             .node_id(NODE)
+            .xds_variant(variant)
             .control_planes(&[&first, &second])
             .start()
             .await;
@@ -131,9 +135,22 @@ async fn connected_state(envoy: &RunningEnvoy) -> anyhow::Result<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and network namespaces: make test-netcut"]
-async fn an_envoy_whose_control_plane_is_cut_off_moves_to_the_other_within_5_s_without_failing_a_request(
+async fn an_envoy_whose_control_plane_is_cut_off_moves_to_the_other_within_5_s_without_failing_a_request_sotw(
 ) {
-    let mut replicas = Replicas::start().await;
+    cut_under_load(XdsVariant::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces: make test-netcut"]
+async fn an_envoy_whose_control_plane_is_cut_off_moves_to_the_other_within_5_s_without_failing_a_request_delta(
+) {
+    cut_under_load(XdsVariant::Delta).await;
+}
+
+/// The replica holding the node's stream is cut off while requests flow: the stream is on
+/// the other within [`RECONNECT_WITHIN`], no request fails, and an edit arrives through it.
+async fn cut_under_load(variant: XdsVariant) {
+    let mut replicas = Replicas::start(variant).await;
     let on_first = replicas.stream_on_first().await;
     let Replicas {
         first,
@@ -159,7 +176,7 @@ async fn an_envoy_whose_control_plane_is_cut_off_moves_to_the_other_within_5_s_w
     })
     .await;
     let moved = cut.elapsed();
-    eprintln!("the node's stream was on the live replica {moved:?} after the cut");
+    eprintln!("{variant:?}: the node's stream was on the live replica {moved:?} after the cut");
     assert!(
         moved <= RECONNECT_WITHIN,
         "the node reached the live replica {moved:?} after its own was cut off, not within \
@@ -180,7 +197,7 @@ async fn an_envoy_whose_control_plane_is_cut_off_moves_to_the_other_within_5_s_w
         report.failures
     );
     eprintln!(
-        "{} requests while a replica was cut off, none failed; slowest {:?}",
+        "{variant:?}: {} requests while a replica was cut off, none failed; slowest {:?}",
         report.sent,
         report.requests.iter().map(|sent| sent.took).max()
     );
@@ -188,8 +205,21 @@ async fn an_envoy_whose_control_plane_is_cut_off_moves_to_the_other_within_5_s_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and network namespaces: make test-netcut"]
-async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_made_meanwhile() {
-    let mut replicas = Replicas::start().await;
+async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_made_meanwhile_sotw() {
+    outage_then_edit(XdsVariant::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces: make test-netcut"]
+async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_made_meanwhile_delta()
+{
+    outage_then_edit(XdsVariant::Delta).await;
+}
+
+/// Every control plane is cut off for [`outage`] while requests flow and an edit is made:
+/// Envoy serves on, then resyncs without churn and takes the edit once the network is back.
+async fn outage_then_edit(variant: XdsVariant) {
+    let mut replicas = Replicas::start(variant).await;
     replicas.stream_on_first().await;
     let before = replicas.envoy.churn().await;
     assert_eq!(before.len(), 5, "{before:?}");
@@ -207,7 +237,7 @@ async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_mad
         Ok(())
     })
     .await;
-    eprintln!("Envoy noticed after {:?}", cut.elapsed());
+    eprintln!("{variant:?}: Envoy noticed after {:?}", cut.elapsed());
     // The edit is made during the outage; both replicas load it, and it waits for Envoy.
     let edited = replicas.edited.clone();
     replicas.first.write_by_rename(&edited);
@@ -225,7 +255,7 @@ async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_mad
         .edit_arrives("the edit reaches Envoy once the control planes are back")
         .await;
     eprintln!(
-        "after {:?} cut off, the edit arrived {:?} after the network came back",
+        "{variant:?}: after {:?} cut off, the edit arrived {:?} after the network came back",
         outage,
         restored.elapsed()
     );
@@ -243,7 +273,10 @@ async fn with_every_control_plane_cut_off_envoy_serves_on_and_takes_the_edit_mad
         report.sent,
         report.failures
     );
-    eprintln!("{} requests during the outage, none failed", report.sent);
+    eprintln!(
+        "{variant:?}: {} requests during the outage, none failed",
+        report.sent
+    );
     assert_eq!(
         replicas.envoy.churn().await,
         before,

@@ -9,25 +9,21 @@
 //! Every limit here is per minute and sliding (the default algorithm), which never forgets
 //! an admitted request sooner than one window after it. A burst of requests therefore
 //! starts fresh and must see exactly its budget pass, unless the burst itself outlasted the
-//! window; [`assert_budget`] states exactly that instead of assuming the machine is fast.
+//! window; `assert_budget` states exactly that instead of assuming the machine is fast.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tollgate_conformance::http::RequestBuilder;
 use tollgate_conformance::ratelimit::{
-    RateLimitService, RunningRateLimitService, LONGEST_RESET_SECS,
+    assert_budget, send_burst, RateLimitService, RunningRateLimitService,
 };
 use tollgate_conformance::{
-    eventually, get, request, reserve_port, ControlPlane, Envoy, ExtAuthz, Response,
-    RunningControlPlane, RunningEnvoy, Upstream, UpstreamHandle,
+    eventually, get, request, reserve_port, ControlPlane, Envoy, ExtAuthz, RunningControlPlane,
+    RunningEnvoy, Upstream, UpstreamHandle,
 };
 use tollgate_testkit::jwt::{self, TestKey};
 use tollgate_testkit::redis::{RedisSentinels, RedisServer};
-
-/// The window of every rule in this file (`per: minute`).
-const WINDOW: Duration = Duration::from_secs(60);
 
 /// How long Envoy waits for the rate-limit service. Longer than the 50 ms default so that a
 /// debug build on a busy machine never times out: a timed-out check fails open after the
@@ -583,160 +579,6 @@ async fn through_a_sentinel_failover_limited_routes_fail_closed_then_are_limited
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// Requests sent one after another, each with when it was sent relative to the first.
-struct Burst {
-    responses: Vec<(Duration, Response)>,
-}
-
-impl Burst {
-    /// Whether the whole burst was sent within one window of its first request.
-    fn within_window(&self) -> bool {
-        self.responses.last().is_none_or(|(sent, _)| *sent < WINDOW)
-    }
-}
-
-/// Sends `count` requests, `build(i)` for the i-th, sequentially (each on a new connection).
-async fn send_burst(count: usize, build: impl Fn(usize) -> RequestBuilder) -> Burst {
-    let started = Instant::now();
-    let mut responses = Vec::with_capacity(count);
-    for i in 0..count {
-        let sent = started.elapsed();
-        let response = build(i)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("request {i} of a burst: {e:#}"));
-        responses.push((sent, response));
-    }
-    Burst { responses }
-}
-
-/// Checks a burst that starts with a fresh budget of `limit` per minute, and returns how
-/// many requests passed:
-/// - the first `limit` pass to `upstream`, each saying `x-ratelimit-limit: limit, …;w=60`,
-///   `x-ratelimit-remaining` counting down to 0, and an `x-ratelimit-reset` within the window;
-/// - every later one sent within one window of the first is refused with 429, a single
-///   `retry-after`, `x-ratelimit-remaining: 0` and the gateway's JSON error body. (One sent
-///   later may pass: its window no longer holds the first hits. The check says so rather
-///   than assuming the machine is fast.)
-fn assert_budget(what: &str, burst: &Burst, limit: u64, upstream: &str) -> usize {
-    let mut passed = 0;
-    for (i, (sent, response)) in burst.responses.iter().enumerate() {
-        let context = || {
-            format!(
-                "{what}: request {n} (sent {sent:?} into the burst) got {status}\nheaders: {headers:?}\nbody: {body}",
-                n = i + 1,
-                status = response.status,
-                headers = response.headers,
-                body = response.text(),
-            )
-        };
-        if (i as u64) < limit {
-            response
-                .expect_upstream(upstream)
-                .unwrap_or_else(|e| panic!("{e:#}\n{}", context()));
-            assert_limit_headers(response, limit, limit - 1 - i as u64, &context);
-            passed += 1;
-        } else if *sent < WINDOW {
-            assert_eq!(response.status, 429, "{}", context());
-            assert_too_many_requests(response, limit, &context);
-        } else if response.status == 200 {
-            eprintln!(
-                "{what}: request {} passed, sent after a whole window",
-                i + 1
-            );
-            passed += 1;
-        }
-    }
-    passed
-}
-
-fn assert_limit_headers(
-    response: &Response,
-    limit: u64,
-    remaining: u64,
-    context: &dyn Fn() -> String,
-) {
-    let header = |name: &str| {
-        response
-            .header(name)
-            .unwrap_or_else(|| panic!("no {name} header\n{}", context()))
-    };
-    // draft-ietf-httpapi-ratelimit-headers-03: `5, 5;w=60`.
-    let limit_header = header("x-ratelimit-limit");
-    let announced: Option<u64> = limit_header
-        .split(',')
-        .next()
-        .and_then(|n| n.trim().parse().ok());
-    assert_eq!(
-        announced,
-        Some(limit),
-        "x-ratelimit-limit {limit_header:?}\n{}",
-        context()
-    );
-    assert!(
-        limit_header.contains(&format!("{limit};w={}", WINDOW.as_secs())),
-        "x-ratelimit-limit {limit_header:?} does not name the quota policy\n{}",
-        context()
-    );
-    assert_eq!(
-        header("x-ratelimit-remaining").parse::<u64>().ok(),
-        Some(remaining),
-        "x-ratelimit-remaining\n{}",
-        context()
-    );
-    let reset = header("x-ratelimit-reset").parse::<u64>().ok();
-    assert!(
-        reset.is_some_and(|r| (1..=LONGEST_RESET_SECS).contains(&r)),
-        "x-ratelimit-reset {reset:?}\n{}",
-        context()
-    );
-}
-
-fn assert_too_many_requests(response: &Response, limit: u64, context: &dyn Fn() -> String) {
-    // RFC 9110 §10.2.3: one delay in seconds. Two values would be an invalid field.
-    let retry_after: Vec<_> = response.headers.get_all("retry-after").iter().collect();
-    assert_eq!(retry_after.len(), 1, "retry-after\n{}", context());
-    let seconds = retry_after[0]
-        .to_str()
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok());
-    assert!(
-        seconds.is_some_and(|s| (1..=LONGEST_RESET_SECS).contains(&s)),
-        "retry-after {seconds:?}\n{}",
-        context()
-    );
-    assert_eq!(
-        response.header("x-ratelimit-remaining"),
-        Some("0"),
-        "x-ratelimit-remaining\n{}",
-        context()
-    );
-    assert_eq!(
-        response
-            .header("x-ratelimit-limit")
-            .and_then(|h| h.split(',').next())
-            .and_then(|n| n.trim().parse::<u64>().ok()),
-        Some(limit),
-        "x-ratelimit-limit\n{}",
-        context()
-    );
-    assert!(
-        response
-            .header("content-type")
-            .is_some_and(|c| c.starts_with("application/json")),
-        "content-type\n{}",
-        context()
-    );
-    let body: Value = response
-        .json()
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", context()));
-    assert_eq!(body["error"], "too many requests", "{}", context());
-    let request_id = response
-        .header("x-request-id")
-        .unwrap_or_else(|| panic!("no x-request-id\n{}", context()));
-    assert_eq!(body["request_id"], request_id, "{}", context());
-}
 
 /// Envoy's rate limit filter counters (`cluster.<service>.ratelimit.*`), sorted.
 async fn rate_limit_stats(envoy: &RunningEnvoy) -> Vec<(String, u64)> {

@@ -48,11 +48,31 @@ pub enum RedisTarget {
     Single(String),
     /// Seed nodes of a Redis Cluster.
     Cluster(Vec<String>),
-    /// The primary that the sentinels (`redis://host:port` each) monitor under `master`.
+    /// The primary that the sentinels (`redis://host:port` each) monitor under `master`,
+    /// reached with `master_auth` when it requires a password.
     Sentinel {
         master: String,
         sentinels: Vec<String>,
+        master_auth: Option<RedisAuth>,
     },
+}
+
+/// What Redis's `AUTH` takes: a password, and the user it belongs to (Redis 6 ACLs; without
+/// one, the `default` user). Its `Debug` leaves the password out, so that it stays out of
+/// logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisAuth {
+    pub username: Option<String>,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RedisAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAuth")
+            .field("username", &self.username)
+            .field("password", &"…")
+            .finish()
+    }
 }
 
 /// A Lua script and its SHA1, what `EVALSHA` names it by.
@@ -152,9 +172,16 @@ impl Source {
                     seeds,
                 }
             }
-            RedisTarget::Sentinel { master, sentinels } => {
-                Source::Sentinel(SentinelPrimary::open(master, sentinels, timeout)?)
-            }
+            RedisTarget::Sentinel {
+                master,
+                sentinels,
+                master_auth,
+            } => Source::Sentinel(SentinelPrimary::open(
+                master,
+                sentinels,
+                master_auth.as_ref(),
+                timeout,
+            )?),
         })
     }
 }

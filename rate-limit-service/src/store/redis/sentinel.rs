@@ -7,14 +7,16 @@
 //! [`RECHECK_INTERVAL`] anyway. A background task does the asking and publishes the
 //! connection; requests only read the latest one, so none of them ever waits on a
 //! sentinel: while no master is known they fail at once, and the store maps that to
-//! `UNAVAILABLE` like any other Redis failure.
+//! `UNAVAILABLE` like any other Redis failure. A master that requires a password is given
+//! it (`AUTH`) on every connection, the library's `ROLE` check included; the sentinels'
+//! own password, if any, is in their URLs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::sentinel::Sentinel;
-use redis::AsyncConnectionConfig;
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::{AsyncConnectionConfig, RedisConnectionInfo};
 use tokio::sync::{watch, Notify};
 
 /// The longest one round of asking the sentinels and connecting to the master may take: a
@@ -47,19 +49,30 @@ pub(super) struct SentinelPrimary {
 }
 
 impl SentinelPrimary {
-    /// Starts the task that finds the master, on the current runtime; returns at once.
-    /// Fails only for a malformed sentinel URL. The task ends when the last clone is dropped.
+    /// Starts the task that finds the master (given `auth` when it requires a password),
+    /// on the current runtime; returns at once. Fails only for a malformed sentinel URL.
+    /// The task ends when the last clone is dropped.
     pub(super) fn open(
         master: &str,
         sentinels: &[String],
+        auth: Option<&super::RedisAuth>,
         timeout: Duration,
     ) -> Result<Self, redis::RedisError> {
         let sentinel = Sentinel::build(sentinels.to_vec())?;
+        let mut node = SentinelNodeConnectionInfo::default();
+        if let Some(auth) = auth {
+            let mut info = RedisConnectionInfo::default().set_password(&auth.password);
+            if let Some(username) = &auth.username {
+                info = info.set_username(username);
+            }
+            node = node.set_redis_connection_info(info);
+        }
         let (publish, current) = watch::channel(None);
         let suspect = Arc::new(Notify::new());
         tokio::spawn(follow_master(
             sentinel,
             master.to_owned(),
+            node,
             timeout,
             publish,
             suspect.clone(),
@@ -85,6 +98,7 @@ impl SentinelPrimary {
 async fn follow_master(
     mut sentinel: Sentinel,
     master: String,
+    node: SentinelNodeConnectionInfo,
     timeout: Duration,
     publish: watch::Sender<Option<MultiplexedConnection>>,
     suspect: Arc<Notify>,
@@ -95,7 +109,7 @@ async fn follow_master(
     loop {
         let round = tokio::time::timeout(
             ROUND_PATIENCE,
-            find_master(&mut sentinel, &master, timeout, current.as_ref()),
+            find_master(&mut sentinel, &master, &node, timeout, current.as_ref()),
         );
         let found = tokio::select! {
             found = round => found,
@@ -153,10 +167,11 @@ enum Found {
 async fn find_master(
     sentinel: &mut Sentinel,
     master: &str,
+    node: &SentinelNodeConnectionInfo,
     timeout: Duration,
     current: Option<&(String, MultiplexedConnection)>,
 ) -> Result<Found, redis::RedisError> {
-    let client = sentinel.async_master_for(master, None).await?;
+    let client = sentinel.async_master_for(master, Some(node)).await?;
     let address = client.get_connection_info().addr().to_string();
     if let Some((current_address, connection)) = current {
         if *current_address == address {
