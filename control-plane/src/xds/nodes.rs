@@ -217,6 +217,9 @@ impl Drop for StreamRegistration {
 #[derive(Debug, Default)]
 pub(crate) struct StreamNode {
     registration: Option<StreamRegistration>,
+    /// What was last published, so that the registry (one lock for every stream) is only
+    /// taken when something changed.
+    published: Option<StreamRecords>,
 }
 
 impl StreamNode {
@@ -243,10 +246,15 @@ impl StreamNode {
             .map_or("unknown", |registration| registration.node.as_str())
     }
 
-    pub fn publish(&self, records: &StreamRecords) {
-        if let Some(registration) = &self.registration {
-            registration.publish(records);
+    pub fn publish(&mut self, records: StreamRecords) {
+        let Some(registration) = &self.registration else {
+            return;
+        };
+        if self.published.as_ref() == Some(&records) {
+            return;
         }
+        registration.publish(&records);
+        self.published = Some(records);
     }
 }
 
@@ -293,14 +301,14 @@ mod tests {
         let mut records = StreamRecords::new();
         records.insert("cluster", acked(&cluster_version));
         records.insert("listener", acked("old"));
-        stream.publish(&records);
+        stream.publish(records.clone());
         assert!(!registry.statuses(Some(&snapshot))[0].in_sync);
 
         let listener_version = snapshot.resources(type_url::LISTENER).version.clone();
         records.insert("listener", acked(&listener_version));
         // Unsubscribed types do not count.
         records.insert("route", TypeRecord::default());
-        stream.publish(&records);
+        stream.publish(records.clone());
         let status = &registry.statuses(Some(&snapshot))[0];
         assert!(status.in_sync);
         assert_eq!(status.types.len(), 2);
@@ -314,7 +322,7 @@ mod tests {
         stream.observe(&registry, Some(&node("edge-1")));
         let mut records = StreamRecords::new();
         records.insert("cluster", acked("v1"));
-        stream.publish(&records);
+        stream.publish(records.clone());
         assert!(registry.statuses(None)[0].connected);
 
         drop(stream);

@@ -104,7 +104,7 @@ pub(crate) async fn run<V: TransportVariant>(mut variant: V, context: StreamCont
                 return;
             }
         }
-        node.publish(&variant.records());
+        node.publish(variant.records());
     }
     if let Some(status) = refusal {
         let _ = responses.send(Err(status)).await;
