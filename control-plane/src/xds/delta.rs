@@ -387,11 +387,25 @@ impl TransportVariant for DeltaStream {
                 .iter()
                 .map(|resource| resource.as_delta_field().clone())
                 .collect();
-            let resources: Vec<(String, String)> = diff
-                .updated
-                .iter()
-                .map(|resource| (resource.name.clone(), resource.version.clone()))
-                .collect();
+            let wildcard = self.types[served.index()]
+                .subscription
+                .as_ref()
+                .is_some_and(|s| s.wildcard);
+            let tracks_endpoints = self.types[ServedType::Endpoint.index()]
+                .subscription
+                .is_some();
+            // The names and versions pushed, where the bookkeeping below needs them: a first
+            // push to a wildcard client is every resource, and its copy of every name and
+            // version would be garbage at once.
+            let resources: Vec<(String, String)> =
+                if !wildcard || (served == ServedType::Cluster && tracks_endpoints) {
+                    diff.updated
+                        .iter()
+                        .map(|resource| (resource.name.clone(), resource.version.clone()))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
             let removed = diff.removed;
             let nonce = self.nonces.next_nonce();
 
@@ -400,7 +414,7 @@ impl TransportVariant for DeltaStream {
             }
             let retained = &self.retained;
             let state = &mut self.types[served.index()];
-            if state.subscription.as_ref().is_some_and(|s| s.wildcard) {
+            if wildcard {
                 // A wildcard client now holds exactly what is offered: the target's set by
                 // reference, and the retained resources.
                 let mut held = HeldVersions::whole(target.resource_set(served.url()));
@@ -426,7 +440,7 @@ impl TransportVariant for DeltaStream {
                 type = served.short_name(),
                 version = %version,
                 nonce = %nonce,
-                resources = resources.len(),
+                resources = shared.len(),
                 removed = removed.len(),
                 "pushing"
             );

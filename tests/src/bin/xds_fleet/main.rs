@@ -32,8 +32,9 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let edits: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(20);
     let max_nodes: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
-    // `sotw` or `delta`: only that variant's rows at exactly `max_nodes` nodes and no real
-    // Envoys, for profiling one case (`perf record -p` on the control plane meanwhile).
+    // `sotw` or `delta`: only that variant's row at exactly `max_nodes` nodes (and the next
+    // argument's number of routes, 1,000 unless given), no real Envoys: for profiling one
+    // case (`perf record -p` on the control plane meanwhile).
     let only: Option<Variant> = args.next().map(|name| match name.as_str() {
         "sotw" => Variant::Sotw,
         "delta" => Variant::Delta,
@@ -43,11 +44,12 @@ async fn main() {
         "| xDS | nodes | routes | edits | every node ACKed, p50 ms | p99 ms | control plane CPU s per edit (median) | control plane RSS MB |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let only_routes: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1_000);
     let mut rows: Vec<(Variant, usize, usize)> = Vec::new();
     for variant in [Variant::Sotw, Variant::Delta] {
         if let Some(only) = only {
             if only == variant {
-                rows.push((variant, max_nodes, 1_000));
+                rows.push((variant, max_nodes, only_routes));
             }
             continue;
         }
