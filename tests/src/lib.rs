@@ -33,6 +33,7 @@ pub mod http;
 pub mod netns;
 pub mod otlp;
 pub mod ratelimit;
+pub mod replica_cut;
 pub mod routes_yaml;
 pub mod sidecar;
 pub mod simulated_envoy;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tollgate_conformance::ratelimit::{
     assert_budget, send_burst, RateLimitService, RunningRateLimitService,
 };
+use tollgate_conformance::replica_cut::SidecarReplicaCut;
 use tollgate_conformance::{
     eventually, get, request, reserve_port, traffic::traffic_of, ControlPlane, Envoy,
     NetworkNamespace, RunningEnvoy, Upstream, UpstreamHandle,
@@ -148,68 +149,17 @@ async fn a_rate_limit_replica_cut_off_under_load_fails_no_request_is_ejected_and
 
     let stream = traffic_of(steady(), "api");
     let cut_addr = addrs[0];
-    let cut = Instant::now();
-    namespaces[0].cut();
-    let out = eventually("the cut-off replica is out of rotation", async || {
-        let flags = envoy.health_flags("tollgate_ratelimit", cut_addr).await;
-        anyhow::ensure!(flags != "healthy", "{cut_addr}: {flags}");
-        Ok(flags)
-    })
+    SidecarReplicaCut {
+        envoy: &envoy,
+        cluster: "tollgate_ratelimit",
+        replica: cut_addr,
+        held: REPLICA_CUT_HELD,
+        per_try_timeout: PER_TRY_TIMEOUT,
+        timeout: SIDECAR_TIMEOUT,
+        most_delayed: MOST_DELAYED,
+    }
+    .cut(&namespaces[0], stream)
     .await;
-    eprintln!(
-        "{cut_addr} out of rotation ({out}) {:?} after the cut",
-        cut.elapsed()
-    );
-    // Through outlier detection's ejection time: the replica must stay out of rotation.
-    tokio::time::sleep(REPLICA_CUT_HELD.saturating_sub(cut.elapsed())).await;
-    let flags = envoy.health_flags("tollgate_ratelimit", cut_addr).await;
-    assert!(
-        flags.contains("failed_active_hc"),
-        "the cut-off replica should be failing its health checks: {flags}"
-    );
-    let report = stream.stop().await;
-    let per_try_timeouts = stat(
-        &envoy,
-        "^cluster\\.tollgate_ratelimit\\.upstream_rq_per_try_timeout$",
-    )
-    .await;
-    let slowest = report.requests.iter().map(|sent| sent.took).max();
-    let delayed = report
-        .requests
-        .iter()
-        .filter(|sent| sent.took >= PER_TRY_TIMEOUT)
-        .count();
-    eprintln!(
-        "{} requests around the cut (held {REPLICA_CUT_HELD:?}): {} failed, {delayed} took \
-         {PER_TRY_TIMEOUT:?} or more (slowest {slowest:?}); Envoy counted {per_try_timeouts} \
-         tries timed out",
-        report.sent,
-        report.failures.len(),
-    );
-    assert!(report.sent > 0, "no traffic was sent");
-    // The cut replica was called while silent, else this test saw nothing.
-    assert!(
-        per_try_timeouts > 0,
-        "no call to the cut-off replica timed out: did any reach it?"
-    );
-    // Every request was checked and admitted: a failed check would have been a 500
-    // (failure_mode_deny), and none is over the steady route's limit.
-    assert!(
-        report.failures.is_empty(),
-        "{} of {} requests failed while a rate-limit replica was cut off: {:?}",
-        report.failures.len(),
-        report.sent,
-        report.failures
-    );
-    assert!(
-        slowest < Some(SIDECAR_TIMEOUT),
-        "a request waited out the check's {SIDECAR_TIMEOUT:?} timeout: slowest {slowest:?}"
-    );
-    assert!(
-        delayed <= MOST_DELAYED,
-        "{delayed} requests waited out a try's {PER_TRY_TIMEOUT:?} on the cut-off replica; \
-         ejecting it should have stopped that after {MOST_DELAYED}"
-    );
 
     // The two replicas left count in the one Redis: a fresh budget admits exactly its
     // limit, decided by both.
