@@ -286,17 +286,21 @@ impl SnapshotCache {
     }
 
     /// Installs `snapshot`; returns false (and wakes nobody) when its version is already current.
+    ///
+    /// The changes since the current snapshot are found before taking the lock every stream
+    /// reads under. Only the reload task sets snapshots; were another to race it, changes
+    /// recorded against a set that is not the one replaced would go unused, as
+    /// [`ResourceSet::changes_since`] checks the version they start from.
     pub fn set(&self, mut snapshot: Snapshot) -> bool {
-        self.current.send_if_modified(|current| {
-            if current.as_ref().map(|s| s.version()) == Some(snapshot.version()) {
-                return false;
-            }
-            if let Some(previous) = current {
-                snapshot.record_changes_since(previous);
-            }
-            *current = Some(Arc::new(snapshot));
-            true
-        })
+        let previous = self.current();
+        if previous.as_ref().map(|s| s.version()) == Some(snapshot.version()) {
+            return false;
+        }
+        if let Some(previous) = &previous {
+            snapshot.record_changes_since(previous);
+        }
+        self.current.send_replace(Some(Arc::new(snapshot)));
+        true
     }
 
     /// The snapshot being served, if one has been set.

@@ -361,6 +361,13 @@ impl RunningControlPlane {
             .with_context(|| format!("node {id:?} not in /status: {status}"))
     }
 
+    /// Whether `/status` shows node `id` with an open stream on this control plane.
+    pub async fn holds_stream_of(&self, id: &str) -> bool {
+        self.node_status(id)
+            .await
+            .is_ok_and(|node| node["connected"] == true)
+    }
+
     /// `GET /metrics` text.
     pub async fn metrics(&self) -> anyhow::Result<String> {
         let response = self.admin_get("/metrics").await?;

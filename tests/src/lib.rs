@@ -34,6 +34,7 @@ pub mod netns;
 pub mod otlp;
 pub mod ratelimit;
 pub mod replica_cut;
+pub mod replicas;
 pub mod routes_yaml;
 pub mod sidecar;
 pub mod simulated_envoy;

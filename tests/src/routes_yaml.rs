@@ -68,6 +68,18 @@ impl fmt::Display for RoutesYaml {
     }
 }
 
+/// Waits until the gateway on `port` serves [`app_then_added`]'s edit: `/added/` answered by
+/// `other`.
+pub async fn added_route_arrives(port: u16, what: &str) {
+    crate::eventually(what, async || {
+        crate::get(port, "/added/x")
+            .await?
+            .expect_upstream("other")?;
+        Ok(())
+    })
+    .await;
+}
+
 /// Everything to `app` on a listener `public` at `port`; with `added`, `/added/` to `other`
 /// first. The edit the replica and network-cut tests make: its arrival shows as a request
 /// answered by another upstream.

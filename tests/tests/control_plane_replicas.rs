@@ -8,7 +8,8 @@
 
 use std::time::Instant;
 
-use tollgate_conformance::routes_yaml::app_then_added;
+use tollgate_conformance::replicas::{first_holds_stream, stream_moves_to};
+use tollgate_conformance::routes_yaml::{added_route_arrives, app_then_added};
 use tollgate_conformance::{
     eventually, get, reserve_port, traffic, ControlPlane, Envoy, RunningControlPlane, RunningEnvoy,
     Upstream, UpstreamHandle, XdsVariant,
@@ -72,49 +73,18 @@ async fn holder_first<'a>(
     first: &'a mut RunningControlPlane,
     second: &'a mut RunningControlPlane,
 ) -> (&'a mut RunningControlPlane, &'a mut RunningControlPlane) {
-    let on_first = eventually("one replica holds the node's stream", async || {
-        match (serves_node(first).await, serves_node(second).await) {
-            (true, false) => Ok(true),
-            (false, true) => Ok(false),
-            both => anyhow::bail!("connected to first, second: {both:?}"),
-        }
-    })
-    .await;
-    if on_first {
+    if first_holds_stream(first, second, NODE).await {
         (first, second)
     } else {
         (second, first)
     }
 }
 
-/// Waits until the node's stream is on `live`.
-async fn stream_moves_to(live: &RunningControlPlane) {
-    eventually("the node's stream moves to the live replica", async || {
-        anyhow::ensure!(serves_node(live).await, "not yet");
-        Ok(())
-    })
-    .await;
-}
-
 /// Writes `edited` (which sends `/added/` to `other`) on `live`, and waits until Envoy on
 /// `port` routes by it.
 async fn edit_arrives_through(live: &mut RunningControlPlane, edited: &str, port: u16) {
     live.write_by_rename(edited);
-    eventually(
-        "the edit reaches Envoy through the live replica",
-        async || {
-            get(port, "/added/x").await?.expect_upstream("other")?;
-            Ok(())
-        },
-    )
-    .await;
-}
-
-/// Whether `cp`'s `/status` shows the node with an open stream.
-async fn serves_node(cp: &RunningControlPlane) -> bool {
-    cp.node_status(NODE)
-        .await
-        .is_ok_and(|node| node["connected"] == true)
+    added_route_arrives(port, "the edit reaches Envoy through the live replica").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +105,7 @@ async fn an_envoy_moves_to_a_live_replica_without_failing_a_request_and_takes_ed
     let stream = traffic(port, "/steady", "app");
     let killed = Instant::now();
     dead.kill();
-    stream_moves_to(live).await;
+    stream_moves_to(live, NODE).await;
     eprintln!(
         "the node reconnected to the live replica {:?} after the kill",
         killed.elapsed()
@@ -189,7 +159,7 @@ async fn replicas_serve_identical_versions_so_an_envoy_that_moves_is_sent_nothin
     let (dead, live) = holder_first(first, second).await;
     let before = updates(&envoy).await;
     dead.kill();
-    stream_moves_to(live).await;
+    stream_moves_to(live, NODE).await;
     // The edit changes the route table only; responses on one stream arrive in order, so
     // once it applies, any resend at the reconnect has been counted too.
     edit_arrives_through(live, &edited, port).await;
@@ -219,7 +189,7 @@ async fn outage_then_resync(variant: XdsVariant) {
     } = &mut replicas;
     let port = *port;
     eventually("the node is in sync", async || {
-        let on = if serves_node(first).await {
+        let on = if first.holds_stream_of(NODE).await {
             &*first
         } else {
             &*second
@@ -265,11 +235,7 @@ async fn outage_then_resync(variant: XdsVariant) {
     );
     // And an edit after the outage reaches Envoy.
     first.write_by_rename(&edited);
-    eventually("the edit reaches Envoy", async || {
-        get(port, "/added/x").await?.expect_upstream("other")?;
-        Ok(())
-    })
-    .await;
+    added_route_arrives(port, "the edit reaches Envoy").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,7 +260,7 @@ async fn an_envoy_starting_while_a_replica_is_down_gets_its_config_from_the_othe
         .expect_upstream("other")
         .expect("the config from the live replica");
     assert!(
-        serves_node(&replicas.second).await,
+        replicas.second.holds_stream_of(NODE).await,
         "the live replica serves the node"
     );
 }

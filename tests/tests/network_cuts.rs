@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 use tollgate_conformance::replica_cut::SidecarReplicaCut;
-use tollgate_conformance::routes_yaml::app_then_added;
+use tollgate_conformance::replicas::{first_holds_stream, stream_moves_to};
+use tollgate_conformance::routes_yaml::{added_route_arrives, app_then_added};
 use tollgate_conformance::{
     eventually, get, request, reserve_port, traffic, traffic::traffic_of, ControlPlane, Envoy,
     ExtAuthz, NetworkNamespace, RunningControlPlane, RunningEnvoy, Upstream, UpstreamHandle,
@@ -95,34 +96,13 @@ impl Replicas {
 
     /// Whether the first replica holds the node's stream (else the second does).
     async fn stream_on_first(&self) -> bool {
-        eventually("one replica holds the node's stream", async || {
-            match (
-                serves_node(&self.first).await,
-                serves_node(&self.second).await,
-            ) {
-                (true, false) => Ok(true),
-                (false, true) => Ok(false),
-                both => anyhow::bail!("connected to first, second: {both:?}"),
-            }
-        })
-        .await
+        first_holds_stream(&self.first, &self.second, NODE).await
     }
 
     /// Waits until the edit (`/added/` to `other`) is what Envoy serves.
     async fn edit_arrives(&self, what: &str) {
-        eventually(what, async || {
-            get(self.port, "/added/x").await?.expect_upstream("other")?;
-            Ok(())
-        })
-        .await;
+        added_route_arrives(self.port, what).await;
     }
-}
-
-/// Whether `cp`'s `/status` shows the node with an open stream.
-async fn serves_node(cp: &RunningControlPlane) -> bool {
-    cp.node_status(NODE)
-        .await
-        .is_ok_and(|node| node["connected"] == true)
 }
 
 /// Envoy's `control_plane.connected_state`: 1 while it holds an ADS stream.
@@ -171,11 +151,7 @@ async fn cut_under_load(variant: XdsVariant) {
     let stream = traffic(*port, "/steady", "app");
     let cut = Instant::now();
     cut_ns.cut();
-    eventually("the node's stream moves to the live replica", async || {
-        anyhow::ensure!(serves_node(live).await, "not yet");
-        Ok(())
-    })
-    .await;
+    stream_moves_to(live, NODE).await;
     let moved = cut.elapsed();
     eprintln!("{variant:?}: the node's stream was on the live replica {moved:?} after the cut");
     assert!(
