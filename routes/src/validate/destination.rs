@@ -198,19 +198,24 @@ fn redirect(
 /// refused rather than silently ignored.
 fn redirect_only(route: &RouteDoc, errors: &mut Errors) {
     let name = &route.name.value;
-    refuse(errors, name, "mirror", route.mirror.as_ref());
+    refuse(errors, name, "mirror", route.mirror.as_deref());
     refuse(
         errors,
         name,
         "rewrite_prefix",
         route.rewrite_prefix.as_ref(),
     );
-    refuse(errors, name, "rewrite_regex", route.rewrite_regex.as_ref());
+    refuse(
+        errors,
+        name,
+        "rewrite_regex",
+        route.rewrite_regex.as_deref(),
+    );
     refuse(errors, name, "host_rewrite", route.host_rewrite.as_ref());
     refuse(errors, name, "timeout", route.timeout.as_ref());
     refuse(errors, name, "idle_timeout", route.idle_timeout.as_ref());
-    refuse(errors, name, "retries", route.retries.as_ref());
-    refuse(errors, name, "cache", route.cache.as_ref());
+    refuse(errors, name, "retries", route.retries.as_deref());
+    refuse(errors, name, "cache", route.cache.as_deref());
     refuse(
         errors,
         name,
@@ -225,7 +230,7 @@ fn redirect_only(route: &RouteDoc, errors: &mut Errors) {
     );
     refuse(errors, name, "rate_limit", route.rate_limit.first());
     refuse(errors, name, "websocket", route.websocket.as_ref());
-    refuse(errors, name, "transcode", route.transcode.as_ref());
+    refuse(errors, name, "transcode", route.transcode.as_deref());
 }
 
 fn refuse<T>(errors: &mut Errors, route: &str, field: &str, node: Option<&Spanned<T>>) {
