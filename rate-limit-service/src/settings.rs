@@ -75,6 +75,17 @@ pub struct Settings {
         value_parser = parse_auth
     )]
     pub redis_auth: Option<RedisAuth>,
+    /// Behind Sentinel: the database number to use on the master (SELECT N), default 0.
+    /// A standalone Redis takes it in its URL (redis://HOST:PORT/N); Redis Cluster has
+    /// only database 0.
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_DB",
+        requires = "redis_sentinel_url",
+        conflicts_with_all = ["redis_url", "redis_cluster_url"],
+        value_parser = clap::value_parser!(i64).range(0..)
+    )]
+    pub redis_db: Option<i64>,
     /// Longest wait for Redis per request (e.g. 40ms, 1s); past it the answer is UNAVAILABLE.
     #[arg(
         long,
@@ -151,6 +162,7 @@ impl Settings {
                 master: master.clone(),
                 sentinels: sentinels.clone(),
                 master_auth: self.redis_auth.clone(),
+                db: self.redis_db.unwrap_or(0),
             });
         }
         let nodes: Vec<String> = self
@@ -212,6 +224,7 @@ fn parse_sentinel_list(text: &str) -> Result<RedisTarget, String> {
         master: master.to_string(),
         sentinels,
         master_auth: None,
+        db: 0,
     })
 }
 
@@ -315,6 +328,7 @@ mod tests {
                     "redis://sentinel-2:26379".into()
                 ],
                 master_auth: None,
+                db: 0,
             })
         );
     }
@@ -330,6 +344,7 @@ mod tests {
                     "redis://[::1]:26380".into()
                 ],
                 master_auth: None,
+                db: 0,
             })
         );
     }
@@ -356,6 +371,7 @@ mod tests {
                     username: username.map(str::to_string),
                     password: password.into(),
                 }),
+                db: 0,
             })
         };
         assert_eq!(target("s3cret").expect("parses"), auth(None, "s3cret"));
@@ -365,6 +381,50 @@ mod tests {
         );
         for bad in ["", ":s3cret", "limiter:"] {
             assert!(target(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_database_behind_sentinel_is_redis_db() {
+        let target = |db: &str| {
+            Settings::try_parse_from([
+                "t",
+                "--config",
+                "c",
+                "--redis-sentinel-url",
+                "mymaster,10.0.0.1:26379",
+                "--redis-db",
+                db,
+            ])
+            .map(|s| s.redis_target())
+        };
+        assert_eq!(
+            target("3").expect("parses"),
+            Some(RedisTarget::Sentinel {
+                master: "mymaster".into(),
+                sentinels: vec!["redis://10.0.0.1:26379".into()],
+                master_auth: None,
+                db: 3,
+            })
+        );
+        for bad in ["-1", "two", ""] {
+            assert!(target(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn redis_db_is_refused_without_sentinels() {
+        for store in [
+            &["--redis-url", "redis://10.0.0.1:6379/2"][..],
+            &["--redis-cluster-url", "redis://10.0.0.1:7000"],
+            &[],
+        ] {
+            let parsed = Settings::try_parse_from(
+                ["t", "--config", "c", "--redis-db", "2"]
+                    .iter()
+                    .chain(store),
+            );
+            assert!(parsed.is_err(), "{store:?}: {parsed:?}");
         }
     }
 

@@ -401,6 +401,14 @@ async fn runs_scripts(server: &RedisServer) -> bool {
 /// The flag as envoyproxy/ratelimit users write it: `MASTER_NAME,HOST:PORT,…`, and
 /// `--redis-auth PASSWORD` for a master that requires one.
 fn sentinel_target(redis: &RedisSentinels, password: Option<&str>) -> RedisTarget {
+    sentinel_target_with(
+        redis,
+        password.map_or_else(Vec::new, |p| vec!["--redis-auth", p]),
+    )
+}
+
+/// As [`sentinel_target`], with `extra` flags after the sentinel list.
+fn sentinel_target_with(redis: &RedisSentinels, extra: Vec<&str>) -> RedisTarget {
     let list = redis.sentinel_list();
     let mut flags = vec![
         "tollgate-ratelimit",
@@ -409,9 +417,7 @@ fn sentinel_target(redis: &RedisSentinels, password: Option<&str>) -> RedisTarge
         "--redis-sentinel-url",
         &list,
     ];
-    if let Some(password) = password {
-        flags.extend(["--redis-auth", password]);
-    }
+    flags.extend(extra);
     Settings::try_parse_from(flags)
         .expect("flags parse")
         .redis_target()
@@ -444,6 +450,84 @@ async fn behind_sentinel_a_master_requiring_a_password_is_reached_with_redis_aut
     let redis = RedisSentinels::start_with_password(2, PASSWORD);
     let target = sentinel_target(&redis, Some(PASSWORD));
     follow_a_failover(redis, &target, "sentinel failover with a password").await;
+}
+
+/// The database envoyproxy/ratelimit users may give their master (`--redis-db`): the
+/// counters are there and nowhere else, on the first master and on the replica promoted
+/// after it is killed, where the budget spent before goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinel_counters_land_in_the_database_redis_db_names_and_follow_a_failover_there()
+{
+    const DB: i64 = 5;
+    let mut redis = RedisSentinels::start(2);
+    let target = sentinel_target_with(&redis, vec!["--redis-db", "5"]);
+    let clock = clock_now();
+    let a = instance_on(&target, limits(), clock.clone(), TIMEOUT).await;
+    let primary = redis.primary();
+    let r = budget("key-in-db-5");
+    let key = redis_key(&r, clock.now_us());
+    spend(&a, &r, SPENT_BEFORE).await;
+
+    let mut conn = redis.servers()[primary].client().await;
+    let counted_in = async |conn: &mut redis::aio::MultiplexedConnection, db: i64| {
+        redis::cmd("SELECT")
+            .arg(db)
+            .query_async::<()>(conn)
+            .await
+            .expect("SELECT");
+        let count: Option<u32> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .expect("GET");
+        let keys: u64 = redis::cmd("DBSIZE")
+            .query_async(conn)
+            .await
+            .expect("DBSIZE");
+        (count, keys)
+    };
+    assert_eq!(counted_in(&mut conn, DB).await, (Some(SPENT_BEFORE), 1));
+    assert_eq!(
+        counted_in(&mut conn, 0).await,
+        (None, 0),
+        "nothing in database 0"
+    );
+
+    // The replicas have it (`WAIT`, on the connection that made no write, would not say).
+    let deadline = Instant::now() + PATIENCE;
+    for replica in (0..redis.servers().len()).filter(|i| *i != primary) {
+        let mut conn = redis.servers()[replica].client().await;
+        while counted_in(&mut conn, DB).await.0 != Some(SPENT_BEFORE) {
+            assert!(
+                Instant::now() < deadline,
+                "replica {replica} has not copied the count"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    redis.kill(primary);
+    let promoted = tokio::task::block_in_place(|| redis.wait_for_new_primary(primary));
+    let deadline = Instant::now() + FAILOVER_PATIENCE;
+    while call(&a.client, &r).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the service never reached the promoted replica"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // That call was admitted and counted: the budget went on from where it was.
+    assert_eq!(
+        admitted_until_refused(&a, &r).await,
+        BUDGET - SPENT_BEFORE - 1,
+        "the budget spent before the failover"
+    );
+    let mut conn = redis.servers()[promoted].client().await;
+    assert_eq!(counted_in(&mut conn, DB).await.0, Some(BUDGET + 1));
+    assert_eq!(
+        counted_in(&mut conn, 0).await,
+        (None, 0),
+        "nothing in database 0"
+    );
 }
 
 /// Calls through `target` go on while the primary is killed, fail only until a replica is

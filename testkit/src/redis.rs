@@ -13,7 +13,11 @@
 //!
 //! A server can also run in a network namespace, as on a host of its own that a test can
 //! cut off the network ([`RedisServer::start_in`]; the primary behind Sentinel too), or
-//! stay here and be reachable from such namespaces ([`RedisServer::start_reachable_from`]).
+//! stay here and be reachable from such namespaces ([`RedisServer::start_reachable_from`]);
+//! so can one node of a cluster, the others announcing where that node reaches them
+//! ([`RedisCluster::start_with_replicas_and_a_node_in`]); and a primary with one sentinel
+//! on one side of a partition, its replicas with the other sentinels on the other
+//! ([`RedisSentinels::start_split`]).
 //!
 //! Starting blocks: Redis starts in milliseconds, and benches start it where no runtime
 //! runs.
@@ -58,6 +62,12 @@ const SENTINEL_FAILOVER_TIMEOUT: Duration = Duration::from_millis(3000);
 /// from hello messages (every 2 s); this allows for both and a busy machine.
 const SENTINEL_PATIENCE: Duration = Duration::from_secs(60);
 
+/// `min-replicas-max-lag` of [`RedisSentinels::start_split`]: a replica counts while its
+/// last acknowledgement (sent every second, timed in whole seconds) is at most this old.
+/// One second would count a replica lost whenever an acknowledgement straddles a second
+/// boundary late; three leave a busy machine a missed beat.
+pub const MIN_REPLICAS_MAX_LAG: Duration = Duration::from_secs(3);
+
 /// A running (or deliberately killed or paused) `redis-server`; dropping it kills the
 /// process.
 #[derive(Debug)]
@@ -96,18 +106,27 @@ impl RedisServer {
     /// the sentinels here reach, rather than the address its link to the primary comes from
     /// (another, when the primary runs in a namespace).
     pub fn start_replica_of(primary: &RedisServer) -> Self {
+        Self::start_replica(primary, None, Vec::new())
+    }
+
+    /// A replica of `primary` on loopback or in `host`'s namespace, announcing the address
+    /// it is reached at from here; `extra` follows the other arguments.
+    fn start_replica(primary: &RedisServer, host: Option<&Host>, extra: Vec<String>) -> Self {
         let (primary_ip, primary_port) = (primary.ip.to_string(), primary.port().to_string());
+        let announce = host.map_or_else(loopback, Host::ip).to_string();
         let password = primary.password.as_deref();
-        Self::start_with(reserve_port(), None, &[], password, |_| {
-            [
+        Self::start_with(reserve_port(), host, &[], password, |_| {
+            let mut args: Vec<String> = [
                 "--replicaof",
                 &primary_ip,
                 &primary_port,
                 "--replica-announce-ip",
-                LOOPBACK,
+                &announce,
             ]
             .map(String::from)
-            .to_vec()
+            .to_vec();
+            args.extend(extra);
+            args
         })
     }
 
@@ -119,12 +138,25 @@ impl RedisServer {
     /// A cluster-enabled node that belongs to no cluster yet (see [`RedisCluster`]). Its
     /// `nodes.conf` lives in its own directory, so a restart rejoins with the same identity.
     fn start_cluster_node(node_timeout: Duration) -> Self {
+        Self::start_cluster_node_at(node_timeout, &NodePlace::Loopback)
+    }
+
+    /// As [`Self::start_cluster_node`], at `place`: the node announces (`cluster-announce-ip`)
+    /// the address the other nodes and the clients reach it at.
+    fn start_cluster_node_at(node_timeout: Duration, place: &NodePlace) -> Self {
         // The cluster bus defaults to the port + 10000; a port of its own keeps it among
         // the reserved ones.
         let bus_port = reserve_port();
-        Self::start_with(reserve_port(), None, &[], None, |dir| {
+        let (host, also_bind, announce) = match place {
+            NodePlace::Loopback => (None, vec![], None),
+            NodePlace::In(host) => (Some(*host), vec![], Some(host.ip())),
+            NodePlace::ReachableFrom(host) => {
+                (None, vec![host.outside_ip()], Some(host.outside_ip()))
+            }
+        };
+        Self::start_with(reserve_port(), host, &also_bind, None, |dir| {
             let nodes_conf = dir.join("nodes.conf").display().to_string();
-            [
+            let mut args: Vec<String> = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -135,28 +167,41 @@ impl RedisServer {
                 &node_timeout.as_millis().to_string(),
             ]
             .map(String::from)
-            .to_vec()
+            .to_vec();
+            if let Some(ip) = announce {
+                args.extend(["--cluster-announce-ip".to_owned(), ip.to_string()]);
+            }
+            args
         })
     }
 
     /// A sentinel watching `primary` under `master_name`, with a quorum of 2 (of the three
-    /// [`RedisSentinels`] runs). Sentinel rewrites its configuration file as it learns, so
-    /// the file lives in the sentinel's own directory. It announces its loopback address to
-    /// the other sentinels, rather than the address its link to the primary comes from
-    /// (another, when the primary runs in a namespace).
-    fn start_sentinel(master_name: &str, primary: &RedisServer) -> Self {
+    /// [`RedisSentinels`] runs), on loopback or in `host`'s namespace. Sentinel rewrites its
+    /// configuration file as it learns, so the file lives in the sentinel's own directory.
+    /// It announces the address it is reached at from here to the other sentinels, rather
+    /// than the address its link to the primary comes from (another, when the primary runs
+    /// in a namespace).
+    fn start_sentinel(master_name: &str, primary: &RedisServer, host: Option<&Host>) -> Self {
         let port = reserve_port();
+        let ip = host.map_or_else(loopback, Host::ip);
         let dir = scratch_dir("tollgate-sentinel-");
         let config = dir.path().join("sentinel.conf");
         let text = format!(
             "port {port}\n\
-             bind {LOOPBACK}\n\
+             bind {ip}\n\
+             {protected_mode}\
              dir {dir}\n\
-             sentinel announce-ip {LOOPBACK}\n\
+             sentinel announce-ip {ip}\n\
              sentinel monitor {master_name} {primary_ip} {primary_port} 2\n\
              sentinel down-after-milliseconds {master_name} {down_after}\n\
              sentinel failover-timeout {master_name} {failover_timeout}\n\
              {auth_pass}",
+            // As for a server in a namespace (see `start_with`).
+            protected_mode = if host.is_some() {
+                "protected-mode no\n"
+            } else {
+                ""
+            },
             dir = dir.path().display(),
             primary_ip = primary.ip,
             primary_port = primary.port,
@@ -172,7 +217,10 @@ impl RedisServer {
         std::fs::write(&config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
         let mut command = Command::new("redis-server");
         command.arg(&config).arg("--sentinel");
-        Self::spawn(loopback(), port, None, dir, command, "sentinel")
+        if let Some(host) = host {
+            command = host.wrap(&command);
+        }
+        Self::spawn(ip, port, None, dir, command, "sentinel")
     }
 
     /// A server on `port`, on loopback or in `host`'s namespace, also bound to `also_bind`,
@@ -263,6 +311,11 @@ impl RedisServer {
     /// `redis-cli ARGS…` against this server, with its password.
     fn cli(&self, args: &[&str]) -> String {
         redis_cli_at(self.addr(), self.password.as_deref(), args)
+    }
+
+    /// `INFO SECTION`'s text, asked on a connection of its own.
+    pub fn info(&self, section: &str) -> String {
+        self.cli(&["info", section])
     }
 
     /// Kills the server (SIGKILL): clients see their connections reset and new ones refused.
@@ -361,10 +414,16 @@ fn answering_pid(url: &str) -> redis::RedisResult<u32> {
 }
 
 /// Where everything but a server started in a namespace listens.
-const LOOPBACK: &str = "127.0.0.1";
-
 fn loopback() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+/// Where a cluster node runs: on loopback; in a namespace; or here, reachable from (and
+/// announcing the address it has on the link to) a namespace.
+enum NodePlace<'a> {
+    Loopback,
+    In(&'a Host),
+    ReachableFrom(&'a Host),
 }
 
 /// A Redis Cluster, each node a [`RedisServer`] (so each is killed on drop), formed with
@@ -372,6 +431,9 @@ fn loopback() -> IpAddr {
 /// one replica that takes over when it fails.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// Where each node says it is (`cluster-announce-ip`, or loopback): what the cluster is
+    /// formed with.
+    announced: Vec<SocketAddr>,
     /// `--cluster-replicas`: 0, or 1 for a replica per primary.
     replicas_per_primary: usize,
     /// Where `redis-cli --cluster create` logs.
@@ -393,10 +455,47 @@ impl RedisCluster {
     /// [`Self::start`]) and every replica has copied its primary, so that killing a primary
     /// promotes its replica.
     pub fn start_with_replicas(primaries: usize) -> Self {
+        let nodes = (0..primaries * 2)
+            .map(|_| RedisServer::start_cluster_node(NODE_TIMEOUT_WITH_REPLICAS))
+            .collect();
+        Self::form_with_replicas(nodes, vec![loopback(); primaries * 2])
+    }
+
+    /// As [`Self::start_with_replicas`], with the first node in `host`'s namespace, as on a
+    /// host of its own that a test can cut off, and the others here, reachable from it; every
+    /// node announces the address it is reached at from both. The first node is a primary
+    /// (`redis-cli` spreads the primaries over the addresses first), and its replica is here.
+    pub fn start_with_replicas_and_a_node_in(host: &Host, primaries: usize) -> Self {
+        let mut nodes = vec![RedisServer::start_cluster_node_at(
+            NODE_TIMEOUT_WITH_REPLICAS,
+            &NodePlace::In(host),
+        )];
+        let mut announced = vec![host.ip()];
+        for _ in 1..primaries * 2 {
+            nodes.push(RedisServer::start_cluster_node_at(
+                NODE_TIMEOUT_WITH_REPLICAS,
+                &NodePlace::ReachableFrom(host),
+            ));
+            announced.push(host.outside_ip());
+        }
+        let cluster = Self::form_with_replicas(nodes, announced);
+        let primary = cluster.nodes[0].cli(&["role"]);
+        assert!(
+            primary.starts_with("master"),
+            "the node in the namespace is not a primary:\n{primary}"
+        );
+        cluster
+    }
+
+    fn form_with_replicas(nodes: Vec<RedisServer>, announced: Vec<IpAddr>) -> Self {
+        let announced = nodes
+            .iter()
+            .zip(announced)
+            .map(|(node, ip)| SocketAddr::new(ip, node.port()))
+            .collect();
         let cluster = RedisCluster {
-            nodes: (0..primaries * 2)
-                .map(|_| RedisServer::start_cluster_node(NODE_TIMEOUT_WITH_REPLICAS))
-                .collect(),
+            nodes,
+            announced,
             replicas_per_primary: 1,
             dir: scratch_dir("tollgate-redis-cluster-"),
         };
@@ -404,7 +503,7 @@ impl RedisCluster {
         let deadline = Instant::now() + CLUSTER_PATIENCE;
         for node in &cluster.nodes {
             loop {
-                let info = redis_cli(node.port(), &["info", "replication"]);
+                let info = node.cli(&["info", "replication"]);
                 if info.contains("role:master") || info.contains("master_link_status:up") {
                     break;
                 }
@@ -421,10 +520,11 @@ impl RedisCluster {
 
     /// The nodes, running but not yet joined: each answers `PING` and serves no slot.
     pub fn start_unformed(primaries: usize) -> Self {
-        let nodes = (0..primaries)
+        let nodes: Vec<RedisServer> = (0..primaries)
             .map(|_| RedisServer::start_cluster_node(NODE_TIMEOUT_WITHOUT_REPLICAS))
             .collect();
         RedisCluster {
+            announced: nodes.iter().map(RedisServer::addr).collect(),
             nodes,
             replicas_per_primary: 0,
             dir: scratch_dir("tollgate-redis-cluster-"),
@@ -464,7 +564,7 @@ impl RedisCluster {
         let mut command = Command::new("redis-cli");
         command
             .args(["--cluster", "create"])
-            .args(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())))
+            .args(self.announced.iter().map(SocketAddr::to_string))
             .args([
                 "--cluster-replicas",
                 &self.replicas_per_primary.to_string(),
@@ -493,7 +593,7 @@ impl RedisCluster {
         let deadline = Instant::now() + CLUSTER_PATIENCE;
         for node in &self.nodes {
             loop {
-                let info = redis_cli(node.port(), &["cluster", "info"]);
+                let info = node.cli(&["cluster", "info"]);
                 if info.contains("cluster_state:ok") && info.contains(&expected_nodes) {
                     break;
                 }
@@ -509,7 +609,7 @@ impl RedisCluster {
 
     /// The index of the replica of primary `index`, as `CLUSTER NODES` says.
     pub fn replica_of(&self, index: usize) -> usize {
-        let nodes = redis_cli(self.nodes[index].port(), &["cluster", "nodes"]);
+        let nodes = self.nodes[index].cli(&["cluster", "nodes"]);
         let lines: Vec<Vec<&str>> = nodes
             .lines()
             .map(|l| l.split_whitespace().collect())
@@ -530,11 +630,12 @@ impl RedisCluster {
     /// Waits until node `index` is a primary serving slots and sees the cluster whole
     /// (`cluster_state:ok`), as after its primary failed and it was promoted.
     pub fn wait_until_promoted(&self, index: usize) {
-        let port = self.nodes[index].port();
+        let node = &self.nodes[index];
+        let port = node.port();
         let deadline = Instant::now() + CLUSTER_PATIENCE;
         loop {
-            let role = redis_cli(port, &["role"]);
-            let info = redis_cli(port, &["cluster", "info"]);
+            let role = node.cli(&["role"]);
+            let info = node.cli(&["cluster", "info"]);
             if role.starts_with("master") && info.contains("cluster_state:ok") {
                 return;
             }
@@ -634,11 +735,56 @@ impl RedisSentinels {
         Self::start_with_primary(RedisServer::start_in(host), replicas)
     }
 
+    /// A partition waiting to happen: the primary and one sentinel in `minority`'s
+    /// namespace, two replicas and the two other sentinels in `majority`'s, the two
+    /// namespaces joined directly (a link the test cuts) and both reachable from here.
+    /// Every server refuses writes while fewer than one replica has acknowledged the
+    /// replication stream within [`MIN_REPLICAS_MAX_LAG`] (`min-replicas-to-write 1`), as
+    /// docs/operations.md advises: so the primary left with the minority stops taking
+    /// increments that its demotion would lose, and the replica promoted on the other side
+    /// still has one to count.
+    pub fn start_split(minority: &Host, majority: &Host) -> Self {
+        let min_replicas = || {
+            [
+                "--min-replicas-to-write",
+                "1",
+                "--min-replicas-max-lag",
+                &MIN_REPLICAS_MAX_LAG.as_secs().to_string(),
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        let primary = RedisServer::start_with(reserve_port(), Some(minority), &[], None, |_| {
+            min_replicas()
+        });
+        let replicas = (0..2)
+            .map(|_| RedisServer::start_replica(&primary, Some(majority), min_replicas()))
+            .collect();
+        Self::assemble(
+            primary,
+            replicas,
+            [Some(minority), Some(majority), Some(majority)],
+        )
+    }
+
     fn start_with_primary(primary: RedisServer, replicas: usize) -> Self {
-        let mut servers = vec![];
-        for _ in 0..replicas {
-            servers.push(RedisServer::start_replica_of(&primary));
-        }
+        let replicas = (0..replicas)
+            .map(|_| RedisServer::start_replica_of(&primary))
+            .collect();
+        Self::assemble(primary, replicas, [None, None, None])
+    }
+
+    /// Waits until `replicas` have copied `primary`, then starts a sentinel on each of
+    /// `sentinel_hosts` (loopback for `None`) and returns once each knows the primary,
+    /// every replica and the two other sentinels: before that a failover could not be
+    /// agreed on.
+    fn assemble(
+        primary: RedisServer,
+        replicas: Vec<RedisServer>,
+        sentinel_hosts: [Option<&Host>; 3],
+    ) -> Self {
+        let mut servers = replicas;
+        let replicas = servers.len();
         servers.insert(0, primary);
         let deadline = Instant::now() + SENTINEL_PATIENCE;
         for replica in &servers[1..] {
@@ -655,12 +801,13 @@ impl RedisSentinels {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        let sentinels: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::start_sentinel(Self::MASTER_NAME, &servers[0]))
+        let sentinels: Vec<RedisServer> = sentinel_hosts
+            .iter()
+            .map(|host| RedisServer::start_sentinel(Self::MASTER_NAME, &servers[0], *host))
             .collect();
         for sentinel in &sentinels {
             loop {
-                let master = sentinel_master(sentinel.port());
+                let master = sentinel_master(sentinel);
                 let known = |field: &str, n: usize| {
                     master.get(field).map(String::as_str) == Some(&n.to_string())
                 };
@@ -673,7 +820,7 @@ impl RedisSentinels {
                 assert!(
                     Instant::now() < deadline,
                     "sentinel {} does not know the whole set after {SENTINEL_PATIENCE:?}: {master:?}",
-                    sentinel.port()
+                    sentinel.addr()
                 );
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -701,7 +848,7 @@ impl RedisSentinels {
         let addr = self
             .sentinels
             .iter()
-            .find_map(|s| named_primary(s.port()))
+            .find_map(named_primary)
             .expect("a sentinel that names the primary");
         self.index_of(addr)
     }
@@ -717,10 +864,7 @@ impl RedisSentinels {
     /// (`SENTINEL FAILOVER`, a switchover as for maintenance): the old primary becomes a
     /// replica of the new one.
     pub fn fail_over(&self) {
-        let reply = redis_cli(
-            self.sentinels[0].port(),
-            &["sentinel", "failover", Self::MASTER_NAME],
-        );
+        let reply = self.sentinels[0].cli(&["sentinel", "failover", Self::MASTER_NAME]);
         assert_eq!(reply.trim(), "OK", "SENTINEL FAILOVER");
     }
 
@@ -737,11 +881,7 @@ impl RedisSentinels {
         let old_addr = self.servers[old].addr();
         let deadline = Instant::now() + SENTINEL_PATIENCE;
         loop {
-            let named: Vec<Option<SocketAddr>> = self
-                .sentinels
-                .iter()
-                .map(|s| named_primary(s.port()))
-                .collect();
+            let named: Vec<Option<SocketAddr>> = self.sentinels.iter().map(named_primary).collect();
             if let Some(Some(addr)) = named.first() {
                 let agreed = named.iter().all(|n| *n == Some(*addr));
                 if agreed
@@ -762,9 +902,96 @@ impl RedisSentinels {
     }
 }
 
-/// `SENTINEL MASTER <name>` on the sentinel on `port`, as field → value.
-fn sentinel_master(port: u16) -> std::collections::HashMap<String, String> {
-    let reply = redis_cli(port, &["sentinel", "master", RedisSentinels::MASTER_NAME]);
+impl RedisSentinels {
+    /// Waits until the sentinels at `sentinels` (indices, in the order [`Self::sentinel_list`]
+    /// lists them) all name a primary other than `old`, and that server says it is one
+    /// (`ROLE`); returns its index. For a partition, where the sentinels on the old
+    /// primary's side go on naming it.
+    pub fn wait_for_promotion_by(&self, sentinels: &[usize], old: usize) -> usize {
+        let old_addr = self.servers[old].addr();
+        let deadline = Instant::now() + SENTINEL_PATIENCE;
+        loop {
+            let named: Vec<Option<SocketAddr>> = sentinels
+                .iter()
+                .map(|&i| named_primary(&self.sentinels[i]))
+                .collect();
+            if let Some(Some(addr)) = named.first() {
+                if named.iter().all(|n| *n == Some(*addr))
+                    && *addr != old_addr
+                    && self.servers[self.index_of(*addr)]
+                        .cli(&["role"])
+                        .starts_with("master")
+                {
+                    return self.index_of(*addr);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sentinels {sentinels:?} promoted nothing after {SENTINEL_PATIENCE:?}: they name {named:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every replica of the primary has acknowledged the replication stream up
+    /// to where it stood when this was called (`INFO replication`'s `master_repl_offset`
+    /// against each `slaveN:…,offset=…`): the writes made so far survive a failover.
+    pub fn wait_until_replicated(&self) {
+        let primary = &self.servers[self.primary()];
+        let field = |info: &str, name: &str| -> Option<u64> {
+            info.lines()
+                .find_map(|line| line.trim().strip_prefix(name)?.parse().ok())
+        };
+        let info = primary.info("replication");
+        let target = field(&info, "master_repl_offset:")
+            .unwrap_or_else(|| panic!("no master_repl_offset:\n{info}"));
+        let replicas = self.servers.len() - 1;
+        let deadline = Instant::now() + SENTINEL_PATIENCE;
+        loop {
+            let info = primary.info("replication");
+            let acknowledged = info
+                .lines()
+                .filter(|line| line.starts_with("slave") && line.contains(":ip="))
+                .filter_map(|line| {
+                    line.split(',')
+                        .find_map(|part| part.strip_prefix("offset=")?.trim().parse::<u64>().ok())
+                })
+                .filter(|offset| *offset >= target)
+                .count();
+            if acknowledged == replicas {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{acknowledged} of {replicas} replicas at offset {target} after {SENTINEL_PATIENCE:?}:\n{info}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until server `index` is a replica in sync with a primary (`ROLE` and
+    /// `master_link_status:up`), as an old primary is once the sentinels reach it again.
+    pub fn wait_until_demoted(&self, index: usize) {
+        let server = &self.servers[index];
+        let deadline = Instant::now() + SENTINEL_PATIENCE;
+        loop {
+            let info = server.info("replication");
+            if info.contains("role:slave") && info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not demoted after {SENTINEL_PATIENCE:?}:\n{info}",
+                server.addr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `SENTINEL MASTER <name>` on `sentinel`, as field → value.
+fn sentinel_master(sentinel: &RedisServer) -> std::collections::HashMap<String, String> {
+    let reply = sentinel.cli(&["sentinel", "master", RedisSentinels::MASTER_NAME]);
     let lines: Vec<&str> = reply.lines().collect();
     lines
         .chunks_exact(2)
@@ -772,27 +999,18 @@ fn sentinel_master(port: u16) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
-/// The primary's address as the sentinel on `port` names it (`SENTINEL
-/// GET-MASTER-ADDR-BY-NAME`); `None` if it does not answer.
-fn named_primary(port: u16) -> Option<SocketAddr> {
-    let reply = redis_cli(
-        port,
-        &[
-            "sentinel",
-            "get-master-addr-by-name",
-            RedisSentinels::MASTER_NAME,
-        ],
-    );
+/// The primary's address as `sentinel` names it (`SENTINEL GET-MASTER-ADDR-BY-NAME`);
+/// `None` if it does not answer.
+fn named_primary(sentinel: &RedisServer) -> Option<SocketAddr> {
+    let reply = sentinel.cli(&[
+        "sentinel",
+        "get-master-addr-by-name",
+        RedisSentinels::MASTER_NAME,
+    ]);
     let mut lines = reply.lines();
     let ip = lines.next()?.trim().parse().ok()?;
     let port = lines.next()?.trim().parse().ok()?;
     Some(SocketAddr::new(ip, port))
-}
-
-/// `redis-cli -p PORT ARGS…`'s output on loopback, without a password (see
-/// [`redis_cli_at`]).
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    redis_cli_at(SocketAddr::new(loopback(), port), None, args)
 }
 
 /// `redis-cli -h IP -p PORT [-a PASSWORD] ARGS…`'s output (stdout and stderr); a failure to

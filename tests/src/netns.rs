@@ -19,6 +19,12 @@
 //! neighbour entry is static: address resolution would otherwise fail during a long cut and
 //! report the host unreachable. [`NetworkNamespace::restore`] removes the drop.
 //!
+//! Two namespaces can also be joined to each other directly ([`NetworkNamespace::link_to`]),
+//! so that each reaches the other's address over that link rather than through this one
+//! (where nothing forwards between them): a cut of that link alone
+//! ([`NamespaceLink::cut`]) is a partition between the two, while this side still reaches
+//! both, as a client in a third place does when two sites lose each other.
+//!
 //! Names are `tgnc<index>`, with the index taken by creating the namespace (which fails if
 //! the name exists), so concurrent test processes never share one. Dropping the guard deletes
 //! the namespace (its veth pair goes with it) and this side's drop table. It needs root
@@ -172,6 +178,63 @@ impl NetworkNamespace {
         }
     }
 
+    /// Joins this namespace and `other` by a veth pair of their own, with a host route each
+    /// way, so that processes in each reach the other at its [`addr`](Self::addr) over
+    /// that link (and connect from their own `addr`, which the other side routes back over
+    /// it). Dropping the link removes it.
+    pub fn link_to(&self, other: &NetworkNamespace) -> NamespaceLink {
+        // Each end is named after the namespace on the other side, so the two names differ
+        // and each is unique in its namespace.
+        let (end, other_end) = (format!("{}x", other.name), format!("{}x", self.name));
+        let (mac_here, mac_there) = (link_mac(self.ip), link_mac(other.ip));
+        run(Command::new("ip").args([
+            "-n",
+            &self.name,
+            "link",
+            "add",
+            &end,
+            "address",
+            &mac_here,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &other_end,
+            "address",
+            &mac_there,
+            "netns",
+            &other.name,
+        ]));
+        for (ns, device, peer_ip, peer_mac, own_ip) in [
+            (&self.name, &end, other.ip, &mac_there, self.ip),
+            (&other.name, &other_end, self.ip, &mac_here, other.ip),
+        ] {
+            let (peer, own) = (format!("{peer_ip}/32"), own_ip.to_string());
+            for args in [
+                vec!["-n", ns, "link", "set", device, "up"],
+                vec!["-n", ns, "route", "add", &peer, "dev", device, "src", &own],
+                vec![
+                    "-n",
+                    ns,
+                    "neigh",
+                    "replace",
+                    &peer_ip.to_string(),
+                    "lladdr",
+                    peer_mac,
+                    "dev",
+                    device,
+                    "nud",
+                    "permanent",
+                ],
+            ] {
+                run(Command::new("ip").args(&args));
+            }
+        }
+        NamespaceLink {
+            ends: [(self.name.clone(), end), (other.name.clone(), other_end)],
+        }
+    }
+
     /// Reconnects a namespace that was [`cut`](Self::cut) off.
     pub fn restore(&self) {
         for namespace in [None, Some(&self.name)] {
@@ -203,6 +266,61 @@ impl Drop for NetworkNamespace {
             .args(["link", "delete", &self.host_veth])
             .output();
     }
+}
+
+/// A veth pair joining two namespaces ([`NetworkNamespace::link_to`]); removed on drop.
+#[derive(Debug)]
+pub struct NamespaceLink {
+    /// Each end: the namespace it is in and its device there.
+    ends: [(String, String); 2],
+}
+
+impl NamespaceLink {
+    /// Partitions the two namespaces: every packet arriving on either end is silently
+    /// dropped (as [`NetworkNamespace::cut`] does), while each still reaches this side.
+    pub fn cut(&self) {
+        for (namespace, device) in &self.ends {
+            run(nft(Some(namespace)).args(["add", "table", "netdev", LINK_DROP_TABLE]));
+            run(nft(Some(namespace)).args([
+                "add",
+                "chain",
+                "netdev",
+                LINK_DROP_TABLE,
+                "ingress",
+                &format!(
+                    "{{ type filter hook ingress device \"{device}\" priority 0; policy drop; }}"
+                ),
+            ]));
+        }
+    }
+
+    /// Heals a partition made by [`cut`](Self::cut).
+    pub fn restore(&self) {
+        for (namespace, _) in &self.ends {
+            run(nft(Some(namespace)).args(["delete", "table", "netdev", LINK_DROP_TABLE]));
+        }
+    }
+}
+
+impl Drop for NamespaceLink {
+    fn drop(&mut self) {
+        // Deleting one end deletes both; the namespace may be gone already.
+        let (namespace, device) = &self.ends[0];
+        let _ = Command::new("ip")
+            .args(["-n", namespace, "link", "delete", device])
+            .output();
+    }
+}
+
+/// The drop table of a [`NamespaceLink`], inside each of its two namespaces (which hold
+/// only that link and their own veth, whose table is named after the namespace).
+const LINK_DROP_TABLE: &str = "tollgate_link_cut";
+
+/// A MAC address for a namespace's end of a [`NamespaceLink`], derived from its address,
+/// apart from those [`mac`] gives the veths to this side.
+fn link_mac(ip: Ipv4Addr) -> String {
+    let [_, b, c, d] = ip.octets();
+    format!("02:55:00:{b:02x}:{c:02x}:{d:02x}")
 }
 
 /// `nft`, inside `namespace` when given.

@@ -12,7 +12,8 @@
 //!
 //! `start` returns once the process has bound its sockets and `/readyz` answers 200, i.e.
 //! once the limits are loaded and the store (memory, or the Redis given with
-//! [`RateLimitService::redis`] or [`RateLimitService::redis_sentinels`]) answers.
+//! [`RateLimitService::redis`], [`RateLimitService::redis_sentinels`] or
+//! [`RateLimitService::redis_cluster`]) answers.
 //!
 //! A burst of requests against a fresh budget is sent with [`send_burst`] and judged with
 //! [`assert_budget`]: exactly the budget passes, with the headers a client needs.
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use tollgate_testkit::process::{scratch_dir, Process};
-use tollgate_testkit::redis::{RedisSentinels, RedisServer};
+use tollgate_testkit::redis::{RedisCluster, RedisSentinels, RedisServer};
 
 use crate::http::{self, RequestBuilder, Response};
 use crate::sidecar::Sidecar;
@@ -47,6 +48,7 @@ pub type RateLimitService = Sidecar<RateLimitSettings>;
 pub struct RateLimitSettings {
     redis_url: Option<String>,
     redis_sentinel_url: Option<String>,
+    redis_cluster_url: Option<String>,
     redis_timeout: Option<Duration>,
 }
 
@@ -70,6 +72,13 @@ impl Sidecar<RateLimitSettings> {
         self
     }
 
+    /// Keep the counters in the Redis Cluster `cluster` (`--redis-cluster-url`, every node a
+    /// seed).
+    pub fn redis_cluster(mut self, cluster: &RedisCluster) -> Self {
+        self.settings.redis_cluster_url = Some(cluster.urls().join(","));
+        self
+    }
+
     /// The longest wait for Redis per request (`--redis-timeout`).
     pub fn redis_timeout(mut self, timeout: Duration) -> Self {
         self.settings.redis_timeout = Some(timeout);
@@ -85,6 +94,9 @@ impl Sidecar<RateLimitSettings> {
         }
         if let Some(list) = &self.settings.redis_sentinel_url {
             command.args(["--redis-sentinel-url", list]);
+        }
+        if let Some(list) = &self.settings.redis_cluster_url {
+            command.args(["--redis-cluster-url", list]);
         }
         if let Some(timeout) = self.settings.redis_timeout {
             command.args(["--redis-timeout", &format!("{}ms", timeout.as_millis())]);

@@ -1,6 +1,9 @@
 //! Rate limiting across network cuts (issue 21): a rate-limit replica, and the Redis
 //! primary behind Sentinel, each on a host of its own (a network namespace) that a cut drops
-//! every packet to and from ([`NetworkNamespace::cut`]): nothing is refused or reset, so
+//! every packet to and from ([`NetworkNamespace::cut`]); and a partition between two such
+//! hosts that leaves the Redis primary with a minority of the sentinels while the service
+//! still reaches both sides ([`NetworkNamespace::link_to`]); and a Redis Cluster primary
+//! cut off from the other nodes and the service. Nothing is refused or reset, so
 //! Envoy, the service and the sentinels learn of the loss only from their timeouts and
 //! health checks, as across real hosts. Requests flow through the Envoy all along, and each
 //! is accounted for: admitted, refused over its limit, or failed as `failure_mode_deny`
@@ -19,7 +22,7 @@ use tollgate_conformance::{
     eventually, get, request, reserve_port, traffic::traffic_of, ControlPlane, Envoy,
     NetworkNamespace, RunningEnvoy, Upstream, UpstreamHandle,
 };
-use tollgate_testkit::redis::{RedisSentinels, RedisServer};
+use tollgate_testkit::redis::{RedisCluster, RedisSentinels, RedisServer};
 
 /// The budget of the `limited` route, per minute and per `x-api-key`.
 const BUDGET: u64 = 5;
@@ -30,9 +33,13 @@ const EXTRA: usize = 3;
 /// The rate-limit sidecar's call timeout in routes.yaml.
 const SIDECAR_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A budget per hour, spent across a partition: a test that takes tens of seconds on a
+/// busy machine stays well within one window, so every hit it made still counts at its end.
+const HOURLY_BUDGET: usize = 6;
+
 /// A route whose limit the steady traffic never reaches, so that every request of it is
-/// checked and none is refused for being over; and a route with a small budget, where
-/// exactness is judged. Both go to `api`.
+/// checked and none is refused for being over; and routes with a small budget, where
+/// exactness is judged. All go to `api`.
 fn routes(port: u16, api: &UpstreamHandle, replicas: &[std::net::SocketAddr]) -> String {
     let addresses: Vec<String> = replicas.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
@@ -52,6 +59,11 @@ routes:
     service: api
     rate_limit:
       - {{by: header, header: x-api-key, requests: {BUDGET}, per: minute}}
+  - name: hourly
+    match: {{prefix: /hourly/}}
+    service: api
+    rate_limit:
+      - {{by: header, header: x-api-key, requests: {HOURLY_BUDGET}, per: hour}}
 sidecars:
   rate_limit: {{address: [{addresses}], timeout: {timeout}ms, failure_mode_deny: true, domain: tollgate}}
 "#,
@@ -312,4 +324,321 @@ async fn eventually_recovered(stream: &tollgate_conformance::Traffic, since: usi
         },
     )
     .await;
+}
+
+/// Of [`HOURLY_BUDGET`], what is spent before the partition (and replicated); the rest is
+/// spent while it lasts, on whichever primary the service then writes to.
+const SPENT_BEFORE_THE_PARTITION: usize = 2;
+
+/// The partition Sentinel's quorum exists for, with the service in the worst place: the
+/// primary and one sentinel on one side, two replicas and two sentinels on the other, and
+/// the service still reaching both (it runs here, each side in a namespace of its own, the
+/// two joined by a link of their own that the test cuts). The majority promotes a replica;
+/// the sentinel on the minority side cannot agree to anything, so it goes on naming the old
+/// primary, which still says `ROLE` master. That sentinel is listed first, as a client that
+/// takes the first answer would ask it first: the service must follow the majority's newer
+/// configuration (the higher config epoch) instead, or its increments land on the old
+/// primary and are lost when the partition heals and the old primary is demoted. A service
+/// that reaches only the majority side is the primary cut above, where the minority's
+/// answer never arrives, so it would not test this.
+///
+/// The servers refuse writes with no replica acknowledging within a few seconds
+/// (`min-replicas-to-write 1`, what docs/operations.md advises): that bounds what the old
+/// primary takes after the cut, and is the window during which limited routes fail closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces: make test-netcut"]
+async fn a_partition_leaving_the_primary_with_a_minority_of_sentinels_moves_the_service_to_the_majority_s_primary(
+) {
+    // Declared first, dropped last: every process in them dies before they go.
+    let minority = NetworkNamespace::create();
+    let majority = NetworkNamespace::create();
+    let link = minority.link_to(&majority);
+    let redis = RedisSentinels::start_split(&minority.host(), &majority.host());
+    let api = Upstream::new("api").spawn().await;
+    let port = reserve_port();
+    let rls = RateLimitService::new();
+    let cp = ControlPlane::new()
+        .routes(routes(port, &api, &[rls.grpc_addr()]))
+        .start()
+        .await;
+    let _rls = rls
+        .routes_file(cp.routes_path())
+        .redis_sentinels(&redis)
+        .redis_timeout(REDIS_TIMEOUT)
+        .start()
+        .await;
+    let envoy = Envoy::new().control_plane(&cp).start().await;
+    eventually("the routes are served", async || {
+        get(port, "/steady/probe").await?.expect_upstream("api")?;
+        Ok(())
+    })
+    .await;
+    let hourly = || {
+        request(port)
+            .path("/hourly/x")
+            .header("x-api-key", "across-the-partition")
+    };
+    let admitted = hourly_burst(hourly, SPENT_BEFORE_THE_PARTITION).await;
+    assert_eq!(admitted, SPENT_BEFORE_THE_PARTITION, "before the partition");
+    let old = redis.primary();
+    // What was spent is on the replicas, so no failover can lose it.
+    tokio::task::block_in_place(|| redis.wait_until_replicated());
+
+    let steady = || {
+        request(port)
+            .path("/steady/x")
+            .header("x-api-key", "steady")
+    };
+    let stream = traffic_of(steady(), "api");
+    let errors_before = stat(&envoy, "\\.ratelimit\\.error$").await;
+    let cut = Instant::now();
+    link.cut();
+    // The sentinels on the majority side (the second and third listed) promote a replica.
+    let promoted = tokio::task::block_in_place(|| redis.wait_for_promotion_by(&[1, 2], old));
+    let promoted_after = cut.elapsed();
+    // Until the service checks on the promoted replica, its increments go to the old
+    // primary (while that still takes them) and are lost with it.
+    let new_primary = &redis.servers()[promoted];
+    tollgate_conformance::eventually_within(
+        FAILOVER_PATIENCE,
+        "the service checks on the promoted replica",
+        async || {
+            let calls = script_calls(new_primary);
+            anyhow::ensure!(calls > 0, "no EVALSHA there yet");
+            Ok(())
+        },
+    )
+    .await;
+    let moved_after = cut.elapsed();
+    let since = stream.sent();
+    eventually_recovered(&stream, since).await;
+    let recovered_after = cut.elapsed();
+    let report = stream.stop().await;
+    let errors = stat(&envoy, "\\.ratelimit\\.error$").await - errors_before;
+    // The risk was live all along: the old primary still took itself for one, and the
+    // service could reach it.
+    let old_role = redis.servers()[old].info("replication");
+    assert!(
+        old_role.contains("role:master"),
+        "the old primary was demoted during the partition, which tests nothing:\n{old_role}"
+    );
+
+    let failed: Vec<_> = report.requests.iter().filter(|sent| !sent.ok).collect();
+    let statuses: std::collections::BTreeSet<Option<u16>> =
+        failed.iter().map(|sent| sent.status).collect();
+    let (first, last) = (
+        failed.first().map(|sent| sent.at - cut),
+        failed.last().map(|sent| sent.at + sent.took - cut),
+    );
+    let slowest = report.requests.iter().map(|sent| sent.took).max();
+    eprintln!(
+        "partition: the majority promoted {} {promoted_after:?} after the cut, and the service \
+         checked there {moved_after:?} after it (within 0.1 s); {} requests around it, {} failed closed ({statuses:?}), the first sent {first:?} and the last \
+         answered {last:?} after the cut; {RECOVERED_AFTER} in a row passed again \
+         {recovered_after:?} after it; slowest {slowest:?}; Envoy counted {errors} rate limit \
+         service errors",
+        redis.servers()[promoted].addr(),
+        report.sent,
+        failed.len(),
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|status| status.is_some_and(|s| s >= 500)),
+        "requests failed otherwise than closed: {statuses:?}; {:?}",
+        report.failures
+    );
+    assert_eq!(
+        errors,
+        failed.len() as u64,
+        "every failed request should be a rate limit service error, and only those"
+    );
+    assert!(
+        slowest < Some(SIDECAR_TIMEOUT),
+        "a request waited out the check's {SIDECAR_TIMEOUT:?} timeout: slowest {slowest:?}"
+    );
+
+    // Still partitioned: the rest of the budget is admitted, counted where the service now
+    // writes.
+    let rest = HOURLY_BUDGET - SPENT_BEFORE_THE_PARTITION;
+    let admitted = hourly_burst(hourly, rest + EXTRA).await;
+    assert_eq!(
+        admitted, rest,
+        "during the partition, of {HOURLY_BUDGET} with {SPENT_BEFORE_THE_PARTITION} spent before"
+    );
+
+    // Healed: the sentinels demote the old primary, which drops whatever it took alone.
+    // Had the service counted there, the budget would now admit again.
+    let healed = Instant::now();
+    link.restore();
+    tokio::task::block_in_place(|| redis.wait_until_demoted(old));
+    eprintln!(
+        "partition healed: the old primary was a replica again {:?} later",
+        healed.elapsed()
+    );
+    let admitted = hourly_burst(hourly, EXTRA).await;
+    assert_eq!(
+        admitted, 0,
+        "after the partition healed, the budget was spent"
+    );
+    exactly_the_budget(
+        port,
+        "after-the-partition",
+        "a fresh budget after the partition",
+    )
+    .await;
+}
+
+/// How many `EVALSHA` calls `server` has served (`INFO commandstats`): only clients make
+/// them (a replica is sent a script's effects, not the script), so on a replica promoted
+/// since, they are the service's checks.
+fn script_calls(server: &RedisServer) -> u64 {
+    server
+        .info("commandstats")
+        .lines()
+        .find_map(|line| {
+            let calls = line.strip_prefix("cmdstat_evalsha:calls=")?;
+            calls.split(',').next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Sends `count` requests of `build` one after another; returns how many passed, and
+/// checks every other one was refused over its limit (429), not failed.
+async fn hourly_burst(
+    build: impl Fn() -> tollgate_conformance::http::RequestBuilder,
+    count: usize,
+) -> usize {
+    let mut passed = 0;
+    for i in 0..count {
+        let response = build().send().await.expect("a response");
+        match response.status.as_u16() {
+            200 => passed += 1,
+            429 => {}
+            other => panic!("request {i} of a burst: {other} {:?}", response.text()),
+        }
+    }
+    passed
+}
+
+/// A Redis Cluster primary (with a replica, as every primary of the cluster has) cut off
+/// the network, not killed: its host is a namespace of its own, the other five nodes stay
+/// here, each announcing an address the others reach. The cluster notices after
+/// `cluster-node-timeout` and promotes the replica; meanwhile the checks of the keys in the
+/// cut node's slots wait out `--redis-timeout` on a connection that answers nothing, and
+/// fail closed; the service then finds the promoted replica by itself, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces: make test-netcut"]
+async fn with_a_redis_cluster_primary_cut_off_its_keys_fail_closed_until_its_replica_takes_over() {
+    let ns = NetworkNamespace::create();
+    let cluster = RedisCluster::start_with_replicas_and_a_node_in(&ns.host(), 3);
+    let replica = cluster.replica_of(0);
+    let api = Upstream::new("api").spawn().await;
+    let port = reserve_port();
+    let rls = RateLimitService::new();
+    let cp = ControlPlane::new()
+        .routes(routes(port, &api, &[rls.grpc_addr()]))
+        .start()
+        .await;
+    let _rls = rls
+        .routes_file(cp.routes_path())
+        .redis_cluster(&cluster)
+        .redis_timeout(REDIS_TIMEOUT)
+        .start()
+        .await;
+    let envoy = Envoy::new().control_plane(&cp).start().await;
+    eventually("the routes are served", async || {
+        get(port, "/steady/probe").await?.expect_upstream("api")?;
+        Ok(())
+    })
+    .await;
+    // The traffic's counter is on the node to be cut, or the cut would fail nothing.
+    let key = key_counted_on(&cluster.nodes()[0], port).await;
+    let stream = traffic_of(
+        request(port).path("/steady/x").header("x-api-key", &key),
+        "api",
+    );
+    let errors_before = stat(&envoy, "\\.ratelimit\\.error$").await;
+    let cut = Instant::now();
+    ns.cut();
+    tokio::task::block_in_place(|| cluster.wait_until_promoted(replica));
+    let promoted_after = cut.elapsed();
+    let since = stream.sent();
+    eventually_recovered(&stream, since).await;
+    let recovered_after = cut.elapsed();
+    let report = stream.stop().await;
+    let errors = stat(&envoy, "\\.ratelimit\\.error$").await - errors_before;
+
+    let failed: Vec<_> = report.requests.iter().filter(|sent| !sent.ok).collect();
+    let statuses: std::collections::BTreeSet<Option<u16>> =
+        failed.iter().map(|sent| sent.status).collect();
+    let (first, last) = (
+        failed.first().map(|sent| sent.at - cut),
+        failed.last().map(|sent| sent.at + sent.took - cut),
+    );
+    let slowest = report.requests.iter().map(|sent| sent.took).max();
+    eprintln!(
+        "cluster node cut: the replica was a primary {promoted_after:?} after the cut; {} \
+         requests around it, {} failed closed ({statuses:?}), the first sent {first:?} and \
+         the last answered {last:?} after the cut; {RECOVERED_AFTER} in a row passed again \
+         {recovered_after:?} after it; slowest {slowest:?}; Envoy counted {errors} rate limit \
+         service errors",
+        report.sent,
+        failed.len(),
+    );
+    assert!(!failed.is_empty(), "cutting the node off failed no request");
+    assert!(
+        statuses
+            .iter()
+            .all(|status| status.is_some_and(|s| s >= 500)),
+        "requests failed otherwise than closed: {statuses:?}; {:?}",
+        report.failures
+    );
+    assert_eq!(
+        errors,
+        failed.len() as u64,
+        "every failed request should be a rate limit service error, and only those"
+    );
+    assert!(
+        slowest < Some(SIDECAR_TIMEOUT),
+        "a request waited out the check's {SIDECAR_TIMEOUT:?} timeout: slowest {slowest:?}"
+    );
+    exactly_the_budget(
+        port,
+        "after-the-cluster-failover",
+        "a fresh budget after the cluster failover",
+    )
+    .await;
+}
+
+/// An `x-api-key` whose counter on the steady route `node` holds: each candidate is sent
+/// once, and the first after which `node` holds one key more is it (a third of them are).
+async fn key_counted_on(node: &RedisServer, port: u16) -> String {
+    for i in 0..100 {
+        let key = format!("steady-{i}");
+        let before = keys_on(node);
+        request(port)
+            .path("/steady/x")
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .expect("a response")
+            .expect_upstream("api")
+            .expect("checked and passed");
+        if keys_on(node) > before {
+            return key;
+        }
+    }
+    panic!("no key of 100 was counted on {}", node.addr())
+}
+
+/// How many keys `node` holds in database 0 (`INFO keyspace`).
+fn keys_on(node: &RedisServer) -> u64 {
+    let info = node.info("keyspace");
+    info.lines()
+        .find_map(|line| {
+            let keys = line.strip_prefix("db0:keys=")?;
+            keys.split(',').next()?.parse().ok()
+        })
+        .unwrap_or(0)
 }

@@ -41,6 +41,33 @@ use crate::algorithm::{Decision, Policy, SlidingCounts, SLIDING_BUCKETS};
 const SLIDING_WINDOW_LUA: &str = include_str!("scripts/sliding_window.lua");
 const TOKEN_BUCKET_LUA: &str = include_str!("scripts/token_bucket.lua");
 
+/// How long a cluster node's connection may hold requests that its node never
+/// acknowledges (`TCP_USER_TIMEOUT`) before the kernel closes it. A node cut off the
+/// network answers nothing, not even a reset, and a request that times out is only retried
+/// on the same connection: without this the cluster connection would wait on the cut node
+/// forever and never ask the cluster for the replica promoted in its place. A slow or
+/// stuck Redis still acknowledges at the TCP level, so only a lost host or link trips it.
+/// A few retransmissions (200 ms apart at first) fit within it.
+const CLUSTER_CUT_OFF_AFTER: Duration = Duration::from_secs(1);
+
+/// How many times the cluster connection tries to reconnect to a node it lost before it
+/// drops the node and refreshes its slot map from the others (which then name the replica
+/// promoted in the node's place, or the node again if it is still the primary).
+const CLUSTER_RECONNECT_ATTEMPTS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(3) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+#[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+fn cluster_tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_user_timeout(CLUSTER_CUT_OFF_AFTER)
+}
+
+#[cfg(not(any(target_os = "android", target_os = "fuchsia", target_os = "linux")))]
+fn cluster_tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default()
+}
+
 /// Where Redis is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RedisTarget {
@@ -49,11 +76,12 @@ pub enum RedisTarget {
     /// Seed nodes of a Redis Cluster.
     Cluster(Vec<String>),
     /// The primary that the sentinels (`redis://host:port` each) monitor under `master`,
-    /// reached with `master_auth` when it requires a password.
+    /// reached with `master_auth` when it requires a password, counting in database `db`.
     Sentinel {
         master: String,
         sentinels: Vec<String>,
         master_auth: Option<RedisAuth>,
+        db: i64,
     },
 }
 
@@ -160,6 +188,8 @@ impl Source {
                 let client = redis::cluster::ClusterClient::builder(nodes.clone())
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
+                    .tcp_settings(cluster_tcp_settings())
+                    .max_connection_attempts(CLUSTER_RECONNECT_ATTEMPTS)
                     .build()?;
                 let seeds = nodes
                     .iter()
@@ -176,14 +206,28 @@ impl Source {
                 master,
                 sentinels,
                 master_auth,
+                db,
             } => Source::Sentinel(SentinelPrimary::open(
                 master,
                 sentinels,
-                master_auth.as_ref(),
+                master_node(master_auth.as_ref(), *db),
                 timeout,
             )?),
         })
     }
+}
+
+/// How to talk to a master found through Sentinel (and to any replica promoted in its
+/// place): its password, and the database to select.
+fn master_node(auth: Option<&RedisAuth>, db: i64) -> redis::RedisConnectionInfo {
+    let mut info = redis::RedisConnectionInfo::default().set_db(db);
+    if let Some(auth) = auth {
+        info = info.set_password(&auth.password);
+        if let Some(username) = &auth.username {
+            info = info.set_username(username);
+        }
+    }
+    info
 }
 
 /// The Redis store.
@@ -420,13 +464,17 @@ impl RedisStore {
     }
 }
 
-/// Whether `error` is what a request sees while its master is dead, unreachable, stuck or
-/// demoted: then the master may have moved. A script error or a bad reply is not.
+/// Whether `error` is what a request sees while its master is dead, unreachable, stuck,
+/// demoted, or cut off from its replicas (`NOREPLICAS`, from a master with
+/// `min-replicas-to-write` on the minority side of a partition, where the majority may
+/// have promoted another): then the master may have moved. A script error or a bad reply
+/// is not.
 fn may_mean_failover(error: &StoreError) -> bool {
     match error {
         StoreError::Timeout(_) | StoreError::NotConnected(_) => true,
         StoreError::Command(e) => {
-            e.is_io_error()
+            e.code() == Some("NOREPLICAS")
+                || e.is_io_error()
                 || e.is_connection_dropped()
                 || e.is_unrecoverable_error()
                 || matches!(
@@ -551,8 +599,10 @@ mod tests {
             StoreError::Command(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into());
         let refused =
             StoreError::Command(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into());
+        let cut_from_replicas = reply_error(b"-NOREPLICAS Not enough good replicas to write.\r\n");
         for error in [
             demoted,
+            cut_from_replicas,
             reset,
             refused,
             StoreError::Timeout(Duration::from_millis(40)),
