@@ -313,10 +313,33 @@ def envoys_take_their_xds_tls_through_sds(stack, checks):
     they are re-read when replaced: its TLS context was built from them (once per secret)."""
     stats = envoy_stats(stack)
     for envoy in ENVOYS:
-        updates = stats[envoy].get(
-            "cluster.tollgate_xds.client_ssl_socket_factory.ssl_context_update_by_sds", 0)
+        updates = stats[envoy].get(SDS_UPDATES, 0)
         checks.expect(updates >= 2, f"{envoy}'s xDS certificate and CA come through SDS "
                       f"({updates} context updates)")
+
+
+SDS_UPDATES = "cluster.tollgate_xds.client_ssl_socket_factory.ssl_context_update_by_sds"
+
+# Run as root in the demo image with envoy-1's volume at /v: a new CA appended to the xDS CA
+# bundle, the bundle replaced by rename, as the first step of a CA rotation does.
+APPEND_A_CA = (
+    'openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 '
+    '-subj "/CN=Tollgate HA demo next xds-ca" -keyout /tmp/next.key -out /tmp/next.pem 2>/dev/null '
+    '&& cat /v/xds-ca.pem /tmp/next.pem >/v/.xds-ca.pem.new && chmod 0644 /v/.xds-ca.pem.new '
+    '&& mv /v/.xds-ca.pem.new /v/xds-ca.pem')
+
+
+def envoy_rereads_a_replaced_ca_bundle(stack, checks):
+    """envoy-1's xDS CA bundle replaced (the old CA and a new one) in its volume: Envoy
+    rebuilds its xDS TLS context from it, without a restart; the scenario's control-plane
+    stop and cut then make it reconnect through that bundle."""
+    before = envoy_stats(stack)["envoy-1"].get(SDS_UPDATES, 0)
+    run(["docker", "run", "--rm", "--user", "0",
+         "-v", f"{stack.volume('envoy-1', '/etc/tollgate/envoy-1')}:/v",
+         "tollgate-demo:local", "sh", "-c", APPEND_A_CA])
+    eventually("envoy-1 re-reads its replaced CA bundle",
+               lambda: envoy_stats(stack)["envoy-1"].get(SDS_UPDATES, 0) > before)
+    checks.expect(True, "envoy-1 re-read its replaced xDS CA bundle without a restart")
 
 
 class Traffic:
@@ -495,6 +518,7 @@ def scenario(stack, checks, notes, running):
     only_authenticated_clients_are_served(stack, checks)
     each_service_reads_only_its_own_keys(stack, checks)
     envoys_take_their_xds_tls_through_sds(stack, checks)
+    envoy_rereads_a_replaced_ca_bundle(stack, checks)
 
     token = stack.token("ha-traffic", "premium")
     traffic = Traffic(stack, token)
