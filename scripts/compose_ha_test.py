@@ -192,10 +192,10 @@ class Stack:
         (name,) = inspect.split()
         return name
 
-    def pki_volume(self):
-        """The `pki` volume, as Compose named it for this project."""
-        fmt = '{{range .Mounts}}{{if eq .Destination "/etc/tollgate/pki"}}{{.Name}}{{end}}{{end}}'
-        return run(["docker", "inspect", "--format", fmt, self.container("control-plane-1")]).strip()
+    def volume(self, service, destination):
+        """The volume `service` mounts at `destination`, as Compose named it for this project."""
+        fmt = '{{range .Mounts}}{{if eq .Destination "%s"}}{{.Name}}{{end}}{{end}}' % destination
+        return run(["docker", "inspect", "--format", fmt, self.container(service)]).strip()
 
     def token(self, subject, tier):
         token = self.compose("run", "--rm", "-T", "tokens", subject, tier).strip()
@@ -230,7 +230,8 @@ class Stack:
         shutil.rmtree(self.routes_dir, ignore_errors=True)
 
 
-# Run inside the demo image on the stack's network, with the pki volume: connects to xDS and
+# Run inside the demo image on the stack's network, with the control planes' pki volume (the
+# CAs) at /pki and envoy-1's (its certificate) at /envoy-1: connects to xDS and
 # to a sidecar in plaintext, over TLS without a client certificate, and over TLS with one
 # from the right CA, and says for each whether the server answered HTTP/2 (a SETTINGS frame).
 PROBE = r'''
@@ -254,7 +255,7 @@ def probe(host, port, ca=None, name=None, cert=None):
             ctx = ssl.create_default_context(cafile="/pki/%s.pem" % ca)
             ctx.set_alpn_protocols(["h2"])
             if cert:
-                ctx.load_cert_chain("/pki/%s.pem" % cert, "/pki/%s.key" % cert)
+                ctx.load_cert_chain("/%s/%s.pem" % (cert, cert), "/%s/%s.key" % (cert, cert))
             with ctx.wrap_socket(raw, server_hostname=name) as tls:
                 return answer(tls)
     except (OSError, ssl.SSLError) as error:
@@ -273,7 +274,9 @@ for label, host, port, ca, name, cert in [
 
 def only_authenticated_clients_are_served(stack, checks):
     output = run(["docker", "run", "--rm", "-i", "--user", "0", "--network", stack.network(),
-                  "-v", f"{stack.pki_volume()}:/pki:ro", "tollgate-demo:local", "python3", "-"],
+                  "-v", f"{stack.volume('control-plane-1', '/etc/tollgate/pki')}:/pki:ro",
+                  "-v", f"{stack.volume('envoy-1', '/etc/tollgate/envoy-1')}:/envoy-1:ro",
+                  "tollgate-demo:local", "python3", "-"],
                  stdin=PROBE)
     results = dict(line.split("\t", 1) for line in output.strip().splitlines())
     for label, result in results.items():
@@ -281,6 +284,62 @@ def only_authenticated_clients_are_served(stack, checks):
         served = result == "http2"
         want = label == "xds tls, envoy-1's certificate"
         checks.expect(served == want, f"{label}: {'served' if want else 'refused'} ({result})")
+
+
+# The private keys each service's user can read, where the stack mounts certificates: its
+# own and no other's (ha-pki gives each service a volume of its own).
+READABLE_KEYS = {
+    "envoy-1": {"/etc/tollgate/envoy-1/envoy-1.key"},
+    "envoy-2": {"/etc/tollgate/envoy-2/envoy-2.key"},
+    "control-plane-1": {"/etc/tollgate/pki/xds-server.key", "/etc/tollgate/pki/gateway-client.key"},
+    "control-plane-2": {"/etc/tollgate/pki/xds-server.key", "/etc/tollgate/pki/gateway-client.key"},
+    "ext-authz-1": {"/etc/tollgate/pki/ext-authz.key"},
+    "ext-authz-2": {"/etc/tollgate/pki/ext-authz.key"},
+    "ratelimit-1": {"/etc/tollgate/pki/ratelimit.key"},
+    "ratelimit-2": {"/etc/tollgate/pki/ratelimit.key"},
+}
+LIST_READABLE_KEYS = 'for f in /etc/tollgate/*/*.key /etc/tollgate/*/*/*.key; do [ -r "$f" ] && echo "$f"; done; true'
+
+
+def each_service_reads_only_its_own_keys(stack, checks):
+    for service, want in READABLE_KEYS.items():
+        found = set(run(["docker", "exec", stack.container(service), "sh", "-c",
+                         LIST_READABLE_KEYS]).split())
+        checks.expect(found == want, f"{service} can read exactly its own keys ({sorted(found)})")
+
+
+def envoys_take_their_xds_tls_through_sds(stack, checks):
+    """Each Envoy's xDS certificate and CA come from SDS files (`--xds-sds-file`), so that
+    they are re-read when replaced: its TLS context was built from them (once per secret)."""
+    stats = envoy_stats(stack)
+    for envoy in ENVOYS:
+        updates = stats[envoy].get(SDS_UPDATES, 0)
+        checks.expect(updates >= 2, f"{envoy}'s xDS certificate and CA come through SDS "
+                      f"({updates} context updates)")
+
+
+SDS_UPDATES = "cluster.tollgate_xds.client_ssl_socket_factory.ssl_context_update_by_sds"
+
+# Run as root in the demo image with envoy-1's volume at /v: a new CA appended to the xDS CA
+# bundle, the bundle replaced by rename, as the first step of a CA rotation does.
+APPEND_A_CA = (
+    'openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 '
+    '-subj "/CN=Tollgate HA demo next xds-ca" -keyout /tmp/next.key -out /tmp/next.pem 2>/dev/null '
+    '&& cat /v/xds-ca.pem /tmp/next.pem >/v/.xds-ca.pem.new && chmod 0644 /v/.xds-ca.pem.new '
+    '&& mv /v/.xds-ca.pem.new /v/xds-ca.pem')
+
+
+def envoy_rereads_a_replaced_ca_bundle(stack, checks):
+    """envoy-1's xDS CA bundle replaced (the old CA and a new one) in its volume: Envoy
+    rebuilds its xDS TLS context from it, without a restart; the scenario's control-plane
+    stop and cut then make it reconnect through that bundle."""
+    before = envoy_stats(stack)["envoy-1"].get(SDS_UPDATES, 0)
+    run(["docker", "run", "--rm", "--user", "0",
+         "-v", f"{stack.volume('envoy-1', '/etc/tollgate/envoy-1')}:/v",
+         "tollgate-demo:local", "sh", "-c", APPEND_A_CA])
+    eventually("envoy-1 re-reads its replaced CA bundle",
+               lambda: envoy_stats(stack)["envoy-1"].get(SDS_UPDATES, 0) > before)
+    checks.expect(True, "envoy-1 re-read its replaced xDS CA bundle without a restart")
 
 
 class Traffic:
@@ -457,6 +516,9 @@ def scenario(stack, checks, notes, running):
     notes.append(("up, every service healthy", f"{time.monotonic() - started:.1f} s"))
 
     only_authenticated_clients_are_served(stack, checks)
+    each_service_reads_only_its_own_keys(stack, checks)
+    envoys_take_their_xds_tls_through_sds(stack, checks)
+    envoy_rereads_a_replaced_ca_bundle(stack, checks)
 
     token = stack.token("ha-traffic", "premium")
     traffic = Traffic(stack, token)

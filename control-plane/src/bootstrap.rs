@@ -44,13 +44,19 @@ pub struct XdsClientTls {
     /// When set, the DNS name the control plane's certificate must carry, also sent as SNI.
     pub server_name: Option<String>,
     /// When set, Envoy takes its certificate and key through this SDS file (see
-    /// [`client_certificate_sds`]) and re-reads them when they are replaced; otherwise it
-    /// reads them once, at start.
+    /// [`client_certificate_sds`]), and the CA and server name it verifies the control plane
+    /// with through a sibling one ([`server_validation_sds_file`],
+    /// [`server_validation_sds`]), and re-reads the files they name when they are replaced;
+    /// otherwise it reads them once, at start.
     pub sds_file: Option<PathBuf>,
 }
 
 /// The name of Envoy's xDS client certificate in the SDS file.
 const CLIENT_CERTIFICATE_SECRET: &str = "tollgate_xds_client";
+
+/// The name of the validation context (CA, server name) Envoy checks the control plane with,
+/// in the second SDS file.
+const SERVER_VALIDATION_SECRET: &str = "tollgate_xds_server_validation";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -90,6 +96,68 @@ resources:
       private_key: {{filename: {key}}}
 "#
     ))
+}
+
+/// Where the SDS file of the validation context goes, beside the client certificate's
+/// `sds_file`: `edge-1-sds.yaml` gives `edge-1-sds-ca.yaml`. A file of its own because a
+/// path-based SDS subscription holds exactly one secret, named as the subscription asks
+/// (Envoy's `SdsApi::validateUpdateSize` refuses "Unexpected SDS secrets length" otherwise).
+pub fn server_validation_sds_file(sds_file: &std::path::Path) -> PathBuf {
+    let stem = sds_file
+        .file_stem()
+        .map_or_else(|| "sds".into(), |stem| stem.to_string_lossy().into_owned());
+    let name = match sds_file.extension() {
+        Some(extension) => format!("{stem}-ca.{}", extension.to_string_lossy()),
+        None => format!("{stem}-ca"),
+    };
+    sds_file.with_file_name(name)
+}
+
+/// The SDS file of what Envoy verifies the control plane with: the CA bundle (a file Envoy
+/// watches and re-reads when it is replaced, as it does a certificate's) and, with a server
+/// name, the DNS name the control plane's certificate must carry. A rotated control-plane CA
+/// is then trusted from the next connection on, without a restart: put the new CA beside the
+/// old in the bundle, move the control planes to certificates from it, then drop the old.
+pub fn server_validation_sds(tls: &XdsClientTls) -> Result<String, BootstrapError> {
+    let ca = quoted(&tls.ca_file)?;
+    let san = match server_name(tls)? {
+        Some(name) => format!(
+            "\n      match_typed_subject_alt_names:\n        - {{san_type: DNS, matcher: {{exact: {name}}}}}"
+        ),
+        None => String::new(),
+    };
+    Ok(format!(
+        r#"# What Envoy verifies the control plane with: made by `tollgate-control-plane bootstrap`.
+resources:
+  - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: {SERVER_VALIDATION_SECRET}
+    validation_context:
+      trusted_ca: {{filename: {ca}}}{san}
+"#
+    ))
+}
+
+/// Every SDS file the bootstrap names, with its contents: none without `sds_file`, else the
+/// client certificate's and the validation context's.
+pub fn sds_files(tls: &XdsClientTls) -> Result<Vec<(PathBuf, String)>, BootstrapError> {
+    match &tls.sds_file {
+        None => Ok(Vec::new()),
+        Some(sds_file) => Ok(vec![
+            (sds_file.clone(), client_certificate_sds(tls)?),
+            (
+                server_validation_sds_file(sds_file),
+                server_validation_sds(tls)?,
+            ),
+        ]),
+    }
+}
+
+/// `tls.server_name`, checked to be a DNS name.
+fn server_name(tls: &XdsClientTls) -> Result<Option<&str>, BootstrapError> {
+    match &tls.server_name {
+        Some(name) if !is_dns_name(name) => Err(BootstrapError::ServerName(name.clone())),
+        name => Ok(name.as_deref()),
+    }
 }
 
 /// Renders the bootstrap YAML.
@@ -207,34 +275,38 @@ static_resources:
 }
 
 /// The xDS cluster's `transport_socket`: mutual TLS with files Envoy reads itself, ALPN h2
-/// (the control plane speaks gRPC, HTTP/2 only). Envoy's certificate comes through the SDS
-/// file when there is one (re-read on rotation), else from the files once at start; the CA
-/// file is read at start either way.
+/// (the control plane speaks gRPC, HTTP/2 only). With an SDS file, Envoy's certificate and
+/// what it verifies the control plane with (CA, server name) come through SDS files and are
+/// re-read on rotation; without, Envoy reads the files once, at start.
 fn tls_transport_socket(tls: &XdsClientTls) -> Result<String, BootstrapError> {
-    let ca = quoted(&tls.ca_file)?;
-    let client_certificate = match &tls.sds_file {
-        Some(sds_file) => format!(
-            "tls_certificate_sds_secret_configs:\n              - name: {CLIENT_CERTIFICATE_SECRET}\n                sds_config:\n                  path_config_source: {{path: {path}}}\n                  resource_api_version: V3",
-            path = quoted(sds_file)?
+    let server_name = server_name(tls)?;
+    let (client_certificate, validation) = match &tls.sds_file {
+        Some(sds_file) => (
+            format!(
+                "tls_certificate_sds_secret_configs:\n              - name: {CLIENT_CERTIFICATE_SECRET}\n                sds_config:\n                  path_config_source: {{path: {path}}}\n                  resource_api_version: V3",
+                path = quoted(sds_file)?
+            ),
+            format!(
+                "validation_context_sds_secret_config:\n              name: {SERVER_VALIDATION_SECRET}\n              sds_config:\n                path_config_source: {{path: {path}}}\n                resource_api_version: V3",
+                path = quoted(&server_validation_sds_file(sds_file))?
+            ),
         ),
-        None => format!(
-            "tls_certificates:\n              - certificate_chain: {{filename: {cert}}}\n                private_key: {{filename: {key}}}",
-            cert = quoted(&tls.cert_file)?,
-            key = quoted(&tls.key_file)?
+        None => (
+            format!(
+                "tls_certificates:\n              - certificate_chain: {{filename: {cert}}}\n                private_key: {{filename: {key}}}",
+                cert = quoted(&tls.cert_file)?,
+                key = quoted(&tls.key_file)?
+            ),
+            format!(
+                "validation_context:\n              trusted_ca: {{filename: {ca}}}{san}",
+                ca = quoted(&tls.ca_file)?,
+                san = server_name.map_or_else(String::new, |name| format!(
+                    "\n              match_typed_subject_alt_names:\n                - {{san_type: DNS, matcher: {{exact: {name}}}}}"
+                )),
+            ),
         ),
     };
-    let (sni, san) = match &tls.server_name {
-        Some(name) => {
-            if !is_dns_name(name) {
-                return Err(BootstrapError::ServerName(name.clone()));
-            }
-            (
-                format!("\n          sni: {name}"),
-                format!("\n              match_typed_subject_alt_names:\n                - {{san_type: DNS, matcher: {{exact: {name}}}}}"),
-            )
-        }
-        None => (String::new(), String::new()),
-    };
+    let sni = server_name.map_or_else(String::new, |name| format!("\n          sni: {name}"));
     Ok(format!(
         r#"      # Mutual TLS: the control plane checks this Envoy's certificate, and this Envoy the
       # control plane's, before any configuration (TLS keys included) crosses the network.
@@ -245,8 +317,7 @@ fn tls_transport_socket(tls: &XdsClientTls) -> Result<String, BootstrapError> {
           common_tls_context:
             alpn_protocols: [h2]
             {client_certificate}
-            validation_context:
-              trusted_ca: {{filename: {ca}}}{san}
+            {validation}
 "#
     ))
 }
@@ -327,6 +398,81 @@ mod tests {
         assert!(sds.contains("name: tollgate_xds_client"));
         assert!(sds.contains(r#"certificate_chain: {filename: "/etc/tollgate/xds/envoy.pem"}"#));
         assert!(sds.contains(r#"private_key: {filename: "/etc/tollgate/xds/envoy.key"}"#));
+    }
+
+    #[test]
+    fn with_an_sds_file_the_ca_and_server_name_come_through_a_sibling_one() {
+        let tls = XdsClientTls {
+            sds_file: Some("/etc/tollgate/xds/client-sds.yaml".into()),
+            ..tls(Some("xds.tollgate.internal"))
+        };
+        let yaml = render(&BootstrapOptions {
+            tls: Some(tls.clone()),
+            ..options()
+        })
+        .expect("renders");
+        assert!(yaml.contains("validation_context_sds_secret_config:"));
+        assert!(yaml.contains("name: tollgate_xds_server_validation"));
+        assert!(
+            yaml.contains(r#"path_config_source: {path: "/etc/tollgate/xds/client-sds-ca.yaml"}"#)
+        );
+        assert!(!yaml.contains("trusted_ca"), "not read once, at start");
+        assert!(
+            !yaml.contains("match_typed_subject_alt_names"),
+            "the name is in the SDS file"
+        );
+        assert!(yaml.contains("sni: xds.tollgate.internal"));
+
+        let files = sds_files(&tls).expect("renders");
+        let paths: Vec<_> = files.iter().map(|(path, _)| path.clone()).collect();
+        assert_eq!(
+            paths,
+            [
+                PathBuf::from("/etc/tollgate/xds/client-sds.yaml"),
+                PathBuf::from("/etc/tollgate/xds/client-sds-ca.yaml"),
+            ]
+        );
+        let validation = &files[1].1;
+        assert!(validation.contains("name: tollgate_xds_server_validation"));
+        assert!(validation.contains(r#"trusted_ca: {filename: "/etc/tollgate/xds/ca.pem"}"#));
+        assert!(validation.contains("- {san_type: DNS, matcher: {exact: xds.tollgate.internal}}"));
+        assert_eq!(
+            validation.matches("\"@type\"").count(),
+            1,
+            "one secret per file: {validation}"
+        );
+    }
+
+    #[test]
+    fn the_validation_sds_file_is_named_after_the_certificates() {
+        assert_eq!(
+            server_validation_sds_file("/x/edge-1-sds.yaml".as_ref()),
+            PathBuf::from("/x/edge-1-sds-ca.yaml")
+        );
+        assert_eq!(
+            server_validation_sds_file("/x/sds".as_ref()),
+            PathBuf::from("/x/sds-ca")
+        );
+        assert!(sds_files(&tls(None)).expect("renders").is_empty());
+    }
+
+    #[test]
+    fn a_bad_server_name_is_refused_with_an_sds_file_too() {
+        let tls = XdsClientTls {
+            sds_file: Some("/etc/tollgate/xds/client-sds.yaml".into()),
+            ..tls(Some("x: y"))
+        };
+        assert!(matches!(
+            render(&BootstrapOptions {
+                tls: Some(tls.clone()),
+                ..options()
+            }),
+            Err(BootstrapError::ServerName(_))
+        ));
+        assert!(matches!(
+            sds_files(&tls),
+            Err(BootstrapError::ServerName(_))
+        ));
     }
 
     #[test]

@@ -51,8 +51,8 @@ pub fn run() -> i32 {
     }
 }
 
-/// `bootstrap`: the YAML on stdout, and the SDS file for Envoy's client certificate when
-/// asked for.
+/// `bootstrap`: the YAML on stdout, and the SDS files for Envoy's client certificate and
+/// its validation of the control plane when asked for.
 fn print_bootstrap(args: BootstrapArgs) -> i32 {
     let options = BootstrapOptions {
         node_id: args.node_id,
@@ -71,13 +71,8 @@ fn print_bootstrap(args: BootstrapArgs) -> i32 {
     };
     let rendered = bootstrap::render(&options).and_then(|yaml| {
         let sds = match &options.tls {
-            Some(
-                tls @ XdsClientTls {
-                    sds_file: Some(path),
-                    ..
-                },
-            ) => Some((path, bootstrap::client_certificate_sds(tls)?)),
-            _ => None,
+            Some(tls) => bootstrap::sds_files(tls)?,
+            None => Vec::new(),
         };
         Ok((yaml, sds))
     });
@@ -88,8 +83,8 @@ fn print_bootstrap(args: BootstrapArgs) -> i32 {
             return exit::BAD_CONFIG;
         }
     };
-    if let Some((path, contents)) = sds {
-        if let Err(error) = write_by_rename(path, &contents) {
+    for (path, contents) in &sds {
+        if let Err(error) = write_by_rename(path, contents) {
             eprintln!("error: cannot write {}: {error}", path.display());
             return exit::FAILURE;
         }
@@ -226,9 +221,11 @@ pub struct BootstrapArgs {
     /// also sent as SNI; without it any certificate from --xds-ca is accepted.
     #[arg(long, env = "TOLLGATE_XDS_SERVER_NAME", requires = "xds_ca")]
     pub xds_server_name: Option<String>,
-    /// Write an SDS file here naming --xds-cert and --xds-key, and have Envoy take its
-    /// certificate through it: Envoy then re-reads them when they are replaced (by rename)
-    /// instead of only at start. A path on Envoy's host, written by this command.
+    /// Write an SDS file here naming --xds-cert and --xds-key, and a sibling one (`-ca`
+    /// before the extension: `edge-1-sds-ca.yaml`) naming --xds-ca and --xds-server-name, and
+    /// have Envoy take its certificate and what it verifies the control plane with through
+    /// them: Envoy then re-reads those files when they are replaced (by rename) instead of
+    /// only at start. Paths on Envoy's host, written by this command.
     #[arg(long, env = "TOLLGATE_XDS_SDS_FILE", requires = "xds_ca")]
     pub xds_sds_file: Option<PathBuf>,
 }

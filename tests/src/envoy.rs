@@ -45,13 +45,15 @@ pub struct XdsClientTls {
     pub key_pem: Vec<u8>,
     /// `--xds-server-name`: the DNS name the control plane's certificate must carry.
     pub server_name: Option<String>,
-    /// `--xds-sds-file`: Envoy takes its certificate through an SDS file and re-reads it
-    /// when [`RunningEnvoy::write_file`] replaces it.
+    /// `--xds-sds-file`: Envoy takes its certificate, and the CA and server name it checks
+    /// the control plane with, through SDS files, and re-reads the certificate, key and CA
+    /// when [`RunningEnvoy::write_file`] replaces them.
     pub rotatable: bool,
 }
 
 impl XdsClientTls {
-    /// Envoy's certificate and key, in its directory.
+    /// The CA bundle, Envoy's certificate and key, in its directory.
+    pub const CA_FILE: &str = "xds-ca.pem";
     pub const CERT_FILE: &str = "xds-client.pem";
     pub const KEY_FILE: &str = "xds-client.key";
 }
@@ -155,7 +157,7 @@ impl Envoy {
                 let mut flags = Vec::new();
                 if let Some(tls) = &self.xds_tls {
                     for (name, contents, flag) in [
-                        ("xds-ca.pem", &tls.ca_pem, "--xds-ca"),
+                        (XdsClientTls::CA_FILE, &tls.ca_pem, "--xds-ca"),
                         (XdsClientTls::CERT_FILE, &tls.cert_pem, "--xds-cert"),
                         (XdsClientTls::KEY_FILE, &tls.key_pem, "--xds-key"),
                     ] {

@@ -2,14 +2,17 @@
 //! --client-ca` serves xDS over TLS and requires a client certificate from that CA, and
 //! `bootstrap --xds-ca --xds-cert --xds-key` gives Envoy the matching side. A client without
 //! a certificate, with one from another CA, or (with `--bind-node-id-to-certificate`) asking
-//! under another node's id is refused; rotated certificate files are used for new connections.
+//! under another node's id is refused; rotated certificate files are used for new connections,
+//! and with `--xds-sds-file` Envoy re-reads its certificate and the CA it verifies the control
+//! plane with when their files are replaced.
 
 use std::time::Duration;
 
 use rustls::AlertDescription;
+use tollgate_conformance::routes_yaml::{added_route_arrives, app_then_added};
 use tollgate_conformance::{
     eventually, get, reserve_port, ClientCa, ClientCertificate, ControlPlane, Envoy,
-    RunningControlPlane, TestCa, TlsClient, Upstream, XdsClientTls, XdsServerTls,
+    RunningControlPlane, RunningEnvoy, TestCa, TlsClient, Upstream, XdsClientTls, XdsServerTls,
 };
 use tollgate_proto::envoy::config::core::v3::Node;
 use tollgate_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -430,4 +433,231 @@ async fn unusable_certificate_files_fail_the_start_with_status_64() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("no PEM certificate in"), "{stderr}");
+}
+
+/// Envoy's counter of one stat, 0 while it does not exist yet.
+async fn envoy_counter(envoy: &RunningEnvoy, name: &str) -> anyhow::Result<u64> {
+    let stats = envoy
+        .stats(&format!("^{}$", name.replace('.', "\\.")))
+        .await?;
+    Ok(stats
+        .into_iter()
+        .find(|(stat, _)| stat == name)
+        .map_or(0, |(_, value)| value))
+}
+
+/// How often the xDS cluster's TLS context was rebuilt from an SDS secret: once per secret at
+/// start, then once each time Envoy re-reads a file a secret names.
+const XDS_TLS_UPDATES: &str =
+    "cluster.tollgate_xds.client_ssl_socket_factory.ssl_context_update_by_sds";
+
+/// Handshakes in which Envoy refused the control plane's certificate (an untrusted issuer).
+const XDS_VERIFY_FAILURES: &str = "cluster.tollgate_xds.ssl.fail_verify_error";
+
+/// Replaces Envoy's CA file with `bundle` (by rename, as a certificate manager does) and
+/// waits until Envoy has rebuilt its TLS context from it.
+async fn envoy_trusts(envoy: &RunningEnvoy, bundle: &[u8], what: &str) {
+    let before = envoy_counter(envoy, XDS_TLS_UPDATES)
+        .await
+        .expect("Envoy's stats");
+    envoy.write_file(XdsClientTls::CA_FILE, bundle);
+    eventually(what, async || {
+        let now = envoy_counter(envoy, XDS_TLS_UPDATES).await?;
+        anyhow::ensure!(now > before, "{XDS_TLS_UPDATES} still {now}");
+        Ok(())
+    })
+    .await;
+}
+
+/// Moves `cp` to a serving certificate from `ca` and restarts it, which closes Envoy's stream:
+/// Envoy's next connection meets the new certificate.
+async fn serve_a_certificate_from(cp: &mut RunningControlPlane, ca: &TestCa, name: &str) {
+    let server = ca.issue(name);
+    cp.write_file(XdsServerTls::KEY_FILE, &server.key_pem);
+    cp.write_file(XdsServerTls::CERT_FILE, &server.cert_pem);
+    cp.restart().await;
+}
+
+/// Waits until Envoy has refused the control plane's certificate (more verify failures than
+/// `before`), and checks it holds no stream to it.
+async fn envoy_refuses_the_control_plane(
+    envoy: &RunningEnvoy,
+    cp: &RunningControlPlane,
+    before: u64,
+    what: &str,
+) {
+    eventually(what, async || {
+        let now = envoy_counter(envoy, XDS_VERIFY_FAILURES).await?;
+        anyhow::ensure!(now > before, "{XDS_VERIFY_FAILURES} still {now}");
+        Ok(())
+    })
+    .await;
+    assert!(
+        !cp.holds_stream_of(envoy.node_id()).await,
+        "{what}: yet the node is connected: {:?}",
+        cp.status().await
+    );
+}
+
+/// An Envoy of node `node` on `cp` over mutual TLS, trusting `ca`, with `--xds-sds-file` and
+/// the control plane's name required.
+async fn rotatable_envoy(pki: &Pki, cp: &RunningControlPlane, node: &str) -> RunningEnvoy {
+    let certificate = pki.node_certificate(node);
+    let envoy = Envoy::new()
+        .node_id(node)
+        .xds_tls(XdsClientTls {
+            ca_pem: pki.server_ca.cert_pem().to_vec(),
+            cert_pem: certificate.cert_pem,
+            key_pem: certificate.key_pem,
+            server_name: Some(tollgate_conformance::tls::SERVER_NAME.to_owned()),
+            rotatable: true,
+        })
+        .control_plane(cp)
+        .start()
+        .await;
+    let bootstrap = envoy.bootstrap();
+    assert!(
+        bootstrap.contains("validation_context_sds_secret_config")
+            && !bootstrap.contains("trusted_ca"),
+        "the CA comes through SDS: {bootstrap}"
+    );
+    envoy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_follows_a_rotated_control_plane_ca_without_a_restart() {
+    let pki = Pki::new();
+    let (app, other) = (
+        Upstream::new("app").spawn().await,
+        Upstream::new("other").spawn().await,
+    );
+    let port = reserve_port();
+    let mut cp = ControlPlane::new()
+        .routes(app_then_added(port, &app, &other, false))
+        .xds_tls(pki.server_tls())
+        .start()
+        .await;
+    let envoy = rotatable_envoy(&pki, &cp, "edge-ca").await;
+    let envoy_pid = envoy.process().pid();
+
+    // The control plane's CA rotates from the first to the next: Envoy trusts both first,
+    // then the control plane moves to a certificate from the next.
+    let next_ca = TestCa::new();
+    envoy_trusts(
+        &envoy,
+        &[pki.server_ca.cert_pem(), next_ca.cert_pem()].concat(),
+        "Envoy re-reads its CA file, now both CAs",
+    )
+    .await;
+    serve_a_certificate_from(&mut cp, &next_ca, "control plane, next CA").await;
+    eventually(
+        "Envoy reconnects to the next CA's certificate",
+        async || {
+            anyhow::ensure!(
+                cp.holds_stream_of("edge-ca").await,
+                "{:?}",
+                cp.status().await
+            );
+            Ok(())
+        },
+    )
+    .await;
+    cp.write_by_rename(&app_then_added(port, &app, &other, true));
+    added_route_arrives(port, "an edit reaches Envoy on the new stream").await;
+
+    // The old CA is dropped from the bundle: the next CA alone keeps verifying the control plane.
+    envoy_trusts(
+        &envoy,
+        next_ca.cert_pem(),
+        "Envoy re-reads its CA file, now the next CA only",
+    )
+    .await;
+    cp.restart().await;
+    eventually("Envoy reconnects trusting the next CA alone", async || {
+        anyhow::ensure!(
+            cp.holds_stream_of("edge-ca").await,
+            "{:?}",
+            cp.status().await
+        );
+        Ok(())
+    })
+    .await;
+    cp.write_by_rename(&app_then_added(port, &app, &other, false));
+    eventually("the edit removing /added/ reaches Envoy", async || {
+        get(port, "/added/x").await?.expect_upstream("app")?;
+        Ok(())
+    })
+    .await;
+
+    // And the old CA is no longer trusted: a control plane back on a certificate from it is
+    // refused, which it would not be had Envoy kept the bundle (or the first CA) it started with.
+    let failures = envoy_counter(&envoy, XDS_VERIFY_FAILURES)
+        .await
+        .expect("Envoy's stats");
+    serve_a_certificate_from(&mut cp, &pki.server_ca, "control plane, old CA again").await;
+    envoy_refuses_the_control_plane(
+        &envoy,
+        &cp,
+        failures,
+        "Envoy refuses the old CA's certificate",
+    )
+    .await;
+    assert_eq!(
+        envoy.process().pid(),
+        envoy_pid,
+        "the same Envoy throughout"
+    );
+    get(port, "/")
+        .await
+        .expect("Envoy keeps serving its last configuration")
+        .expect_upstream("app")
+        .expect("the last route table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_refuses_a_control_plane_ca_it_does_not_trust_until_its_ca_file_names_it() {
+    let pki = Pki::new();
+    let (app, other) = (
+        Upstream::new("app").spawn().await,
+        Upstream::new("other").spawn().await,
+    );
+    let port = reserve_port();
+    let mut cp = ControlPlane::new()
+        .routes(app_then_added(port, &app, &other, false))
+        .xds_tls(pki.server_tls())
+        .start()
+        .await;
+    let envoy = rotatable_envoy(&pki, &cp, "edge-unknown-ca").await;
+
+    // The control plane moves to a CA Envoy was not told of: Envoy refuses it.
+    let failures = envoy_counter(&envoy, XDS_VERIFY_FAILURES)
+        .await
+        .expect("Envoy's stats");
+    let next_ca = TestCa::new();
+    serve_a_certificate_from(&mut cp, &next_ca, "control plane, unannounced CA").await;
+    envoy_refuses_the_control_plane(
+        &envoy,
+        &cp,
+        failures,
+        "Envoy refuses a certificate from a CA its file does not name",
+    )
+    .await;
+    cp.write_by_rename(&app_then_added(port, &app, &other, true));
+
+    // Its CA file then names the new CA: Envoy's next attempt (every 2 s at most) succeeds,
+    // and the edit made meanwhile arrives.
+    envoy.write_file(XdsClientTls::CA_FILE, next_ca.cert_pem());
+    eventually(
+        "Envoy connects once its CA file names the new CA",
+        async || {
+            anyhow::ensure!(
+                cp.holds_stream_of("edge-unknown-ca").await,
+                "{:?}",
+                cp.status().await
+            );
+            Ok(())
+        },
+    )
+    .await;
+    added_route_arrives(port, "the edit made while Envoy was refused reaches it").await;
 }
