@@ -366,7 +366,7 @@ fn held_request_block() -> Vec<u8> {
 }
 
 /// Reads one frame: (type, flags, stream, payload).
-async fn read_frame(stream: &mut TcpStream) -> anyhow::Result<(u8, u8, u32, Vec<u8>)> {
+async fn read_frame(stream: &mut TcpStream) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
     let mut header = [0u8; 9];
     stream.read_exact(&mut header).await?;
     let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
@@ -376,69 +376,100 @@ async fn read_frame(stream: &mut TcpStream) -> anyhow::Result<(u8, u8, u32, Vec<
     Ok((header[3], header[4], id, payload))
 }
 
+/// The value of SETTINGS_MAX_CONCURRENT_STREAMS in a SETTINGS payload.
+fn max_concurrent_streams(settings: &[u8]) -> Option<u32> {
+    settings.chunks_exact(6).find_map(|setting| {
+        (u16::from_be_bytes([setting[0], setting[1]]) == SETTINGS_MAX_CONCURRENT_STREAMS)
+            .then(|| u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]))
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_over_the_http2_limit_on_one_connection_are_refused() {
     let edge = Edge::start().await;
     let mut client = TcpStream::connect(addr(edge.defaults))
         .await
         .expect("connect");
-    // Prior knowledge (RFC 9113 §3.3): the preface, empty SETTINGS, then 101 requests whose
-    // answers the upstream holds, so that every stream stays open; then a PING. Envoy
-    // handles frames in order, so whatever it does about stream 101 it has done before it
-    // answers the PING.
-    let streams = 101u32;
+    // Prior knowledge (RFC 9113 §3.3): the preface and empty SETTINGS; the gateway's SETTINGS
+    // announce its limit, which the client acknowledges, as a client must before the limit
+    // binds it (§6.5.3).
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
+    client.write_all(&out).await.expect("write");
+    let handshake = async {
+        loop {
+            let (kind, flags, _, payload) = read_frame(&mut client).await?;
+            if kind == SETTINGS && flags & ACK == 0 {
+                client.write_all(&frame(SETTINGS, ACK, 0, &[])).await?;
+                return anyhow::Ok(max_concurrent_streams(&payload));
+            }
+        }
+    };
+    let announced = tokio::time::timeout(DEFAULT_PATIENCE, handshake)
+        .await
+        .expect("the gateway's SETTINGS before the deadline")
+        .expect("the handshake");
+    assert_eq!(announced, Some(100), "SETTINGS_MAX_CONCURRENT_STREAMS");
+
+    // 101 requests whose answers the upstream holds, so that every stream stays open, then
+    // a PING. Envoy handles frames in order: whatever it does about stream 101 it has done
+    // before it answers the PING.
+    let streams = 101u32;
     let block = held_request_block();
+    let mut out = Vec::new();
     for n in 0..streams {
         out.extend(frame(HEADERS, END_STREAM | END_HEADERS, 2 * n + 1, &block));
     }
     out.extend(frame(PING, 0, 0, b"edge-ok!"));
     client.write_all(&out).await.expect("write");
-
-    let mut announced = None;
-    let mut reset = Vec::new();
+    let mut refusals = Vec::new();
     let exchange = async {
         loop {
-            let (kind, flags, id, payload) = read_frame(&mut client).await?;
+            let (kind, flags, id, payload) = match read_frame(&mut client).await {
+                Ok(frame) => frame,
+                // Closed: Envoy's codec ends the connection on a connection error.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(false),
+                Err(e) => return Err(anyhow::Error::from(e)),
+            };
             match kind {
-                SETTINGS if flags & ACK == 0 => {
-                    for setting in payload.chunks_exact(6) {
-                        let key = u16::from_be_bytes([setting[0], setting[1]]);
-                        if key == SETTINGS_MAX_CONCURRENT_STREAMS {
-                            let value = u32::from_be_bytes([
-                                setting[2], setting[3], setting[4], setting[5],
-                            ]);
-                            announced = Some(value);
-                        }
-                    }
-                    client.write_all(&frame(SETTINGS, ACK, 0, &[])).await?;
-                }
-                RST_STREAM | GOAWAY => reset.push((kind, id, payload)),
-                PING if flags & ACK != 0 => return anyhow::Ok(()),
+                RST_STREAM | GOAWAY => refusals.push((kind, id, payload)),
+                PING if flags & ACK != 0 => return anyhow::Ok(true),
                 DATA | HEADERS => anyhow::bail!("stream {id} was answered; the upstream holds"),
                 _ => {}
             }
         }
     };
-    tokio::time::timeout(DEFAULT_PATIENCE, exchange)
+    let pinged = tokio::time::timeout(DEFAULT_PATIENCE, exchange)
         .await
-        .expect("Envoy answered the PING before the deadline")
+        .expect("Envoy answered the PING or closed before the deadline")
         .expect("the exchange");
-    assert_eq!(announced, Some(100), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    // Over the limit the 101st stream is refused (RFC 9113 §5.1.2): reset alone, with
+    // REFUSED_STREAM (0x7) or PROTOCOL_ERROR (0x1); or, as Envoy's HTTP/2 codec does once
+    // the client has acknowledged the limit, as a connection error that closes the
+    // connection. Either way only 100 of the streams ever reached the gateway's routes.
     let last = 2 * (streams - 1) + 1;
-    match reset.as_slice() {
-        // The 101st stream reset, REFUSED_STREAM (0x7) or PROTOCOL_ERROR (0x1), RFC 9113
-        // §5.1.2; the first 100 untouched.
-        [(RST_STREAM, id, code)] => {
+    let code =
+        |payload: &[u8]| u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+    match (pinged, refusals.as_slice()) {
+        (true, [(RST_STREAM, id, payload)]) => {
             assert_eq!(*id, last, "only the stream over the limit is reset");
-            assert!(
-                matches!(code.as_slice(), [0, 0, 0, 7] | [0, 0, 0, 1]),
-                "{code:?}"
-            );
+            assert!(matches!(code(payload), 7 | 1), "{payload:?}");
         }
-        other => panic!("expected one RST_STREAM for stream {last}, got {other:?}"),
+        (false, []) | (false, [(GOAWAY, ..)]) => {
+            let errors = edge
+                .counter("http.defaults.downstream_cx_protocol_error")
+                .await
+                .expect("stats");
+            assert_eq!(errors, 1, "the connection ended for the 101st stream");
+        }
+        other => panic!("expected stream {last} refused, got {other:?}"),
     }
+    let admitted = edge
+        .counter("http.defaults.downstream_rq_http2_total")
+        .await
+        .expect("stats");
+    assert_eq!(admitted, 100, "HTTP/2 requests that reached the gateway");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
