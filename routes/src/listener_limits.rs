@@ -29,7 +29,7 @@ pub struct ListenerLimits {
 }
 
 impl ListenerLimits {
-    /// Envoy's default, which is also its edge recommendation; RFC 9110 sets no limit.
+    /// Envoy's default, well above what browsers send; RFC 9110 sets no limit.
     pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
     /// Ample for any client on a slow link (60 KiB of headers at 64 kbit/s take 8 s), short
     /// enough that an idle socket is not held for minutes.
