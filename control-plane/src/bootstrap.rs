@@ -31,6 +31,30 @@ pub struct BootstrapOptions {
     pub variant: XdsVariant,
     /// Speak to the control plane over mutual TLS; plaintext when `None`.
     pub tls: Option<XdsClientTls>,
+    /// What Envoy may use of its host before the overload manager acts.
+    pub overload: OverloadLimits,
+}
+
+/// The overload manager's limits for one Envoy (Envoy's edge-proxy guide: a heap limit with
+/// actions, and a global cap on client connections).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverloadLimits {
+    /// Envoy's heap, in MiB: at 95% of it Envoy returns freed memory to the system, at 98%
+    /// it answers new requests 503 instead of taking them on. Set it below the memory the
+    /// host or container gives Envoy, so that Envoy sheds load before it is killed.
+    pub max_heap_mb: u64,
+    /// Client connections on all listeners together; each listener has its own
+    /// `limits.max_connections` below this.
+    pub max_connections: u64,
+}
+
+impl Default for OverloadLimits {
+    fn default() -> Self {
+        OverloadLimits {
+            max_heap_mb: 1024,
+            max_connections: 50_000,
+        }
+    }
 }
 
 /// Envoy's side of an mTLS xDS connection. The paths are on Envoy's host, read by Envoy.
@@ -244,12 +268,29 @@ layered_runtime:
     - name: admin
       admin_layer: {{}}
 overload_manager:
+  refresh_interval: 0.25s
   resource_monitors:
     # A cap on client connections, so a connection flood exhausts a limit, not the host.
     - name: envoy.resource_monitors.global_downstream_max_connections
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
-        max_active_downstream_connections: 50000
+        max_active_downstream_connections: {max_connections}
+    # Envoy's heap, so that a flood of requests or large headers makes Envoy shed load
+    # instead of growing until the host or the container's limit kills it.
+    - name: envoy.resource_monitors.fixed_heap
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
+        max_heap_size_bytes: {max_heap_bytes}
+  # The thresholds of Envoy's edge-proxy guide.
+  actions:
+    - name: envoy.overload_actions.shrink_heap
+      triggers:
+        - name: envoy.resource_monitors.fixed_heap
+          threshold: {{value: 0.95}}
+    - name: envoy.overload_actions.stop_accepting_requests
+      triggers:
+        - name: envoy.resource_monitors.fixed_heap
+          threshold: {{value: 0.98}}
 static_resources:
   clusters:
     - name: tollgate_xds
@@ -270,6 +311,8 @@ static_resources:
 "#,
         node_id = options.node_id,
         cluster = options.cluster,
+        max_connections = options.overload.max_connections,
+        max_heap_bytes = options.overload.max_heap_mb.saturating_mul(1024 * 1024),
     );
     Ok(out)
 }
@@ -364,6 +407,7 @@ mod tests {
             admin_addr: "127.0.0.1:9901".into(),
             variant: XdsVariant::Sotw,
             tls: None,
+            overload: OverloadLimits::default(),
         }
     }
 
@@ -549,6 +593,31 @@ mod tests {
         );
         assert!(yaml.contains("connection_keepalive: {interval: 2s, timeout: 2s}"));
         assert!(yaml.contains("max_interval: 2s"));
+    }
+
+    #[test]
+    fn the_overload_manager_caps_heap_and_connections_by_default() {
+        let yaml = render(&options()).expect("renders");
+        assert!(yaml.contains("max_active_downstream_connections: 50000\n"));
+        assert!(yaml.contains("- name: envoy.resource_monitors.fixed_heap\n"));
+        assert!(yaml.contains("max_heap_size_bytes: 1073741824\n"), "1 GiB");
+        assert!(yaml.contains("- name: envoy.overload_actions.shrink_heap\n"));
+        assert!(yaml.contains("- name: envoy.overload_actions.stop_accepting_requests\n"));
+        assert!(yaml.contains("threshold: {value: 0.98}"));
+    }
+
+    #[test]
+    fn overload_limits_follow_the_options() {
+        let yaml = render(&BootstrapOptions {
+            overload: OverloadLimits {
+                max_heap_mb: 256,
+                max_connections: 1000,
+            },
+            ..options()
+        })
+        .expect("renders");
+        assert!(yaml.contains("max_active_downstream_connections: 1000\n"));
+        assert!(yaml.contains("max_heap_size_bytes: 268435456\n"));
     }
 
     #[test]

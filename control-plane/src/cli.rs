@@ -10,7 +10,7 @@ use tollgate_routes::FilesBeside;
 use tollgate_runtime::server_tls::ServerTlsFiles;
 use tollgate_runtime::{exit, logging, shutdown};
 
-use crate::bootstrap::{self, BootstrapOptions, XdsClientTls, XdsVariant};
+use crate::bootstrap::{self, BootstrapOptions, OverloadLimits, XdsClientTls, XdsVariant};
 use crate::serve::{self, ServeError, ServeOptions};
 
 /// Parses the process's arguments, runs the command and returns the exit status.
@@ -68,6 +68,10 @@ fn print_bootstrap(args: BootstrapArgs) -> i32 {
             server_name: args.xds_server_name,
             sds_file: args.xds_sds_file,
         }),
+        overload: OverloadLimits {
+            max_heap_mb: args.max_heap_mb,
+            max_connections: args.max_connections,
+        },
     };
     let rendered = bootstrap::render(&options).and_then(|yaml| {
         let sds = match &options.tls {
@@ -228,4 +232,13 @@ pub struct BootstrapArgs {
     /// only at start. Paths on Envoy's host, written by this command.
     #[arg(long, env = "TOLLGATE_XDS_SDS_FILE", requires = "xds_ca")]
     pub xds_sds_file: Option<PathBuf>,
+    /// Envoy's heap limit in MiB: near it, Envoy answers new requests 503 instead of growing
+    /// until it is killed. Set it below the memory Envoy's host or container gives it.
+    #[arg(long, env = "TOLLGATE_ENVOY_MAX_HEAP_MB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    pub max_heap_mb: u64,
+    /// Client connections Envoy holds open at once, on all listeners together.
+    #[arg(long, env = "TOLLGATE_ENVOY_MAX_CONNECTIONS", default_value_t = 50_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
 }

@@ -56,6 +56,8 @@ pub struct Listener {
     /// 0 (the default): the client is the peer of the connection, and `x-forwarded-for` is
     /// not trusted at all.
     pub trusted_proxies: u32,
+    /// Header size and time, idle times, streams, connections and buffers per client.
+    pub limits: crate::listener_limits::ListenerLimits,
 }
 
 /// What to do with `%2F`, `%5C` (encoded `/` and `\\`) in a path. Left alone they let a

@@ -18,6 +18,7 @@ pub mod duration;
 mod endpoint;
 mod error;
 pub mod ip_rules;
+pub mod listener_limits;
 pub mod listener_tls;
 pub mod load;
 pub mod policy;
@@ -36,6 +37,7 @@ pub use destination::{
 };
 pub use endpoint::Endpoint;
 pub use error::{ConfigError, ConfigErrors};
+pub use listener_limits::ListenerLimits;
 pub use listener_tls::{ClientCertificates, FileSource, ListenerTls, TlsVersion};
 pub use load::{load, load_with_files, read_text, FilesBeside, LoadError, ReadError};
 pub use validate::is_valid_name;

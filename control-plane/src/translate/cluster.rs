@@ -17,7 +17,6 @@ use tollgate_proto::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
     Cluster,
 };
-use tollgate_proto::envoy::config::core::v3::Http2ProtocolOptions;
 use tollgate_proto::envoy::config::core::v3::{
     address, socket_address::PortSpecifier, Address, SocketAddress,
 };
@@ -108,13 +107,20 @@ pub(super) fn uses_eds(service: &Service) -> bool {
     service.endpoints.iter().all(|e| e.is_ip())
 }
 
-/// Requests to the cluster's endpoints go over HTTP/2 (prior knowledge, or TLS).
+/// Bytes Envoy buffers for each upstream connection before it stops reading from it: 32 KiB,
+/// as Envoy's edge-proxy guide advises (its default, 1 MiB, lets a slow client make the
+/// gateway hold a megabyte of a fast upstream's answer per connection).
+pub(super) const UPSTREAM_CONNECTION_BUFFER_BYTES: u32 = 32 * 1024;
+
+/// Requests to the cluster's endpoints go over HTTP/2 (prior knowledge, or TLS), with the
+/// flow-control windows of Envoy's edge-proxy guide: 64 KiB per stream, 1 MiB per connection
+/// (Envoy's defaults, 256 MiB and 256 MiB, let one upstream fill the gateway's memory).
 fn http2_only() -> std::collections::HashMap<String, tollgate_proto::google::protobuf::Any> {
     let http2 = HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
                 protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                    Http2ProtocolOptions::default(),
+                    super::listener::http2_windows(),
                 )),
             },
         )),
@@ -139,6 +145,9 @@ pub(super) fn cluster(service: &Service) -> Cluster {
             .tls
             .as_ref()
             .map(|tls| upstream_tls(&service.name, tls)),
+        per_connection_buffer_limit_bytes: Some(UInt32Value {
+            value: UPSTREAM_CONNECTION_BUFFER_BYTES,
+        }),
         ..Default::default()
     };
     if policy.protocol.is_http2() {

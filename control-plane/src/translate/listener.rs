@@ -24,14 +24,64 @@ use tollgate_routes::{EscapedSlashes, Listener as ListenerConfig};
 
 use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
 use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::UpgradeConfig;
-use tollgate_proto::envoy::config::core::v3::Http2ProtocolOptions;
+use tollgate_proto::envoy::config::core::v3::{
+    http_protocol_options::HeadersWithUnderscoresAction, Http2ProtocolOptions,
+    HttpProtocolOptions,
+};
+use tollgate_proto::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
+use tollgate_proto::google::protobuf::{UInt32Value, UInt64Value};
+use tollgate_routes::ListenerLimits;
 
 /// The upgrade type of WebSockets, in Envoy's upgrade configs.
 pub(super) const WEBSOCKET: &str = "websocket";
 
 use super::{
-    ads_config_source, any, auth, body_limit, cors, ip_rules, listener_tls, local_reply, rate_limit,
+    ads_config_source, any, auth, body_limit, cors, ip_rules, listener_tls, local_reply,
+    proto_duration, rate_limit,
 };
+
+/// HTTP/2 flow-control windows from Envoy's edge-proxy guide, for client and upstream
+/// connections alike: 64 KiB per stream, 1 MiB per connection. Envoy's defaults (256 MiB
+/// each) let one peer make the gateway buffer that much before flow control stops it.
+pub(super) fn http2_windows() -> Http2ProtocolOptions {
+    Http2ProtocolOptions {
+        initial_stream_window_size: Some(UInt32Value { value: 64 * 1024 }),
+        initial_connection_window_size: Some(UInt32Value { value: 1024 * 1024 }),
+        ..Default::default()
+    }
+}
+
+/// HTTP/2 towards clients: the edge windows, at most `limits.max_concurrent_streams` streams
+/// per connection (Envoy's default, 2^31 - 1, lets one connection open streams without
+/// bound), and extended CONNECT when a route passes WebSockets.
+fn downstream_http2(limits: &ListenerLimits, websocket: bool) -> Http2ProtocolOptions {
+    Http2ProtocolOptions {
+        max_concurrent_streams: Some(UInt32Value {
+            value: limits.max_concurrent_streams,
+        }),
+        allow_connect: websocket,
+        ..http2_windows()
+    }
+}
+
+/// The listener's first network filter: at most `limits.max_connections` client connections
+/// at once, counted across Envoy's worker threads; more are closed as they are accepted,
+/// before TLS or HTTP costs anything.
+fn connection_limit(listener: &str, limits: &ListenerLimits) -> Filter {
+    Filter {
+        name: CONNECTION_LIMIT_FILTER.into(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&ConnectionLimit {
+            stat_prefix: listener.to_string(),
+            max_connections: Some(UInt64Value {
+                value: limits.max_connections,
+            }),
+            ..Default::default()
+        }))),
+    }
+}
+
+/// The network filter that caps a listener's connections.
+pub(super) const CONNECTION_LIMIT_FILTER: &str = "envoy.filters.network.connection_limit";
 
 fn escaped_slashes_action(escaped: EscapedSlashes) -> PathWithEscapedSlashesAction {
     match escaped {
@@ -134,6 +184,7 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
     // Last before the router: auth, limits and the cache see the REST request as sent.
     http_filters.extend(filters.transcode.iter().cloned());
     http_filters.push(router_filter());
+    let limits = &config.limits;
     let manager = HttpConnectionManager {
         stat_prefix: config.name.clone(),
         // HTTP/2 or HTTP/1.1 as ALPN chose on TLS listeners; on plaintext ones, HTTP/2 when
@@ -179,10 +230,25 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
             })
             .into_iter()
             .collect(),
-        http2_protocol_options: filters.websocket.then(|| Http2ProtocolOptions {
-            allow_connect: true,
+        http2_protocol_options: Some(downstream_http2(limits, filters.websocket)),
+        // Envoy's edge-proxy guide: an upstream that treats `_` and `-` alike (CGI, and the
+        // frameworks built on its environment variables) would otherwise take a client's
+        // `x_consumer_id` for the `x-consumer-id` the gateway stripped. 400 over HTTP/1, a
+        // reset stream over HTTP/2.
+        common_http_protocol_options: Some(HttpProtocolOptions {
+            idle_timeout: Some(proto_duration(limits.connection_idle_timeout)),
+            headers_with_underscores_action: HeadersWithUnderscoresAction::RejectRequest as i32,
             ..Default::default()
         }),
+        max_request_headers_kb: Some(UInt32Value {
+            value: limits.max_request_headers_kb,
+        }),
+        request_headers_timeout: Some(proto_duration(limits.request_headers_timeout)),
+        stream_idle_timeout: Some(proto_duration(limits.stream_idle_timeout)),
+        // No `request_timeout` (Envoy's default, off), against the edge guide's 5 minutes: it
+        // bounds the whole request, so it would cut long uploads, client-streaming gRPC and
+        // WebSockets, which routes.yaml promises; the idle and header timeouts bound a client
+        // that stalls instead.
         ..Default::default()
     };
     Listener {
@@ -194,15 +260,30 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
                 ..Default::default()
             })),
         }),
-        filter_chains: vec![FilterChain {
-            transport_socket: config
-                .tls
-                .as_ref()
-                .map(|tls| listener_tls::downstream_tls(&config.name, tls)),
-            ..http_filter_chain(&manager)
-        }],
+        filter_chains: vec![with_connection_limit(
+            FilterChain {
+                transport_socket: config
+                    .tls
+                    .as_ref()
+                    .map(|tls| listener_tls::downstream_tls(&config.name, tls)),
+                ..http_filter_chain(&manager)
+            },
+            connection_limit(&config.name, limits),
+        )],
+        // Envoy's edge-proxy guide: 32 KiB read and write buffers per client connection
+        // (Envoy's default is 1 MiB), so slow or stalled clients cannot make the gateway hold
+        // much of what it reads for them.
+        per_connection_buffer_limit_bytes: Some(UInt32Value {
+            value: limits.connection_buffer_kb.saturating_mul(1024),
+        }),
         ..Default::default()
     }
+}
+
+/// `chain` with `limit` as its first network filter.
+fn with_connection_limit(mut chain: FilterChain, limit: Filter) -> FilterChain {
+    chain.filters.insert(0, limit);
+    chain
 }
 
 /// A listener's one filter chain: the HTTP connection manager.
@@ -215,3 +296,7 @@ pub(super) fn http_filter_chain(manager: &HttpConnectionManager) -> FilterChain 
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+#[path = "listener_limits_tests.rs"]
+mod listener_limits_tests;

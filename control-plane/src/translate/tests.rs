@@ -120,13 +120,7 @@ fn dns_services_become_strict_dns_clusters_without_eds() {
 #[test]
 fn each_listener_gets_its_own_route_configuration_over_rds() {
     let snapshot = snapshot();
-    let listener: Listener = decode(&snapshot, type_url::LISTENER, "mobile");
-    let Some(filter::ConfigType::TypedConfig(any)) =
-        &listener.filter_chains[0].filters[0].config_type
-    else {
-        panic!("typed config expected")
-    };
-    let manager = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+    let manager = manager(&snapshot, "mobile");
     let Some(RouteSpecifier::Rds(rds)) = manager.route_specifier else {
         panic!("rds expected")
     };
@@ -216,11 +210,12 @@ fn protected() -> Snapshot {
     )
 }
 
+/// The HTTP connection manager of `listener`: its one filter chain's last network filter.
 pub(super) fn manager(snapshot: &Snapshot, listener: &str) -> HttpConnectionManager {
     let listener: Listener = decode(snapshot, type_url::LISTENER, listener);
-    let Some(filter::ConfigType::TypedConfig(any)) =
-        &listener.filter_chains[0].filters[0].config_type
-    else {
+    let last = listener.filter_chains[0].filters.last().expect("filters");
+    assert_eq!(last.name, "envoy.filters.network.http_connection_manager");
+    let Some(filter::ConfigType::TypedConfig(any)) = &last.config_type else {
         panic!("typed config expected")
     };
     HttpConnectionManager::decode(any.value.as_slice()).expect("hcm")
@@ -682,7 +677,14 @@ routes:
             .allow_connect
     );
     let other = manager(&snapshot, "other");
-    assert!(other.upgrade_configs.is_empty() && other.http2_protocol_options.is_none());
+    assert!(other.upgrade_configs.is_empty());
+    assert!(
+        !other
+            .http2_protocol_options
+            .expect("h2 options")
+            .allow_connect,
+        "no extended CONNECT where no route passes WebSockets"
+    );
 
     let table: RouteConfiguration = decode(&snapshot, type_url::ROUTE, "public");
     let upgrades = |name: &str| match &route_named(&table, name).action {

@@ -79,6 +79,19 @@ pub(crate) struct ListenerDoc {
     pub deny_ips: Option<Spanned<Vec<Spanned<String>>>>,
     /// Proxies in front of the listener whose `x-forwarded-for` entries are trusted.
     pub trusted_proxies: Option<Spanned<u64>>,
+    pub limits: Option<Spanned<ListenerLimitsDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenerLimitsDoc {
+    pub max_request_headers_kb: Option<Spanned<u64>>,
+    pub request_headers_timeout: Option<Spanned<String>>,
+    pub stream_idle_timeout: Option<Spanned<String>>,
+    pub connection_idle_timeout: Option<Spanned<String>>,
+    pub max_concurrent_streams: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<u64>>,
+    pub connection_buffer_kb: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

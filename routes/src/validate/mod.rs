@@ -11,6 +11,7 @@ pub(crate) mod api_keys;
 mod auth;
 mod destination;
 mod ip_rules;
+mod listener_limits;
 mod listener_tls;
 mod observability;
 mod policy;
@@ -212,6 +213,7 @@ fn listeners(
         let redirect_to_https = destination::https_redirect(doc, listener, errors);
         let ip_rules = ip_rules::ip_rules(&listener.allow_ips, &listener.deny_ips, errors);
         let trusted_proxies = trusted_proxies(listener.trusted_proxies.as_ref(), errors);
+        let limits = listener_limits::listener_limits(listener.limits.as_ref(), errors);
         valid.push(Listener {
             name: listener.name.value.clone(),
             address,
@@ -221,6 +223,7 @@ fn listeners(
             redirect_to_https,
             ip_rules,
             trusted_proxies,
+            limits,
         });
     }
     (valid, certificates)
