@@ -759,3 +759,25 @@ fn one_rsa_key_without_alg_verifies_each_rsa_algorithm_in_turn() {
         assert!(verified.is_ok(), "{}: {verified:?}", alg.as_str());
     }
 }
+
+/// fuzz/'s jwt_verify found it: a registered header member of the wrong type (`typ` as an
+/// object) is malformed, as jsonwebtoken has it, though this service never reads `typ`.
+#[test]
+fn a_registered_header_member_of_the_wrong_type_is_malformed() {
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let header = br#"{"alg":"HS256","typ":{"a":1}}"#;
+    let input = format!("{}.{}", b64(header), b64(claims().to_string().as_bytes()));
+    let signature = jwt::hmac("HS256", secret, input.as_bytes());
+    let token = format!("{input}.{}", b64(&signature));
+    let verdict = verify(
+        &token,
+        &KeySet::from_secret(secret).expect("secret"),
+        &provider(&[Algorithm::HS256]),
+        &forward(),
+        now(),
+    );
+    assert_eq!(
+        verdict,
+        Err(Rejection::Malformed("header is not a JSON object"))
+    );
+}
