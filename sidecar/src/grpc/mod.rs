@@ -21,6 +21,13 @@ use tokio::task::JoinSet;
 pub use server::{GrpcServer, ReplyBody, MAX_REQUEST_MESSAGE};
 pub use tls_flags::TlsFlags;
 
+/// The gRPC wire handling of [`GrpcServer`] on its own, for `fuzz/` (the `grpc_framing`
+/// target): not an API of this crate.
+#[doc(hidden)]
+pub mod wire {
+    pub use super::server::{grpc_timeout, read_message, unframe, MAX_REQUEST_MESSAGE};
+}
+
 /// Serves `server` on `listener` on the caller's runtime until `shutdown`, then lets the
 /// calls in flight finish: what tests and benches that measure one thread start.
 pub async fn serve(listener: TcpListener, server: GrpcServer, shutdown: impl Future<Output = ()>) {

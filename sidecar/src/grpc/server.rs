@@ -258,7 +258,7 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// The `grpc-timeout` header: at most 8 digits and a unit (PROTOCOL-HTTP2.md).
-fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.as_bytes();
     let (&unit, digits) = value.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
@@ -276,8 +276,13 @@ fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
-/// The one message of a unary request, without its frame header.
-async fn read_message(body: Incoming) -> Result<Bytes, Status> {
+/// The one message of a unary request, without its frame header. Generic over the body so
+/// that the fuzzer can hand it one in fragments of its choosing; the server passes hyper's.
+pub async fn read_message<B>(body: B) -> Result<Bytes, Status>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let body = Limited::new(body, FRAME_HEADER + MAX_REQUEST_MESSAGE)
         .collect()
         .await
@@ -295,7 +300,7 @@ async fn read_message(body: Incoming) -> Result<Bytes, Status> {
 }
 
 /// Checks that `body` holds exactly one uncompressed message, and returns it.
-fn unframe(mut body: Bytes) -> Result<Bytes, Status> {
+pub fn unframe(mut body: Bytes) -> Result<Bytes, Status> {
     let Some(header) = body.get(..FRAME_HEADER) else {
         return Err(Status::internal("the request has no message"));
     };
