@@ -185,8 +185,7 @@ pub fn verify(
     }
 
     let payload = decode_part(payload_b64, "payload is not base64url")?;
-    let claims: Map<String, Value> = serde_json::from_slice(&payload)
-        .map_err(|_| Rejection::Malformed("payload is not a JSON object"))?;
+    let claims = claim_set(&payload)?;
     check_claims(&claims, provider, now)?;
     let token = extract(&claims, provider, forward_claims);
     // A token that names no consumer cannot be attributed: accepting it would let it pass
@@ -195,6 +194,37 @@ pub fn verify(
         return Err(Rejection::MissingConsumer);
     }
     Ok(token)
+}
+
+/// The payload as a claim set, refusing one that names a claim twice: RFC 7519 §4 lets a
+/// parser either refuse that or keep the last, and an upstream or a log reading the same
+/// token with the other choice would see another `sub` than the one checked here (found by
+/// fuzz/'s jwt_verify: jsonwebtoken refused such a token, this verifier kept the last).
+fn claim_set(payload: &[u8]) -> Result<Map<String, Value>, Rejection> {
+    struct UniqueClaims;
+    impl<'de> serde::de::Visitor<'de> for UniqueClaims {
+        type Value = Map<String, Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object naming each claim once")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut claims = Map::new();
+            while let Some((name, value)) = map.next_entry::<String, Value>()? {
+                if claims.contains_key(&name) {
+                    return Err(serde::de::Error::custom("a claim named twice"));
+                }
+                claims.insert(name, value);
+            }
+            Ok(claims)
+        }
+    }
+    let mut reader = serde_json::Deserializer::from_slice(payload);
+    serde::Deserializer::deserialize_map(&mut reader, UniqueClaims)
+        .and_then(|claims| reader.end().map(|()| claims))
+        .map_err(|_| Rejection::Malformed("payload is not a JSON object naming each claim once"))
 }
 
 fn decode_part(part: &str, problem: &'static str) -> Result<Vec<u8>, Rejection> {

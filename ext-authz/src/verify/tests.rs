@@ -774,3 +774,32 @@ fn a_registered_header_member_of_the_wrong_type_is_malformed() {
     );
     assert!(verdict_for_hs256_header(br#"{"alg":"HS256","typ":"JWT"}"#).is_ok());
 }
+
+/// fuzz/'s jwt_verify found it: a payload naming `sub` twice was accepted with the last one.
+#[test]
+fn a_claim_named_twice_is_malformed() {
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let sign = |payload: &str| {
+        let input = format!("{}.{}", b64(br#"{"alg":"HS256"}"#), b64(payload.as_bytes()));
+        let signature = jwt::hmac("HS256", secret, input.as_bytes());
+        format!("{input}.{}", b64(&signature))
+    };
+    let once = claims().to_string();
+    let twice = format!("{},\"sub\":\"someone-else\"}}", once.trim_end_matches('}'));
+    let check = |token: &str| {
+        verify(
+            token,
+            &KeySet::from_secret(secret).expect("secret"),
+            &provider(&[Algorithm::HS256]),
+            &forward(),
+            now(),
+        )
+    };
+    assert!(check(&sign(&once)).is_ok(), "the claims once are accepted");
+    assert_eq!(
+        check(&sign(&twice)),
+        Err(Rejection::Malformed(
+            "payload is not a JSON object naming each claim once"
+        ))
+    );
+}
