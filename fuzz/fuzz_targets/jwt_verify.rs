@@ -168,6 +168,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(verified) = verify(&token, keys, provider, &forward, now) else {
         return;
     };
+    if dates_beyond_jsonwebtoken(&token) {
+        return;
+    }
     if let Err(refusal) = reference_accepts(fixture, ed25519, &token) {
         panic!("accepted a token jsonwebtoken refuses ({refusal}): {token}");
     }
@@ -176,3 +179,22 @@ fuzz_target!(|data: &[u8]| {
         assert!(!value.chars().any(|c| c == '\r' || c == '\n' || c == '\0'));
     }
 });
+
+/// An accepted difference (fuzz/README.md): RFC 7519 §2 makes a NumericDate any JSON number,
+/// fractions and values past 2^64 included, and Tollgate reads `exp` and `nbf` so;
+/// jsonwebtoken reads them as u64 and treats any other number as absent.
+fn dates_beyond_jsonwebtoken(token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(payload) = token.split('.').nth(1) else {
+        return false;
+    };
+    let Ok(payload) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) else {
+        return false;
+    };
+    let Ok(serde_json::Value::Object(claims)) = serde_json::from_slice(&payload) else {
+        return false;
+    };
+    ["exp", "nbf"].iter().any(|name| {
+        matches!(claims.get(*name), Some(serde_json::Value::Number(n)) if n.as_u64().is_none())
+    })
+}
