@@ -154,11 +154,13 @@ pub fn verify(
     };
     let header_json = decode_part(header_b64, "header is not base64url")?;
     // RFC 7515 §5.2 step 3: the header is UTF-8 and wholly valid JSON. serde_json skips
-    // the members `Header` does not declare without checking their strings' UTF-8, so the
-    // text is checked first (found by fuzz/'s jwt_verify: jsonwebtoken refused such a
-    // header, this verifier accepted it).
+    // the members `Header` does not declare without checking their strings' UTF-8 or their
+    // numbers' range, so the text is checked first, then read whole as JSON, then as the
+    // members read here, which refuses one named twice (found by fuzz/'s jwt_verify:
+    // jsonwebtoken refused such headers, this verifier accepted them).
     let header: Header = std::str::from_utf8(&header_json)
         .ok()
+        .filter(|text| serde_json::from_str::<Value>(text).is_ok())
         .and_then(|text| serde_json::from_str(text).ok())
         .ok_or(Rejection::Malformed("header is not a JSON object"))?;
     let alg_name = header

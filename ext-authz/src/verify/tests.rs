@@ -775,6 +775,17 @@ fn a_registered_header_member_of_the_wrong_type_is_malformed() {
     assert!(verdict_for_hs256_header(br#"{"alg":"HS256","typ":"JWT"}"#).is_ok());
 }
 
+/// fuzz/'s jwt_verify found it: a number past f64's range in a member never read
+/// (`4e4800`) is not JSON serde_json reads, yet was skipped unchecked.
+#[test]
+fn a_header_number_out_of_range_is_malformed_even_in_a_member_never_read() {
+    assert_eq!(
+        verdict_for_hs256_header(br#"{"alg":"HS256","auxp":410244e4800}"#),
+        Err(Rejection::Malformed("header is not a JSON object"))
+    );
+    assert!(verdict_for_hs256_header(br#"{"alg":"HS256","auxp":410244e48}"#).is_ok());
+}
+
 /// fuzz/'s jwt_verify found it: a payload naming `sub` twice was accepted with the last one.
 #[test]
 fn a_claim_named_twice_is_malformed() {
