@@ -414,33 +414,24 @@ mod tests {
 
     #[test]
     fn redis_db_is_refused_without_sentinels() {
+        assert_refused_without_sentinels(&["--redis-db", "2"]);
+    }
+
+    #[test]
+    fn redis_auth_is_refused_without_sentinels() {
+        assert_refused_without_sentinels(&["--redis-auth", "s3cret"]);
+    }
+
+    /// `flag` (a Sentinel-only setting) with a standalone Redis, a cluster, or no store.
+    fn assert_refused_without_sentinels(flag: &[&str]) {
         for store in [
             &["--redis-url", "redis://10.0.0.1:6379/2"][..],
             &["--redis-cluster-url", "redis://10.0.0.1:7000"],
             &[],
         ] {
-            let parsed = Settings::try_parse_from(
-                ["t", "--config", "c", "--redis-db", "2"]
-                    .iter()
-                    .chain(store),
-            );
-            assert!(parsed.is_err(), "{store:?}: {parsed:?}");
-        }
-    }
-
-    #[test]
-    fn redis_auth_is_refused_without_sentinels() {
-        for store in [
-            &["--redis-url", "redis://10.0.0.1:6379"][..],
-            &["--redis-cluster-url", "redis://10.0.0.1:7000"],
-            &[],
-        ] {
-            let parsed = Settings::try_parse_from(
-                ["t", "--config", "c", "--redis-auth", "s3cret"]
-                    .iter()
-                    .chain(store),
-            );
-            assert!(parsed.is_err(), "{store:?}: {parsed:?}");
+            let parsed =
+                Settings::try_parse_from(["t", "--config", "c"].iter().chain(flag).chain(store));
+            assert!(parsed.is_err(), "{flag:?} with {store:?}: {parsed:?}");
         }
     }
 
