@@ -45,9 +45,10 @@ test-compose-ha:
 	scripts/test-compose-ha.sh
 
 ## Every fuzz target (fuzz/, cargo fuzz on libFuzzer) for FUZZ_SECONDS each (default 30),
-## after building them; installs cargo-fuzz if missing. See fuzz/README.md for longer runs.
+## after a dev build of them (quick to build from nothing, with overflow checks); installs
+## cargo-fuzz if missing. See fuzz/README.md for longer runs on the release build.
 fuzz-smoke:
-	scripts/fuzz.sh
+	FUZZ_PROFILE=dev scripts/fuzz.sh
 
 ## Formatting, clippy, and cargo deny's offline checks (licences, bans and duplicates,
 ## sources) against deny.toml; installs cargo-deny if missing.

@@ -18,6 +18,15 @@ CARGO=${CARGO:-cargo}
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 FUZZ_TARGET_DIR=${FUZZ_TARGET_DIR:-$PWD/fuzz/target}
 FUZZ_WORK=${FUZZ_WORK:-$(mktemp -d -t tollgate-fuzz.XXXXXX)}
+# FUZZ_PROFILE: release (default; many more executions a second, for long runs) or dev
+# (`make fuzz-smoke`: unoptimised, with overflow checks, and a cold build a fraction as long,
+# which is what lets a clean CI machine afford it).
+FUZZ_PROFILE=${FUZZ_PROFILE:-release}
+case "$FUZZ_PROFILE" in
+  release) BUILD_FLAGS=(--release --codegen-units 16); PROFILE_DIR=release ;;
+  dev) BUILD_FLAGS=(--dev); PROFILE_DIR=debug ;;
+  *) echo "fuzz: FUZZ_PROFILE is release or dev, not $FUZZ_PROFILE" >&2; exit 2 ;;
+esac
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 ALL_TARGETS=(routes_yaml ratelimit_dropin jwt_verify jwks check_request ratelimit_request grpc_framing)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
@@ -29,9 +38,9 @@ if ! "$CARGO" fuzz --version >/dev/null 2>&1; then
 fi
 
 started=$(date +%s)
-# 16 codegen units instead of cargo fuzz's 1: a few minutes less to build on a small CI
-# machine, for somewhat fewer executions a second.
-(cd fuzz && "$CARGO" fuzz build -s none --codegen-units 16 --target-dir "$FUZZ_TARGET_DIR")
+# In release, 16 codegen units instead of cargo fuzz's 1: a few minutes less to build on a
+# small machine, for somewhat fewer executions a second.
+(cd fuzz && "$CARGO" fuzz build -s none "${BUILD_FLAGS[@]}" --target-dir "$FUZZ_TARGET_DIR")
 built=$(date +%s)
 echo "fuzz: built in $((built - started)) s" >&2
 
@@ -46,7 +55,7 @@ for target in "${TARGETS[@]}"; do
   echo "fuzz: $target for ${FUZZ_SECONDS} s" >&2
   status=0
   # New inputs go to the first corpus directory (scratch); the seeds are only read.
-  { time "$FUZZ_TARGET_DIR/$TRIPLE/release/$target" "$corpus" "fuzz/corpus/$target" \
+  { time "$FUZZ_TARGET_DIR/$TRIPLE/$PROFILE_DIR/$target" "$corpus" "fuzz/corpus/$target" \
       -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 -artifact_prefix="$artifacts" \
       -rss_limit_mb=2048 -timeout=20 >"$log" 2>&1; } 2>"$FUZZ_WORK/$target.time" || status=$?
   if [ "$status" -ne 0 ]; then
