@@ -264,3 +264,13 @@ fn a_route_for_exactly_the_gateways_health_path_is_rejected() {
         );
     parse("routes.yaml", &moved).expect("with the health paths moved, the route is fine");
 }
+
+#[test]
+fn a_list_left_empty_is_refused_at_its_key_not_read_as_no_routes() {
+    // `routes:` with nothing after it is a null, not an empty list: a file cut short there
+    // must not load as a gateway with no routes. (Found by `make fuzz-smoke`, where the two
+    // YAML readers disagreed.)
+    let text = "version: 1\nlisteners: [{name: public, address: 127.0.0.1:8080}]\nroutes:\n";
+    let errors = errors(text);
+    assert!(errors.iter().any(|e| e.starts_with("3:")), "{errors:?}");
+}

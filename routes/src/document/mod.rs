@@ -371,9 +371,30 @@ pub(crate) struct PresentDoc {
 /// `Value` is deliberate: its mappings refuse duplicate keys, as serde-saphyr does, where a
 /// map read directly would silently keep the last one. Merge keys (`<<`), which only
 /// serde-saphyr expands, arrive here as unknown fields and take the slow path.
+///
+/// A null anywhere, or a tag, also takes the slow path: serde_yaml_ng reads a null where a
+/// list or a map is expected as an empty one (`routes:` with nothing after it would be a
+/// file with no routes), where serde-saphyr refuses it; the located reader's answer is the
+/// one users get, whichever reader runs first.
 pub(crate) fn read_quick(text: &str) -> Option<Document> {
     let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
+    if !plain_values_only(&value) {
+        return None;
+    }
     serde_yaml_ng::from_value(value).ok()
+}
+
+/// Whether `value` holds no null and no tag, at any depth.
+fn plain_values_only(value: &serde_yaml_ng::Value) -> bool {
+    use serde_yaml_ng::Value;
+    match value {
+        Value::Null | Value::Tagged(_) => false,
+        Value::Bool(_) | Value::Number(_) | Value::String(_) => true,
+        Value::Sequence(items) => items.iter().all(plain_values_only),
+        Value::Mapping(entries) => entries
+            .iter()
+            .all(|(key, item)| plain_values_only(key) && plain_values_only(item)),
+    }
 }
 
 /// Reads the YAML into a [`Document`] (or another document of ours, such as an API key
@@ -428,5 +449,16 @@ mod tests {
                 .is_none()
         );
         assert!(read_quick("version: 1\nservices:\n  a: {<<: {endpoints: []}}\n").is_none());
+    }
+
+    /// Found by `make fuzz-smoke`: serde_yaml_ng reads a null list as an empty one, which
+    /// the located reader refuses; so a null, or a tag, is left to the located reader.
+    #[test]
+    fn the_quick_reader_leaves_nulls_and_tags_to_the_located_one() {
+        assert!(read_quick("version: 1\nroutes: []\n").is_some());
+        assert!(read_quick("version: 1\nroutes:\n").is_none());
+        assert!(read_quick("version: 1\nroutes: ~\n").is_none());
+        assert!(read_quick("version: 1\nservices: {a: {endpoints: null}}\n").is_none());
+        assert!(read_quick("version: 1\nroutes: !custom []\n").is_none());
     }
 }
