@@ -554,12 +554,15 @@ def scenario(stack, checks, notes, running):
     measure(traffic, QUIET_SECONDS)
 
     # 2. An ext-authz replica killed.
+    before_kill = envoy_stats(stack)
     traffic.set_phase("ext-authz-1 killed")
     run(["docker", "kill", stack.container("ext-authz-1")])
     measure(traffic, FAILURE_SECONDS)
     run(["docker", "start", stack.container("ext-authz-1")])
     stack.wait_healthy("ext-authz-1")
     traffic.set_phase("ext-authz-1 back")
+    notes.extend(counter_changes(before_kill, envoy_stats(stack), "ext_authz",
+                                 "ext-authz-1 killed and back"))
     measure(traffic, QUIET_SECONDS)
 
     # 3. A rate-limit replica stopped.
@@ -690,6 +693,18 @@ def envoy_stats(stack):
                 counters[name] = int(value)
         stats[envoy] = counters
     return stats
+
+
+def counter_changes(before, after, part, what):
+    """Notes naming each Envoy's counters containing `part` that changed between two
+    snapshots: how Envoy lived through `what` (retries, resets, timeouts, ejections)."""
+    notes = []
+    for envoy in ENVOYS:
+        changed = {name: value - before[envoy].get(name, 0) for name, value in after[envoy].items()
+                   if part in name and value != before[envoy].get(name, 0)}
+        notes.append((f"{envoy}'s {part} counters over [{what}]",
+                      ", ".join(f"{name} +{delta}" for name, delta in sorted(changed.items()))))
+    return notes
 
 
 def stat_sum(stats, suffix):

@@ -20,8 +20,8 @@ use tollgate_conformance::replicas::{first_holds_stream, stream_moves_to};
 use tollgate_conformance::routes_yaml::{added_route_arrives, app_then_added};
 use tollgate_conformance::{
     eventually, get, request, reserve_port, traffic, traffic::traffic_of, ControlPlane, Envoy,
-    ExtAuthz, NetworkNamespace, RunningControlPlane, RunningEnvoy, Upstream, UpstreamHandle,
-    XdsVariant,
+    ExtAuthz, NetworkNamespace, RunningControlPlane, RunningEnvoy, RunningExtAuthz, Upstream,
+    UpstreamHandle, XdsVariant,
 };
 
 const NODE: &str = "edge-netcut";
@@ -279,18 +279,31 @@ const AUTHZ_CUT_HELD: Duration = Duration::from_secs(8);
 const AUTHZ_MOST_DELAYED: usize = 4;
 const KEY: &str = "tgk_network_cuts_0123456789abcdef";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs root and network namespaces: make test-netcut"]
-async fn an_ext_authz_replica_cut_off_fails_no_request_and_none_waits_out_the_timeout() {
-    let (ns_a, ns_b) = (NetworkNamespace::create(), NetworkNamespace::create());
-    let api = Upstream::new("api").spawn().await;
-    let port = reserve_port();
-    let (authz_a, authz_b) = (ExtAuthz::in_namespace(&ns_a), ExtAuthz::in_namespace(&ns_b));
-    let (a_addr, b_addr) = (authz_a.grpc_addr(), authz_b.grpc_addr());
-    let hash = hex::encode(sha2::Sha256::digest(KEY.as_bytes()));
-    let cp = ControlPlane::new()
-        .routes(format!(
-            r#"version: 1
+/// Two ext-authz replicas, each in a network namespace of its own (`a` and `b`), checking
+/// API keys for the only route of the control plane's routes.yaml, and the Envoy it
+/// configures; returned once Envoy calls both and both have answered a check.
+struct TwoAuthzReplicas {
+    port: u16,
+    envoy: RunningEnvoy,
+    ns_a: NetworkNamespace,
+    a_addr: std::net::SocketAddr,
+    authz_a: RunningExtAuthz,
+    _b: (NetworkNamespace, RunningExtAuthz),
+    _cp: RunningControlPlane,
+    _api: UpstreamHandle,
+}
+
+impl TwoAuthzReplicas {
+    async fn start() -> Self {
+        let (ns_a, ns_b) = (NetworkNamespace::create(), NetworkNamespace::create());
+        let api = Upstream::new("api").spawn().await;
+        let port = reserve_port();
+        let (authz_a, authz_b) = (ExtAuthz::in_namespace(&ns_a), ExtAuthz::in_namespace(&ns_b));
+        let (a_addr, b_addr) = (authz_a.grpc_addr(), authz_b.grpc_addr());
+        let hash = hex::encode(sha2::Sha256::digest(KEY.as_bytes()));
+        let cp = ControlPlane::new()
+            .routes(format!(
+                r#"version: 1
 listeners:
   - {{name: public, address: "127.0.0.1:{port}"}}
 services:
@@ -302,43 +315,72 @@ routes:
 sidecars:
   ext_authz: {{address: ["{a_addr}", "{b_addr}"], timeout: {timeout}ms}}
 "#,
-            api = api.endpoint(),
-            timeout = AUTHZ_TIMEOUT.as_millis(),
-        ))
-        .file(
-            "keys.yaml",
-            format!("keys:\n  - {{consumer: acme, sha256: \"{hash}\"}}\n"),
-        )
-        .start()
+                api = api.endpoint(),
+                timeout = AUTHZ_TIMEOUT.as_millis(),
+            ))
+            .file(
+                "keys.yaml",
+                format!("keys:\n  - {{consumer: acme, sha256: \"{hash}\"}}\n"),
+            )
+            .start()
+            .await;
+        let authz_a = authz_a.routes_file(cp.routes_path()).start().await;
+        let authz_b = authz_b.routes_file(cp.routes_path()).start().await;
+        let envoy = Envoy::new().control_plane(&cp).start().await;
+        let keyed = || request(port).path("/x").header("x-api-key", KEY);
+        eventually("checked requests are served", async || {
+            keyed().send().await?.expect_upstream("api")?;
+            Ok(())
+        })
         .await;
-    let authz_a = authz_a.routes_file(cp.routes_path()).start().await;
-    let authz_b = authz_b.routes_file(cp.routes_path()).start().await;
-    let envoy = Envoy::new().control_plane(&cp).start().await;
-    let keyed = || request(port).path("/x").header("x-api-key", KEY);
-    eventually("checked requests are served", async || {
-        keyed().send().await?.expect_upstream("api")?;
-        Ok(())
-    })
-    .await;
-    eventually("both replicas are healthy and answer checks", async || {
-        for (address, authz) in [(a_addr, &authz_a), (b_addr, &authz_b)] {
-            let flags = envoy.health_flags("tollgate_ext_authz", address).await;
-            anyhow::ensure!(flags == "healthy", "{address}: {flags}");
-            let allowed = authz
-                .metric(
-                    "tollgate_ext_authz_provider_checks_total{provider=\"keys\",outcome=\"allowed\"}",
-                )
-                .await?;
-            anyhow::ensure!(allowed.is_some(), "{address} has answered no check yet");
+        eventually("both replicas are healthy and answer checks", async || {
+            for (address, authz) in [(a_addr, &authz_a), (b_addr, &authz_b)] {
+                let flags = envoy.health_flags("tollgate_ext_authz", address).await;
+                anyhow::ensure!(flags == "healthy", "{address}: {flags}");
+                let allowed = authz
+                    .metric(
+                        "tollgate_ext_authz_provider_checks_total{provider=\"keys\",outcome=\"allowed\"}",
+                    )
+                    .await?;
+                anyhow::ensure!(allowed.is_some(), "{address} has answered no check yet");
+            }
+            keyed().send().await?.expect_upstream("api")?;
+            Ok(())
+        })
+        .await;
+        TwoAuthzReplicas {
+            port,
+            envoy,
+            ns_a,
+            a_addr,
+            authz_a,
+            _b: (ns_b, authz_b),
+            _cp: cp,
+            _api: api,
         }
-        keyed().send().await?.expect_upstream("api")?;
-        Ok(())
-    })
-    .await;
+    }
 
-    let stream = traffic_of(keyed(), "api");
+    /// A request carrying the key the replicas accept.
+    fn keyed(&self) -> tollgate_conformance::http::RequestBuilder {
+        request(self.port).path("/x").header("x-api-key", KEY)
+    }
+
+    /// The sum of Envoy's counter `name` of the ext-authz cluster.
+    async fn counter(&self, name: &str) -> u64 {
+        let filter = format!("^cluster\\.tollgate_ext_authz\\.{name}$");
+        let stats = self.envoy.stats(&filter).await.expect("Envoy stats");
+        stats.iter().map(|(_, value)| value).sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces: make test-netcut"]
+async fn an_ext_authz_replica_cut_off_fails_no_request_and_none_waits_out_the_timeout() {
+    let replicas = TwoAuthzReplicas::start().await;
+    let (envoy, a_addr) = (&replicas.envoy, replicas.a_addr);
+    let stream = traffic_of(replicas.keyed(), "api");
     SidecarReplicaCut {
-        envoy: &envoy,
+        envoy,
         cluster: "tollgate_ext_authz",
         replica: a_addr,
         held: AUTHZ_CUT_HELD,
@@ -346,21 +388,83 @@ sidecars:
         timeout: AUTHZ_TIMEOUT,
         most_delayed: AUTHZ_MOST_DELAYED,
     }
-    .cut(&ns_a, stream)
+    .cut(&replicas.ns_a, stream)
     .await;
 
     // Reconnected, the replica passes a health check and is back in rotation.
-    ns_a.restore();
+    replicas.ns_a.restore();
     eventually("the replica is back in rotation", async || {
         let flags = envoy.health_flags("tollgate_ext_authz", a_addr).await;
         anyhow::ensure!(flags == "healthy", "{a_addr}: {flags}");
         Ok(())
     })
     .await;
-    keyed()
+    replicas
+        .keyed()
         .send()
         .await
         .expect("a request")
         .expect_upstream("api")
         .expect("served with both replicas back");
+}
+
+/// A replica's host lost, as when a machine or a container dies: its process killed, which
+/// closes Envoy's connection to it, then its address silent, so that the connections Envoy
+/// opens to it next neither connect nor fail. Envoy starts a try's timeout only once a
+/// connection is up, so only the cluster's connect timeout stands between the calls queued
+/// on such a connection and the call's whole timeout; it is kept within half a try, and
+/// they are retried on the other replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces: make test-netcut"]
+async fn an_ext_authz_replica_whose_host_dies_fails_no_request() {
+    let mut replicas = TwoAuthzReplicas::start().await;
+    let closed = replicas.counter("upstream_cx_destroy_remote").await;
+    replicas.authz_a.kill();
+    // The dead process's connections are closed before its address goes silent, as when a
+    // host's kernel outlives its process by a moment.
+    eventually(
+        "Envoy sees its connection to the killed replica closed",
+        async || {
+            let now = replicas.counter("upstream_cx_destroy_remote").await;
+            anyhow::ensure!(now > closed, "{now} connections closed by replicas");
+            Ok(())
+        },
+    )
+    .await;
+    replicas.ns_a.cut();
+    // Traffic starts only now, while Envoy still counts the replica healthy (two failed
+    // health checks a second apart take it out), so that calls meet the silent address.
+    let retried = replicas.counter("upstream_rq_retry_success").await;
+    let stream = traffic_of(replicas.keyed(), "api");
+    let (envoy, a_addr) = (&replicas.envoy, replicas.a_addr);
+    eventually("the dead replica is out of rotation", async || {
+        let flags = envoy.health_flags("tollgate_ext_authz", a_addr).await;
+        anyhow::ensure!(flags.contains("failed_active_hc"), "{a_addr}: {flags}");
+        Ok(())
+    })
+    .await;
+    let out_at = stream.sent();
+    eventually("traffic after the replica left rotation", async || {
+        anyhow::ensure!(stream.sent() >= out_at + 20, "{} requests", stream.sent());
+        Ok(())
+    })
+    .await;
+    let report = stream.stop().await;
+    let retried = replicas.counter("upstream_rq_retry_success").await - retried;
+    let slowest = report.requests.iter().map(|sent| sent.took).max();
+    eprintln!(
+        "{} requests from the cut: {} failed (slowest {slowest:?}); {retried} retried on the \
+         live replica",
+        report.sent,
+        report.failures.len(),
+    );
+    assert!(
+        report.failures.is_empty(),
+        "no request may fail when a replica's host dies: {:?}",
+        report.failures
+    );
+    assert!(
+        retried > 0,
+        "no call met the dead replica's address: the test proved nothing"
+    );
 }

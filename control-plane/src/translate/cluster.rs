@@ -51,8 +51,16 @@ use tollgate_routes::{Endpoint, Service};
 use super::secret::{sds_reference, upstream_client_secret_name};
 use super::{ads_config_source, any, proto_duration, proto_map, tls_transport_socket};
 
-/// How long Envoy waits to connect to a sidecar; its call timeouts bound the rest.
+/// How long Envoy waits to connect to a sidecar (TCP and TLS handshake) at most; its call
+/// timeouts bound the rest.
 const SIDECAR_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The shortest connect timeout a replicated sidecar gets, whatever its call timeout: a TLS
+/// handshake on a loaded machine must still fit.
+const MIN_REPLICA_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+/// Retries Envoy lets run at once towards a replicated sidecar (its circuit breaker's
+/// `max_retries`, 3 by default): as many as calls in flight (Envoy's default `max_requests`),
+/// since each call is retried at most once.
+const REPLICA_MAX_RETRIES: u32 = 1024;
 /// How often Envoy checks each replica of a replicated sidecar.
 const SIDECAR_HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -66,18 +74,35 @@ const SIDECAR_HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_s
 ///
 /// With `tls` (the sidecars' `--tls-cert`), calls go over TLS verified against its CA and
 /// name, so that no one on the network can answer a check or a decision in a sidecar's place.
+///
+/// A call waiting for a connection is not yet in its try: Envoy starts a try's timeout once
+/// the connection is up. So with several replicas the connect timeout is kept within half a
+/// try ([`replica_connect_timeout`]): a call queued on a connection to a replica that went
+/// silent fails as a connect failure and is retried on another while its `call_timeout`
+/// still leaves room, instead of waiting out the whole timeout. So many calls can be queued
+/// on one such connection that Envoy's default of 3 retries at once would refuse most of
+/// their retries; its circuit breaker admits one per call in flight instead.
 pub(super) fn sidecar(
     name: &str,
     addresses: &[Endpoint],
     health_service: &str,
     tls: Option<&UpstreamTls>,
+    call_timeout: std::time::Duration,
 ) -> (Cluster, Option<ClusterLoadAssignment>) {
     let replicated = addresses.len() > 1;
     let service = Service {
         name: name.to_string(),
         endpoints: addresses.to_vec(),
-        connect_timeout: SIDECAR_CONNECT_TIMEOUT,
+        connect_timeout: if replicated {
+            replica_connect_timeout(call_timeout)
+        } else {
+            SIDECAR_CONNECT_TIMEOUT
+        },
         policy: ServicePolicy {
+            circuit_breaker: replicated.then_some(CircuitBreaker {
+                max_retries: Some(REPLICA_MAX_RETRIES),
+                ..CircuitBreaker::default()
+            }),
             health_check: replicated.then(|| HealthCheck {
                 probe: HealthProbe::Grpc {
                     service: health_service.to_string(),
@@ -101,6 +126,13 @@ pub(super) fn sidecar(
     cluster.typed_extension_protocol_options = http2_only();
     let assignment = uses_eds(&service).then(|| load_assignment(&service));
     (cluster, assignment)
+}
+
+/// A replicated sidecar's connect timeout: half of one try of a call, within
+/// [`MIN_REPLICA_CONNECT_TIMEOUT`] and [`SIDECAR_CONNECT_TIMEOUT`].
+pub(super) fn replica_connect_timeout(call_timeout: std::time::Duration) -> std::time::Duration {
+    (super::auth::per_try_timeout(call_timeout) / 2)
+        .clamp(MIN_REPLICA_CONNECT_TIMEOUT, SIDECAR_CONNECT_TIMEOUT)
 }
 
 pub(super) fn uses_eds(service: &Service) -> bool {

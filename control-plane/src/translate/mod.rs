@@ -90,6 +90,7 @@ fn add_clusters(resources: &mut Resources, config: &RoutesConfig) {
             &sidecar.addresses,
             auth::HEALTH_SERVICE,
             sidecar.tls.as_ref(),
+            sidecar.timeout,
         ));
     }
     if let Some(sidecar) = &config.sidecars.rate_limit {
@@ -98,6 +99,7 @@ fn add_clusters(resources: &mut Resources, config: &RoutesConfig) {
             &sidecar.addresses,
             rate_limit::HEALTH_SERVICE,
             sidecar.tls.as_ref(),
+            sidecar.timeout,
         ));
     }
     if let Some(tracing) = &config.observability.tracing {

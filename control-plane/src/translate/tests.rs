@@ -270,6 +270,22 @@ fn replicated_sidecars_are_health_checked_and_their_calls_retried_on_another() {
         };
         assert_eq!(grpc.service_name, health_service);
         assert!(cluster.outlier_detection.is_some(), "{name}");
+        // A call queued on a connection to a silent replica must fail over while its
+        // timeout leaves room (ext-authz's default 200 ms: a 100 ms try, so the floor).
+        let connect = cluster.connect_timeout.expect("a connect timeout");
+        assert_eq!((connect.seconds, connect.nanos), (0, 100_000_000), "{name}");
+        assert_eq!(single.connect_timeout.map(|d| d.seconds), Some(1), "{name}");
+        let thresholds = &cluster
+            .circuit_breakers
+            .as_ref()
+            .expect("{name}")
+            .thresholds[0];
+        assert_eq!(
+            thresholds.max_retries.map(|v| v.value),
+            Some(1024),
+            "{name}"
+        );
+        assert!(single.circuit_breakers.is_none(), "{name}");
     }
     let grpc_retry = |snapshot: &Snapshot| {
         let manager = manager(snapshot, "public");
@@ -315,6 +331,20 @@ fn a_sidecar_try_gets_half_the_timeout_but_never_under_50_ms() {
     assert_eq!(super::auth::per_try_timeout(ms(80)), ms(50));
     assert_eq!(super::auth::per_try_timeout(ms(50)), ms(50));
     assert_eq!(super::auth::per_try_timeout(ms(20)), ms(20));
+}
+
+#[test]
+fn a_replicated_sidecar_connects_within_half_a_try() {
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    assert_eq!(super::cluster::replica_connect_timeout(ms(1000)), ms(250));
+    assert_eq!(super::cluster::replica_connect_timeout(ms(600)), ms(150));
+    assert_eq!(super::cluster::replica_connect_timeout(ms(200)), ms(100));
+    assert_eq!(super::cluster::replica_connect_timeout(ms(50)), ms(100));
+    assert_eq!(
+        super::cluster::replica_connect_timeout(ms(10_000)),
+        ms(1000)
+    );
 }
 
 #[test]

@@ -47,6 +47,7 @@ pub(super) fn collector_cluster(tracing: &Tracing) -> (Cluster, Option<ClusterLo
         std::slice::from_ref(&tracing.otlp_endpoint),
         "",
         None,
+        EXPORT_TIMEOUT,
     )
 }
 
