@@ -29,6 +29,7 @@ pub mod eventually;
 
 pub mod ext_authz;
 pub mod gateway;
+pub mod grpc_tap;
 pub mod http;
 pub mod netns;
 pub mod otlp;
