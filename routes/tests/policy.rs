@@ -327,3 +327,36 @@ fn a_sidecar_tls_block_is_a_services_tls_block() {
         );
     }
 }
+
+#[test]
+fn a_header_limit_on_the_header_the_routes_api_keys_travel_in_is_refused() {
+    // ext-authz removes the key's header before the rate-limit filter runs: such a rule
+    // would never limit anything.
+    let with_keys = GOOD.replace(
+        "  partners:\n",
+        "  keys: {type: api_key, header: X-Api-Key, keys_file: keys.yaml}\n  query-keys: {type: api_key, query: api_key, keys_file: keys.yaml}\n  partners:\n",
+    );
+    for auth in ["{provider: keys}", "{any_of: [main, keys]}"] {
+        let text = with_keys.replace(
+            "auth: {provider: main, scopes: [\"invoices:read\"]}",
+            &format!("auth: {auth}"),
+        );
+        assert_error_at(
+            &text,
+            "28:30:",
+            "API key provider \"keys\" reads its keys from that header",
+        );
+    }
+    // Keys in the query leave the header alone.
+    let text = with_keys.replace(
+        "auth: {provider: main, scopes: [\"invoices:read\"]}",
+        "auth: {provider: query-keys}",
+    );
+    let errors = tollgate_routes::parse("routes.yaml", &text).err();
+    assert!(
+        errors
+            .as_ref()
+            .is_none_or(|e| !e.to_string().contains("reads its keys")),
+        "{errors:?}"
+    );
+}

@@ -43,7 +43,7 @@ pub(super) fn rate_limits(
     let mut ids = HashSet::new();
     let mut rules = Vec::new();
     for node in &route.rate_limit {
-        if let Some(rule) = rate_limit(route, node, errors) {
+        if let Some(rule) = rate_limit(doc, route, node, errors) {
             if !ids.insert(rule.id.clone()) {
                 errors.at(
                     node,
@@ -60,13 +60,14 @@ pub(super) fn rate_limits(
 }
 
 fn rate_limit(
+    file: &Document,
     route: &RouteDoc,
     node: &Spanned<RateLimitDoc>,
     errors: &mut Errors,
 ) -> Option<RateLimitRule> {
     let before = errors.found.len();
     let doc = &node.value;
-    let key = limit_key(route, doc, errors);
+    let key = limit_key(file, route, doc, errors);
     let quota = limit_quota(node, errors);
     let algorithm = limit_algorithm(doc, errors);
     if let Some(burst) = &doc.burst {
@@ -101,8 +102,13 @@ fn rate_limit(
 }
 
 /// What the rule counts by: the consumer (which needs auth on the route), the client's
-/// address or a header.
-fn limit_key(route: &RouteDoc, doc: &RateLimitDoc, errors: &mut Errors) -> Option<LimitKey> {
+/// address or a header (not one the route's API keys travel in, see [`key_provider_of`]).
+fn limit_key(
+    file: &Document,
+    route: &RouteDoc,
+    doc: &RateLimitDoc,
+    errors: &mut Errors,
+) -> Option<LimitKey> {
     match (doc.by.value.as_str(), &doc.header) {
         ("consumer", None) => {
             if route.auth.is_none() {
@@ -118,6 +124,14 @@ fn limit_key(route: &RouteDoc, doc: &RateLimitDoc, errors: &mut Errors) -> Optio
             let lower = header.value.to_ascii_lowercase();
             if !is_header_name(&lower) || lower.starts_with(':') {
                 errors.at(header, format!("invalid header name \"{}\"", header.value));
+            } else if let Some(provider) = key_provider_of(file, route, &lower) {
+                errors.at(
+                    header,
+                    format!(
+                        "rate limit by header \"{}\" in route \"{}\" would never apply: API key provider \"{provider}\" reads its keys from that header, which the gateway removes before limits are counted (keys never reach upstreams); use `by: consumer`, which counts per key's consumer",
+                        header.value, route.name.value
+                    ),
+                );
             }
             Some(LimitKey::Header(lower))
         }
@@ -145,6 +159,30 @@ fn limit_key(route: &RouteDoc, doc: &RateLimitDoc, errors: &mut Errors) -> Optio
             None
         }
     }
+}
+
+/// The API key provider of `route` whose keys travel in header `lower` (lower case), if any:
+/// ext-authz removes that header from the requests it admits, and the rate-limit filter,
+/// which runs after it so that limits can count per consumer, no longer sees it.
+fn key_provider_of<'a>(file: &'a Document, route: &'a RouteDoc, lower: &str) -> Option<&'a str> {
+    let auth = &route.auth.as_ref()?.value;
+    let named = auth
+        .provider
+        .iter()
+        .chain(auth.any_of.iter().flat_map(|list| &list.value));
+    named.map(|name| name.value.as_str()).find(|name| {
+        file.auth_providers.get(*name).is_some_and(|provider| {
+            let provider = &provider.value;
+            provider
+                .kind
+                .as_ref()
+                .is_some_and(|kind| kind.value == "api_key")
+                && provider
+                    .header
+                    .as_ref()
+                    .is_some_and(|header| header.value.eq_ignore_ascii_case(lower))
+        })
+    })
 }
 
 /// How much: one quota, or one per tier named by a header.
