@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// Begins the line written to the stderr log before each (re)start, marking where each
+/// process's lines begin when a restarted process appends to the same log.
+pub const SPAWN_MARK: &str = "--- spawn ";
+
 /// How many lines of each log a failing test prints per process.
 const TAIL_LINES: usize = 60;
 
@@ -109,6 +113,27 @@ impl Process {
                 status,
             }),
         }
+    }
+
+    /// Freezes the process (SIGSTOP): its sockets stay open and nothing answers, as with a
+    /// process stuck in a long pause, swapped out, or behind a dead network.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [paused](Self::pause) process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Sends `signal` with kill(1): this crate forbids the `unsafe` a direct `kill(2)` takes.
+    fn signal(&self, signal: &str) {
+        let pid = self.pid();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid} ({})", self.name);
     }
 
     /// Kills (SIGKILL) and reaps the process; does nothing if it already exited.
@@ -227,8 +252,7 @@ fn spawn_logging(
 ) -> Result<Child, SpawnError> {
     let stdout = open_log(stdout_path)?;
     let mut stderr = open_log(stderr_path)?;
-    // Marks where each (re)start begins when a restarted process appends to the same log.
-    writeln!(stderr, "--- spawn {command:?}").map_err(|source| SpawnError::Log {
+    writeln!(stderr, "{SPAWN_MARK}{command:?}").map_err(|source| SpawnError::Log {
         path: stderr_path.to_path_buf(),
         source,
     })?;

@@ -335,20 +335,11 @@ impl RedisServer {
     /// Freezes the server (SIGSTOP): connections stay open and nothing answers, as with
     /// a Redis stuck in a long command or behind a dead network.
     pub fn pause(&self) {
-        self.signal("-STOP");
+        self.process.pause();
     }
 
     pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.process.pid();
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {signal} {pid}");
+        self.process.resume();
     }
 
     /// Sends `PING` on a fresh connection; fails unless the answer is `PONG`.

@@ -129,6 +129,17 @@ impl RunningExtAuthz {
         self.process.kill();
     }
 
+    /// Freezes the service (SIGSTOP): Envoy's calls reach an open socket and wait out the
+    /// sidecar timeout, as with a process stalled or behind a dead network.
+    pub fn pause(&self) {
+        self.process.pause();
+    }
+
+    /// Lets a [paused](Self::pause) service run again (SIGCONT).
+    pub fn resume(&self) {
+        self.process.resume();
+    }
+
     /// Kills the service and starts it again on the same ports and files.
     pub async fn restart(&mut self) {
         self.process.restart().expect("spawn tollgate-ext-authz");

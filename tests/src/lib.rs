@@ -33,6 +33,7 @@ pub mod grpc_tap;
 pub mod http;
 pub mod netns;
 pub mod otlp;
+pub mod phased_load;
 pub mod ratelimit;
 pub mod replica_cut;
 pub mod replicas;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use tollgate_testkit::process::{scratch_dir, Process};
+use tollgate_testkit::process::{scratch_dir, Process, SPAWN_MARK};
 use tollgate_testkit::redis::{RedisCluster, RedisSentinels, RedisServer};
 
 use crate::http::{self, RequestBuilder, Response};
@@ -142,6 +142,24 @@ impl RunningRateLimitService {
         self.process.kill();
     }
 
+    /// Kills the service and starts it again on the same ports, flags and store, as a
+    /// supervisor restarts a crashed one; returns once the new process is ready.
+    pub async fn restart(&mut self) {
+        self.process.restart().expect("spawn tollgate-ratelimit");
+        self.wait_until_ready().await;
+    }
+
+    /// Freezes the service (SIGSTOP): Envoy's calls reach an open socket and wait out the
+    /// sidecar timeout, as with a process stalled or behind a dead network.
+    pub fn pause(&self) {
+        self.process.pause();
+    }
+
+    /// Lets a [paused](Self::pause) service run again (SIGCONT).
+    pub fn resume(&self) {
+        self.process.resume();
+    }
+
     /// Whether `/readyz` answers 200 (the store answers).
     pub async fn ready(&self) -> anyhow::Result<bool> {
         Ok(http::get_at(self.metrics_addr, "/readyz").await?.status == 200)
@@ -181,10 +199,12 @@ impl RunningRateLimitService {
             "tollgate-ratelimit serves its own port",
             async || {
                 process.ensure_running()?;
+                // A restarted process appends to the same log: only the lines since the
+                // last spawn are this process's.
+                let log = process.stderr();
+                let own = log.rsplit(SPAWN_MARK).next().unwrap_or_default();
                 anyhow::ensure!(
-                    process
-                        .stderr()
-                        .lines()
+                    own.lines()
                         .any(|line| line.contains("serving") && line.contains(&serving)),
                     "no \"serving {serving}\" log line"
                 );

@@ -6,7 +6,9 @@
 //! delay for chosen paths (to provoke route timeouts), extra response headers for chosen
 //! paths (`cache-control`, `set-cookie`, for caches), and a health path whose status the
 //! test flips at run time ([`UpstreamHandle::set_health`]). Every request is counted, except
-//! those to the health path, so that counts show where traffic went.
+//! those to the health path, so that counts show where traffic went. An upstream can be
+//! killed, its listener and connections closed at once as a crashed process's are, and
+//! restarted on the same address ([`UpstreamHandle::kill`], [`UpstreamHandle::restart`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -101,7 +103,11 @@ impl Upstream {
             failed: Mutex::new(HashMap::new()),
         });
         let task = tokio::spawn(serve(listener, state.clone()));
-        UpstreamHandle { addr, state, task }
+        UpstreamHandle {
+            addr,
+            state,
+            task: Some(task),
+        }
     }
 }
 
@@ -110,7 +116,8 @@ impl Upstream {
 pub struct UpstreamHandle {
     addr: SocketAddr,
     state: Arc<State>,
-    task: JoinHandle<()>,
+    /// The accept loop; `None` once [killed](UpstreamHandle::kill).
+    task: Option<JoinHandle<()>>,
 }
 
 impl UpstreamHandle {
@@ -147,10 +154,38 @@ impl UpstreamHandle {
     }
 }
 
+impl UpstreamHandle {
+    /// Stops serving at once, as `kill -9` stops an upstream process: the listener and every
+    /// open connection are closed, and answers not yet written are never sent. Returns once
+    /// the port is closed.
+    pub async fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            // Aborting the accept loop drops its JoinSet, which aborts every connection task.
+            task.abort();
+            // Cancelled is the expected end; the listener is dropped by then.
+            let _ = task.await;
+        }
+    }
+
+    /// Kills the upstream if it serves and serves again on the same address, with the same
+    /// behaviour and counters, as a supervisor restarts a crashed upstream process.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        // tokio sets SO_REUSEADDR, so the connections the kill left in TIME_WAIT do not keep
+        // the port.
+        let listener = TcpListener::bind(self.addr).await.unwrap_or_else(|e| {
+            panic!("bind upstream {} again on {}: {e}", self.name(), self.addr)
+        });
+        self.task = Some(tokio::spawn(serve(listener, self.state.clone())));
+    }
+}
+
 impl Drop for UpstreamHandle {
     fn drop(&mut self) {
-        // Aborting the accept loop drops its JoinSet, which aborts every connection task.
-        self.task.abort();
+        if let Some(task) = self.task.take() {
+            // Aborting the accept loop drops its JoinSet, which aborts every connection task.
+            task.abort();
+        }
     }
 }
 
