@@ -37,7 +37,8 @@ test-netcut: provision build
 ## Chaos: the whole chain (Envoy, control plane, ext-authz, rate limit, Redis, two upstream
 ## endpoints) under constant load while each part in turn is killed (-9) and restarted, and
 ## each sidecar frozen (SIGSTOP) past its timeout; every request must succeed or fail exactly
-## as routes.yaml configures, and the table of answers per phase is printed (about 3 minutes).
+## as routes.yaml configures, and the table of answers per phase is printed (about a minute
+## once built).
 ## `cargo test` leaves it out (#[ignore]).
 chaos: provision build
 	$(CARGO) test -p tollgate-conformance --test chaos -- --ignored --nocapture

@@ -82,7 +82,10 @@ const LIMITED: &str = "limited";
 
 /// A 200 from either endpoint of the service.
 const OK: &str = "200";
-/// A limited request passed without a decision (no `x-ratelimit-*` headers): failing open.
+/// A limited request the rate-limit service admitted (with its `x-ratelimit-*` headers).
+const CHECKED: &str = "200 checked";
+/// A limited request Envoy let through without a decision (no `x-ratelimit-*` headers):
+/// failing open.
 const UNCHECKED: &str = "200 unchecked";
 /// ext-authz's own refusal of a request without a token, with its `WWW-Authenticate`.
 const UNAUTHORIZED: &str = "401";
@@ -279,12 +282,11 @@ fn classify(result: &anyhow::Result<Response>) -> Answer {
 /// `x-ratelimit-*` headers) from one Envoy let through unchecked.
 fn classify_limited(result: &anyhow::Result<Response>) -> Answer {
     let mut answer = classify(result);
-    if answer.label == OK
-        && result
+    if answer.label == OK {
+        let decided = result
             .as_ref()
-            .is_ok_and(|r| r.header("x-ratelimit-limit").is_none())
-    {
-        answer.label = UNCHECKED.to_owned();
+            .is_ok_and(|r| r.header("x-ratelimit-limit").is_some());
+        answer.label = if decided { CHECKED } else { UNCHECKED }.to_owned();
     }
     answer
 }
@@ -295,7 +297,7 @@ fn normal() -> Phase {
         .only(PUBLIC, &[OK])
         .only(TOKEN, &[OK])
         .only(NO_TOKEN, &[UNAUTHORIZED])
-        .only(LIMITED, &[OK, TOO_MANY])
+        .only(LIMITED, &[CHECKED, TOO_MANY])
 }
 
 /// ext-authz down or frozen, `failure_mode_allow: false`: every protected request is refused
@@ -408,7 +410,7 @@ async fn under_load_every_request_survives_or_fails_as_configured_while_each_par
     recover(
         &mut load,
         since,
-        &[(LIMITED, OK)],
+        &[(LIMITED, CHECKED)],
         "rate limit back",
         async || Ok(()),
     )
@@ -428,7 +430,7 @@ async fn under_load_every_request_survives_or_fails_as_configured_while_each_par
     recover(
         &mut load,
         since,
-        &[(LIMITED, OK)],
+        &[(LIMITED, CHECKED)],
         "redis back",
         async || Ok(()),
     )
@@ -488,7 +490,7 @@ async fn under_load_every_request_survives_or_fails_as_configured_while_each_par
     recover(
         &mut load,
         since,
-        &[(LIMITED, OK)],
+        &[(LIMITED, CHECKED)],
         "rate limit back after freeze",
         async || Ok(()),
     )
@@ -526,7 +528,7 @@ fn judge(report: &LoadReport) {
         }
     };
     // The limit is reached in normal running, so a 429-free outage means something.
-    must_see("steady", LIMITED, OK);
+    must_see("steady", LIMITED, CHECKED);
     must_see("steady", LIMITED, TOO_MANY);
     for phase in ["ext-authz killed", "ext-authz frozen"] {
         must_see(phase, TOKEN, UNAVAILABLE);
