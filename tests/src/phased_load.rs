@@ -13,7 +13,8 @@
 //! the action in a transition phase of its own, which allows what the phases either side
 //! allow: a request sent between "about to kill" and "killed" may meet either state, and no
 //! other request may. [`LoadReport`] tallies the records into a table, rows phases, columns
-//! kind × label, and lists what was unexpected.
+//! kind × label, and lists what was unexpected; a test that panics while the load runs
+//! prints the table so far.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -320,6 +321,20 @@ impl Drop for PhasedLoad {
     fn drop(&mut self) {
         for worker in &self.workers {
             worker.abort();
+        }
+        // A test that fails before stopping the load (a service that never recovered)
+        // still shows what every request got so far.
+        if std::thread::panicking() && !self.phases.is_empty() {
+            let report = LoadReport {
+                kinds: self.kinds.iter().map(|k| k.name).collect(),
+                phases: self.phases.clone(),
+                records: self.shared.records().clone(),
+            };
+            eprintln!(
+                "load so far:\n{}{}",
+                report.table(),
+                report.describe_unexpected(20)
+            );
         }
     }
 }
