@@ -455,6 +455,12 @@ async fn a_redis_outage_fails_open_or_closed_as_configured_and_recovery_restores
             response.status,
             response.text()
         );
+        // The gateway's own reply, like every other: JSON with the request id.
+        let body = response.json().expect("a JSON body");
+        assert!(
+            body["error"].is_string() && body["request_id"].is_string(),
+            "{body}"
+        );
     }
     assert_eq!(
         api.requests(),

@@ -18,13 +18,15 @@ use tollgate_proto::envoy::extensions::filters::network::http_connection_manager
 use super::json_format::json_format;
 
 /// Status → the error text the client sees.
-const ERRORS: [(u32, &str); 9] = [
+const ERRORS: [(u32, &str); 10] = [
     (400, "bad request"),
     (404, "no route matches this request"),
     (408, "request timeout"),
     (413, "payload too large"),
     (429, "too many requests"),
     (431, "request headers too large"),
+    // Envoy's own 500s: a rate-limit service that cannot decide with `failure_mode_deny`.
+    (500, "internal error"),
     (502, "bad gateway"),
     (503, "service unavailable"),
     (504, "upstream timeout"),

@@ -123,6 +123,12 @@ fn retries_count_tries_and_become_envoy_retries() {
     let backoff = retry.retry_back_off.expect("backoff");
     assert_eq!(backoff.base_interval.map(|d| d.nanos), Some(50_000_000));
     assert_eq!(backoff.max_interval.map(|d| d.nanos), Some(400_000_000));
+    // Retries go to another endpoint than the one that failed.
+    assert_eq!(
+        retry.retry_host_predicate[0].name,
+        "envoy.retry_host_predicates.previous_hosts"
+    );
+    assert_eq!(retry.host_selection_retry_max_attempts, 3);
     assert_eq!(action(route(&config, "open")).retry_policy, None);
 }
 
