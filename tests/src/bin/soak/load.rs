@@ -334,10 +334,10 @@ async fn connection(target: Target, source: Arc<Source>, recorder: Arc<Recorder>
 /// A connection ready to send: the current one, or a new one if it was closed (Envoy
 /// closes a keep-alive connection after answering `connection: close`, as when it drains
 /// a listener). Only a failure to connect is an error: no request was sent on a closed one.
-async fn ready<'a>(
-    sender: &'a mut Option<SendRequest<Empty<Bytes>>>,
+async fn ready(
+    sender: &mut Option<SendRequest<Empty<Bytes>>>,
     addr: SocketAddr,
-) -> Result<&'a mut SendRequest<Empty<Bytes>>, String> {
+) -> Result<&mut SendRequest<Empty<Bytes>>, String> {
     if let Some(current) = sender.as_mut() {
         if current.ready().await.is_err() {
             *sender = None;

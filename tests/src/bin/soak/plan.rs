@@ -41,12 +41,14 @@ impl Plan {
             ("SOAK_WARMUP_SECS", plan.warm_up),
         ] {
             anyhow::ensure!(
-                period.as_secs() > 0 && period.as_secs() % step == 0,
+                period.as_secs() > 0 && period.as_secs().is_multiple_of(step),
                 "{name} must be a positive multiple of {step}"
             );
         }
         anyhow::ensure!(
-            plan.duration.as_secs() % plan.interval.as_secs() == 0,
+            plan.duration
+                .as_secs()
+                .is_multiple_of(plan.interval.as_secs()),
             "SOAK_MINUTES must be a whole number of intervals ({} s)",
             plan.interval.as_secs()
         );

@@ -391,7 +391,7 @@ fn mib(holding: Option<Holding>) -> String {
 
 /// `0–5 min`, or `0–60 s` for short dev intervals.
 fn span(from: u64, to: u64) -> String {
-    if from % 60 == 0 && to % 60 == 0 {
+    if from.is_multiple_of(60) && to.is_multiple_of(60) {
         format!("{}–{} min", from / 60, to / 60)
     } else {
         format!("{from}–{to} s")
@@ -399,7 +399,7 @@ fn span(from: u64, to: u64) -> String {
 }
 
 fn span_end(at: u64) -> String {
-    if at % 60 == 0 {
+    if at.is_multiple_of(60) {
         format!("{} min", at / 60)
     } else {
         format!("{at} s")
@@ -408,7 +408,7 @@ fn span_end(at: u64) -> String {
 
 fn minutes_or_seconds(duration: Duration) -> String {
     let secs = duration.as_secs();
-    if secs % 60 == 0 {
+    if secs.is_multiple_of(60) {
         format!("{}-minute", secs / 60)
     } else {
         format!("{secs}-second")

@@ -426,7 +426,7 @@ async fn sample(chain: &Chain, plan: &Plan, start: Instant) -> Samples {
                 holdings.warm = Holding::of(member.pid);
             }
         }
-        if second % interval == 0 {
+        if second.is_multiple_of(interval) {
             for (member, holdings) in members.iter().zip(&mut samples.holdings) {
                 holdings.at_interval_ends.push(Holding::of(member.pid));
             }
