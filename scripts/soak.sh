@@ -11,12 +11,12 @@ status=0
 TOLLGATE_BIN_DIR="$BIN_DIR" "$BIN_DIR/soak" > "$section" || status=$?
 if [ -s "$section" ]; then
   out=$(mktemp)
-  # Everything but the old section, then the new one at the end.
-  awk '/^## Soak/{skip=1; next} /^## /{skip=0} !skip' BENCHMARKS.md > "$out"
+  # Everything but the old section (and the blank lines that ended it, when it was last),
+  # then the new one at the end, after one blank line.
+  awk '/^## Soak/{skip=1; next} /^## /{skip=0} !skip' BENCHMARKS.md \
+    | sed -e ':a' -e '/^\n*$/{$d;N;ba' -e '}' > "$out"
   { echo; cat "$section"; } >> "$out"
-  # No blank lines piling up where the old section was cut.
-  cat -s "$out" > BENCHMARKS.md
-  rm -f "$out"
+  mv "$out" BENCHMARKS.md
   echo "wrote the Soak section of BENCHMARKS.md" >&2
 fi
 rm -f "$section"

@@ -115,12 +115,25 @@ impl IntervalStats {
     }
 }
 
-/// Per-interval statistics, filled by every connection.
+/// What the load saw in one second: enough to find when the slow requests were due.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SecondStats {
+    pub requests: u32,
+    /// Requests slower than [`SLOW`].
+    pub slow: u32,
+    pub max_us: u32,
+}
+
+/// A request this slow is counted per second, so that the report can say when they were.
+pub const SLOW: Duration = Duration::from_millis(100);
+
+/// Per-interval and per-second statistics, filled by every connection.
 #[derive(Debug)]
 pub struct Recorder {
     start: Instant,
     interval: Duration,
     intervals: Mutex<Vec<IntervalStats>>,
+    seconds: Mutex<Vec<SecondStats>>,
 }
 
 /// How many error texts an interval keeps.
@@ -133,13 +146,29 @@ impl Recorder {
             start,
             interval,
             intervals: Mutex::new(Vec::new()),
+            seconds: Mutex::new(Vec::new()),
         }
     }
 
     fn record(&self, due: Instant, class: Class, outcome: Result<u16, String>) {
         let latency = due.elapsed();
-        let index = (due.saturating_duration_since(self.start).as_nanos()
-            / self.interval.as_nanos().max(1)) as usize;
+        let latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        let since_start = due.saturating_duration_since(self.start);
+        {
+            let mut seconds = self
+                .seconds
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let second = since_start.as_secs() as usize;
+            if seconds.len() <= second {
+                seconds.resize_with(second + 1, SecondStats::default);
+            }
+            let stats = &mut seconds[second];
+            stats.requests += 1;
+            stats.slow += u32::from(latency >= SLOW);
+            stats.max_us = stats.max_us.max(latency_us);
+        }
+        let index = (since_start.as_nanos() / self.interval.as_nanos().max(1)) as usize;
         let verdict = match (&outcome, class) {
             (Ok(200), _) => Verdict::Ok,
             (Ok(429), Class::Greedy) => Verdict::Limited,
@@ -154,9 +183,7 @@ impl Recorder {
         }
         let stats = &mut intervals[index];
         stats.requests += 1;
-        stats
-            .latencies_us
-            .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        stats.latencies_us.push(latency_us);
         match verdict {
             Verdict::Ok if class == Class::Greedy => stats.greedy_admitted += 1,
             Verdict::Ok => {}
@@ -175,6 +202,16 @@ impl Recorder {
                 }
             }
         }
+    }
+
+    /// Every second so far, by when its requests were due.
+    pub fn take_seconds(&self) -> Vec<SecondStats> {
+        std::mem::take(
+            &mut *self
+                .seconds
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 
     /// Every interval so far (intervals without a request are empty).

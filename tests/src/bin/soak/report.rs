@@ -120,6 +120,7 @@ pub fn render(plan: &Plan, outcome: &Outcome, envoy_version: &str) -> Report {
     }
 
     intervals_table(&mut md, plan, outcome, key_bound, &mut failures);
+    slow_seconds(&mut md, outcome);
     processes_table(&mut md, plan, &outcome.holdings, &mut failures);
     edits_and_rotations(&mut md, outcome, &mut failures);
 
@@ -262,6 +263,84 @@ fn intervals_table(
             "the greedy client got {admitted} requests through, over its budget of {budget}"
         ));
     }
+}
+
+/// A slow request is put down to a file write when it was due at most this long after it
+/// (the write's second, and the next two).
+const AFTER_A_WRITE_SECS: f64 = 3.0;
+
+/// When the slow requests were due: next to a routes.yaml or JWKS write, or elsewhere, and
+/// the worst seconds.
+fn slow_seconds(md: &mut String, outcome: &Outcome) {
+    let edits: Vec<f64> = outcome.edits.iter().map(|e| e.at.as_secs_f64()).collect();
+    let jwks: Vec<f64> = outcome
+        .rotations
+        .iter()
+        .flat_map(|r| std::iter::once(r.at).chain(r.dropped_at))
+        .map(|at| at.as_secs_f64())
+        .collect();
+    // The write at or before the second, if one is recent enough.
+    let after = |writes: &[f64], second: usize| {
+        writes
+            .iter()
+            .copied()
+            .filter(|at| *at < second as f64 + 1.0 && *at > second as f64 - AFTER_A_WRITE_SECS)
+            .fold(None, |latest: Option<f64>, at| {
+                Some(latest.map_or(at, |l| l.max(at)))
+            })
+    };
+    let (mut total, mut slow, mut near_edit, mut near_jwks, mut seconds_near_edit) =
+        (0u64, 0u64, 0u64, 0u64, 0usize);
+    for (second, stats) in outcome.seconds.iter().enumerate() {
+        total += u64::from(stats.requests);
+        slow += u64::from(stats.slow);
+        if after(&jwks, second).is_some() {
+            near_jwks += u64::from(stats.slow);
+        } else if after(&edits, second).is_some() {
+            near_edit += u64::from(stats.slow);
+        }
+        seconds_near_edit += usize::from(after(&edits, second).is_some());
+    }
+    let share = |n: u64| n as f64 * 100.0 / slow.max(1) as f64;
+    let _ = writeln!(
+        md,
+        "Requests slower than {} ms: {slow} of {total} ({:.2}%). Due in the {AFTER_A_WRITE_SECS:.0} s          after a JWKS write: {near_jwks} ({:.0}%); after a routes.yaml write: {near_edit}          ({:.0}%, where those seconds are {:.0}% of the soak); at other times: {} ({:.0}%).",
+        crate::load::SLOW.as_millis(),
+        slow as f64 * 100.0 / total.max(1) as f64,
+        share(near_jwks),
+        share(near_edit),
+        seconds_near_edit as f64 * 100.0 / outcome.seconds.len().max(1) as f64,
+        slow - near_jwks - near_edit,
+        share(slow - near_jwks - near_edit),
+    );
+    let mut worst: Vec<(usize, &crate::load::SecondStats)> = outcome
+        .seconds
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.slow > 0)
+        .collect();
+    worst.sort_by_key(|(_, s)| std::cmp::Reverse(s.slow));
+    let cells: Vec<String> = worst
+        .iter()
+        .take(5)
+        .map(|(second, stats)| {
+            let cause = match (after(&jwks, *second), after(&edits, *second)) {
+                (Some(at), _) => format!(", a JWKS write at {at:.1} s"),
+                (None, Some(at)) => format!(", a routes.yaml write at {at:.1} s"),
+                (None, None) => String::new(),
+            };
+            format!(
+                "{second} s ({} of {} slow, the slowest {:.0} ms{cause})",
+                stats.slow,
+                stats.requests,
+                f64::from(stats.max_us) / 1000.0
+            )
+        })
+        .collect();
+    if !cells.is_empty() {
+        let _ = writeln!(md, "The seconds with the most: {}.", cells.join("; "));
+    }
+    let _ = writeln!(md);
 }
 
 fn processes_table(

@@ -11,7 +11,7 @@ use tollgate_conformance::{eventually, request};
 
 use crate::chain::{Chain, RoutesFile, EDIT_HEADER, UPSTREAM};
 use crate::keys::{self, SigningKey};
-use crate::load::{self, IntervalStats, Recorder, Target, TokenSlot, REQUEST_TIMEOUT};
+use crate::load::{self, IntervalStats, Recorder, SecondStats, Target, TokenSlot, REQUEST_TIMEOUT};
 use crate::plan::Plan;
 use crate::resources::Holding;
 
@@ -31,6 +31,8 @@ pub struct Outcome {
     pub rate: f64,
     /// One per interval of the plan.
     pub intervals: Vec<IntervalStats>,
+    /// One per second of the soak.
+    pub seconds: Vec<SecondStats>,
     /// The most keys Redis held at any sample of each interval.
     pub redis_keys_max: Vec<u64>,
     /// Redis keys that could not be counted, as text.
@@ -79,6 +81,8 @@ pub struct Rotation {
     /// From dropping the old key to a token of it (one the load had used, so one
     /// ext-authz had cached) being refused through Envoy.
     pub refused_after: Result<Duration, String>,
+    /// When the old key was dropped, since the soak started.
+    pub dropped_at: Option<Duration>,
 }
 
 pub async fn run(plan: &Plan) -> Outcome {
@@ -135,6 +139,7 @@ pub async fn run(plan: &Plan) -> Outcome {
     let rotations = rotations
         .await
         .unwrap_or_else(|e| task_failed("rotation", e));
+    let seconds = recorder.take_seconds();
     let mut intervals = recorder.take();
     intervals.resize_with(plan.intervals(), IntervalStats::default);
 
@@ -144,6 +149,7 @@ pub async fn run(plan: &Plan) -> Outcome {
         capacity,
         rate,
         intervals,
+        seconds,
         redis_keys_max: samples.redis_keys_max,
         redis_errors: samples.redis_errors,
         holdings: samples.holdings,
@@ -278,6 +284,7 @@ async fn rotate_keys(
             accepted_after: Err("not tried".into()),
             drained_after: Err("not tried".into()),
             refused_after: Err("not tried".into()),
+            dropped_at: None,
         };
         rotation.accepted_after = match write_jwks(&jwks_path, &[&current, &next]) {
             Ok(()) => wait_for_status(port, &next.mint("consumer-probe"), 200, published).await,
@@ -308,6 +315,7 @@ async fn rotate_keys(
         let old_token = old.bearer(0);
         drop(old);
         let dropped = Instant::now();
+        rotation.dropped_at = Some(dropped - start);
         rotation.refused_after = match write_jwks(&jwks_path, &[&next]) {
             Ok(()) => {
                 let token = old_token.trim_start_matches("Bearer ");
