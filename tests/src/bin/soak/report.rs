@@ -140,6 +140,16 @@ pub fn render(plan: &Plan, outcome: &Outcome, envoy_version: &str) -> Report {
             outcome.sidecar_errors.join("; ")
         );
     }
+    let churn: Vec<String> = outcome
+        .envoy_churn
+        .iter()
+        .map(|(name, count)| format!("`{name}` {count}"))
+        .collect();
+    let _ = writeln!(
+        md,
+        "Envoy's counters of what the edits made it rebuild besides routes: {}.\n",
+        churn.join(", ")
+    );
     if !outcome.reload_metrics.is_empty() {
         let _ = writeln!(
             md,
@@ -304,7 +314,10 @@ fn slow_seconds(md: &mut String, outcome: &Outcome) {
     let share = |n: u64| n as f64 * 100.0 / slow.max(1) as f64;
     let _ = writeln!(
         md,
-        "Requests slower than {} ms: {slow} of {total} ({:.2}%). Due in the {AFTER_A_WRITE_SECS:.0} s          after a JWKS write: {near_jwks} ({:.0}%); after a routes.yaml write: {near_edit}          ({:.0}%, where those seconds are {:.0}% of the soak); at other times: {} ({:.0}%).",
+        "Requests slower than {} ms: {slow} of {total} ({:.2}%). Due in the \
+         {AFTER_A_WRITE_SECS:.0} s after a JWKS write: {near_jwks} ({:.0}%); after a \
+         routes.yaml write: {near_edit} ({:.0}%, where those seconds are {:.0}% of the soak); \
+         at other times: {} ({:.0}%).",
         crate::load::SLOW.as_millis(),
         slow as f64 * 100.0 / total.max(1) as f64,
         share(near_jwks),

@@ -43,6 +43,9 @@ pub struct Outcome {
     pub rotations: Vec<Rotation>,
     /// Envoy's counters of sidecar calls that failed or timed out, those above zero.
     pub sidecar_errors: Vec<String>,
+    /// Envoy's counters of listeners and clusters replaced or removed and of filter chains
+    /// drained: what the edits made Envoy rebuild besides the route table.
+    pub envoy_churn: Vec<(String, u64)>,
     /// The control plane's and the sidecars' reload counters, and tollgate-ratelimit's
     /// Redis failures, from their metrics.
     pub reload_metrics: Vec<String>,
@@ -156,6 +159,7 @@ pub async fn run(plan: &Plan) -> Outcome {
         edits,
         rotations,
         sidecar_errors: sidecar_errors(&chain).await,
+        envoy_churn: chain.envoy.churn().await,
         reload_metrics: reload_metrics(&chain).await,
     }
 }
