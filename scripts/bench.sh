@@ -71,9 +71,10 @@ TOLLGATE_PROVISION_BENCH=1 scripts/provision.sh
   echo
   TOLLGATE_BIN_DIR="$BIN_DIR" "$BIN_DIR/e2e_bench" "$E2E_SECONDS" "$E2E_ROUNDS"
 } | tee "$out"
-# The container rows are measured by `make test-compose`, not here: carry them over.
+# The container rows are measured by `make test-compose`, and the soak by `make soak`, not
+# here: carry them over.
 if [ -f BENCHMARKS.md ]; then
-  awk '/^## Container images/{keep=1} /^## / && !/^## Container images/{keep=0} keep' BENCHMARKS.md >> "$out"
+  awk '/^## (Container images|Soak)/{keep=1} /^## / && !/^## (Container images|Soak)/{keep=0} keep' BENCHMARKS.md >> "$out"
 fi
 mv "$out" BENCHMARKS.md
 echo "wrote BENCHMARKS.md"

@@ -356,6 +356,17 @@ impl RedisServer {
         }
     }
 
+    /// The operating-system process id of the server (of its last start).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// How many keys the server holds (`DBSIZE`), asked on a connection of its own. Keys
+    /// that have expired but that Redis has not reclaimed yet are counted.
+    pub fn dbsize(&self) -> redis::RedisResult<u64> {
+        redis::cmd("DBSIZE").query(&mut connection(&self.url())?)
+    }
+
     /// A plain client for looking inside.
     pub async fn client(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
