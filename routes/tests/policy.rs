@@ -442,7 +442,7 @@ fn max_keys_on_a_global_rule_is_rejected() {
     );
     assert_error_at(
         &text,
-        "24:59:",
+        "24:63:",
         "max_keys in route \"invoices\" only goes with `mode: local`",
     );
     let explicit = GOOD.replace(

@@ -176,6 +176,11 @@ routes:
         requests: 5
         per: second
         burst: 10
+  - name: local-only
+    match: {prefix: /local}
+    service: api
+    rate_limit:
+      - {by: client_ip, requests: 1, per: second, mode: local}
   - name: public
     match: {prefix: /}
     service: api
@@ -191,11 +196,6 @@ routes:
         requests: 50
         per: second
         mode: local
-  - name: local-only
-    match: {prefix: /local}
-    service: api
-    rate_limit:
-      - {by: client_ip, requests: 1, per: second, mode: local}
 sidecars:
   ext_authz:
     address: 127.0.0.1:9000
