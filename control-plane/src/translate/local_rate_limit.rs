@@ -14,9 +14,14 @@
 //!
 //! A request missing the key (no `x-consumer-id`, no such header) makes no descriptor and
 //! is not limited by that rule, as with global rules. The route's default bucket, which
-//! Envoy requires and consumes when no descriptor matched, is made too large to refuse.
+//! Envoy 1.40 requires (with a fill interval of at least 50 ms) and consumes when no
+//! descriptor matched, is made too large to refuse; its size is what such a request's
+//! `x-ratelimit-*` headers then announce, where a global rule adds none.
 
-use tollgate_proto::envoy::config::core::v3::RuntimeFractionalPercent;
+use tollgate_proto::envoy::config::core::v3::{
+    header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption,
+    RuntimeFractionalPercent,
+};
 use tollgate_proto::envoy::config::route::v3::{
     rate_limit::{action::ActionSpecifier, action::HeaderValueMatch, Action},
     RateLimit as RouteRateLimit,
@@ -86,6 +91,16 @@ pub(super) fn per_route(route: &str, rules: &[&RateLimitRule]) -> Any {
         // `x-ratelimit-*` and `retry-after`.
         enable_x_ratelimit_headers: XRateLimitHeadersRfcVersion::DraftVersion03 as i32,
         enable_retry_after_header: true,
+        // The ratelimit filter marks its refusals so; Envoy 1.40's local filter does not.
+        response_headers_to_add: vec![HeaderValueOption {
+            header: Some(HeaderValue {
+                key: "x-envoy-ratelimited".to_string(),
+                value: "true".to_string(),
+                ..Default::default()
+            }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..Default::default()
+        }],
         rate_limited_as_resource_exhausted: true,
         max_dynamic_descriptors: Some(UInt32Value { value: max_keys }),
         ..Default::default()
@@ -289,6 +304,17 @@ mod tests {
             XRateLimitHeadersRfcVersion::DraftVersion03 as i32
         );
         assert!(config.enable_retry_after_header);
+        let marks: Vec<_> = config
+            .response_headers_to_add
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .map(|h| (h.key.as_str(), h.value.as_str()))
+            .collect();
+        assert_eq!(
+            marks,
+            [("x-envoy-ratelimited", "true")],
+            "as the ratelimit filter marks its refusals"
+        );
         assert_eq!(
             config.always_consume_default_token_bucket,
             Some(BoolValue { value: false }),
