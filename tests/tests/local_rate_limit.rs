@@ -1,6 +1,7 @@
 //! Local rate limits through a real Envoy (issue 23, first increment): a rule with `mode:
-//! local` is enforced by Envoy's own token buckets, per client address and per consumer
-//! (after ext-authz), answers exactly like a global limit (429, the gateway's JSON body,
+//! local` is enforced by Envoy's own token buckets, per client address, per consumer (after
+//! ext-authz) and per tier (a missing or unknown tier getting the strictest), answers
+//! exactly like a global limit (429, the gateway's JSON body,
 //! `retry-after`, `x-ratelimit-*`), and on a route that also has a global rule refuses
 //! without a call to the rate-limit service.
 //!
@@ -63,6 +64,7 @@ auth_providers:
     issuer: {issuer}
     audiences: [{audience}]
     jwks_file: jwks.json
+    forward_claims: {{tier: x-consumer-tier}}
 routes:
   - name: local
     match: {{prefix: /local/}}
@@ -80,6 +82,12 @@ routes:
     auth: {{provider: idp}}
     rate_limit:
       - {{by: consumer, requests: 3, per: hour, mode: local}}
+  - name: tiered
+    match: {{prefix: /tiered/}}
+    service: consumer
+    auth: {{provider: idp}}
+    rate_limit:
+      - {{by: consumer, tier_header: x-consumer-tier, tiers: {{free: 2/hour, premium: 4/hour}}, mode: local}}
   - name: mixed
     match: {{prefix: /mixed/}}
     service: mixed
@@ -133,8 +141,15 @@ sidecars:
     }
 
     fn token(&self, sub: &str) -> String {
+        self.tiered_token(sub, None)
+    }
+
+    fn tiered_token(&self, sub: &str, tier: Option<&str>) -> String {
         let mut claims = jwt::claims();
         claims["sub"] = json!(sub);
+        if let Some(tier) = tier {
+            claims["tier"] = json!(tier);
+        }
         format!("Bearer {}", self.key.mint(&claims))
     }
 
@@ -372,6 +387,54 @@ async fn each_consumer_has_its_own_local_bucket_after_ext_authz() {
         (429, Some(3), Some("0"))
     );
     assert_eq!(shape.body["error"], "too many requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tier_has_its_bucket_and_a_missing_or_unknown_tier_the_strictest() {
+    let gw = Gateway::start().await;
+    let as_consumer = |token: &str| {
+        request(gw.port)
+            .path("/tiered/items")
+            .header("authorization", token)
+    };
+    eventually("ext-authz admits tokens", async || {
+        as_consumer(&gw.token("probe"))
+            .send()
+            .await?
+            .expect_upstream("consumer")?;
+        Ok(())
+    })
+    .await;
+    let before = gw.consumer.requests();
+    let cases = [
+        ("carol", Some("free"), 2, "tier free, local 2/hour"),
+        ("dave", Some("premium"), 4, "tier premium, local 4/hour"),
+        ("erin", None, 2, "no tier claim: the strictest tier"),
+        (
+            "frank",
+            Some("platinum"),
+            2,
+            "unknown tier platinum: the strictest tier",
+        ),
+    ];
+    let mut admitted = 0;
+    for (sub, tier, budget, what) in cases {
+        let token = gw.tiered_token(sub, tier);
+        // A client naming its own tier gains nothing: the gateway strips the header and
+        // ext-authz sets it from the token.
+        let responses = burst(budget + EXTRA, |_| {
+            as_consumer(&token).header("x-consumer-tier", "premium")
+        })
+        .await;
+        let refusals = assert_budget(what, &responses, budget, "consumer");
+        assert_eq!(
+            refusal_shape(refusals[0]).limit,
+            Some(budget as u64),
+            "{what}: x-ratelimit-limit"
+        );
+        admitted += budget;
+    }
+    assert_eq!(gw.consumer.requests() - before, admitted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
