@@ -133,6 +133,18 @@ pub struct Route {
     pub traffic: crate::route_policy::TrafficPolicy,
 }
 
+impl Route {
+    /// The rules the rate-limit service counts.
+    pub fn global_rate_limits(&self) -> impl Iterator<Item = &RateLimitRule> + '_ {
+        self.rate_limits.iter().filter(|rule| !rule.mode.is_local())
+    }
+
+    /// The rules each Envoy counts itself.
+    pub fn local_rate_limits(&self) -> impl Iterator<Item = &RateLimitRule> + '_ {
+        self.rate_limits.iter().filter(|rule| rule.mode.is_local())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct RouteMatch {
     pub path: PathMatch,

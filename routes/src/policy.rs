@@ -384,6 +384,60 @@ pub enum LimitQuota {
     },
 }
 
+impl Quota {
+    /// Orders quotas by the rate they allow, lowest first; at equal rates the smaller
+    /// quota (the shorter window).
+    pub fn cmp_strictness(&self, other: &Quota) -> std::cmp::Ordering {
+        let rate = u128::from(self.requests) * u128::from(other.per.duration().as_secs());
+        let other_rate = u128::from(other.requests) * u128::from(self.per.duration().as_secs());
+        rate.cmp(&other_rate)
+            .then(self.requests.cmp(&other.requests))
+    }
+}
+
+impl LimitQuota {
+    /// The tier a request without a known tier is limited as: the one allowing the lowest
+    /// rate, so that neither a missing nor an invented tier escapes the limit.
+    pub fn strictest_tier(&self) -> Option<(&str, Quota)> {
+        match self {
+            LimitQuota::Flat(_) => None,
+            LimitQuota::Tiered { tiers, .. } => tiers
+                .iter()
+                .min_by(|a, b| a.1.cmp_strictness(b.1))
+                .map(|(name, quota)| (name.as_str(), *quota)),
+        }
+    }
+}
+
+/// Buckets per key-bearing descriptor that each Envoy keeps for a local rule by default.
+/// Envoy's own default, 20, would let the 21st client evict the least recent one and so
+/// start a fresh budget for whoever returns; 10,000 active clients per rule cost each
+/// Envoy a few megabytes (a bucket and an LRU entry of a few hundred bytes each).
+pub const DEFAULT_MAX_KEYS: u32 = 10_000;
+/// Beyond this, one rule could hold hundreds of megabytes in every Envoy.
+pub const MAX_MAX_KEYS: u32 = 1_000_000;
+
+/// Where a rule is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitMode {
+    /// By the rate-limit service, in one store every Envoy shares: exact, at the cost of a
+    /// gRPC call per request.
+    Global,
+    /// By each Envoy in its own token buckets (Envoy's `local_ratelimit` filter): no call
+    /// at all, and for now each Envoy grants the whole budget.
+    Local {
+        /// Buckets each Envoy keeps per key-bearing descriptor; past it, the least recently
+        /// seen key's bucket is dropped, and that key starts afresh.
+        max_keys: u32,
+    },
+}
+
+impl LimitMode {
+    pub fn is_local(self) -> bool {
+        matches!(self, LimitMode::Local { .. })
+    }
+}
+
 /// One rate limit rule on a route.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RateLimitRule {
@@ -392,5 +446,7 @@ pub struct RateLimitRule {
     pub key: LimitKey,
     pub quota: LimitQuota,
     pub burst: Option<u64>,
+    /// Always [`LimitAlgorithm::TokenBucket`] for a local rule.
     pub algorithm: LimitAlgorithm,
+    pub mode: LimitMode,
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tollgate_routes::parse;
 use tollgate_routes::policy::{
-    Algorithm, KeySource, LimitAlgorithm, LimitKey, LimitQuota, Per, Quota, TokenSource,
+    Algorithm, KeySource, LimitAlgorithm, LimitKey, LimitMode, LimitQuota, Per, Quota, TokenSource,
+    DEFAULT_MAX_KEYS,
 };
 
 const GOOD: &str = "\
@@ -359,4 +360,156 @@ fn a_header_limit_on_the_header_the_routes_api_keys_travel_in_is_refused() {
             .is_none_or(|e| !e.to_string().contains("reads its keys")),
         "{errors:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Local rules (`mode: local`): Envoy's own token buckets.
+// ---------------------------------------------------------------------------------------
+
+/// GOOD with its client_ip rule made local, the line and column of which the tests below
+/// name (line 25, the rule's flow mapping).
+fn with_local_ip_rule(extra: &str) -> String {
+    GOOD.replace(
+        "      - {by: client_ip, requests: 20, per: second, burst: 40}\n",
+        &format!(
+            "      - {{by: client_ip, requests: 20, per: second, burst: 40, mode: local{extra}}}\n"
+        ),
+    )
+}
+
+#[test]
+fn rules_are_global_by_default_and_local_when_asked() {
+    let config = parse("routes.yaml", &with_local_ip_rule(", max_keys: 500")).expect("valid");
+    let route = &config.routes[0];
+    assert_eq!(route.rate_limits[0].mode, LimitMode::Global);
+    assert_eq!(
+        route.rate_limits[1].mode,
+        LimitMode::Local { max_keys: 500 }
+    );
+    assert_eq!(route.rate_limits[1].algorithm, LimitAlgorithm::TokenBucket);
+    let local: Vec<_> = route.local_rate_limits().map(|r| r.id.as_str()).collect();
+    assert_eq!(local, ["client_ip"]);
+    assert_eq!(route.global_rate_limits().count(), 3);
+}
+
+#[test]
+fn a_local_rule_without_max_keys_keeps_the_default_number_of_buckets() {
+    let config = parse("routes.yaml", &with_local_ip_rule("")).expect("valid");
+    assert_eq!(
+        config.routes[0].rate_limits[1].mode,
+        LimitMode::Local {
+            max_keys: DEFAULT_MAX_KEYS
+        }
+    );
+    const { assert!(DEFAULT_MAX_KEYS > 20, "well above Envoy's own default") };
+}
+
+#[test]
+fn a_local_rule_is_a_token_bucket_even_without_a_burst() {
+    let text = GOOD.replace(
+        "requests: 1000, per: minute}",
+        "requests: 1000, per: minute, mode: local}",
+    );
+    let config = parse("routes.yaml", &text).expect("valid");
+    assert_eq!(
+        config.routes[0].rate_limits[0].algorithm,
+        LimitAlgorithm::TokenBucket
+    );
+}
+
+#[test]
+fn a_window_algorithm_cannot_be_local() {
+    for algorithm in ["fixed", "sliding"] {
+        let text = GOOD.replace(
+            "requests: 1000, per: minute}",
+            &format!("requests: 1000, per: minute, algorithm: {algorithm}, mode: local}}"),
+        );
+        assert_error_at(
+            &text,
+            "24:64:",
+            &format!(
+                "algorithm {algorithm} in route \"invoices\" cannot be done with `mode: local`"
+            ),
+        );
+    }
+}
+
+#[test]
+fn max_keys_on_a_global_rule_is_rejected() {
+    let text = GOOD.replace(
+        "requests: 1000, per: minute}",
+        "requests: 1000, per: minute, max_keys: 100}",
+    );
+    assert_error_at(
+        &text,
+        "24:63:",
+        "max_keys in route \"invoices\" only goes with `mode: local`",
+    );
+    let explicit = GOOD.replace(
+        "requests: 1000, per: minute}",
+        "requests: 1000, per: minute, mode: global, max_keys: 100}",
+    );
+    assert_error_at(&explicit, "24:77:", "only goes with `mode: local`");
+}
+
+#[test]
+fn max_keys_out_of_range_is_rejected() {
+    assert_error_at(
+        &with_local_ip_rule(", max_keys: 0"),
+        "25:86:",
+        "max_keys 0 is out of range",
+    );
+    assert_error_at(
+        &with_local_ip_rule(", max_keys: 5000000"),
+        "25:86:",
+        "max_keys 5000000 is out of range",
+    );
+}
+
+#[test]
+fn an_unknown_mode_is_rejected() {
+    let text = GOOD.replace(
+        "requests: 1000, per: minute}",
+        "requests: 1000, per: minute, mode: nearby}",
+    );
+    assert_error_at(
+        &text,
+        "24:59:",
+        "unknown rate limit mode \"nearby\": expected global or local",
+    );
+}
+
+#[test]
+fn a_local_quota_must_fit_envoys_32_bit_buckets() {
+    let text = GOOD.replace(
+        "requests: 1000, per: minute}",
+        "requests: 5000000000, per: minute, mode: local}",
+    );
+    assert_error_at(
+        &text,
+        "24:34:",
+        "requests 5000000000 is too many for `mode: local`",
+    );
+}
+
+#[test]
+fn a_route_with_only_local_rules_needs_no_rate_limit_service() {
+    let text = GOOD
+        .replace(
+            "  rate_limit: {address: 127.0.0.1:8081, timeout: 50ms, failure_mode_deny: false, domain: tollgate}\n",
+            "",
+        )
+        .replace("per: minute}", "per: minute, mode: local}")
+        .replace("burst: 40}", "burst: 40, mode: local}")
+        .replace("algorithm: fixed}", "mode: local}")
+        .replace("internal: 5000/minute}\n", "internal: 5000/minute}\n        mode: local\n");
+    let config = parse("routes.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.sidecars.rate_limit.is_none());
+    assert_eq!(config.routes[0].local_rate_limits().count(), 4);
+    // One global rule among them still needs the service, and the error names that rule.
+    let mixed = text.replace(
+        "requests: 1000, per: minute, mode: local}",
+        "requests: 1000, per: minute}",
+    );
+    assert_error_at(&mixed, "24:9:", "sidecars.rate_limit is not configured");
 }

@@ -36,8 +36,8 @@ use tollgate_routes::ListenerLimits;
 pub(super) const WEBSOCKET: &str = "websocket";
 
 use super::{
-    ads_config_source, any, auth, body_limit, cors, ip_rules, listener_tls, local_reply,
-    proto_duration, rate_limit,
+    ads_config_source, any, auth, body_limit, cors, ip_rules, listener_tls, local_rate_limit,
+    local_reply, proto_duration, rate_limit,
 };
 
 /// HTTP/2 flow-control windows from Envoy's edge-proxy guide, for client and upstream
@@ -149,7 +149,9 @@ pub(super) struct ListenerFilters {
     pub strip_headers: Vec<String>,
     /// The ext_authz filter config, when a route on this listener requires auth.
     pub ext_authz: Option<Any>,
-    /// The ratelimit filter config, when a route on this listener has rate limits.
+    /// The local_ratelimit filter config, when a route on this listener has local rules.
+    pub local_rate_limit: Option<Any>,
+    /// The ratelimit filter config, when a route on this listener has global rules.
     pub rate_limit: Option<Any>,
     /// The buffer filter config, when a route on this listener limits request bodies.
     pub body_limit: Option<Any>,
@@ -170,10 +172,17 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
     // the gateway hold its body in memory. The cache last: an answer from the cache still
     // needs the token and counts against the limits, as one from the upstream does.
     // IP rules first of all: a refused client costs nothing else, not even a preflight.
+    // Local limits after ext_authz, whose `x-consumer-id` they count by, and before the
+    // global ones, so that a request refused locally costs no call to the rate-limit
+    // service.
     let mut http_filters: Vec<HttpFilter> = [
         (ip_rules::FILTER_NAME, filters.ip_rules.as_ref()),
         (cors::FILTER_NAME, filters.cors.as_ref()),
         (auth::FILTER_NAME, filters.ext_authz.as_ref()),
+        (
+            local_rate_limit::FILTER_NAME,
+            filters.local_rate_limit.as_ref(),
+        ),
         (rate_limit::FILTER_NAME, filters.rate_limit.as_ref()),
         (body_limit::FILTER_NAME, filters.body_limit.as_ref()),
     ]

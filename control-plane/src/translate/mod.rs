@@ -14,6 +14,7 @@ mod ip_rules;
 mod json_format;
 mod listener;
 mod listener_tls;
+mod local_rate_limit;
 mod local_reply;
 mod rate_limit;
 mod response_cache;
@@ -168,11 +169,14 @@ fn add_listener(
         .ext_authz
         .as_ref()
         .filter(|_| routes.iter().any(|r| r.auth.is_some()));
-    let rate_limit = config
-        .sidecars
-        .rate_limit
-        .as_ref()
-        .filter(|_| routes.iter().any(|r| !r.rate_limits.is_empty()));
+    let rate_limit = config.sidecars.rate_limit.as_ref().filter(|_| {
+        routes
+            .iter()
+            .any(|r| r.global_rate_limits().next().is_some())
+    });
+    let local_rate_limit = routes
+        .iter()
+        .any(|r| r.local_rate_limits().next().is_some());
     let cached = routes.iter().any(|r| r.traffic.cache.is_some());
     let cors = config.cors.is_some()
         || routes
@@ -184,6 +188,7 @@ fn add_listener(
         ip_rules,
         strip_headers: shared.strip_headers.clone(),
         ext_authz: ext_authz.map(|sidecar| auth::filter(sidecar, &config.auth_providers)),
+        local_rate_limit: local_rate_limit.then(local_rate_limit::filter),
         rate_limit: rate_limit.map(rate_limit::filter),
         cors: cors.then(cors::filter),
         body_limit: routes
@@ -208,6 +213,7 @@ fn add_listener(
     let table = route::RouteTable {
         ext_authz: ext_authz.is_some(),
         rate_limit: rate_limit.is_some(),
+        local_rate_limit,
         cors,
         default_cors: config.cors.as_ref(),
         services: &config.services,

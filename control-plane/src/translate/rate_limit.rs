@@ -50,19 +50,18 @@ pub(super) fn filter(sidecar: &RateLimitSidecar) -> Any {
     })
 }
 
-/// The route-level rate limits for `route`'s rules.
-pub(super) fn route_rate_limits(route: &str, rules: &[RateLimitRule]) -> Vec<RouteRateLimit> {
+/// The route-level rate limits for `route`'s global rules (local ones never reach the
+/// route's `rate_limits`, which this filter reads: see [`super::local_rate_limit`]).
+pub(super) fn route_rate_limits<'a>(
+    route: &str,
+    rules: impl Iterator<Item = &'a RateLimitRule>,
+) -> Vec<RouteRateLimit> {
     rules
-        .iter()
         .map(|rule| {
             let mut actions = vec![
                 generic_key("route", route),
                 generic_key("rule", &rule.id),
-                match &rule.key {
-                    LimitKey::Consumer => request_header(CONSUMER_HEADER, "consumer", false),
-                    LimitKey::ClientIp => action(ActionSpecifier::RemoteAddress(RemoteAddress {})),
-                    LimitKey::Header(header) => request_header(header, "header", false),
-                },
+                key_action(&rule.key),
             ];
             if let LimitQuota::Tiered { header, .. } = &rule.quota {
                 // A missing tier must still be limited (by the strictest tier, in the
@@ -77,7 +76,26 @@ pub(super) fn route_rate_limits(route: &str, rules: &[RateLimitRule]) -> Vec<Rou
         .collect()
 }
 
-fn generic_key(key: &str, value: &str) -> Action {
+/// The action making a rule's key entry, named by [`key_entry`].
+pub(super) fn key_action(key: &LimitKey) -> Action {
+    match key {
+        LimitKey::Consumer => request_header(CONSUMER_HEADER, "consumer", false),
+        LimitKey::ClientIp => action(ActionSpecifier::RemoteAddress(RemoteAddress {})),
+        LimitKey::Header(header) => request_header(header, "header", false),
+    }
+}
+
+/// The descriptor key of a rule's key entry: Envoy names the client address
+/// `remote_address` itself.
+pub(super) fn key_entry(key: &LimitKey) -> &'static str {
+    match key {
+        LimitKey::Consumer => "consumer",
+        LimitKey::ClientIp => "remote_address",
+        LimitKey::Header(_) => "header",
+    }
+}
+
+pub(super) fn generic_key(key: &str, value: &str) -> Action {
     action(ActionSpecifier::GenericKey(GenericKey {
         descriptor_key: key.to_string(),
         descriptor_value: value.to_string(),
@@ -85,7 +103,7 @@ fn generic_key(key: &str, value: &str) -> Action {
     }))
 }
 
-fn request_header(header: &str, key: &str, skip_if_absent: bool) -> Action {
+pub(super) fn request_header(header: &str, key: &str, skip_if_absent: bool) -> Action {
     action(ActionSpecifier::RequestHeaders(RequestHeaders {
         header_name: header.to_string(),
         descriptor_key: key.to_string(),

@@ -29,6 +29,7 @@ use tollgate_proto::envoy::r#type::v3::{fractional_percent::DenominatorType, Fra
 use tollgate_proto::google::protobuf::Any;
 use tollgate_proto::google::protobuf::{BoolValue, UInt32Value};
 use tollgate_routes::ip_rules::IpRules;
+use tollgate_routes::policy::RateLimitRule;
 use tollgate_routes::route_policy::{CorsPolicy, RouteCors, DEFAULT_ROUTE_TIMEOUT};
 use tollgate_routes::service_policy::Protocol;
 use tollgate_routes::{
@@ -38,8 +39,8 @@ use tollgate_routes::{
 
 use super::json_format::json_format;
 use super::{
-    auth, body_limit, cluster, cors, headers, ip_rules, listener, proto_duration, proto_map,
-    rate_limit, response_cache, retry, transcode,
+    auth, body_limit, cluster, cors, headers, ip_rules, listener, local_rate_limit, proto_duration,
+    proto_map, rate_limit, response_cache, retry, transcode,
 };
 
 /// What every route of one listener's table is built with.
@@ -53,6 +54,8 @@ pub(super) struct RouteTable<'a> {
     pub ext_authz: bool,
     /// The listener runs the ratelimit filter.
     pub rate_limit: bool,
+    /// The listener runs the local_ratelimit filter.
+    pub local_rate_limit: bool,
     /// The listener runs the cors filter.
     pub cors: bool,
     /// The top-level `cors`, for routes without their own.
@@ -113,7 +116,7 @@ fn https_redirect_route(to: &HttpsRedirect, table: &RouteTable) -> EnvoyRoute {
             response_code: RedirectResponseCode::MovedPermanently as i32,
             ..Default::default()
         })),
-        typed_per_filter_config: proto_map(sidecar_filters_off(table, false, false)),
+        typed_per_filter_config: proto_map(sidecar_filters_off(table, None)),
         ..Default::default()
     }
 }
@@ -270,7 +273,7 @@ fn health_route(path: &str, table: &RouteTable) -> EnvoyRoute {
             body_format: Some(json_format(&[("status", "ok")])),
         })),
         typed_per_filter_config: proto_map(
-            sidecar_filters_off(table, false, false).chain(
+            sidecar_filters_off(table, None).chain(
                 table
                     .ip_rules
                     .filter(|rules| !rules.is_empty())
@@ -282,15 +285,22 @@ fn health_route(path: &str, table: &RouteTable) -> EnvoyRoute {
 }
 
 /// Switches off, for one route, the sidecar filters its listener runs but the route does not
-/// use: ext_authz without `auth`, ratelimit without `rate_limit`.
+/// use: ext_authz without `auth`, ratelimit without global rules, local_ratelimit without
+/// local ones. `None`: one of the gateway's own routes (health, redirect), which use none.
 fn sidecar_filters_off(
     table: &RouteTable,
-    uses_auth: bool,
-    uses_limits: bool,
+    route: Option<&Route>,
 ) -> impl Iterator<Item = (String, Any)> {
+    let has_auth = route.is_some_and(|r| r.auth.is_some());
+    let has_global = route.is_some_and(|r| r.global_rate_limits().next().is_some());
+    let has_local = route.is_some_and(|r| r.local_rate_limits().next().is_some());
     [
-        (auth::FILTER_NAME, table.ext_authz && !uses_auth),
-        (rate_limit::FILTER_NAME, table.rate_limit && !uses_limits),
+        (auth::FILTER_NAME, table.ext_authz && !has_auth),
+        (rate_limit::FILTER_NAME, table.rate_limit && !has_global),
+        (
+            local_rate_limit::FILTER_NAME,
+            table.local_rate_limit && !has_local,
+        ),
     ]
     .into_iter()
     .filter(|(_, off)| *off)
@@ -309,14 +319,21 @@ fn route(route: &Route, table: &RouteTable) -> EnvoyRoute {
     };
     let mut envoy_route = forwarding_route(route, cors, table);
     if let Some(Action::Route(action)) = envoy_route.action.as_mut() {
-        action.rate_limits = rate_limit::route_rate_limits(&route.name, &route.rate_limits);
+        action.rate_limits = rate_limit::route_rate_limits(&route.name, route.global_rate_limits());
     }
+    let local_rules: Vec<&RateLimitRule> = route.local_rate_limits().collect();
     envoy_route.typed_per_filter_config = proto_map(
-        sidecar_filters_off(table, route.auth.is_some(), !route.rate_limits.is_empty())
+        sidecar_filters_off(table, Some(route))
             .chain(route.auth.as_ref().filter(|_| table.ext_authz).map(|auth| {
                 (
                     auth::FILTER_NAME.to_string(),
                     auth::per_route(&route.name, auth),
+                )
+            }))
+            .chain((!local_rules.is_empty()).then(|| {
+                (
+                    local_rate_limit::FILTER_NAME.to_string(),
+                    local_rate_limit::per_route(&route.name, &local_rules),
                 )
             }))
             .chain(
@@ -577,7 +594,7 @@ fn route_match(matcher: &RouteMatch, cors: bool) -> EnvoyRouteMatch {
     }
 }
 
-fn header(name: &str, pattern: MatchPattern) -> HeaderMatcher {
+pub(super) fn header(name: &str, pattern: MatchPattern) -> HeaderMatcher {
     HeaderMatcher {
         name: name.to_string(),
         header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
@@ -589,7 +606,7 @@ fn header(name: &str, pattern: MatchPattern) -> HeaderMatcher {
 }
 
 /// Envoy's safe_regex is RE2 and must match the whole value, as validation assumed.
-fn regex_matcher(regex: String) -> RegexMatcher {
+pub(super) fn regex_matcher(regex: String) -> RegexMatcher {
     RegexMatcher {
         regex,
         engine_type: None,

@@ -913,3 +913,120 @@ routes:
         .typed_per_filter_config
         .contains_key("envoy.filters.http.grpc_json_transcoder"));
 }
+
+/// PROTECTED with a route whose rules are local (one) and local and global (the other).
+fn with_local_rules() -> Snapshot {
+    let yaml = PROTECTED.replace(
+        "  - name: open\n",
+        "  - name: local-only
+    listener: public
+    match: {prefix: /local}
+    service: invoices
+    rate_limit:
+      - {by: client_ip, requests: 100, per: second, burst: 200, mode: local}
+  - name: mixed
+    listener: public
+    match: {prefix: /mixed}
+    service: invoices
+    auth: {provider: main}
+    rate_limit:
+      - {by: client_ip, requests: 100, per: second, mode: local, max_keys: 300}
+      - {by: consumer, requests: 1000, per: minute}
+  - name: open\n",
+    );
+    translate(
+        &tollgate_routes::parse("routes.yaml", &yaml).unwrap_or_else(|e| panic!("{e}")),
+        &Default::default(),
+    )
+}
+
+#[test]
+fn local_limits_run_after_ext_authz_and_before_the_ratelimit_filter() {
+    let names: Vec<String> = manager(&with_local_rules(), "public")
+        .http_filters
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.ext_authz",
+            "envoy.filters.http.local_ratelimit",
+            "envoy.filters.http.ratelimit",
+            "envoy.filters.http.router"
+        ],
+        "local limits count by x-consumer-id, which ext_authz sets, and a request they refuse never reaches the ratelimit filter"
+    );
+    assert!(
+        !manager(&protected(), "public")
+            .http_filters
+            .iter()
+            .any(|f| f.name == "envoy.filters.http.local_ratelimit"),
+        "no local rule, no filter"
+    );
+}
+
+#[test]
+fn local_rules_go_to_the_local_filter_and_never_to_the_rate_limit_service() {
+    use tollgate_proto::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    let routes: RouteConfiguration = decode(&with_local_rules(), type_url::ROUTE, "public");
+    let global_rules = |name: &str| {
+        let Some(Action::Route(action)) = &route_named(&routes, name).action else {
+            panic!("route action expected")
+        };
+        action.rate_limits.len()
+    };
+    let per_filter = |name: &str, filter: &str| {
+        route_named(&routes, name)
+            .typed_per_filter_config
+            .get(filter)
+            .cloned()
+    };
+    assert_eq!(global_rules("local-only"), 0);
+    assert_eq!(global_rules("mixed"), 1, "only the consumer rule is global");
+    assert!(switched_off(
+        &per_filter("local-only", "envoy.filters.http.ratelimit").expect("a setting")
+    ));
+    assert_eq!(per_filter("mixed", "envoy.filters.http.ratelimit"), None);
+    let local = per_filter("mixed", "envoy.filters.http.local_ratelimit").expect("a setting");
+    let local = LocalRateLimit::decode(local.value.as_slice()).expect("decodes");
+    assert_eq!(local.descriptors.len(), 1);
+    assert_eq!(local.max_dynamic_descriptors.map(|v| v.value), Some(300));
+    assert!(switched_off(
+        &per_filter("secured", "envoy.filters.http.local_ratelimit").expect("a setting")
+    ));
+}
+
+#[test]
+fn a_config_with_only_local_rules_has_no_rate_limit_cluster() {
+    let yaml = "\
+version: 1
+listeners: [{name: public, address: 0.0.0.0:8080}]
+services: {api: {endpoints: [\"127.0.0.1:3000\"]}}
+routes:
+  - name: api
+    match: {prefix: /}
+    service: api
+    rate_limit: [{by: client_ip, requests: 5, per: second, mode: local}]
+";
+    let snapshot = translate(
+        &tollgate_routes::parse("routes.yaml", yaml).unwrap_or_else(|e| panic!("{e}")),
+        &Default::default(),
+    );
+    assert!(!snapshot
+        .resources(type_url::CLUSTER)
+        .resources
+        .contains_key("tollgate_ratelimit"));
+    let names: Vec<String> = manager(&snapshot, "public")
+        .http_filters
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.local_ratelimit",
+            "envoy.filters.http.router"
+        ]
+    );
+}

@@ -10,8 +10,6 @@
 //! hits are counted under the most restrictive tier's name so that inventing tier values
 //! does not buy fresh counters either.
 
-use std::cmp::Ordering;
-
 use tollgate_routes::policy::{LimitAlgorithm, LimitKey, LimitQuota, Per, Quota, RateLimitRule};
 use tollgate_routes::RoutesConfig;
 
@@ -37,12 +35,13 @@ pub fn build(config: &RoutesConfig) -> DescriptorTree {
     let domain = sidecar.domain.as_str();
     let mut root = Node::default();
     for route in &config.routes {
-        if route.rate_limits.is_empty() {
+        // Local rules are Envoy's own buckets: Envoy never asks about them.
+        if route.global_rate_limits().next().is_none() {
             continue;
         }
         let route_key = format!("route_{}", route.name);
         let mut route_node = Node::default();
-        for rule in &route.rate_limits {
+        for rule in route.global_rate_limits() {
             let rule_key = format!("rule_{}", rule.id);
             let key = key_entry(&rule.key);
             let stats_key = format!("{domain}.{route_key}.{rule_key}.{key}");
@@ -74,7 +73,7 @@ fn tiered<'a>(
 ) -> Node {
     let strictest = tiers
         .clone()
-        .min_by(|a, b| stricter(a.1, b.1))
+        .min_by(|a, b| a.1.cmp_strictness(b.1))
         .map(|(name, quota)| (name.clone(), *quota));
     let mut node = Node::default();
     let Some((strictest_name, strictest_quota)) = strictest else {
@@ -102,13 +101,6 @@ fn tiered<'a>(
     };
     node.insert("tier".to_string(), unknown);
     node
-}
-
-/// Orders quotas by the rate they allow, lowest first; at equal rates the smaller window.
-fn stricter(a: &Quota, b: &Quota) -> Ordering {
-    let a_rate = u128::from(a.requests) * u128::from(unit(b.per).seconds());
-    let b_rate = u128::from(b.requests) * u128::from(unit(a.per).seconds());
-    a_rate.cmp(&b_rate).then(a.requests.cmp(&b.requests))
 }
 
 fn unit(per: Per) -> Unit {
@@ -184,6 +176,11 @@ routes:
         requests: 5
         per: second
         burst: 10
+  - name: local-only
+    match: {prefix: /local}
+    service: api
+    rate_limit:
+      - {by: client_ip, requests: 1, per: second, mode: local}
   - name: public
     match: {prefix: /}
     service: api
@@ -194,6 +191,11 @@ routes:
         requests: 3
         per: minute
         algorithm: fixed
+      - by: client_ip
+        name: per-ip-local
+        requests: 50
+        per: second
+        mode: local
 sidecars:
   ext_authz:
     address: 127.0.0.1:9000
@@ -328,6 +330,35 @@ sidecars:
                 &[("route", "public"), ("rule", "per-key"), ("consumer", "c")]
             ),
             None
+        );
+    }
+
+    #[test]
+    fn local_rules_are_left_to_envoy() {
+        let tree = tree();
+        assert_eq!(
+            quota(
+                &tree,
+                &[
+                    ("route", "public"),
+                    ("rule", "per-ip-local"),
+                    ("remote_address", "10.0.0.1")
+                ]
+            ),
+            None,
+            "a local rule beside a global one"
+        );
+        assert_eq!(
+            quota(
+                &tree,
+                &[
+                    ("route", "local-only"),
+                    ("rule", "client_ip"),
+                    ("remote_address", "10.0.0.1")
+                ]
+            ),
+            None,
+            "a route with only local rules"
         );
     }
 }

@@ -248,6 +248,10 @@ pub(crate) struct RateLimitDoc {
     pub algorithm: Option<Spanned<String>>,
     pub tier_header: Option<Spanned<String>>,
     pub tiers: Option<BTreeMap<String, Spanned<String>>>,
+    /// `global` (the default: the rate-limit service) or `local` (Envoy's own buckets).
+    pub mode: Option<Spanned<String>>,
+    /// Local rules only: how many distinct keys each Envoy keeps a bucket for.
+    pub max_keys: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,8 +12,9 @@ use crate::document::{Document, RateLimitDoc, RouteDoc, SidecarAddressDoc};
 use crate::endpoint::Endpoint;
 use crate::listener_tls::FileSource;
 use crate::policy::{
-    ExtAuthzSidecar, LimitAlgorithm, LimitKey, LimitQuota, Per, Quota, RateLimitRule,
-    RateLimitSidecar, Sidecars, EXT_AUTHZ_CLUSTER, RATE_LIMIT_CLUSTER,
+    ExtAuthzSidecar, LimitAlgorithm, LimitKey, LimitMode, LimitQuota, Per, Quota, RateLimitRule,
+    RateLimitSidecar, Sidecars, DEFAULT_MAX_KEYS, EXT_AUTHZ_CLUSTER, MAX_MAX_KEYS,
+    RATE_LIMIT_CLUSTER,
 };
 
 /// Envoy's ext_authz default; a JWT check with cached keys takes well under a millisecond.
@@ -25,21 +26,6 @@ pub(super) fn rate_limits(
     route: &RouteDoc,
     errors: &mut Errors,
 ) -> Vec<RateLimitRule> {
-    if !route.rate_limit.is_empty()
-        && doc
-            .sidecars
-            .as_ref()
-            .and_then(|s| s.rate_limit.as_ref())
-            .is_none()
-    {
-        errors.at(
-            &route.rate_limit[0],
-            format!(
-                "route \"{}\" has rate limits but sidecars.rate_limit is not configured",
-                route.name.value
-            ),
-        );
-    }
     let mut ids = HashSet::new();
     let mut rules = Vec::new();
     for node in &route.rate_limit {
@@ -56,7 +42,31 @@ pub(super) fn rate_limits(
             rules.push(rule);
         }
     }
+    // Only global rules need the service; local ones are Envoy's alone.
+    let needs_service = route.rate_limit.iter().find(|node| !is_local(&node.value));
+    if let Some(node) = needs_service {
+        if doc
+            .sidecars
+            .as_ref()
+            .and_then(|s| s.rate_limit.as_ref())
+            .is_none()
+        {
+            errors.at(
+                node,
+                format!(
+                    "route \"{}\" has rate limits but sidecars.rate_limit is not configured (or make them `mode: local`)",
+                    route.name.value
+                ),
+            );
+        }
+    }
     rules
+}
+
+/// Whether the rule as written asks for local mode (an unknown mode is reported by
+/// [`limit_mode`]).
+fn is_local(doc: &RateLimitDoc) -> bool {
+    doc.mode.as_ref().is_some_and(|mode| mode.value == "local")
 }
 
 fn rate_limit(
@@ -69,7 +79,11 @@ fn rate_limit(
     let doc = &node.value;
     let key = limit_key(file, route, doc, errors);
     let quota = limit_quota(node, errors);
-    let algorithm = limit_algorithm(doc, errors);
+    let mode = limit_mode(route, doc, errors);
+    let algorithm = match mode {
+        Some(LimitMode::Local { .. }) => local_algorithm(route, doc, errors),
+        _ => limit_algorithm(doc, errors),
+    };
     if let Some(burst) = &doc.burst {
         if burst.value == 0 {
             errors.at(burst, "burst must be at least 1".to_string());
@@ -88,6 +102,10 @@ fn rate_limit(
     }
     let key = key?;
     let quota = quota?;
+    let mode = mode?;
+    if mode.is_local() {
+        local_counts_fit(node, &quota, errors);
+    }
     let id = match &doc.name {
         Some(name) => name.value.clone(),
         None => default_rule_id(&key, &quota),
@@ -98,7 +116,110 @@ fn rate_limit(
         quota,
         burst: doc.burst.as_ref().map(|b| b.value),
         algorithm,
+        mode,
     })
+}
+
+/// `mode` and `max_keys`: global unless told otherwise; `max_keys` only bounds Envoy's own
+/// buckets, so it means nothing to a global rule.
+fn limit_mode(route: &RouteDoc, doc: &RateLimitDoc, errors: &mut Errors) -> Option<LimitMode> {
+    let local = match doc.mode.as_ref().map(|m| (m, m.value.as_str())) {
+        None | Some((_, "global")) => false,
+        Some((_, "local")) => true,
+        Some((mode, other)) => {
+            errors.at(
+                mode,
+                format!("unknown rate limit mode \"{other}\": expected global or local"),
+            );
+            return None;
+        }
+    };
+    match (&doc.max_keys, local) {
+        (None, false) => Some(LimitMode::Global),
+        (Some(max_keys), false) => {
+            errors.at(
+                max_keys,
+                format!(
+                    "max_keys in route \"{}\" only goes with `mode: local`: a global rule is counted by the rate-limit service, which keeps every key in its store",
+                    route.name.value
+                ),
+            );
+            None
+        }
+        (None, true) => Some(LimitMode::Local {
+            max_keys: DEFAULT_MAX_KEYS,
+        }),
+        (Some(max_keys), true) => match u32::try_from(max_keys.value) {
+            Ok(n) if (1..=MAX_MAX_KEYS).contains(&n) => Some(LimitMode::Local { max_keys: n }),
+            _ => {
+                errors.at(
+                    max_keys,
+                    format!(
+                        "max_keys {} is out of range: between 1 and {MAX_MAX_KEYS} (each key's bucket is kept in every Envoy's memory)",
+                        max_keys.value
+                    ),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// A local rule is a token bucket, the one thing Envoy's local_ratelimit filter counts
+/// with: `requests` refill continuously over `per`, and the bucket holds `burst` (by
+/// default `requests`), exactly the service's `token_bucket`. A fixed or sliding window
+/// has no local equivalent, so asking for one is refused rather than quietly changed.
+fn local_algorithm(route: &RouteDoc, doc: &RateLimitDoc, errors: &mut Errors) -> LimitAlgorithm {
+    if let Some(algorithm) = &doc.algorithm {
+        if algorithm.value != "token_bucket" {
+            errors.at(
+                algorithm,
+                format!(
+                    "algorithm {} in route \"{}\" cannot be done with `mode: local`: Envoy counts local limits with token buckets only; drop `algorithm` (a local rule is a token_bucket) or use `mode: global`",
+                    algorithm.value, route.name.value
+                ),
+            );
+        }
+    }
+    LimitAlgorithm::TokenBucket
+}
+
+/// Envoy's token buckets count in 32 bits.
+fn local_counts_fit(node: &Spanned<RateLimitDoc>, quota: &LimitQuota, errors: &mut Errors) {
+    let doc = &node.value;
+    let too_big = |n: u64| u32::try_from(n).is_err();
+    if let Some(requests) = doc.requests.as_ref().filter(|r| too_big(r.value)) {
+        errors.at(
+            requests,
+            format!(
+                "requests {} is too many for `mode: local`: Envoy's buckets hold at most {}",
+                requests.value,
+                u32::MAX
+            ),
+        );
+    }
+    if let Some(burst) = doc.burst.as_ref().filter(|b| too_big(b.value)) {
+        errors.at(
+            burst,
+            format!(
+                "burst {} is too many for `mode: local`: Envoy's buckets hold at most {}",
+                burst.value,
+                u32::MAX
+            ),
+        );
+    }
+    if let LimitQuota::Tiered { tiers, .. } = quota {
+        for (tier, quota) in tiers.iter().filter(|(_, q)| too_big(q.requests)) {
+            errors.at(
+                node,
+                format!(
+                    "tier \"{tier}\" allows {} requests, too many for `mode: local`: Envoy's buckets hold at most {}",
+                    quota.requests,
+                    u32::MAX
+                ),
+            );
+        }
+    }
 }
 
 /// What the rule counts by: the consumer (which needs auth on the route), the client's
