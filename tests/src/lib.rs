@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binaries;
+pub mod civil_date;
 pub mod compose;
 pub mod control_plane;
 pub mod envoy;

@@ -519,23 +519,10 @@ fn minutes_or_seconds(duration: Duration) -> String {
     }
 }
 
-/// Today's date (UTC) as `YYYY-MM-DD`, from the system clock (Howard Hinnant's
-/// days-to-civil algorithm).
+/// Today's date (UTC) as `YYYY-MM-DD`, from the system clock.
 fn today() -> String {
-    let days = (tollgate_testkit::jwt::now() / 86_400) as i64 + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (year, month, day) =
+        tollgate_conformance::civil_date::civil_date(tollgate_testkit::jwt::now());
     format!("{year:04}-{month:02}-{day:02}")
 }
 
