@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tollgate_runtime::http::{self, Readiness};
 
+use crate::fleet::{Fleet, SharingStatus};
 use crate::reload::{ReloadStatus, Reloader};
 use crate::snapshot::SnapshotCache;
 use crate::xds::{NodeRegistry, NodeStatus};
@@ -30,6 +31,7 @@ pub struct AdminState {
     pub reloader: Arc<Reloader>,
     pub cache: Arc<SnapshotCache>,
     pub nodes: Arc<NodeRegistry>,
+    pub fleet: Arc<Fleet>,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,6 +41,8 @@ pub struct Status {
     pub routes_file: String,
     pub last_reload: ReloadStatus,
     pub nodes: Vec<NodeStatus>,
+    /// Envoys counted per group, and each local rate limit's share of its budget there.
+    pub budget_sharing: SharingStatus,
 }
 
 /// `/healthz`, `/readyz` (ready once a valid configuration is served), `/metrics` and
@@ -66,12 +70,13 @@ pub async fn serve(
 }
 
 fn current_status(state: &AdminState) -> Status {
-    let current = state.cache.current();
+    let current = state.cache.current_served();
     Status {
-        version: current.as_ref().map(|s| s.version().to_string()),
+        version: current.as_ref().map(|s| s.whole().version().to_string()),
         routes_file: state.reloader.path().display().to_string(),
         last_reload: state.reloader.status(),
         nodes: state.nodes.statuses(current.as_deref()),
+        budget_sharing: state.fleet.status(),
     }
 }
 

@@ -189,8 +189,14 @@ pub struct BootstrapArgs {
     /// The Envoy node id; /status reports each node under it.
     #[arg(long, env = "TOLLGATE_NODE_ID")]
     pub node_id: String,
-    /// The Envoy node cluster (a label for a group of Envoys).
-    #[arg(long, env = "TOLLGATE_NODE_CLUSTER", default_value = "tollgate")]
+    /// The gateway group this Envoy belongs to (its node `cluster`): the Envoys of one group
+    /// share each local rate limit's budget. `--group` and `--node-cluster` are one flag.
+    #[arg(
+        long,
+        visible_alias = "group",
+        env = "TOLLGATE_NODE_CLUSTER",
+        default_value = "tollgate"
+    )]
     pub node_cluster: String,
     /// The control plane's ADS address, HOST:PORT; repeat the flag (or give a comma list) for
     /// every replica: Envoy connects to one and moves to another when it fails.

@@ -12,8 +12,9 @@ use tollgate_routes::{Certificates, FilesBeside, LoadError};
 use tollgate_runtime::reload::{Config, Read};
 use tracing::warn;
 
-use crate::snapshot::{Snapshot, SnapshotCache};
-use crate::translate::translate;
+use crate::fleet::{Fleet, LoadedRoutes};
+use crate::snapshot::Snapshot;
+use crate::translate::{has_shared_budgets, translate, translate_shared};
 
 pub use tollgate_runtime::reload::ReloadStatus;
 
@@ -42,18 +43,18 @@ pub struct CertificateExpiry {
     pub upstream_clients: BTreeMap<String, i64>,
 }
 
-/// routes.yaml translated into `cache`: the control plane's [`Config`].
+/// routes.yaml translated and served by `fleet`: the control plane's [`Config`].
 #[derive(Debug)]
 pub struct Translation {
-    cache: Arc<SnapshotCache>,
+    fleet: Arc<Fleet>,
     /// When each certificate expires, as of the last configuration installed.
     certificate_expiry: RwLock<CertificateExpiry>,
 }
 
 impl Translation {
-    pub fn new(cache: Arc<SnapshotCache>) -> Self {
+    pub fn new(fleet: Arc<Fleet>) -> Self {
         Translation {
-            cache,
+            fleet,
             certificate_expiry: RwLock::default(),
         }
     }
@@ -101,22 +102,32 @@ impl Translation {
     }
 }
 
+/// routes.yaml translated: for an Envoy alone, and for the group sizes counted when it was
+/// read.
+#[derive(Debug)]
+pub struct Translated {
+    whole: Snapshot,
+    shared: BTreeMap<u32, Snapshot>,
+    /// Kept to translate for other group sizes, when the file has local limits.
+    routes: Option<Arc<LoadedRoutes>>,
+    expiry: CertificateExpiry,
+}
+
 impl Config for Translation {
-    type Loaded = (Snapshot, CertificateExpiry);
+    type Loaded = Translated;
     type Error = ReloadError;
     const NAME: &'static str = "routes.yaml";
 
     async fn read(&self, path: &Path) -> Read<Self> {
         let path = path.to_path_buf();
+        let group_sizes = self.fleet.group_sizes();
         // Parsing and translating a large file is CPU work; keep it off the async workers.
         // Reading by path each time re-resolves symlinks, which is what makes a ConfigMap's
         // swap of its `..data` link visible.
         tokio::task::spawn_blocking(move || {
             let files = FilesBeside::of(&path);
             let outcome = tollgate_routes::load_with_files(&path, &files)
-                .map(|(config, certificates)| {
-                    (translate(&config, &certificates), expiry_of(&certificates))
-                })
+                .map(|(config, certificates)| translated(config, certificates, &group_sizes))
                 .map_err(ReloadError::Load);
             Read {
                 outcome,
@@ -130,10 +141,45 @@ impl Config for Translation {
         })
     }
 
-    fn serve(&self, (snapshot, expiry): Self::Loaded) -> Option<String> {
-        self.note_certificate_expiry(expiry);
-        let version = snapshot.version().to_string();
-        self.cache.set(snapshot).then_some(version)
+    fn serve(&self, translated: Self::Loaded) -> Option<String> {
+        self.note_certificate_expiry(translated.expiry);
+        let version = translated.whole.version().to_string();
+        self.fleet
+            .serve_config(translated.whole, translated.shared, translated.routes)
+            .then_some(version)
+    }
+}
+
+/// Translates `config` for an Envoy alone and, when it has local limits, for each of
+/// `group_sizes` (the fleet translates for sizes that change before it is served).
+fn translated(
+    config: tollgate_routes::RoutesConfig,
+    certificates: Certificates,
+    group_sizes: &BTreeMap<String, u32>,
+) -> Translated {
+    let whole = translate(&config, &certificates);
+    let expiry = expiry_of(&certificates);
+    if !has_shared_budgets(&config) {
+        return Translated {
+            whole,
+            shared: BTreeMap::new(),
+            routes: None,
+            expiry,
+        };
+    }
+    let shared = group_sizes
+        .values()
+        .filter_map(|&envoys| std::num::NonZeroU32::new(envoys).filter(|n| n.get() > 1))
+        .map(|n| (n.get(), translate_shared(&config, &certificates, n)))
+        .collect();
+    Translated {
+        whole,
+        shared,
+        routes: Some(Arc::new(LoadedRoutes {
+            config,
+            certificates,
+        })),
+        expiry,
     }
 }
 
@@ -190,6 +236,7 @@ fn expiry_state(not_after: i64, now: i64) -> ExpiryState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::SnapshotCache;
 
     const GOOD: &str = "version: 1\nlisteners: [{name: l, address: 127.0.0.1:8080}]\nservices: {s: {endpoints: [\"127.0.0.1:1\"]}}\nroutes: [{name: r, match: {prefix: /}, service: s}]\n";
 
@@ -199,7 +246,7 @@ mod tests {
         let path = dir.path().join("routes.yaml");
         std::fs::write(&path, GOOD).expect("write");
         let cache = Arc::new(SnapshotCache::new());
-        let reloader = Reloader::new(&path, Translation::new(cache.clone()));
+        let reloader = Reloader::new(&path, Translation::new(Arc::new(Fleet::new(cache.clone()))));
         assert!(reloader
             .reload()
             .await
@@ -224,7 +271,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("routes.yaml");
         std::fs::write(&path, GOOD).expect("write");
-        let reloader = Reloader::new(&path, Translation::new(Arc::new(SnapshotCache::new())));
+        let reloader = Reloader::new(
+            &path,
+            Translation::new(Arc::new(Fleet::new(Arc::new(SnapshotCache::new())))),
+        );
         assert!(reloader.reload().await.expect("loads").is_some());
         assert!(reloader.reload().await.expect("same bytes").is_none());
         assert_eq!(reloader.counts(), (1, 0));
@@ -267,7 +317,7 @@ mod tests {
         std::fs::write(dir.path().join("certs/gw.pem"), CERT).expect("write");
         std::fs::write(dir.path().join("certs/gw.key"), KEY).expect("write");
         let cache = Arc::new(SnapshotCache::new());
-        let reloader = Reloader::new(&path, Translation::new(cache.clone()));
+        let reloader = Reloader::new(&path, Translation::new(Arc::new(Fleet::new(cache.clone()))));
         assert!(reloader
             .reload()
             .await
@@ -309,7 +359,7 @@ mod tests {
     async fn a_missing_file_is_an_error_not_a_panic() {
         let reloader = Reloader::new(
             "/nonexistent/routes.yaml",
-            Translation::new(Arc::new(SnapshotCache::new())),
+            Translation::new(Arc::new(Fleet::new(Arc::new(SnapshotCache::new())))),
         );
         assert!(matches!(
             reloader.reload().await,

@@ -12,6 +12,7 @@ use tollgate_runtime::server_tls::{self, ServerTls, ServerTlsError, ServerTlsFil
 use tracing::info;
 
 use crate::admin::{self, AdminState};
+use crate::fleet::{self, Fleet};
 use crate::reload::{ReloadError, Reloader, Translation};
 use crate::snapshot::SnapshotCache;
 use crate::xds::{self, AdsServer, NodeRegistry};
@@ -55,9 +56,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let cache = Arc::new(SnapshotCache::new());
+    let fleet = Arc::new(Fleet::new(cache.clone()));
     let reloader = Arc::new(Reloader::new(
         &options.routes,
-        Translation::new(cache.clone()),
+        Translation::new(fleet.clone()),
     ));
     // Validate before binding anything: a bad file fails fast and listens nowhere.
     reloader.reload().await?;
@@ -106,14 +108,16 @@ pub async fn run(
     let admin_state = AdminState {
         reloader: reloader.clone(),
         cache,
-        nodes,
+        nodes: nodes.clone(),
+        fleet: fleet.clone(),
     };
     let reloads = tollgate_runtime::reload::watch(reloader, until_stopped())?;
-    let (xds, admin, (), ()) = tokio::join!(
+    let (xds, admin, (), (), ()) = tokio::join!(
         xds::serve(xds_listener, ads, xds_tls, until_stopped()),
         admin::serve(admin_listener, admin_state, until_stopped()),
         reloads,
         tls_reloads,
+        fleet::count_members(nodes, fleet, until_stopped()),
     );
     xds.map_err(|e| ServeError::Xds(e.to_string()))?;
     admin.map_err(ServeError::Admin)?;

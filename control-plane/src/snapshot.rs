@@ -263,13 +263,92 @@ fn short_hash(hasher: Sha256) -> String {
     hex::encode(&hasher.finalize()[..8])
 }
 
-/// Holds the current snapshot; every xDS stream subscribes to it.
+/// What every group of Envoys is served: one snapshot per number of Envoys sharing the local
+/// rate limits' budgets, and how many Envoys each group has.
 ///
-/// One snapshot serves every node: Tollgate's config has no per-node variation, and listeners
-/// are selected per client type inside the one config.
+/// Local limits are the only part of the configuration that depends on who is connected: a
+/// group of N Envoys gets each local bucket divided by N ([`crate::fleet`]). A configuration
+/// without local limits, or a group of one, is served [`Served::whole`], the same bytes for
+/// every node.
+#[derive(Clone, Debug, Default)]
+pub struct Served {
+    /// For one Envoy alone, and for every node when budgets are not shared.
+    whole: Arc<Snapshot>,
+    /// By number of Envoys (two or more), for the group sizes in `group_sizes`.
+    shared: BTreeMap<u32, Arc<Snapshot>>,
+    /// Envoys per group (a node's `cluster` in its bootstrap), as counted for sharing.
+    group_sizes: BTreeMap<String, u32>,
+}
+
+/// Equal when every group is served the same versions: content-hashed, so comparing them
+/// is comparing content.
+impl PartialEq for Served {
+    fn eq(&self, other: &Self) -> bool {
+        let versions = |served: &Served| {
+            served
+                .by_envoys()
+                .map(|(envoys, snapshot)| (envoys, snapshot.version.clone()))
+                .collect::<Vec<_>>()
+        };
+        self.group_sizes == other.group_sizes && versions(self) == versions(other)
+    }
+}
+
+impl From<Snapshot> for Served {
+    fn from(snapshot: Snapshot) -> Self {
+        Served {
+            whole: Arc::new(snapshot),
+            ..Default::default()
+        }
+    }
+}
+
+impl Served {
+    /// `whole`, and for each number of Envoys that `group_sizes` names, the snapshot that
+    /// `shared` holds for it; a size without one is served `whole`.
+    pub fn new(
+        whole: Arc<Snapshot>,
+        shared: BTreeMap<u32, Arc<Snapshot>>,
+        group_sizes: BTreeMap<String, u32>,
+    ) -> Self {
+        Served {
+            whole,
+            shared,
+            group_sizes,
+        }
+    }
+
+    /// The snapshot with every budget whole: its version names the configuration.
+    pub fn whole(&self) -> &Arc<Snapshot> {
+        &self.whole
+    }
+
+    /// What a node of `group` is served.
+    pub fn for_group(&self, group: &str) -> &Arc<Snapshot> {
+        self.group_sizes
+            .get(group)
+            .and_then(|size| self.shared.get(size))
+            .unwrap_or(&self.whole)
+    }
+
+    /// Envoys per group, as counted when this was made.
+    pub fn group_sizes(&self) -> &BTreeMap<String, u32> {
+        &self.group_sizes
+    }
+
+    /// The snapshots by number of Envoys sharing budgets, `whole` under 1.
+    pub fn by_envoys(&self) -> impl Iterator<Item = (u32, &Arc<Snapshot>)> {
+        std::iter::once((1, &self.whole)).chain(self.shared.iter().map(|(n, s)| (*n, s)))
+    }
+}
+
+/// Holds what is being served; every xDS stream subscribes to it.
+///
+/// Listeners are selected per client type inside the one config; the only variation between
+/// nodes is the share of local rate-limit budgets their group gets ([`Served`]).
 #[derive(Debug)]
 pub struct SnapshotCache {
-    current: watch::Sender<Option<Arc<Snapshot>>>,
+    current: watch::Sender<Option<Arc<Served>>>,
 }
 
 impl Default for SnapshotCache {
@@ -285,32 +364,86 @@ impl SnapshotCache {
         }
     }
 
-    /// Installs `snapshot`; returns false (and wakes nobody) when its version is already current.
+    /// Installs `snapshot` for every node; returns false (and wakes nobody) when its version
+    /// is already current.
+    pub fn set(&self, snapshot: Snapshot) -> bool {
+        self.set_served(Served::from(snapshot))
+    }
+
+    /// Installs `served`; returns false (and wakes nobody) when it serves every group what
+    /// it already does.
     ///
-    /// The changes since the current snapshot are found before taking the lock every stream
-    /// reads under. Only the reload task sets snapshots; were another to race it, changes
-    /// recorded against a set that is not the one replaced would go unused, as
+    /// Each new snapshot notes what changed since the one it replaces (the same number of
+    /// Envoys, or the whole one), found before taking the lock every stream reads under.
+    /// Snapshots kept from the current `Served` (shared by `Arc`) are installed as they are.
+    /// Only one task sets snapshots at a time; were another to race it, changes recorded
+    /// against a set that is not the one replaced would go unused, as
     /// [`ResourceSet::changes_since`] checks the version they start from.
-    pub fn set(&self, mut snapshot: Snapshot) -> bool {
-        let previous = self.current();
-        if previous.as_ref().map(|s| s.version()) == Some(snapshot.version()) {
+    pub fn set_served(&self, served: Served) -> bool {
+        let previous = self.current.borrow().clone();
+        if previous.as_deref() == Some(&served) {
             return false;
         }
-        if let Some(previous) = &previous {
-            snapshot.record_changes_since(previous);
-        }
-        self.current.send_replace(Some(Arc::new(snapshot)));
+        let served = match &previous {
+            Some(previous) => with_changes_since(served, previous),
+            None => served,
+        };
+        self.current.send_replace(Some(Arc::new(served)));
         true
     }
 
-    /// The snapshot being served, if one has been set.
+    /// The snapshot with every budget whole, if one has been set: its version is the
+    /// configuration's.
     pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.current.borrow().as_ref().map(|s| s.whole.clone())
+    }
+
+    /// Everything being served, if a configuration has been set.
+    pub fn current_served(&self) -> Option<Arc<Served>> {
         self.current.borrow().clone()
     }
 
-    /// A receiver that sees every later snapshot; `None` until the first valid config loads.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+    /// A receiver that sees every later change; `None` until the first valid config loads.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Served>>> {
         self.current.subscribe()
+    }
+}
+
+/// `served` with each snapshot new to it noting its changes since what `previous` served
+/// for the same number of Envoys, or whole.
+fn with_changes_since(served: Served, previous: &Served) -> Served {
+    let replaced = |envoys: u32| {
+        previous
+            .shared
+            .get(&envoys)
+            .unwrap_or(&previous.whole)
+            .as_ref()
+    };
+    let noted = |snapshot: Arc<Snapshot>, envoys: u32| {
+        let older = replaced(envoys);
+        if Arc::ptr_eq(
+            &snapshot,
+            previous.shared.get(&envoys).unwrap_or(&previous.whole),
+        ) || older.version == snapshot.version
+        {
+            return snapshot;
+        }
+        match Arc::try_unwrap(snapshot) {
+            Ok(mut snapshot) => {
+                snapshot.record_changes_since(older);
+                Arc::new(snapshot)
+            }
+            Err(shared) => shared,
+        }
+    };
+    Served {
+        whole: noted(served.whole, 1),
+        shared: served
+            .shared
+            .into_iter()
+            .map(|(envoys, snapshot)| (envoys, noted(snapshot, envoys)))
+            .collect(),
+        group_sizes: served.group_sizes,
     }
 }
 
@@ -376,6 +509,53 @@ mod tests {
         assert_eq!(changes.changed, ["b", "d"]);
         assert_eq!(changes.removed, ["c"]);
         assert!(clusters.changes_since(clusters).is_none());
+    }
+
+    #[test]
+    fn a_group_is_served_the_snapshot_for_its_size_and_any_other_the_whole() {
+        let whole = Arc::new(Snapshot::new([cluster("whole")]));
+        let for_three = Arc::new(Snapshot::new([cluster("three")]));
+        let served = Served::new(
+            whole.clone(),
+            BTreeMap::from([(3, for_three.clone())]),
+            BTreeMap::from([("edge".to_string(), 3), ("alone".to_string(), 1)]),
+        );
+        assert_eq!(served.for_group("edge").version(), for_three.version());
+        assert_eq!(served.for_group("alone").version(), whole.version());
+        assert_eq!(
+            served.for_group("unknown").version(),
+            whole.version(),
+            "a node not counted yet"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_made_for_a_new_size_knows_what_changed_since_the_whole_one() {
+        let cache = SnapshotCache::new();
+        cache.set(Snapshot::new([cluster("a"), cluster("b")]));
+        let whole = cache.current().expect("set");
+        let for_two = Arc::new(Snapshot::new([cluster("a"), cluster("c")]));
+        let sizes = BTreeMap::from([("edge".to_string(), 2)]);
+        assert!(cache.set_served(Served::new(
+            whole.clone(),
+            BTreeMap::from([(2, for_two)]),
+            sizes.clone(),
+        )));
+        let served = cache.current_served().expect("served");
+        let clusters = served.for_group("edge").resources(type_url::CLUSTER);
+        let changes = clusters
+            .changes_since(whole.resources(type_url::CLUSTER))
+            .expect("changes since the whole snapshot, which the group held");
+        assert_eq!(changes.changed, ["c"]);
+        assert_eq!(changes.removed, ["b"]);
+        assert!(
+            !cache.set_served(Served::new(
+                whole,
+                BTreeMap::from([(2, Arc::new(Snapshot::new([cluster("a"), cluster("c")])))]),
+                sizes,
+            )),
+            "the same versions for the same groups wake nobody"
+        );
     }
 
     #[test]

@@ -12,11 +12,17 @@
 //! Descriptors have the global ones' shape, `("route", name), ("rule", id), <key>[, ("tier",
 //! t)]`, so that a rule reads the same in Envoy's debug log whichever mode counts it.
 //!
+//! A group of Envoys shares each rule's budget: translated for N Envoys, every bucket holds
+//! and refills 1/N of the rule's, rounded up ([`share`]), so that N Envoys with the load
+//! spread evenly admit the rule's quota between them, and never more than N shares.
+//!
 //! A request missing the key (no `x-consumer-id`, no such header) makes no descriptor and
 //! is not limited by that rule, as with global rules. The route's default bucket, which
 //! Envoy 1.40 requires (with a fill interval of at least 50 ms) and consumes when no
 //! descriptor matched, is made too large to refuse; its size is what such a request's
 //! `x-ratelimit-*` headers then announce, where a global rule adds none.
+
+use std::num::NonZeroU32;
 
 use tollgate_proto::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption,
@@ -54,8 +60,14 @@ pub(super) fn filter() -> Any {
     })
 }
 
-/// The route's setting: its local `rules` (never empty), enforced.
-pub(super) fn per_route(route: &str, rules: &[&RateLimitRule]) -> Any {
+/// One Envoy's share of a budget shared by `envoys`: rounded up, so never 0.
+pub fn share(budget: u64, envoys: NonZeroU32) -> u64 {
+    budget.div_ceil(u64::from(envoys.get())).max(1)
+}
+
+/// The route's setting: its local `rules` (never empty), enforced, each with its share of
+/// the budget for `envoys` Envoys.
+pub(super) fn per_route(route: &str, rules: &[&RateLimitRule], envoys: NonZeroU32) -> Any {
     let max_keys = rules
         .iter()
         .filter_map(|rule| match rule.mode {
@@ -80,7 +92,7 @@ pub(super) fn per_route(route: &str, rules: &[&RateLimitRule]) -> Any {
         filter_enforced: Some(all_requests("tollgate.local_rate_limit.enforced")),
         descriptors: rules
             .iter()
-            .flat_map(|rule| descriptors(route, rule))
+            .flat_map(|rule| descriptors(route, rule, envoys))
             .collect(),
         rate_limits: rules
             .iter()
@@ -118,20 +130,24 @@ fn all_requests(runtime_key: &str) -> RuntimeFractionalPercent {
 }
 
 /// The buckets of one rule: one per value of its key, or per value and tier.
-fn descriptors(route: &str, rule: &RateLimitRule) -> Vec<LocalRateLimitDescriptor> {
+fn descriptors(
+    route: &str,
+    rule: &RateLimitRule,
+    envoys: NonZeroU32,
+) -> Vec<LocalRateLimitDescriptor> {
     let key = entry(super::rate_limit::key_entry(&rule.key), "");
     let head = [entry("route", route), entry("rule", &rule.id), key];
     match &rule.quota {
         LimitQuota::Flat(quota) => vec![LocalRateLimitDescriptor {
             entries: head.to_vec(),
-            token_bucket: Some(token_bucket(*quota, rule.burst)),
+            token_bucket: Some(token_bucket(*quota, rule.burst, envoys)),
             shadow_mode: false,
         }],
         LimitQuota::Tiered { tiers, .. } => tiers
             .iter()
             .map(|(tier, quota)| LocalRateLimitDescriptor {
                 entries: head.iter().cloned().chain([entry("tier", tier)]).collect(),
-                token_bucket: Some(token_bucket(*quota, rule.burst)),
+                token_bucket: Some(token_bucket(*quota, rule.burst, envoys)),
                 shadow_mode: false,
             })
             .collect(),
@@ -142,9 +158,10 @@ fn descriptors(route: &str, rule: &RateLimitRule) -> Vec<LocalRateLimitDescripto
 /// bucket exactly. Envoy 1.40's buckets refill continuously at `tokens_per_fill` per
 /// `fill_interval` (an atomic bucket, not a timer), so a client that spent a full bucket
 /// gets a request back every `per / requests`, not a whole window's worth at once.
-/// Validation has checked that the counts fit in 32 bits.
-fn token_bucket(quota: Quota, burst: Option<u64>) -> TokenBucket {
-    let tokens = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+/// Validation has checked that the counts fit in 32 bits. Shared by `envoys`, both the
+/// bucket and its refill are that many times smaller.
+fn token_bucket(quota: Quota, burst: Option<u64>, envoys: NonZeroU32) -> TokenBucket {
+    let tokens = |n: u64| u32::try_from(share(n, envoys)).unwrap_or(u32::MAX);
     TokenBucket {
         max_tokens: tokens(burst.unwrap_or(quota.requests)),
         tokens_per_fill: Some(UInt32Value {
@@ -232,6 +249,8 @@ mod tests {
         }
     }
 
+    const ONE: NonZeroU32 = NonZeroU32::MIN;
+
     fn flat(requests: u64, per: Per) -> LimitQuota {
         LimitQuota::Flat(Quota { requests, per })
     }
@@ -251,7 +270,7 @@ mod tests {
     #[test]
     fn a_rule_becomes_a_wildcard_descriptor_over_its_key() {
         let rule = local("per-ip", LimitKey::ClientIp, flat(100, Per::Second), None);
-        let config = decoded(&per_route("catalogue", &[&rule]));
+        let config = decoded(&per_route("catalogue", &[&rule], ONE));
         assert_eq!(config.descriptors.len(), 1);
         assert_eq!(
             entries(&config.descriptors[0]),
@@ -273,7 +292,7 @@ mod tests {
             flat(100, Per::Minute),
             Some(250),
         );
-        let bucket = decoded(&per_route("r", &[&rule])).descriptors[0].token_bucket;
+        let bucket = decoded(&per_route("r", &[&rule], ONE)).descriptors[0].token_bucket;
         assert_eq!(
             bucket,
             Some(TokenBucket {
@@ -283,14 +302,56 @@ mod tests {
             })
         );
         let no_burst = local("per-ip", LimitKey::ClientIp, flat(100, Per::Minute), None);
-        let bucket = decoded(&per_route("r", &[&no_burst])).descriptors[0].token_bucket;
+        let bucket = decoded(&per_route("r", &[&no_burst], ONE)).descriptors[0].token_bucket;
         assert_eq!(bucket.map(|b| b.max_tokens), Some(100), "a window's quota");
+    }
+
+    #[test]
+    fn a_share_is_the_budget_over_the_envoys_rounded_up_and_never_zero() {
+        let envoys = |n: u32| NonZeroU32::new(n).expect("non-zero");
+        assert_eq!(
+            share(60, envoys(1)),
+            60,
+            "one Envoy alone gets the whole budget"
+        );
+        assert_eq!(share(60, envoys(3)), 20);
+        assert_eq!(share(60, envoys(4)), 15);
+        assert_eq!(share(100, envoys(3)), 34, "rounded up: 3 x 34 = 102");
+        assert_eq!(share(2, envoys(5)), 1, "every Envoy admits at least one");
+        assert_eq!(share(u64::MAX, envoys(2)), u64::MAX / 2 + 1);
+    }
+
+    #[test]
+    fn a_shared_rule_divides_both_its_bucket_and_its_refill() {
+        let rule = local(
+            "per-ip",
+            LimitKey::ClientIp,
+            flat(90, Per::Minute),
+            Some(300),
+        );
+        let three = NonZeroU32::new(3).expect("non-zero");
+        let bucket = decoded(&per_route("r", &[&rule], three)).descriptors[0].token_bucket;
+        assert_eq!(
+            bucket,
+            Some(TokenBucket {
+                max_tokens: 100,
+                tokens_per_fill: Some(UInt32Value { value: 30 }),
+                fill_interval: Some(proto_duration(std::time::Duration::from_secs(60))),
+            }),
+            "the window stays; its count and the burst are a third each"
+        );
+        let default_bucket = decoded(&per_route("r", &[&rule], three)).token_bucket;
+        assert_eq!(
+            default_bucket.map(|b| b.max_tokens),
+            Some(u32::MAX),
+            "the bucket for requests without the key is not a budget to share"
+        );
     }
 
     #[test]
     fn the_filter_is_enforced_with_the_global_filters_reply_headers() {
         let rule = local("c", LimitKey::Consumer, flat(5, Per::Second), None);
-        let config = decoded(&per_route("r", &[&rule]));
+        let config = decoded(&per_route("r", &[&rule], ONE));
         let percent = |p: &Option<RuntimeFractionalPercent>| {
             p.as_ref()
                 .and_then(|p| p.default_value)
@@ -333,7 +394,7 @@ mod tests {
         small.mode = LimitMode::Local { max_keys: 50 };
         let mut large = local("b", LimitKey::Consumer, flat(5, Per::Second), None);
         large.mode = LimitMode::Local { max_keys: 70_000 };
-        let config = decoded(&per_route("r", &[&small, &large]));
+        let config = decoded(&per_route("r", &[&small, &large], ONE));
         assert_eq!(
             config.max_dynamic_descriptors,
             Some(UInt32Value { value: 70_000 })
@@ -368,7 +429,7 @@ mod tests {
             },
             None,
         );
-        let config = decoded(&per_route("r", &[&rule]));
+        let config = decoded(&per_route("r", &[&rule], ONE));
         let described: Vec<_> = config.descriptors.iter().map(entries).collect();
         assert_eq!(
             described,

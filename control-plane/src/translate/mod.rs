@@ -24,6 +24,8 @@ mod secret;
 mod tracing;
 mod transcode;
 
+use std::num::NonZeroU32;
+
 use tollgate_proto::envoy::config::accesslog::v3::AccessLog;
 use tollgate_proto::envoy::config::cluster::v3::Cluster;
 use tollgate_proto::envoy::config::core::v3::{
@@ -39,21 +41,47 @@ use tollgate_routes::route_policy::RouteCors;
 use tollgate_routes::{Certificates, Listener, Route, RoutesConfig};
 
 pub use auth::CONSUMER_HEADER;
+pub use local_rate_limit::share;
 
 use crate::snapshot::{type_url, Resource, Snapshot};
 
 /// Builds the complete Envoy configuration for `config`, with the certificates its TLS
 /// listeners serve and its services' client certificates (as read with it by
-/// [`tollgate_routes::parse_with_files`]).
+/// [`tollgate_routes::parse_with_files`]), for an Envoy alone.
 pub fn translate(config: &RoutesConfig, certificates: &Certificates) -> Snapshot {
+    translate_shared(config, certificates, NonZeroU32::MIN)
+}
+
+/// [`translate`] for each of `envoys` Envoys sharing the local rate limits' budgets: the
+/// same but for those budgets, each an `envoys`th ([`local_rate_limit::share`]).
+pub fn translate_shared(
+    config: &RoutesConfig,
+    certificates: &Certificates,
+    envoys: NonZeroU32,
+) -> Snapshot {
     let mut resources = Resources::default();
     add_clusters(&mut resources, config);
     add_upstream_client_secrets(&mut resources, config, certificates);
     let shared = SharedFilters::of(config);
     for listener in &config.listeners {
-        add_listener(&mut resources, config, certificates, listener, &shared);
+        add_listener(
+            &mut resources,
+            config,
+            certificates,
+            listener,
+            &shared,
+            envoys,
+        );
     }
     Snapshot::new(resources.0)
+}
+
+/// Whether what Envoy is served depends on how many Envoys share budgets.
+pub fn has_shared_budgets(config: &RoutesConfig) -> bool {
+    config
+        .routes
+        .iter()
+        .any(|r| r.local_rate_limits().next().is_some())
 }
 
 /// The resources of a snapshot as they are made, each with its type.
@@ -162,6 +190,7 @@ fn add_listener(
     certificates: &Certificates,
     l: &Listener,
     shared: &SharedFilters,
+    envoys: NonZeroU32,
 ) {
     let routes: Vec<&Route> = config.routes_on(&l.name).collect();
     let ext_authz = config
@@ -214,6 +243,7 @@ fn add_listener(
         ext_authz: ext_authz.is_some(),
         rate_limit: rate_limit.is_some(),
         local_rate_limit,
+        local_rate_limit_envoys: envoys,
         cors,
         default_cors: config.cors.as_ref(),
         services: &config.services,

@@ -3,6 +3,7 @@
 //! and for listeners with cached routes the cache-fill configuration those routes share.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 
 use tollgate_proto::envoy::config::core::v3::RuntimeFractionalPercent;
 use tollgate_proto::envoy::config::route::v3::{
@@ -56,6 +57,8 @@ pub(super) struct RouteTable<'a> {
     pub rate_limit: bool,
     /// The listener runs the local_ratelimit filter.
     pub local_rate_limit: bool,
+    /// How many Envoys share each local rule's budget.
+    pub local_rate_limit_envoys: NonZeroU32,
     /// The listener runs the cors filter.
     pub cors: bool,
     /// The top-level `cors`, for routes without their own.
@@ -333,7 +336,11 @@ fn route(route: &Route, table: &RouteTable) -> EnvoyRoute {
             .chain((!local_rules.is_empty()).then(|| {
                 (
                     local_rate_limit::FILTER_NAME.to_string(),
-                    local_rate_limit::per_route(&route.name, &local_rules),
+                    local_rate_limit::per_route(
+                        &route.name,
+                        &local_rules,
+                        table.local_rate_limit_envoys,
+                    ),
                 )
             }))
             .chain(

@@ -36,7 +36,7 @@ use tollgate_runtime::server_tls::ServerTls;
 use crate::snapshot::SnapshotCache;
 
 pub use identity::ClientIdentity;
-pub use nodes::{NodeRegistry, NodeStatus, TypeStatus};
+pub use nodes::{Member, NodeRegistry, NodeStatus, TypeStatus};
 
 use stream::{StreamContext, TransportVariant};
 

@@ -9,12 +9,13 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::watch;
 use tollgate_proto::envoy::config::core::v3::Node;
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Served, Snapshot};
 
 use super::served::ServedType;
 
@@ -22,6 +23,8 @@ use super::served::ServedType;
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeStatus {
     pub id: String,
+    /// The gateway group the node belongs to: the `cluster` its bootstrap names.
+    pub group: String,
     /// A stream for this node is open now.
     pub connected: bool,
     /// Every type the node subscribed to has ACKed the current snapshot's content, including the
@@ -55,8 +58,13 @@ pub(crate) struct TypeRecord {
 /// Per-type records of one stream, keyed by short type name.
 pub(crate) type StreamRecords = BTreeMap<&'static str, TypeRecord>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct NodeEntry {
+    /// The `cluster` the node's newest stream named.
+    group: String,
+    /// When the node last connected (its first stream opened) or disconnected (its last
+    /// stream closed).
+    changed_at: Instant,
     /// Open streams by stream id; ids grow, so the last entry is the newest stream.
     open: BTreeMap<u64, StreamRecords>,
     /// What the most recently closed stream last reported, shown while none is open.
@@ -70,6 +78,20 @@ pub struct NodeRegistry {
     next_stream: AtomicU64,
     /// Bumped on every change, so waiters (tests, status pages) need not poll.
     changes: watch::Sender<u64>,
+    /// Bumped when a node connects, disconnects or changes group: what budget sharing
+    /// watches, without waking at every ACK.
+    membership_changes: watch::Sender<u64>,
+}
+
+/// One node as budget sharing sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: String,
+    pub group: String,
+    /// A stream for the node is open.
+    pub connected: bool,
+    /// When `connected` last changed.
+    pub since: Instant,
 }
 
 impl Default for NodeRegistry {
@@ -84,14 +106,16 @@ impl NodeRegistry {
             nodes: Mutex::new(BTreeMap::new()),
             next_stream: AtomicU64::new(0),
             changes: watch::channel(0).0,
+            membership_changes: watch::channel(0).0,
         }
     }
 
-    /// Status of every node, judged against `current` (the snapshot being served).
-    pub fn statuses(&self, current: Option<&Snapshot>) -> Vec<NodeStatus> {
+    /// Status of every node, judged against what `served` serves its group.
+    pub fn statuses(&self, served: Option<&Served>) -> Vec<NodeStatus> {
         self.lock()
             .iter()
             .map(|(id, entry)| {
+                let current = served.map(|served| served.for_group(&entry.group).as_ref());
                 let connected = !entry.open.is_empty();
                 let shown = entry
                     .open
@@ -118,6 +142,7 @@ impl NodeRegistry {
                     .collect();
                 NodeStatus {
                     id: id.clone(),
+                    group: entry.group.clone(),
                     connected,
                     in_sync,
                     types,
@@ -132,17 +157,50 @@ impl NodeRegistry {
         self.changes.subscribe()
     }
 
-    fn open_stream(self: &Arc<Self>, node: &str) -> StreamRegistration {
-        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
+    /// Every node seen, connected or not, with its group.
+    pub fn members(&self) -> Vec<Member> {
         self.lock()
-            .entry(node.to_string())
-            .or_default()
-            .open
-            .insert(stream, StreamRecords::new());
+            .iter()
+            .map(|(id, entry)| Member {
+                id: id.clone(),
+                group: entry.group.clone(),
+                connected: !entry.open.is_empty(),
+                since: entry.changed_at,
+            })
+            .collect()
+    }
+
+    /// A receiver woken whenever a node connects, disconnects or changes group.
+    pub fn membership_changes(&self) -> watch::Receiver<u64> {
+        self.membership_changes.subscribe()
+    }
+
+    fn open_stream(self: &Arc<Self>, node: &str, group: &str) -> StreamRegistration {
+        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let mut nodes = self.lock();
+        let entry = nodes.entry(node.to_string()).or_insert_with(|| NodeEntry {
+            group: group.to_string(),
+            changed_at: Instant::now(),
+            open: BTreeMap::new(),
+            last_closed: None,
+        });
+        let joined = entry.open.is_empty();
+        let moved = entry.group != group;
+        if joined {
+            entry.changed_at = Instant::now();
+        }
+        entry.group = group.to_string();
+        entry.open.insert(stream, StreamRecords::new());
+        drop(nodes);
         self.bump();
+        if joined || moved {
+            self.membership_changes
+                .send_modify(|generation| *generation += 1);
+        }
         StreamRegistration {
             registry: Arc::clone(self),
             node: node.to_string(),
+            group: group.to_string(),
             stream,
         }
     }
@@ -180,6 +238,7 @@ fn in_sync(records: &StreamRecords, current: Option<&Snapshot>) -> bool {
 struct StreamRegistration {
     registry: Arc<NodeRegistry>,
     node: String,
+    group: String,
     stream: u64,
 }
 
@@ -203,13 +262,23 @@ impl StreamRegistration {
 impl Drop for StreamRegistration {
     fn drop(&mut self) {
         let mut nodes = self.registry.lock();
+        let mut left = false;
         if let Some(entry) = nodes.get_mut(&self.node) {
             if let Some(records) = entry.open.remove(&self.stream) {
                 entry.last_closed = Some(records);
             }
+            if entry.open.is_empty() {
+                entry.changed_at = Instant::now();
+                left = true;
+            }
         }
         drop(nodes);
         self.registry.bump();
+        if left {
+            self.registry
+                .membership_changes
+                .send_modify(|generation| *generation += 1);
+        }
     }
 }
 
@@ -230,8 +299,15 @@ impl StreamNode {
             return;
         }
         if let Some(node) = node.filter(|node| !node.id.is_empty()) {
-            self.registration = Some(registry.open_stream(&node.id));
+            self.registration = Some(registry.open_stream(&node.id, &node.cluster));
         }
+    }
+
+    /// The node's group (its bootstrap's `cluster`); "" until a request names the node.
+    pub fn group(&self) -> &str {
+        self.registration
+            .as_ref()
+            .map_or("", |registration| registration.group.as_str())
     }
 
     /// Whether a request has named the node yet.
@@ -302,14 +378,14 @@ mod tests {
         records.insert("cluster", acked(&cluster_version));
         records.insert("listener", acked("old"));
         stream.publish(records.clone());
-        assert!(!registry.statuses(Some(&snapshot))[0].in_sync);
+        assert!(!registry.statuses(Some(&Served::from(snapshot.clone())))[0].in_sync);
 
         let listener_version = snapshot.resources(type_url::LISTENER).version.clone();
         records.insert("listener", acked(&listener_version));
         // Unsubscribed types do not count.
         records.insert("route", TypeRecord::default());
         stream.publish(records.clone());
-        let status = &registry.statuses(Some(&snapshot))[0];
+        let status = &registry.statuses(Some(&Served::from(snapshot.clone())))[0];
         assert!(status.in_sync);
         assert_eq!(status.types.len(), 2);
         assert!(!registry.statuses(None)[0].in_sync);

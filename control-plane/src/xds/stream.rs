@@ -8,7 +8,7 @@ use tollgate_proto::envoy::config::core::v3::Node;
 use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Served, Snapshot};
 
 use super::identity::ClientIdentity;
 use super::nodes::{NodeRegistry, StreamNode, StreamRecords};
@@ -39,7 +39,7 @@ pub(crate) trait TransportVariant: Send + 'static {
 pub(crate) struct StreamContext<V: TransportVariant> {
     pub requests: Streaming<V::Request>,
     pub responses: mpsc::Sender<Result<V::Response, Status>>,
-    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub snapshots: watch::Receiver<Option<Arc<Served>>>,
     pub registry: Arc<NodeRegistry>,
     pub stopping: watch::Receiver<bool>,
     /// When set, the node ids this client's certificate permits; any other ends the stream.
@@ -59,11 +59,14 @@ pub(crate) async fn run<V: TransportVariant>(mut variant: V, context: StreamCont
     } = context;
     let mut node = StreamNode::default();
     let mut refusal = None;
+    let mut given = GivenSnapshot::default();
     // Requests that arrive before the first valid configuration are held: the variant answers
     // nothing until it has a snapshot.
-    if let Some(snapshot) = snapshots.borrow_and_update().clone() {
-        variant.on_snapshot(snapshot);
-    }
+    given.offer(
+        &mut variant,
+        snapshots.borrow_and_update().as_deref(),
+        node.group(),
+    );
     loop {
         tokio::select! {
             message = requests.message() => match message {
@@ -77,6 +80,8 @@ pub(crate) async fn run<V: TransportVariant>(mut variant: V, context: StreamCont
                         break;
                     }
                     node.observe(&registry, V::node(&request));
+                    // The first request names the node, and so its group and share.
+                    given.offer(&mut variant, snapshots.borrow().as_deref(), node.group());
                     variant.on_request(request, node.id());
                 }
                 Ok(None) => {
@@ -92,9 +97,7 @@ pub(crate) async fn run<V: TransportVariant>(mut variant: V, context: StreamCont
                 if changed.is_err() {
                     break;
                 }
-                if let Some(snapshot) = snapshots.borrow_and_update().clone() {
-                    variant.on_snapshot(snapshot);
-                }
+                given.offer(&mut variant, snapshots.borrow_and_update().as_deref(), node.group());
             }
             _ = stopping.wait_for(|stopping| *stopping) => break,
         }
@@ -108,6 +111,34 @@ pub(crate) async fn run<V: TransportVariant>(mut variant: V, context: StreamCont
     }
     if let Some(status) = refusal {
         let _ = responses.send(Err(status)).await;
+    }
+}
+
+/// The snapshot last given to a stream's variant.
+#[derive(Default)]
+struct GivenSnapshot(Option<Arc<Snapshot>>);
+
+impl GivenSnapshot {
+    /// Gives the variant what `served` serves `group`, unless it has it already: a change
+    /// for other groups alone wakes the stream but sends nothing.
+    fn offer<V: TransportVariant>(
+        &mut self,
+        variant: &mut V,
+        served: Option<&Served>,
+        group: &str,
+    ) {
+        let Some(snapshot) = served.map(|served| served.for_group(group)) else {
+            return;
+        };
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|given| given.version() == snapshot.version())
+        {
+            return;
+        }
+        self.0 = Some(snapshot.clone());
+        variant.on_snapshot(snapshot.clone());
     }
 }
 

@@ -3,6 +3,7 @@
 //! No test sleeps: each waits for a response or a registry change, with a generous timeout only
 //! as a failure guard. "Nothing was sent" is shown by what the *next* response is.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use tollgate_proto::google::rpc::Status as RpcStatus;
 use tonic::Streaming;
 
 use super::{serve, AdsServer, NodeRegistry, NodeStatus};
-use crate::snapshot::{type_url, Resource, Snapshot, SnapshotCache};
+use crate::snapshot::{type_url, Resource, Served, Snapshot, SnapshotCache};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -205,6 +206,11 @@ impl Server {
     }
 
     async fn sotw(&self, node: &str) -> SotwEnvoy {
+        self.sotw_in(node, "").await
+    }
+
+    /// A SotW stream whose node belongs to `group` (its `cluster`).
+    async fn sotw_in(&self, node: &str, group: &str) -> SotwEnvoy {
         let (requests, outgoing) = mpsc::channel(16);
         let responses = within(
             "sotw stream",
@@ -217,6 +223,7 @@ impl Server {
         .into_inner();
         SotwEnvoy {
             node: Some(node.to_string()),
+            group: group.to_string(),
             requests,
             responses,
         }
@@ -245,7 +252,7 @@ impl Server {
         let mut changes = self.nodes.changes();
         within("node status", async {
             loop {
-                let current = self.cache.current();
+                let current = self.cache.current_served();
                 let statuses = self.nodes.statuses(current.as_deref());
                 if condition(&statuses) {
                     return statuses;
@@ -260,6 +267,7 @@ impl Server {
 /// Plays an Envoy speaking SotW ADS; the node is sent on the first request only, as Envoy does.
 struct SotwEnvoy {
     node: Option<String>,
+    group: String,
     requests: mpsc::Sender<DiscoveryRequest>,
     responses: Streaming<DiscoveryResponse>,
 }
@@ -268,6 +276,7 @@ impl SotwEnvoy {
     async fn send(&mut self, mut request: DiscoveryRequest) {
         request.node = self.node.take().map(|id| Node {
             id,
+            cluster: self.group.clone(),
             ..Default::default()
         });
         self.requests.send(request).await.expect("stream open");
@@ -702,7 +711,7 @@ async fn removed_cluster_leaves_in_a_final_cds_after_endpoints_listeners_and_rou
     let routes = envoy.recv().await;
     assert_eq!(short(&routes.type_url), "route");
     assert!(
-        !server.nodes.statuses(Some(&next))[0].in_sync,
+        !server.nodes.statuses(Some(&Served::from(next.clone())))[0].in_sync,
         "not in sync while the stale cluster remains"
     );
     envoy.ack(&routes, &["main"]).await;
@@ -803,6 +812,43 @@ async fn two_streams_both_receive_a_new_snapshot() {
         .status_until(|statuses| statuses.len() == 2 && statuses.iter().all(|s| s.in_sync))
         .await;
     assert!(statuses.iter().all(|s| s.connected));
+}
+
+#[tokio::test]
+async fn each_group_is_pushed_the_snapshot_for_its_size_and_no_other_group_is_woken() {
+    let server = Server::start().await;
+    let whole = Arc::new(server.publish(BASE));
+    let mut edge = server.sotw_in("edge-1", "edge").await;
+    let mut alone = server.sotw_in("alone-1", "alone").await;
+    for envoy in [&mut edge, &mut alone] {
+        envoy.subscribe(type_url::CLUSTER, &[]).await;
+        let clusters = envoy.recv().await;
+        assert_eq!(clusters.version_info, version(&whole, type_url::CLUSTER));
+        envoy.ack(&clusters, &[]).await;
+    }
+
+    // The edge group now has two Envoys, whose snapshot differs (as local budgets would).
+    let for_two = Arc::new(snapshot("c:a=2 c:b=1 e:a=1 e:b=1 l:main=1 r:main=1"));
+    assert!(server.cache.set_served(Served::new(
+        whole.clone(),
+        BTreeMap::from([(2, for_two.clone())]),
+        BTreeMap::from([("edge".to_string(), 2), ("alone".to_string(), 1)]),
+    )));
+    let pushed = edge.recv().await;
+    assert_eq!(pushed.version_info, version(&for_two, type_url::CLUSTER));
+    edge.ack(&pushed, &[]).await;
+    alone.barrier().await;
+
+    let statuses = server
+        .status_until(|statuses| statuses.len() == 2 && statuses.iter().all(|s| s.in_sync))
+        .await;
+    let edge_status = node_status(&statuses, "edge-1").expect("edge-1 listed");
+    assert_eq!(edge_status.group, "edge");
+    assert_eq!(
+        edge_status.types["cluster"].acked_version.as_deref(),
+        Some(version(&for_two, type_url::CLUSTER).as_str()),
+        "in sync with its group's snapshot, not the whole one"
+    );
 }
 
 #[tokio::test]
