@@ -33,6 +33,8 @@ pub struct Envoy {
     bootstrap: Option<Bootstrap>,
     callgrind: bool,
     xds_tls: Option<XdsClientTls>,
+    /// `bootstrap --group`: the gateway group whose Envoys share local budgets.
+    group: Option<String>,
 }
 
 /// Envoy's side of mutual TLS on xDS, PEM; written into Envoy's directory and named by
@@ -87,6 +89,13 @@ enum Bootstrap {
 impl Envoy {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Puts the Envoy in gateway group `group` (`bootstrap --group`), rather than the
+    /// default one.
+    pub fn group(mut self, group: &str) -> Self {
+        self.group = Some(group.to_owned());
+        self
     }
 
     /// The xDS node id (defaults to a unique `envoy-<pid>-<n>`).
@@ -155,6 +164,9 @@ impl Envoy {
             Bootstrap::ControlPlane { xds_addrs } => {
                 let admin = reserve_addr();
                 let mut flags = Vec::new();
+                if let Some(group) = &self.group {
+                    flags.extend(["--group".to_owned(), group.clone()]);
+                }
                 if let Some(tls) = &self.xds_tls {
                     for (name, contents, flag) in [
                         (XdsClientTls::CA_FILE, &tls.ca_pem, "--xds-ca"),
