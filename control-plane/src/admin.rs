@@ -1,6 +1,7 @@
 //! The control plane's own HTTP endpoints: liveness, readiness and Prometheus metrics as
 //! every Tollgate service serves them (`tollgate_runtime::http`), and a JSON `/status` that
-//! says what every connected Envoy accepted or rejected.
+//! says what every connected Envoy accepted or rejected, and `/members`, the Envoys this
+//! replica holds, for the others.
 //!
 //! Its metrics describe state kept elsewhere (the reloader's counts, the node registry), so
 //! they are read from that state at every scrape by a [`Collector`] rather than kept twice.
@@ -20,6 +21,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tollgate_runtime::http::{self, Readiness};
 
+use crate::fleet::peers::{MembersReport, ReportedMember};
 use crate::fleet::{Fleet, SharingStatus};
 use crate::reload::{ReloadStatus, Reloader};
 use crate::snapshot::SnapshotCache;
@@ -56,6 +58,7 @@ pub fn router(state: AdminState) -> Router {
     http::router(Arc::new(registry), readiness).merge(
         Router::new()
             .route("/status", get(status))
+            .route("/members", get(members))
             .with_state(state),
     )
 }
@@ -82,6 +85,22 @@ fn current_status(state: &AdminState) -> Status {
 
 async fn status(State(state): State<AdminState>) -> Json<Status> {
     Json(current_status(&state))
+}
+
+/// The nodes holding a stream to this replica, for the other replicas' budget sharing
+/// ([`crate::fleet::peers`]).
+async fn members(State(state): State<AdminState>) -> Json<MembersReport> {
+    let members = state
+        .nodes
+        .members()
+        .into_iter()
+        .filter(|member| member.connected)
+        .map(|member| ReportedMember {
+            id: member.id,
+            group: member.group,
+        })
+        .collect();
+    Json(MembersReport { members })
 }
 
 /// The control plane's metrics, read from [`AdminState`] at every scrape.

@@ -25,6 +25,7 @@ pub fn run() -> i32 {
                 routes: args.routes,
                 xds_addr: args.xds_addr,
                 admin_addr: args.admin_addr,
+                peers: args.peers,
                 xds_tls: args.tls_cert.map(|cert| ServerTlsFiles {
                     cert,
                     // clap makes --tls-cert and --tls-key go together.
@@ -161,9 +162,15 @@ pub struct ServeArgs {
     /// Where Envoys connect for ADS.
     #[arg(long, env = "TOLLGATE_XDS_ADDR", default_value = "127.0.0.1:18000")]
     pub xds_addr: SocketAddr,
-    /// The control plane's HTTP endpoints: /healthz, /readyz, /metrics, /status.
+    /// The control plane's HTTP endpoints: /healthz, /readyz, /metrics, /status, /members.
     #[arg(long, env = "TOLLGATE_ADMIN_ADDR", default_value = "127.0.0.1:18001")]
     pub admin_addr: SocketAddr,
+    /// Another replica's admin address, HOST:PORT; repeat the flag (or give a comma list)
+    /// for every other replica. Replicas tell each other which Envoys they hold, so that
+    /// local rate limits are shared among all of a group's Envoys, whichever replica each
+    /// is connected to.
+    #[arg(long = "peer", env = "TOLLGATE_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
     /// Serve xDS over TLS with this certificate chain (PEM, leaf first); re-read when it
     /// changes.
     #[arg(long, env = "TOLLGATE_TLS_CERT", requires = "tls_key")]

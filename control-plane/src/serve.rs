@@ -12,6 +12,7 @@ use tollgate_runtime::server_tls::{self, ServerTls, ServerTlsError, ServerTlsFil
 use tracing::info;
 
 use crate::admin::{self, AdminState};
+use crate::fleet::peers::{self, PeerReports};
 use crate::fleet::{self, Fleet};
 use crate::reload::{ReloadError, Reloader, Translation};
 use crate::snapshot::SnapshotCache;
@@ -43,6 +44,8 @@ pub struct ServeOptions {
     pub routes: PathBuf,
     pub xds_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The other replicas' admin addresses, asked which Envoys they hold.
+    pub peers: Vec<String>,
     /// Serve xDS over TLS with these files (client certificates required when they name a
     /// client CA); plaintext when `None`.
     pub xds_tls: Option<ServerTlsFiles>,
@@ -112,12 +115,15 @@ pub async fn run(
         fleet: fleet.clone(),
     };
     let reloads = tollgate_runtime::reload::watch(reloader, until_stopped())?;
-    let (xds, admin, (), (), ()) = tokio::join!(
+    peers::check_addresses(&options.peers);
+    let peer_reports = Arc::new(PeerReports::default());
+    let (xds, admin, (), (), (), ()) = tokio::join!(
         xds::serve(xds_listener, ads, xds_tls, until_stopped()),
         admin::serve(admin_listener, admin_state, until_stopped()),
         reloads,
         tls_reloads,
-        fleet::count_members(nodes, fleet, until_stopped()),
+        peers::poll(options.peers, peer_reports.clone(), until_stopped()),
+        fleet::count_members(nodes, peer_reports, fleet, until_stopped()),
     );
     xds.map_err(|e| ServeError::Xds(e.to_string()))?;
     admin.map_err(ServeError::Admin)?;

@@ -124,6 +124,13 @@ impl ControlPlane {
         self
     }
 
+    /// Ask the replica whose admin server is at `admin` which Envoys it holds (`--peer`).
+    pub fn peer(mut self, admin: SocketAddr) -> Self {
+        self.serve_flags
+            .extend(["--peer".to_owned(), admin.to_string()]);
+        self
+    }
+
     /// A file routes.yaml refers to by the relative path `name` (a certificate, a key),
     /// written next to it before the control plane starts.
     pub fn file(mut self, name: &str, contents: impl Into<Vec<u8>>) -> Self {
@@ -165,7 +172,7 @@ impl ControlPlane {
                     .expect("create the routes.yaml -> ..data/routes.yaml symlink");
             }
         }
-        serve(dir, config, self.serve_flags, self.host.as_ref()).await
+        serve(dir, config, self.serve_flags, self.host.as_ref(), None).await
     }
 }
 
@@ -179,6 +186,7 @@ async fn serve(
     config: ConfigDir,
     serve_flags: Vec<String>,
     host: Option<&Host>,
+    admin_addr: Option<SocketAddr>,
 ) -> RunningControlPlane {
     let (xds_addr, admin_addr) = match host {
         // The production defaults: nothing else binds in a namespace of its own.
@@ -186,7 +194,7 @@ async fn serve(
             SocketAddr::new(host.ip(), 18000),
             SocketAddr::new(host.ip(), 19000),
         ),
-        None => (reserve_addr(), reserve_addr()),
+        None => (reserve_addr(), admin_addr.unwrap_or_else(reserve_addr)),
     };
     let mut command = binaries::tollgate_command("tollgate-control-plane");
     command
@@ -399,6 +407,31 @@ impl RunningControlPlane {
             self.config.clone(),
             self.serve_flags.clone(),
             None,
+            None,
+        )
+        .await
+    }
+
+    /// A replica serving the same routes.yaml with its admin server on `admin` (which this
+    /// one was started to peer with, [`ControlPlane::peer`]), peering with this one: the two
+    /// count each other's Envoys when sharing local budgets.
+    pub async fn peered_replica(&self, admin: SocketAddr) -> RunningControlPlane {
+        let mut flags = Vec::new();
+        let mut given = self.serve_flags.iter();
+        while let Some(flag) = given.next() {
+            if flag == "--peer" {
+                given.next();
+            } else {
+                flags.push(flag.clone());
+            }
+        }
+        flags.extend(["--peer".to_owned(), self.admin_addr.to_string()]);
+        serve(
+            scratch_dir("tollgate-cp-replica-"),
+            self.config.clone(),
+            flags,
+            None,
+            Some(admin),
         )
         .await
     }
@@ -410,6 +443,7 @@ impl RunningControlPlane {
             self.config.clone(),
             self.serve_flags.clone(),
             Some(&ns.host()),
+            None,
         )
         .await
     }

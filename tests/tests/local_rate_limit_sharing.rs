@@ -18,6 +18,7 @@ use tollgate_conformance::{
     eventually, request, reserve_port, ControlPlane, Envoy, RunningControlPlane, RunningEnvoy,
     Upstream, UpstreamHandle,
 };
+use tollgate_testkit::ports::reserve_addr;
 
 /// The route's local budget, per hour, shared by the group.
 const LIMIT: u64 = 60;
@@ -289,4 +290,94 @@ async fn an_envoy_alone_enforces_the_whole_budget_and_another_group_does_not_cou
     let share = group.shared_by(1).await;
     assert_eq!(share, LIMIT, "one Envoy alone gets the whole budget");
     assert_eq!(group.burst("alone").await, LIMIT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_on_two_peered_replicas_share_one_budget_and_get_identical_bytes() {
+    let shared = Upstream::new("shared").spawn().await;
+    let port = reserve_port();
+    let routes = format!(
+        r#"version: 1
+listeners:
+  - {{name: public, address: "127.0.0.1:{port}"}}
+services:
+  shared: {{endpoints: ["{shared}"]}}
+routes:
+  - name: shared
+    match: {{prefix: /shared/}}
+    service: shared
+    rate_limit:
+      - {{by: header, header: x-client, requests: {LIMIT}, per: hour, mode: local}}
+"#,
+        shared = shared.endpoint(),
+    );
+    let second_admin = reserve_addr();
+    let first = ControlPlane::new()
+        .routes(routes)
+        .peer(second_admin)
+        .start()
+        .await;
+    let second = first.peered_replica(second_admin).await;
+    let on_first = Envoy::new()
+        .node_id("on-first")
+        .control_planes(&[&first])
+        .start()
+        .await;
+    let on_second = Envoy::new()
+        .node_id("on-second")
+        .control_planes(&[&second])
+        .start()
+        .await;
+
+    let half = LIMIT / 2;
+    let mut acked_routes = Vec::new();
+    for (cp, node) in [(&first, "on-first"), (&second, "on-second")] {
+        let acked = eventually(
+            &format!("the replica holding {node} counts both Envoys"),
+            async || {
+                let status = cp.status().await?;
+                let sharing = &status["budget_sharing"];
+                anyhow::ensure!(sharing["groups"][GROUP] == 2, "{sharing}");
+                let node = cp.node_status(node).await?;
+                anyhow::ensure!(node["in_sync"] == true, "not in sync: {node}");
+                Ok(node["types"]["route"]["acked_version"].clone())
+            },
+        )
+        .await;
+        acked_routes.push(acked);
+    }
+    assert_eq!(
+        acked_routes[0], acked_routes[1],
+        "both replicas serve the same route table for the same group size"
+    );
+    for envoy in [&on_first, &on_second] {
+        eventually(
+            &format!("{} holds half the budget", envoy.node_id()),
+            async || {
+                let buckets = bucket_sizes(&envoy.config_dump().await?);
+                anyhow::ensure!(buckets == BTreeSet::from([half]), "buckets {buckets:?}");
+                let active = envoy
+                    .stats("listener_manager.total_listeners_active")
+                    .await?;
+                anyhow::ensure!(active.iter().any(|(_, n)| *n >= 1), "no active listener");
+                Ok(())
+            },
+        )
+        .await;
+    }
+    let mut admitted = 0;
+    for _ in 0..REQUESTS_PER_ENVOY * 2 {
+        let response = request(port)
+            .path("/shared/x")
+            .header("x-client", "replicas")
+            .send()
+            .await
+            .expect("an answer");
+        match response.status.as_u16() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected {other}: {}", response.text()),
+        }
+    }
+    assert_admitted("two Envoys on two replicas", admitted, 2, half);
 }

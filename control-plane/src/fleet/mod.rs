@@ -15,34 +15,26 @@
 //!   that reconnects (a flapping link, a move between control-plane replicas) changes no
 //!   share and causes no push; meanwhile the others keep their smaller, safe share.
 //!
-//! Each replica counts the Envoys connected to it: with several control-plane replicas,
-//! each group's Envoys should all use one of them at a time (the bootstrap's replica order
-//! does that) or shares are computed per replica.
+//! With several control-plane replicas, Envoys spread over them; each replica asks the others
+//! (`serve --peer`) which Envoys they hold ([`peers`]) and counts the union by node id, so
+//! that every replica computes the same sizes and serves the same bytes, and an Envoy moving
+//! between replicas is counted once.
+
+mod membership;
+pub mod peers;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use serde::Serialize;
-use tokio::time::Instant;
 use tollgate_routes::policy::{LimitQuota, RateLimitRule};
 use tollgate_routes::{Certificates, RoutesConfig};
-use tracing::info;
 
 use crate::snapshot::{Served, Snapshot, SnapshotCache};
 use crate::translate::{share, translate_shared};
-use crate::xds::{Member, NodeRegistry};
 
-/// How long joins are gathered before a recount: short next to any rate-limit window, long
-/// enough that Envoys reconnecting together are counted together.
-pub const JOIN_BATCH: Duration = Duration::from_millis(250);
-
-/// How long a node must stay away before its share goes back to the others: longer than a
-/// reconnect (Envoy's ADS retry back-off starts at 500 ms) so that a flapping node moves no
-/// budget.
-pub const LEAVE_GRACE: Duration = Duration::from_secs(2);
+pub use membership::{count_members, JOIN_BATCH, LEAVE_GRACE};
 
 /// routes.yaml as loaded, kept to translate it again for other numbers of Envoys.
 #[derive(Debug)]
@@ -237,164 +229,4 @@ fn limit_shares(
             }
         })
         .collect()
-}
-
-/// Node ids counted, with their group.
-pub type Counted = BTreeMap<String, String>;
-
-/// The nodes to count now, given those `counted` before and every member's state: every
-/// connected node, and those that left less than `grace` ago. Also when to look again for a
-/// leaver whose grace runs out.
-pub fn settle(
-    counted: &Counted,
-    members: &[Member],
-    now: Instant,
-    grace: Duration,
-) -> (Counted, Option<Instant>) {
-    let mut next = Counted::new();
-    let mut recheck: Option<Instant> = None;
-    for member in members {
-        if member.connected {
-            next.insert(member.id.clone(), member.group.clone());
-            continue;
-        }
-        let Some(group) = counted.get(&member.id) else {
-            continue;
-        };
-        let gone_at = Instant::from_std(member.since) + grace;
-        if now < gone_at {
-            next.insert(member.id.clone(), group.clone());
-            recheck = Some(recheck.map_or(gone_at, |r| r.min(gone_at)));
-        }
-    }
-    (next, recheck)
-}
-
-/// Envoys per group among `counted`.
-pub fn group_sizes(counted: &Counted) -> BTreeMap<String, u32> {
-    let mut sizes = BTreeMap::new();
-    for group in counted.values() {
-        *sizes.entry(group.clone()).or_insert(0) += 1;
-    }
-    sizes
-}
-
-/// Counts the connected Envoys of each group until `stop`, resizing `fleet` whenever a
-/// group's count changes (debounced as the module says).
-pub async fn count_members(
-    registry: Arc<NodeRegistry>,
-    fleet: Arc<Fleet>,
-    stop: impl Future<Output = ()>,
-) {
-    let mut changes = registry.membership_changes();
-    let mut counted = Counted::new();
-    let mut recheck: Option<Instant> = None;
-    tokio::pin!(stop);
-    loop {
-        let leaver_due = async {
-            match recheck {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = &mut stop => return,
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                tokio::time::sleep(JOIN_BATCH).await;
-            }
-            () = leaver_due => {}
-        }
-        changes.borrow_and_update();
-        let (next, next_recheck) =
-            settle(&counted, &registry.members(), Instant::now(), LEAVE_GRACE);
-        recheck = next_recheck;
-        let sizes = group_sizes(&next);
-        counted = next;
-        if sizes == fleet.group_sizes() {
-            continue;
-        }
-        info!(groups = ?sizes, "envoys per group changed; sharing local limits anew");
-        let fleet = fleet.clone();
-        // Translating for a new size is CPU work; keep it off the async workers.
-        let _ = tokio::task::spawn_blocking(move || fleet.resize(sizes)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(id: &str, group: &str, connected: bool, since: Instant) -> Member {
-        Member {
-            id: id.to_string(),
-            group: group.to_string(),
-            connected,
-            since: since.into_std(),
-        }
-    }
-
-    #[test]
-    fn connected_nodes_count_in_their_group_at_once() {
-        let now = Instant::now();
-        let members = [
-            member("a", "edge", true, now),
-            member("b", "edge", true, now),
-            member("c", "internal", true, now),
-            member("d", "edge", false, now),
-        ];
-        let (counted, recheck) = settle(&Counted::new(), &members, now, LEAVE_GRACE);
-        assert_eq!(
-            group_sizes(&counted),
-            BTreeMap::from([("edge".to_string(), 2), ("internal".to_string(), 1)]),
-            "d was never counted, so its leaving needs no grace"
-        );
-        assert_eq!(recheck, None);
-    }
-
-    #[test]
-    fn a_node_that_left_counts_until_it_stays_away_for_the_grace() {
-        let start = Instant::now();
-        let both = [
-            member("a", "edge", true, start),
-            member("b", "edge", true, start),
-        ];
-        let (counted, _) = settle(&Counted::new(), &both, start, LEAVE_GRACE);
-        let left_at = start + Duration::from_secs(10);
-        let b_gone = [
-            member("a", "edge", true, start),
-            member("b", "edge", false, left_at),
-        ];
-        let soon = left_at + Duration::from_millis(500);
-        let (still, recheck) = settle(&counted, &b_gone, soon, LEAVE_GRACE);
-        assert_eq!(group_sizes(&still)["edge"], 2, "b may only be reconnecting");
-        assert_eq!(recheck, Some(left_at + LEAVE_GRACE));
-        let (after, recheck) = settle(&still, &b_gone, left_at + LEAVE_GRACE, LEAVE_GRACE);
-        assert_eq!(group_sizes(&after)["edge"], 1);
-        assert_eq!(recheck, None);
-    }
-
-    #[test]
-    fn a_flapping_node_keeps_its_count() {
-        let start = Instant::now();
-        let (mut counted, _) = settle(
-            &Counted::new(),
-            &[member("f", "edge", true, start)],
-            start,
-            LEAVE_GRACE,
-        );
-        for flap in 1..20u64 {
-            let at = start + Duration::from_millis(300 * flap);
-            let state = [member("f", "edge", flap % 2 == 0, at)];
-            let (next, _) = settle(&counted, &state, at, LEAVE_GRACE);
-            assert_eq!(
-                group_sizes(&next),
-                group_sizes(&counted),
-                "flap {flap}: the count must not move"
-            );
-            counted = next;
-        }
-    }
 }
