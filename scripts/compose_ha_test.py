@@ -272,6 +272,17 @@ for label, host, port, ca, name, cert in [
 '''
 
 
+def both_count_both_envoys(stack):
+    """Each control plane counts both Envoys in their group: its own and its peer's."""
+    def check():
+        groups = {cp: stack.status(cp).get("budget_sharing", {}).get("groups", {})
+                  for cp in CONTROL_PLANES}
+        if any(g.get("tollgate") != 2 for g in groups.values()):
+            raise Failed(f"Envoys per group: {groups}")
+        return groups
+    return check
+
+
 def only_authenticated_clients_are_served(stack, checks):
     output = run(["docker", "run", "--rm", "-i", "--user", "0", "--network", stack.network(),
                   "-v", f"{stack.volume('control-plane-1', '/etc/tollgate/pki')}:/pki:ro",
@@ -532,6 +543,9 @@ def scenario(stack, checks, notes, running):
     first = eventually("both Envoys' streams held", stream_holder(stack))
     second, = (cp for cp in CONTROL_PLANES if cp != first)
     notes.append(("streams at start", json.dumps({cp: sorted(stack.nodes_on(cp)) for cp in CONTROL_PLANES})))
+    groups = eventually("both control planes count both Envoys", both_count_both_envoys(stack))
+    checks.expect(True, "each control plane counts both Envoys for local limits, wherever "
+                  f"their streams are (--peer): {json.dumps(groups)}")
     traffic.set_phase(f"{first} stopped")
     began = time.monotonic()
     run(["docker", "stop", stack.container(first)])
