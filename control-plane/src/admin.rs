@@ -187,6 +187,16 @@ impl Collector for StateMetrics {
                 let nacking = n.types.values().any(|t| t.nack.is_some());
                 ([("node", n.id.as_str())], u64::from(nacking))
             }),
+        )?;
+        gauges(
+            &mut encoder,
+            "tollgate_group_envoys",
+            "Envoys counted per gateway group (here and at the peers), which share each local rate limit's budget.",
+            status
+                .budget_sharing
+                .groups
+                .iter()
+                .map(|(group, &envoys)| ([("group", group.as_str())], u64::from(envoys))),
         )
     }
 }

@@ -105,6 +105,11 @@ routes:
                 limit["shares"][GROUP]["requests"] == share,
                 "the route's share is not {share} yet: {limit}"
             );
+            let counted = self
+                .cp
+                .metric(&format!("tollgate_group_envoys{{group=\"{GROUP}\"}}"))
+                .await?;
+            anyhow::ensure!(counted == Some(n as f64), "the metric says {counted:?}");
             for envoy in &self.envoys {
                 let buckets = bucket_sizes(&envoy.config_dump().await?);
                 anyhow::ensure!(
