@@ -367,6 +367,7 @@ fn verify_rate(key: &TestKey, tokens: &[String]) -> f64 {
         clock_skew: Duration::from_secs(60),
         consumer_claim: "sub".into(),
         token: TokenSource::BearerHeader("authorization".into()),
+        enforce: Default::default(),
     };
     let now = jwt::now();
     let started = Instant::now();

@@ -50,6 +50,7 @@ fn provider(algorithms: Vec<Algorithm>) -> JwtProvider {
         clock_skew: Duration::from_secs(SKEW),
         consumer_claim: "sub".into(),
         token: TokenSource::BearerHeader("authorization".into()),
+        enforce: Default::default(),
     }
 }
 

@@ -139,6 +139,35 @@ pub struct JwtProvider {
     /// The claim whose value becomes `x-consumer-id`.
     pub consumer_claim: String,
     pub token: TokenSource,
+    /// Who checks the tokens.
+    pub enforce: Enforcement,
+}
+
+/// Who checks a JWT provider's tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Enforcement {
+    /// tollgate-ext-authz, called by Envoy's ext_authz filter on every request.
+    #[default]
+    ExtAuthz,
+    /// Envoy's own jwt_authn filter, with no call.
+    Envoy,
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::ExtAuthz => "ext_authz",
+            Enforcement::Envoy => "envoy",
+        }
+    }
+}
+
+impl AuthProvider {
+    /// Whether Envoy itself checks this provider's credentials (`enforce: envoy`).
+    pub fn enforced_by_envoy(&self) -> bool {
+        self.jwt()
+            .is_some_and(|jwt| jwt.enforce == Enforcement::Envoy)
+    }
 }
 
 /// API keys: where a request carries its key, and the file of keys accepted.

@@ -236,3 +236,79 @@ fn certificates_are_accepted_only_on_routes_served_where_listeners_ask_for_them(
         "provider \"partner-certs\" reads client certificates, but no listener serving the route has tls.client_ca_file",
     );
 }
+
+#[test]
+fn a_jwt_provider_is_enforced_by_ext_authz_unless_it_says_envoy() {
+    use tollgate_routes::policy::Enforcement;
+    let config = parse("routes.yaml", TEXT).expect("valid");
+    let tokens = config.auth_providers["tokens"].jwt().expect("jwt");
+    assert_eq!(tokens.enforce, Enforcement::ExtAuthz);
+    let native = TEXT.replace(
+        "    jwks_file: jwks.json\n",
+        "    jwks_file: jwks.json\n    enforce: envoy\n",
+    );
+    let config = parse("routes.yaml", &native).expect("valid");
+    assert!(config.auth_providers["tokens"].enforced_by_envoy());
+    assert!(!config.auth_providers["partner-keys"].enforced_by_envoy());
+}
+
+#[test]
+fn a_route_enforced_by_envoy_alone_needs_no_ext_authz_sidecar() {
+    let native_only = "version: 1
+auth_providers:
+  tokens: {issuer: https://id.example.com, audiences: [gw], jwks_file: jwks.json, enforce: envoy}
+services: {app: {endpoints: [\"127.0.0.1:3000\"]}}
+routes:
+  - {name: tokens, match: {prefix: /t/}, service: app, auth: {provider: tokens, scopes: [read]}}
+";
+    parse("routes.yaml", native_only).expect("no sidecar needed");
+    let by_authz = native_only.replace(", enforce: envoy}", "}");
+    assert_error_at(
+        &by_authz,
+        "6:62:",
+        "requires auth but sidecars.ext_authz is not configured",
+    );
+}
+
+#[test]
+fn what_envoy_cannot_enforce_is_refused_at_its_line() {
+    assert_error_at(
+        &TEXT.replace(
+            "    keys_file: consumers/keys.yaml\n",
+            "    keys_file: consumers/keys.yaml\n    enforce: envoy\n",
+        ),
+        "12:14:",
+        "enforce belongs to type jwt, and this provider has type api_key",
+    );
+    assert_error_at(
+        &TEXT.replace(
+            "    jwks_file: jwks.json\n",
+            "    jwks_file: jwks.json\n    enforce: natively\n",
+        ),
+        "7:14:",
+        "unknown enforce \"natively\": expected ext_authz or envoy",
+    );
+    assert_error_at(
+        &TEXT.replace(
+            "    jwks_file: jwks.json\n",
+            "    shared_secret_env: SECRET\n    algorithms: [HS256]\n    enforce: envoy\n",
+        ),
+        "8:14:",
+        "enforce: envoy needs jwks_file or jwks_uri",
+    );
+    // A route whose any_of mixes the two: one filter decides each request.
+    let mixed = TEXT
+        .replace(
+            "    jwks_file: jwks.json\n",
+            "    jwks_file: jwks.json\n    enforce: envoy\n",
+        )
+        .replace(
+            "auth: {provider: tokens, scopes: [read]}",
+            "auth: {any_of: [tokens, partner-keys]}",
+        );
+    assert_error_at(
+        &mixed,
+        "26:62:",
+        "its providers are enforced by envoy and by ext_authz",
+    );
+}

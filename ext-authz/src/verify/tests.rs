@@ -17,6 +17,7 @@ fn provider(algorithms: &[Algorithm]) -> JwtProvider {
         clock_skew: Duration::from_secs(60),
         consumer_claim: "sub".into(),
         token: TokenSource::BearerHeader("authorization".into()),
+        enforce: Default::default(),
     }
 }
 

@@ -269,6 +269,8 @@ pub(crate) struct AuthProviderDoc {
     pub algorithms: Option<Vec<Spanned<String>>>,
     pub clock_skew: Option<Spanned<String>>,
     pub consumer_claim: Option<Spanned<String>>,
+    /// jwt: who checks the tokens, `ext_authz` (the default) or `envoy`.
+    pub enforce: Option<Spanned<String>>,
     #[serde(default)]
     pub forward_claims: BTreeMap<String, Spanned<String>>,
     pub token: Option<Spanned<TokenDoc>>,

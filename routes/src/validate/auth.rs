@@ -14,8 +14,8 @@ use crate::document::{AuthProviderDoc, ConsumerDoc, Document, RouteAuthDoc, Toke
 use crate::duration;
 use crate::policy::{
     Algorithm, ApiKeyProvider, AuthProvider, CertificateField, CertificateProvider,
-    ConsumerProfile, Credentials, JwtProvider, KeyLocation, KeySource, RouteAuth, TokenSource,
-    CONSUMER_HEADER, REQUEST_ID_HEADER,
+    ConsumerProfile, Credentials, Enforcement, JwtProvider, KeyLocation, KeySource, RouteAuth,
+    TokenSource, CONSUMER_HEADER, REQUEST_ID_HEADER,
 };
 
 /// Envoy jwt_authn's default allowance for clocks that disagree.
@@ -139,6 +139,7 @@ fn foreign_fields(name: &str, doc: &AuthProviderDoc, kind: Kind, errors: &mut Er
         ("algorithms", first_algorithm, Kind::Jwt),
         ("clock_skew", at(&doc.clock_skew), Kind::Jwt),
         ("consumer_claim", at(&doc.consumer_claim), Kind::Jwt),
+        ("enforce", at(&doc.enforce), Kind::Jwt),
         ("token", at(&doc.token), Kind::Jwt),
         ("header", at(&doc.header), Kind::ApiKey),
         ("query", at(&doc.query), Kind::ApiKey),
@@ -189,6 +190,7 @@ fn jwt(name: &str, node: &Spanned<AuthProviderDoc>, errors: &mut Errors) -> Opti
     let algorithms = algorithms(name, node, shared_secret, errors);
     let clock_skew = clock_skew(doc, errors);
     let consumer_claim = consumer_claim(doc, errors);
+    let enforce = enforcement(name, doc, keys.as_ref(), errors);
     let token = doc
         .token
         .as_ref()
@@ -202,7 +204,45 @@ fn jwt(name: &str, node: &Spanned<AuthProviderDoc>, errors: &mut Errors) -> Opti
         clock_skew,
         consumer_claim,
         token: token?,
+        enforce,
     })
+}
+
+/// `enforce`: `ext_authz` (the default) or `envoy`, which needs keys Envoy can be given.
+fn enforcement(
+    name: &str,
+    doc: &AuthProviderDoc,
+    keys: Option<&KeySource>,
+    errors: &mut Errors,
+) -> Enforcement {
+    let Some(enforce) = &doc.enforce else {
+        return Enforcement::ExtAuthz;
+    };
+    let enforcement = match enforce.value.as_str() {
+        "ext_authz" => Enforcement::ExtAuthz,
+        "envoy" => Enforcement::Envoy,
+        other => {
+            errors.at(
+                enforce,
+                format!("auth provider \"{name}\": unknown enforce \"{other}\": expected ext_authz or envoy"),
+            );
+            return Enforcement::ExtAuthz;
+        }
+    };
+    if enforcement == Enforcement::Envoy
+        && matches!(
+            keys,
+            Some(KeySource::SharedSecretFile(_) | KeySource::SharedSecretEnv(_))
+        )
+    {
+        // jwt_authn takes an HMAC secret only inline in its configuration, which every
+        // Envoy's admin /config_dump would then show.
+        errors.at(
+            enforce,
+            format!("auth provider \"{name}\": enforce: envoy needs jwks_file or jwks_uri: Envoy would hold a shared secret in its configuration, where its admin interface shows it"),
+        );
+    }
+    enforcement
 }
 
 /// An API key provider: where the key travels, and the keys file.
@@ -642,11 +682,25 @@ pub(super) fn route_auth(
             );
         }
     }
-    if doc
-        .sidecars
-        .as_ref()
-        .and_then(|s| s.ext_authz.as_ref())
-        .is_none()
+    let by_envoy: Vec<bool> = names
+        .iter()
+        .filter_map(|name| doc.auth_providers.get(&name.value))
+        .map(|provider| enforced_by_envoy(&provider.value))
+        .collect();
+    if by_envoy.contains(&true) && by_envoy.contains(&false) {
+        // One filter decides a request: Envoy's jwt_authn cannot fall back to ext-authz.
+        errors.at(
+            node,
+            format!("route \"{route}\": its providers are enforced by envoy and by ext_authz: a route's providers must all have the same enforce"),
+        );
+    }
+    let all_by_envoy = !by_envoy.is_empty() && by_envoy.iter().all(|b| *b);
+    if !all_by_envoy
+        && doc
+            .sidecars
+            .as_ref()
+            .and_then(|s| s.ext_authz.as_ref())
+            .is_none()
     {
         errors.at(
             node,
@@ -708,6 +762,11 @@ pub(super) fn route_auth(
             .map(|list| list.value.iter().map(|c| c.value.clone()).collect())
             .unwrap_or_default(),
     })
+}
+
+/// Whether a provider's document asks for `enforce: envoy` (a JWT provider's field).
+fn enforced_by_envoy(doc: &AuthProviderDoc) -> bool {
+    Kind::of(doc) == Some(Kind::Jwt) && doc.enforce.as_ref().is_some_and(|e| e.value == "envoy")
 }
 
 /// A client certificate exists only on a listener that asks for one (`tls.client_ca_file`):
