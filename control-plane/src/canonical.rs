@@ -11,8 +11,9 @@
 //!
 //! The shapes cover every map the translation fills: `typed_per_filter_config` on virtual
 //! hosts, routes and weighted clusters; ext_authz's `context_extensions` and RBAC's
-//! `policies` inside those (reached through `Any`, by type URL); the JSON `Struct`s of the
-//! access log, local replies and direct responses; a cluster's protocol options. A map added
+//! `policies` inside those (reached through `Any`, by type URL); jwt_authn's providers and
+//! requirements; the JSON `Struct`s of the access log, local replies, direct responses and
+//! route metadata; a cluster's protocol options. A map added
 //! elsewhere must be added here: `translate`'s tests build each map with its own hasher, so
 //! one missed here shows up as a version that changes between two translations.
 
@@ -27,6 +28,7 @@ use tollgate_proto::envoy::config::route::v3::RouteConfiguration;
 use tollgate_proto::envoy::extensions::access_loggers::file::v3::FileAccessLog;
 use tollgate_proto::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
 use tollgate_proto::envoy::extensions::filters::http::ext_authz::v3::ExtAuthzPerRoute;
+use tollgate_proto::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
 use tollgate_proto::envoy::extensions::filters::http::rbac::v3::{Rbac, RbacPerRoute};
 use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 
@@ -74,9 +76,12 @@ static ROUTE_CONFIGURATION: Shape = shape(&[], &[(2, &VIRTUAL_HOST)], &[]);
 static VIRTUAL_HOST: Shape = shape(&[(15, &ANY_ENTRY)], &[(3, &ROUTE)], &[]);
 static ROUTE: Shape = shape(
     &[(13, &ANY_ENTRY)],
-    &[(2, &ROUTE_ACTION), (7, &DIRECT_RESPONSE)],
+    &[(2, &ROUTE_ACTION), (4, &METADATA), (7, &DIRECT_RESPONSE)],
     &[],
 );
+// envoy.config.core.v3.Metadata.filter_metadata: Structs by namespace.
+static METADATA: Shape = shape(&[(1, &METADATA_ENTRY)], &[], &[]);
+static METADATA_ENTRY: Shape = shape(&[], &[(2, &STRUCT)], &[]);
 static ROUTE_ACTION: Shape = shape(&[], &[(3, &WEIGHTED_CLUSTER)], &[]);
 static WEIGHTED_CLUSTER: Shape = shape(&[], &[(1, &CLUSTER_WEIGHT)], &[]);
 static CLUSTER_WEIGHT: Shape = shape(&[(10, &ANY_ENTRY)], &[], &[]);
@@ -117,6 +122,9 @@ static RBAC_PER_ROUTE: Shape = shape(&[], &[(2, &RBAC_FILTER)], &[]);
 static RBAC_FILTER: Shape = shape(&[], &[(1, &RBAC_RULES)], &[]);
 static RBAC_RULES: Shape = shape(&[(2, &PLAIN_ENTRY)], &[], &[]);
 
+// JwtAuthentication.providers and requirement_map.
+static JWT_AUTHN: Shape = shape(&[(1, &PLAIN_ENTRY), (5, &PLAIN_ENTRY)], &[], &[]);
+
 // Cluster.typed_extension_protocol_options.
 static CLUSTER: Shape = shape(&[(36, &ANY_ENTRY)], &[], &[]);
 
@@ -134,6 +142,7 @@ fn shape_of(type_url: &str) -> Option<&'static Shape> {
             (ExtAuthzPerRoute::type_url(), &EXT_AUTHZ_PER_ROUTE),
             (RbacPerRoute::type_url(), &RBAC_PER_ROUTE),
             (Rbac::type_url(), &RBAC_FILTER),
+            (JwtAuthentication::type_url(), &JWT_AUTHN),
         ]
     });
     BY_TYPE_URL

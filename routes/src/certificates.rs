@@ -124,11 +124,15 @@ pub struct ServedCertificate {
 }
 
 /// The key material routes.yaml names: the certificates of every TLS listener, by listener
-/// name, and the client certificate of every service that presents one, by service name.
+/// name, the client certificate of every service that presents one, by service name, and the
+/// public keys of the JWT providers Envoy enforces itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Certificates {
     listeners: BTreeMap<String, Vec<ServedCertificate>>,
     upstream_clients: BTreeMap<String, CertificateAndKey>,
+    /// The key set of every provider Envoy enforces (`enforce: envoy`), by provider name:
+    /// the `jwks_file` as read, checked to be a JSON Web Key Set.
+    provider_jwks: BTreeMap<String, String>,
 }
 
 impl Certificates {
@@ -155,6 +159,15 @@ impl Certificates {
         self.upstream_clients
             .iter()
             .map(|(name, cert)| (name.as_str(), cert))
+    }
+
+    /// The JSON Web Key Set of `provider`, when Envoy enforces it.
+    pub fn provider_jwks(&self, provider: &str) -> Option<&str> {
+        self.provider_jwks.get(provider).map(String::as_str)
+    }
+
+    pub(crate) fn insert_provider_jwks(&mut self, provider: String, jwks: String) {
+        self.provider_jwks.insert(provider, jwks);
     }
 
     pub(crate) fn insert_listener(&mut self, listener: String, served: Vec<ServedCertificate>) {

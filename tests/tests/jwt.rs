@@ -19,8 +19,21 @@ use tollgate_testkit::jwt::{self, b64, jwks, TestKey};
 const ISSUER: &str = "https://id.example.com";
 const AUDIENCE: &str = "invoices-api";
 
+/// Who checks the tokens: every test runs against both, which must answer alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// tollgate-ext-authz, through Envoy's ext_authz filter (`enforce: ext_authz`).
+    ExtAuthz,
+    /// Envoy's own jwt_authn (`enforce: envoy`).
+    Envoy,
+}
+
 /// `/api/` needs `invoices:read`, `/admin/` needs `invoices:admin`, `/open/` is public.
-fn routes(port: u16, upstream: &UpstreamHandle, authz: SocketAddr) -> String {
+fn routes(port: u16, upstream: &UpstreamHandle, authz: SocketAddr, mode: Mode) -> String {
+    let enforce = match mode {
+        Mode::ExtAuthz => "ext_authz",
+        Mode::Envoy => "envoy",
+    };
     format!(
         r#"version: 1
 listeners:
@@ -36,12 +49,13 @@ auth_providers:
     clock_skew: 30s
     consumer_claim: sub
     forward_claims: {{tier: x-consumer-tier}}
+    enforce: {enforce}
   by_header:
-    {{issuer: {ISSUER}, audiences: [{AUDIENCE}], jwks_file: jwks.json, token: {{header: X-Api-Token}}}}
+    {{issuer: {ISSUER}, audiences: [{AUDIENCE}], jwks_file: jwks.json, token: {{header: X-Api-Token}}, enforce: {enforce}}}
   by_cookie:
-    {{issuer: {ISSUER}, audiences: [{AUDIENCE}], jwks_file: jwks.json, token: {{cookie: session}}}}
+    {{issuer: {ISSUER}, audiences: [{AUDIENCE}], jwks_file: jwks.json, token: {{cookie: session}}, enforce: {enforce}}}
   by_query:
-    {{issuer: {ISSUER}, audiences: [{AUDIENCE}], jwks_file: jwks.json, token: {{query: access_token}}}}
+    {{issuer: {ISSUER}, audiences: [{AUDIENCE}], jwks_file: jwks.json, token: {{query: access_token}}, enforce: {enforce}}}
 routes:
   - name: invoices
     match: {{prefix: /api/}}
@@ -87,30 +101,36 @@ impl Keys {
 /// Envoy, the control plane and ext-authz in front of one upstream.
 struct Gateway {
     port: u16,
+    mode: Mode,
     upstream: UpstreamHandle,
     authz: RunningExtAuthz,
-    _envoy: RunningEnvoy,
+    envoy: RunningEnvoy,
     _cp: RunningControlPlane,
 }
 
 impl Gateway {
     /// Starts everything with `jwks` as the provider's key set and waits until `ready`, a
     /// token that key set accepts, is let through to the upstream.
-    async fn start(jwks: &str, ready: &str) -> Self {
+    ///
+    /// ext-authz runs in both modes: with `Mode::Envoy` it must receive no call.
+    async fn start(jwks: &str, ready: &str, mode: Mode) -> Self {
         let upstream = Upstream::new("api").spawn().await;
         let port = reserve_port();
         let authz = ExtAuthz::new();
+        // The control plane reads the key set it hands Envoy before it serves anything.
         let cp = ControlPlane::new()
-            .routes(routes(port, &upstream, authz.grpc_addr()))
+            .routes(routes(port, &upstream, authz.grpc_addr(), mode))
+            .file(tollgate_conformance::ext_authz::JWKS_FILE, jwks)
             .start()
             .await;
         let authz = authz.routes_file(cp.routes_path()).jwks(jwks).start().await;
         let envoy = Envoy::new().control_plane(&cp).start().await;
         let gateway = Gateway {
             port,
+            mode,
             upstream,
             authz,
-            _envoy: envoy,
+            envoy,
             _cp: cp,
         };
         eventually("a valid token is let through on /api/", async || {
@@ -235,11 +255,10 @@ fn assert_refused(what: &str, response: &Response, status: u16, error: Option<&s
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn valid_rs256_es256_and_eddsa_tokens_reach_the_upstream_as_their_subject() {
+async fn valid_rs256_es256_and_eddsa_tokens_reach_the_upstream_as_their_subject(mode: Mode) {
     let keys = Keys::new();
     let ready = keys.rsa.mint(&claims("warm-up"));
-    let gateway = Gateway::start(&keys.jwks(), &ready).await;
+    let gateway = Gateway::start(&keys.jwks(), &ready, mode).await;
 
     for (key, tier) in [
         (&keys.rsa, "gold"),
@@ -270,15 +289,83 @@ async fn valid_rs256_es256_and_eddsa_tokens_reach_the_upstream_as_their_subject(
             key.alg
         );
     }
+    let checks = gateway
+        .authz
+        .metric("tollgate_ext_authz_check_duration_seconds_count")
+        .await
+        .expect("ext-authz metrics");
+    match mode {
+        Mode::ExtAuthz => assert!(checks.is_some_and(|n| n >= 4.0), "{checks:?}"),
+        Mode::Envoy => assert_eq!(checks, Some(0.0), "Envoy checked every token itself"),
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_or_missing_tokens_get_401_with_a_bearer_challenge_and_never_reach_the_upstream() {
+/// The tests both modes must pass alike, each as `ext_authz::NAME` and `envoy::NAME`.
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod ext_authz {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Mode::ExtAuthz).await
+                }
+            )*
+        }
+        mod envoy {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Mode::Envoy).await
+                }
+            )*
+        }
+    };
+}
+
+in_both_modes!(
+    valid_rs256_es256_and_eddsa_tokens_reach_the_upstream_as_their_subject,
+    bad_or_missing_tokens_get_401_with_a_bearer_challenge_and_never_reach_the_upstream,
+    tokens_are_found_in_a_custom_header_a_cookie_or_the_query,
+    a_valid_token_without_the_routes_scope_gets_403_insufficient_scope,
+    a_rotated_jwks_file_is_picked_up_without_a_restart,
+    identity_headers_sent_by_the_client_never_reach_the_upstream,
+);
+
+async fn bad_or_missing_tokens_get_401_with_a_bearer_challenge_and_never_reach_the_upstream(
+    mode: Mode,
+) {
     let keys = Keys::new();
     let valid = keys.rsa.mint(&claims("user-1"));
-    let gateway = Gateway::start(&keys.jwks(), &valid).await;
+    let gateway = Gateway::start(&keys.jwks(), &valid, mode).await;
+    let cases = bad_token_cases(&keys, &valid);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let problems = case.problems(&gateway).await;
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}", case.name, problems.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases were not refused as they should be:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    // The same gateway still lets a good token through: the refusals were about the tokens.
+    gateway
+        .bearer("/api/invoices", &valid)
+        .await
+        .expect("request")
+        .expect_upstream("api")
+        .expect("the valid token still passes");
+}
+
+/// Every way a request's token can be wrong, each refused with 401: `keys` are the
+/// provider's, `valid` a token it accepts (from `keys.rsa`).
+fn bad_token_cases(keys: &Keys, valid: &str) -> Vec<Case> {
     let now = jwt::now();
-    let [header, payload, signature] = parts(&valid);
+    let [header, payload, signature] = parts(valid);
 
     let tampered_payload = {
         let forged = claims_with("admin", |_| {});
@@ -410,27 +497,7 @@ async fn bad_or_missing_tokens_get_401_with_a_bearer_challenge_and_never_reach_t
         reason: "missing_token",
     });
 
-    let mut failures = Vec::new();
-    for case in &cases {
-        let problems = case.problems(&gateway).await;
-        if !problems.is_empty() {
-            failures.push(format!("{}: {}", case.name, problems.join("; ")));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases were not refused as they should be:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
-    // The same gateway still lets a good token through: the refusals were about the tokens.
-    gateway
-        .bearer("/api/invoices", &valid)
-        .await
-        .expect("request")
-        .expect_upstream("api")
-        .expect("the valid token still passes");
+    cases
 }
 
 /// One request that must be refused with 401.
@@ -451,8 +518,23 @@ impl Case {
             "tollgate_ext_authz_checks_total{{result=\"denied\",reason=\"{}\"}}",
             self.reason
         );
+        // Who refused, and (ext-authz) why. Envoy counts denials, not reasons: those of
+        // jwt_authn and of the RBAC filters for what it cannot check (a missing exp, a token
+        // over 8 KiB).
         let counted = async || -> anyhow::Result<f64> {
-            Ok(gateway.authz.metric(&series).await?.unwrap_or(0.0))
+            match gateway.mode {
+                Mode::ExtAuthz => Ok(gateway.authz.metric(&series).await?.unwrap_or(0.0)),
+                Mode::Envoy => {
+                    let stats = gateway.envoy.stats("denied").await?;
+                    Ok(stats
+                        .iter()
+                        .filter(|(name, _)| {
+                            name.ends_with(".jwt_authn.denied") || name.ends_with(".rbac.denied")
+                        })
+                        .map(|(_, n)| *n as f64)
+                        .sum())
+                }
+            }
         };
         let mut problems = Vec::new();
         let upstream_before = gateway.upstream.requests();
@@ -471,8 +553,8 @@ impl Case {
         match (denials_before, counted().await) {
             (Ok(before), Ok(after)) if after == before + 1.0 => {}
             (Ok(before), Ok(after)) => problems.push(format!(
-                "ext-authz did not count one denial for reason {:?} ({before} -> {after})",
-                self.reason
+                "{:?} did not count one denial (reason {:?}): {before} -> {after}",
+                gateway.mode, self.reason
             )),
             (Err(e), _) | (_, Err(e)) => problems.push(format!("reading metrics: {e:#}")),
         }
@@ -483,11 +565,10 @@ impl Case {
 /// Envoy sends ext-authz only the headers a check reads (`allowed_headers`): a token in a
 /// custom header, a cookie among others, or a query parameter must still reach it, and a
 /// token in the wrong place must not count.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_are_found_in_a_custom_header_a_cookie_or_the_query() {
+async fn tokens_are_found_in_a_custom_header_a_cookie_or_the_query(mode: Mode) {
     let keys = Keys::new();
     let ready = keys.rsa.mint(&claims("warm-up"));
-    let gateway = Gateway::start(&keys.jwks(), &ready).await;
+    let gateway = Gateway::start(&keys.jwks(), &ready, mode).await;
     let token = keys.ec.mint(&claims("carol"));
     let get = async |path: &str, header: Option<(&str, String)>| {
         let mut call = request(gateway.port).path(path);
@@ -542,11 +623,10 @@ async fn tokens_are_found_in_a_custom_header_a_cookie_or_the_query() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_valid_token_without_the_routes_scope_gets_403_insufficient_scope() {
+async fn a_valid_token_without_the_routes_scope_gets_403_insufficient_scope(mode: Mode) {
     let keys = Keys::new();
     let reader = keys.rsa.mint(&claims("reader"));
-    let gateway = Gateway::start(&keys.jwks(), &reader).await;
+    let gateway = Gateway::start(&keys.jwks(), &reader, mode).await;
 
     let before = gateway.upstream.requests();
     let response = gateway
@@ -581,15 +661,14 @@ async fn a_valid_token_without_the_routes_scope_gets_403_insufficient_scope() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotated_jwks_file_is_picked_up_without_a_restart() {
+async fn a_rotated_jwks_file_is_picked_up_without_a_restart(mode: Mode) {
     let old = TestKey::rsa("rsa-old", 0);
     let kept = TestKey::p256("ec-kept");
     let new = TestKey::ed25519("ed-new");
     let old_token = old.mint(&claims("old-user"));
     let kept_token = kept.mint(&claims("kept-user"));
     let new_token = new.mint(&claims("new-user"));
-    let mut gateway = Gateway::start(&jwks(&[&old, &kept]), &old_token).await;
+    let mut gateway = Gateway::start(&jwks(&[&old, &kept]), &old_token, mode).await;
     let pid = gateway.authz.process().pid();
 
     // Before the rotation the new key is unknown; the old token passed (and is cached).
@@ -630,11 +709,10 @@ async fn a_rotated_jwks_file_is_picked_up_without_a_restart() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identity_headers_sent_by_the_client_never_reach_the_upstream() {
+async fn identity_headers_sent_by_the_client_never_reach_the_upstream(mode: Mode) {
     let keys = Keys::new();
     let token = keys.rsa.mint(&claims("user-1"));
-    let gateway = Gateway::start(&keys.jwks(), &token).await;
+    let gateway = Gateway::start(&keys.jwks(), &token, mode).await;
     let spoof = async |path: &str, token: Option<&str>| {
         let mut builder = request(gateway.port)
             .path(path)
@@ -677,7 +755,7 @@ async fn identity_headers_sent_by_the_client_never_reach_the_upstream() {
 async fn protected_routes_fail_closed_while_ext_authz_is_down() {
     let keys = Keys::new();
     let token = keys.rsa.mint(&claims("user-1"));
-    let mut gateway = Gateway::start(&keys.jwks(), &token).await;
+    let mut gateway = Gateway::start(&keys.jwks(), &token, Mode::ExtAuthz).await;
 
     gateway.authz.kill();
     let before = gateway.upstream.requests();
@@ -717,4 +795,114 @@ async fn protected_routes_fail_closed_while_ext_authz_is_down() {
         Ok(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_envoy_enforces_keep_working_with_ext_authz_stopped() {
+    let keys = Keys::new();
+    let token = keys.rsa.mint(&claims("user-1"));
+    let mut gateway = Gateway::start(&keys.jwks(), &token, Mode::Envoy).await;
+
+    gateway.authz.kill();
+    gateway
+        .bearer("/api/x", &token)
+        .await
+        .expect("request")
+        .expect_upstream("api")
+        .expect("Envoy checks the token itself: ext-authz is not on the path");
+    assert_refused(
+        "no token, ext-authz stopped",
+        &get(gateway.port, "/api/x").await.expect("request"),
+        401,
+        None,
+    );
+}
+
+/// What a client can tell of a refusal: its status, the headers ext-authz sets and the body
+/// (not the date or the request id).
+fn refusal_as_seen(response: &Response) -> String {
+    let header = |name| response.header(name).unwrap_or("(none)");
+    format!(
+        "{} | www-authenticate: {} | content-type: {} | cache-control: {} | {}",
+        response.status,
+        header("www-authenticate"),
+        header("content-type"),
+        header("cache-control"),
+        response.text()
+    )
+}
+
+/// The same without the free-text descriptions.
+fn without_descriptions(seen: &str) -> String {
+    let description = regex::Regex::new(r#"error_description(=|":)"[^"]*""#).expect("regex");
+    description
+        .replace_all(seen, "error_description")
+        .into_owned()
+}
+
+/// Refusals whose description differs between the modes, and why. Both still answer 401
+/// `invalid_token` with the same headers.
+const DESCRIBED_DIFFERENTLY: [(&str, &str); 3] = [
+    // Envoy's JWT library refuses the empty signature before it reads `alg`: "the token is
+    // not a well-formed JWT" rather than "...algorithm is not supported".
+    ("alg none", "jwt_authn reads the signature first"),
+    // jwt_authn finds no HMAC key for the RSA key id and fails the signature, before the
+    // algorithm allow-list (an RBAC filter after it) could say "...not allowed".
+    (
+        "HS256 keyed with the RSA public key (DER)",
+        "jwt_authn checks the signature first",
+    ),
+    (
+        "HS256 keyed with the RSA public key (PEM)",
+        "jwt_authn checks the signature first",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_modes_refuse_every_bad_token_with_the_same_bytes() {
+    let keys = Keys::new();
+    let valid = keys.rsa.mint(&claims("user-1"));
+    let by_authz = Gateway::start(&keys.jwks(), &valid, Mode::ExtAuthz).await;
+    let by_envoy = Gateway::start(&keys.jwks(), &valid, Mode::Envoy).await;
+
+    let mut requests: Vec<(String, &str, Option<String>)> = bad_token_cases(&keys, &valid)
+        .into_iter()
+        .map(|case| (case.name.to_owned(), "/api/invoices", case.authorization))
+        .collect();
+    requests.push((
+        "a valid token without the route's scope".to_owned(),
+        "/admin/invoices",
+        Some(format!("Bearer {valid}")),
+    ));
+    let mut differences = Vec::new();
+    let mut compared = 0;
+    for (name, path, authorization) in &requests {
+        let send = async |gateway: &Gateway| {
+            let mut builder = request(gateway.port).path(path);
+            if let Some(value) = authorization {
+                builder = builder.header("authorization", value);
+            }
+            refusal_as_seen(&builder.send().await.expect("request"))
+        };
+        let (authz, envoy) = (send(&by_authz).await, send(&by_envoy).await);
+        let accepted = DESCRIBED_DIFFERENTLY.iter().any(|(case, _)| case == name);
+        let same = if accepted {
+            without_descriptions(&authz) == without_descriptions(&envoy)
+        } else {
+            authz == envoy
+        };
+        if !same {
+            differences.push(format!(
+                "{name}:\n  ext_authz: {authz}\n  envoy:     {envoy}"
+            ));
+        }
+        compared += 1;
+    }
+    assert!(compared >= 18, "only {compared} refusals compared");
+    assert!(
+        differences.is_empty(),
+        "{} of {compared} refusals differ between the modes:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
 }

@@ -11,7 +11,7 @@ use tollgate_routes::AccessLogSink;
 use super::any;
 use super::json_format::json_format;
 
-const FIELDS: [(&str, &str); 17] = [
+const FIELDS: [(&str, &str); 18] = [
     ("time", "%START_TIME%"),
     ("request_id", "%REQ(X-REQUEST-ID)%"),
     // The W3C trace id when tracing is on (null otherwise): what joins this line to the
@@ -28,6 +28,7 @@ const FIELDS: [(&str, &str); 17] = [
     ("upstream_host", "%UPSTREAM_HOST%"),
     ("status", "%RESPONSE_CODE%"),
     ("flags", "%RESPONSE_FLAGS%"),
+    ("details", "%RESPONSE_CODE_DETAILS%"),
     ("duration_ms", "%DURATION%"),
     ("bytes_received", "%BYTES_RECEIVED%"),
     ("bytes_sent", "%BYTES_SENT%"),

@@ -13,6 +13,7 @@ use tollgate_proto::envoy::config::route::v3::FilterConfig;
 use tollgate_proto::envoy::extensions::filters::http::router::v3::Router;
 use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
+    ResponseMapper,
 };
 use tollgate_proto::envoy::extensions::http::early_header_mutation::header_mutation::v3::HeaderMutation;
 use tollgate_proto::google::protobuf::Any;
@@ -36,8 +37,8 @@ use tollgate_routes::ListenerLimits;
 pub(super) const WEBSOCKET: &str = "websocket";
 
 use super::{
-    ads_config_source, any, auth, body_limit, cors, ip_rules, listener_tls, local_rate_limit,
-    local_reply, proto_duration, rate_limit,
+    ads_config_source, any, auth, body_limit, cors, ip_rules, jwt_authn, listener_tls,
+    local_rate_limit, local_reply, proto_duration, rate_limit,
 };
 
 /// HTTP/2 flow-control windows from Envoy's edge-proxy guide, for client and upstream
@@ -147,7 +148,16 @@ pub(super) struct ListenerFilters {
     pub cors: Option<Any>,
     /// Request headers no client may send: the identity ext-authz vouches for.
     pub strip_headers: Vec<String>,
-    /// The ext_authz filter config, when a route on this listener requires auth.
+    /// The jwt_authn filter config, when a route on this listener has Envoy check tokens.
+    pub jwt_authn: Option<Any>,
+    /// With jwt_authn: the RBAC filter for the claims every token must carry.
+    pub jwt_claims: Option<Any>,
+    /// The RBAC filter for such routes' scopes and consumers, when one has them.
+    pub jwt_scopes: Option<Any>,
+    /// Local reply mappers tried before the gateway's own (jwt_authn's refusals).
+    pub reply_mappers: Vec<ResponseMapper>,
+    /// The ext_authz filter config, when a route on this listener requires auth of
+    /// tollgate-ext-authz.
     pub ext_authz: Option<Any>,
     /// The local_ratelimit filter config, when a route on this listener has local rules.
     pub local_rate_limit: Option<Any>,
@@ -178,6 +188,9 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
     let mut http_filters: Vec<HttpFilter> = [
         (ip_rules::FILTER_NAME, filters.ip_rules.as_ref()),
         (cors::FILTER_NAME, filters.cors.as_ref()),
+        (jwt_authn::FILTER_NAME, filters.jwt_authn.as_ref()),
+        (jwt_authn::CLAIMS_FILTER_NAME, filters.jwt_claims.as_ref()),
+        (jwt_authn::SCOPES_FILTER_NAME, filters.jwt_scopes.as_ref()),
         (auth::FILTER_NAME, filters.ext_authz.as_ref()),
         (
             local_rate_limit::FILTER_NAME,
@@ -215,7 +228,7 @@ pub(super) fn listener(config: &ListenerConfig, filters: &ListenerFilters) -> Li
         normalize_path: Some(BoolValue { value: true }),
         merge_slashes: true,
         path_with_escaped_slashes_action: escaped_slashes_action(config.escaped_slashes) as i32,
-        local_reply_config: Some(local_reply::local_reply_config()),
+        local_reply_config: Some(local_reply::local_reply_config(&filters.reply_mappers)),
         access_log: filters.access_log.iter().cloned().collect(),
         tracing: filters.tracing.clone(),
         request_id_extension: filters

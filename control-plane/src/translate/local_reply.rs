@@ -32,7 +32,8 @@ const ERRORS: [(u32, &str); 10] = [
     (504, "upstream timeout"),
 ];
 
-pub(super) fn local_reply_config() -> LocalReplyConfig {
+/// The gateway's mappers, after `first` (replies that must not get the generic body).
+pub(super) fn local_reply_config(first: &[ResponseMapper]) -> LocalReplyConfig {
     // Mappers are tried in order and the first that matches rewrites. ext-authz's own 403
     // (flagged UAEX) keeps its body; any other 403 is the gateway's, such as the RBAC
     // filter's refusal of a client address (`allow_ips`, `deny_ips`), whose response flag
@@ -60,8 +61,10 @@ pub(super) fn local_reply_config() -> LocalReplyConfig {
         ..Default::default()
     };
     LocalReplyConfig {
-        mappers: [ext_authz_403, forbidden]
-            .into_iter()
+        mappers: first
+            .iter()
+            .cloned()
+            .chain([ext_authz_403, forbidden])
             .chain(ERRORS.iter().map(|(status, error)| ResponseMapper {
                 filter: Some(status_is(*status)),
                 body_format_override: Some(error_body(error)),

@@ -12,6 +12,7 @@ mod cors;
 mod headers;
 mod ip_rules;
 mod json_format;
+mod jwt_authn;
 mod listener;
 mod listener_tls;
 mod local_rate_limit;
@@ -193,11 +194,16 @@ fn add_listener(
     envoys: NonZeroU32,
 ) {
     let routes: Vec<&Route> = config.routes_on(&l.name).collect();
+    let by_envoy = |r: &Route| jwt_authn::enforced_by_envoy(r, &config.auth_providers);
     let ext_authz = config
         .sidecars
         .ext_authz
         .as_ref()
-        .filter(|_| routes.iter().any(|r| r.auth.is_some()));
+        .filter(|_| routes.iter().any(|r| r.auth.is_some() && !by_envoy(r)));
+    let jwt_authn = routes.iter().any(|r| by_envoy(r));
+    let jwt_scopes = routes
+        .iter()
+        .any(|r| by_envoy(r) && r.auth.as_ref().is_some_and(jwt_authn::has_token_rules));
     let rate_limit = config.sidecars.rate_limit.as_ref().filter(|_| {
         routes
             .iter()
@@ -216,6 +222,15 @@ fn add_listener(
     let filters = listener::ListenerFilters {
         ip_rules,
         strip_headers: shared.strip_headers.clone(),
+        jwt_authn: jwt_authn
+            .then(|| jwt_authn::filter(&routes, &config.auth_providers, certificates)),
+        jwt_claims: jwt_authn.then(jwt_authn::rules_filter),
+        jwt_scopes: jwt_scopes.then(jwt_authn::rules_filter),
+        reply_mappers: if jwt_authn {
+            jwt_authn::reply_mappers()
+        } else {
+            Vec::new()
+        },
         ext_authz: ext_authz.map(|sidecar| auth::filter(sidecar, &config.auth_providers)),
         local_rate_limit: local_rate_limit.then(local_rate_limit::filter),
         rate_limit: rate_limit.map(rate_limit::filter),
@@ -241,6 +256,9 @@ fn add_listener(
     );
     let table = route::RouteTable {
         ext_authz: ext_authz.is_some(),
+        jwt_authn,
+        jwt_scopes,
+        auth_providers: &config.auth_providers,
         rate_limit: rate_limit.is_some(),
         local_rate_limit,
         local_rate_limit_envoys: envoys,

@@ -163,7 +163,7 @@ pub(super) fn fill_listener(listener: &str) -> Listener {
         preserve_external_request_id: true,
         // The gateway's JSON errors (504 on a route timeout, 503 when the upstream is
         // unreachable) are made here for cached routes, so they must look the same.
-        local_reply_config: Some(local_reply::local_reply_config()),
+        local_reply_config: Some(local_reply::local_reply_config(&[])),
         http_filters,
         ..Default::default()
     };

@@ -30,7 +30,7 @@ use tollgate_proto::envoy::r#type::v3::{fractional_percent::DenominatorType, Fra
 use tollgate_proto::google::protobuf::Any;
 use tollgate_proto::google::protobuf::{BoolValue, UInt32Value};
 use tollgate_routes::ip_rules::IpRules;
-use tollgate_routes::policy::RateLimitRule;
+use tollgate_routes::policy::{AuthProvider, RateLimitRule};
 use tollgate_routes::route_policy::{CorsPolicy, RouteCors, DEFAULT_ROUTE_TIMEOUT};
 use tollgate_routes::service_policy::Protocol;
 use tollgate_routes::{
@@ -40,8 +40,8 @@ use tollgate_routes::{
 
 use super::json_format::json_format;
 use super::{
-    auth, body_limit, cluster, cors, headers, ip_rules, listener, local_rate_limit, proto_duration,
-    proto_map, rate_limit, response_cache, retry, transcode,
+    auth, body_limit, cluster, cors, headers, ip_rules, jwt_authn, listener, local_rate_limit,
+    proto_duration, proto_map, rate_limit, response_cache, retry, transcode,
 };
 
 /// What every route of one listener's table is built with.
@@ -53,6 +53,13 @@ pub(super) struct RouteTable<'a> {
     /// The listener runs the ext_authz filter, so every route says whether it applies (a
     /// route without a per-route setting would be checked with no provider).
     pub ext_authz: bool,
+    /// The listener runs jwt_authn (a route's providers are enforced by Envoy).
+    pub jwt_authn: bool,
+    /// The listener runs the RBAC filter for such routes' scopes and consumers (the claims
+    /// filter runs with jwt_authn).
+    pub jwt_scopes: bool,
+    /// Every auth provider, to tell who enforces a route's.
+    pub auth_providers: &'a BTreeMap<String, AuthProvider>,
     /// The listener runs the ratelimit filter.
     pub rate_limit: bool,
     /// The listener runs the local_ratelimit filter.
@@ -294,11 +301,22 @@ fn sidecar_filters_off(
     table: &RouteTable,
     route: Option<&Route>,
 ) -> impl Iterator<Item = (String, Any)> {
-    let has_auth = route.is_some_and(|r| r.auth.is_some());
+    let by_envoy = route.is_some_and(|r| jwt_authn::enforced_by_envoy(r, table.auth_providers));
+    let has_auth = route.is_some_and(|r| r.auth.is_some()) && !by_envoy;
+    let has_token_rules = by_envoy
+        && route
+            .and_then(|r| r.auth.as_ref())
+            .is_some_and(jwt_authn::has_token_rules);
     let has_global = route.is_some_and(|r| r.global_rate_limits().next().is_some());
     let has_local = route.is_some_and(|r| r.local_rate_limits().next().is_some());
     [
         (auth::FILTER_NAME, table.ext_authz && !has_auth),
+        (jwt_authn::FILTER_NAME, table.jwt_authn && !by_envoy),
+        (jwt_authn::CLAIMS_FILTER_NAME, table.jwt_authn && !by_envoy),
+        (
+            jwt_authn::SCOPES_FILTER_NAME,
+            table.jwt_scopes && !has_token_rules,
+        ),
         (rate_limit::FILTER_NAME, table.rate_limit && !has_global),
         (
             local_rate_limit::FILTER_NAME,
@@ -325,14 +343,52 @@ fn route(route: &Route, table: &RouteTable) -> EnvoyRoute {
         action.rate_limits = rate_limit::route_rate_limits(&route.name, route.global_rate_limits());
     }
     let local_rules: Vec<&RateLimitRule> = route.local_rate_limits().collect();
+    let by_envoy = jwt_authn::enforced_by_envoy(route, table.auth_providers);
     envoy_route.typed_per_filter_config = proto_map(
         sidecar_filters_off(table, Some(route))
-            .chain(route.auth.as_ref().filter(|_| table.ext_authz).map(|auth| {
-                (
-                    auth::FILTER_NAME.to_string(),
-                    auth::per_route(&route.name, auth),
-                )
-            }))
+            .chain(
+                route
+                    .auth
+                    .as_ref()
+                    .filter(|_| table.ext_authz && !by_envoy)
+                    .map(|auth| {
+                        (
+                            auth::FILTER_NAME.to_string(),
+                            auth::per_route(&route.name, auth),
+                        )
+                    }),
+            )
+            .chain(
+                route
+                    .auth
+                    .as_ref()
+                    .filter(|_| by_envoy)
+                    .into_iter()
+                    .flat_map(|auth| {
+                        [
+                            (
+                                jwt_authn::FILTER_NAME.to_string(),
+                                jwt_authn::per_route(auth),
+                            ),
+                            (
+                                jwt_authn::CLAIMS_FILTER_NAME.to_string(),
+                                jwt_authn::claims_per_route(auth, table.auth_providers),
+                            ),
+                        ]
+                    }),
+            )
+            .chain(
+                route
+                    .auth
+                    .as_ref()
+                    .filter(|auth| by_envoy && jwt_authn::has_token_rules(auth))
+                    .map(|auth| {
+                        (
+                            jwt_authn::SCOPES_FILTER_NAME.to_string(),
+                            jwt_authn::scopes_per_route(auth, table.auth_providers),
+                        )
+                    }),
+            )
             .chain((!local_rules.is_empty()).then(|| {
                 (
                     local_rate_limit::FILTER_NAME.to_string(),
@@ -382,6 +438,11 @@ fn route(route: &Route, table: &RouteTable) -> EnvoyRoute {
                 )
             })),
     );
+    envoy_route.metadata = route
+        .auth
+        .as_ref()
+        .filter(|auth| by_envoy && !auth.scopes.is_empty())
+        .map(|auth| jwt_authn::scopes_metadata(&auth.scopes));
     envoy_route
 }
 

@@ -9,9 +9,11 @@ use serde_saphyr::{Location, Spanned};
 
 use super::api_keys::is_consumer_id;
 use super::{is_header_name, is_valid_name, Errors};
+use crate::certificates::Certificates;
 use crate::config::{Listener, Route};
 use crate::document::{AuthProviderDoc, ConsumerDoc, Document, RouteAuthDoc, TokenDoc};
 use crate::duration;
+use crate::listener_tls::FileSource;
 use crate::policy::{
     Algorithm, ApiKeyProvider, AuthProvider, CertificateField, CertificateProvider,
     ConsumerProfile, Credentials, Enforcement, JwtProvider, KeyLocation, KeySource, RouteAuth,
@@ -229,6 +231,12 @@ fn enforcement(
             return Enforcement::ExtAuthz;
         }
     };
+    if enforcement == Enforcement::Envoy && matches!(keys, Some(KeySource::JwksUri(_))) {
+        errors.at(
+            enforce,
+            format!("auth provider \"{name}\": enforce: envoy takes its keys from jwks_file for now: keys fetched from jwks_uri are checked by ext_authz"),
+        );
+    }
     if enforcement == Enforcement::Envoy
         && matches!(
             keys,
@@ -762,6 +770,58 @@ pub(super) fn route_auth(
             .map(|list| list.value.iter().map(|c| c.value.clone()).collect())
             .unwrap_or_default(),
     })
+}
+
+/// Reads the key set of every provider Envoy enforces, which the control plane hands Envoy:
+/// a `jwks_file` that cannot be read or is not a JSON Web Key Set is an error at its line
+/// (ext-authz, which reads its own, reports such a file only in its log).
+pub(super) fn provider_key_sets(
+    doc: &Document,
+    providers: &BTreeMap<String, AuthProvider>,
+    files: &dyn FileSource,
+    certificates: &mut Certificates,
+    errors: &mut Errors,
+) {
+    for (name, provider) in providers {
+        let Some(KeySource::JwksFile(_)) = provider
+            .jwt()
+            .filter(|_| provider.enforced_by_envoy())
+            .map(|jwt| &jwt.keys)
+        else {
+            continue;
+        };
+        let Some(node) = doc
+            .auth_providers
+            .get(name)
+            .and_then(|p| p.value.jwks_file.as_ref())
+        else {
+            continue;
+        };
+        let Some(bytes) = super::read_file(files, node, "jwks_file", errors) else {
+            continue;
+        };
+        match key_set_text(&bytes) {
+            Ok(text) => certificates.insert_provider_jwks(name.clone(), text),
+            Err(why) => errors.at(
+                node,
+                format!(
+                    "jwks_file \"{}\" is not a JSON Web Key Set: {why}",
+                    node.value
+                ),
+            ),
+        }
+    }
+}
+
+/// `bytes` as text, when they are a JSON object with a non-empty `keys` array.
+fn key_set_text(bytes: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    match value.get("keys").and_then(serde_json::Value::as_array) {
+        Some(keys) if !keys.is_empty() => Ok(text.to_string()),
+        Some(_) => Err("its keys array is empty".to_string()),
+        None => Err("it has no keys array".to_string()),
+    }
 }
 
 /// Whether a provider's document asks for `enforce: envoy` (a JWT provider's field).

@@ -68,6 +68,9 @@ pub(crate) fn validate(
         .map(|s| (s.name.clone(), s))
         .collect();
     let auth_providers = auth::auth_providers(&doc, &mut errors);
+    if let Some(files) = files {
+        auth::provider_key_sets(&doc, &auth_providers, files, &mut certificates, &mut errors);
+    }
     let sidecars = policy::sidecars(&doc, files, &mut certificates, &mut errors);
     let routes = routes(
         &doc,
