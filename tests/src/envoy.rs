@@ -7,7 +7,7 @@
 //! hand-written bootstrap instead, which the harness uses to test itself.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -381,6 +381,17 @@ impl RunningEnvoy {
         &self,
         work: impl std::future::Future<Output = T>,
     ) -> anyhow::Result<(T, u64)> {
+        self.count_instructions_keeping(work, None).await
+    }
+
+    /// [`Self::count_instructions`], keeping callgrind's dump of `work` as `keep` (then
+    /// `keep.1`, … should there be more than one), for `callgrind_annotate` to say where the
+    /// instructions went.
+    pub async fn count_instructions_keeping<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+        keep: Option<&Path>,
+    ) -> anyhow::Result<(T, u64)> {
         anyhow::ensure!(self.callgrind, "Envoy was not started under callgrind");
         let pid = self.process.pid().to_string();
         callgrind_control(&["--zero", &pid]).await?;
@@ -392,12 +403,22 @@ impl RunningEnvoy {
         // last zeroing or dump; reading removes them, so the next count starts clean.
         let dump_prefix = format!("callgrind.out.{pid}.");
         let mut instructions = 0;
+        let mut kept = 0;
         for entry in std::fs::read_dir(self.dir.path())?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !name.starts_with(&dump_prefix) {
                 continue;
             }
             let text = std::fs::read_to_string(entry.path())?;
+            if let Some(keep) = keep {
+                let mut to = keep.as_os_str().to_owned();
+                if kept > 0 {
+                    to.push(format!(".{kept}"));
+                }
+                kept += 1;
+                // A copy, not a rename: `keep` may be on another file system.
+                std::fs::copy(entry.path(), &to)?;
+            }
             std::fs::remove_file(entry.path())?;
             instructions += text
                 .lines()
