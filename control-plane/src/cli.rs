@@ -26,6 +26,7 @@ pub fn run() -> i32 {
                 xds_addr: args.xds_addr,
                 admin_addr: args.admin_addr,
                 peers: args.peers,
+                jwks_refresh_interval: args.jwks_refresh_interval,
                 xds_tls: args.tls_cert.map(|cert| ServerTlsFiles {
                     cert,
                     // clap makes --tls-cert and --tls-key go together.
@@ -171,6 +172,10 @@ pub struct ServeArgs {
     /// is connected to.
     #[arg(long = "peer", env = "TOLLGATE_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
+    /// How often the key sets of providers Envoy enforces (`enforce: envoy`) are fetched
+    /// again from their jwks_uri.
+    #[arg(long, env = "TOLLGATE_JWKS_REFRESH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub jwks_refresh_interval: std::time::Duration,
     /// Serve xDS over TLS with this certificate chain (PEM, leaf first); re-read when it
     /// changes.
     #[arg(long, env = "TOLLGATE_TLS_CERT", requires = "tls_key")]
@@ -254,4 +259,8 @@ pub struct BootstrapArgs {
     #[arg(long, env = "TOLLGATE_ENVOY_MAX_CONNECTIONS", default_value_t = 50_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    tollgate_routes::duration::parse(text)
 }

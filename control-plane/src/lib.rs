@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod canonical;
 pub mod cli;
 pub mod fleet;
+pub mod key_sets;
 pub mod reload;
 pub mod serve;
 pub mod snapshot;

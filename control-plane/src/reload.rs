@@ -13,6 +13,7 @@ use tollgate_runtime::reload::{Config, Read};
 use tracing::warn;
 
 use crate::fleet::{Fleet, LoadedRoutes};
+use crate::key_sets::FetchedKeySets;
 use crate::snapshot::Snapshot;
 use crate::translate::{has_shared_budgets, translate, translate_shared};
 
@@ -47,6 +48,8 @@ pub struct CertificateExpiry {
 #[derive(Debug)]
 pub struct Translation {
     fleet: Arc<Fleet>,
+    /// The key sets fetched for providers Envoy enforces with a `jwks_uri`.
+    key_sets: Arc<FetchedKeySets>,
     /// When each certificate expires, as of the last configuration installed.
     certificate_expiry: RwLock<CertificateExpiry>,
 }
@@ -55,8 +58,15 @@ impl Translation {
     pub fn new(fleet: Arc<Fleet>) -> Self {
         Translation {
             fleet,
+            key_sets: Arc::default(),
             certificate_expiry: RwLock::default(),
         }
+    }
+
+    /// Fills providers' `jwks_uri` key sets from `key_sets` (shared with whoever fetches).
+    pub fn with_key_sets(mut self, key_sets: Arc<FetchedKeySets>) -> Self {
+        self.key_sets = key_sets;
+        self
     }
 
     /// When each certificate Envoy presents expires.
@@ -121,13 +131,17 @@ impl Config for Translation {
     async fn read(&self, path: &Path) -> Read<Self> {
         let path = path.to_path_buf();
         let group_sizes = self.fleet.group_sizes();
+        let key_sets = self.key_sets.clone();
         // Parsing and translating a large file is CPU work; keep it off the async workers.
         // Reading by path each time re-resolves symlinks, which is what makes a ConfigMap's
         // swap of its `..data` link visible.
         tokio::task::spawn_blocking(move || {
             let files = FilesBeside::of(&path);
             let outcome = tollgate_routes::load_with_files(&path, &files)
-                .map(|(config, certificates)| translated(config, certificates, &group_sizes))
+                .map(|(config, mut certificates)| {
+                    key_sets.fill(&config, &mut certificates);
+                    translated(config, certificates, &group_sizes)
+                })
                 .map_err(ReloadError::Load);
             Read {
                 outcome,

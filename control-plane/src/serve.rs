@@ -14,9 +14,11 @@ use tracing::info;
 use crate::admin::{self, AdminState};
 use crate::fleet::peers::{self, PeerReports};
 use crate::fleet::{self, Fleet};
+use crate::key_sets::FetchedKeySets;
 use crate::reload::{ReloadError, Reloader, Translation};
 use crate::snapshot::SnapshotCache;
 use crate::xds::{self, AdsServer, NodeRegistry};
+use tollgate_runtime::fetch::HttpClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -38,6 +40,9 @@ pub enum ServeError {
     Xds(String),
     #[error("admin server failed: {0}")]
     Admin(std::io::Error),
+    /// rustls refused its own defaults for the key-set client: a build problem.
+    #[error("https client for jwks_uri: {0}")]
+    HttpClient(#[from] rustls::Error),
 }
 
 pub struct ServeOptions {
@@ -46,6 +51,8 @@ pub struct ServeOptions {
     pub admin_addr: SocketAddr,
     /// The other replicas' admin addresses, asked which Envoys they hold.
     pub peers: Vec<String>,
+    /// How often `jwks_uri` key sets of providers Envoy enforces are fetched again.
+    pub jwks_refresh_interval: std::time::Duration,
     /// Serve xDS over TLS with these files (client certificates required when they name a
     /// client CA); plaintext when `None`.
     pub xds_tls: Option<ServerTlsFiles>,
@@ -60,12 +67,19 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let cache = Arc::new(SnapshotCache::new());
     let fleet = Arc::new(Fleet::new(cache.clone()));
+    let key_sets = Arc::new(FetchedKeySets::default());
     let reloader = Arc::new(Reloader::new(
         &options.routes,
-        Translation::new(fleet.clone()),
+        Translation::new(fleet.clone()).with_key_sets(key_sets.clone()),
     ));
     // Validate before binding anything: a bad file fails fast and listens nowhere.
     reloader.reload().await?;
+    // Key sets by URL before the first Envoy connects, so that a replica that just started
+    // does not serve providers without keys.
+    let http = HttpClient::new()?;
+    if key_sets.fetch_all(&http).await {
+        reloader.reload_regardless().await?;
+    }
     if let Some(snapshot) = cache.current() {
         info!(version = %snapshot.version(), file = %options.routes.display(), "routes.yaml loaded");
     }
@@ -114,16 +128,31 @@ pub async fn run(
         nodes: nodes.clone(),
         fleet: fleet.clone(),
     };
-    let reloads = tollgate_runtime::reload::watch(reloader, until_stopped())?;
+    let reloads = tollgate_runtime::reload::watch(reloader.clone(), until_stopped())?;
     peers::check_addresses(&options.peers);
     let peer_reports = Arc::new(PeerReports::default());
-    let (xds, admin, (), (), (), ()) = tokio::join!(
+    let refetched_keys = {
+        let reloader = reloader.clone();
+        let key_sets = key_sets.clone();
+        let interval = options.jwks_refresh_interval;
+        let stop = until_stopped();
+        async move {
+            let reload = || async {
+                // A reload that fails (a bad edit meanwhile) is logged by the reloader, and
+                // the last good configuration keeps serving.
+                let _ = reloader.reload_regardless().await;
+            };
+            key_sets.keep_fetching(&http, interval, reload, stop).await;
+        }
+    };
+    let (xds, admin, (), (), (), (), ()) = tokio::join!(
         xds::serve(xds_listener, ads, xds_tls, until_stopped()),
         admin::serve(admin_listener, admin_state, until_stopped()),
         reloads,
         tls_reloads,
         peers::poll(options.peers, peer_reports.clone(), until_stopped()),
         fleet::count_members(nodes, peer_reports, fleet, until_stopped()),
+        refetched_keys,
     );
     xds.map_err(|e| ServeError::Xds(e.to_string()))?;
     admin.map_err(ServeError::Admin)?;

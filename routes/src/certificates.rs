@@ -166,7 +166,9 @@ impl Certificates {
         self.provider_jwks.get(provider).map(String::as_str)
     }
 
-    pub(crate) fn insert_provider_jwks(&mut self, provider: String, jwks: String) {
+    /// Gives `provider` the key set `jwks` (checked with [`key_set_text`]): one read from
+    /// its `jwks_file`, or, for a `jwks_uri`, one the control plane fetched.
+    pub fn insert_provider_jwks(&mut self, provider: String, jwks: String) {
         self.provider_jwks.insert(provider, jwks);
     }
 
@@ -180,5 +182,17 @@ impl Certificates {
         certificate: CertificateAndKey,
     ) {
         self.upstream_clients.insert(service, certificate);
+    }
+}
+
+/// `bytes` as text, when they are a JSON Web Key Set: a JSON object with a non-empty `keys`
+/// array. Envoy is handed the text as it is and checks each key itself.
+pub fn key_set_text(bytes: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    match value.get("keys").and_then(serde_json::Value::as_array) {
+        Some(keys) if !keys.is_empty() => Ok(text.to_string()),
+        Some(_) => Err("its keys array is empty".to_string()),
+        None => Err("it has no keys array".to_string()),
     }
 }

@@ -123,23 +123,33 @@ impl<C: Config> Reloader<C> {
     /// version, or `None` when nothing changed (files identical to the last attempt's are
     /// not read again).
     pub async fn reload(&self) -> Result<Option<String>, C::Error> {
-        self.attempt(true).await
+        self.attempt(true, false).await
+    }
+
+    /// Reads the configuration again even if its files are unchanged: for inputs that are
+    /// not files (the control plane's key sets fetched by URL).
+    pub async fn reload_regardless(&self) -> Result<Option<String>, C::Error> {
+        self.attempt(true, true).await
     }
 
     /// Like [`Reloader::reload`], but a version that is refused is neither reported nor
     /// counted: it may be half-written. Used at the first event of a burst, so an atomic
     /// rename is served at once while an in-place write gets its verdict once it settles.
     pub async fn reload_if_complete(&self) -> Option<String> {
-        self.attempt(false).await.ok().flatten()
+        self.attempt(false, false).await.ok().flatten()
     }
 
-    async fn attempt(&self, report_errors: bool) -> Result<Option<String>, C::Error> {
+    async fn attempt(
+        &self,
+        report_errors: bool,
+        regardless: bool,
+    ) -> Result<Option<String>, C::Error> {
         // Taken before reading: a change that lands during the read changes the files after
         // this print, so the next event reads again rather than being skipped.
         let (seen, first) = {
             let last = self.last_attempt();
             let print = Fingerprint::of(std::iter::once(&self.path).chain(&last.files));
-            if last.seen == Some(print) {
+            if last.seen == Some(print) && !regardless {
                 return Ok(None);
             }
             (print, last.seen.is_none())
@@ -397,6 +407,23 @@ mod tests {
         assert_eq!(reloader.reload().await, Ok(None), "the same bad bytes");
         assert_eq!(reloader.config().reads.load(Ordering::Relaxed), 2);
         assert_eq!(reloader.counts(), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn reloading_regardless_reads_unchanged_files_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.txt");
+        std::fs::write(&path, "one").expect("write");
+        let reloader = Reloader::new(&path, Text::default());
+        assert!(reloader.reload().await.expect("valid").is_some());
+        assert_eq!(reloader.reload().await, Ok(None));
+        assert_eq!(reloader.config().reads.load(Ordering::Relaxed), 1);
+        assert!(reloader.reload_regardless().await.is_ok());
+        assert_eq!(
+            reloader.config().reads.load(Ordering::Relaxed),
+            2,
+            "read again for inputs that are not files"
+        );
     }
 
     #[tokio::test]

@@ -124,6 +124,14 @@ impl ControlPlane {
         self
     }
 
+    /// How often key sets of providers Envoy enforces are fetched from their jwks_uri
+    /// (`--jwks-refresh-interval`, e.g. "1s").
+    pub fn jwks_refresh_interval(mut self, interval: &str) -> Self {
+        self.serve_flags
+            .extend(["--jwks-refresh-interval".to_owned(), interval.to_owned()]);
+        self
+    }
+
     /// Ask the replica whose admin server is at `admin` which Envoys it holds (`--peer`).
     pub fn peer(mut self, admin: SocketAddr) -> Self {
         self.serve_flags

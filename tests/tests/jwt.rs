@@ -906,3 +906,95 @@ async fn both_modes_refuse_every_bad_token_with_the_same_bytes() {
         differences.join("\n")
     );
 }
+
+/// `enforce: envoy` with keys from a `jwks_uri`: the control plane fetches the set and hands
+/// it to Envoy, fetches it again every interval (1 s here) and pushes a rotation, keeps the
+/// last set while the URL fails, and no ext-authz runs at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_jwks_uri_reach_envoy_through_the_control_plane_and_rotate() {
+    let old = TestKey::rsa("rsa-old", 0);
+    let new = TestKey::p256("ec-new");
+    let server = tollgate_testkit::jwt::JwksServer::start(jwks(&[&old])).await;
+    let upstream = Upstream::new("api").spawn().await;
+    let port = reserve_port();
+    let cp = ControlPlane::new()
+        .routes(format!(
+            r#"version: 1
+listeners:
+  - {{name: public, address: "127.0.0.1:{port}"}}
+services:
+  api: {{endpoints: ["{upstream}"]}}
+auth_providers:
+  remote: {{issuer: {ISSUER}, audiences: [{AUDIENCE}], jwks_uri: "{uri}", enforce: envoy}}
+  silent: {{issuer: {ISSUER}, audiences: [{AUDIENCE}], jwks_uri: "http://{silent}/jwks", enforce: envoy}}
+routes:
+  - {{name: api, match: {{prefix: /api/}}, service: api, auth: {{provider: remote}}}}
+  - {{name: silent, match: {{prefix: /silent/}}, service: api, auth: {{provider: silent}}}}
+"#,
+            silent = tollgate_testkit::ports::reserve_addr(),
+            upstream = upstream.endpoint(),
+            uri = server.uri(),
+        ))
+        .jwks_refresh_interval("1s")
+        .start()
+        .await;
+    let _envoy = Envoy::new().control_plane(&cp).start().await;
+    let bearer = async |token: &str| {
+        request(port)
+            .path("/api/x")
+            .header("authorization", &format!("Bearer {token}"))
+            .send()
+            .await
+    };
+    let old_token = old.mint(&claims("old-user"));
+    let new_token = new.mint(&claims("new-user"));
+    eventually("a token of the fetched key is let through", async || {
+        bearer(&old_token).await?.expect_upstream("api")?;
+        Ok(())
+    })
+    .await;
+    assert_refused(
+        "a token of a key not published yet",
+        &bearer(&new_token).await.expect("request"),
+        401,
+        Some("invalid_token"),
+    );
+    // A provider whose URL never answered has no usable key (and, served with the same
+    // listener, did not make Envoy refuse the configuration the route above answers from).
+    assert_refused(
+        "a token for a provider whose keys were never fetched",
+        &request(port)
+            .path("/silent/x")
+            .header("authorization", &format!("Bearer {old_token}"))
+            .send()
+            .await
+            .expect("request"),
+        401,
+        Some("invalid_token"),
+    );
+
+    server.set(200, jwks(&[&new]));
+    eventually("the rotation reaches Envoy", async || {
+        bearer(&new_token).await?.expect_upstream("api")?;
+        let response = bearer(&old_token).await?;
+        if let Some(problem) = refusal_problem(&response, 401, Some("invalid_token")) {
+            anyhow::bail!("the token of the removed key: {problem}");
+        }
+        Ok(())
+    })
+    .await;
+
+    // The URL fails: Envoy keeps the last set fetched.
+    server.set(503, String::new());
+    let hits = server.hits();
+    eventually("two more fetches, both failed", async || {
+        anyhow::ensure!(server.hits() >= hits + 2, "{} fetches", server.hits());
+        Ok(())
+    })
+    .await;
+    bearer(&new_token)
+        .await
+        .expect("request")
+        .expect_upstream("api")
+        .expect("the last key set fetched still holds");
+}

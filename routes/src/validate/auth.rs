@@ -231,12 +231,6 @@ fn enforcement(
             return Enforcement::ExtAuthz;
         }
     };
-    if enforcement == Enforcement::Envoy && matches!(keys, Some(KeySource::JwksUri(_))) {
-        errors.at(
-            enforce,
-            format!("auth provider \"{name}\": enforce: envoy takes its keys from jwks_file for now: keys fetched from jwks_uri are checked by ext_authz"),
-        );
-    }
     if enforcement == Enforcement::Envoy
         && matches!(
             keys,
@@ -800,7 +794,7 @@ pub(super) fn provider_key_sets(
         let Some(bytes) = super::read_file(files, node, "jwks_file", errors) else {
             continue;
         };
-        match key_set_text(&bytes) {
+        match crate::certificates::key_set_text(&bytes) {
             Ok(text) => certificates.insert_provider_jwks(name.clone(), text),
             Err(why) => errors.at(
                 node,
@@ -810,17 +804,6 @@ pub(super) fn provider_key_sets(
                 ),
             ),
         }
-    }
-}
-
-/// `bytes` as text, when they are a JSON object with a non-empty `keys` array.
-fn key_set_text(bytes: &[u8]) -> Result<String, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    match value.get("keys").and_then(serde_json::Value::as_array) {
-        Some(keys) if !keys.is_empty() => Ok(text.to_string()),
-        Some(_) => Err("its keys array is empty".to_string()),
-        None => Err("it has no keys array".to_string()),
     }
 }
 
