@@ -18,19 +18,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_routes::policy::KeySource;
 use tollgate_routes::{Certificates, RoutesConfig};
-use tollgate_runtime::fetch::{self, FetchLimits, HttpClient};
+use tollgate_runtime::fetch::{self, HttpClient, JWKS_FETCH};
 use tracing::{info, warn};
 
 /// How often each URL is fetched again.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
-
-/// As ext-authz asks for a key set.
-const JWKS_FETCH: FetchLimits = FetchLimits {
-    accept: "application/jwk-set+json, application/json",
-    user_agent: "tollgate",
-    max_bytes: 1024 * 1024,
-    timeout: Duration::from_secs(5),
-};
 
 /// What a provider without a fetched set is given. Envoy refuses a configuration whose key
 /// set is empty (NACKing the whole listener), so this is one public key whose private key

@@ -87,6 +87,16 @@ pub struct FetchLimits {
     pub timeout: Duration,
 }
 
+/// How a JSON Web Key Set is asked for, by ext-authz and the control plane alike: up to
+/// 1 MiB, within 5 s (long enough for a slow issuer, short enough that a hung one does not
+/// pin the requests that wait on an unknown-`kid` refetch for long).
+pub const JWKS_FETCH: FetchLimits = FetchLimits {
+    accept: "application/jwk-set+json, application/json",
+    user_agent: "tollgate",
+    max_bytes: 1024 * 1024,
+    timeout: Duration::from_secs(5),
+};
+
 /// GETs `uri`; any status but 200 is a failure.
 pub async fn get(client: &HttpClient, uri: &Uri, limits: FetchLimits) -> Result<Bytes, FetchError> {
     let text = uri.to_string();

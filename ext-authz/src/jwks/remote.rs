@@ -1,27 +1,13 @@
 //! Fetching a provider's JWKS over HTTP(S) ([`tollgate_runtime::fetch`]: one GET with a
 //! deadline and a size limit, no redirects; only routes.yaml chooses the URL).
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use hyper::Uri;
-use tollgate_runtime::fetch::{self, FetchLimits};
+use tollgate_runtime::fetch::{self, JWKS_FETCH};
 
 pub use tollgate_runtime::fetch::HttpClient;
 
-use super::{JwksError, MAX_JWKS_BYTES};
-
-/// Long enough for a slow issuer, short enough that a hung one does not pin requests that
-/// wait on an unknown-`kid` refetch beyond Envoy's ext_authz timeout for long.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How a JWKS is asked for.
-pub const JWKS_FETCH: FetchLimits = FetchLimits {
-    accept: "application/jwk-set+json, application/json",
-    user_agent: "tollgate",
-    max_bytes: MAX_JWKS_BYTES,
-    timeout: FETCH_TIMEOUT,
-};
+use super::JwksError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
