@@ -42,24 +42,7 @@ impl Group {
         let open = Upstream::new("open").spawn().await;
         let port = reserve_port();
         let cp = ControlPlane::new()
-            .routes(format!(
-                r#"version: 1
-listeners:
-  - {{name: public, address: "127.0.0.1:{port}"}}
-services:
-  shared: {{endpoints: ["{shared}"]}}
-  open: {{endpoints: ["{open}"]}}
-routes:
-  - name: shared
-    match: {{prefix: /shared/}}
-    service: shared
-    rate_limit:
-      - {{by: header, header: x-client, requests: {LIMIT}, per: hour, mode: local}}
-  - {{name: open, match: {{prefix: /open/}}, service: open}}
-"#,
-                shared = shared.endpoint(),
-                open = open.endpoint(),
-            ))
+            .routes(routes(port, &shared, &open))
             .start()
             .await;
         let mut group = Group {
@@ -132,24 +115,11 @@ routes:
         share
     }
 
-    /// Sends a burst for key `client`, each request on a new connection; returns how many
-    /// were admitted, having checked every other answer is the rate limit's 429.
+    /// [`burst`] through the group, several times the budget: checks that every admitted
+    /// request, and no refused one, reached the upstream.
     async fn burst(&self, client: &str) -> u64 {
         let before = self.shared.requests();
-        let mut admitted = 0;
-        for _ in 0..REQUESTS_PER_ENVOY * self.envoys.len() {
-            let response = request(self.port)
-                .path("/shared/x")
-                .header("x-client", client)
-                .send()
-                .await
-                .expect("an answer");
-            match response.status.as_u16() {
-                200 => admitted += 1,
-                429 => {}
-                other => panic!("{client}: unexpected {other}: {}", response.text()),
-            }
-        }
+        let admitted = burst(self.port, client, REQUESTS_PER_ENVOY * self.envoys.len()).await;
         assert_eq!(
             self.shared.requests() - before,
             admitted as usize,
@@ -170,6 +140,49 @@ routes:
         }
         counts
     }
+}
+
+/// The route `shared`, limited to [`LIMIT`] per hour per `x-client` value in `mode: local`,
+/// and `open`, unlimited.
+fn routes(port: u16, shared: &UpstreamHandle, open: &UpstreamHandle) -> String {
+    format!(
+        r#"version: 1
+listeners:
+  - {{name: public, address: "127.0.0.1:{port}"}}
+services:
+  shared: {{endpoints: ["{shared}"]}}
+  open: {{endpoints: ["{open}"]}}
+routes:
+  - name: shared
+    match: {{prefix: /shared/}}
+    service: shared
+    rate_limit:
+      - {{by: header, header: x-client, requests: {LIMIT}, per: hour, mode: local}}
+  - {{name: open, match: {{prefix: /open/}}, service: open}}
+"#,
+        shared = shared.endpoint(),
+        open = open.endpoint(),
+    )
+}
+
+/// Sends `requests` for key `client` to `/shared/`, each on a new connection; returns how
+/// many were admitted, having checked every other answer is the rate limit's 429.
+async fn burst(port: u16, client: &str, requests: usize) -> u64 {
+    let mut admitted = 0;
+    for _ in 0..requests {
+        let response = request(port)
+            .path("/shared/x")
+            .header("x-client", client)
+            .send()
+            .await
+            .expect("an answer");
+        match response.status.as_u16() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("{client}: unexpected {other}: {}", response.text()),
+        }
+    }
+    admitted
 }
 
 /// The sizes of the route's local buckets in an Envoy's config dump, leaving out the
@@ -300,25 +313,11 @@ async fn an_envoy_alone_enforces_the_whole_budget_and_another_group_does_not_cou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoys_on_two_peered_replicas_share_one_budget_and_get_identical_bytes() {
     let shared = Upstream::new("shared").spawn().await;
+    let open = Upstream::new("open").spawn().await;
     let port = reserve_port();
-    let routes = format!(
-        r#"version: 1
-listeners:
-  - {{name: public, address: "127.0.0.1:{port}"}}
-services:
-  shared: {{endpoints: ["{shared}"]}}
-routes:
-  - name: shared
-    match: {{prefix: /shared/}}
-    service: shared
-    rate_limit:
-      - {{by: header, header: x-client, requests: {LIMIT}, per: hour, mode: local}}
-"#,
-        shared = shared.endpoint(),
-    );
     let second_admin = reserve_addr();
     let first = ControlPlane::new()
-        .routes(routes)
+        .routes(routes(port, &shared, &open))
         .peer(second_admin)
         .start()
         .await;
@@ -370,19 +369,6 @@ routes:
         )
         .await;
     }
-    let mut admitted = 0;
-    for _ in 0..REQUESTS_PER_ENVOY * 2 {
-        let response = request(port)
-            .path("/shared/x")
-            .header("x-client", "replicas")
-            .send()
-            .await
-            .expect("an answer");
-        match response.status.as_u16() {
-            200 => admitted += 1,
-            429 => {}
-            other => panic!("unexpected {other}: {}", response.text()),
-        }
-    }
+    let admitted = burst(port, "replicas", REQUESTS_PER_ENVOY * 2).await;
     assert_admitted("two Envoys on two replicas", admitted, 2, half);
 }
