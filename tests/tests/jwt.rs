@@ -329,7 +329,56 @@ in_both_modes!(
     a_valid_token_without_the_routes_scope_gets_403_insufficient_scope,
     a_rotated_jwks_file_is_picked_up_without_a_restart,
     identity_headers_sent_by_the_client_never_reach_the_upstream,
+    the_clock_skew_is_allowed_on_exp_and_nbf_and_no_more,
 );
+
+/// `clock_skew: 30s`: a token that expired, or becomes valid, 10 s away is accepted; 90 s
+/// away it is refused. (The margins keep a slow machine's seconds out of the verdict.)
+async fn the_clock_skew_is_allowed_on_exp_and_nbf_and_no_more(mode: Mode) {
+    let keys = Keys::new();
+    let valid = keys.rsa.mint(&claims("user-1"));
+    let gateway = Gateway::start(&keys.jwks(), &valid, mode).await;
+    let now = jwt::now();
+    let token = |edit: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        keys.ec.mint(&claims_with("user-1", |c| edit(c)))
+    };
+    let expired_within = token(&|c| {
+        c.insert("iat".into(), json!(now - 600));
+        c.insert("exp".into(), json!(now - 10));
+    });
+    let valid_soon_within = token(&|c| {
+        c.insert("nbf".into(), json!(now + 10));
+    });
+    for (what, token) in [
+        ("expired 10 s ago", &expired_within),
+        ("valid in 10 s", &valid_soon_within),
+    ] {
+        gateway
+            .bearer("/api/x", token)
+            .await
+            .expect("request")
+            .expect_upstream("api")
+            .unwrap_or_else(|e| panic!("{what}, within the skew: {e:#}"));
+    }
+    let expired_beyond = token(&|c| {
+        c.insert("iat".into(), json!(now - 600));
+        c.insert("exp".into(), json!(now - 90));
+    });
+    let valid_later = token(&|c| {
+        c.insert("nbf".into(), json!(now + 90));
+    });
+    for (what, token) in [
+        ("expired 90 s ago", &expired_beyond),
+        ("valid in 90 s", &valid_later),
+    ] {
+        assert_refused(
+            what,
+            &gateway.bearer("/api/x", token).await.expect("request"),
+            401,
+            Some("invalid_token"),
+        );
+    }
+}
 
 async fn bad_or_missing_tokens_get_401_with_a_bearer_challenge_and_never_reach_the_upstream(
     mode: Mode,
