@@ -151,9 +151,9 @@ fn http2_only() -> std::collections::HashMap<String, tollgate_proto::google::pro
     let http2 = HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
-                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                    super::listener::http2_windows(),
-                )),
+                protocol_config: Some(
+                    ProtocolConfig::Http2ProtocolOptions(super::http2::windows()),
+                ),
             },
         )),
         ..Default::default()

@@ -37,20 +37,9 @@ use tollgate_routes::ListenerLimits;
 pub(super) const WEBSOCKET: &str = "websocket";
 
 use super::{
-    ads_config_source, any, auth, body_limit, cors, ip_rules, jwt_authn, listener_tls,
+    ads_config_source, any, auth, body_limit, cors, http2, ip_rules, jwt_authn, listener_tls,
     local_rate_limit, local_reply, proto_duration, rate_limit,
 };
-
-/// HTTP/2 flow-control windows from Envoy's edge-proxy guide, for client and upstream
-/// connections alike: 64 KiB per stream, 1 MiB per connection. Envoy's defaults (256 MiB
-/// each) let one peer make the gateway buffer that much before flow control stops it.
-pub(super) fn http2_windows() -> Http2ProtocolOptions {
-    Http2ProtocolOptions {
-        initial_stream_window_size: Some(UInt32Value { value: 64 * 1024 }),
-        initial_connection_window_size: Some(UInt32Value { value: 1024 * 1024 }),
-        ..Default::default()
-    }
-}
 
 /// HTTP/2 towards clients: the edge windows, at most `limits.max_concurrent_streams` streams
 /// per connection (Envoy's default, 2^31 - 1, lets one connection open streams without
@@ -61,7 +50,7 @@ fn downstream_http2(limits: &ListenerLimits, websocket: bool) -> Http2ProtocolOp
             value: limits.max_concurrent_streams,
         }),
         allow_connect: websocket,
-        ..http2_windows()
+        ..http2::windows()
     }
 }
 

@@ -43,8 +43,8 @@ use tollgate_proto::envoy::r#type::v3::{
 use tollgate_proto::google::protobuf::{Any, BoolValue, UInt32Value};
 use tollgate_routes::policy::{LimitMode, LimitQuota, Quota, RateLimitRule};
 
+use super::matcher::{header as header_matcher, regex_matcher};
 use super::rate_limit::{generic_key, key_action, request_header};
-use super::route::{header as header_matcher, regex_matcher};
 use super::{any, proto_duration};
 
 pub(super) const FILTER_NAME: &str = "envoy.filters.http.local_ratelimit";

@@ -7,7 +7,6 @@ use std::num::NonZeroU32;
 
 use tollgate_proto::envoy::config::core::v3::RuntimeFractionalPercent;
 use tollgate_proto::envoy::config::route::v3::{
-    header_matcher::HeaderMatchSpecifier,
     query_parameter_matcher::QueryParameterMatchSpecifier,
     redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier},
     route::Action,
@@ -24,7 +23,7 @@ use tollgate_proto::envoy::config::route::v3::{
     VirtualHost, WeightedCluster,
 };
 use tollgate_proto::envoy::r#type::matcher::v3::{
-    string_matcher::MatchPattern, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
+    string_matcher::MatchPattern, RegexMatchAndSubstitute, StringMatcher,
 };
 use tollgate_proto::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
 use tollgate_proto::google::protobuf::Any;
@@ -39,6 +38,7 @@ use tollgate_routes::{
 };
 
 use super::json_format::json_format;
+use super::matcher::{header, regex_matcher};
 use super::{
     auth, body_limit, cluster, cors, headers, ip_rules, jwt_authn, listener, local_rate_limit,
     proto_duration, proto_map, rate_limit, response_cache, retry, transcode,
@@ -659,25 +659,6 @@ fn route_match(matcher: &RouteMatch, cors: bool) -> EnvoyRouteMatch {
         query_parameters,
         grpc: matcher.grpc.then_some(GrpcRouteMatchOptions {}),
         ..Default::default()
-    }
-}
-
-pub(super) fn header(name: &str, pattern: MatchPattern) -> HeaderMatcher {
-    HeaderMatcher {
-        name: name.to_string(),
-        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
-            match_pattern: Some(pattern),
-            ignore_case: false,
-        })),
-        ..Default::default()
-    }
-}
-
-/// Envoy's safe_regex is RE2 and must match the whole value, as validation assumed.
-pub(super) fn regex_matcher(regex: String) -> RegexMatcher {
-    RegexMatcher {
-        regex,
-        engine_type: None,
     }
 }
 
