@@ -107,9 +107,10 @@ impl VerifiedToken {
 }
 
 /// The JOSE header members this service reads (RFC 7515 §4.1), and the other registered
-/// ones with the types RFC 7515 gives them: a header that breaks those is malformed even
-/// where this service ignores the member (found by fuzz/'s jwt_verify: a `typ` that was an
-/// object was accepted here and refused by jsonwebtoken).
+/// ones with the types their RFCs give them (RFC 7515 §4.1; `enc` and `zip`, RFC 7516 §4.1;
+/// `url` and `nonce`, RFC 8555 §6.4): a header that breaks those is malformed even where
+/// this service ignores the member (found by fuzz/'s jwt_verify: a `typ` that was an object,
+/// then a `zip` that was a number, were accepted here and refused by jsonwebtoken).
 #[derive(Deserialize)]
 struct Header {
     alg: Option<String>,
@@ -131,6 +132,14 @@ struct Header {
     _x5t: Option<String>,
     #[serde(rename = "x5t#S256")]
     _x5t_s256: Option<String>,
+    #[serde(rename = "enc")]
+    _enc: Option<String>,
+    #[serde(rename = "zip")]
+    _zip: Option<String>,
+    #[serde(rename = "url")]
+    _url: Option<String>,
+    #[serde(rename = "nonce")]
+    _nonce: Option<String>,
 }
 
 /// Verifies `token` against `keys` under `provider`'s rules at time `now` (seconds since

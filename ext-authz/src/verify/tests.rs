@@ -774,6 +774,12 @@ fn a_registered_header_member_of_the_wrong_type_is_malformed() {
         Err(Rejection::Malformed("header is not a JSON object"))
     );
     assert!(verdict_for_hs256_header(br#"{"alg":"HS256","typ":"JWT"}"#).is_ok());
+    // Found next: a JWE member (RFC 7516 §4.1.3) that is a number.
+    assert_eq!(
+        verdict_for_hs256_header(br#"{"alg":"HS256","zip":1790000000}"#),
+        Err(Rejection::Malformed("header is not a JSON object"))
+    );
+    assert!(verdict_for_hs256_header(br#"{"alg":"HS256","zip":"DEF"}"#).is_ok());
 }
 
 /// fuzz/'s jwt_verify found it: a number past f64's range in a member never read
