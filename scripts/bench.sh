@@ -62,7 +62,7 @@ TOLLGATE_PROVISION_BENCH=1 scripts/provision.sh
   echo
   cargo bench -q -p tollgate-ratelimit --bench shipped 2>/dev/null
   echo
-  echo "## Through Envoy: JWT auth, API keys, IP rules, rate limits and the whole chain (issues 3, 4, 5, 20 and 23)"
+  echo "## Through Envoy: JWT auth, API keys, IP rules, rate limits and the whole chain (issues 3, 4, 5, 20, 23 and 24)"
   echo
   echo "\`$BIN_DIR/e2e_bench $E2E_SECONDS $E2E_ROUNDS\`: one Envoy configured by the control plane"
   echo "with tollgate-ext-authz, tollgate-ratelimit and Redis, beside hand-written Envoys using"

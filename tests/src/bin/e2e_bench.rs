@@ -18,6 +18,10 @@
 //!   beside the bare route.
 //! - Issue 23: issue 4's route with its rule in `mode: local` (Envoy's `local_ratelimit`
 //!   filter, no call to the rate-limit service) beside the bare route and the global rule.
+//! - Issue 24: (b)'s route with its provider checked by Envoy itself (`enforce: envoy`:
+//!   jwt_authn and RBAC filters, no call to tollgate-ext-authz), and (d)'s traced chain with
+//!   that provider and its limit in `mode: local`, so that no request leaves Envoy but for
+//!   the upstream (and the 1% of traces).
 //!
 //! Load comes from `wrk` (keep-alive HTTP/1.1, a fixed connection count); every case runs
 //! once per round, rounds interleave the cases so that drift on this noisy machine hits them
@@ -96,6 +100,14 @@ const GLOBAL_LIMIT_ROW: &str = "(c) + rate limit (tollgate-ratelimit, Redis)";
 const LOCAL_LIMIT_ROW: &str = "(c-local) + rate limit, `mode: local` (Envoy local_ratelimit)";
 /// The local rule's route, whose name is in Envoy's counters for it.
 const LOCAL_LIMIT_ROUTE: &str = "limited-local";
+/// Issue 24: (b) and (d) with the provider Envoy checks itself, and (d)'s limit counted by
+/// Envoy too.
+const NATIVE_JWT_ROW: &str = "(b-native) + JWT, `enforce: envoy` (Envoy jwt_authn + RBAC)";
+const TRACED_NATIVE_CHAIN_ROW: &str =
+    "(d-native) + JWT `enforce: envoy` + rate limit `mode: local` + tracing at 1%";
+/// The native chain's route, on the traced gateway, whose name is in Envoy's counters for
+/// its local rule.
+const NATIVE_CHAIN_ROUTE: &str = "both-native";
 
 /// The sampling rate of the traced gateway: the issue's 1%.
 const TRACED_SAMPLE_RATE: &str = "0.01";
@@ -132,6 +144,15 @@ struct Summary {
 }
 
 impl Samples {
+    /// Requests answered over every run, loaded and single-connection.
+    fn answered(&self) -> u64 {
+        self.loaded
+            .iter()
+            .chain(&self.single)
+            .map(|run| run.requests)
+            .sum()
+    }
+
     fn summary(&self) -> Summary {
         let median_of =
             |runs: &[Run], pick: fn(&Run) -> f64| median(runs.iter().map(pick).collect());
@@ -215,12 +236,30 @@ async fn main() {
     for error in self::sidecar_errors(&gateways.traced.envoy).await {
         sidecar_errors.push(format!("(traced gateway) {error}"));
     }
-    let local_limit = local_limit_counts(&gateways.tollgate.envoy).await;
+    let local_limit = local_limit_counts(&gateways.tollgate.envoy, LOCAL_LIMIT_ROUTE).await;
+    let native_local_limit = local_limit_counts(&gateways.traced.envoy, NATIVE_CHAIN_ROUTE).await;
+    // Each native row is the only one of its gateway whose tokens jwt_authn checks.
+    let native_jwt = jwt_authn_counts(&gateways.tollgate.envoy).await;
+    let traced_native_jwt = jwt_authn_counts(&gateways.traced.envoy).await;
     print_tables(&cases, &summaries, seconds, rounds, &load, &sidecar_errors);
-    if let Some(i) = cases.iter().position(|case| case.label == LOCAL_LIMIT_ROW) {
-        print_local_limit_counts(&samples[i], &local_limit);
+    let row_samples = |label: &str| {
+        let i = cases.iter().position(|case| case.label == label)?;
+        Some(&samples[i])
+    };
+    if let Some(samples) = row_samples(LOCAL_LIMIT_ROW) {
+        print_local_limit_counts(LOCAL_LIMIT_ROW, samples, &local_limit);
     }
-    if cases.iter().any(|case| case.label == TRACED_CHAIN_ROW) {
+    if let Some(samples) = row_samples(NATIVE_JWT_ROW) {
+        print_jwt_authn_counts(NATIVE_JWT_ROW, samples, &native_jwt);
+    }
+    if let Some(samples) = row_samples(TRACED_NATIVE_CHAIN_ROW) {
+        print_jwt_authn_counts(TRACED_NATIVE_CHAIN_ROW, samples, &traced_native_jwt);
+        print_local_limit_counts(TRACED_NATIVE_CHAIN_ROW, samples, &native_local_limit);
+    }
+    if cases
+        .iter()
+        .any(|case| [TRACED_CHAIN_ROW, TRACED_NATIVE_CHAIN_ROW].contains(&case.label))
+    {
         print_tracing_summary(&collector);
     }
     drop(gateways);
@@ -234,11 +273,20 @@ async fn main() {
         keep_dumps.as_deref(),
     )
     .await;
-    let refused = local_limit_counts(&counted.tollgate.envoy).await.refused;
-    assert_eq!(
-        refused, 0,
-        "the local limit refused {refused} counted requests: {LOCAL_LIMIT_ROW} would be meaningless"
-    );
+    for (envoy, route, label) in [
+        (&counted.tollgate.envoy, LOCAL_LIMIT_ROUTE, LOCAL_LIMIT_ROW),
+        (
+            &counted.traced.envoy,
+            NATIVE_CHAIN_ROUTE,
+            TRACED_NATIVE_CHAIN_ROW,
+        ),
+    ] {
+        let refused = local_limit_counts(envoy, route).await.refused;
+        assert_eq!(
+            refused, 0,
+            "the local limit refused {refused} counted requests: {label} would be meaningless"
+        );
+    }
     print_instructions(&cases, &instructions);
 }
 
@@ -288,8 +336,9 @@ struct LocalLimitCounts {
     refused: u64,
 }
 
-async fn local_limit_counts(envoy: &RunningEnvoy) -> LocalLimitCounts {
-    let prefix = format!("tollgate_local.{LOCAL_LIMIT_ROUTE}.http_local_rate_limit.");
+/// On `route`, whose local rule Envoy counts under the route's name.
+async fn local_limit_counts(envoy: &RunningEnvoy, route: &str) -> LocalLimitCounts {
+    let prefix = format!("tollgate_local.{route}.http_local_rate_limit.");
     let stats = envoy
         .stats("http_local_rate_limit")
         .await
@@ -306,28 +355,66 @@ async fn local_limit_counts(envoy: &RunningEnvoy) -> LocalLimitCounts {
     }
 }
 
-/// The local rule must have counted every request of its row and refused none: a request
+/// A local rule must have counted every request of its row and refused none: a request
 /// it did not count would mean the row measured no limit, and a refused one is a cheap 429
 /// counted as throughput. Envoy counts a request when its headers arrive, so it has counted
 /// at least what wrk saw answered (also those in flight when a run ended, and the check's).
-fn print_local_limit_counts(samples: &Samples, counts: &LocalLimitCounts) {
-    let answered: u64 = samples
-        .loaded
-        .iter()
-        .chain(&samples.single)
-        .map(|run| run.requests)
-        .sum();
+fn print_local_limit_counts(label: &str, samples: &Samples, counts: &LocalLimitCounts) {
+    let answered = samples.answered();
     if counts.refused == 0 && counts.admitted >= answered {
         println!(
-            "{LOCAL_LIMIT_ROW}: Envoy's local_ratelimit counted {} requests (wrk saw {answered} \
-             answered) and refused none.",
+            "{label}: Envoy's local_ratelimit counted {} requests (wrk saw {answered} answered) \
+             and refused none.",
             counts.admitted
         );
     } else {
         println!(
-            "**{LOCAL_LIMIT_ROW} is invalid**: Envoy's local_ratelimit counted {} requests of the \
+            "**{label} is invalid**: Envoy's local_ratelimit counted {} requests of the \
              {answered} wrk saw answered, and refused {}.",
             counts.admitted, counts.refused
+        );
+    }
+}
+
+/// What Envoy's jwt_authn filter decided on a gateway: tokens it let through, and requests
+/// it refused.
+struct JwtAuthnCounts {
+    allowed: u64,
+    denied: u64,
+}
+
+async fn jwt_authn_counts(envoy: &RunningEnvoy) -> JwtAuthnCounts {
+    let stats = envoy.stats("jwt_authn").await.expect("Envoy's /stats");
+    // Summed over listeners: each gateway has the one, `public`.
+    let count = |name: &str| {
+        stats
+            .iter()
+            .filter(|(stat, _)| stat.ends_with(&format!(".jwt_authn.{name}")))
+            .map(|(_, count)| *count)
+            .sum()
+    };
+    JwtAuthnCounts {
+        allowed: count("allowed"),
+        denied: count("denied"),
+    }
+}
+
+/// A row with `enforce: envoy` measures Envoy's check only if jwt_authn let every request
+/// of it through: as many as wrk saw answered, or more (those in flight when a run ended,
+/// and the route check's). It denied only the route check's requests without a token.
+fn print_jwt_authn_counts(label: &str, samples: &Samples, counts: &JwtAuthnCounts) {
+    let answered = samples.answered();
+    if counts.allowed >= answered {
+        println!(
+            "{label}: Envoy's jwt_authn let {} requests through (wrk saw {answered} answered) \
+             and denied {} (the route check's requests without a token).",
+            counts.allowed, counts.denied
+        );
+    } else {
+        println!(
+            "**{label} is invalid**: Envoy's jwt_authn let {} requests through of the \
+             {answered} wrk saw answered.",
+            counts.allowed
         );
     }
 }
@@ -395,6 +482,7 @@ impl Gateways {
             ),
             case(BARE_ROW, tollgate, "/bare/x", None),
             case(JWT_ROW, tollgate, "/auth/x", bearer()),
+            case(NATIVE_JWT_ROW, tollgate, "/auth-native/x", bearer()),
             case(
                 API_KEY_ROW,
                 tollgate,
@@ -406,6 +494,7 @@ impl Gateways {
             case(LOCAL_LIMIT_ROW, tollgate, "/limited-local/x", None),
             case(CHAIN_ROW, tollgate, "/both/x", bearer()),
             case(TRACED_CHAIN_ROW, traced, "/both/x", bearer()),
+            case(TRACED_NATIVE_CHAIN_ROW, traced, "/both-native/x", bearer()),
         ]
     }
 
@@ -484,7 +573,7 @@ async fn h2load(case: &Case, requests: u32) {
 
 fn print_instructions(cases: &[Case], per_request: &[f64]) {
     let bare = per_request[case_index(cases, BARE_ROW)];
-    println!("### Envoy's own work per request, counted (issues 3, 4, 5 and 23)");
+    println!("### Envoy's own work per request, counted (issues 3, 4, 5, 23 and 24)");
     println!();
     println!(
         "Instructions Envoy executed (all its threads) per request, under valgrind's callgrind: \
@@ -509,8 +598,8 @@ fn print_instructions(cases: &[Case], per_request: &[f64]) {
     }
 }
 
-/// What the traced gateway exported during the run: evidence that (d) really traced, at
-/// about the rate it was asked to.
+/// What the traced gateway exported during the run: evidence that (d) and (d-native) really
+/// traced, at about the rate it was asked to.
 fn print_tracing_summary(collector: &OtlpReceiver) {
     let spans = collector.spans();
     let mut by_service: std::collections::BTreeMap<&str, usize> = Default::default();
@@ -524,8 +613,9 @@ fn print_tracing_summary(collector: &OtlpReceiver) {
         .map(|(service, n)| format!("{service} {n}"))
         .collect();
     println!(
-        "Tracing (d): {} traces with {} spans reached the OTLP receiver by the end of the run \
-         ({}; batches still queued then are not counted).",
+        "Tracing ((d) and (d-native), on the traced gateway): {} traces with {} spans reached \
+         the OTLP receiver by the end of the run ({}; batches still queued then are not \
+         counted).",
         traces.len(),
         spans.len(),
         counts.join(", ")
@@ -588,8 +678,11 @@ impl TollgateGateway {
                 "  tracing: {{otlp_endpoint: \"{endpoint}\", sample_rate: {TRACED_SAMPLE_RATE}}}\n"
             ));
         }
+        // The control plane reads the key set it hands Envoy for `enforce: envoy` before it
+        // serves anything.
         let cp = ControlPlane::new()
             .routes(routes)
+            .file(tollgate_conformance::ext_authz::JWKS_FILE, jwks)
             .file("keys.yaml", keys_file())
             .start()
             .await;
@@ -614,10 +707,12 @@ impl TollgateGateway {
     }
 }
 
-/// Four routes to the same upstream, one per step of the chain. The access log is off, as
-/// in the hand-written reference, so that the tables compare the auth and rate-limit paths
-/// only. The text ends inside `observability`, so that a `tracing:` line can follow. Sidecar timeouts are generous: a check timing out under full load would fail open
-/// and be counted as a fast request (the errors are reported after the tables).
+/// Routes to the same upstream, one per step of the chain, and the JWT route and the chain
+/// again with the provider Envoy checks itself (`enforce: envoy`) and a local limit. The
+/// access log is off, as in the hand-written reference, so that the tables compare the auth
+/// and rate-limit paths only. The text ends inside `observability`, so that a `tracing:`
+/// line can follow. Sidecar timeouts are generous: a check timing out under full load would
+/// fail open and be counted as a fast request (the errors are reported after the tables).
 fn tollgate_routes(
     port: u16,
     upstream: &UpstreamHandle,
@@ -637,6 +732,14 @@ auth_providers:
     jwks_file: jwks.json
     algorithms: [RS256]
     consumer_claim: sub
+  # `main` again, but checked by Envoy itself (issue 24); a provider has one mode.
+  native:
+    issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    jwks_file: jwks.json
+    algorithms: [RS256]
+    consumer_claim: sub
+    enforce: envoy
   keys: {{type: api_key, header: x-api-key, keys_file: keys.yaml}}
 routes:
   - {{name: bare, match: {{prefix: /bare/}}, service: bench}}
@@ -662,6 +765,16 @@ routes:
     auth: {{provider: main}}
     rate_limit:
       - {{by: consumer, requests: {GENEROUS_LIMIT}, per: minute}}
+  - name: auth-native
+    match: {{prefix: /auth-native/}}
+    service: bench
+    auth: {{provider: native}}
+  - name: {NATIVE_CHAIN_ROUTE}
+    match: {{prefix: /both-native/}}
+    service: bench
+    auth: {{provider: native}}
+    rate_limit:
+      - {{by: consumer, requests: {GENEROUS_LIMIT}, per: minute, mode: local}}
 sidecars:
   ext_authz: {{address: "{authz}", timeout: 1s, failure_mode_allow: false}}
   rate_limit: {{address: "{rls}", timeout: 1s, failure_mode_deny: false, domain: tollgate}}
@@ -849,6 +962,8 @@ async fn check_routes(tollgate: &TollgateGateway, references: &[&Reference], tok
         "/limited-local/x",
         "/both/x",
         "/ip/x",
+        "/auth-native/x",
+        "/both-native/x",
     ];
     for (port, path) in reference_paths(&["/bare/x", "/auth/x", "/auth-cached/x"])
         .chain(tollgate_paths.map(|path| (tollgate.port, path)))
@@ -859,7 +974,10 @@ async fn check_routes(tollgate: &TollgateGateway, references: &[&Reference], tok
             Ok(response)
         })
         .await;
-        if path.starts_with("/limited/") || path.starts_with("/both/") {
+        if ["/limited/", "/both/", "/both-native/"]
+            .iter()
+            .any(|limited| path.starts_with(limited))
+        {
             expect_rate_limit_headers(&response).expect("a limited route is rate limited");
         }
     }
@@ -873,9 +991,16 @@ async fn check_routes(tollgate: &TollgateGateway, references: &[&Reference], tok
         Ok(())
     })
     .await;
-    for (port, path) in reference_paths(&["/auth/x", "/auth-cached/x"])
-        .chain(["/auth/x", "/both/x", "/key/x"].map(|path| (tollgate.port, path)))
-    {
+    for (port, path) in reference_paths(&["/auth/x", "/auth-cached/x"]).chain(
+        [
+            "/auth/x",
+            "/both/x",
+            "/key/x",
+            "/auth-native/x",
+            "/both-native/x",
+        ]
+        .map(|path| (tollgate.port, path)),
+    ) {
         let response = request(port).path(path).send().await.expect("a request");
         response
             .expect_status(401)
@@ -1208,6 +1333,42 @@ fn print_tables(
             GLOBAL_LIMIT_ROW,
             CHAIN_ROW,
             TRACED_CHAIN_ROW,
+        ]) {
+            row(
+                case,
+                s,
+                &[
+                    ratio(s.requests_per_second, bare.requests_per_second),
+                    format!("{:+.2}", s.p50_ms - bare.p50_ms),
+                    format!("{:+.3}", s.single_p50_ms - bare.single_p50_ms),
+                ],
+            );
+        }
+    }
+    if by_label(NATIVE_JWT_ROW).is_some() || by_label(TRACED_NATIVE_CHAIN_ROW).is_some() {
+        println!();
+        println!("### JWT checked by Envoy itself: `enforce: envoy` (issue 24)");
+        println!();
+        println!(
+            "(b-native) is (b)'s route with a second provider, identical to (b)'s (issuer, \
+             audience, key set from the same `jwks_file`, RS256 only, consumer from `sub`) but \
+             with `enforce: envoy`: Envoy's jwt_authn checks the token (its verified-token \
+             cache on, as tollgate-control-plane sets it), then an RBAC filter what jwt_authn \
+             cannot require (`exp`, the algorithm, the consumer claim, the 8 KiB bound), and no \
+             call leaves for tollgate-ext-authz. (d-native) is (d) on the same traced gateway \
+             with that provider and its limit by consumer in `mode: local` (Envoy's \
+             local_ratelimit, as in (c-local)): no sidecar is called at all. Targets: \
+             (b-native) ≥ 0.9 × (a); (d-native) ≥ 0.8 × (a)."
+        );
+        println!();
+        header(&["× (a)", "added p50 ms, loaded", "added p50 ms, unloaded"]);
+        for (case, s) in measured(&[
+            BARE_ROW,
+            JWT_ROW,
+            NATIVE_JWT_ROW,
+            LOCAL_LIMIT_ROW,
+            TRACED_CHAIN_ROW,
+            TRACED_NATIVE_CHAIN_ROW,
         ]) {
             row(
                 case,
