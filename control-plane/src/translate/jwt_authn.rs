@@ -534,6 +534,11 @@ fn denied(message: &str) -> String {
     format!("jwt_authn_access_denied{{{message}}}")
 }
 
+/// The start of jwt_authn's details for messages that go on past `message`.
+fn denied_starting(message: &str) -> String {
+    format!("jwt_authn_access_denied{{{message}")
+}
+
 fn policy(name: &str) -> String {
     format!("rbac_access_denied_matched_policy[{name}]")
 }
@@ -589,15 +594,11 @@ fn refusals() -> Vec<Refusal> {
             "the token's signing key is unknown",
         ),
         invalid(
-            Details::StartsWith(denied("Jwt_header_[alg]").trim_end_matches('}').to_string()),
+            Details::StartsWith(denied_starting("Jwt_header_[alg]")),
             "the token's signing algorithm is not supported",
         ),
         invalid(
-            Details::StartsWith(
-                denied("Found_multiple_Jwt_tokens")
-                    .trim_end_matches('}')
-                    .to_string(),
-            ),
+            Details::StartsWith(denied_starting("Found_multiple_Jwt_tokens")),
             "the request carries more than one token",
         ),
         invalid(
@@ -614,7 +615,7 @@ fn refusals() -> Vec<Refusal> {
         ),
         // Every other jwt_authn refusal is about how the token is written.
         invalid(
-            Details::StartsWith(denied("").trim_end_matches('}').to_string()),
+            Details::StartsWith(denied_starting("")),
             "the token is not a well-formed JWT",
         ),
         Refusal {

@@ -1326,24 +1326,16 @@ fn print_tables(
              column). Target: (d) ≥ 0.6 × (a), adding < 1 ms p50 (unloaded)."
         );
         println!();
-        header(&["× (a)", "added p50 ms, loaded", "added p50 ms, unloaded"]);
-        for (case, s) in measured(&[
-            BARE_ROW,
-            JWT_ROW,
-            GLOBAL_LIMIT_ROW,
-            CHAIN_ROW,
-            TRACED_CHAIN_ROW,
-        ]) {
-            row(
-                case,
-                s,
-                &[
-                    ratio(s.requests_per_second, bare.requests_per_second),
-                    format!("{:+.2}", s.p50_ms - bare.p50_ms),
-                    format!("{:+.3}", s.single_p50_ms - bare.single_p50_ms),
-                ],
-            );
-        }
+        added_latency_table(
+            &measured(&[
+                BARE_ROW,
+                JWT_ROW,
+                GLOBAL_LIMIT_ROW,
+                CHAIN_ROW,
+                TRACED_CHAIN_ROW,
+            ]),
+            bare,
+        );
     }
     if by_label(NATIVE_JWT_ROW).is_some() || by_label(TRACED_NATIVE_CHAIN_ROW).is_some() {
         println!();
@@ -1361,25 +1353,17 @@ fn print_tables(
              (b-native) ≥ 0.9 × (a); (d-native) ≥ 0.8 × (a)."
         );
         println!();
-        header(&["× (a)", "added p50 ms, loaded", "added p50 ms, unloaded"]);
-        for (case, s) in measured(&[
-            BARE_ROW,
-            JWT_ROW,
-            NATIVE_JWT_ROW,
-            LOCAL_LIMIT_ROW,
-            TRACED_CHAIN_ROW,
-            TRACED_NATIVE_CHAIN_ROW,
-        ]) {
-            row(
-                case,
-                s,
-                &[
-                    ratio(s.requests_per_second, bare.requests_per_second),
-                    format!("{:+.2}", s.p50_ms - bare.p50_ms),
-                    format!("{:+.3}", s.single_p50_ms - bare.single_p50_ms),
-                ],
-            );
-        }
+        added_latency_table(
+            &measured(&[
+                BARE_ROW,
+                JWT_ROW,
+                NATIVE_JWT_ROW,
+                LOCAL_LIMIT_ROW,
+                TRACED_CHAIN_ROW,
+                TRACED_NATIVE_CHAIN_ROW,
+            ]),
+            bare,
+        );
     }
     println!();
     println!("### Where the CPU goes (loaded runs)");
@@ -1443,6 +1427,23 @@ fn header(ratios: &[&str]) {
     line.push_str(" p50 ms | p99 ms | p50 ms, 1 conn | p99 ms, 1 conn |");
     rule.push_str("---:|---:|---:|---:|");
     println!("{line}\n{rule}");
+}
+
+/// A table of `rows` with each one's throughput against `bare` and the p50 it adds, loaded
+/// and on one connection.
+fn added_latency_table(rows: &[(&Case, &Summary)], bare: &Summary) {
+    header(&["× (a)", "added p50 ms, loaded", "added p50 ms, unloaded"]);
+    for (case, s) in rows {
+        row(
+            case,
+            s,
+            &[
+                ratio(s.requests_per_second, bare.requests_per_second),
+                format!("{:+.2}", s.p50_ms - bare.p50_ms),
+                format!("{:+.3}", s.single_p50_ms - bare.single_p50_ms),
+            ],
+        );
+    }
 }
 
 fn row(case: &Case, s: &Summary, ratios: &[String]) {
