@@ -66,6 +66,9 @@ lint:
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@$(CARGO) deny --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
+	@# Offline, cargo deny reads every platform's dependencies from cargo's cache, and a build
+	@# fetches only this platform's (Windows-only crates were missing on a fresh machine).
+	$(CARGO) fetch --locked
 	$(CARGO) deny --offline check licenses bans sources
 
 fmt:
