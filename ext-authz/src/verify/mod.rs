@@ -123,7 +123,7 @@ struct Header {
     #[serde(rename = "jku")]
     _jku: Option<String>,
     #[serde(rename = "jwk")]
-    _jwk: Option<serde_json::Map<String, Value>>,
+    _jwk: Option<EmbeddedJwk>,
     #[serde(rename = "x5u")]
     _x5u: Option<String>,
     #[serde(rename = "x5c")]
@@ -140,6 +140,33 @@ struct Header {
     _url: Option<String>,
     #[serde(rename = "nonce")]
     _nonce: Option<String>,
+}
+
+/// A header's `jwk` (RFC 7515 §4.1.3). This service never reads or trusts a key a token
+/// carries (RFC 8725 §3.10: keys come from the provider's key set), but the member must still
+/// be a JWK: an object with a `kty` and RFC 7517 §4's other registered members of their types
+/// (found by fuzz/'s jwt_verify: a `jwk` without `kty` and with a numeric `use` was
+/// accepted here and refused by jsonwebtoken).
+#[derive(Deserialize)]
+struct EmbeddedJwk {
+    #[serde(rename = "kty")]
+    _kty: String,
+    #[serde(rename = "use")]
+    _use: Option<String>,
+    #[serde(rename = "key_ops")]
+    _key_ops: Option<Vec<String>>,
+    #[serde(rename = "alg")]
+    _alg: Option<String>,
+    #[serde(rename = "kid")]
+    _kid: Option<String>,
+    #[serde(rename = "x5u")]
+    _x5u: Option<String>,
+    #[serde(rename = "x5c")]
+    _x5c: Option<Vec<String>>,
+    #[serde(rename = "x5t")]
+    _x5t: Option<String>,
+    #[serde(rename = "x5t#S256")]
+    _x5t_s256: Option<String>,
 }
 
 /// Verifies `token` against `keys` under `provider`'s rules at time `now` (seconds since

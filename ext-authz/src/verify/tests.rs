@@ -782,6 +782,30 @@ fn a_registered_header_member_of_the_wrong_type_is_malformed() {
     assert!(verdict_for_hs256_header(br#"{"alg":"HS256","zip":"DEF"}"#).is_ok());
 }
 
+/// fuzz/'s jwt_verify found it: an embedded `jwk` that is no JWK (no `kty`, a numeric `use`)
+/// is malformed, as jsonwebtoken has it, though this service never reads an embedded key.
+#[test]
+fn an_embedded_jwk_that_is_no_jwk_is_malformed() {
+    for header in [
+        &br#"{"alg":"HS256","jwk":{"use":"sig"}}"#[..],
+        br#"{"alg":"HS256","jwk":{"kty":"oct","use":1790000000}}"#,
+        br#"{"alg":"HS256","jwk":{"kty":"oct","key_ops":"sign"}}"#,
+        br#"{"alg":"HS256","jwk":"AAAA"}"#,
+    ] {
+        assert_eq!(
+            verdict_for_hs256_header(header),
+            Err(Rejection::Malformed("header is not a JSON object")),
+            "{}",
+            String::from_utf8_lossy(header)
+        );
+    }
+    // A well-formed one is ignored: the key that checks the signature is the provider's.
+    assert!(verdict_for_hs256_header(
+        br#"{"alg":"HS256","jwk":{"kty":"oct","use":"sig","k":"AAAA","key_ops":["verify"]}}"#
+    )
+    .is_ok());
+}
+
 /// fuzz/'s jwt_verify found it: a number past f64's range in a member never read
 /// (`4e4800`) is not JSON serde_json reads, yet was skipped unchecked.
 #[test]
