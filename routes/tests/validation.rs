@@ -274,3 +274,13 @@ fn a_list_left_empty_is_refused_at_its_key_not_read_as_no_routes() {
     let errors = errors(text);
     assert!(errors.iter().any(|e| e.starts_with("3:")), "{errors:?}");
 }
+
+#[test]
+fn a_comment_glued_to_a_flow_collection_is_refused_at_its_place() {
+    // YAML 1.2 §6.6 wants whitespace before a comment. libyaml, the quick reader, took `{}#`
+    // as a comment, so release builds loaded this file where the located reader refuses it.
+    // (Found by `make fuzz-smoke`, where the two YAML readers disagreed.)
+    let text = "version: 1\nlisteners: []\nservices: {}#\nroutes: []\n";
+    let errors = errors(text);
+    assert!(errors.iter().any(|e| e.starts_with("3:13:")), "{errors:?}");
+}

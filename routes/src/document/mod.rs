@@ -382,12 +382,30 @@ pub(crate) struct PresentDoc {
 /// list or a map is expected as an empty one (`routes:` with nothing after it would be a
 /// file with no routes), where serde-saphyr refuses it; the located reader's answer is the
 /// one users get, whichever reader runs first.
+///
+/// So does a `#` right after another character: YAML 1.2 (§6.6) wants a comment separated
+/// from what precedes it by whitespace, and libyaml reads `services: {}#…` as a comment where
+/// serde-saphyr refuses it (found by fuzz/'s routes_yaml). A `#` inside a value (`a#b`, a URL
+/// fragment) is no comment and reads the same in both; it only costs the slow path.
 pub(crate) fn read_quick(text: &str) -> Option<Document> {
+    if has_unseparated_hash(text) {
+        return None;
+    }
     let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
     if !plain_values_only(&value) {
         return None;
     }
     serde_yaml_ng::from_value(value).ok()
+}
+
+/// Whether a `#` anywhere follows a character other than whitespace on its line.
+fn has_unseparated_hash(text: &str) -> bool {
+    text.match_indices('#').any(|(at, _)| {
+        text[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|before| !before.is_whitespace())
+    })
 }
 
 /// Whether `value` holds no null and no tag, at any depth.
@@ -466,5 +484,8 @@ mod tests {
         assert!(read_quick("version: 1\nroutes: ~\n").is_none());
         assert!(read_quick("version: 1\nservices: {a: {endpoints: null}}\n").is_none());
         assert!(read_quick("version: 1\nroutes: !custom []\n").is_none());
+        // A comment glued to a flow collection, which only libyaml reads as a comment.
+        assert!(read_quick("version: 1\nservices: {}#\nroutes: []\n").is_none());
+        assert!(read_quick("version: 1\nservices: {} # a comment\nroutes: []\n").is_some());
     }
 }
