@@ -398,14 +398,12 @@ pub(crate) fn read_quick(text: &str) -> Option<Document> {
     serde_yaml_ng::from_value(value).ok()
 }
 
-/// Whether a `#` anywhere follows a character other than whitespace on its line.
+/// Whether a `#` anywhere follows something other than YAML's whitespace (space, tab) or a
+/// line break. Unicode's other spaces (U+00A0, U+0085…) are not whitespace to YAML.
 fn has_unseparated_hash(text: &str) -> bool {
-    text.match_indices('#').any(|(at, _)| {
-        text[..at]
-            .chars()
-            .next_back()
-            .is_some_and(|before| !before.is_whitespace())
-    })
+    text.as_bytes()
+        .windows(2)
+        .any(|pair| pair[1] == b'#' && !matches!(pair[0], b' ' | b'\t' | b'\n' | b'\r'))
 }
 
 /// Whether `value` holds no null and no tag, at any depth.
@@ -487,5 +485,6 @@ mod tests {
         // A comment glued to a flow collection, which only libyaml reads as a comment.
         assert!(read_quick("version: 1\nservices: {}#\nroutes: []\n").is_none());
         assert!(read_quick("version: 1\nservices: {} # a comment\nroutes: []\n").is_some());
+        assert!(read_quick("version: 1\nservices: {}\u{a0}#\nroutes: []\n").is_none());
     }
 }
