@@ -27,7 +27,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Status, Streaming};
 
 use tollgate_runtime::reload::Reloader;
@@ -143,7 +142,7 @@ pub async fn serve(
         None => {
             tracing::info!(address = %address, "serving xds");
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(transport::plain_connections(listener), shutdown)
                 .await
         }
     };
