@@ -458,24 +458,21 @@ impl TransportVariant for DeltaStream {
         None
     }
 
-    fn records(&self) -> StreamRecords {
-        ServedType::ALL
-            .into_iter()
-            .map(|served| {
-                let state = &self.types[served.index()];
-                let mut record = state.record.clone();
-                // In sync when nothing is left to send against the snapshot without stale
-                // clusters and the last push (if any) was accepted.
-                if let Some(target) = self.target.as_deref() {
-                    let accepted = matches!(state.answer, Answer::NothingSent | Answer::Acked);
-                    let nothing_left =
-                        diff(target, None, served, state).is_some_and(|diff| diff.is_empty());
-                    if accepted && nothing_left {
-                        record.acked_version = Some(target.resources(served.url()).version.clone());
-                    }
+    fn write_records(&self, records: &mut StreamRecords) {
+        for served in ServedType::ALL {
+            let state = &self.types[served.index()];
+            let record = records.get_mut(served);
+            record.clone_from(&state.record);
+            // In sync when nothing is left to send against the snapshot without stale
+            // clusters and the last push (if any) was accepted.
+            if let Some(target) = self.target.as_deref() {
+                let accepted = matches!(state.answer, Answer::NothingSent | Answer::Acked);
+                let nothing_left =
+                    diff(target, None, served, state).is_some_and(|diff| diff.is_empty());
+                if accepted && nothing_left {
+                    record.set_acked_version(&target.resources(served.url()).version);
                 }
-                (served.short_name(), record)
-            })
-            .collect()
+            }
+        }
     }
 }

@@ -46,7 +46,7 @@ pub struct TypeStatus {
 }
 
 /// The state a stream reports for one type.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Debug, Default, PartialEq)]
 pub(crate) struct TypeRecord {
     /// The client has asked for this type on the stream.
     pub subscribed: bool,
@@ -55,8 +55,62 @@ pub(crate) struct TypeRecord {
     pub nack_version: Option<String>,
 }
 
-/// Per-type records of one stream, keyed by short type name.
-pub(crate) type StreamRecords = BTreeMap<&'static str, TypeRecord>;
+/// By hand for `clone_from`, which reuses the strings' buffers: every stream rewrites its
+/// records after each step, and at ten thousand streams the allocations showed.
+impl Clone for TypeRecord {
+    fn clone(&self) -> Self {
+        TypeRecord {
+            subscribed: self.subscribed,
+            acked_version: self.acked_version.clone(),
+            nack: self.nack.clone(),
+            nack_version: self.nack_version.clone(),
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.subscribed = source.subscribed;
+        self.acked_version.clone_from(&source.acked_version);
+        self.nack.clone_from(&source.nack);
+        self.nack_version.clone_from(&source.nack_version);
+    }
+}
+
+impl TypeRecord {
+    /// Records `version` as acked, reusing the buffer of the one recorded before.
+    pub fn set_acked_version(&mut self, version: &str) {
+        match &mut self.acked_version {
+            Some(held) => {
+                held.clear();
+                held.push_str(version);
+            }
+            None => self.acked_version = Some(version.to_owned()),
+        }
+    }
+}
+
+/// Per-type records of one stream, one for each [`ServedType`].
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct StreamRecords([TypeRecord; ServedType::ALL.len()]);
+
+impl Clone for StreamRecords {
+    fn clone(&self) -> Self {
+        StreamRecords(self.0.clone())
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.0.clone_from(&source.0);
+    }
+}
+
+impl StreamRecords {
+    pub fn get_mut(&mut self, served: ServedType) -> &mut TypeRecord {
+        &mut self.0[served.index()]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (ServedType, &TypeRecord)> {
+        ServedType::ALL.into_iter().zip(&self.0)
+    }
+}
 
 #[derive(Debug)]
 struct NodeEntry {
@@ -129,15 +183,15 @@ impl NodeRegistry {
                 };
                 let types = shown
                     .into_iter()
-                    .flatten()
+                    .flat_map(StreamRecords::iter)
                     .filter(|(_, record)| record.subscribed)
-                    .map(|(short, record)| {
+                    .map(|(served, record)| {
                         let status = TypeStatus {
                             acked_version: record.acked_version.clone(),
                             nack: record.nack.clone(),
                             nack_version: record.nack_version.clone(),
                         };
-                        (short.to_string(), status)
+                        (served.short_name().to_string(), status)
                     })
                     .collect();
                 NodeStatus {
@@ -190,7 +244,7 @@ impl NodeRegistry {
             entry.changed_at = Instant::now();
         }
         entry.group = group.to_string();
-        entry.open.insert(stream, StreamRecords::new());
+        entry.open.insert(stream, StreamRecords::default());
         drop(nodes);
         self.bump();
         if joined || moved {
@@ -224,10 +278,7 @@ fn in_sync(records: &StreamRecords, current: Option<&Snapshot>) -> bool {
     };
     let mut subscribed = records.iter().filter(|(_, r)| r.subscribed).peekable();
     subscribed.peek().is_some()
-        && subscribed.all(|(short, record)| {
-            let Some(served) = ServedType::from_short_name(short) else {
-                return true;
-            };
+        && subscribed.all(|(served, record)| {
             record.acked_version.as_deref()
                 == Some(current.resources(served.url()).version.as_str())
         })
@@ -288,7 +339,10 @@ pub(crate) struct StreamNode {
     registration: Option<StreamRegistration>,
     /// What was last published, so that the registry (one lock for every stream) is only
     /// taken when something changed.
-    published: Option<StreamRecords>,
+    published: StreamRecords,
+    /// Where the next records are written, to compare with `published`; its buffers are
+    /// reused from step to step.
+    next: StreamRecords,
 }
 
 impl StreamNode {
@@ -322,15 +376,19 @@ impl StreamNode {
             .map_or("unknown", |registration| registration.node.as_str())
     }
 
-    pub fn publish(&mut self, records: StreamRecords) {
+    /// Publishes the records `write` writes (every type's, whatever the records held before)
+    /// if they differ from the last published; nothing is written before a request names the
+    /// node.
+    pub fn publish(&mut self, write: impl FnOnce(&mut StreamRecords)) {
         let Some(registration) = &self.registration else {
             return;
         };
-        if self.published.as_ref() == Some(&records) {
+        write(&mut self.next);
+        if self.next == self.published {
             return;
         }
-        registration.publish(&records);
-        self.published = Some(records);
+        std::mem::swap(&mut self.next, &mut self.published);
+        registration.publish(&self.published);
     }
 }
 
@@ -374,17 +432,17 @@ mod tests {
         stream.observe(&registry, Some(&node("edge-1")));
 
         let cluster_version = snapshot.resources(type_url::CLUSTER).version.clone();
-        let mut records = StreamRecords::new();
-        records.insert("cluster", acked(&cluster_version));
-        records.insert("listener", acked("old"));
-        stream.publish(records.clone());
+        let mut records = StreamRecords::default();
+        *records.get_mut(ServedType::Cluster) = acked(&cluster_version);
+        *records.get_mut(ServedType::Listener) = acked("old");
+        stream.publish(|into| into.clone_from(&records));
         assert!(!registry.statuses(Some(&Served::from(snapshot.clone())))[0].in_sync);
 
         let listener_version = snapshot.resources(type_url::LISTENER).version.clone();
-        records.insert("listener", acked(&listener_version));
+        *records.get_mut(ServedType::Listener) = acked(&listener_version);
         // Unsubscribed types do not count.
-        records.insert("route", TypeRecord::default());
-        stream.publish(records.clone());
+        *records.get_mut(ServedType::Route) = TypeRecord::default();
+        stream.publish(|into| into.clone_from(&records));
         let status = &registry.statuses(Some(&Served::from(snapshot.clone())))[0];
         assert!(status.in_sync);
         assert_eq!(status.types.len(), 2);
@@ -396,9 +454,9 @@ mod tests {
         let registry = Arc::new(NodeRegistry::new());
         let mut stream = StreamNode::default();
         stream.observe(&registry, Some(&node("edge-1")));
-        let mut records = StreamRecords::new();
-        records.insert("cluster", acked("v1"));
-        stream.publish(records.clone());
+        let mut records = StreamRecords::default();
+        *records.get_mut(ServedType::Cluster) = acked("v1");
+        stream.publish(|into| into.clone_from(&records));
         assert!(registry.statuses(None)[0].connected);
 
         drop(stream);

@@ -28,12 +28,6 @@ impl ServedType {
         Self::ALL.into_iter().find(|served| served.url() == url)
     }
 
-    pub fn from_short_name(short: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|served| served.short_name() == short)
-    }
-
     pub fn url(self) -> &'static str {
         type_url::ORDERED[self.index()]
     }
@@ -69,10 +63,6 @@ mod tests {
     fn served_types_follow_the_snapshot_order() {
         for served in ServedType::ALL {
             assert_eq!(ServedType::from_url(served.url()), Some(served));
-            assert_eq!(
-                ServedType::from_short_name(served.short_name()),
-                Some(served)
-            );
         }
         assert_eq!(ServedType::from_url("type.googleapis.com/unknown"), None);
     }

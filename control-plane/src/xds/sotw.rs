@@ -447,29 +447,26 @@ impl TransportVariant for SotwStream {
         None
     }
 
-    fn records(&self) -> StreamRecords {
-        ServedType::ALL
-            .into_iter()
-            .map(|served| {
-                let state = self.state(served);
-                let mut record = state.record.clone();
-                // The node holds the current content when its last answer was an ACK of what
-                // the snapshot (without stale clusters) requires; for named types the set
-                // version can move on without the requested resources changing.
-                if state.answer == Answer::Acked {
-                    if let Some(desired) = self.desired(served, None) {
-                        if !desired.is_due(state.held.as_ref()) {
-                            record.acked_version = Some(desired.version);
-                        }
+    fn write_records(&self, records: &mut StreamRecords) {
+        for served in ServedType::ALL {
+            let state = self.state(served);
+            let record = records.get_mut(served);
+            record.clone_from(&state.record);
+            // The node holds the current content when its last answer was an ACK of what
+            // the snapshot (without stale clusters) requires; for named types the set
+            // version can move on without the requested resources changing.
+            if state.answer == Answer::Acked {
+                if let Some(desired) = self.desired(served, None) {
+                    if !desired.is_due(state.held.as_ref()) {
+                        record.acked_version = Some(desired.version);
                     }
                 }
-                if state.subscription == Some(Subscription::Named(BTreeSet::new())) {
-                    if let Some(target) = &self.target {
-                        record.acked_version = Some(target.resources(served.url()).version.clone());
-                    }
+            }
+            if state.subscription == Some(Subscription::Named(BTreeSet::new())) {
+                if let Some(target) = &self.target {
+                    record.set_acked_version(&target.resources(served.url()).version);
                 }
-                (served.short_name(), record)
-            })
-            .collect()
+            }
+        }
     }
 }

@@ -31,8 +31,8 @@ pub(crate) trait TransportVariant: Send + 'static {
     /// The next response to push, if one is due and nothing is awaiting an answer.
     fn next_response(&mut self, node: &str) -> Option<Self::Response>;
 
-    /// Per-type state for the node registry.
-    fn records(&self) -> StreamRecords;
+    /// Writes every type's state for the node registry into `records`.
+    fn write_records(&self, records: &mut StreamRecords);
 }
 
 /// Everything a stream task needs besides its variant state.
@@ -107,7 +107,7 @@ pub(crate) async fn run<V: TransportVariant>(mut variant: V, context: StreamCont
                 return;
             }
         }
-        node.publish(variant.records());
+        node.publish(|records| variant.write_records(records));
     }
     if let Some(status) = refusal {
         let _ = responses.send(Err(status)).await;
