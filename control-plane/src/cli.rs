@@ -36,7 +36,7 @@ pub fn run() -> i32 {
                 bind_node_id_to_certificate: args.bind_node_id_to_certificate,
             };
             match tokio::runtime::Runtime::new()
-                .map_err(|e| ServeError::Xds(e.to_string()))
+                .map_err(ServeError::Runtime)
                 .and_then(|rt| rt.block_on(serve::run(options, shutdown::signal())))
             {
                 Ok(()) => 0,

@@ -36,8 +36,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Watch(#[from] tollgate_runtime::file_watch::WatchError),
-    #[error("xds server failed: {0}")]
-    Xds(String),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("admin server failed: {0}")]
     Admin(std::io::Error),
     /// rustls refused its own defaults for the key-set client: a build problem.
@@ -145,7 +145,7 @@ pub async fn run(
             key_sets.keep_fetching(&http, interval, reload, stop).await;
         }
     };
-    let (xds, admin, (), (), (), (), ()) = tokio::join!(
+    let ((), admin, (), (), (), (), ()) = tokio::join!(
         xds::serve(xds_listener, ads, xds_tls, until_stopped()),
         admin::serve(admin_listener, admin_state, until_stopped()),
         reloads,
@@ -154,7 +154,6 @@ pub async fn run(
         fleet::count_members(nodes, peer_reports, fleet, until_stopped()),
         refetched_keys,
     );
-    xds.map_err(|e| ServeError::Xds(e.to_string()))?;
     admin.map_err(ServeError::Admin)?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! time and removing stale clusters last, as the xDS protocol's make-before-break rules ask
 //! (<https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol>).
 
+mod connection;
 mod delta;
 mod held;
 mod identity;
@@ -42,17 +43,6 @@ use stream::{StreamContext, TransportVariant};
 /// Responses buffered per stream. Only one response is outstanding at a time (plus empty
 /// answers for unserved types), so a small buffer never blocks a stream for long.
 const RESPONSE_BUFFER: usize = 8;
-
-/// A failure of the xDS server as a whole; failures of one stream only end that stream.
-#[derive(Debug, thiserror::Error)]
-pub enum XdsError {
-    #[error("xds server on {address} failed")]
-    Serve {
-        address: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
-}
 
 /// The ADS service: one task per stream, all reading the same snapshot cache.
 #[derive(Debug, Clone)]
@@ -111,13 +101,15 @@ impl AdsServer {
 }
 
 /// Serves ADS on an already-bound listener until `shutdown` resolves: over TLS with the
-/// newest of `tls`'s certificate files when given, in plaintext otherwise.
+/// newest of `tls`'s certificate files when given, in plaintext otherwise. Then every stream
+/// ends, every connection is closed gracefully (HTTP/2 GOAWAY), and this returns once all
+/// have closed.
 pub async fn serve(
     listener: TcpListener,
     server: AdsServer,
     tls: Option<Arc<Reloader<ServerTls>>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), XdsError> {
+) {
     let address = listener.local_addr().map_or_else(
         |_| "an unknown address".to_string(),
         |a: SocketAddr| a.to_string(),
@@ -127,24 +119,20 @@ pub async fn serve(
         shutdown.await;
         stopping.send_replace(true);
     };
-    let router = tonic::transport::Server::builder().add_service(service::AdsService(server));
-    let served = match tls {
+    let service = service::AdsService(server);
+    match tls {
         Some(tls) => {
             tracing::info!(
                 address = %address,
                 client_certificates = tls.config().requires_client_certificate(),
                 "serving xds over TLS"
             );
-            router
-                .serve_with_incoming_shutdown(transport::tls_connections(listener, tls), shutdown)
-                .await
+            connection::serve_all(transport::tls_connections(listener, tls), service, shutdown)
+                .await;
         }
         None => {
             tracing::info!(address = %address, "serving xds");
-            router
-                .serve_with_incoming_shutdown(transport::plain_connections(listener), shutdown)
-                .await
+            connection::serve_all(transport::plain_connections(listener), service, shutdown).await;
         }
-    };
-    served.map_err(|source| XdsError::Serve { address, source })
+    }
 }

@@ -167,7 +167,7 @@ struct Server {
     nodes: Arc<NodeRegistry>,
     address: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    serving: tokio::task::JoinHandle<Result<(), super::XdsError>>,
+    serving: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -1137,7 +1137,7 @@ async fn shutdown_ends_open_streams_and_returns() {
 
     let served = within("server shutdown", &mut server.serving).await;
     assert!(
-        matches!(served, Ok(Ok(()))),
+        matches!(served, Ok(())),
         "serve returns cleanly: {served:?}"
     );
     let end = within("stream end", envoy.responses.message()).await;

@@ -2,7 +2,7 @@
 //! TCP_NODELAY: a push is written as a few HTTP/2 frames, and with Nagle's algorithm the last
 //! short one waits for the client's delayed ACK (40 ms on Linux) before it leaves. Over TLS,
 //! each connection is handshaken in a task of its own (so a slow or silent client holds up no
-//! other), with the newest certificate files, and handed to tonic with the client's verified
+//! other), with the newest certificate files, and served with the client's verified
 //! identity attached.
 
 use std::io;
@@ -16,11 +16,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tollgate_runtime::reload::Reloader;
 use tollgate_runtime::server_tls::ServerTls;
-use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
 use super::identity::ClientIdentity;
@@ -32,7 +31,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the accept loop rests after a failed accept (out of file descriptors, say).
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
-/// Handshaken connections waiting for tonic to take them.
+/// Handshaken connections waiting to be served.
 const READY_BACKLOG: usize = 64;
 
 /// One client connection after its TLS handshake.
@@ -42,12 +41,21 @@ pub(crate) struct TlsConnection {
     identity: ClientIdentity,
 }
 
-impl Connected for TlsConnection {
-    type ConnectInfo = ClientIdentity;
+/// An accepted client connection, ready for HTTP/2.
+pub(crate) trait ClientConnection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Who the client proved to be, put in every request's extensions; `None` in plaintext.
+    fn identity(&self) -> Option<ClientIdentity>;
+}
 
-    /// Tonic puts this in every request's extensions.
-    fn connect_info(&self) -> ClientIdentity {
-        self.identity.clone()
+impl ClientConnection for TlsConnection {
+    fn identity(&self) -> Option<ClientIdentity> {
+        Some(self.identity.clone())
+    }
+}
+
+impl ClientConnection for TcpStream {
+    fn identity(&self) -> Option<ClientIdentity> {
+        None
     }
 }
 
@@ -92,13 +100,20 @@ impl AsyncWrite for TlsConnection {
 }
 
 /// Accepts plaintext connections on `listener`, each with TCP_NODELAY set.
-pub(crate) fn plain_connections(
-    listener: TcpListener,
-) -> impl Stream<Item = io::Result<TcpStream>> {
-    TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        })
+pub(crate) fn plain_connections(listener: TcpListener) -> impl Stream<Item = TcpStream> {
+    futures::stream::unfold(listener, |listener| async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, _)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Some((tcp, listener));
+                }
+                Err(error) => {
+                    warn!(%error, "cannot accept an xds connection");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            }
+        }
     })
 }
 
@@ -108,13 +123,13 @@ pub(crate) fn plain_connections(
 pub(crate) fn tls_connections(
     listener: TcpListener,
     tls: Arc<Reloader<ServerTls>>,
-) -> ReceiverStream<Result<TlsConnection, io::Error>> {
+) -> ReceiverStream<TlsConnection> {
     let (ready, connections) = mpsc::channel(READY_BACKLOG);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
-                // Tonic dropped the stream: the server has stopped.
+                // The stream was dropped: the server has stopped.
                 () = ready.closed() => return,
             };
             match accepted {
@@ -124,7 +139,7 @@ pub(crate) fn tls_connections(
                     let ready = ready.clone();
                     tokio::spawn(async move {
                         if let Some(connection) = handshake(acceptor, tcp, peer).await {
-                            let _ = ready.send(Ok(connection)).await;
+                            let _ = ready.send(connection).await;
                         }
                     });
                 }
@@ -168,6 +183,7 @@ async fn handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_stream::StreamExt;
 
     #[tokio::test]
     async fn a_plain_connection_is_accepted_with_nodelay() {
@@ -175,11 +191,7 @@ mod tests {
         let address = listener.local_addr().expect("address");
         let mut connections = Box::pin(plain_connections(listener));
         let _client = TcpStream::connect(address).await.expect("connect");
-        let accepted = connections
-            .next()
-            .await
-            .expect("a connection")
-            .expect("accepted");
+        let accepted = connections.next().await.expect("a connection");
         assert!(accepted.nodelay().expect("TCP_NODELAY readable"));
     }
 }

@@ -1,0 +1,335 @@
+//! One xDS client connection served over HTTP/2, with its writes gathered per poll.
+//!
+//! h2 writes each DATA frame (16 KiB at most, the size Envoy allows) to the socket on its
+//! own, so a push of a thousand routes or clusters costs one `writev` per frame, and on the
+//! way each pays the kernel's whole transmit path (and, on loopback, the receiver's). Here
+//! h2 writes into a buffer instead, and the connection's task hands the buffer to the
+//! socket once h2 has done all it can in that poll: a push leaves in one write, and the
+//! frames of every stream woken together leave with it. Reads go to the socket directly.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio_stream::{Stream, StreamExt};
+use tonic::codegen::{http, Service};
+use tracing::debug;
+
+use super::service::AdsService;
+use super::transport::ClientConnection;
+
+type Http2 = hyper::server::conn::http2::Builder<TokioExecutor>;
+
+/// Serves every connection `connections` yields, each in a task of its own, until
+/// `shutdown`; then closes each gracefully and returns once all have closed.
+pub(crate) async fn serve_all<C: ClientConnection>(
+    connections: impl Stream<Item = C>,
+    service: AdsService,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut http2 = Http2::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new());
+    let (draining, drain) = watch::channel(false);
+    tokio::pin!(connections, shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            next = connections.next() => match next {
+                Some(connection) => {
+                    tokio::spawn(serve_one(connection, service.clone(), http2.clone(), drain.clone()));
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = draining.send(true);
+    drop(drain);
+    // Each connection holds a receiver until it has closed.
+    draining.closed().await;
+}
+
+/// Serves one connection until the client closes it, or closes it gracefully once `drain`
+/// turns true.
+async fn serve_one<C: ClientConnection>(
+    connection: C,
+    service: AdsService,
+    http2: Http2,
+    mut drain: watch::Receiver<bool>,
+) {
+    let identity = connection.identity();
+    let (io, outbox) = gathered(connection);
+    let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+        if let Some(identity) = &identity {
+            request.extensions_mut().insert(identity.clone());
+        }
+        service.clone().call(request)
+    });
+    let mut serving = WritesAfterPoll {
+        connection: Box::pin(http2.serve_connection(TokioIo::new(io), service)),
+        outbox,
+    };
+    let ended = tokio::select! {
+        served = &mut serving => Some(served),
+        _ = drain.wait_for(|draining| *draining) => None,
+    };
+    let served = match ended {
+        Some(served) => served,
+        None => {
+            serving.connection.as_mut().graceful_shutdown();
+            serving.await
+        }
+    };
+    if let Err(error) = served {
+        debug!(%error, "xds connection ended with an error");
+    }
+}
+
+/// Bytes gathered before h2's writes wait for the socket to take them: enough for the
+/// largest pushes (a thousand clusters' SotW set is about 110 KiB), little enough that ten
+/// thousand slow readers cannot hold much memory between them.
+const HIGH_WATER: usize = 256 * 1024;
+
+/// The socket and what h2 wrote to it that has not gone out yet, shared by the I/O h2
+/// holds and the task that writes it out (one task: the lock is never contended).
+struct Outbox<T> {
+    io: T,
+    pending: BytesMut,
+    /// A failed write to the socket, given to h2 at its next write or flush.
+    failed: Option<io::Error>,
+}
+
+impl<T: AsyncWrite + Unpin> Outbox<T> {
+    /// Hands the pending bytes to the socket until none are left or it would block.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.pending.has_remaining() {
+            let written = ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.advance(written);
+        }
+        // Freed rather than kept for the next write: most connections are idle between
+        // edits, and ten thousand kept buffers would add up.
+        self.pending = BytesMut::new();
+        Poll::Ready(Ok(()))
+    }
+
+    fn take_failure(&mut self) -> io::Result<()> {
+        self.failed.take().map_or(Ok(()), Err)
+    }
+}
+
+fn lock<T>(outbox: &Mutex<Outbox<T>>) -> MutexGuard<'_, Outbox<T>> {
+    outbox.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The I/O given to h2: reads from the socket, writes into the shared buffer.
+struct GatheredIo<T>(Arc<Mutex<Outbox<T>>>);
+
+/// A connection's future, with what it wrote during each poll sent after the poll.
+struct WritesAfterPoll<F, T> {
+    connection: Pin<Box<F>>,
+    outbox: Arc<Mutex<Outbox<T>>>,
+}
+
+/// `io` as h2 reads and writes it, and the shared outbox [`WritesAfterPoll`] empties.
+fn gathered<T>(io: T) -> (GatheredIo<T>, Arc<Mutex<Outbox<T>>>) {
+    let outbox = Arc::new(Mutex::new(Outbox {
+        io,
+        pending: BytesMut::new(),
+        failed: None,
+    }));
+    (GatheredIo(Arc::clone(&outbox)), outbox)
+}
+
+impl<F: Future, T: AsyncWrite + Unpin> Future for WritesAfterPoll<F, T> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let polled = this.connection.as_mut().poll(cx);
+        let mut outbox = lock(&this.outbox);
+        if let Poll::Ready(Err(error)) = outbox.poll_write_out(cx) {
+            outbox.pending.clear();
+            outbox.failed = Some(error);
+            // h2 learns of it at its next write; make sure there is a next poll.
+            cx.waker().wake_by_ref();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for GatheredIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut lock(&self.0).io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> GatheredIo<T> {
+    /// Room for more: below [`HIGH_WATER`], or once the socket has taken enough.
+    fn poll_room(outbox: &mut Outbox<T>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        outbox.take_failure()?;
+        if outbox.pending.len() >= HIGH_WATER {
+            ready!(outbox.poll_write_out(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for GatheredIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut outbox = lock(&self.0);
+        ready!(Self::poll_room(&mut outbox, cx))?;
+        outbox.pending.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut outbox = lock(&self.0);
+        ready!(Self::poll_room(&mut outbox, cx))?;
+        let mut written = 0;
+        for buf in bufs {
+            outbox.pending.extend_from_slice(buf);
+            written += buf.len();
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    /// Gathered bytes go out when the poll that wrote them ends ([`WritesAfterPoll`]);
+    /// h2 flushes after every frame, and honouring that is what this module avoids.
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(lock(&self.0).take_failure())
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut outbox = lock(&self.0);
+        outbox.take_failure()?;
+        ready!(outbox.poll_write_out(cx))?;
+        Pin::new(&mut outbox.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, server)
+    }
+
+    fn frames() -> Vec<Vec<u8>> {
+        vec![vec![1; 9], vec![2; 16_384], vec![3; 9], vec![4; 5_000]]
+    }
+
+    #[tokio::test]
+    async fn what_a_poll_writes_reaches_the_socket_when_the_poll_ends() {
+        let (mut client, server) = tcp_pair().await;
+        let (mut io, outbox) = gathered(server);
+        let frames = frames();
+        let writing = std::future::poll_fn(|cx| {
+            for frame in &frames {
+                let written = Pin::new(&mut io).poll_write(cx, frame);
+                assert!(matches!(written, Poll::Ready(Ok(n)) if n == frame.len()));
+                assert!(matches!(
+                    Pin::new(&mut io).poll_flush(cx),
+                    Poll::Ready(Ok(()))
+                ));
+            }
+            // Flushed as far as h2 can tell, and still not one byte on the socket.
+            let mut probe = [0; 1];
+            let early = client.try_read(&mut probe);
+            assert!(
+                matches!(&early, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                "{early:?}"
+            );
+            Poll::Ready(())
+        });
+        WritesAfterPoll {
+            connection: Box::pin(writing),
+            outbox,
+        }
+        .await;
+        let mut received = vec![0; frames.concat().len()];
+        client.read_exact(&mut received).await.expect("read");
+        assert_eq!(received, frames.concat());
+    }
+
+    #[tokio::test]
+    async fn shutting_down_sends_what_is_gathered_first() {
+        let (mut client, server) = tcp_pair().await;
+        let (mut io, _outbox) = gathered(server);
+        let frames = frames();
+        for frame in &frames {
+            io.write_all(frame).await.expect("gathered");
+        }
+        io.shutdown().await.expect("shut down");
+        let mut received = Vec::new();
+        client
+            .read_to_end(&mut received)
+            .await
+            .expect("read to the end");
+        assert_eq!(received, frames.concat());
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_reported_to_the_next_write() {
+        let (client, server) = tcp_pair().await;
+        drop(client);
+        let (mut io, outbox) = gathered(server);
+        let mut writing = WritesAfterPoll {
+            connection: Box::pin(std::future::pending::<()>()),
+            outbox,
+        };
+        // Writing to a socket whose peer has gone fails within a write or two (a reset
+        // answers the first); each is gathered and written out after its poll.
+        let mut failed = None;
+        for _ in 0..100 {
+            match io.write_all(&[7; 1024]).await {
+                Ok(()) => {
+                    // One poll of the connection, which writes the gathered bytes out.
+                    std::future::poll_fn(|cx| {
+                        let _ = Pin::new(&mut writing).poll(cx);
+                        Poll::Ready(())
+                    })
+                    .await;
+                    tokio::task::yield_now().await;
+                }
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+        assert!(failed.is_some(), "the peer's reset never surfaced");
+    }
+}
