@@ -37,7 +37,8 @@ pub(crate) async fn serve_all<C: ClientConnection>(
     let mut http2 = Http2::new(TokioExecutor::new());
     http2.timer(TokioTimer::new());
     let (draining, drain) = watch::channel(false);
-    tokio::pin!(connections, shutdown);
+    let mut connections = Box::pin(connections);
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -49,6 +50,9 @@ pub(crate) async fn serve_all<C: ClientConnection>(
             },
         }
     }
+    // The listener closes first, so that a client is refused rather than accepted and left
+    // waiting while the others drain.
+    drop(connections);
     let _ = draining.send(true);
     drop(drain);
     // Each connection holds a receiver until it has closed.

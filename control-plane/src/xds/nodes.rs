@@ -119,8 +119,9 @@ struct NodeEntry {
     /// When the node last connected (its first stream opened) or disconnected (its last
     /// stream closed).
     changed_at: Instant,
-    /// Open streams by stream id; ids grow, so the last entry is the newest stream.
-    open: BTreeMap<u64, StreamRecords>,
+    /// Open streams by stream id; ids grow, so the last entry is the newest stream. Each
+    /// stream writes its own records, without the registry's lock.
+    open: BTreeMap<u64, Arc<Mutex<StreamRecords>>>,
     /// What the most recently closed stream last reported, shown while none is open.
     last_closed: Option<StreamRecords>,
 }
@@ -171,13 +172,13 @@ impl NodeRegistry {
             .map(|(id, entry)| {
                 let current = served.map(|served| served.for_group(&entry.group).as_ref());
                 let connected = !entry.open.is_empty();
-                let shown = entry
-                    .open
-                    .values()
-                    .next_back()
+                let open: Vec<_> = entry.open.values().map(|records| lock(records)).collect();
+                let shown = open
+                    .last()
+                    .map(|records| &**records)
                     .or(entry.last_closed.as_ref());
                 let in_sync = if connected {
-                    entry.open.values().all(|records| in_sync(records, current))
+                    open.iter().all(|records| in_sync(records, current))
                 } else {
                     shown.is_some_and(|records| in_sync(records, current))
                 };
@@ -244,7 +245,8 @@ impl NodeRegistry {
             entry.changed_at = Instant::now();
         }
         entry.group = group.to_string();
-        entry.open.insert(stream, StreamRecords::default());
+        let records = Arc::new(Mutex::new(StreamRecords::default()));
+        entry.open.insert(stream, Arc::clone(&records));
         drop(nodes);
         self.bump();
         if joined || moved {
@@ -256,18 +258,23 @@ impl NodeRegistry {
             node: node.to_string(),
             group: group.to_string(),
             stream,
+            records,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, NodeEntry>> {
-        // A panic elsewhere while holding the lock leaves plain data behind; status is still
-        // worth serving.
-        self.nodes.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.nodes)
     }
 
     fn bump(&self) {
         self.changes.send_modify(|generation| *generation += 1);
     }
+}
+
+/// A panic elsewhere while holding a lock leaves plain data behind; status is still worth
+/// serving. The registry's lock is taken before a stream's, never the other way round.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A node is in sync when it subscribed to something and every subscribed type holds the
@@ -291,22 +298,14 @@ struct StreamRegistration {
     node: String,
     group: String,
     stream: u64,
+    /// This stream's records, as the registry shows them.
+    records: Arc<Mutex<StreamRecords>>,
 }
 
 impl StreamRegistration {
     fn publish(&self, records: &StreamRecords) {
-        let mut nodes = self.registry.lock();
-        let Some(current) = nodes
-            .get_mut(&self.node)
-            .and_then(|entry| entry.open.get_mut(&self.stream))
-        else {
-            return;
-        };
-        if current != records {
-            current.clone_from(records);
-            drop(nodes);
-            self.registry.bump();
-        }
+        lock(&self.records).clone_from(records);
+        self.registry.bump();
     }
 }
 
@@ -316,7 +315,7 @@ impl Drop for StreamRegistration {
         let mut left = false;
         if let Some(entry) = nodes.get_mut(&self.node) {
             if let Some(records) = entry.open.remove(&self.stream) {
-                entry.last_closed = Some(records);
+                entry.last_closed = Some(std::mem::take(&mut *lock(&records)));
             }
             if entry.open.is_empty() {
                 entry.changed_at = Instant::now();

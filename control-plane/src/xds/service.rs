@@ -140,7 +140,7 @@ impl<H: Message + Send + 'static> IntoGrpcMessage for SharedResponse<H> {
 
 /// The body of one stream's response: its messages, then its status as trailers.
 struct ResponseBody<M> {
-    responses: mpsc::Receiver<Result<M, Status>>,
+    responses: mpsc::Receiver<Result<Box<M>, Status>>,
     /// The chunks of the message being sent that have not gone out yet.
     chunks: std::vec::IntoIter<Bytes>,
     finished: bool,
@@ -163,7 +163,7 @@ impl<M: IntoGrpcMessage> http_body::Body for ResponseBody<M> {
         }
         let status = match ready!(this.responses.poll_recv(cx)) {
             Some(Ok(message)) => {
-                this.chunks = message.into_chunks().into_iter();
+                this.chunks = (*message).into_chunks().into_iter();
                 let first = this.chunks.next().unwrap_or_default();
                 return Poll::Ready(Some(Ok(Frame::data(first))));
             }

@@ -38,7 +38,7 @@ pub(crate) trait TransportVariant: Send + 'static {
 /// Everything a stream task needs besides its variant state.
 pub(crate) struct StreamContext<V: TransportVariant> {
     pub requests: Streaming<V::Request>,
-    pub responses: mpsc::Sender<Result<V::Response, Status>>,
+    pub responses: mpsc::Sender<Result<Box<V::Response>, Status>>,
     pub snapshots: watch::Receiver<Option<Arc<Served>>>,
     pub registry: Arc<NodeRegistry>,
     pub stopping: watch::Receiver<bool>,
@@ -102,7 +102,7 @@ pub(crate) async fn run<V: TransportVariant>(mut variant: V, context: StreamCont
             _ = stopping.wait_for(|stopping| *stopping) => break,
         }
         while let Some(response) = variant.next_response(node.id()) {
-            if responses.send(Ok(response)).await.is_err() {
+            if responses.send(Ok(Box::new(response))).await.is_err() {
                 debug!(node = %node.id(), "xds stream receiver gone");
                 return;
             }
