@@ -303,8 +303,15 @@ struct StreamRegistration {
 }
 
 impl StreamRegistration {
-    fn publish(&self, records: &StreamRecords) {
-        lock(&self.records).clone_from(records);
+    /// Shows `next` in the registry if it differs from what is shown; `next` is left holding
+    /// the records it replaced, whose buffers the stream reuses.
+    fn publish(&self, next: &mut StreamRecords) {
+        let mut shown = lock(&self.records);
+        if *shown == *next {
+            return;
+        }
+        std::mem::swap(&mut *shown, next);
+        drop(shown);
         self.registry.bump();
     }
 }
@@ -336,11 +343,8 @@ impl Drop for StreamRegistration {
 #[derive(Debug, Default)]
 pub(crate) struct StreamNode {
     registration: Option<StreamRegistration>,
-    /// What was last published, so that the registry (one lock for every stream) is only
-    /// taken when something changed.
-    published: StreamRecords,
-    /// Where the next records are written, to compare with `published`; its buffers are
-    /// reused from step to step.
+    /// Where the next records are written, to compare with those the registry shows; its
+    /// buffers are reused from step to step.
     next: StreamRecords,
 }
 
@@ -383,11 +387,7 @@ impl StreamNode {
             return;
         };
         write(&mut self.next);
-        if self.next == self.published {
-            return;
-        }
-        std::mem::swap(&mut self.next, &mut self.published);
-        registration.publish(&self.published);
+        registration.publish(&mut self.next);
     }
 }
 
