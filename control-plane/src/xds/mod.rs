@@ -27,8 +27,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tonic::{Request, Status, Streaming};
+use tokio::sync::watch;
+use tonic::{Request, Streaming};
 
 use tollgate_runtime::reload::Reloader;
 use tollgate_runtime::server_tls::ServerTls;
@@ -38,15 +38,9 @@ use crate::snapshot::SnapshotCache;
 pub use identity::ClientIdentity;
 pub use nodes::{Member, NodeRegistry, NodeStatus, TypeStatus};
 
-use stream::{StreamContext, TransportVariant};
+use stream::{StreamContext, StreamLoop, TransportVariant};
 
-/// Responses buffered per stream. Only one response is outstanding at a time (plus empty
-/// answers for unserved types), so a small buffer never blocks a stream for long. They are
-/// boxed: a channel allocates its slots 32 at a time whatever its bound, and 32 responses
-/// (216 bytes each) were 7 KB of every stream, 70 MB at ten thousand.
-const RESPONSE_BUFFER: usize = 8;
-
-/// The ADS service: one task per stream, all reading the same snapshot cache.
+/// The ADS service: every stream reads the same snapshot cache.
 #[derive(Debug, Clone)]
 pub struct AdsServer {
     cache: Arc<SnapshotCache>,
@@ -76,12 +70,12 @@ impl AdsServer {
         self
     }
 
-    pub(crate) fn spawn_stream<V: TransportVariant>(
+    /// A stream of `variant` on `request`'s messages.
+    pub(crate) fn open_stream<V: TransportVariant>(
         &self,
         variant: V,
         request: Request<Streaming<V::Request>>,
-    ) -> mpsc::Receiver<Result<Box<V::Response>, Status>> {
-        let (responses, receiver) = mpsc::channel(RESPONSE_BUFFER);
+    ) -> StreamLoop<V> {
         let permitted_nodes = self.bind_node_ids.then(|| {
             request
                 .extensions()
@@ -91,14 +85,12 @@ impl AdsServer {
         });
         let context = StreamContext {
             requests: request.into_inner(),
-            responses,
             snapshots: self.cache.subscribe(),
             registry: Arc::clone(&self.nodes),
             stopping: self.stopping.subscribe(),
             permitted_nodes,
         };
-        tokio::spawn(stream::run(variant, context));
-        receiver
+        StreamLoop::new(variant, context)
     }
 }
 

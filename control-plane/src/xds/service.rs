@@ -16,7 +16,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use http_body::Frame;
 use prost::Message;
-use tokio::sync::mpsc;
 use tonic::body::Body as TonicBody;
 use tonic::codec::BufferSettings;
 use tonic::codegen::{http, Body, Service, StdError};
@@ -24,8 +23,9 @@ use tonic::server::NamedService;
 use tonic::{Request, Status, Streaming};
 use tonic_prost::ProstCodec;
 
+use super::connection::SendingChunks;
 use super::shared_response::SharedResponse;
-use super::stream::TransportVariant;
+use super::stream::{StreamLoop, TransportVariant};
 use super::{delta, sotw, AdsServer};
 
 const SOTW_PATH: &str =
@@ -90,10 +90,12 @@ impl AdsService {
         ));
         let request = request
             .map(|body| Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES)));
-        let responses = self.0.spawn_stream(variant, Request::from_http(request));
+        let sending = request.extensions().get::<SendingChunks>().cloned();
+        let stream = self.0.open_stream(variant, Request::from_http(request));
         let mut response = http::Response::new(TonicBody::new(ResponseBody {
-            responses,
+            stream,
             chunks: Vec::new().into_iter(),
+            sending,
             finished: false,
         }));
         response.headers_mut().insert(
@@ -138,15 +140,34 @@ impl<H: Message + Send + 'static> IntoGrpcMessage for SharedResponse<H> {
     }
 }
 
-/// The body of one stream's response: its messages, then its status as trailers.
-struct ResponseBody<M> {
-    responses: mpsc::Receiver<Result<Box<M>, Status>>,
+/// The body of one stream's response: its messages, then its status as trailers. Polling it
+/// runs the stream.
+struct ResponseBody<V: TransportVariant> {
+    stream: StreamLoop<V>,
     /// The chunks of the message being sent that have not gone out yet.
     chunks: std::vec::IntoIter<Bytes>,
+    /// Where large chunks are announced to the connection, which then writes them to the
+    /// socket without copying them first.
+    sending: Option<SendingChunks>,
     finished: bool,
 }
 
-impl<M: IntoGrpcMessage> http_body::Body for ResponseBody<M> {
+impl<V: TransportVariant> ResponseBody<V> {
+    fn send(&self, chunk: Bytes) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(sending) = &self.sending {
+            if chunk.len() >= SEND_BY_REFERENCE_FROM {
+                sending.add(&chunk);
+            }
+        }
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+}
+
+impl<V> http_body::Body for ResponseBody<V>
+where
+    V: TransportVariant,
+    V::Response: IntoGrpcMessage,
+{
     type Data = Bytes;
     type Error = Status;
 
@@ -156,16 +177,16 @@ impl<M: IntoGrpcMessage> http_body::Body for ResponseBody<M> {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
         if let Some(chunk) = this.chunks.next() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            return this.send(chunk);
         }
         if this.finished {
             return Poll::Ready(None);
         }
-        let status = match ready!(this.responses.poll_recv(cx)) {
+        let status = match ready!(this.stream.poll_next(cx)) {
             Some(Ok(message)) => {
-                this.chunks = (*message).into_chunks().into_iter();
+                this.chunks = message.into_chunks().into_iter();
                 let first = this.chunks.next().unwrap_or_default();
-                return Poll::Ready(Some(Ok(Frame::data(first))));
+                return this.send(first);
             }
             Some(Err(status)) => status,
             None => Status::ok(""),
