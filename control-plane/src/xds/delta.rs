@@ -381,7 +381,7 @@ impl TransportVariant for DeltaStream {
             if diff.is_empty() {
                 continue;
             }
-            let version = announced_version(&target, Some(&self.retained), served);
+            let version = announced_version(&target, Some(&self.retained), served).into_owned();
             let shared: Vec<_> = diff
                 .updated
                 .iter()

@@ -1,6 +1,7 @@
 //! Bookkeeping both xDS variants share: nonces, the answer to a pushed response, and the stale
 //! clusters and endpoints kept alive while a new snapshot rolls out (make-before-break).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
@@ -160,17 +161,17 @@ pub(crate) fn find_resource<'a>(
 
 /// The version a type is announced at: the snapshot's, or a distinct one while stale resources
 /// are still included, so an ACK of that never counts as holding the snapshot's version.
-pub(crate) fn announced_version(
-    target: &Snapshot,
+pub(crate) fn announced_version<'a>(
+    target: &'a Snapshot,
     retained: Option<&RetainedResources>,
     served: ServedType,
-) -> String {
+) -> Cow<'a, str> {
     let version = &target.resources(served.url()).version;
     let Some(set) = retained
         .and_then(|r| r.of(served))
         .filter(|set| !set.is_empty())
     else {
-        return version.clone();
+        return Cow::Borrowed(version);
     };
     let mut hasher = Sha256::new();
     hasher.update(version.as_bytes());
@@ -181,7 +182,7 @@ pub(crate) fn announced_version(
         hasher.update(resource.version.as_bytes());
     }
     let digest = hasher.finalize();
-    format!("{version}+{}", hex::encode(&digest[..4]))
+    Cow::Owned(format!("{version}+{}", hex::encode(&digest[..4])))
 }
 
 #[cfg(test)]

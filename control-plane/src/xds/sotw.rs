@@ -1,14 +1,15 @@
 //! State-of-the-World ADS (`StreamAggregatedResources`): every response carries the complete
 //! set of requested resources of one type at one version.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use tollgate_proto::envoy::config::core::v3::Node;
 use tollgate_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tracing::{debug, warn};
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Resource, Snapshot};
 
 use super::held::HeldVersions;
 use super::nodes::{StreamRecords, TypeRecord};
@@ -42,9 +43,6 @@ impl Subscription {
     }
 }
 
-/// Resource name → resource version.
-type Versions = BTreeMap<String, String>;
-
 /// What the client holds of one type, by this stream's account.
 #[derive(Clone, Debug)]
 struct Held {
@@ -57,18 +55,33 @@ struct Held {
     version: String,
 }
 
-/// The response the client should have for one type.
-struct Desired {
-    subscription: Subscription,
-    /// The versions of the requested resources, for a named subscription. A wildcard's are
-    /// listed only when a response is built ([`SotwStream::versions`]): its version already
-    /// names them all, and the list (every cluster, on every stream) is what a fleet of
-    /// thousands of nodes would otherwise rebuild at each step of each stream.
-    named: Option<Versions>,
-    version: String,
+/// The response the client should have for one type, borrowed from the stream's state and
+/// target: every step of every stream asks whether one is due, and a fleet of ten thousand
+/// nodes made that an allocation of names and versions per type per step.
+struct Desired<'a> {
+    served: ServedType,
+    subscription: &'a Subscription,
+    target: &'a Snapshot,
+    retained: Option<&'a RetainedResources>,
+    version: Cow<'a, str>,
 }
 
-impl Desired {
+impl<'a> Desired<'a> {
+    /// The requested resources that exist, for a named subscription. A wildcard's are listed
+    /// only when a response is built ([`SotwStream::versions`]): its version already names
+    /// them all.
+    fn named(&self) -> Option<impl Iterator<Item = &'a Resource> + 'a> {
+        let Subscription::Named(names) = self.subscription else {
+            return None;
+        };
+        let (target, retained, served) = (self.target, self.retained, self.served);
+        Some(
+            names
+                .iter()
+                .filter_map(move |name| find_resource(target, retained, served, name)),
+        )
+    }
+
     /// Whether a response is due for a client holding `held`. For LDS/CDS every response is
     /// the whole set, so any difference counts; for EDS/RDS a resource left out of a response
     /// is not removed on the client (xDS protocol, "Deleting Resources"), so only new or
@@ -77,21 +90,21 @@ impl Desired {
         let Some(held) = held else {
             return true;
         };
-        match (&self.subscription, &self.named) {
+        match self.subscription {
             // A wildcard's version is a hash of every (name, version) it holds, stale clusters
             // included (`announced_version`): equal versions, equal resources.
-            (Subscription::Wildcard, _) | (_, None) => {
-                held.answered != self.subscription || held.version != self.version
+            Subscription::Wildcard => {
+                held.answered != *self.subscription || held.version != self.version
             }
-            (Subscription::Named(names), Some(named)) => {
+            Subscription::Named(names) => {
                 let newly_requested = match &held.answered {
                     Subscription::Wildcard => false,
                     Subscription::Named(answered) => !names.is_subset(answered),
                 };
                 newly_requested
-                    || named
-                        .iter()
-                        .any(|(name, version)| held.resources.get(name) != Some(version.as_str()))
+                    || self.named().into_iter().flatten().any(|resource| {
+                        held.resources.get(&resource.name) != Some(resource.version.as_str())
+                    })
             }
         }
     }
@@ -136,50 +149,41 @@ impl SotwStream {
 
     /// The response the client should have for `served`, or `None` when it asked for nothing
     /// (no request yet, or an empty list of names) or no snapshot exists yet.
-    fn desired(&self, served: ServedType, retained: Option<&RetainedResources>) -> Option<Desired> {
+    fn desired<'a>(
+        &'a self,
+        served: ServedType,
+        retained: Option<&'a RetainedResources>,
+    ) -> Option<Desired<'a>> {
         let target = self.target.as_deref()?;
         let subscription = self.state(served).subscription.as_ref()?;
-        let named = match subscription {
-            Subscription::Wildcard => None,
-            // An empty list of names means "no longer interested"; Envoy does not ACK an empty
-            // answer to it, so none is sent.
-            Subscription::Named(names) if names.is_empty() => return None,
-            Subscription::Named(names) => Some(
-                names
-                    .iter()
-                    .filter_map(|name| find_resource(target, retained, served, name))
-                    .map(|resource| (resource.name.clone(), resource.version.clone()))
-                    .collect(),
-            ),
-        };
+        // An empty list of names means "no longer interested"; Envoy does not ACK an empty
+        // answer to it, so none is sent.
+        if matches!(subscription, Subscription::Named(names) if names.is_empty()) {
+            return None;
+        }
         Some(Desired {
-            subscription: subscription.clone(),
-            named,
+            served,
+            subscription,
+            target,
+            retained,
             version: announced_version(target, retained, served),
         })
     }
 
-    /// The versions of every resource `desired` stands for: for a wildcard, the target's
-    /// whole set by reference plus the retained resources sent with it.
-    fn versions(
-        &self,
-        served: ServedType,
-        desired: Desired,
-    ) -> (Subscription, HeldVersions, String) {
-        let versions = match desired.named {
-            Some(named) => named.into_iter().collect(),
+    /// What the client will hold once it has `desired`: the subscription answered, the
+    /// versions of every resource (for a wildcard, the target's whole set by reference plus
+    /// the retained resources sent with it), and the version.
+    fn versions(&self, desired: Desired<'_>) -> (Subscription, HeldVersions, String) {
+        let versions = match desired.named() {
+            Some(named) => named
+                .map(|resource| (resource.name.clone(), resource.version.clone()))
+                .collect(),
             None => {
-                let Some(target) = self.target.as_deref() else {
-                    return (
-                        desired.subscription,
-                        HeldVersions::default(),
-                        desired.version,
-                    );
-                };
-                let mut versions = HeldVersions::whole(target.resource_set(served.url()));
+                let mut versions =
+                    HeldVersions::whole(desired.target.resource_set(desired.served.url()));
                 for resource in self
                     .retained
-                    .of(served)
+                    .of(desired.served)
                     .into_iter()
                     .flat_map(|set| set.values())
                 {
@@ -188,7 +192,11 @@ impl SotwStream {
                 versions
             }
         };
-        (desired.subscription, versions, desired.version)
+        (
+            desired.subscription.clone(),
+            versions,
+            desired.version.into_owned(),
+        )
     }
 
     /// A reconnecting client that already holds the current version needs no resend (xDS
@@ -205,7 +213,7 @@ impl SotwStream {
             if self.state(served).held.is_some() || desired.version != announced {
                 continue;
             }
-            let (answered, resources, version) = self.versions(served, desired);
+            let (answered, resources, version) = self.versions(desired);
             let state = self.state_mut(served);
             state.record.acked_version = Some(version.clone());
             state.held = Some(Held {
@@ -244,9 +252,13 @@ impl SotwStream {
         self.retained.clear();
     }
 
-    fn respond(&mut self, served: ServedType, desired: Desired) -> SotwResponse {
+    /// Pushes what `versions` says the client will hold.
+    fn respond(
+        &mut self,
+        served: ServedType,
+        (answered, versions, version): (Subscription, HeldVersions, String),
+    ) -> SotwResponse {
         let nonce = self.nonces.next_nonce();
-        let (answered, versions, version) = self.versions(served, desired);
         let mut response = SotwResponse::from(DiscoveryResponse {
             version_info: version.clone(),
             type_url: served.url().to_string(),
@@ -433,7 +445,8 @@ impl TransportVariant for SotwStream {
             if !desired.is_due(self.state(served).held.as_ref()) {
                 continue;
             }
-            let response = self.respond(served, desired);
+            let versions = self.versions(desired);
+            let response = self.respond(served, versions);
             debug!(
                 node = %node,
                 type = served.short_name(),
@@ -458,7 +471,7 @@ impl TransportVariant for SotwStream {
             if state.answer == Answer::Acked {
                 if let Some(desired) = self.desired(served, None) {
                     if !desired.is_due(state.held.as_ref()) {
-                        record.acked_version = Some(desired.version);
+                        record.set_acked_version(&desired.version);
                     }
                 }
             }
