@@ -181,26 +181,39 @@ impl ResourceSet {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
     version: String,
-    /// Shared, so that a stream can hold "everything of this set" as a reference rather than
-    /// a copy of a thousand names and versions.
-    sets: BTreeMap<&'static str, Arc<ResourceSet>>,
+    /// One set per type of [`type_url::ORDERED`], at its position there: every step of every
+    /// xDS stream looks sets up, and by type URL that was a string comparison of 50-byte
+    /// URLs with a 33-byte common prefix each time. Shared, so that a stream can hold
+    /// "everything of this set" as a reference rather than a copy of a thousand names and
+    /// versions.
+    sets: [Arc<ResourceSet>; type_url::ORDERED.len()],
+}
+
+/// The position of `type_url` in [`type_url::ORDERED`], if it is a served type.
+fn position_of(type_url: &str) -> Option<usize> {
+    type_url::ORDERED
+        .iter()
+        .position(|served| *served == type_url)
 }
 
 impl Snapshot {
     /// Builds a snapshot from resources grouped by type URL; types absent are served empty.
+    ///
+    /// # Panics
+    /// On a resource of a type not in [`type_url::ORDERED`]: translation makes no other.
     pub fn new(resources: impl IntoIterator<Item = (&'static str, Resource)>) -> Self {
-        let mut sets: BTreeMap<&'static str, ResourceSet> = type_url::ORDERED
-            .iter()
-            .map(|t| (*t, ResourceSet::default()))
-            .collect();
+        let mut sets: [ResourceSet; type_url::ORDERED.len()] = Default::default();
         for (type_url, resource) in resources {
-            sets.entry(type_url)
-                .or_default()
+            let position = position_of(type_url)
+                .unwrap_or_else(|| panic!("{type_url} is not a type Tollgate serves"));
+            sets[position]
                 .resources
                 .insert(resource.name.clone(), resource);
         }
+        // The types in alphabetical order of their URLs (which `ORDERED` is), as when the sets
+        // were a map by URL: the same resources keep the same version across releases.
         let mut whole = Sha256::new();
-        for (type_url, set) in sets.iter_mut() {
+        for (type_url, set) in type_url::ORDERED.iter().zip(sets.iter_mut()) {
             let mut hasher = Sha256::new();
             let mut names = Sha256::new();
             for (name, resource) in &set.resources {
@@ -218,18 +231,14 @@ impl Snapshot {
         }
         Snapshot {
             version: short_hash(whole),
-            sets: sets
-                .into_iter()
-                .map(|(type_url, set)| (type_url, Arc::new(set)))
-                .collect(),
+            sets: sets.map(Arc::new),
         }
     }
 
     /// Notes in each set what changed since `previous`'s, so that every stream whose client
     /// holds `previous` finds what to send without comparing whole sets.
     fn record_changes_since(&mut self, previous: &Snapshot) {
-        for (type_url, set) in self.sets.iter_mut() {
-            let older = previous.resources(type_url);
+        for (set, older) in self.sets.iter_mut().zip(&previous.sets) {
             if older.version == set.version {
                 continue;
             }
@@ -253,9 +262,18 @@ impl Snapshot {
     /// The resources of one type as a shared set (an empty one for a type not served).
     pub fn resource_set(&self, type_url: &str) -> &Arc<ResourceSet> {
         static EMPTY: OnceLock<Arc<ResourceSet>> = OnceLock::new();
-        self.sets
-            .get(type_url)
-            .unwrap_or_else(|| EMPTY.get_or_init(Arc::default))
+        match position_of(type_url) {
+            Some(position) => &self.sets[position],
+            None => EMPTY.get_or_init(Arc::default),
+        }
+    }
+
+    /// The resources of the type at `position` in [`type_url::ORDERED`].
+    ///
+    /// # Panics
+    /// If `position` is not one.
+    pub(crate) fn set_at(&self, position: usize) -> &Arc<ResourceSet> {
+        &self.sets[position]
     }
 }
 
@@ -461,6 +479,13 @@ mod tests {
             type_url::CLUSTER,
             Resource::new(name, type_url::CLUSTER, &c),
         )
+    }
+
+    #[test]
+    fn served_types_are_in_the_alphabetical_order_of_their_urls() {
+        // A snapshot's version hashes its sets in this order; it was the order of a map by
+        // URL before, and versions must not change with the layout.
+        assert!(type_url::ORDERED.is_sorted());
     }
 
     #[test]

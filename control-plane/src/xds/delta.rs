@@ -98,7 +98,7 @@ fn diff<'a>(
             None => {}
         }
     };
-    let offered_set = &target.resources(served.url()).resources;
+    let offered_set = &served.set_in(target).resources;
     let retained_set = retained.and_then(|r| r.of(served));
     let is_offered = |name: &str| {
         offered_set.contains_key(name) || retained_set.is_some_and(|set| set.contains_key(name))
@@ -108,9 +108,7 @@ fn diff<'a>(
     if subscription.wildcard
         && nothing_retained
         && state.must_answer.is_empty()
-        && state
-            .client_versions
-            .is_exactly(target.resource_set(served.url()))
+        && state.client_versions.is_exactly(served.set_in(target))
     {
         // In sync: what this stream checks after every request of every node.
         return Some(diff);
@@ -118,7 +116,7 @@ fn diff<'a>(
     let changes = state
         .client_versions
         .base()
-        .and_then(|base| target.resources(served.url()).changes_since(base));
+        .and_then(|base| served.set_in(target).changes_since(base));
     if let (true, Some(changes)) = (subscription.wildcard, changes) {
         // The client holds the set the target's replaced, apart from its exceptions: only
         // what changed between the two, the exceptions, the retained and the names owed an
@@ -157,7 +155,7 @@ fn diff<'a>(
         others.extend(
             state
                 .client_versions
-                .missing_from(target.resources(served.url()))
+                .missing_from(served.set_in(target))
                 .into_iter()
                 .chain(state.must_answer.iter().map(String::as_str))
                 .filter(|name| !is_offered(name)),
@@ -358,7 +356,7 @@ impl TransportVariant for DeltaStream {
         for served in [ServedType::Cluster, ServedType::Endpoint] {
             let gone = self.types[served.index()]
                 .client_versions
-                .missing_from(snapshot.resources(served.url()));
+                .missing_from(served.set_in(&snapshot));
             self.retained
                 .on_new_snapshot(served, gone, previous.as_deref());
         }
@@ -417,7 +415,7 @@ impl TransportVariant for DeltaStream {
             if wildcard {
                 // A wildcard client now holds exactly what is offered: the target's set by
                 // reference, and the retained resources.
-                let mut held = HeldVersions::whole(target.resource_set(served.url()));
+                let mut held = HeldVersions::whole(served.set_in(&target));
                 for resource in retained.of(served).into_iter().flat_map(|set| set.values()) {
                     held.insert(&resource.name, &resource.version);
                 }
@@ -470,7 +468,7 @@ impl TransportVariant for DeltaStream {
                 let nothing_left =
                     diff(target, None, served, state).is_some_and(|diff| diff.is_empty());
                 if accepted && nothing_left {
-                    record.set_acked_version(&target.resources(served.url()).version);
+                    record.set_acked_version(&served.set_in(target).version);
                 }
             }
         }

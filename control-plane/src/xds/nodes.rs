@@ -286,8 +286,7 @@ fn in_sync(records: &StreamRecords, current: Option<&Snapshot>) -> bool {
     let mut subscribed = records.iter().filter(|(_, r)| r.subscribed).peekable();
     subscribed.peek().is_some()
         && subscribed.all(|(served, record)| {
-            record.acked_version.as_deref()
-                == Some(current.resources(served.url()).version.as_str())
+            record.acked_version.as_deref() == Some(served.set_in(current).version.as_str())
         })
 }
 

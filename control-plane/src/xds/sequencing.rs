@@ -101,7 +101,7 @@ impl RetainedResources {
         let Some(retained) = self.map_mut(served) else {
             return;
         };
-        let previous_set = previous.map(|p| &p.resources(served.url()).resources);
+        let previous_set = previous.map(|p| &served.set_in(p).resources);
         let mut kept = BTreeMap::new();
         for name in gone {
             let body = previous_set
@@ -148,15 +148,11 @@ pub(crate) fn find_resource<'a>(
     served: ServedType,
     name: &str,
 ) -> Option<&'a Resource> {
-    target
-        .resources(served.url())
-        .resources
-        .get(name)
-        .or_else(|| {
-            retained
-                .and_then(|r| r.of(served))
-                .and_then(|set| set.get(name))
-        })
+    served.set_in(target).resources.get(name).or_else(|| {
+        retained
+            .and_then(|r| r.of(served))
+            .and_then(|set| set.get(name))
+    })
 }
 
 /// The version a type is announced at: the snapshot's, or a distinct one while stale resources
@@ -166,7 +162,7 @@ pub(crate) fn announced_version<'a>(
     retained: Option<&RetainedResources>,
     served: ServedType,
 ) -> Cow<'a, str> {
-    let version = &target.resources(served.url()).version;
+    let version = &served.set_in(target).version;
     let Some(set) = retained
         .and_then(|r| r.of(served))
         .filter(|set| !set.is_empty())

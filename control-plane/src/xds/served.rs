@@ -1,6 +1,8 @@
 //! The resource types Tollgate serves, in the order updates must reach Envoy.
 
-use crate::snapshot::type_url;
+use std::sync::Arc;
+
+use crate::snapshot::{type_url, ResourceSet, Snapshot};
 
 /// One of the served xDS types; `Ord` is make-before-break order (xDS protocol, "Eventual
 /// consistency considerations": CDS, then EDS, then LDS, then RDS), then SDS (see
@@ -30,6 +32,11 @@ impl ServedType {
 
     pub fn url(self) -> &'static str {
         type_url::ORDERED[self.index()]
+    }
+
+    /// `snapshot`'s resources of this type, found by position rather than by URL.
+    pub fn set_in(self, snapshot: &Snapshot) -> &Arc<ResourceSet> {
+        snapshot.set_at(self.index())
     }
 
     /// The name used in logs and node status.

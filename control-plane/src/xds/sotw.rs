@@ -179,8 +179,7 @@ impl SotwStream {
                 .map(|resource| (resource.name.clone(), resource.version.clone()))
                 .collect(),
             None => {
-                let mut versions =
-                    HeldVersions::whole(desired.target.resource_set(desired.served.url()));
+                let mut versions = HeldVersions::whole(desired.served.set_in(desired.target));
                 for resource in self
                     .retained
                     .of(desired.served)
@@ -266,7 +265,7 @@ impl SotwStream {
             ..Default::default()
         });
         if let Some(target) = self.target.as_deref() {
-            let set = target.resource_set(served.url());
+            let set = served.set_in(target);
             if versions.is_exactly(set) {
                 // The common case, every node's CDS and LDS: one chunk for the whole set.
                 response.shared = vec![set.encoded_as_response_field().clone()];
@@ -415,10 +414,10 @@ impl TransportVariant for SotwStream {
         let previous = self.target.replace(Arc::clone(&snapshot));
         for served in [ServedType::Cluster, ServedType::Endpoint] {
             // What the client holds of this type: everything in the latest response.
-            let held = self.types[served.index()].held.as_ref().map(|held| {
-                held.resources
-                    .missing_from(snapshot.resources(served.url()))
-            });
+            let held = self.types[served.index()]
+                .held
+                .as_ref()
+                .map(|held| held.resources.missing_from(served.set_in(&snapshot)));
             self.retained
                 .on_new_snapshot(served, held.into_iter().flatten(), previous.as_deref());
         }
@@ -477,7 +476,7 @@ impl TransportVariant for SotwStream {
             }
             if state.subscription == Some(Subscription::Named(BTreeSet::new())) {
                 if let Some(target) = &self.target {
-                    record.set_acked_version(&target.resources(served.url()).version);
+                    record.set_acked_version(&served.set_in(target).version);
                 }
             }
         }

@@ -182,11 +182,9 @@ impl GivenSnapshot {
         let Some(snapshot) = served.map(|served| served.for_group(group)) else {
             return;
         };
-        if self
-            .0
-            .as_ref()
-            .is_some_and(|given| given.version() == snapshot.version())
-        {
+        if self.0.as_ref().is_some_and(|given| {
+            Arc::ptr_eq(given, snapshot) || given.version() == snapshot.version()
+        }) {
             return;
         }
         self.0 = Some(snapshot.clone());
