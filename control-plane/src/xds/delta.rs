@@ -456,21 +456,22 @@ impl TransportVariant for DeltaStream {
         None
     }
 
-    fn write_records(&self, records: &mut StreamRecords) {
+    fn write_records(&self, records: &mut StreamRecords) -> bool {
+        let mut changed = false;
         for served in ServedType::ALL {
             let state = &self.types[served.index()];
-            let record = records.get_mut(served);
-            record.clone_from(&state.record);
             // In sync when nothing is left to send against the snapshot without stale
             // clusters and the last push (if any) was accepted.
-            if let Some(target) = self.target.as_deref() {
+            let in_sync = self.target.as_deref().filter(|target| {
                 let accepted = matches!(state.answer, Answer::NothingSent | Answer::Acked);
-                let nothing_left =
-                    diff(target, None, served, state).is_some_and(|diff| diff.is_empty());
-                if accepted && nothing_left {
-                    record.set_acked_version(&served.set_in(target).version);
-                }
-            }
+                accepted && diff(target, None, served, state).is_some_and(|diff| diff.is_empty())
+            });
+            let acked_version = match in_sync {
+                Some(target) => Some(served.set_in(target).version.as_str()),
+                None => state.record.acked_version.as_deref(),
+            };
+            changed |= records.get_mut(served).show(&state.record, acked_version);
         }
+        changed
     }
 }

@@ -46,7 +46,7 @@ pub struct TypeStatus {
 }
 
 /// The state a stream reports for one type.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct TypeRecord {
     /// The client has asked for this type on the stream.
     pub subscribed: bool,
@@ -55,52 +55,37 @@ pub(crate) struct TypeRecord {
     pub nack_version: Option<String>,
 }
 
-/// By hand for `clone_from`, which reuses the strings' buffers: every stream rewrites its
-/// records after each step, and at ten thousand streams the allocations showed.
-impl Clone for TypeRecord {
-    fn clone(&self) -> Self {
-        TypeRecord {
-            subscribed: self.subscribed,
-            acked_version: self.acked_version.clone(),
-            nack: self.nack.clone(),
-            nack_version: self.nack_version.clone(),
-        }
-    }
-
-    fn clone_from(&mut self, source: &Self) {
-        self.subscribed = source.subscribed;
-        self.acked_version.clone_from(&source.acked_version);
-        self.nack.clone_from(&source.nack);
-        self.nack_version.clone_from(&source.nack_version);
+impl TypeRecord {
+    /// Makes this record show `record`, but with `acked_version` as the acked version,
+    /// reusing its strings' buffers; whether anything changed.
+    pub fn show(&mut self, record: &TypeRecord, acked_version: Option<&str>) -> bool {
+        let mut changed = self.subscribed != record.subscribed;
+        self.subscribed = record.subscribed;
+        changed |= show_text(&mut self.acked_version, acked_version);
+        changed |= show_text(&mut self.nack, record.nack.as_deref());
+        changed |= show_text(&mut self.nack_version, record.nack_version.as_deref());
+        changed
     }
 }
 
-impl TypeRecord {
-    /// Records `version` as acked, reusing the buffer of the one recorded before.
-    pub fn set_acked_version(&mut self, version: &str) {
-        match &mut self.acked_version {
-            Some(held) => {
-                held.clear();
-                held.push_str(version);
-            }
-            None => self.acked_version = Some(version.to_owned()),
-        }
+/// Sets `field` to `text` unless it is already, reusing its buffer; whether it changed.
+fn show_text(field: &mut Option<String>, text: Option<&str>) -> bool {
+    if field.as_deref() == text {
+        return false;
     }
+    match (field.as_mut(), text) {
+        (Some(shown), Some(text)) => {
+            shown.clear();
+            shown.push_str(text);
+        }
+        (_, text) => *field = text.map(str::to_owned),
+    }
+    true
 }
 
 /// Per-type records of one stream, one for each [`ServedType`].
-#[derive(Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct StreamRecords([TypeRecord; ServedType::ALL.len()]);
-
-impl Clone for StreamRecords {
-    fn clone(&self) -> Self {
-        StreamRecords(self.0.clone())
-    }
-
-    fn clone_from(&mut self, source: &Self) {
-        self.0.clone_from(&source.0);
-    }
-}
 
 impl StreamRecords {
     pub fn get_mut(&mut self, served: ServedType) -> &mut TypeRecord {
@@ -302,16 +287,13 @@ struct StreamRegistration {
 }
 
 impl StreamRegistration {
-    /// Shows `next` in the registry if it differs from what is shown; `next` is left holding
-    /// the records it replaced, whose buffers the stream reuses.
-    fn publish(&self, next: &mut StreamRecords) {
-        let mut shown = lock(&self.records);
-        if *shown == *next {
-            return;
+    /// Lets `update` bring the records the registry shows up to date, in place, under this
+    /// stream's own lock; `update` says whether it changed any.
+    fn publish(&self, update: impl FnOnce(&mut StreamRecords) -> bool) {
+        let changed = update(&mut lock(&self.records));
+        if changed {
+            self.registry.bump();
         }
-        std::mem::swap(&mut *shown, next);
-        drop(shown);
-        self.registry.bump();
     }
 }
 
@@ -342,9 +324,6 @@ impl Drop for StreamRegistration {
 #[derive(Debug, Default)]
 pub(crate) struct StreamNode {
     registration: Option<StreamRegistration>,
-    /// Where the next records are written, to compare with those the registry shows; its
-    /// buffers are reused from step to step.
-    next: StreamRecords,
 }
 
 impl StreamNode {
@@ -378,15 +357,13 @@ impl StreamNode {
             .map_or("unknown", |registration| registration.node.as_str())
     }
 
-    /// Publishes the records `write` writes (every type's, whatever the records held before)
-    /// if they differ from the last published; nothing is written before a request names the
-    /// node.
-    pub fn publish(&mut self, write: impl FnOnce(&mut StreamRecords)) {
-        let Some(registration) = &self.registration else {
-            return;
-        };
-        write(&mut self.next);
-        registration.publish(&mut self.next);
+    /// Lets `update` bring the records the registry shows for this stream up to date (every
+    /// type's); `update` says whether it changed any. Nothing is shown before a request
+    /// names the node.
+    pub fn publish(&mut self, update: impl FnOnce(&mut StreamRecords) -> bool) {
+        if let Some(registration) = &self.registration {
+            registration.publish(update);
+        }
     }
 }
 
@@ -433,18 +410,52 @@ mod tests {
         let mut records = StreamRecords::default();
         *records.get_mut(ServedType::Cluster) = acked(&cluster_version);
         *records.get_mut(ServedType::Listener) = acked("old");
-        stream.publish(|into| into.clone_from(&records));
+        stream.publish(|into| {
+            into.clone_from(&records);
+            true
+        });
         assert!(!registry.statuses(Some(&Served::from(snapshot.clone())))[0].in_sync);
 
         let listener_version = snapshot.resources(type_url::LISTENER).version.clone();
         *records.get_mut(ServedType::Listener) = acked(&listener_version);
         // Unsubscribed types do not count.
         *records.get_mut(ServedType::Route) = TypeRecord::default();
-        stream.publish(|into| into.clone_from(&records));
+        stream.publish(|into| {
+            into.clone_from(&records);
+            true
+        });
         let status = &registry.statuses(Some(&Served::from(snapshot.clone())))[0];
         assert!(status.in_sync);
         assert_eq!(status.types.len(), 2);
         assert!(!registry.statuses(None)[0].in_sync);
+    }
+
+    #[test]
+    fn a_record_shown_again_unchanged_reports_no_change() {
+        let record = TypeRecord {
+            subscribed: true,
+            acked_version: Some("v0".into()),
+            nack: Some("bad cluster".into()),
+            nack_version: Some("v1".into()),
+        };
+        let mut shown = TypeRecord::default();
+        assert!(shown.show(&record, Some("v2")));
+        assert_eq!(
+            shown,
+            TypeRecord {
+                acked_version: Some("v2".into()),
+                ..record.clone()
+            }
+        );
+        assert!(!shown.show(&record, Some("v2")), "nothing changed");
+        assert!(shown.show(&record, None), "the acked version went");
+        assert_eq!(shown.acked_version, None);
+        let fixed = TypeRecord {
+            nack: None,
+            ..record.clone()
+        };
+        assert!(shown.show(&fixed, None));
+        assert_eq!(shown.nack, None);
     }
 
     #[test]
@@ -454,7 +465,10 @@ mod tests {
         stream.observe(&registry, Some(&node("edge-1")));
         let mut records = StreamRecords::default();
         *records.get_mut(ServedType::Cluster) = acked("v1");
-        stream.publish(|into| into.clone_from(&records));
+        stream.publish(|into| {
+            into.clone_from(&records);
+            true
+        });
         assert!(registry.statuses(None)[0].connected);
 
         drop(stream);

@@ -459,26 +459,27 @@ impl TransportVariant for SotwStream {
         None
     }
 
-    fn write_records(&self, records: &mut StreamRecords) {
+    fn write_records(&self, records: &mut StreamRecords) -> bool {
+        let mut changed = false;
         for served in ServedType::ALL {
             let state = self.state(served);
-            let record = records.get_mut(served);
-            record.clone_from(&state.record);
             // The node holds the current content when its last answer was an ACK of what
             // the snapshot (without stale clusters) requires; for named types the set
             // version can move on without the requested resources changing.
-            if state.answer == Answer::Acked {
-                if let Some(desired) = self.desired(served, None) {
-                    if !desired.is_due(state.held.as_ref()) {
-                        record.set_acked_version(&desired.version);
-                    }
+            let current = (state.answer == Answer::Acked)
+                .then(|| self.desired(served, None))
+                .flatten()
+                .filter(|desired| !desired.is_due(state.held.as_ref()));
+            let unsubscribed = state.subscription == Some(Subscription::Named(BTreeSet::new()));
+            let acked_version = match (&current, &self.target) {
+                (Some(desired), _) => Some(&*desired.version),
+                (None, Some(target)) if unsubscribed => {
+                    Some(served.set_in(target).version.as_str())
                 }
-            }
-            if state.subscription == Some(Subscription::Named(BTreeSet::new())) {
-                if let Some(target) = &self.target {
-                    record.set_acked_version(&served.set_in(target).version);
-                }
-            }
+                _ => state.record.acked_version.as_deref(),
+            };
+            changed |= records.get_mut(served).show(&state.record, acked_version);
         }
+        changed
     }
 }

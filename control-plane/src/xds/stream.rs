@@ -34,8 +34,9 @@ pub(crate) trait TransportVariant: Send + Unpin + 'static {
     /// The next response to push, if one is due and nothing is awaiting an answer.
     fn next_response(&mut self, node: &str) -> Option<Self::Response>;
 
-    /// Writes every type's state for the node registry into `records`.
-    fn write_records(&self, records: &mut StreamRecords);
+    /// Brings `records`, what the node registry shows of every type's state, up to date;
+    /// whether anything changed.
+    fn write_records(&self, records: &mut StreamRecords) -> bool;
 }
 
 /// Everything a stream needs besides its variant state.
