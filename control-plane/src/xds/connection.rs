@@ -213,7 +213,7 @@ pub(crate) struct SendingChunks(Arc<Mutex<VecDeque<Bytes>>>);
 impl SendingChunks {
     /// Remembers `chunk`, which a response body is about to hand to h2.
     pub(crate) fn add(&self, chunk: &Bytes) {
-        let mut chunks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut chunks = lock(&self.0);
         if chunks.len() == SENDING_REMEMBERED {
             chunks.pop_front();
         }
@@ -224,7 +224,7 @@ impl SendingChunks {
     fn find(&self, slice: &[u8]) -> Option<Bytes> {
         let start = slice.as_ptr() as usize;
         let end = start + slice.len();
-        let chunks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let chunks = lock(&self.0);
         chunks
             .iter()
             .rev()
@@ -236,8 +236,10 @@ impl SendingChunks {
     }
 }
 
-fn lock<T>(outbox: &Mutex<Outbox<T>>) -> MutexGuard<'_, Outbox<T>> {
-    outbox.lock().unwrap_or_else(PoisonError::into_inner)
+/// The lock of an outbox or of the chunks being sent; a panic while holding either leaves
+/// nothing half-written that the next holder could trip on.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The I/O given to h2: reads from the socket, writes into the shared buffer.

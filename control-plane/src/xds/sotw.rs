@@ -68,7 +68,7 @@ struct Desired<'a> {
 
 impl<'a> Desired<'a> {
     /// The requested resources that exist, for a named subscription. A wildcard's are listed
-    /// only when a response is built ([`SotwStream::versions`]): its version already names
+    /// only when a response is built ([`Desired::into_held`]): its version already names
     /// them all.
     fn named(&self) -> Option<impl Iterator<Item = &'a Resource> + 'a> {
         let Subscription::Named(names) = self.subscription else {
@@ -80,6 +80,34 @@ impl<'a> Desired<'a> {
                 .iter()
                 .filter_map(move |name| find_resource(target, retained, served, name)),
         )
+    }
+
+    /// What the client holds once it has this: the subscription answered, the version, and
+    /// every resource's version (for a wildcard, the target's whole set by reference plus the
+    /// retained resources sent with it).
+    fn into_held(self) -> Held {
+        let resources = match self.named() {
+            Some(named) => named
+                .map(|resource| (resource.name.clone(), resource.version.clone()))
+                .collect(),
+            None => {
+                let mut versions = HeldVersions::whole(self.served.set_in(self.target));
+                for resource in self
+                    .retained
+                    .and_then(|retained| retained.of(self.served))
+                    .into_iter()
+                    .flat_map(|set| set.values())
+                {
+                    versions.insert(&resource.name, &resource.version);
+                }
+                versions
+            }
+        };
+        Held {
+            answered: self.subscription.clone(),
+            resources,
+            version: self.version.into_owned(),
+        }
     }
 
     /// Whether a response is due for a client holding `held`. For LDS/CDS every response is
@@ -170,34 +198,6 @@ impl SotwStream {
         })
     }
 
-    /// What the client will hold once it has `desired`: the subscription answered, the
-    /// versions of every resource (for a wildcard, the target's whole set by reference plus
-    /// the retained resources sent with it), and the version.
-    fn versions(&self, desired: Desired<'_>) -> (Subscription, HeldVersions, String) {
-        let versions = match desired.named() {
-            Some(named) => named
-                .map(|resource| (resource.name.clone(), resource.version.clone()))
-                .collect(),
-            None => {
-                let mut versions = HeldVersions::whole(desired.served.set_in(desired.target));
-                for resource in self
-                    .retained
-                    .of(desired.served)
-                    .into_iter()
-                    .flat_map(|set| set.values())
-                {
-                    versions.insert(&resource.name, &resource.version);
-                }
-                versions
-            }
-        };
-        (
-            desired.subscription.clone(),
-            versions,
-            desired.version.into_owned(),
-        )
-    }
-
     /// A reconnecting client that already holds the current version needs no resend (xDS
     /// protocol, "Basic Protocol Overview": the server sends what changed since the version the
     /// client indicated).
@@ -212,14 +212,10 @@ impl SotwStream {
             if self.state(served).held.is_some() || desired.version != announced {
                 continue;
             }
-            let (answered, resources, version) = self.versions(desired);
+            let held = desired.into_held();
             let state = self.state_mut(served);
-            state.record.acked_version = Some(version.clone());
-            state.held = Some(Held {
-                answered,
-                resources,
-                version,
-            });
+            state.record.acked_version = Some(held.version.clone());
+            state.held = Some(held);
             state.answer = Answer::Acked;
         }
     }
@@ -251,42 +247,35 @@ impl SotwStream {
         self.retained.clear();
     }
 
-    /// Pushes what `versions` says the client will hold.
-    fn respond(
-        &mut self,
-        served: ServedType,
-        (answered, versions, version): (Subscription, HeldVersions, String),
-    ) -> SotwResponse {
+    /// Pushes what the client will then hold.
+    fn respond(&mut self, served: ServedType, held: Held) -> SotwResponse {
         let nonce = self.nonces.next_nonce();
         let mut response = SotwResponse::from(DiscoveryResponse {
-            version_info: version.clone(),
+            version_info: held.version.clone(),
             type_url: served.url().to_string(),
             nonce: nonce.clone(),
             ..Default::default()
         });
         if let Some(target) = self.target.as_deref() {
             let set = served.set_in(target);
-            if versions.is_exactly(set) {
+            if held.resources.is_exactly(set) {
                 // The common case, every node's CDS and LDS: one chunk for the whole set.
                 response.shared = vec![set.encoded_as_response_field().clone()];
             } else {
                 let retained = Some(&self.retained);
-                response.shared = versions
+                response.shared = held
+                    .resources
                     .resources(|name| find_resource(target, retained, served, name))
                     .map(|resource| resource.as_sotw_field().clone())
                     .collect();
             }
         }
         if served == ServedType::Cluster {
-            self.resend_endpoints_of_changed_clusters(&versions);
+            self.resend_endpoints_of_changed_clusters(&held.resources);
         }
         let state = self.state_mut(served);
         state.latest_nonce = Some(nonce.clone());
-        state.held = Some(Held {
-            answered,
-            resources: versions,
-            version,
-        });
+        state.held = Some(held);
         state.answer = Answer::Pending;
         self.in_flight.push(served);
         response
@@ -444,8 +433,7 @@ impl TransportVariant for SotwStream {
             if !desired.is_due(self.state(served).held.as_ref()) {
                 continue;
             }
-            let versions = self.versions(desired);
-            let response = self.respond(served, versions);
+            let response = self.respond(served, desired.into_held());
             debug!(
                 node = %node,
                 type = served.short_name(),
