@@ -1,5 +1,5 @@
 //! What the benches measure with: the CPU time of a process they started ([`ProcStat`]) or
-//! of a server thread of their own ([`ServerThread`]), and the latency quantile every bench
+//! of a thread of their own ([`ServerThread`], [`ThreadCpu`]), and the latency quantile every bench
 //! reports ([`percentile`]).
 
 mod percentile;
@@ -8,4 +8,4 @@ mod server_thread;
 
 pub use percentile::percentile;
 pub use proc_stat::{ProcStat, TICKS_PER_SECOND};
-pub use server_thread::{ServerThread, Shutdown};
+pub use server_thread::{ServerThread, Shutdown, ThreadCpu};

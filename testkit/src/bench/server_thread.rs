@@ -17,7 +17,7 @@ pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 /// A server on its own thread; stopped and joined on drop.
 pub struct ServerThread {
     pub addr: SocketAddr,
-    schedstat: PathBuf,
+    cpu: ThreadCpu,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -34,13 +34,13 @@ impl ServerThread {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (cpu_tx, cpu_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("server-under-test".into())
             .spawn(move || {
-                // "<pid>/task/<tid>": this thread, as other threads can name it.
-                let me = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
-                tid_tx.send(me).expect("bench waits for the tid");
+                cpu_tx
+                    .send(ThreadCpu::of_this_thread())
+                    .expect("bench waits for the tid");
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -54,10 +54,10 @@ impl ServerThread {
                 });
             })
             .expect("spawn server thread");
-        let me = tid_rx.recv().expect("server thread started");
+        let cpu = cpu_rx.recv().expect("server thread started");
         ServerThread {
             addr,
-            schedstat: PathBuf::from("/proc").join(me).join("schedstat"),
+            cpu,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -82,6 +82,29 @@ impl ServerThread {
 
     /// CPU time the server thread has used so far.
     pub fn cpu_time(&self) -> Duration {
+        self.cpu.so_far()
+    }
+}
+
+/// The CPU time of one thread, which any thread may read.
+#[derive(Clone, Debug)]
+pub struct ThreadCpu {
+    schedstat: PathBuf,
+}
+
+impl ThreadCpu {
+    /// The calling thread's.
+    pub fn of_this_thread() -> ThreadCpu {
+        // "<pid>/task/<tid>": this thread, as other threads can name it.
+        let me = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+        ThreadCpu {
+            schedstat: PathBuf::from("/proc").join(me).join("schedstat"),
+        }
+    }
+
+    /// Time on CPU so far, in nanoseconds from `/proc/<pid>/task/<tid>/schedstat` (not
+    /// ticks): user and kernel time, and the softirqs the kernel ran on the thread's behalf.
+    pub fn so_far(&self) -> Duration {
         let text = std::fs::read_to_string(&self.schedstat).expect("schedstat");
         let nanos = text
             .split_whitespace()

@@ -5,11 +5,17 @@
 //! routes (each to a service of its own, so R clusters too: [`many_routes`]), connects N
 //! nodes, then makes 20 edits, each changing one route and one cluster, and times the write
 //! until every node has ACKed the new route table.
-//! Beside it, the control plane's CPU time per edit (from /proc) and its resident memory.
-//! The last rows do the same with three real Envoys, timed until each has applied the new
-//! route table.
+//! Beside it, the control plane's CPU time per edit (from /proc), its resident memory, and
+//! the bytes it wrote per node per edit. The last rows do the same with three real Envoys,
+//! timed until each has applied the new route table.
+//!
+//! A second table is the reference for the rows of 1,000 nodes and more: the CPU time a bare
+//! thread spends writing those bytes to as many loopback connections ([`bare_writes`]), the
+//! kernel's share that no control plane can avoid without sending less.
 //!
 //! Usage: `xds_fleet [EDITS] [MAX_NODES]` (default 20 and 10,000). Prints a markdown table.
+
+mod bare_writes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,10 +32,16 @@ use tollgate_testkit::bench::{percentile, ProcStat, TICKS_PER_SECOND};
 const GIVE_UP: Duration = Duration::from_secs(120);
 /// Connections opened at once while the fleet connects (not measured).
 const CONNECTING_AT_ONCE: usize = 64;
+/// Rows with at least this many nodes get a reference row.
+const REFERENCE_FROM_NODES: usize = 1_000;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.next_if_eq(bare_writes::WRITER_ARGUMENT).is_some() {
+        bare_writes::run_writer(args);
+        return;
+    }
     let edits: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(20);
     let max_nodes: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
     // `sotw` or `delta`: only that variant's row at exactly `max_nodes` nodes (and the next
@@ -41,9 +53,9 @@ async fn main() {
         other => panic!("unknown variant {other:?}: sotw or delta"),
     });
     println!(
-        "| xDS | nodes | routes | edits | every node ACKed, p50 ms | p99 ms | control plane CPU s per edit (median) | control plane RSS MB |"
+        "| xDS | nodes | routes | edits | every node ACKed, p50 ms | p99 ms | control plane CPU s per edit (median) | control plane RSS MB | KB written per node per edit (median) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let only_routes: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1_000);
     let mut rows: Vec<(Variant, usize, usize)> = Vec::new();
     for variant in [Variant::Sotw, Variant::Delta] {
@@ -60,16 +72,21 @@ async fn main() {
         }
         rows.push((variant, 1, 10_000));
     }
+    let mut references = Vec::new();
     for (variant, nodes, routes) in rows {
         let row = simulated_fleet(variant, nodes, routes, edits).await;
+        let cpu_seconds = median(&row.cpu_seconds);
+        let kb_per_node = median(&row.kb_per_node);
         println!(
-            "| {} | {nodes} | {routes} | {edits} | {:.1} | {:.1} | {:.3} | {:.0} |",
+            "| {} | {nodes} | {routes} | {edits} | {:.1} | {:.1} | {cpu_seconds:.3} | {:.0} | {kb_per_node:.1} |",
             variant.name(),
             ms(quantile(&row.latencies, 0.5)),
             ms(quantile(&row.latencies, 0.99)),
-            median(&row.cpu_seconds),
             row.rss_mb
         );
+        if nodes >= REFERENCE_FROM_NODES {
+            references.push((variant, nodes, kb_per_node, cpu_seconds));
+        }
     }
     for variant in [XdsVariant::Sotw, XdsVariant::Delta] {
         if only.is_some() {
@@ -77,7 +94,7 @@ async fn main() {
         }
         let row = real_envoys(variant, 3, 1_000, edits).await;
         println!(
-            "| {} (real Envoys, until each applied the new route table) | 3 | 1000 | {edits} | {:.1} | {:.1} | {:.3} | {:.0} |",
+            "| {} (real Envoys, until each applied the new route table) | 3 | 1000 | {edits} | {:.1} | {:.1} | {:.3} | {:.0} | {:.1} |",
             match variant {
                 XdsVariant::Sotw => "SotW",
                 XdsVariant::Delta => "Delta",
@@ -85,7 +102,32 @@ async fn main() {
             ms(quantile(&row.latencies, 0.5)),
             ms(quantile(&row.latencies, 0.99)),
             median(&row.cpu_seconds),
-            row.rss_mb
+            row.rss_mb,
+            median(&row.kb_per_node)
+        );
+    }
+    print_references(&references, edits).await;
+}
+
+/// The reference table: each row's bytes written by a bare thread ([`bare_writes`]).
+async fn print_references(rows: &[(Variant, usize, f64, f64)], rounds: usize) {
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "| reference: the same bytes, bare writes | nodes | KB per node | writer CPU s per edit (median) | control plane ÷ bare writes |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for &(variant, nodes, kb_per_node, control_plane_seconds) in rows {
+        let bytes = (kb_per_node * 1024.0) as usize;
+        let spent = bare_writes::cpu_per_round(nodes, bytes, rounds).await;
+        let seconds: Vec<f64> = spent.iter().map(Duration::as_secs_f64).collect();
+        let bare = median(&seconds);
+        println!(
+            "| {} | {nodes} | {kb_per_node:.1} | {bare:.3} | {:.2} |",
+            variant.name(),
+            control_plane_seconds / bare
         );
     }
 }
@@ -94,6 +136,9 @@ struct Row {
     latencies: Vec<Duration>,
     cpu_seconds: Vec<f64>,
     rss_mb: f64,
+    /// What the control plane wrote (to its sockets, nearly all of it) per edit, in KB, over
+    /// the number of nodes.
+    kb_per_node: Vec<f64>,
 }
 
 async fn simulated_fleet(variant: Variant, nodes: usize, routes: usize, edits: usize) -> Row {
@@ -106,14 +151,17 @@ async fn simulated_fleet(variant: Variant, nodes: usize, routes: usize, edits: u
     wait_for_all(&fleet, 1, Instant::now()).await;
     let mut latencies = Vec::with_capacity(edits);
     let mut cpu_seconds = Vec::with_capacity(edits);
+    let mut kb_per_node = Vec::with_capacity(edits);
     for edit in 1..=edits {
         let yaml = many_routes(port, routes, edit);
         let before = cpu_ticks(&cp);
+        let written_before = bytes_written(&cp);
         let written = Instant::now();
         cp.write_by_rename(&yaml);
         let last = wait_for_all(&fleet, 1 + edit as u64, written).await;
         latencies.push(last.duration_since(written));
         cpu_seconds.push((cpu_ticks(&cp) - before) as f64 / TICKS_PER_SECOND as f64);
+        kb_per_node.push(kb_each(bytes_written(&cp) - written_before, nodes));
     }
     let rss_mb = rss_mb(&cp);
     for task in fleet.tasks {
@@ -123,6 +171,7 @@ async fn simulated_fleet(variant: Variant, nodes: usize, routes: usize, edits: u
         latencies,
         cpu_seconds,
         rss_mb,
+        kb_per_node,
     }
 }
 
@@ -211,6 +260,7 @@ async fn real_envoys(variant: XdsVariant, envoys: usize, routes: usize, edits: u
     }
     let mut latencies = Vec::with_capacity(edits);
     let mut cpu_seconds = Vec::with_capacity(edits);
+    let mut kb_per_node = Vec::with_capacity(edits);
     for edit in 0..=edits {
         let before = route_versions(&cp, &ids).await;
         if edit == 0 {
@@ -220,6 +270,7 @@ async fn real_envoys(variant: XdsVariant, envoys: usize, routes: usize, edits: u
         }
         let yaml = many_routes(port, routes, edit);
         let ticks = cpu_ticks(&cp);
+        let written_before = bytes_written(&cp);
         let written = Instant::now();
         cp.write_by_rename(&yaml);
         loop {
@@ -240,6 +291,7 @@ async fn real_envoys(variant: XdsVariant, envoys: usize, routes: usize, edits: u
         }
         latencies.push(written.elapsed());
         cpu_seconds.push((cpu_ticks(&cp) - ticks) as f64 / TICKS_PER_SECOND as f64);
+        kb_per_node.push(kb_each(bytes_written(&cp) - written_before, envoys));
     }
     drop(running);
     let rss_mb = rss_mb(&cp);
@@ -247,6 +299,7 @@ async fn real_envoys(variant: XdsVariant, envoys: usize, routes: usize, edits: u
         latencies,
         cpu_seconds,
         rss_mb,
+        kb_per_node,
     }
 }
 
@@ -285,6 +338,21 @@ fn cpu_ticks(cp: &RunningControlPlane) -> u64 {
     ProcStat::read(cp.process().pid())
         .map(|stat| stat.ticks)
         .unwrap_or(0)
+}
+
+/// Bytes the control plane has handed to `write`-family calls so far (`wchar` of
+/// `/proc/PID/io`): its sockets' bytes, and its few log lines.
+fn bytes_written(cp: &RunningControlPlane) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/io", cp.process().pid()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("wchar:"))
+        .and_then(|bytes| bytes.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn kb_each(bytes: u64, nodes: usize) -> f64 {
+    bytes as f64 / 1024.0 / nodes as f64
 }
 
 fn rss_mb(cp: &RunningControlPlane) -> f64 {
