@@ -125,7 +125,6 @@ impl<H: Message + Send + 'static> IntoGrpcMessage for SharedResponse<H> {
         copied.put_u8(0);
         copied.put_u32(length);
         self.head.encode_raw(&mut copied);
-        // Each large chunk follows the copied bytes before it, and the copied tail comes last.
         let mut chunks = Vec::with_capacity(1 + self.shared.len().min(16));
         for chunk in self.shared {
             if chunk.len() >= SEND_BY_REFERENCE_FROM {

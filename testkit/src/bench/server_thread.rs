@@ -40,7 +40,7 @@ impl ServerThread {
             .spawn(move || {
                 cpu_tx
                     .send(ThreadCpu::of_this_thread())
-                    .expect("bench waits for the tid");
+                    .expect("bench waits for the thread's CPU clock");
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

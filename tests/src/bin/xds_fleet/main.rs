@@ -10,7 +10,7 @@
 //! timed until each has applied the new route table.
 //!
 //! A second table is the reference for the rows of 1,000 nodes and more: the CPU time a bare
-//! thread spends writing those bytes to as many loopback connections ([`bare_writes`]), the
+//! process spends writing those bytes to as many loopback connections ([`bare_writes`]), the
 //! kernel's share that no control plane can avoid without sending less.
 //!
 //! Usage: `xds_fleet [EDITS] [MAX_NODES]` (default 20 and 10,000). Prints a markdown table.
@@ -85,7 +85,12 @@ async fn main() {
             row.rss_mb
         );
         if nodes >= REFERENCE_FROM_NODES {
-            references.push((variant, nodes, kb_per_node, cpu_seconds));
+            references.push(Reference {
+                variant,
+                nodes,
+                kb_per_node,
+                control_plane_seconds: cpu_seconds,
+            });
         }
     }
     for variant in [XdsVariant::Sotw, XdsVariant::Delta] {
@@ -109,8 +114,17 @@ async fn main() {
     print_references(&references, edits).await;
 }
 
-/// The reference table: each row's bytes written by a bare thread ([`bare_writes`]).
-async fn print_references(rows: &[(Variant, usize, f64, f64)], rounds: usize) {
+/// A fleet row the reference table measures bare writes for.
+struct Reference {
+    variant: Variant,
+    nodes: usize,
+    kb_per_node: f64,
+    /// The control plane's CPU per edit (median), which the bare writes' is set against.
+    control_plane_seconds: f64,
+}
+
+/// The reference table: each row's bytes written by a bare process ([`bare_writes`]).
+async fn print_references(rows: &[Reference], rounds: usize) {
     if rows.is_empty() {
         return;
     }
@@ -119,15 +133,17 @@ async fn print_references(rows: &[(Variant, usize, f64, f64)], rounds: usize) {
         "| reference: the same bytes, bare writes | nodes | KB per node | writer CPU s per edit (median) | control plane ÷ bare writes |"
     );
     println!("|---|---:|---:|---:|---:|");
-    for &(variant, nodes, kb_per_node, control_plane_seconds) in rows {
-        let bytes = (kb_per_node * 1024.0) as usize;
-        let spent = bare_writes::cpu_per_round(nodes, bytes, rounds).await;
+    for row in rows {
+        let bytes = (row.kb_per_node * 1024.0) as usize;
+        let spent = bare_writes::cpu_per_round(row.nodes, bytes, rounds).await;
         let seconds: Vec<f64> = spent.iter().map(Duration::as_secs_f64).collect();
         let bare = median(&seconds);
         println!(
-            "| {} | {nodes} | {kb_per_node:.1} | {bare:.3} | {:.2} |",
-            variant.name(),
-            control_plane_seconds / bare
+            "| {} | {} | {:.1} | {bare:.3} | {:.2} |",
+            row.variant.name(),
+            row.nodes,
+            row.kb_per_node,
+            row.control_plane_seconds / bare
         );
     }
 }
