@@ -20,6 +20,9 @@ use tollgate_testkit::bench::ThreadCpu;
 /// The argument that makes this binary the writer.
 pub const WRITER_ARGUMENT: &str = "bare-writer";
 
+/// A writer that has not connected everything by then has failed (it says why on stderr).
+const CONNECT_DEADLINE: Duration = Duration::from_secs(120);
+
 /// The writer's CPU time per round, one round per edit.
 pub async fn cpu_per_round(nodes: usize, bytes_per_node: usize, rounds: usize) -> Vec<Duration> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -29,7 +32,10 @@ pub async fn cpu_per_round(nodes: usize, bytes_per_node: usize, rounds: usize) -
     let mut writer = Writer::start(addr, nodes, bytes_per_node);
     let mut readers = Vec::with_capacity(nodes);
     for _ in 0..nodes {
-        let (mut stream, _) = listener.accept().await.expect("accept a writer connection");
+        let (mut stream, _) = tokio::time::timeout(CONNECT_DEADLINE, listener.accept())
+            .await
+            .expect("the bare writer connects every node (did it fail?)")
+            .expect("accept a writer connection");
         readers.push(tokio::spawn(async move {
             let mut buffer = vec![0; 64 * 1024];
             while matches!(stream.read(&mut buffer).await, Ok(read) if read > 0) {}
