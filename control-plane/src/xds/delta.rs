@@ -17,7 +17,7 @@ use super::held::HeldVersions;
 use super::nodes::{StreamRecords, TypeRecord};
 use super::sequencing::{
     announced_version, changed_resources, find_resource, Answer, InFlight, NonceSource,
-    RetainedResources, WILDCARD,
+    PushedNames, RetainedResources, WILDCARD,
 };
 use super::served::ServedType;
 use super::shared_response::DeltaResponse;
@@ -183,10 +183,7 @@ pub(crate) struct DeltaStream {
     target: Option<Arc<Snapshot>>,
     retained: RetainedResources,
     types: [TypeState; ServedType::ALL.len()],
-    /// The type whose response awaits an ACK/NACK. Only one response is outstanding at a
-    /// time: Envoy applies and answers each before the next type is pushed, which is what makes
-    /// the order CDS → EDS → LDS → RDS hold on the client (xDS protocol, "Aggregated Discovery
-    /// Service").
+    /// Pushes awaiting an ACK/NACK; see [`InFlight`] for the ordering it enforces.
     in_flight: InFlight,
     nonces: NonceSource,
     /// Empty answers owed to requests for types Tollgate does not serve.
@@ -379,6 +376,17 @@ impl TransportVariant for DeltaStream {
             if diff.is_empty() {
                 continue;
             }
+            // Against what the client applied, so names of a NACKed push do not count as held.
+            let names = if matches!(state.answer, Answer::Acked | Answer::NothingSent)
+                && diff
+                    .updated
+                    .iter()
+                    .all(|resource| state.client_versions.contains(&resource.name))
+            {
+                PushedNames::OnlyHeld
+            } else {
+                PushedNames::SomeNew
+            };
             let version = announced_version(&target, Some(&self.retained), served).into_owned();
             let shared: Vec<_> = diff
                 .updated
@@ -432,7 +440,7 @@ impl TransportVariant for DeltaStream {
             state.latest_nonce = Some(nonce.clone());
             state.latest_version = version.clone();
             state.answer = Answer::Pending;
-            self.in_flight.push(served);
+            self.in_flight.push(served, names);
             debug!(
                 node = %node,
                 type = served.short_name(),

@@ -138,6 +138,31 @@ impl HeldVersions {
         })
     }
 
+    /// Whether every name held here is surely held in `before` too. Decided from the shared
+    /// sets (the same names, or what the snapshot noted changing between them) and the few
+    /// exceptions, never by looking every name up: this runs for a push to every stream at
+    /// every edit. `false` when that cannot tell, which only costs a round trip.
+    pub fn names_surely_within(&self, before: &HeldVersions) -> bool {
+        let (Some(now), Some(then)) = (&self.base, &before.base) else {
+            return false;
+        };
+        let before_holds_its_base = before.exceptions.values().all(Option::is_some);
+        let base_within = now.has_names_of(then)
+            || now.changes_since(then).is_some_and(|changes| {
+                changes
+                    .changed
+                    .iter()
+                    .all(|name| then.resources.contains_key(name))
+            });
+        before_holds_its_base
+            && base_within
+            && self
+                .exceptions
+                .iter()
+                .filter(|(_, version)| version.is_some())
+                .all(|(name, _)| before.contains(name))
+    }
+
     /// The names held that `set` lacks. Walks both sorted sets side by side rather than
     /// looking every name up: this runs for every stream at every new snapshot.
     pub fn missing_from<'a>(&'a self, set: &'a ResourceSet) -> Vec<&'a str> {
@@ -205,11 +230,11 @@ fn same_set(a: &Arc<ResourceSet>, b: &ResourceSet) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{type_url, Snapshot};
+    use crate::snapshot::{type_url, Snapshot, SnapshotCache};
     use tollgate_proto::envoy::config::cluster::v3::Cluster;
 
-    fn clusters(names: &[(&str, u32)]) -> Arc<ResourceSet> {
-        let snapshot = Snapshot::new(names.iter().map(|(name, timeout)| {
+    fn cluster_snapshot(names: &[(&str, u32)]) -> Snapshot {
+        Snapshot::new(names.iter().map(|(name, timeout)| {
             let cluster = Cluster {
                 name: name.to_string(),
                 per_connection_buffer_limit_bytes: Some(
@@ -221,8 +246,22 @@ mod tests {
                 type_url::CLUSTER,
                 Resource::new(*name, type_url::CLUSTER, &cluster),
             )
-        }));
-        Arc::clone(snapshot.resource_set(type_url::CLUSTER))
+        }))
+    }
+
+    fn clusters(names: &[(&str, u32)]) -> Arc<ResourceSet> {
+        Arc::clone(cluster_snapshot(names).resource_set(type_url::CLUSTER))
+    }
+
+    /// Two cluster sets, the second having replaced the first in a cache, so that it knows
+    /// what changed since.
+    fn replaced(older: &[(&str, u32)], newer: &[(&str, u32)]) -> [Arc<ResourceSet>; 2] {
+        let cache = SnapshotCache::new();
+        cache.set(cluster_snapshot(older));
+        let older = Arc::clone(cache.current().unwrap().resource_set(type_url::CLUSTER));
+        cache.set(cluster_snapshot(newer));
+        let newer = Arc::clone(cache.current().unwrap().resource_set(type_url::CLUSTER));
+        [older, newer]
     }
 
     fn sorted<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
@@ -286,5 +325,47 @@ mod tests {
         assert!(!held.is_exactly(&set));
         held.insert("a", &set.resources["a"].version.clone());
         assert!(held.is_exactly(&set));
+    }
+
+    #[test]
+    fn a_set_with_the_same_names_or_fewer_is_surely_within_the_one_it_replaced() {
+        let [old, new] = replaced(&[("a", 1), ("b", 1)], &[("a", 2), ("b", 1)]);
+        assert!(HeldVersions::whole(&new).names_surely_within(&HeldVersions::whole(&old)));
+        let [old, fewer] = replaced(&[("a", 1), ("b", 1)], &[("a", 2)]);
+        assert!(HeldVersions::whole(&fewer).names_surely_within(&HeldVersions::whole(&old)));
+    }
+
+    #[test]
+    fn a_set_with_a_new_name_is_not_within_the_one_it_replaced() {
+        let [old, more] = replaced(&[("a", 1)], &[("a", 1), ("b", 1)]);
+        assert!(!HeldVersions::whole(&more).names_surely_within(&HeldVersions::whole(&old)));
+    }
+
+    #[test]
+    fn exceptions_count_on_both_sides() {
+        let [old, new] = replaced(&[("a", 1), ("b", 1)], &[("a", 2)]);
+        let before = HeldVersions::whole(&old);
+        // A removed cluster kept alive (make-before-break) was held before.
+        let mut with_stale = HeldVersions::whole(&new);
+        with_stale.insert("b", &old.resources["b"].version.clone());
+        assert!(with_stale.names_surely_within(&before));
+        let mut with_other = HeldVersions::whole(&new);
+        with_other.insert("z", "v");
+        assert!(!with_other.names_surely_within(&before));
+        // A client known to lack part of its base may lack what is pushed.
+        let mut lacking = HeldVersions::whole(&old);
+        lacking.remove("a");
+        assert!(!HeldVersions::whole(&new).names_surely_within(&lacking));
+    }
+
+    #[test]
+    fn what_cannot_be_told_from_the_shared_sets_counts_as_new() {
+        // Different names, and no record of what changed between the two sets.
+        let one = clusters(&[("a", 1), ("b", 1)]);
+        let other = clusters(&[("a", 1)]);
+        assert!(!HeldVersions::whole(&other).names_surely_within(&HeldVersions::whole(&one)));
+        // Named subscriptions have no shared set.
+        let named: HeldVersions = [("a".to_string(), "1".to_string())].into_iter().collect();
+        assert!(!named.names_surely_within(&named.clone()));
     }
 }

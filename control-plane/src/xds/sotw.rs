@@ -15,7 +15,7 @@ use super::held::HeldVersions;
 use super::nodes::{StreamRecords, TypeRecord};
 use super::sequencing::{
     announced_version, changed_resources, find_resource, Answer, InFlight, NonceSource,
-    RetainedResources, WILDCARD,
+    PushedNames, RetainedResources, WILDCARD,
 };
 use super::served::ServedType;
 use super::shared_response::SotwResponse;
@@ -274,10 +274,20 @@ impl SotwStream {
             self.resend_endpoints_of_changed_clusters(&held.resources);
         }
         let state = self.state_mut(served);
+        // What the client applied, so a NACKed push does not count as held.
+        let names = match &state.held {
+            Some(before)
+                if state.answer == Answer::Acked
+                    && held.resources.names_surely_within(&before.resources) =>
+            {
+                PushedNames::OnlyHeld
+            }
+            _ => PushedNames::SomeNew,
+        };
         state.latest_nonce = Some(nonce.clone());
         state.held = Some(held);
         state.answer = Answer::Pending;
-        self.in_flight.push(served);
+        self.in_flight.push(served, names);
         response
     }
 

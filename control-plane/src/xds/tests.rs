@@ -591,6 +591,65 @@ async fn a_changed_cluster_gets_its_unchanged_endpoints_again_to_finish_warming(
 }
 
 #[tokio::test]
+async fn routes_follow_a_changed_cluster_unanswered_but_wait_for_a_new_cluster_to_be_answered() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.sotw("edge-1").await;
+    envoy.sync_base().await;
+
+    // Cluster a's settings and the route change: the client holds every cluster named, so
+    // the routes need not wait for the CDS answer (only for the re-warming endpoints').
+    let next = server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=1 r:main=2");
+    let clusters = envoy.recv().await;
+    assert_eq!(short(&clusters.type_url), "cluster");
+    let endpoints = envoy.recv().await;
+    assert_eq!(short(&endpoints.type_url), "endpoint");
+    envoy.ack(&endpoints, &["a", "b"]).await;
+    let routes = envoy.recv().await;
+    assert_eq!(short(&routes.type_url), "route", "CDS still unanswered");
+    assert_eq!(routes.version_info, version(&next, type_url::ROUTE));
+    envoy.ack(&clusters, &[]).await;
+    envoy.ack(&routes, &["main"]).await;
+    envoy.barrier().await;
+
+    // A new cluster c and a route to it: the routes wait until the clusters are answered.
+    server.publish("c:a=2 c:b=1 c:c=1 e:a=1 e:b=1 e:c=1 l:main=1 r:main=3");
+    let clusters = envoy.recv().await;
+    assert_eq!(names(&clusters), ["a", "b", "c"]);
+    envoy.barrier().await;
+    envoy.ack(&clusters, &[]).await;
+    assert_eq!(short(&envoy.recv().await.type_url), "route");
+}
+
+#[tokio::test]
+async fn after_a_nacked_cluster_push_routes_wait_for_the_next_one_to_be_answered() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.sotw("edge-1").await;
+    let initial = envoy.sync_base().await;
+
+    // The client rejects a new cluster c: it holds a and b only.
+    server.publish("c:a=1 c:b=1 c:c=1 e:a=1 e:b=1 l:main=1 r:main=1");
+    let rejected = envoy.recv().await;
+    assert_eq!(names(&rejected), ["a", "b", "c"]);
+    envoy
+        .nack(&rejected, &initial[0].version_info, "bad cluster c")
+        .await;
+    envoy.barrier().await;
+
+    // The next push names c again, new to the client whatever was pushed before.
+    server.publish("c:a=2 c:b=1 c:c=2 e:a=1 e:b=1 l:main=1 r:main=2");
+    let clusters = envoy.recv().await;
+    assert_eq!(short(&clusters.type_url), "cluster");
+    let endpoints = envoy.recv().await;
+    assert_eq!(short(&endpoints.type_url), "endpoint");
+    envoy.ack(&endpoints, &["a", "b"]).await;
+    envoy.barrier().await;
+    envoy.ack(&clusters, &[]).await;
+    assert_eq!(short(&envoy.recv().await.type_url), "route");
+}
+
+#[tokio::test]
 async fn request_with_stale_nonce_is_ignored() {
     let server = Server::start().await;
     server.publish(BASE);
@@ -956,6 +1015,39 @@ async fn delta_update_sends_only_the_changed_resources() {
     server.publish("c:a=1 c:b=2 e:a=2 e:b=1 l:main=1 r:main=1");
     let endpoints = envoy.recv().await;
     assert_eq!(delta_names(&endpoints), ["a"]);
+}
+
+#[tokio::test]
+async fn delta_routes_follow_a_changed_cluster_unanswered_but_wait_for_a_new_one() {
+    let server = Server::start().await;
+    server.publish(BASE);
+    let mut envoy = server.delta("edge-1").await;
+    envoy.sync_base().await;
+
+    // Cluster a changes in place: its endpoints and the routes follow without waiting.
+    server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=1 r:main=2");
+    let mut pushed = Vec::new();
+    for _ in 0..3 {
+        pushed.push(envoy.recv().await);
+    }
+    let types: Vec<_> = pushed.iter().map(|r| short(&r.type_url)).collect();
+    assert_eq!(
+        types,
+        ["cluster", "endpoint", "route"],
+        "nothing answered yet"
+    );
+    for response in &pushed {
+        envoy.ack(response).await;
+    }
+    envoy.barrier().await;
+
+    // A new cluster c and a route to it: the routes wait for the clusters' answer.
+    server.publish("c:a=2 c:b=1 c:c=1 e:a=1 e:b=1 e:c=1 l:main=1 r:main=3");
+    let clusters = envoy.recv().await;
+    assert_eq!(delta_names(&clusters), ["c"]);
+    envoy.barrier().await;
+    envoy.ack(&clusters).await;
+    assert_eq!(short(&envoy.recv().await.type_url), "route");
 }
 
 #[tokio::test]
