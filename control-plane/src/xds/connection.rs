@@ -223,9 +223,9 @@ impl SendingChunks {
 
     /// Forgets the chunks nothing else holds any more: h2 framed all of them and the socket
     /// took them. Most are shared by every stream (a snapshot's cluster set), but a Delta
-    /// push's small resources are copied into a chunk of the stream's own, and remembered
-    /// until newer pushes evicted them, ten thousand initial pushes of a thousand clusters
-    /// held 1.8 GB between the initial sync and the first edit.
+    /// push's small resources are copied into a chunk of the stream's own. Remembered until
+    /// newer pushes evicted them, ten thousand initial pushes of a thousand clusters held
+    /// 1.8 GB from the initial sync to the first edit.
     fn forget_sent(&self) {
         lock(&self.0).retain(|chunk| !chunk.is_unique());
     }
