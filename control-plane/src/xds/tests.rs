@@ -336,6 +336,17 @@ impl SotwEnvoy {
             .expect("stream open")
     }
 
+    /// Receives a CDS push changing a held cluster, then the endpoints answered again for it
+    /// (Envoy re-warms a changed cluster), and ACKs only the endpoints; returns the CDS push.
+    async fn recv_clusters_acking_rewarmed_endpoints(&mut self) -> DiscoveryResponse {
+        let clusters = self.recv().await;
+        assert_eq!(short(&clusters.type_url), "cluster");
+        let endpoints = self.recv().await;
+        assert_eq!(short(&endpoints.type_url), "endpoint");
+        self.ack(&endpoints, &["a", "b"]).await;
+        clusters
+    }
+
     /// Subscribes like Envoy to `BASE` (CDS and LDS wildcard, EDS a+b, RDS main), ACKing each
     /// response; returns the responses.
     async fn sync_base(&mut self) -> Vec<DiscoveryResponse> {
@@ -600,11 +611,7 @@ async fn routes_follow_a_changed_cluster_unanswered_but_wait_for_a_new_cluster_t
     // Cluster a's settings and the route change: the client holds every cluster named, so
     // the routes need not wait for the CDS answer (only for the re-warming endpoints').
     let next = server.publish("c:a=2 c:b=1 e:a=1 e:b=1 l:main=1 r:main=2");
-    let clusters = envoy.recv().await;
-    assert_eq!(short(&clusters.type_url), "cluster");
-    let endpoints = envoy.recv().await;
-    assert_eq!(short(&endpoints.type_url), "endpoint");
-    envoy.ack(&endpoints, &["a", "b"]).await;
+    let clusters = envoy.recv_clusters_acking_rewarmed_endpoints().await;
     let routes = envoy.recv().await;
     assert_eq!(short(&routes.type_url), "route", "CDS still unanswered");
     assert_eq!(routes.version_info, version(&next, type_url::ROUTE));
@@ -639,11 +646,7 @@ async fn after_a_nacked_cluster_push_routes_wait_for_the_next_one_to_be_answered
 
     // The next push names c again, new to the client whatever was pushed before.
     server.publish("c:a=2 c:b=1 c:c=2 e:a=1 e:b=1 l:main=1 r:main=2");
-    let clusters = envoy.recv().await;
-    assert_eq!(short(&clusters.type_url), "cluster");
-    let endpoints = envoy.recv().await;
-    assert_eq!(short(&endpoints.type_url), "endpoint");
-    envoy.ack(&endpoints, &["a", "b"]).await;
+    let clusters = envoy.recv_clusters_acking_rewarmed_endpoints().await;
     envoy.barrier().await;
     envoy.ack(&clusters, &[]).await;
     assert_eq!(short(&envoy.recv().await.type_url), "route");
