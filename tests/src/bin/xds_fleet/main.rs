@@ -13,7 +13,10 @@
 //! process spends writing those bytes to as many loopback connections ([`bare_writes`]), the
 //! kernel's share that no control plane can avoid without sending less.
 //!
-//! Usage: `xds_fleet [EDITS] [MAX_NODES]` (default 20 and 10,000). Prints a markdown table.
+//! Usage: `xds_fleet [EDITS] [MAX_NODES] [sotw|delta [ROUTES]]` (default 20 and 10,000).
+//! Prints a markdown table. With a variant, only that variant's row at exactly `MAX_NODES`
+//! nodes and `ROUTES` routes (1,000 unless given), and no real Envoys: one case, to measure
+//! or profile on its own.
 
 mod bare_writes;
 
