@@ -1,7 +1,8 @@
 //! Convergence of Envoys on the control plane's state: two Envoys follow the same edit and
 //! are reported in sync, an Envoy speaking Delta ADS follows edits like a SotW one, a
-//! configuration Envoy refuses is reported (and never half-applied), and a control-plane
-//! restart under traffic costs no request and leaves Envoy following edits.
+//! configuration Envoy refuses is reported (and never half-applied), a control-plane restart
+//! under traffic costs no request and leaves Envoy following edits, and neither does an edit
+//! that changes a cluster in place or adds one a route then names.
 
 use tollgate_conformance::{
     eventually, get, reserve_port, traffic, ControlPlane, Envoy, RoutesYaml, RunningControlPlane,
@@ -192,6 +193,91 @@ async fn control_plane_restart_under_traffic_loses_no_request() {
         "{} of {} requests failed across the restart:\n{}",
         report.failures.len(),
         report.sent,
+        report.failures.join("\n")
+    );
+}
+
+/// A cluster changed in place lets the route table follow it before Envoy has answered the
+/// clusters (the control plane no longer waits: Envoy serves the old cluster until the new
+/// one warms); a new cluster still goes first and is answered before a route names it.
+/// Under traffic, neither may cost a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_changing_a_cluster_in_place_or_adding_one_lose_no_request_sotw() {
+    edits_changing_a_cluster_lose_no_request(XdsVariant::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_changing_a_cluster_in_place_or_adding_one_lose_no_request_delta() {
+    edits_changing_a_cluster_lose_no_request(XdsVariant::Delta).await;
+}
+
+async fn edits_changing_a_cluster_lose_no_request(variant: XdsVariant) {
+    let a = Upstream::new("a").spawn().await;
+    let port = reserve_port();
+    // Edit `k` moves the service's connect timeout and the route's timeout; `moved` sends the
+    // route to a second service (a new cluster) on the same upstream.
+    let routes = |k: u32, moved: bool| {
+        let service = if moved { "svc-a2" } else { "svc-a" };
+        format!(
+            "version: 1
+listeners:
+  - {{name: public, address: 127.0.0.1:{port}}}
+services:
+  svc-a: {{endpoints: [\"{a}\"], connect_timeout: {connect}ms}}
+{second}routes:
+  - {{name: a, match: {{prefix: /a}}, service: {service}, timeout: {timeout}ms}}
+",
+            a = a.endpoint(),
+            connect = 200 + k,
+            timeout = 5_000 + k,
+            second = if moved {
+                format!("  svc-a2: {{endpoints: [\"{}\"]}}\n", a.endpoint())
+            } else {
+                String::new()
+            },
+        )
+    };
+    let mut cp = ControlPlane::new().routes(routes(0, false)).start().await;
+    let envoy = Envoy::new()
+        .node_id("edited")
+        .xds_variant(variant)
+        .control_plane(&cp)
+        .start()
+        .await;
+    let mut version = eventually("Envoy is in sync", async || {
+        nodes_in_sync(&cp, &[envoy.node_id()]).await
+    })
+    .await;
+    let load = traffic(port, "/a", "a");
+    wait_for_more_requests(&load, 20, "before the edits").await;
+
+    for (k, moved) in [(1, false), (2, false), (3, false), (4, true), (5, true)] {
+        cp.write_by_rename(&routes(k, moved));
+        let previous = version.clone();
+        version = eventually(&format!("Envoy is in sync with edit {k}"), async || {
+            let now = nodes_in_sync(&cp, &[envoy.node_id()]).await?;
+            anyhow::ensure!(now != previous, "still at {previous}");
+            Ok(now)
+        })
+        .await;
+        wait_for_more_requests(&load, 10, &format!("after edit {k}")).await;
+    }
+    eventually("the route is on the added cluster", async || {
+        has_in_config(&envoy, "svc-a2").await
+    })
+    .await;
+
+    let report = load.stop().await;
+    assert!(
+        !report.hit_bound,
+        "the traffic ran out before the test finished"
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} requests failed across the edits ({:?}):\n{}",
+        report.failures.len(),
+        report.sent,
+        variant,
         report.failures.join("\n")
     );
 }
