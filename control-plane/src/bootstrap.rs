@@ -295,6 +295,9 @@ static_resources:
   clusters:
     - name: tollgate_xds
       type: {discovery}
+      # A named control plane resolves IPv4 first: `localhost` is `[::1]` before `127.0.0.1`
+      # by Envoy's default, refused by a control plane listening on IPv4 alone.
+      dns_lookup_family: V4_PREFERRED
       connect_timeout: 1s
       typed_extension_protocol_options:
         envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
@@ -575,6 +578,7 @@ mod tests {
         })
         .expect("renders");
         assert!(yaml.contains("type: STRICT_DNS"));
+        assert!(yaml.contains("dns_lookup_family: V4_PREFERRED"));
         assert!(yaml.contains("api_type: DELTA_GRPC"));
     }
 

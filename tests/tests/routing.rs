@@ -1,6 +1,6 @@
 //! Routing through Envoy as configured by routes.yaml: every kind of match, first match wins
 //! in file order, no match is a 404, prefix rewriting, per-route timeouts, routes bound to
-//! one listener, and load spread over a service's endpoints.
+//! one listener, load spread over a service's endpoints, and a service named by host name.
 
 use std::time::Duration;
 
@@ -617,4 +617,39 @@ async fn regex_with_counted_repetition_is_served() {
         .expect("request")
         .expect_status(404)
         .expect("characters outside the class do not match");
+}
+
+/// A service named by host name is a DNS cluster, resolved by Envoy. `localhost` resolves
+/// to `::1` as well as `127.0.0.1`, and an upstream listening on IPv4 alone (as most do)
+/// must still answer: IPv4 is preferred, as Kong and most clients do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_named_by_host_name_answers_over_ipv4() {
+    let app = Upstream::new("app").spawn().await;
+    let port = reserve_port();
+    let cp = ControlPlane::new()
+        .routes(format!(
+            r#"version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:{port}
+services:
+  app:
+    endpoints: ["localhost:{app_port}"]
+routes:
+  - name: all
+    match:
+      prefix: /
+    service: app
+"#,
+            app_port = app.addr().port(),
+        ))
+        .start()
+        .await;
+    let _envoy = Envoy::new().control_plane(&cp).start().await;
+
+    eventually("the service named by host name answers", async || {
+        get(port, "/").await?.expect_upstream("app")?;
+        Ok(())
+    })
+    .await;
 }

@@ -3,7 +3,7 @@
 //! Services whose endpoints are all IP literals are EDS clusters fed over ADS, so an endpoint
 //! change updates a ClusterLoadAssignment without touching the cluster (no drain, no
 //! re-warming). A service naming DNS hosts becomes a STRICT_DNS cluster that Envoy resolves
-//! itself, since EDS carries addresses, not names.
+//! itself (IPv4 preferred), since EDS carries addresses, not names.
 //!
 //! A service's traffic policies (active health checks, load balancing, circuit breaking,
 //! outlier detection, upstream TLS) are Envoy's own cluster settings, set here one to one;
@@ -14,7 +14,7 @@ use tollgate_proto::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds, CircuitBreakers, OutlierDetection as EnvoyOutlierDetection,
 };
 use tollgate_proto::envoy::config::cluster::v3::{
-    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+    cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, EdsClusterConfig, LbPolicy},
     Cluster,
 };
 use tollgate_proto::envoy::config::core::v3::{
@@ -195,6 +195,10 @@ pub(super) fn cluster(service: &Service) -> Cluster {
     } else {
         cluster.cluster_discovery_type =
             Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+        // Envoy's default (AUTO) takes a name's IPv6 address when it has one: `localhost`
+        // became `[::1]`, refused by an upstream listening on IPv4 alone, as most do. IPv4
+        // first, IPv6 for names without an A record, as Kong resolves them.
+        cluster.dns_lookup_family = DnsLookupFamily::V4Preferred as i32;
         cluster.load_assignment = Some(load_assignment(service));
     }
     cluster

@@ -1,5 +1,8 @@
 use prost::Message;
-use tollgate_proto::envoy::config::cluster::v3::{cluster::ClusterDiscoveryType, Cluster};
+use tollgate_proto::envoy::config::cluster::v3::{
+    cluster::{ClusterDiscoveryType, DnsLookupFamily},
+    Cluster,
+};
 use tollgate_proto::envoy::config::core::v3::{data_source, DataSource};
 use tollgate_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use tollgate_proto::envoy::config::listener::v3::{filter, Listener};
@@ -111,6 +114,11 @@ fn dns_services_become_strict_dns_clusters_without_eds() {
         Some(ClusterDiscoveryType::Type(1))
     );
     assert!(cluster.load_assignment.is_some());
+    assert_eq!(
+        cluster.dns_lookup_family,
+        DnsLookupFamily::V4Preferred as i32,
+        "IPv4 first: `localhost` must not become [::1]"
+    );
     assert!(!snapshot
         .resources(type_url::ENDPOINT)
         .resources
