@@ -75,6 +75,24 @@ pub struct TrafficReport {
     pub hit_bound: bool,
 }
 
+impl TrafficReport {
+    /// Asserts that the stream ran until stopped and that every request of it succeeded;
+    /// `across` names what it ran through (for the message).
+    pub fn assert_every_request_succeeded(&self, across: &str) {
+        assert!(
+            !self.hit_bound,
+            "the traffic ran out before the test finished"
+        );
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} requests failed across {across}:\n{}",
+            self.failures.len(),
+            self.sent,
+            self.failures.join("\n")
+        );
+    }
+}
+
 impl Traffic {
     /// Requests completed so far (successful or not).
     pub fn sent(&self) -> usize {

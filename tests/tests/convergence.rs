@@ -183,18 +183,9 @@ async fn control_plane_restart_under_traffic_loses_no_request() {
     })
     .await;
 
-    let report = load.stop().await;
-    assert!(
-        !report.hit_bound,
-        "the traffic ran out before the test finished"
-    );
-    assert!(
-        report.failures.is_empty(),
-        "{} of {} requests failed across the restart:\n{}",
-        report.failures.len(),
-        report.sent,
-        report.failures.join("\n")
-    );
+    load.stop()
+        .await
+        .assert_every_request_succeeded("the restart");
 }
 
 /// A cluster changed in place lets the route table follow it before Envoy has answered the
@@ -267,19 +258,9 @@ services:
     })
     .await;
 
-    let report = load.stop().await;
-    assert!(
-        !report.hit_bound,
-        "the traffic ran out before the test finished"
-    );
-    assert!(
-        report.failures.is_empty(),
-        "{} of {} requests failed across the edits ({:?}):\n{}",
-        report.failures.len(),
-        report.sent,
-        variant,
-        report.failures.join("\n")
-    );
+    load.stop()
+        .await
+        .assert_every_request_succeeded(&format!("the edits ({variant:?})"));
 }
 
 async fn wait_for_more_requests(load: &tollgate_conformance::Traffic, more: usize, when: &str) {
